@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs format, lint and every
+# test of the workspace (doc tests included) against real NATS servers.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+nats_bin="$(./nats/install-nats-server.sh | tail -1)"
+export JETEVENTS_NATS_SERVER_BIN="$nats_bin"
+
+cleanup() { ./nats/docker-engine.sh stop || true; }
+trap cleanup EXIT
+
+if ./nats/docker-engine.sh start "$nats_bin"; then
+  # No registry here: use the image imported from the pinned binary, on host
+  # networking bound to 127.0.0.1.
+  export JETEVENTS_NATS_IMAGE="${JETEVENTS_NATS_IMAGE:-jetevents/nats:2.15.1}"
+  export JETEVENTS_DOCKER_NETWORK="${JETEVENTS_DOCKER_NETWORK:-host}"
+  export JETEVENTS_REQUIRE_DOCKER=1
+else
+  echo "WARNING: no docker engine: tests run on the nats-server binary backend only" >&2
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features --no-fail-fast

@@ -1,0 +1,32 @@
+//! # jetevents
+//!
+//! Typed CloudEvents over NATS JetStream: a publisher that knows whether the
+//! server stored each event, durable consumers shared by a service's instances,
+//! typed handlers with Nak-based retry and dead-lettering, and W3C trace context
+//! carried in every event.
+//!
+//! The pieces, one module each:
+//! - [`event`]: the [`Event`] trait a serde type implements to be published;
+//! - [`envelope`]: CloudEvents 1.0 attributes and extensions around the data;
+//! - [`codec`]: the CloudEvents NATS protocol binding, binary and structured;
+//! - [`subject`]: subject names and consumer filters built from validated tokens;
+//! - [`config`] and [`client`]: connecting, from code or the environment;
+//! - [`provision`]: declaring streams idempotently;
+//! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
+//! - [`consume`]: the consumer runtime;
+//! - [`trace`]: W3C trace context in and out of events.
+
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod consume;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod provision;
+pub mod publish;
+pub mod subject;
+pub mod trace;
+
+pub use error::{BoxError, Error};
+
