@@ -1,1 +1,283 @@
-//! Work in progress.
+//! The connection: one [`Client`] per service, cheap to clone, shared by its
+//! publishers and consumers.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use tokio::sync::broadcast;
+
+use crate::config::{Auth, Config};
+use crate::error::Error;
+use crate::publish::Publisher;
+use crate::subject::Subjects;
+
+/// What went wrong connecting.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// The configuration cannot be used (bad URL, bad environment token,
+    /// unreadable credentials file).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The server refused the credentials (wrong token, password, nkey or
+    /// credentials). Not retried: a wrong secret does not get better.
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// TLS could not be set up or the handshake failed (unknown CA, missing
+    /// client certificate for mutual TLS).
+    #[error("TLS failed")]
+    Tls,
+    /// No server answered within the connect timeout.
+    #[error("connect timed out")]
+    TimedOut,
+    /// The server could not be reached (refused, DNS, I/O).
+    #[error("server unreachable")]
+    Unreachable,
+}
+
+/// Error of [`Client::connect`].
+pub type ConnectError = Error<ConnectErrorKind>;
+
+/// Which operation the server refused for lack of permission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Publishing to a subject.
+    Publish,
+    /// Subscribing to a subject.
+    Subscribe,
+}
+
+/// A permission violation the server reported on this connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionViolation {
+    /// What was refused.
+    pub operation: Operation,
+    /// On which subject.
+    pub subject: String,
+}
+
+impl PermissionViolation {
+    /// Reads the server's `-ERR 'Permissions Violation for Publish to "x"'` text.
+    ///
+    /// ```
+    /// use jetevents::client::{Operation, PermissionViolation};
+    /// let violation = PermissionViolation::parse(r#"Permissions Violation for Publish to "dev.a.b""#).unwrap();
+    /// assert_eq!(violation.operation, Operation::Publish);
+    /// assert_eq!(violation.subject, "dev.a.b");
+    /// ```
+    pub fn parse(message: &str) -> Option<PermissionViolation> {
+        let message = message.trim().trim_matches('\'');
+        let lower = message.to_ascii_lowercase();
+        let (operation, prefix) = if lower.starts_with("permissions violation for publish to ") {
+            (Operation::Publish, "permissions violation for publish to ".len())
+        } else if lower.starts_with("permissions violation for subscription to ") {
+            (
+                Operation::Subscribe,
+                "permissions violation for subscription to ".len(),
+            )
+        } else {
+            return None;
+        };
+        let rest = message.get(prefix..)?.trim();
+        // Subscription violations may name a queue group after the subject.
+        let subject = rest.trim_matches('"').split('"').next()?.to_owned();
+        Some(PermissionViolation { operation, subject })
+    }
+}
+
+/// A connection to NATS with JetStream, the configuration it was made from and
+/// the subject naming of this service. Clone it freely: clones share the
+/// connection.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = jetevents::client::Client::connect(jetevents::config::Config::from_env()?).await?;
+/// let publisher = client.publisher();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nats: async_nats::Client,
+    jetstream: jetstream::Context,
+    config: Config,
+    subjects: Subjects,
+    violations: broadcast::Sender<PermissionViolation>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Acks a pipelined publisher may await at once; our own window is below it.
+pub(crate) const MAX_ACKS_IN_FLIGHT: usize = 65_536;
+
+impl Client {
+    /// Connects with `config`. Wrong credentials and TLS failures fail at once
+    /// with a typed error instead of retrying forever; after the first
+    /// connection, the client reconnects on its own.
+    pub async fn connect(config: Config) -> Result<Client, ConnectError> {
+        let subjects = Subjects::new(config.env.clone()).map_err(|err| {
+            Error::with_source(
+                ConnectErrorKind::InvalidConfig("JETEVENTS_ENV / env is not a valid subject token".into()),
+                err,
+            )
+        })?;
+        if config.servers.is_empty() {
+            return Err(Error::new(ConnectErrorKind::InvalidConfig(
+                "no server URL".into(),
+            )));
+        }
+
+        let (violations, _) = broadcast::channel(64);
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            .event_callback({
+                let violations = violations.clone();
+                move |event| {
+                    let violations = violations.clone();
+                    async move { on_connection_event(event, &violations) }
+                }
+            });
+        if let Some(name) = &config.name {
+            options = options.name(name);
+        }
+        options = match &config.auth {
+            Auth::None => options,
+            Auth::Token(token) => options.token(token.expose().to_owned()),
+            Auth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.expose().to_owned())
+            }
+            Auth::NkeySeed(seed) => options.nkey(seed.expose().to_owned()),
+            Auth::CredentialsFile(path) => {
+                options.credentials_file(path).await.map_err(|err| {
+                    Error::with_source(
+                        ConnectErrorKind::InvalidConfig(format!(
+                            "credentials file {} unreadable",
+                            path.display()
+                        )),
+                        err,
+                    )
+                })?
+            }
+        };
+        if config.tls.required {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &config.tls.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls.client_cert, &config.tls.client_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+
+        let servers = config
+            .servers
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| {
+                Error::with_source(
+                    ConnectErrorKind::InvalidConfig("invalid server URL".into()),
+                    err,
+                )
+            })?;
+        let nats = options.connect(servers).await.map_err(|err| {
+            let kind = match err.kind() {
+                async_nats::ConnectErrorKind::Authentication
+                | async_nats::ConnectErrorKind::AuthorizationViolation => {
+                    ConnectErrorKind::AuthenticationFailed
+                }
+                async_nats::ConnectErrorKind::Tls => ConnectErrorKind::Tls,
+                async_nats::ConnectErrorKind::TimedOut => ConnectErrorKind::TimedOut,
+                async_nats::ConnectErrorKind::ServerParse => {
+                    ConnectErrorKind::InvalidConfig("invalid server URL".into())
+                }
+                _ => ConnectErrorKind::Unreachable,
+            };
+            Error::with_source(kind, err)
+        })?;
+
+        let jetstream = jetstream::ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .build(nats.clone());
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nats,
+                jetstream,
+                config,
+                subjects,
+                violations,
+            }),
+        })
+    }
+
+    /// The underlying async-nats client, for what jetevents does not wrap.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.inner.nats
+    }
+
+    /// The JetStream context (its timeout is the configured ack timeout).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.jetstream
+    }
+
+    /// The configuration this client was made from.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Subject naming for this service's environment.
+    pub fn subjects(&self) -> &Subjects {
+        &self.inner.subjects
+    }
+
+    /// A publisher on this connection.
+    pub fn publisher(&self) -> Publisher {
+        Publisher::new(self.clone())
+    }
+
+    /// Permission violations the server reports from now on. The publisher
+    /// uses this to turn a refused publish into `PermissionDenied` instead of
+    /// waiting for an ack that never comes.
+    pub fn permission_violations(&self) -> broadcast::Receiver<PermissionViolation> {
+        self.inner.violations.subscribe()
+    }
+
+    /// Flushes what is buffered and closes the connection.
+    pub async fn close(self) {
+        // Errors here mean the connection is gone already: nothing to flush.
+        let _ = self.inner.nats.flush().await;
+        let _ = self.inner.nats.drain().await;
+    }
+}
+
+fn on_connection_event(event: async_nats::Event, violations: &broadcast::Sender<PermissionViolation>) {
+    match event {
+        async_nats::Event::ServerError(async_nats::ServerError::Other(message)) => {
+            if let Some(violation) = PermissionViolation::parse(&message) {
+                tracing::warn!(
+                    operation = ?violation.operation,
+                    subject = %violation.subject,
+                    "permission violation"
+                );
+                // No receiver means no publish is waiting on it: nothing to do.
+                let _ = violations.send(violation);
+            } else {
+                tracing::warn!(error = %message, "server error");
+            }
+        }
+        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+        async_nats::Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
+        other => tracing::debug!(event = %other, "NATS connection event"),
+    }
+}

@@ -1,1 +1,448 @@
-//! Work in progress.
+//! Connection settings, from code or from the environment.
+//!
+//! ```
+//! use std::time::Duration;
+//! use jetevents::config::{Auth, Config, Secret};
+//!
+//! let config = Config {
+//!     servers: vec!["nats://127.0.0.1:4222".into()],
+//!     source: "/booking-service".into(),
+//!     env: "dev".into(),
+//!     auth: Auth::Token(Secret::new("s3cret")),
+//!     ack_timeout: Duration::from_secs(2),
+//!     ..Config::default()
+//! };
+//! // Secrets never show in Debug output.
+//! assert!(!format!("{config:?}").contains("s3cret"));
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::codec::Encoding;
+use crate::error::Error;
+
+/// Everything needed to connect and publish.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// Server URLs, tried in order (`nats://host:port`, `tls://host:port`).
+    pub servers: Vec<String>,
+    /// Connection name shown in the server's monitoring (`connz`).
+    pub name: Option<String>,
+    /// CloudEvents `source` of the events this service publishes, e.g.
+    /// `/booking-service`.
+    pub source: String,
+    /// First subject token: the environment (`dev`, `prod`, a tenant).
+    pub env: String,
+    /// How to authenticate.
+    pub auth: Auth,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// How long the first connection may take before `connect` fails.
+    pub connect_timeout: Duration,
+    /// How long to wait for one PubAck before the attempt counts as timed out.
+    pub ack_timeout: Duration,
+    /// Retries of a publish whose outcome is unknown (ack timeout) or that met
+    /// no stream leader (503 / no responders during an election).
+    pub publish_retry: PublishRetry,
+    /// Encoding used when a publish does not choose one.
+    pub encoding: Encoding,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            name: None,
+            source: "/jetevents".to_owned(),
+            env: "dev".to_owned(),
+            auth: Auth::None,
+            tls: TlsConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(5),
+            publish_retry: PublishRetry::default(),
+            encoding: Encoding::Binary,
+        }
+    }
+}
+
+/// The retry budget of one publish. Every attempt reuses the event id as
+/// `Nats-Msg-Id`, so the server stores the event once however often it is sent
+/// (within the stream's duplicate window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishRetry {
+    /// Attempts in all, the first included. `1` disables retries.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one.
+    pub initial_delay: Duration,
+    /// Upper bound of the delay between attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for PublishRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl PublishRetry {
+    /// Delay before retry number `retry` (1 = the first retry).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let retry = jetevents::config::PublishRetry::default();
+    /// assert_eq!(retry.delay(1), Duration::from_millis(100));
+    /// assert_eq!(retry.delay(2), Duration::from_millis(200));
+    /// assert_eq!(retry.delay(30), Duration::from_secs(2));
+    /// ```
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial_delay
+            .checked_mul(factor)
+            .unwrap_or(self.max_delay)
+            .min(self.max_delay)
+    }
+}
+
+/// A secret string (token, password, nkey seed). Its `Debug` and `Display`
+/// print `***`, so it cannot leak through logs, spans or error messages.
+///
+/// ```
+/// let secret = jetevents::config::Secret::new("hunter2");
+/// assert_eq!(format!("{secret:?} {secret}"), "*** ***");
+/// assert_eq!(secret.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to the NATS client. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the connection authenticates.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A token (`authorization { token: ... }`).
+    Token(Secret),
+    /// User and password.
+    UserPassword {
+        /// User name (not secret).
+        user: String,
+        /// Password.
+        password: Secret,
+    },
+    /// An nkey seed (`SU...`); the public key is derived from it.
+    NkeySeed(Secret),
+    /// A `.creds` file (JWT and nkey seed), as issued by `nsc`.
+    CredentialsFile(PathBuf),
+}
+
+/// TLS settings. With none of the files set, TLS is still used for `tls://`
+/// URLs and when `required` is set, verified against the system roots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// Refuse to talk to the server without TLS.
+    pub required: bool,
+    /// CA certificate (PEM) that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM), for mutual TLS.
+    pub client_key: Option<PathBuf>,
+}
+
+/// What went wrong reading a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigErrorKind {
+    /// An environment variable holds a value that cannot be used.
+    #[error("invalid value for {variable}: {reason}")]
+    InvalidValue {
+        /// The variable's name.
+        variable: String,
+        /// Why it was refused (never the value: it may be a secret).
+        reason: String,
+    },
+    /// Two settings contradict each other.
+    #[error("conflicting settings: {0}")]
+    Conflict(String),
+}
+
+/// Error of [`Config::from_env`].
+pub type ConfigError = Error<ConfigErrorKind>;
+
+impl Config {
+    /// Reads the configuration from the process environment; unset variables keep
+    /// their defaults.
+    ///
+    /// | variable | meaning |
+    /// |---|---|
+    /// | `NATS_URL` | server URLs, comma separated |
+    /// | `JETEVENTS_NAME` | connection name |
+    /// | `JETEVENTS_SOURCE` | CloudEvents `source` |
+    /// | `JETEVENTS_ENV` | subject environment prefix |
+    /// | `JETEVENTS_TOKEN` | token auth |
+    /// | `JETEVENTS_USER`, `JETEVENTS_PASSWORD` | user/password auth |
+    /// | `JETEVENTS_NKEY_SEED` | nkey seed auth |
+    /// | `JETEVENTS_CREDS_FILE` | credentials file |
+    /// | `JETEVENTS_TLS_REQUIRED` | `true`/`false` |
+    /// | `JETEVENTS_TLS_CA`, `JETEVENTS_TLS_CERT`, `JETEVENTS_TLS_KEY` | PEM files |
+    /// | `JETEVENTS_CONNECT_TIMEOUT`, `JETEVENTS_ACK_TIMEOUT` | durations: `500ms`, `5s`, `1m` |
+    /// | `JETEVENTS_PUBLISH_ATTEMPTS` | attempts per publish, first included |
+    /// | `JETEVENTS_ENCODING` | `binary` or `structured` |
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup` (handy in
+    /// tests, which should not mutate the process environment).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use jetevents::config::{Auth, Config};
+    ///
+    /// let config = Config::from_lookup(|name| match name {
+    ///     "NATS_URL" => Some("nats://127.0.0.1:4222,nats://127.0.0.1:4223".into()),
+    ///     "JETEVENTS_ENV" => Some("prod".into()),
+    ///     "JETEVENTS_TOKEN" => Some("t0ken".into()),
+    ///     "JETEVENTS_ACK_TIMEOUT" => Some("750ms".into()),
+    ///     _ => None,
+    /// })
+    /// .unwrap();
+    /// assert_eq!(config.servers.len(), 2);
+    /// assert_eq!(config.env, "prod");
+    /// assert!(matches!(config.auth, Auth::Token(_)));
+    /// assert_eq!(config.ack_timeout, Duration::from_millis(750));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+
+        if let Some(urls) = get("NATS_URL") {
+            config.servers = urls
+                .split(',')
+                .map(|url| url.trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .collect();
+        }
+        config.name = get("JETEVENTS_NAME").or(config.name);
+        if let Some(source) = get("JETEVENTS_SOURCE") {
+            config.source = source;
+        }
+        if let Some(env) = get("JETEVENTS_ENV") {
+            config.env = env;
+        }
+
+        let token = get("JETEVENTS_TOKEN");
+        let user = get("JETEVENTS_USER");
+        let password = get("JETEVENTS_PASSWORD");
+        let seed = get("JETEVENTS_NKEY_SEED");
+        let creds = get("JETEVENTS_CREDS_FILE");
+        let methods = [token.is_some(), user.is_some(), seed.is_some(), creds.is_some()]
+            .iter()
+            .filter(|set| **set)
+            .count();
+        if methods > 1 {
+            return Err(Error::new(ConfigErrorKind::Conflict(
+                "set only one of JETEVENTS_TOKEN, JETEVENTS_USER, JETEVENTS_NKEY_SEED, JETEVENTS_CREDS_FILE"
+                    .to_owned(),
+            )));
+        }
+        config.auth = match (token, user, password, seed, creds) {
+            (Some(token), ..) => Auth::Token(Secret::new(token)),
+            (_, Some(user), Some(password), ..) => Auth::UserPassword {
+                user,
+                password: Secret::new(password),
+            },
+            (_, Some(_), None, ..) => {
+                return Err(invalid("JETEVENTS_PASSWORD", "required with JETEVENTS_USER"))
+            }
+            (_, None, Some(_), ..) => {
+                return Err(invalid("JETEVENTS_USER", "required with JETEVENTS_PASSWORD"))
+            }
+            (_, _, _, Some(seed), _) => Auth::NkeySeed(Secret::new(seed)),
+            (_, _, _, _, Some(creds)) => Auth::CredentialsFile(PathBuf::from(creds)),
+            _ => Auth::None,
+        };
+
+        if let Some(required) = get("JETEVENTS_TLS_REQUIRED") {
+            config.tls.required = parse_bool("JETEVENTS_TLS_REQUIRED", &required)?;
+        }
+        config.tls.ca_file = get("JETEVENTS_TLS_CA").map(PathBuf::from);
+        config.tls.client_cert = get("JETEVENTS_TLS_CERT").map(PathBuf::from);
+        config.tls.client_key = get("JETEVENTS_TLS_KEY").map(PathBuf::from);
+        if config.tls.client_cert.is_some() != config.tls.client_key.is_some() {
+            return Err(Error::new(ConfigErrorKind::Conflict(
+                "JETEVENTS_TLS_CERT and JETEVENTS_TLS_KEY go together".to_owned(),
+            )));
+        }
+
+        if let Some(value) = get("JETEVENTS_CONNECT_TIMEOUT") {
+            config.connect_timeout = parse_duration("JETEVENTS_CONNECT_TIMEOUT", &value)?;
+        }
+        if let Some(value) = get("JETEVENTS_ACK_TIMEOUT") {
+            config.ack_timeout = parse_duration("JETEVENTS_ACK_TIMEOUT", &value)?;
+        }
+        if let Some(value) = get("JETEVENTS_PUBLISH_ATTEMPTS") {
+            config.publish_retry.max_attempts = value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|attempts| *attempts >= 1)
+                .ok_or_else(|| invalid("JETEVENTS_PUBLISH_ATTEMPTS", "a whole number, 1 or more"))?;
+        }
+        if let Some(value) = get("JETEVENTS_ENCODING") {
+            config.encoding = match value.trim().to_ascii_lowercase().as_str() {
+                "binary" => Encoding::Binary,
+                "structured" => Encoding::Structured,
+                _ => return Err(invalid("JETEVENTS_ENCODING", "binary or structured")),
+            };
+        }
+        Ok(config)
+    }
+}
+
+fn invalid(variable: &str, reason: &str) -> ConfigError {
+    Error::new(ConfigErrorKind::InvalidValue {
+        variable: variable.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+fn parse_bool(variable: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(variable, "true or false")),
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`; a bare number is seconds.
+fn parse_duration(variable: &str, value: &str) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| invalid(variable, "a duration such as 500ms, 5s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        _ => Err(invalid(variable, "a duration such as 500ms, 5s or 1m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    #[test]
+    fn reads_every_auth_method_and_hides_secrets() {
+        let config = Config::from_lookup(lookup(&[
+            ("JETEVENTS_USER", "svc"),
+            ("JETEVENTS_PASSWORD", "pa55word"),
+        ]))
+        .unwrap();
+        assert!(matches!(&config.auth, Auth::UserPassword { user, .. } if user == "svc"));
+        assert!(!format!("{config:?}").contains("pa55word"));
+
+        let config =
+            Config::from_lookup(lookup(&[("JETEVENTS_NKEY_SEED", "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY")]))
+                .unwrap();
+        assert!(matches!(config.auth, Auth::NkeySeed(_)));
+        assert!(!format!("{config:?}").contains("SUACSSL3"));
+
+        let config =
+            Config::from_lookup(lookup(&[("JETEVENTS_CREDS_FILE", "/etc/nats/svc.creds")])).unwrap();
+        assert!(matches!(config.auth, Auth::CredentialsFile(_)));
+    }
+
+    #[test]
+    fn refuses_contradictions_and_bad_values() {
+        let both = Config::from_lookup(lookup(&[("JETEVENTS_TOKEN", "t"), ("JETEVENTS_USER", "u")]));
+        assert!(matches!(both.unwrap_err().kind(), ConfigErrorKind::Conflict(_)));
+
+        let no_password = Config::from_lookup(lookup(&[("JETEVENTS_USER", "u")]));
+        assert!(matches!(
+            no_password.unwrap_err().kind(),
+            ConfigErrorKind::InvalidValue { variable, .. } if variable == "JETEVENTS_PASSWORD"
+        ));
+
+        for (variable, value) in [
+            ("JETEVENTS_ACK_TIMEOUT", "soon"),
+            ("JETEVENTS_ACK_TIMEOUT", "5h"),
+            ("JETEVENTS_TLS_REQUIRED", "maybe"),
+            ("JETEVENTS_ENCODING", "xml"),
+            ("JETEVENTS_PUBLISH_ATTEMPTS", "0"),
+        ] {
+            let err = Config::from_lookup(lookup(&[(variable, value)])).unwrap_err();
+            assert!(
+                matches!(err.kind(), ConfigErrorKind::InvalidValue { variable: v, .. } if v == variable),
+                "{variable}={value} gave {err}"
+            );
+            assert!(!err.to_string().contains(value), "error echoes the value");
+        }
+
+        let half_mtls = Config::from_lookup(lookup(&[("JETEVENTS_TLS_CERT", "/c.pem")]));
+        assert!(matches!(half_mtls.unwrap_err().kind(), ConfigErrorKind::Conflict(_)));
+    }
+
+    #[test]
+    fn durations_and_encoding() {
+        let config = Config::from_lookup(lookup(&[
+            ("JETEVENTS_CONNECT_TIMEOUT", "2m"),
+            ("JETEVENTS_ACK_TIMEOUT", "3"),
+            ("JETEVENTS_ENCODING", "Structured"),
+            ("JETEVENTS_TLS_REQUIRED", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_secs(120));
+        assert_eq!(config.ack_timeout, Duration::from_secs(3));
+        assert_eq!(config.encoding, Encoding::Structured);
+        assert!(config.tls.required);
+    }
+}

@@ -29,4 +29,8 @@ pub mod subject;
 pub mod trace;
 
 pub use error::{BoxError, Error};
+pub use codec::{DecodeError, EncodeError, Encoding};
+pub use envelope::{Envelope, ExtensionValue};
+pub use event::{Event, EventType};
+pub use subject::{SubjectError, Subjects};
 

@@ -1,1 +1,303 @@
-//! Work in progress.
+//! Declaring streams: create what is missing, update what may change, and report
+//! what differs but cannot be changed instead of silently ignoring it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::subject::{SubjectError, Subjects};
+
+/// A stream as a service declares it.
+///
+/// ```
+/// use jetevents::provision::StreamSpec;
+/// use jetevents::subject::Subjects;
+///
+/// let subjects = Subjects::new("dev").unwrap();
+/// let spec = StreamSpec::for_domain(&subjects, "BOOKING", "booking").unwrap();
+/// assert_eq!(spec.subjects, vec!["dev.booking.>".to_string()]);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct StreamSpec {
+    /// Stream name (no `.`, `*`, `>` or whitespace).
+    pub name: String,
+    /// Subjects the stream captures: build them with [`Subjects`].
+    pub subjects: Vec<String>,
+    /// File (default: survives restarts) or memory.
+    pub storage: StorageType,
+    /// Replicas: 1, or 3 in a cluster for events you cannot lose.
+    pub replicas: usize,
+    /// Limits (default), interest or work-queue retention.
+    pub retention: RetentionPolicy,
+    /// Window in which a repeated `Nats-Msg-Id` (the event id) is stored once.
+    pub duplicate_window: Duration,
+    /// Largest event the stream accepts, in bytes; `None`: the server's limit.
+    pub max_message_size: Option<i32>,
+    /// How long events are kept; `None`: forever.
+    pub max_age: Option<Duration>,
+    /// Free text shown in the server's monitoring.
+    pub description: Option<String>,
+}
+
+impl StreamSpec {
+    /// A file-backed, single-replica stream for `subjects` with a two-minute
+    /// duplicate window.
+    pub fn new(name: impl Into<String>, subjects: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            subjects,
+            storage: StorageType::File,
+            replicas: 1,
+            retention: RetentionPolicy::Limits,
+            duplicate_window: Duration::from_secs(120),
+            max_message_size: None,
+            max_age: None,
+            description: None,
+        }
+    }
+
+    /// The stream of one domain: every subject `{env}.{domain}.>`.
+    pub fn for_domain(
+        subjects: &Subjects,
+        name: impl Into<String>,
+        domain: &str,
+    ) -> Result<Self, SubjectError> {
+        Ok(Self::new(name, vec![subjects.domain(domain)?]))
+    }
+
+    /// Sets the number of replicas.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets the storage type.
+    pub fn storage(mut self, storage: StorageType) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the retention policy.
+    pub fn retention(mut self, retention: RetentionPolicy) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets the duplicate window.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// Sets the largest accepted event size.
+    pub fn max_message_size(mut self, bytes: i32) -> Self {
+        self.max_message_size = Some(bytes);
+        self
+    }
+
+    /// Sets how long events are kept.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    fn to_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            storage: self.storage,
+            num_replicas: self.replicas,
+            retention: self.retention,
+            duplicate_window: self.duplicate_window,
+            max_message_size: self.max_message_size.unwrap_or(-1),
+            max_age: self.max_age.unwrap_or_default(),
+            description: self.description.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A setting on the server that differs from the declaration and that
+/// provisioning did not change (the server forbids it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// Which setting.
+    pub field: &'static str,
+    /// What the declaration says.
+    pub declared: String,
+    /// What the server has.
+    pub actual: String,
+}
+
+/// What [`Client::ensure_stream`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamReport {
+    /// The stream did not exist and was created.
+    pub created: bool,
+    /// Settings that differed and were updated on the server.
+    pub updated: Vec<&'static str>,
+    /// Settings that differ and cannot be changed in place.
+    pub drift: Vec<Drift>,
+}
+
+impl StreamReport {
+    /// True when the server now matches the declaration exactly.
+    pub fn is_in_sync(&self) -> bool {
+        self.drift.is_empty()
+    }
+}
+
+/// What went wrong provisioning.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvisionErrorKind {
+    /// The declaration itself is invalid (name, subjects).
+    #[error("invalid stream declaration: {0}")]
+    InvalidSpec(String),
+    /// JetStream is not enabled for this account or server.
+    #[error("JetStream unavailable")]
+    JetStreamUnavailable,
+    /// The server refused the request (subjects overlap another stream,
+    /// permissions, limits); the source has its description.
+    #[error("server refused the stream: {0}")]
+    Refused(String),
+    /// No answer in time.
+    #[error("timed out")]
+    TimedOut,
+}
+
+/// Error of [`Client::ensure_stream`].
+pub type ProvisionError = Error<ProvisionErrorKind>;
+
+impl Client {
+    /// Creates the stream if missing, otherwise updates the settings that may
+    /// change (subjects, replicas, duplicate window, size and age limits,
+    /// description) and reports the ones that may not (storage, retention) as
+    /// drift. Safe to call at every start of every instance.
+    ///
+    /// ```no_run
+    /// # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use jetevents::provision::StreamSpec;
+    /// let spec = StreamSpec::for_domain(client.subjects(), "BOOKING", "booking")?;
+    /// let report = client.ensure_stream(&spec).await?;
+    /// if !report.is_in_sync() {
+    ///     eprintln!("stream differs from its declaration: {:?}", report.drift);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn ensure_stream(&self, spec: &StreamSpec) -> Result<StreamReport, ProvisionError> {
+        if spec.name.is_empty()
+            || spec
+                .name
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::new(ProvisionErrorKind::InvalidSpec(format!(
+                "stream name {:?}",
+                spec.name
+            ))));
+        }
+        let wanted = spec.to_config();
+        let existing = match self.jetstream().get_stream(&spec.name).await {
+            Ok(mut stream) => Some(stream.info().await.map_err(request_failed)?.config.clone()),
+            Err(err) => match err.kind() {
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code()
+                        == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    None
+                }
+                _ => return Err(request_failed(err)),
+            },
+        };
+        let Some(actual) = existing else {
+            self.jetstream()
+                .create_stream(wanted)
+                .await
+                .map_err(request_failed)?;
+            return Ok(StreamReport {
+                created: true,
+                updated: Vec::new(),
+                drift: Vec::new(),
+            });
+        };
+
+        let mut drift = Vec::new();
+        if actual.storage != wanted.storage {
+            drift.push(Drift {
+                field: "storage",
+                declared: format!("{:?}", wanted.storage),
+                actual: format!("{:?}", actual.storage),
+            });
+        }
+        if actual.retention != wanted.retention {
+            drift.push(Drift {
+                field: "retention",
+                declared: format!("{:?}", wanted.retention),
+                actual: format!("{:?}", actual.retention),
+            });
+        }
+        let mut updated = Vec::new();
+        let mut next = actual.clone();
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        if sorted(&actual.subjects) != sorted(&wanted.subjects) {
+            next.subjects = wanted.subjects.clone();
+            updated.push("subjects");
+        }
+        if actual.num_replicas != wanted.num_replicas {
+            next.num_replicas = wanted.num_replicas;
+            updated.push("replicas");
+        }
+        if actual.duplicate_window != wanted.duplicate_window {
+            next.duplicate_window = wanted.duplicate_window;
+            updated.push("duplicate_window");
+        }
+        if actual.max_message_size != wanted.max_message_size {
+            next.max_message_size = wanted.max_message_size;
+            updated.push("max_message_size");
+        }
+        if actual.max_age != wanted.max_age {
+            next.max_age = wanted.max_age;
+            updated.push("max_age");
+        }
+        if wanted.description.is_some() && actual.description != wanted.description {
+            next.description = wanted.description.clone();
+            updated.push("description");
+        }
+        if !updated.is_empty() {
+            self.jetstream()
+                .update_stream(next)
+                .await
+                .map_err(request_failed)?;
+        }
+        if !drift.is_empty() {
+            tracing::warn!(stream = %spec.name, ?drift, "stream differs from its declaration");
+        }
+        Ok(StreamReport {
+            created: false,
+            updated,
+            drift,
+        })
+    }
+}
+
+fn request_failed(err: impl std::error::Error + Send + Sync + 'static) -> ProvisionError {
+    let text = err.to_string();
+    let lower = text.to_ascii_lowercase();
+    let kind = if lower.contains("timed out") || lower.contains("timeout") {
+        ProvisionErrorKind::TimedOut
+    } else if lower.contains("jetstream not enabled") || lower.contains("no responders") {
+        ProvisionErrorKind::JetStreamUnavailable
+    } else {
+        ProvisionErrorKind::Refused(text)
+    };
+    Error::with_source(kind, err)
+}

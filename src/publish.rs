@@ -1,1 +1,651 @@
-//! Work in progress.
+//! Publishing typed events and knowing whether JetStream stored them.
+//!
+//! Every publish awaits the server's PubAck. The event id is sent as
+//! `Nats-Msg-Id`, so a retried publish is stored once within the stream's
+//! duplicate window; retries after an ack timeout or a 503 (no stream leader
+//! during an election) reuse it. When the retry budget runs out after a timeout
+//! the error is [`PublishErrorKind::OutcomeUnknown`]: the event may or may not
+//! be stored, and publishing it again (same id) is safe.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsPublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use crate::client::{Client, Operation, PermissionViolation};
+use crate::codec::{self, Encoding};
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::event::{Event, EventType};
+
+/// What the server said about a stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Receipt {
+    /// The event's id (also its `Nats-Msg-Id`).
+    pub event_id: String,
+    /// The subject it was published on.
+    pub subject: String,
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub sequence: u64,
+    /// The server had this id already (within the duplicate window) and did
+    /// not store it again: an earlier attempt succeeded.
+    pub duplicate: bool,
+}
+
+/// What went wrong publishing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The subject could not be built from the event's type or key.
+    #[error("invalid subject")]
+    InvalidSubject,
+    /// The event could not be encoded (serialization, extension names).
+    #[error("event could not be encoded")]
+    InvalidEvent,
+    /// The encoded event (headers included) exceeds the server's limit. Nothing
+    /// was sent.
+    #[error("event of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Encoded size, headers included.
+        size: usize,
+        /// The server's `max_payload`.
+        limit: usize,
+    },
+    /// The connection's user may not publish to this subject.
+    #[error("permission denied to publish to {subject}")]
+    PermissionDenied {
+        /// The refused subject.
+        subject: String,
+    },
+    /// No stream captures this subject.
+    #[error("no stream captures subject {subject}")]
+    NoStream {
+        /// The subject without a stream.
+        subject: String,
+    },
+    /// Optimistic concurrency: the subject's last sequence was not the
+    /// expected one. Nothing was stored.
+    #[error("expected last sequence {expected} on the subject, found {actual:?}")]
+    Conflict {
+        /// The sequence the publish expected.
+        expected: u64,
+        /// The subject's actual last sequence, when the server said it.
+        actual: Option<u64>,
+    },
+    /// No ack arrived within the retry budget: the event may or may not be
+    /// stored. Publishing it again with the same id is safe.
+    #[error("outcome unknown after {attempts} attempts")]
+    OutcomeUnknown {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The stream had no leader (or no responder) during the whole retry
+    /// budget. The event was not stored.
+    #[error("stream unavailable after {attempts} attempts")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The server refused the event (stream limits, message too large for the
+    /// stream); the source has the server's description.
+    #[error("server refused the event")]
+    Rejected,
+}
+
+/// Error of a publish.
+pub type PublishError = Error<PublishErrorKind>;
+
+/// Options of one publish, as a small builder.
+///
+/// ```
+/// use jetevents::publish::PublishOptions;
+/// use jetevents::codec::Encoding;
+///
+/// let options = PublishOptions::new()
+///     .correlation_id("order-42")
+///     .metadata("tenant", "acme")
+///     .encoding(Encoding::Structured)
+///     .expected_last_subject_sequence(7);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PublishOptions {
+    key: Option<String>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    metadata: Vec<(String, String)>,
+    encoding: Option<Encoding>,
+    expected_last_subject_sequence: Option<u64>,
+}
+
+impl PublishOptions {
+    /// No options: the defaults of the client's configuration.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the event's own key (last subject token, `partitionkey`).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the `correlationid` extension (the conversation this event is part of).
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the `causationid` extension (the id of the event that caused this one).
+    pub fn causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Adds a free-form metadata extension. Names are CloudEvents extension
+    /// names: lower-case letters and digits.
+    pub fn metadata(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.push((name.into(), value.into()));
+        self
+    }
+
+    /// Chooses binary (default) or structured encoding for this event.
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = Some(encoding);
+        self
+    }
+
+    /// Optimistic concurrency: store only if the last event on this subject has
+    /// this stream sequence (0: the subject must be empty).
+    pub fn expected_last_subject_sequence(mut self, sequence: u64) -> Self {
+        self.expected_last_subject_sequence = Some(sequence);
+        self
+    }
+}
+
+/// The event being handled on this task, so events published while handling
+/// it get `causationid` and `correlationid` without the handler passing them.
+#[derive(Clone, Debug)]
+pub struct Lineage {
+    /// Id of the event being handled: the causation id of what it publishes.
+    pub event_id: String,
+    /// Its correlation id (its own id when it has none).
+    pub correlation_id: String,
+}
+
+tokio::task_local! {
+    static HANDLING: Lineage;
+}
+
+/// Runs `future` with `lineage` as the event being handled. The consumer
+/// runtime wraps every handler call in this.
+pub fn with_lineage<F: Future>(lineage: Lineage, future: F) -> impl Future<Output = F::Output> {
+    HANDLING.scope(lineage, future)
+}
+
+/// Publishes events of one service. Cheap to clone.
+///
+/// ```no_run
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct AppointmentConfirmed { appointment_id: String }
+/// # impl jetevents::Event for AppointmentConfirmed {
+/// #     const TYPE: &'static str = "booking.appointment.confirmed.v1";
+/// #     fn key(&self) -> Option<String> { Some(self.appointment_id.clone()) }
+/// # }
+/// # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let publisher = client.publisher();
+/// let receipt = publisher
+///     .publish(&AppointmentConfirmed { appointment_id: "a-1".into() })
+///     .await?;
+/// println!("stored as {} #{}", receipt.stream, receipt.sequence);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    client: Client,
+}
+
+/// An event encoded and ready to send.
+struct Prepared {
+    subject: String,
+    event_id: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    expected_last_subject_sequence: Option<u64>,
+    span: tracing::Span,
+}
+
+enum AttemptError {
+    /// Worth another attempt with the same id.
+    Retryable { timed_out: bool, source: async_nats::jetstream::context::PublishError },
+    /// Final.
+    Final(PublishError),
+}
+
+impl Publisher {
+    pub(crate) fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The client this publisher uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Publishes `event` and awaits the server's ack.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<Receipt, PublishError> {
+        self.publish_with(event, PublishOptions::default()).await
+    }
+
+    /// Publishes `event` with `options` and awaits the server's ack.
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: PublishOptions,
+    ) -> Result<Receipt, PublishError> {
+        let (subject, envelope) = self.envelope_for(event, &options)?;
+        self.publish_envelope(&subject, envelope, options).await
+    }
+
+    /// Publishes a ready envelope on `subject` (for events that are not Rust
+    /// types here: relays, redrives, tests).
+    pub async fn publish_envelope(
+        &self,
+        subject: &str,
+        envelope: Envelope,
+        options: PublishOptions,
+    ) -> Result<Receipt, PublishError> {
+        let prepared = self.prepare(subject.to_owned(), envelope, &options)?;
+        let span = prepared.span.clone();
+        self.send_with_retries(prepared).instrument(span).await
+    }
+
+    /// Publishes many events pipelined: up to `window` acks are awaited at
+    /// once, and sending waits (backpressure) while the window is full.
+    /// Returns one result per event, in input order.
+    ///
+    /// Without faults the events are stored in input order. An event whose
+    /// attempt timed out or met no stream leader is retried (same id) after the
+    /// events already in flight, so under faults each event is still stored
+    /// once, but a retried one may land after later ones.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)]
+    /// # struct Tick { n: u64 }
+    /// # impl jetevents::Event for Tick { const TYPE: &'static str = "demo.clock.ticked.v1"; }
+    /// # async fn run(publisher: jetevents::publish::Publisher) {
+    /// let ticks: Vec<Tick> = (0..10_000).map(|n| Tick { n }).collect();
+    /// let results = publisher.publish_many(&ticks, 256).await;
+    /// assert!(results.iter().all(|r| r.is_ok()));
+    /// # }
+    /// ```
+    pub async fn publish_many<E: Event>(
+        &self,
+        events: &[E],
+        window: usize,
+    ) -> Vec<Result<Receipt, PublishError>> {
+        let window = window.clamp(1, crate::client::MAX_ACKS_IN_FLIGHT);
+        let mut results: Vec<Option<Result<Receipt, PublishError>>> =
+            Vec::with_capacity(events.len());
+        results.resize_with(events.len(), || None);
+        let mut retry_later: Vec<(usize, Prepared)> = Vec::new();
+        let mut in_flight: VecDeque<(usize, Prepared, PublishAckFuture)> =
+            VecDeque::with_capacity(window);
+        let mut violations = self.client.permission_violations();
+        let options = PublishOptions::default();
+
+        for (index, event) in events.iter().enumerate() {
+            if in_flight.len() >= window {
+                if let Some((done, prepared, ack)) = in_flight.pop_front() {
+                    self.settle_pipelined(done, prepared, ack, &mut violations, &mut results, &mut retry_later)
+                        .await;
+                }
+            }
+            let prepared = match self
+                .envelope_for(event, &options)
+                .and_then(|(subject, envelope)| self.prepare(subject, envelope, &options))
+            {
+                Ok(prepared) => prepared,
+                Err(err) => {
+                    results[index] = Some(Err(err));
+                    continue;
+                }
+            };
+            match self.send(&prepared).await {
+                Ok(ack) => in_flight.push_back((index, prepared, ack)),
+                Err(AttemptError::Final(err)) => results[index] = Some(Err(err)),
+                Err(AttemptError::Retryable { .. }) => retry_later.push((index, prepared)),
+            }
+        }
+        while let Some((done, prepared, ack)) = in_flight.pop_front() {
+            self.settle_pipelined(done, prepared, ack, &mut violations, &mut results, &mut retry_later)
+                .await;
+        }
+        for (index, prepared) in retry_later {
+            let span = prepared.span.clone();
+            results[index] = Some(self.send_with_retries(prepared).instrument(span).await);
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| Err(Error::new(PublishErrorKind::OutcomeUnknown { attempts: 0 })))
+            })
+            .collect()
+    }
+
+    async fn settle_pipelined(
+        &self,
+        index: usize,
+        prepared: Prepared,
+        ack: PublishAckFuture,
+        violations: &mut broadcast::Receiver<PermissionViolation>,
+        results: &mut [Option<Result<Receipt, PublishError>>],
+        retry_later: &mut Vec<(usize, Prepared)>,
+    ) {
+        match self.await_ack(&prepared, ack, violations).await {
+            Ok(ack) => results[index] = Some(Ok(receipt(&prepared, ack))),
+            Err(AttemptError::Final(err)) => results[index] = Some(Err(err)),
+            Err(AttemptError::Retryable { .. }) => retry_later.push((index, prepared)),
+        }
+    }
+
+    /// Builds the subject and envelope of a typed event.
+    fn envelope_for<E: Event>(
+        &self,
+        event: &E,
+        options: &PublishOptions,
+    ) -> Result<(String, Envelope), PublishError> {
+        let event_type = EventType::of::<E>()
+            .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))?;
+        let key = options.key.clone().or_else(|| event.key());
+        let subject = self
+            .client
+            .subjects()
+            .event(&event_type, key.as_deref())
+            .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))?;
+        let mut envelope = Envelope::from_event(self.client.config().source.clone(), event)
+            .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+        if let Some(key) = options.key.as_ref() {
+            envelope.set_partition_key(key.clone());
+        }
+        Ok((subject, envelope))
+    }
+
+    /// Fills lineage, metadata and trace context, encodes, checks the size.
+    fn prepare(
+        &self,
+        subject: String,
+        mut envelope: Envelope,
+        options: &PublishOptions,
+    ) -> Result<Prepared, PublishError> {
+        let lineage = HANDLING.try_with(Lineage::clone).ok();
+        if let Some(id) = options
+            .causation_id
+            .clone()
+            .or_else(|| lineage.as_ref().map(|l| l.event_id.clone()))
+        {
+            envelope.set_causation_id(id);
+        }
+        if let Some(id) = options
+            .correlation_id
+            .clone()
+            .or_else(|| lineage.as_ref().map(|l| l.correlation_id.clone()))
+        {
+            envelope.set_correlation_id(id);
+        }
+        for (name, value) in &options.metadata {
+            envelope
+                .set_extension(name, value.as_str())
+                .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+        }
+
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {subject}"),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %envelope.id,
+            cloudevents.event_id = %envelope.id,
+            cloudevents.event_type = %envelope.event_type,
+            cloudevents.event_source = %envelope.source,
+            messaging.nats.stream.sequence = tracing::field::Empty,
+        );
+        // The trace context sent is the publish span's own, so a consumer's
+        // process span becomes its child.
+        if !span.is_disabled() {
+            let context = {
+                let _entered = span.enter();
+                crate::trace::current_context()
+            };
+            crate::trace::inject_context(&mut envelope, &context);
+        } else {
+            crate::trace::inject(&mut envelope);
+        }
+
+        let encoding = options.encoding.unwrap_or(self.client.config().encoding);
+        let mut headers = HeaderMap::new();
+        let payload = codec::encode_into(&envelope, encoding, &mut headers)
+            .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
+        if let Some(sequence) = options.expected_last_subject_sequence {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                sequence.to_string().as_str(),
+            );
+        }
+        let size = codec::wire_size(&headers, payload.len());
+        let limit = self.client.nats().max_payload();
+        if size > limit {
+            return Err(Error::new(PublishErrorKind::PayloadTooLarge { size, limit }));
+        }
+        Ok(Prepared {
+            subject,
+            event_id: envelope.id,
+            headers,
+            payload,
+            expected_last_subject_sequence: options.expected_last_subject_sequence,
+            span,
+        })
+    }
+
+    async fn send_with_retries(&self, prepared: Prepared) -> Result<Receipt, PublishError> {
+        let policy = self.client.config().publish_retry;
+        let max_attempts = policy.max_attempts.max(1);
+        let mut violations = self.client.permission_violations();
+        let mut any_timeout = false;
+        let mut last_source = None;
+        for attempt in 1..=max_attempts {
+            if attempt > 1 {
+                tracing::debug!(attempt, "retrying publish with the same message id");
+                tokio::time::sleep(policy.delay(attempt - 1)).await;
+            }
+            let outcome = match self.send(&prepared).await {
+                Ok(ack) => self.await_ack(&prepared, ack, &mut violations).await,
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(ack) => {
+                    prepared
+                        .span
+                        .record("messaging.nats.stream.sequence", ack.sequence);
+                    return Ok(receipt(&prepared, ack));
+                }
+                Err(AttemptError::Final(err)) => {
+                    prepared.span.record("otel.status_code", "ERROR");
+                    return Err(err);
+                }
+                Err(AttemptError::Retryable { timed_out, source }) => {
+                    if !timed_out && self.is_missing_stream(&prepared.subject).await {
+                        prepared.span.record("otel.status_code", "ERROR");
+                        return Err(Error::with_source(
+                            PublishErrorKind::NoStream {
+                                subject: prepared.subject.clone(),
+                            },
+                            source,
+                        ));
+                    }
+                    any_timeout |= timed_out;
+                    last_source = Some(source);
+                }
+            }
+        }
+        prepared.span.record("otel.status_code", "ERROR");
+        let kind = if any_timeout {
+            PublishErrorKind::OutcomeUnknown { attempts: max_attempts }
+        } else {
+            PublishErrorKind::Unavailable { attempts: max_attempts }
+        };
+        Err(match last_source {
+            Some(source) => Error::with_source(kind, source),
+            None => Error::new(kind),
+        })
+    }
+
+    /// After a no-responders reply: is there really no stream for the subject,
+    /// or is its leader being elected? Only a definite "none" counts; a failed
+    /// lookup (the cluster is busy electing) means "try again".
+    async fn is_missing_stream(&self, subject: &str) -> bool {
+        let lookup = self.client.jetstream().stream_by_subject(subject);
+        match tokio::time::timeout(STREAM_LOOKUP_TIMEOUT, lookup).await {
+            Ok(Err(err)) => matches!(
+                err.kind(),
+                async_nats::jetstream::context::GetStreamByNameErrorKind::NotFound
+            ),
+            _ => false,
+        }
+    }
+
+    /// Sends one attempt; the returned future resolves to its ack.
+    async fn send(&self, prepared: &Prepared) -> Result<PublishAckFuture, AttemptError> {
+        let message = PublishMessage::build()
+            .payload(prepared.payload.clone())
+            .headers(prepared.headers.clone());
+        self.client
+            .jetstream()
+            .send_publish(prepared.subject.clone(), message)
+            .await
+            .map_err(|err| self.classify(prepared, err))
+    }
+
+    async fn await_ack(
+        &self,
+        prepared: &Prepared,
+        ack: PublishAckFuture,
+        violations: &mut broadcast::Receiver<PermissionViolation>,
+    ) -> Result<PublishAck, AttemptError> {
+        // A publish the server refuses for permissions never gets an ack: the
+        // refusal comes as an asynchronous -ERR naming the subject.
+        let subject = prepared.subject.as_str();
+        let denied = async {
+            loop {
+                match violations.recv().await {
+                    Ok(v) if v.operation == Operation::Publish && v.subject == subject => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            ack = ack => match ack {
+                Ok(ack) => Ok(ack),
+                Err(err) => Err(self.classify(prepared, err)),
+            },
+            () = denied => Err(AttemptError::Final(Error::new(PublishErrorKind::PermissionDenied {
+                subject: prepared.subject.clone(),
+            }))),
+        }
+    }
+
+    fn classify(
+        &self,
+        prepared: &Prepared,
+        err: async_nats::jetstream::context::PublishError,
+    ) -> AttemptError {
+        match err.kind() {
+            NatsPublishErrorKind::TimedOut => AttemptError::Retryable {
+                timed_out: true,
+                source: err,
+            },
+            // No responders: no stream captures the subject, or its leader is
+            // being elected. `is_missing_stream` tells them apart later.
+            NatsPublishErrorKind::StreamNotFound => AttemptError::Retryable {
+                timed_out: false,
+                source: err,
+            },
+            NatsPublishErrorKind::WrongLastSequence => {
+                let actual = parse_actual_sequence(&err.to_string());
+                AttemptError::Final(Error::with_source(
+                    PublishErrorKind::Conflict {
+                        expected: prepared.expected_last_subject_sequence.unwrap_or_default(),
+                        actual,
+                    },
+                    err,
+                ))
+            }
+            NatsPublishErrorKind::MaxPayloadExceeded => {
+                let size = codec::wire_size(&prepared.headers, prepared.payload.len());
+                AttemptError::Final(Error::with_source(
+                    PublishErrorKind::PayloadTooLarge {
+                        size,
+                        limit: self.client.nats().max_payload(),
+                    },
+                    err,
+                ))
+            }
+            NatsPublishErrorKind::BrokenPipe => AttemptError::Retryable {
+                timed_out: true,
+                source: err,
+            },
+            _ => AttemptError::Final(Error::with_source(PublishErrorKind::Rejected, err)),
+        }
+    }
+}
+
+/// How long the missing-stream lookup may take before we count it as unknown.
+const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn receipt(prepared: &Prepared, ack: PublishAck) -> Receipt {
+    Receipt {
+        event_id: prepared.event_id.clone(),
+        subject: prepared.subject.clone(),
+        stream: ack.stream,
+        sequence: ack.sequence,
+        duplicate: ack.duplicate,
+    }
+}
+
+/// The server's text is "wrong last sequence: N".
+fn parse_actual_sequence(text: &str) -> Option<u64> {
+    let rest = &text[text.find("wrong last sequence: ")? + "wrong last sequence: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_actual_sequence_from_server_text() {
+        assert_eq!(
+            parse_actual_sequence("wrong last sequence: 42 (code 400, error code 10071)"),
+            Some(42)
+        );
+        assert_eq!(parse_actual_sequence("something else"), None);
+    }
+}

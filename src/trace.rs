@@ -1,1 +1,178 @@
-//! Work in progress.
+//! W3C trace context carried in the event's CloudEvents extensions.
+//!
+//! The publisher writes the current span's context into the `traceparent` and
+//! `tracestate` extensions ([`inject`]); the consumer reads them back
+//! ([`extract`]) and makes its process span a child of the producer's span, so
+//! one trace runs from the producer through every consumer.
+//!
+//! The W3C format is fixed, so we format and parse it here rather than through a
+//! global propagator: the library never installs one, and it works whether or
+//! not the application installed one.
+
+use std::str::FromStr;
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::envelope::Envelope;
+
+/// The OpenTelemetry context of the current `tracing` span, falling back to the
+/// OpenTelemetry current context when the span is not exported through a
+/// `tracing-opentelemetry` layer.
+pub fn current_context() -> Context {
+    let context = tracing::Span::current().context();
+    if context.span().span_context().is_valid() {
+        context
+    } else {
+        Context::current()
+    }
+}
+
+/// Formats a span context as a W3C `traceparent` value:
+/// `00-{trace id, 32 hex}-{span id, 16 hex}-{flags, 2 hex}`.
+///
+/// ```
+/// use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+///
+/// let context = SpanContext::new(
+///     TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+///     SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+///     TraceFlags::SAMPLED,
+///     false,
+///     TraceState::default(),
+/// );
+/// assert_eq!(
+///     jetevents::trace::format_traceparent(&context),
+///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+/// );
+/// ```
+pub fn format_traceparent(context: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8()
+    )
+}
+
+/// Parses a W3C `traceparent` (and optional `tracestate`) into a remote span
+/// context. Returns `None` for anything that is not a valid version-00 value:
+/// a bad trace context must never fail the event it came with.
+///
+/// ```
+/// let context = jetevents::trace::parse_traceparent(
+///     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+///     Some("vendor=value"),
+/// )
+/// .unwrap();
+/// assert!(context.is_remote());
+/// assert!(context.is_sampled());
+/// assert_eq!(context.trace_state().get("vendor"), Some("value"));
+/// assert!(jetevents::trace::parse_traceparent("00-zz-00-01", None).is_none());
+/// ```
+pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || version != "00" {
+        return None;
+    }
+    if trace_id.len() != 32 || span_id.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    let is_lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !is_lower_hex(trace_id) || !is_lower_hex(span_id) || !is_lower_hex(flags) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace_id).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let trace_state = tracestate
+        .and_then(|state| TraceState::from_str(state).ok())
+        .unwrap_or_default();
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags),
+        true,
+        trace_state,
+    ))
+}
+
+/// Writes the current trace context into the envelope's `traceparent` and
+/// `tracestate` extensions. Does nothing when there is no valid current span,
+/// so an application without tracing pays nothing and sends no fake ids.
+pub fn inject(envelope: &mut Envelope) {
+    inject_context(envelope, &current_context());
+}
+
+/// Writes `context`'s span into the envelope's trace extensions.
+pub fn inject_context(envelope: &mut Envelope, context: &Context) {
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return;
+    }
+    envelope.set_traceparent(format_traceparent(span_context));
+    let state = span_context.trace_state().header();
+    if !state.is_empty() {
+        envelope.set_tracestate(state);
+    }
+}
+
+/// The producer's context carried by the envelope, to parent a consumer span:
+/// `span.set_parent(jetevents::trace::extract(&envelope))`. An empty context
+/// when the event carries none (or an invalid one).
+pub fn extract(envelope: &Envelope) -> Context {
+    envelope
+        .traceparent()
+        .and_then(|traceparent| parse_traceparent(traceparent, envelope.tracestate()))
+        .map(|remote| Context::new().with_remote_span_context(remote))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parse_rejects_malformed_values() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(parse_traceparent(good, None).is_some());
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad, None).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn format_then_parse_round_trips_with_state() {
+        let state = TraceState::from_str("a=1,b=2").unwrap();
+        let original = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            state.clone(),
+        );
+        let parsed =
+            parse_traceparent(&format_traceparent(&original), Some(&state.header())).unwrap();
+        assert_eq!(parsed.trace_id(), original.trace_id());
+        assert_eq!(parsed.span_id(), original.span_id());
+        assert_eq!(parsed.trace_flags(), original.trace_flags());
+        assert_eq!(parsed.trace_state().header(), "a=1,b=2");
+    }
+}

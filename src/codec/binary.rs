@@ -1,0 +1,158 @@
+//! Binary content mode: attributes as `ce-*` headers, data as payload.
+
+use std::collections::BTreeMap;
+
+use async_nats::header::{HeaderName, HeaderValue};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::{percent, DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, SPEC_VERSION};
+use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::Error;
+
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+const CE_DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
+const CE_DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+
+fn value(s: &str) -> HeaderValue {
+    // Percent-encoding leaves no CR or LF, so the conversion cannot panic.
+    HeaderValue::from(percent::encode(s))
+}
+
+/// Adds the envelope's headers; the envelope is already validated.
+pub(super) fn encode_into(envelope: &Envelope, headers: &mut HeaderMap) -> Result<Bytes, EncodeError> {
+    headers.insert(CE_SPECVERSION, SPEC_VERSION);
+    headers.insert(CE_ID, value(&envelope.id));
+    headers.insert(CE_SOURCE, value(&envelope.source));
+    headers.insert(CE_TYPE, value(&envelope.event_type));
+    if let Some(subject) = &envelope.subject {
+        headers.insert(CE_SUBJECT, value(subject));
+    }
+    if let Some(time) = &envelope.time {
+        headers.insert(CE_TIME, HeaderValue::from(super::format_time(time)));
+    }
+    if let Some(ct) = &envelope.data_content_type {
+        headers.insert(CE_DATACONTENTTYPE, value(ct));
+    }
+    if let Some(schema) = &envelope.data_schema {
+        headers.insert(CE_DATASCHEMA, value(schema));
+    }
+    for (name, ext) in &envelope.extensions {
+        let mut header = String::with_capacity(3 + name.len());
+        header.push_str("ce-");
+        header.push_str(name);
+        let header = HeaderName::try_from(header)
+            .map_err(|err| Error::with_source(EncodeErrorKind::InvalidExtensionName(name.clone()), err))?;
+        let value = match ext {
+            ExtensionValue::String(s) => value(s),
+            ExtensionValue::Boolean(b) => HeaderValue::from(if *b { "true" } else { "false" }),
+            ExtensionValue::Integer(i) => HeaderValue::from(*i),
+        };
+        headers.insert(header, value);
+    }
+    Ok(envelope.data.clone().unwrap_or_default())
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), DecodeError> {
+    if slot.is_some() {
+        return Err(duplicate(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn duplicate(name: &str) -> DecodeError {
+    Error::new(DecodeErrorKind::InvalidAttribute {
+        name: name.to_owned(),
+        reason: "appears more than once".to_owned(),
+    })
+}
+
+pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, DecodeError> {
+    let mut specversion = None;
+    let mut id = None;
+    let mut source = None;
+    let mut event_type = None;
+    let mut subject = None;
+    let mut time = None;
+    let mut data_content_type = None;
+    let mut data_schema = None;
+    let mut content_type_header = None;
+    let mut extensions = BTreeMap::new();
+
+    for (name, values) in headers.iter() {
+        let header: &str = name.as_ref();
+        let Some(attribute) = header
+            .get(..3)
+            .filter(|prefix| prefix.eq_ignore_ascii_case("ce-"))
+            .map(|_| &header[3..])
+        else {
+            if header.eq_ignore_ascii_case("content-type") {
+                content_type_header = values.first().map(|v| v.as_str().to_owned());
+            }
+            continue;
+        };
+        let raw = match values.as_slice() {
+            [raw] => raw.as_str(),
+            [] => continue,
+            _ => return Err(duplicate(&attribute.to_ascii_lowercase())),
+        };
+        let decoded = percent::decode(raw, header)?;
+        let is = |name: &str| attribute.eq_ignore_ascii_case(name);
+        if is("specversion") {
+            set_once(&mut specversion, decoded, "specversion")?;
+        } else if is("id") {
+            set_once(&mut id, decoded, "id")?;
+        } else if is("source") {
+            set_once(&mut source, decoded, "source")?;
+        } else if is("type") {
+            set_once(&mut event_type, decoded, "type")?;
+        } else if is("subject") {
+            set_once(&mut subject, decoded, "subject")?;
+        } else if is("time") {
+            set_once(&mut time, super::parse_time(&decoded)?, "time")?;
+        } else if is("datacontenttype") {
+            set_once(&mut data_content_type, decoded, "datacontenttype")?;
+        } else if is("dataschema") {
+            set_once(&mut data_schema, decoded, "dataschema")?;
+        } else {
+            let name = attribute.to_ascii_lowercase();
+            if !is_valid_extension_name(&name) {
+                return Err(Error::new(DecodeErrorKind::InvalidAttribute {
+                    name,
+                    reason: "not a valid extension name".to_owned(),
+                }));
+            }
+            if extensions
+                .insert(name, ExtensionValue::String(decoded))
+                .is_some()
+            {
+                return Err(duplicate(&attribute.to_ascii_lowercase()));
+            }
+        }
+    }
+
+    let specversion = specversion.ok_or(Error::new(DecodeErrorKind::MissingAttribute("specversion")))?;
+    if specversion != SPEC_VERSION {
+        return Err(Error::new(DecodeErrorKind::UnsupportedSpecVersion(specversion)));
+    }
+    let envelope = Envelope {
+        id: id.ok_or(Error::new(DecodeErrorKind::MissingAttribute("id")))?,
+        source: source.ok_or(Error::new(DecodeErrorKind::MissingAttribute("source")))?,
+        event_type: event_type.ok_or(Error::new(DecodeErrorKind::MissingAttribute("type")))?,
+        subject,
+        time,
+        data_content_type: data_content_type.or(content_type_header),
+        data_schema,
+        extensions,
+        // An empty payload is indistinguishable from absent data on the wire.
+        data: (!payload.is_empty()).then(|| payload.clone()),
+    };
+    super::check_decoded(&envelope)?;
+    Ok(envelope)
+}

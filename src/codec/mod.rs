@@ -1,0 +1,426 @@
+//! The CloudEvents NATS protocol binding (1.0.3-wip), binary and structured.
+//!
+//! - **Binary** (the default): every attribute is a `ce-<name>` header,
+//!   `ce-datacontenttype` included, and the payload is the data bytes.
+//!   Header values are percent-encoded (space, `"`, `%` and everything
+//!   outside `U+0021..=U+007E`, upper-case hex).
+//! - **Structured**: a `Content-Type: application/cloudevents+json` header
+//!   and the CloudEvents JSON format as payload; JSON data is embedded as
+//!   `data`, text as a `data` string, anything else as `data_base64`.
+//!
+//! Encoding is strict: required attributes must be non-empty, string values
+//! must not contain control characters, extension names must be lower-case
+//! ASCII letters and digits. Decoding is lenient where the binding allows it
+//! (header names in any case, double-quoted values, lower-case hex, an
+//! unprefixed `Content-Type` standing in for `ce-datacontenttype`) and strict
+//! where it must be (invalid or overlong UTF-8, missing attributes, unknown
+//! spec versions), with one [`DecodeErrorKind`] per cause.
+//!
+//! The mode of an incoming message is detected as the binding says: a
+//! `Content-Type` starting with `application/cloudevents` means structured;
+//! otherwise any `ce-` header means binary; a message with neither (or no
+//! headers at all, as from NATS servers before 2.2 and SDKs that only know
+//! structured mode) is read as structured.
+//!
+//! ```
+//! use jetevents::codec::{self, Encoding};
+//! use jetevents::envelope::Envelope;
+//!
+//! let mut envelope = Envelope::new("/iam", "iam.user.created.v1");
+//! envelope.subject = Some("users/ana lima".into());
+//! let (headers, payload) = codec::encode(&envelope, Encoding::Binary).unwrap();
+//! assert_eq!(headers.get("ce-subject").unwrap().as_str(), "users/ana%20lima");
+//! let decoded = codec::decode(Some(&headers), &payload).unwrap();
+//! assert_eq!(decoded, envelope);
+//! ```
+
+mod base64;
+mod binary;
+mod percent;
+mod structured;
+
+use std::fmt;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::Error;
+
+/// The media type of JSON data.
+pub const APPLICATION_JSON: &str = "application/json";
+/// The media type of the structured mode's JSON event format.
+pub const APPLICATION_CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+/// The only CloudEvents spec version this codec reads and writes.
+pub const SPEC_VERSION: &str = "1.0";
+
+const CONTENT_TYPE: async_nats::header::HeaderName =
+    async_nats::header::HeaderName::from_static("Content-Type");
+
+/// Error of encoding an envelope.
+pub type EncodeError = Error<EncodeErrorKind>;
+/// Error of decoding a message (or an envelope's data).
+pub type DecodeError = Error<DecodeErrorKind>;
+
+/// Why an envelope could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeErrorKind {
+    /// An extension name is not lower-case ASCII letters and digits, or is a
+    /// core attribute name.
+    InvalidExtensionName(String),
+    /// The event data did not serialize to JSON.
+    Serialize,
+    /// An attribute value is not allowed (empty required attribute, control
+    /// characters, time outside years 0..=9999).
+    InvalidAttribute {
+        /// Attribute name.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+impl fmt::Display for EncodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidExtensionName(name) => write!(f, "invalid extension name {name:?}"),
+            Self::Serialize => f.write_str("event data did not serialize to JSON"),
+            Self::InvalidAttribute { name, reason } => {
+                write!(f, "invalid attribute {name}: {reason}")
+            }
+        }
+    }
+}
+
+/// Why a message could not be decoded into an envelope, or an envelope's
+/// data into an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// A required attribute (`specversion`, `id`, `source`, `type`) is absent.
+    MissingAttribute(&'static str),
+    /// `specversion` is not `1.0`.
+    UnsupportedSpecVersion(String),
+    /// A header value is not valid UTF-8 after percent-decoding (overlong
+    /// forms included), contains control characters, or has broken quoting.
+    InvalidHeaderValue {
+        /// Header name as received.
+        header: String,
+    },
+    /// A `%` is not followed by two hex digits.
+    InvalidPercentEncoding {
+        /// Header name as received.
+        header: String,
+    },
+    /// The structured payload is not a JSON object.
+    InvalidJson,
+    /// An attribute is present but invalid (empty id, bad time, duplicate,
+    /// wrong JSON type, invalid extension name, ...).
+    InvalidAttribute {
+        /// Attribute name.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The data did not deserialize into the requested event type.
+    InvalidData,
+    /// The content type cannot be handled: a structured event format other
+    /// than JSON, or non-JSON data asked for as a typed event.
+    UnsupportedContentType(String),
+    /// The envelope's `type` is not the requested event type's `TYPE`.
+    TypeMismatch {
+        /// The requested type.
+        expected: String,
+        /// The envelope's type.
+        actual: String,
+    },
+}
+
+impl fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingAttribute(name) => write!(f, "missing required attribute {name}"),
+            Self::UnsupportedSpecVersion(v) => write!(f, "unsupported specversion {v:?}"),
+            Self::InvalidHeaderValue { header } => write!(f, "invalid value in header {header}"),
+            Self::InvalidPercentEncoding { header } => {
+                write!(f, "invalid percent-encoding in header {header}")
+            }
+            Self::InvalidJson => f.write_str("payload is not a CloudEvents JSON object"),
+            Self::InvalidAttribute { name, reason } => {
+                write!(f, "invalid attribute {name}: {reason}")
+            }
+            Self::InvalidData => f.write_str("event data did not deserialize"),
+            Self::UnsupportedContentType(ct) => write!(f, "unsupported content type {ct:?}"),
+            Self::TypeMismatch { expected, actual } => {
+                write!(f, "event type is {actual:?}, expected {expected:?}")
+            }
+        }
+    }
+}
+
+/// How an envelope is laid out in a NATS message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Attributes as `ce-*` headers, data as payload.
+    #[default]
+    Binary,
+    /// The CloudEvents JSON format as payload.
+    Structured,
+}
+
+/// Encodes `envelope` into fresh headers and a payload.
+///
+/// ```
+/// # use jetevents::{codec::{self, Encoding}, envelope::Envelope};
+/// let envelope = Envelope::new("/iam", "iam.user.created.v1");
+/// let (headers, payload) = codec::encode(&envelope, Encoding::Structured).unwrap();
+/// assert_eq!(
+///     headers.get("Content-Type").unwrap().as_str(),
+///     "application/cloudevents+json"
+/// );
+/// assert!(payload.starts_with(b"{\"specversion\":\"1.0\""));
+/// ```
+pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<(HeaderMap, Bytes), EncodeError> {
+    let mut headers = HeaderMap::new();
+    let payload = encode_into(envelope, encoding, &mut headers)?;
+    Ok((headers, payload))
+}
+
+/// Encodes `envelope`, adding its headers to `headers` (which may already
+/// hold `Nats-Msg-Id` and the like), and returns the payload.
+///
+/// Headers of the same name are replaced. `headers` should not hold `ce-*`
+/// headers of another event: ones this envelope does not set would stay.
+/// On error, `headers` may hold some of the envelope's headers.
+///
+/// ```
+/// # use jetevents::{codec::{self, Encoding}, envelope::Envelope};
+/// let envelope = Envelope::new("/iam", "iam.user.created.v1");
+/// let mut headers = async_nats::HeaderMap::new();
+/// headers.insert("Nats-Msg-Id", envelope.id.as_str());
+/// let payload = codec::encode_into(&envelope, Encoding::Binary, &mut headers).unwrap();
+/// assert_eq!(headers.get("ce-id").unwrap().as_str(), envelope.id);
+/// assert!(payload.is_empty());
+/// ```
+pub fn encode_into(
+    envelope: &Envelope,
+    encoding: Encoding,
+    headers: &mut HeaderMap,
+) -> Result<Bytes, EncodeError> {
+    validate_for_encode(envelope)?;
+    match encoding {
+        Encoding::Binary => binary::encode_into(envelope, headers),
+        Encoding::Structured => {
+            headers.insert(CONTENT_TYPE, APPLICATION_CLOUDEVENTS_JSON);
+            Ok(structured::encode(envelope))
+        }
+    }
+}
+
+/// Decodes a received message into an envelope, detecting the mode as the
+/// binding says (see the [module docs](self)).
+///
+/// ```
+/// # use jetevents::codec;
+/// let mut headers = async_nats::HeaderMap::new();
+/// headers.insert("CE-SpecVersion", "1.0");
+/// headers.insert("ce-id", "1234-1234-1234");
+/// headers.insert("ce-source", "/mycontext/subcontext");
+/// headers.insert("ce-type", "com.example.someevent");
+/// headers.insert("ce-comment", "caf%c3%a9");
+/// headers.insert("Content-Type", "application/json");
+/// let envelope = codec::decode(Some(&headers), &bytes::Bytes::from_static(b"{}")).unwrap();
+/// assert_eq!(envelope.data_content_type.as_deref(), Some("application/json"));
+/// assert_eq!(envelope.extension("comment").unwrap().to_string(), "café");
+/// ```
+pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, DecodeError> {
+    let Some(headers) = headers else {
+        return structured::decode(payload);
+    };
+    let mut has_ce_header = false;
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name.eq_ignore_ascii_case("content-type") {
+            if let Some(value) = values.first() {
+                let media_type = media_type(value.as_str());
+                if starts_with_ignore_case(media_type, "application/cloudevents") {
+                    if media_type.eq_ignore_ascii_case(APPLICATION_CLOUDEVENTS_JSON)
+                        || media_type.eq_ignore_ascii_case("application/cloudevents")
+                    {
+                        return structured::decode(payload);
+                    }
+                    return Err(Error::new(DecodeErrorKind::UnsupportedContentType(
+                        value.as_str().to_owned(),
+                    )));
+                }
+            }
+        } else if starts_with_ignore_case(name, "ce-") {
+            has_ce_header = true;
+        }
+    }
+    if has_ce_header {
+        binary::decode(headers, payload)
+    } else {
+        structured::decode(payload)
+    }
+}
+
+/// Bytes the server counts against `max_payload` for a message with these
+/// headers and a payload of `payload_len` bytes: the header block
+/// (`NATS/1.0\r\n`, each `Name: value\r\n`, a final `\r\n`) plus the payload.
+/// Empty headers are not sent at all, so they count zero.
+///
+/// ```
+/// let mut headers = async_nats::HeaderMap::new();
+/// assert_eq!(jetevents::codec::wire_size(&headers, 5), 5);
+/// headers.insert("ce-id", "1");
+/// assert_eq!(jetevents::codec::wire_size(&headers, 5), 10 + 10 + 2 + 5);
+/// ```
+pub fn wire_size(headers: &HeaderMap, payload_len: usize) -> usize {
+    if headers.is_empty() {
+        return payload_len;
+    }
+    let mut len = b"NATS/1.0\r\n".len() + b"\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for value in values {
+            len += name.len() + b": ".len() + value.as_str().len() + b"\r\n".len();
+        }
+    }
+    len + payload_len
+}
+
+/// Whether data of content type `ct` is JSON; no content type counts as JSON,
+/// as the JSON event format says.
+pub(crate) fn is_json_content_type(ct: Option<&str>) -> bool {
+    let Some(ct) = ct else { return true };
+    let media_type = media_type(ct);
+    media_type.eq_ignore_ascii_case(APPLICATION_JSON)
+        || media_type.eq_ignore_ascii_case("text/json")
+        || ends_with_ignore_case(media_type, "+json")
+}
+
+/// The media type of a content type, without parameters.
+fn media_type(ct: &str) -> &str {
+    ct.split(';').next().unwrap_or("").trim()
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// Whether `s` has a character CloudEvents forbids in string values
+/// (U+0000..U+001F, U+007F..U+009F).
+pub(crate) fn has_control_chars(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+fn invalid_attribute(name: &str, reason: &str) -> EncodeError {
+    Error::new(EncodeErrorKind::InvalidAttribute {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+fn check_string(name: &str, value: &str, required_non_empty: bool) -> Result<(), EncodeError> {
+    if required_non_empty && value.is_empty() {
+        return Err(invalid_attribute(name, "must not be empty"));
+    }
+    if has_control_chars(value) {
+        return Err(invalid_attribute(name, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn validate_for_encode(envelope: &Envelope) -> Result<(), EncodeError> {
+    check_string("id", &envelope.id, true)?;
+    check_string("source", &envelope.source, true)?;
+    check_string("type", &envelope.event_type, true)?;
+    for (name, value) in [
+        ("subject", &envelope.subject),
+        ("datacontenttype", &envelope.data_content_type),
+        ("dataschema", &envelope.data_schema),
+    ] {
+        if let Some(value) = value {
+            check_string(name, value, true)?;
+        }
+    }
+    if let Some(time) = &envelope.time {
+        use chrono::Datelike;
+        if !(0..=9999).contains(&time.year()) {
+            return Err(invalid_attribute("time", "year outside 0..=9999"));
+        }
+    }
+    for (name, value) in &envelope.extensions {
+        if !is_valid_extension_name(name) {
+            return Err(Error::new(EncodeErrorKind::InvalidExtensionName(name.clone())));
+        }
+        if let ExtensionValue::String(value) = value {
+            check_string(name, value, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn decode_invalid(name: &str, reason: impl Into<String>) -> DecodeError {
+    Error::new(DecodeErrorKind::InvalidAttribute {
+        name: name.to_owned(),
+        reason: reason.into(),
+    })
+}
+
+/// Checks a decoded envelope against the rules [`encode`] enforces, so that
+/// whatever decodes also encodes.
+pub(crate) fn check_decoded(envelope: &Envelope) -> Result<(), DecodeError> {
+    for (name, value) in [
+        ("id", Some(&envelope.id)),
+        ("source", Some(&envelope.source)),
+        ("type", Some(&envelope.event_type)),
+        ("subject", envelope.subject.as_ref()),
+        ("datacontenttype", envelope.data_content_type.as_ref()),
+        ("dataschema", envelope.data_schema.as_ref()),
+    ] {
+        if let Some(value) = value {
+            if value.is_empty() {
+                return Err(decode_invalid(name, "must not be empty"));
+            }
+            if has_control_chars(value) {
+                return Err(decode_invalid(name, "contains control characters"));
+            }
+        }
+    }
+    for (name, value) in &envelope.extensions {
+        if let ExtensionValue::String(value) = value {
+            if has_control_chars(value) {
+                return Err(decode_invalid(name, "contains control characters"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Formats a time the way both modes write it: RFC 3339, UTC `Z`, as many
+/// fractional digits as needed (so no precision is lost).
+fn format_time(time: &chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, DecodeError> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|err| {
+            Error::with_source(
+                DecodeErrorKind::InvalidAttribute {
+                    name: "time".to_owned(),
+                    reason: "not an RFC 3339 timestamp".to_owned(),
+                },
+                err,
+            )
+        })
+}

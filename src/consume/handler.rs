@@ -1,0 +1,317 @@
+//! What a handler returns, and how plain async functions become routes.
+//!
+//! A handler is any `async fn(E, Context<S>) -> Result<(), HandlerError>`
+//! (or a closure of that shape). The consumer decodes the event, calls the
+//! function and turns its result into an ack decision; handlers never ack.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+use crate::error::BoxError;
+use crate::event::Event;
+
+use super::context::Context;
+
+/// Why a handler did not handle an event, and whether trying again can help.
+///
+/// `?` on any error type that implements `std::error::Error` gives a
+/// **transient** error: the event is retried with the consumer's
+/// [`RetryPolicy`](super::RetryPolicy). Say [`HandlerError::permanent`] when a
+/// retry cannot help (invalid data, a rule the event breaks): the event goes to
+/// the dead-letter stream at once.
+///
+/// Like `anyhow::Error`, `HandlerError` does not implement `std::error::Error`
+/// itself; that is what lets it convert from every error type.
+///
+/// ```
+/// use jetevents::consume::{HandlerError, ResultExt};
+///
+/// fn parse_amount(raw: &str) -> Result<u64, HandlerError> {
+///     // A malformed amount stays malformed: no point retrying.
+///     let amount: u64 = raw.parse().permanent()?;
+///     Ok(amount)
+/// }
+///
+/// fn read_config() -> Result<String, HandlerError> {
+///     // Plain `?`: an I/O error is worth retrying.
+///     Ok(std::fs::read_to_string("/nonexistent/jetevents.toml")?)
+/// }
+///
+/// assert!(parse_amount("12x").unwrap_err().is_permanent());
+/// assert!(read_config().unwrap_err().is_transient());
+/// ```
+pub struct HandlerError {
+    kind: HandlerErrorKind,
+    retry_after: Option<Duration>,
+    source: BoxError,
+}
+
+/// Whether a [`HandlerError`] is worth retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandlerErrorKind {
+    /// May succeed later (a dependency is down, a lock is taken): Nak with the
+    /// retry policy's delay, dead-letter after the last attempt.
+    Transient,
+    /// Will never succeed: dead-letter now.
+    Permanent,
+}
+
+impl fmt::Display for HandlerErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        })
+    }
+}
+
+impl HandlerError {
+    /// A failure worth retrying later.
+    ///
+    /// ```
+    /// let err = jetevents::consume::HandlerError::transient("inventory service down");
+    /// assert!(err.is_transient());
+    /// assert_eq!(err.to_string(), "inventory service down");
+    /// ```
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: HandlerErrorKind::Transient,
+            retry_after: None,
+            source: source.into(),
+        }
+    }
+
+    /// A failure no retry can fix: the event is dead-lettered at once.
+    ///
+    /// ```
+    /// let err = jetevents::consume::HandlerError::permanent("unknown customer");
+    /// assert!(err.is_permanent());
+    /// ```
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self {
+            kind: HandlerErrorKind::Permanent,
+            retry_after: None,
+            source: source.into(),
+        }
+    }
+
+    /// Asks for this delay before the next attempt instead of the retry
+    /// policy's (e.g. a rate limit's `Retry-After`). Ignored for permanent
+    /// errors and on the last attempt.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = jetevents::consume::HandlerError::transient("rate limited")
+    ///     .retry_after(Duration::from_secs(30));
+    /// assert_eq!(err.retry_delay(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// Transient or permanent.
+    pub fn kind(&self) -> HandlerErrorKind {
+        self.kind
+    }
+
+    /// Whether the event will be retried (unless it was the last attempt).
+    pub fn is_transient(&self) -> bool {
+        self.kind == HandlerErrorKind::Transient
+    }
+
+    /// Whether the event goes to the dead-letter stream at once.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == HandlerErrorKind::Permanent
+    }
+
+    /// The delay asked for with [`retry_after`](Self::retry_after).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The underlying error.
+    pub fn source(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.source.as_ref()
+    }
+
+    /// Consumes the error, giving the underlying one.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+
+    /// The error and its causes, `": "`-joined: what goes into the
+    /// dead-letter entry and the span.
+    pub(crate) fn chain(&self) -> String {
+        let mut text = self.source.to_string();
+        let mut cause = self.source.source();
+        while let Some(next) = cause {
+            text.push_str(": ");
+            text.push_str(&next.to_string());
+            cause = next.source();
+        }
+        text
+    }
+}
+
+impl<E> From<E> for HandlerError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(err: E) -> Self {
+        Self::transient(err)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("kind", &self.kind)
+            .field("retry_after", &self.retry_after)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Marks the error of a `Result` as transient or permanent, for `?`.
+///
+/// ```
+/// use jetevents::consume::{HandlerError, ResultExt};
+///
+/// let result: Result<u32, HandlerError> = "x".parse::<u32>().permanent();
+/// assert!(result.unwrap_err().is_permanent());
+/// let result: Result<u32, HandlerError> = "7".parse::<u32>().transient();
+/// assert_eq!(result.unwrap(), 7);
+/// ```
+pub trait ResultExt<T> {
+    /// Makes the error a [`HandlerError::permanent`].
+    fn permanent(self) -> Result<T, HandlerError>;
+    /// Makes the error a [`HandlerError::transient`].
+    fn transient(self) -> Result<T, HandlerError>;
+}
+
+impl<T, E> ResultExt<T> for Result<T, E>
+where
+    E: Into<BoxError>,
+{
+    fn permanent(self) -> Result<T, HandlerError> {
+        self.map_err(HandlerError::permanent)
+    }
+
+    fn transient(self) -> Result<T, HandlerError> {
+        self.map_err(HandlerError::transient)
+    }
+}
+
+/// The result of a handler call as the runner needs it.
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// A decoded event whose type only the route knows.
+pub(crate) type AnyEvent = Box<dyn Any + Send>;
+
+/// Decodes an envelope's data into the route's event type (after upcasting,
+/// for an upcast route).
+pub(crate) type Decoder = Arc<dyn Fn(&Envelope) -> Result<AnyEvent, BoxError> + Send + Sync>;
+
+/// A handler with its event type erased, so routes of different types live in
+/// one table.
+pub(crate) type ErasedHandler<S> = Arc<dyn Fn(AnyEvent, Context<S>) -> HandlerFuture + Send + Sync>;
+
+/// Erases `handler`, a function of one event type.
+pub(crate) fn erase<E, S, F, Fut>(handler: F) -> ErasedHandler<S>
+where
+    E: Event,
+    S: Clone + Send + Sync + 'static,
+    F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    Arc::new(move |event: AnyEvent, context: Context<S>| -> HandlerFuture {
+        match event.downcast::<E>() {
+            Ok(event) => Box::pin(handler(*event, context)),
+            // The router pairs every decoder with the handler of its type, so
+            // this is a bug of ours; fail the event loudly, never the process.
+            Err(_) => Box::pin(std::future::ready(Err(HandlerError::permanent(format!(
+                "jetevents bug: route of {} received another type",
+                E::TYPE
+            ))))),
+        }
+    })
+}
+
+/// The decoder of events of type `E`.
+pub(crate) fn decoder<E: Event>() -> Decoder {
+    Arc::new(|envelope: &Envelope| {
+        envelope
+            .decode_data::<E>()
+            .map(|event| Box::new(event) as AnyEvent)
+            .map_err(BoxError::from)
+    })
+}
+
+/// The decoder of events of type `Old`, converted to `New` by `upcast`.
+pub(crate) fn upcast_decoder<Old, New, F>(upcast: F) -> Decoder
+where
+    Old: Event,
+    New: Event,
+    F: Fn(Old) -> New + Send + Sync + 'static,
+{
+    Arc::new(move |envelope: &Envelope| {
+        envelope
+            .decode_data::<Old>()
+            .map(|old| Box::new(upcast(old)) as AnyEvent)
+            .map_err(BoxError::from)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("saving booking")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn question_mark_is_transient_and_keeps_the_cause_chain() {
+        fn handler() -> Result<(), HandlerError> {
+            Err(Outer(std::io::Error::other("disk full")))?;
+            Ok(())
+        }
+        let err = handler().unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(err.kind(), HandlerErrorKind::Transient);
+        assert_eq!(err.chain(), "saving booking: disk full");
+        assert_eq!(err.to_string(), "saving booking");
+        assert!(format!("{err:?}").contains("Transient"));
+    }
+
+    #[test]
+    fn permanent_and_retry_after() {
+        let err = HandlerError::permanent(String::from("bad data")).retry_after(Duration::ZERO);
+        assert!(err.is_permanent());
+        assert_eq!(err.retry_delay(), Some(Duration::ZERO));
+        assert_eq!(err.into_source().to_string(), "bad data");
+    }
+}
