@@ -25,7 +25,6 @@ use crate::error::Error;
 
 /// Everything needed to connect and publish.
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct Config {
     /// Server URLs, tried in order (`nats://host:port`, `tls://host:port`).
     pub servers: Vec<String>,
@@ -170,7 +169,6 @@ pub enum Auth {
 /// TLS settings. With none of the files set, TLS is still used for `tls://`
 /// URLs and when `required` is set, verified against the system roots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct TlsConfig {
     /// Refuse to talk to the server without TLS.
     pub required: bool,

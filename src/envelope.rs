@@ -367,9 +367,7 @@ impl TryFrom<cloudevents::Event> for Envelope {
                 }));
             }
             let value = match value {
-                cloudevents::event::ExtensionValue::String(s) => {
-                    ExtensionValue::String(s.clone())
-                }
+                cloudevents::event::ExtensionValue::String(s) => ExtensionValue::String(s.clone()),
                 cloudevents::event::ExtensionValue::Boolean(b) => ExtensionValue::Boolean(*b),
                 cloudevents::event::ExtensionValue::Integer(i) => ExtensionValue::Integer(*i),
             };
@@ -379,10 +377,11 @@ impl TryFrom<cloudevents::Event> for Envelope {
             None => None,
             Some(cloudevents::Data::Binary(bytes)) => Some(Bytes::copy_from_slice(bytes)),
             Some(cloudevents::Data::String(s)) => Some(Bytes::copy_from_slice(s.as_bytes())),
-            Some(cloudevents::Data::Json(value)) => Some(Bytes::from(
-                serde_json::to_vec(value)
-                    .map_err(|err| Error::with_source(DecodeErrorKind::InvalidJson, err))?,
-            )),
+            Some(cloudevents::Data::Json(value)) => {
+                Some(Bytes::from(serde_json::to_vec(value).map_err(|err| {
+                    Error::with_source(DecodeErrorKind::InvalidJson, err)
+                })?))
+            }
         };
         let envelope = Envelope {
             id: event.id().to_owned(),

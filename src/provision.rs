@@ -20,7 +20,6 @@ use crate::subject::{SubjectError, Subjects};
 /// assert_eq!(spec.subjects, vec!["dev.booking.>".to_string()]);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
 pub struct StreamSpec {
     /// Stream name (no `.`, `*`, `>` or whitespace).
     pub name: String,

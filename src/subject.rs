@@ -137,7 +137,10 @@ pub fn validate_token(token: &str) -> Result<(), SubjectError> {
 /// Whether `byte` stays as it is in an escaped key.
 fn is_key_safe(byte: u8) -> bool {
     byte.is_ascii_alphanumeric()
-        || matches!(byte, b'-' | b'_' | b'@' | b':' | b'+' | b'=' | b',' | b'!' | b'~')
+        || matches!(
+            byte,
+            b'-' | b'_' | b'@' | b':' | b'+' | b'=' | b',' | b'!' | b'~'
+        )
 }
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
@@ -300,8 +303,7 @@ impl Subjects {
             }
             Some(key) => {
                 let key = escape_key(key)?;
-                let mut subject =
-                    String::with_capacity(self.env.len() + ty.len() + key.len() + 2);
+                let mut subject = String::with_capacity(self.env.len() + ty.len() + key.len() + 2);
                 subject.push_str(&self.env);
                 subject.push('.');
                 subject.push_str(ty);

@@ -59,7 +59,7 @@ pub(crate) fn decode(input: &str) -> Option<Vec<u8>> {
         [rest @ .., b'='] => rest,
         _ => input,
     };
-    if input.len() != trimmed.len() && input.len() % 4 != 0 {
+    if input.len() != trimmed.len() && !input.len().is_multiple_of(4) {
         return None;
     }
     if trimmed.len() % 4 == 1 {

@@ -25,7 +25,10 @@ fn value(s: &str) -> HeaderValue {
 }
 
 /// Adds the envelope's headers; the envelope is already validated.
-pub(super) fn encode_into(envelope: &Envelope, headers: &mut HeaderMap) -> Result<Bytes, EncodeError> {
+pub(super) fn encode_into(
+    envelope: &Envelope,
+    headers: &mut HeaderMap,
+) -> Result<Bytes, EncodeError> {
     headers.insert(CE_SPECVERSION, SPEC_VERSION);
     headers.insert(CE_ID, value(&envelope.id));
     headers.insert(CE_SOURCE, value(&envelope.source));
@@ -46,8 +49,9 @@ pub(super) fn encode_into(envelope: &Envelope, headers: &mut HeaderMap) -> Resul
         let mut header = String::with_capacity(3 + name.len());
         header.push_str("ce-");
         header.push_str(name);
-        let header = HeaderName::try_from(header)
-            .map_err(|err| Error::with_source(EncodeErrorKind::InvalidExtensionName(name.clone()), err))?;
+        let header = HeaderName::try_from(header).map_err(|err| {
+            Error::with_source(EncodeErrorKind::InvalidExtensionName(name.clone()), err)
+        })?;
         let value = match ext {
             ExtensionValue::String(s) => value(s),
             ExtensionValue::Boolean(b) => HeaderValue::from(if *b { "true" } else { "false" }),
@@ -137,9 +141,12 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
         }
     }
 
-    let specversion = specversion.ok_or(Error::new(DecodeErrorKind::MissingAttribute("specversion")))?;
+    let specversion =
+        specversion.ok_or(Error::new(DecodeErrorKind::MissingAttribute("specversion")))?;
     if specversion != SPEC_VERSION {
-        return Err(Error::new(DecodeErrorKind::UnsupportedSpecVersion(specversion)));
+        return Err(Error::new(DecodeErrorKind::UnsupportedSpecVersion(
+            specversion,
+        )));
     }
     let envelope = Envelope {
         id: id.ok_or(Error::new(DecodeErrorKind::MissingAttribute("id")))?,

@@ -359,7 +359,9 @@ fn validate_for_encode(envelope: &Envelope) -> Result<(), EncodeError> {
     }
     for (name, value) in &envelope.extensions {
         if !is_valid_extension_name(name) {
-            return Err(Error::new(EncodeErrorKind::InvalidExtensionName(name.clone())));
+            return Err(Error::new(EncodeErrorKind::InvalidExtensionName(
+                name.clone(),
+            )));
         }
         if let ExtensionValue::String(value) = value {
             check_string(name, value, false)?;

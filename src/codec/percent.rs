@@ -123,10 +123,7 @@ mod tests {
         let encoded = encode("Euro \u{20AC} \u{1F600}");
         assert_eq!(encoded, "Euro%20%E2%82%AC%20%F0%9F%98%80");
         assert_eq!(decode(&encoded, "ce-x").unwrap(), "Euro \u{20AC} \u{1F600}");
-        assert_eq!(
-            decode("euro%e2%82%ac", "ce-x").unwrap(),
-            "euro\u{20AC}"
-        );
+        assert_eq!(decode("euro%e2%82%ac", "ce-x").unwrap(), "euro\u{20AC}");
     }
 
     #[test]
@@ -138,6 +135,9 @@ mod tests {
     #[test]
     fn rejects_overlong() {
         let err = decode("%C0%A0", "ce-x").unwrap_err();
-        assert!(matches!(err.kind(), DecodeErrorKind::InvalidHeaderValue { .. }));
+        assert!(matches!(
+            err.kind(),
+            DecodeErrorKind::InvalidHeaderValue { .. }
+        ));
     }
 }

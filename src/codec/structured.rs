@@ -58,9 +58,7 @@ pub(super) fn encode(envelope: &Envelope) -> Bytes {
     }
     if let Some(data) = &envelope.data {
         let ct = envelope.data_content_type.as_deref();
-        if super::is_json_content_type(ct)
-            && serde_json::from_slice::<IgnoredAny>(data).is_ok()
-        {
+        if super::is_json_content_type(ct) && serde_json::from_slice::<IgnoredAny>(data).is_ok() {
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(data);
         } else if let (Some(true), Ok(text)) = (
@@ -255,11 +253,7 @@ fn into_envelope(fields: Fields<'_>, payload: &Bytes) -> Result<Envelope, Decode
             specversion.into_owned(),
         )));
     }
-    let time = fields
-        .time
-        .as_deref()
-        .map(super::parse_time)
-        .transpose()?;
+    let time = fields.time.as_deref().map(super::parse_time).transpose()?;
     let data_content_type = fields.data_content_type.map(Cow::into_owned);
     let data = match (fields.data, fields.data_base64) {
         (Some(_), Some(_)) => {
@@ -291,7 +285,10 @@ fn into_envelope(fields: Fields<'_>, payload: &Bytes) -> Result<Envelope, Decode
     let envelope = Envelope {
         id: fields.id.ok_or_else(|| missing("id"))?.into_owned(),
         source: fields.source.ok_or_else(|| missing("source"))?.into_owned(),
-        event_type: fields.event_type.ok_or_else(|| missing("type"))?.into_owned(),
+        event_type: fields
+            .event_type
+            .ok_or_else(|| missing("type"))?
+            .into_owned(),
         subject: fields.subject.map(Cow::into_owned),
         time,
         data_content_type,

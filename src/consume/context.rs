@@ -158,6 +158,14 @@ impl<S> Context<S> {
         crate::publish::with_lineage(lineage, publish).await
     }
 
+    /// The same event with other state.
+    pub(crate) fn map_state<S2>(self, f: impl FnOnce(S) -> S2) -> Context<S2> {
+        Context {
+            meta: self.meta,
+            state: f(self.state),
+        }
+    }
+
     /// This event as the cause of what its handler publishes.
     pub(crate) fn lineage(&self) -> crate::publish::Lineage {
         let envelope = &self.meta.envelope;

@@ -185,19 +185,23 @@ impl DeadLetter {
         crate::codec::decode(Some(&self.headers), &self.payload)
     }
 
-    fn from_stream_message(message: stream::StreamMessage) -> Result<Self, DeadLetterError> {
+    fn from_stream_message(message: async_nats::jetstream::message::StreamMessage) -> Result<Self, DeadLetterError> {
         Self::from_parts(message.sequence, &message.headers, message.payload)
     }
 
-    fn from_parts(sequence: u64, headers: &HeaderMap, payload: Bytes) -> Result<Self, DeadLetterError> {
+    fn from_parts(
+        sequence: u64,
+        headers: &HeaderMap,
+        payload: Bytes,
+    ) -> Result<Self, DeadLetterError> {
         let get = |name: &str| headers.get_last(name).map(|v| v.as_str().to_owned());
         let required = |name: &'static str| {
             get(name).ok_or_else(|| Error::new(DeadLetterErrorKind::NotADeadLetter(sequence)))
         };
         let number = |name: &'static str| -> Result<u64, DeadLetterError> {
-            required(name)?
-                .parse()
-                .map_err(|err| Error::with_source(DeadLetterErrorKind::NotADeadLetter(sequence), err))
+            required(name)?.parse().map_err(|err| {
+                Error::with_source(DeadLetterErrorKind::NotADeadLetter(sequence), err)
+            })
         };
         let reason = required(REASON)?
             .parse::<DeadLetterReason>()
@@ -205,7 +209,10 @@ impl DeadLetter {
         let mut original = HeaderMap::new();
         for (name, values) in headers.iter() {
             let name_str: &str = name.as_ref();
-            if OUR_HEADERS.iter().any(|ours| ours.eq_ignore_ascii_case(name_str)) {
+            if OUR_HEADERS
+                .iter()
+                .any(|ours| ours.eq_ignore_ascii_case(name_str))
+            {
                 continue;
             }
             if name_str.eq_ignore_ascii_case("Nats-Msg-Id") {
@@ -399,7 +406,11 @@ impl DeadLetters {
         let ack = self
             .client
             .jetstream()
-            .publish_with_headers(entry.original_subject.clone(), headers, entry.payload.clone())
+            .publish_with_headers(
+                entry.original_subject.clone(),
+                headers,
+                entry.payload.clone(),
+            )
             .await
             .map_err(|err| Error::with_source(DeadLetterErrorKind::Redrive, err))?
             .await
@@ -487,7 +498,9 @@ pub(crate) fn dead_letter_message(
             let is_nats = name_str
                 .get(..5)
                 .is_some_and(|prefix| prefix.eq_ignore_ascii_case("nats-"));
-            let is_ours = OUR_HEADERS.iter().any(|ours| ours.eq_ignore_ascii_case(name_str));
+            let is_ours = OUR_HEADERS
+                .iter()
+                .any(|ours| ours.eq_ignore_ascii_case(name_str));
             if is_nats || is_ours {
                 continue;
             }
@@ -560,8 +573,12 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z")
             .unwrap()
             .with_timezone(&Utc);
-        let (subject, headers) =
-            dead_letter_message(&DeadLetterConfig::default(), Some(&original), &failure(), now);
+        let (subject, headers) = dead_letter_message(
+            &DeadLetterConfig::default(),
+            Some(&original),
+            &failure(),
+            now,
+        );
 
         assert_eq!(
             subject,
@@ -569,11 +586,17 @@ mod tests {
         );
         assert_eq!(headers.get("ce-id").unwrap().as_str(), "e-1");
         assert!(headers.get("Nats-Expected-Last-Subject-Sequence").is_none());
-        assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), "dl:BOOKING:42:billing");
+        assert_eq!(
+            headers.get("Nats-Msg-Id").unwrap().as_str(),
+            "dl:BOOKING:42:billing"
+        );
         assert_eq!(headers.get(REASON).unwrap().as_str(), "permanent");
         assert_eq!(headers.get(ERROR).unwrap().as_str(), "bad  input");
         assert_eq!(headers.get(DELIVERIES).unwrap().as_str(), "3");
-        assert_eq!(headers.get(TIME).unwrap().as_str(), "2026-01-02T03:04:05.678Z");
+        assert_eq!(
+            headers.get(TIME).unwrap().as_str(),
+            "2026-01-02T03:04:05.678Z"
+        );
 
         // Read back as a stored entry.
         assert!(subject.starts_with("deadletter."));
@@ -586,7 +609,10 @@ mod tests {
         assert_eq!(entry.time, Some(now));
         assert!(entry.headers.get(REASON).is_none());
         assert!(entry.headers.get("Nats-Msg-Id").is_none());
-        assert_eq!(entry.headers.get("ce-type").unwrap().as_str(), "booking.appointment.confirmed.v1");
+        assert_eq!(
+            entry.headers.get("ce-type").unwrap().as_str(),
+            "booking.appointment.confirmed.v1"
+        );
     }
 
     #[test]

@@ -237,17 +237,19 @@ where
     F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
-    Arc::new(move |event: AnyEvent, context: Context<S>| -> HandlerFuture {
-        match event.downcast::<E>() {
-            Ok(event) => Box::pin(handler(*event, context)),
-            // The router pairs every decoder with the handler of its type, so
-            // this is a bug of ours; fail the event loudly, never the process.
-            Err(_) => Box::pin(std::future::ready(Err(HandlerError::permanent(format!(
-                "jetevents bug: route of {} received another type",
-                E::TYPE
-            ))))),
-        }
-    })
+    Arc::new(
+        move |event: AnyEvent, context: Context<S>| -> HandlerFuture {
+            match event.downcast::<E>() {
+                Ok(event) => Box::pin(handler(*event, context)),
+                // The router pairs every decoder with the handler of its type, so
+                // this is a bug of ours; fail the event loudly, never the process.
+                Err(_) => Box::pin(std::future::ready(Err(HandlerError::permanent(format!(
+                    "jetevents bug: route of {} received another type",
+                    E::TYPE
+                ))))),
+            }
+        },
+    )
 }
 
 /// The decoder of events of type `E`.

@@ -228,19 +228,22 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_up_to_the_cap() {
-        let policy = RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(100))
-            .jitter(0.0);
+        let policy =
+            RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(100))
+                .jitter(0.0);
         let delays: Vec<_> = (1..=6).map(|attempt| policy.delay(attempt)).collect();
         assert_eq!(
             delays,
-            [10, 20, 40, 80, 100, 100].map(Duration::from_millis).to_vec()
+            [10, 20, 40, 80, 100, 100]
+                .map(Duration::from_millis)
+                .to_vec()
         );
     }
 
     #[test]
     fn jitter_only_shortens_within_bounds() {
-        let policy = RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(10))
-            .jitter(0.25);
+        let policy =
+            RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(10)).jitter(0.25);
         let mut seen_shorter = false;
         for _ in 0..1000 {
             let delay = policy.delay(2);
@@ -273,7 +276,10 @@ mod tests {
         assert!(policy.is_last_attempt(1));
         assert_eq!(policy.delay(3), policy.base_delay(3));
         assert_eq!(policy.base_delay(3), Duration::from_secs(1));
-        assert_eq!(RetryPolicy::default().jitter(7.0).min_delay(1), Duration::ZERO);
+        assert_eq!(
+            RetryPolicy::default().jitter(7.0).min_delay(1),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -193,9 +193,15 @@ impl NatsCluster {
             let jsz = self.nodes[i]
                 .monitor_json("/jsz?accounts=true&streams=true")
                 .await?;
-            let accounts = jsz["account_details"].as_array().cloned().unwrap_or_default();
+            let accounts = jsz["account_details"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             for account in accounts {
-                let streams = account["stream_detail"].as_array().cloned().unwrap_or_default();
+                let streams = account["stream_detail"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 for s in streams {
                     if s["name"].as_str() == Some(stream) {
                         let leader = s["cluster"]["leader"].as_str().unwrap_or_default();
@@ -229,9 +235,7 @@ impl NatsCluster {
         let mut last = String::from("no leader reported");
         loop {
             match self.reported_leader(stream).await {
-                Ok(Some(i)) if Some(i) != not && self.nodes[i].is_running().await => {
-                    return Ok(i)
-                }
+                Ok(Some(i)) if Some(i) != not && self.nodes[i].is_running().await => return Ok(i),
                 Ok(Some(i)) => last = format!("leader is still n{}", i + 1),
                 Ok(None) => {}
                 Err(err) => last = err.to_string(),

@@ -27,9 +27,32 @@ pub(crate) fn image() -> String {
         .unwrap_or_else(|| DEFAULT_IMAGE.to_string())
 }
 
-/// Whether containers share the host's network (`JETEVENTS_DOCKER_NETWORK=host`).
-pub(crate) fn host_network() -> bool {
-    std::env::var(NETWORK_ENV).is_ok_and(|v| v == "host")
+/// Whether containers share the host's network: `JETEVENTS_DOCKER_NETWORK=host`;
+/// any other value means port mapping; unset means port mapping unless the engine
+/// has no `bridge` network (dockerd started with `--bridge=none`), where mapping
+/// cannot work.
+///
+/// ```no_run
+/// # async fn f() {
+/// if jetevents_testcontainers::docker_host_network().await {
+///     println!("containers use host networking on 127.0.0.1");
+/// }
+/// # }
+/// ```
+pub async fn docker_host_network() -> bool {
+    match std::env::var(NETWORK_ENV) {
+        Ok(v) if !v.is_empty() => v == "host",
+        _ => {
+            static NO_BRIDGE: OnceCell<bool> = OnceCell::const_new();
+            *NO_BRIDGE
+                .get_or_init(|| async {
+                    cli(&["network", "inspect", "--format", "{{.Name}}", "bridge"])
+                        .await
+                        .is_err()
+                })
+                .await
+        }
+    }
 }
 
 fn split_image(image: &str) -> (String, String) {
@@ -43,7 +66,10 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
-fn docker_err(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> HarnessError {
+fn docker_err(
+    what: impl Into<String>,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> HarnessError {
     HarnessError::with_source(HarnessErrorKind::Docker, what, e)
 }
 
@@ -153,7 +179,7 @@ pub(crate) async fn start(
     for (k, v) in &launch.env {
         request = request.with_env_var(k, v);
     }
-    if host_network() {
+    if docker_host_network().await {
         request = request.with_network("host");
     } else {
         request = request

@@ -44,7 +44,7 @@
 //! | `NATS_MONITOR_URL` | its monitoring URL (default `http://127.0.0.1:8222`). |
 //! | `JETEVENTS_NATS_SERVER_BIN` | the nats-server binary; else `<workspace>/.tools/nats-server/nats-server`, else `nats-server` on `PATH`. |
 //! | `JETEVENTS_NATS_IMAGE` | docker image (default `nats:2.15.1`; CI uses `jetevents/nats:2.15.1`). Its entrypoint must be nats-server. |
-//! | `JETEVENTS_DOCKER_NETWORK` | `host`: host networking, server bound to 127.0.0.1 on ports we pick (needed for clusters and on machines without bridge networking). Unset: ports 4222/8222 mapped to free host ports. |
+//! | `JETEVENTS_DOCKER_NETWORK` | `host`: host networking, server bound to 127.0.0.1 on ports we pick (needed for clusters). Any other value: ports 4222/8222 mapped to free host ports on the host. Unset: mapping, or host networking when the engine has no `bridge` network (`dockerd --bridge=none`). |
 //! | `JETEVENTS_REQUIRE_DOCKER` | `1`: tests that run a scenario on docker fail when no engine/image is available instead of skipping (read by the tests, see [`docker_required`]). |
 
 mod cluster;
@@ -59,7 +59,9 @@ mod shared;
 
 pub use cluster::NatsCluster;
 pub use config::{Auth, NkeyUser, Permissions, Tls, TlsFiles};
-pub use docker::{docker_available, reap_orphaned_containers, CONTAINER_LABEL};
+pub use docker::{
+    docker_available, docker_host_network, reap_orphaned_containers, CONTAINER_LABEL,
+};
 pub use error::{HarnessError, HarnessErrorKind};
 pub use process::pid_alive;
 pub use proxy::{FaultMode, FaultProxy};

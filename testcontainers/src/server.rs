@@ -204,7 +204,7 @@ impl NatsServerBuilder {
     async fn start_once(self, backend: Backend) -> Result<NatsServer, HarnessError> {
         if backend == Backend::Docker
             && self.cluster.is_some()
-            && !docker::host_network()
+            && !docker::docker_host_network().await
         {
             return Err(HarnessError::new(
                 HarnessErrorKind::Unsupported,
@@ -226,7 +226,7 @@ impl NatsServerBuilder {
             Tls::None => None,
             _ => Some(config::generate_certificates(dir.path())?),
         };
-        let mapped = backend == Backend::Docker && !docker::host_network();
+        let mapped = backend == Backend::Docker && !docker::docker_host_network().await;
         let (listen_host, inner_client, inner_http) = if mapped {
             ("0.0.0.0", 4222, 8222)
         } else {
@@ -272,7 +272,7 @@ impl NatsServerBuilder {
                 .map_err(|e| HarnessError::with_source(HarnessErrorKind::Start, "container", e))?;
                 Runner::Docker {
                     id: container.id().to_string(),
-                    container: Some(container),
+                    container: Some(Box::new(container)),
                 }
             }
         };
@@ -301,11 +301,7 @@ impl NatsServerBuilder {
 }
 
 fn port_of(url: &str) -> Option<u16> {
-    url.rsplit(':')
-        .next()?
-        .trim_end_matches('/')
-        .parse()
-        .ok()
+    url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
 
 /// Picks `n` distinct free ports on 127.0.0.1 (all listeners are held until every
@@ -335,7 +331,7 @@ enum Runner {
     },
     Docker {
         id: String,
-        container: Option<ContainerAsync<GenericImage>>,
+        container: Option<Box<ContainerAsync<GenericImage>>>,
     },
     External {
         url: String,
@@ -450,10 +446,9 @@ impl NatsServer {
     /// The server process id (binary backend, while running).
     pub fn pid(&self) -> Option<u32> {
         match &self.runner {
-            Runner::Binary { child, .. } => child
-                .lock()
-                .ok()
-                .and_then(|c| c.as_ref().map(|c| c.id())),
+            Runner::Binary { child, .. } => {
+                child.lock().ok().and_then(|c| c.as_ref().map(|c| c.id()))
+            }
             _ => None,
         }
     }
@@ -540,7 +535,10 @@ impl NatsServer {
             if !self.is_running().await {
                 return Err(HarnessError::new(
                     HarnessErrorKind::Start,
-                    format!("nats-server exited before it was ready; log:\n{}", self.log_tail()),
+                    format!(
+                        "nats-server exited before it was ready; log:\n{}",
+                        self.log_tail()
+                    ),
                 ));
             }
             if Instant::now() >= deadline {
@@ -564,7 +562,7 @@ impl NatsServer {
     pub async fn kill(&mut self) -> Result<(), HarnessError> {
         match &mut self.runner {
             Runner::Binary { child, .. } => {
-                let taken = child.lock().ok().and_then(|mut c| c.take());
+                let taken = child.get_mut().ok().and_then(Option::take);
                 if let Some(mut c) = taken {
                     kill_child(&mut c);
                 }
@@ -651,13 +649,16 @@ impl NatsServer {
             Runner::Binary { child, .. } => match child.lock() {
                 Ok(guard) => match guard.as_ref() {
                     Some(c) => process::signal(c, libc::SIGUSR2),
-                    None => Err(HarnessError::new(HarnessErrorKind::Io, "server not running")),
+                    None => Err(HarnessError::new(
+                        HarnessErrorKind::Io,
+                        "server not running",
+                    )),
                 },
                 Err(_) => Err(HarnessError::new(HarnessErrorKind::Io, "lock poisoned")),
             },
-            Runner::Docker { id, .. } => {
-                docker::cli(&["kill", "-s", "SIGUSR2", id]).await.map(|_| ())
-            }
+            Runner::Docker { id, .. } => docker::cli(&["kill", "-s", "SIGUSR2", id])
+                .await
+                .map(|_| ()),
             Runner::External { .. } => Err(self.unsupported("lame duck")),
         }
     }
@@ -683,7 +684,9 @@ impl NatsServer {
         varz["server_name"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| HarnessError::new(HarnessErrorKind::Monitoring, "no server_name in /varz"))
+            .ok_or_else(|| {
+                HarnessError::new(HarnessErrorKind::Monitoring, "no server_name in /varz")
+            })
     }
 
     pub(crate) async fn monitor_json(&self, path: &str) -> Result<serde_json::Value, HarnessError> {
@@ -709,7 +712,7 @@ impl Drop for NatsServer {
                 if let Some(c) = container.take() {
                     if tokio::runtime::Handle::try_current().is_ok() {
                         // testcontainers removes it (blocking until done).
-                        drop(c);
+                        drop(*c);
                     } else {
                         // Outside a runtime testcontainers' drop would panic: remove it
                         // with the CLI and let the handle go without its async drop.
@@ -718,7 +721,7 @@ impl Drop for NatsServer {
                             .stdout(std::process::Stdio::null())
                             .stderr(std::process::Stdio::null())
                             .status();
-                        std::mem::forget(c);
+                        std::mem::forget(*c);
                     }
                 }
             }

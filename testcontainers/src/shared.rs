@@ -159,7 +159,9 @@ async fn start_shared() -> Result<SharedServer, HarnessError> {
                 std::thread::park();
             }
         })
-        .map_err(|e| HarnessError::with_source(HarnessErrorKind::Start, "shared server thread", e))?;
+        .map_err(|e| {
+            HarnessError::with_source(HarnessErrorKind::Start, "shared server thread", e)
+        })?;
     rx.await
         .map_err(|_| HarnessError::new(HarnessErrorKind::Start, "shared server thread died"))?
 }

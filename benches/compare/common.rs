@@ -1,0 +1,305 @@
+//! What both sides share: the event, the server, the stream, the hand-written
+//! raw message, the trace context, statistics.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_nats::header::HeaderName;
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use jetevents::client::Client;
+use jetevents::config::Config;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use serde::{Deserialize, Serialize};
+
+/// Subject environment of every benchmark event.
+pub const ENV: &str = "bench";
+/// CloudEvents `source` of every benchmark event.
+pub const SOURCE: &str = "/bench-service";
+/// The stream the scenarios publish to and consume from.
+pub const STREAM: &str = "BENCH";
+/// Subjects of that stream.
+pub const STREAM_SUBJECTS: &str = "bench.booking.>";
+/// The acks a pipelined publisher may await at once, both sides (jetevents
+/// uses this value for its context).
+pub const MAX_ACKS_IN_FLIGHT: usize = 65_536;
+/// PubAck timeout of both sides (jetevents' default `ack_timeout`).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The benchmark event: about 300 bytes of JSON.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AppointmentBooked {
+    pub appointment_id: String,
+    pub patient_id: String,
+    pub clinic_id: String,
+    pub practitioner_id: String,
+    pub starts_at: String,
+    pub duration_minutes: u32,
+    pub channel: String,
+    pub notes: String,
+    /// Nanoseconds since the process's clock base when it was sent (scenario
+    /// 4), 0 elsewhere.
+    pub sent_at_ns: u64,
+}
+
+impl jetevents::Event for AppointmentBooked {
+    const TYPE: &'static str = "booking.appointment.booked.v1";
+
+    fn key(&self) -> Option<String> {
+        Some(self.appointment_id.clone())
+    }
+}
+
+/// The `i`-th event; every event serializes to the same length.
+pub fn event(i: u64) -> AppointmentBooked {
+    AppointmentBooked {
+        appointment_id: format!("apt-{i:012}"),
+        patient_id: format!("pat-{:012}", i % 9_973),
+        clinic_id: "clinic-berlin-mitte-0042".to_owned(),
+        practitioner_id: format!("prac-{:06}", i % 311),
+        starts_at: "2026-12-01T09:30:00Z".to_owned(),
+        duration_minutes: 30,
+        channel: "online-booking-widget".to_owned(),
+        notes: "Follow-up consultation; patient asked for a morning slot, \
+                bring previous lab results"
+            .to_owned(),
+        sent_at_ns: 0,
+    }
+}
+
+/// `count` events starting at `first`.
+pub fn events(first: u64, count: usize) -> Vec<AppointmentBooked> {
+    (first..first + count as u64).map(event).collect()
+}
+
+/// Nanoseconds since a base fixed at the first call (monotonic clock).
+pub fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The OpenTelemetry context every runtime thread runs in: an application
+/// that propagates trace context without a `tracing` subscriber installed.
+/// jetevents then writes this context's `traceparent`; the raw side formats
+/// the same value by hand.
+pub fn trace_context() -> opentelemetry::Context {
+    let span = SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap_or(TraceId::INVALID),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(span)
+}
+
+/// Makes [`trace_context`] current on this thread for the rest of its life.
+pub fn attach_trace_context() {
+    std::mem::forget(trace_context().attach());
+}
+
+/// A tokio runtime whose threads all carry [`trace_context`].
+pub fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
+    attach_trace_context();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .on_thread_start(attach_trace_context)
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A jetevents client as a service would configure it.
+pub async fn jetevents_client(url: &str) -> Client {
+    let mut config = Config::default();
+    config.servers = vec![url.to_owned()];
+    config.source = SOURCE.to_owned();
+    config.env = ENV.to_owned();
+    config.name = Some("bench-jetevents".to_owned());
+    Client::connect(config).await.expect("jetevents connect")
+}
+
+/// The raw side: a plain async-nats connection and a JetStream context set
+/// up like jetevents' (same ack timeout, same in-flight limit).
+#[derive(Clone)]
+pub struct Raw {
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+}
+
+impl Raw {
+    pub async fn connect(url: &str) -> Raw {
+        let nats = async_nats::ConnectOptions::new()
+            .name("bench-raw")
+            .connect(url)
+            .await
+            .expect("raw connect");
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ACK_TIMEOUT)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .build(nats.clone());
+        Raw { nats, js }
+    }
+}
+
+/// Deletes and creates the benchmark stream (file storage, like jetevents'
+/// `StreamSpec` default), so every run starts from the same empty state.
+pub async fn recreate_stream(js: &jetstream::Context) -> stream::Stream {
+    let _ = js.delete_stream(STREAM).await;
+    js.create_stream(stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec![STREAM_SUBJECTS.to_owned()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create stream")
+}
+
+/// Messages stored in the benchmark stream.
+pub async fn stream_messages(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream(STREAM).await.expect("get stream");
+    stream.info().await.expect("stream info").state.messages
+}
+
+const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+const CE_DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
+const CE_PARTITIONKEY: HeaderName = HeaderName::from_static("ce-partitionkey");
+const CE_TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+
+/// The message jetevents sends for `event`, built by hand: the same subject,
+/// payload bytes and headers (`Nats-Msg-Id` = event id, every `ce-*`
+/// attribute, `ce-traceparent` from the current trace context).
+///
+/// The values are known to be header-safe (ids, a fixed source and type, an
+/// RFC 3339 time), so, as a hand-written service would, this skips the
+/// percent-encoding and validation jetevents does.
+pub fn raw_message(event: &AppointmentBooked) -> (String, HeaderMap, Bytes) {
+    let payload = Bytes::from(serde_json::to_vec(event).expect("serialize"));
+    let id = uuid::Uuid::now_v7().to_string();
+    let time = Utc::now().to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let traceparent = {
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        let span = span.span_context();
+        format!(
+            "00-{}-{}-{:02x}",
+            span.trace_id(),
+            span.span_id(),
+            span.trace_flags().to_u8()
+        )
+    };
+    let subject = format!(
+        "{ENV}.{}.{}",
+        <AppointmentBooked as jetevents::Event>::TYPE,
+        event.appointment_id
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+    headers.insert(CE_SPECVERSION, "1.0");
+    headers.insert(CE_ID, id);
+    headers.insert(CE_SOURCE, SOURCE);
+    headers.insert(CE_TYPE, <AppointmentBooked as jetevents::Event>::TYPE);
+    headers.insert(CE_TIME, time);
+    headers.insert(CE_DATACONTENTTYPE, "application/json");
+    headers.insert(CE_PARTITIONKEY, event.appointment_id.as_str());
+    headers.insert(CE_TRACEPARENT, traceparent);
+    (subject, headers, payload)
+}
+
+/// Decodes a binary-mode message by hand, as a raw consumer would: the
+/// `ce-*` attributes it needs and the JSON data.
+pub struct RawDecoded {
+    pub id: String,
+    pub event_type: String,
+    pub traceparent: Option<String>,
+    pub event: AppointmentBooked,
+}
+
+pub fn raw_decode(headers: Option<&HeaderMap>, payload: &[u8]) -> RawDecoded {
+    let headers = headers.expect("headers");
+    let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    let decoded = RawDecoded {
+        id: get("ce-id").expect("ce-id"),
+        event_type: get("ce-type").expect("ce-type"),
+        traceparent: get("ce-traceparent"),
+        event: serde_json::from_slice(payload).expect("decode event"),
+    };
+    assert_eq!(
+        decoded.event_type,
+        <AppointmentBooked as jetevents::Event>::TYPE
+    );
+    assert_eq!(get("ce-specversion").as_deref(), Some("1.0"));
+    decoded
+}
+
+/// Nearest-rank percentile of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Median of values (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Which side runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Jetevents,
+    Raw,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Jetevents => "jetevents",
+            Side::Raw => "raw",
+        }
+    }
+}
+
+/// The two sides in the order of round `round`: alternating, so neither
+/// always runs first (warm caches, server state, background noise).
+pub fn order(round: usize) -> [Side; 2] {
+    if round % 2 == 0 {
+        [Side::Jetevents, Side::Raw]
+    } else {
+        [Side::Raw, Side::Jetevents]
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,207 @@
+//! jetevents against hand-written raw async-nats, same server, same run.
+//!
+//! `cargo bench --bench compare` runs every scenario at full size; see
+//! BENCHMARKS.md for what each scenario does, the environment variables that
+//! size them (`JE_BENCH_QUICK=1` for a run under two minutes) and results.
+//!
+//! Each scenario runs both sides in alternating order for several rounds on
+//! one nats-server (binary backend of jetevents-testcontainers, JetStream
+//! file storage) and reports the median, with the ratio jetevents/raw.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod publish;
+mod report;
+
+use std::time::Instant;
+
+use jetevents_testcontainers::{Backend, NatsServer};
+use serde_json::json;
+
+/// Sizes of the scenarios, from the environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Scenarios to run (`JE_BENCH_SCENARIOS`, e.g. `1,2`).
+    pub scenarios: Vec<u32>,
+    /// Rounds per scenario (`JE_BENCH_ROUNDS`).
+    pub rounds: usize,
+    /// Events of scenarios 1 and 3 (`JE_BENCH_EVENTS`).
+    pub events: usize,
+    /// Acks in flight in scenario 1 (`JE_BENCH_WINDOW`).
+    pub window: usize,
+    /// Publishes per run in scenario 2 (`JE_BENCH_LATENCY_EVENTS`).
+    pub latency_events: usize,
+    /// Events per run in scenario 4 (`JE_BENCH_E2E_EVENTS`).
+    pub e2e_events: usize,
+    /// Publish rate of scenario 4, events/s (`JE_BENCH_E2E_RATE`).
+    pub e2e_rate: u64,
+    /// Backlog sizes of scenario 5 (`JE_BENCH_BACKLOGS`, comma separated).
+    pub backlogs: Vec<usize>,
+    /// How long each scenario-5 consumer runs, seconds (`JE_BENCH_MEMORY_SECS`).
+    pub memory_secs: u64,
+    /// Per-event sleep of the slow handler in scenario 5, ms (`JE_BENCH_SLOW_MS`).
+    pub slow_handler_ms: u64,
+    /// Tokio worker threads (`JE_BENCH_THREADS`).
+    pub threads: usize,
+    /// Where the JSON goes (`JE_BENCH_JSON`).
+    pub json_path: String,
+    /// `JE_BENCH_QUICK=1` was set.
+    pub quick: bool,
+}
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not valid")),
+        _ => default,
+    }
+}
+
+fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
+    let value = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    value
+        .split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(|item| {
+            item.trim()
+                .replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: {item} is not valid"))
+        })
+        .collect()
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let quick = env("JE_BENCH_QUICK", 0u8) == 1;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (rounds, events, latency, e2e, backlogs) = if quick {
+            (2, 20_000, 1_000, 1_000, "10000,30000,100000")
+        } else {
+            (3, 200_000, 5_000, 5_000, "100000,300000,1000000")
+        };
+        Settings {
+            scenarios: env_list("JE_BENCH_SCENARIOS", "1,2,3,4,5"),
+            rounds: env("JE_BENCH_ROUNDS", rounds),
+            events: env("JE_BENCH_EVENTS", events),
+            window: env("JE_BENCH_WINDOW", 256),
+            latency_events: env("JE_BENCH_LATENCY_EVENTS", latency),
+            e2e_events: env("JE_BENCH_E2E_EVENTS", e2e),
+            e2e_rate: env("JE_BENCH_E2E_RATE", 1_000),
+            backlogs: env_list("JE_BENCH_BACKLOGS", backlogs),
+            memory_secs: env("JE_BENCH_MEMORY_SECS", if quick { 2 } else { 5 }),
+            slow_handler_ms: env("JE_BENCH_SLOW_MS", 5),
+            threads: env("JE_BENCH_THREADS", threads),
+            json_path: std::env::var("JE_BENCH_JSON").unwrap_or_else(|_| {
+                let target = std::env::var("CARGO_TARGET_DIR")
+                    .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
+                format!("{target}/bench-results.json")
+            }),
+            quick,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "scenarios": self.scenarios,
+            "rounds": self.rounds,
+            "events": self.events,
+            "window": self.window,
+            "latency_events": self.latency_events,
+            "e2e_events": self.e2e_events,
+            "e2e_rate": self.e2e_rate,
+            "backlogs": self.backlogs,
+            "memory_secs": self.memory_secs,
+            "slow_handler_ms": self.slow_handler_ms,
+            "threads": self.threads,
+            "quick": self.quick,
+        })
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("MemTotal:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory_gib": memory_kib as f64 / 1024.0 / 1024.0,
+        "load_average_at_start": load.trim(),
+        "date_utc": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let runtime = common::runtime(settings.threads);
+    runtime.block_on(run(settings));
+}
+
+async fn run(settings: Settings) {
+    let machine = machine();
+    eprintln!("settings: {}", settings.to_json());
+    eprintln!("machine: {machine}");
+    let server = NatsServer::builder()
+        .backend(Backend::Binary)
+        .start()
+        .await
+        .expect("start nats-server (binary backend)");
+    let url = server.url();
+    eprintln!("nats-server at {url} (binary backend, JetStream file storage)");
+
+    let je = common::jetevents_client(&url).await;
+    let raw = common::Raw::connect(&url).await;
+
+    let started = Instant::now();
+    let mut scenarios = Vec::new();
+    for id in settings.scenarios.clone() {
+        let scenario_start = Instant::now();
+        eprintln!("scenario {id}:");
+        let scenario = match id {
+            1 => publish::pipelined(&settings, &je, &raw).await,
+            2 => publish::one_at_a_time(&settings, &je, &raw).await,
+            other => {
+                eprintln!("  scenario {other} is not available yet");
+                continue;
+            }
+        };
+        eprintln!("  took {:.1}s", scenario_start.elapsed().as_secs_f64());
+        scenarios.push(scenario);
+    }
+    let _ = raw.js.delete_stream(common::STREAM).await;
+
+    let table = report::table(&scenarios);
+    println!("\n{table}");
+    println!("total {:.1}s", started.elapsed().as_secs_f64());
+    let document = report::json(settings.to_json(), machine, &scenarios);
+    if let Some(parent) = std::path::Path::new(&settings.json_path).parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    std::fs::write(
+        &settings.json_path,
+        serde_json::to_string_pretty(&document).expect("json"),
+    )
+    .expect("write results");
+    println!("results: {}", settings.json_path);
+}

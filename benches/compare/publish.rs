@@ -1,0 +1,228 @@
+//! Scenarios 1 and 2: pipelined publishing and awaited one-at-a-time publishing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use jetevents::client::Client;
+
+use crate::common::{
+    self, order, percentile, raw_message, recreate_stream, stream_messages, AppointmentBooked, Raw,
+    Side,
+};
+use crate::report::{Metric, Scenario};
+use crate::Settings;
+
+/// Scenario 1: `events` typed events published with up to `window` acks in
+/// flight; every ack is awaited and checked.
+pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
+    let events = common::events(0, settings.events);
+    let publisher = je.publisher();
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut samples: [Option<async_nats::jetstream::message::StreamMessage>; 2] = [None, None];
+    for round in 0..settings.rounds {
+        for side in order(round) {
+            recreate_stream(&raw.js).await;
+            let start = Instant::now();
+            match side {
+                Side::Jetevents => {
+                    let results = publisher.publish_many(&events, settings.window).await;
+                    let elapsed = start.elapsed();
+                    let failed = results.iter().filter(|r| r.is_err()).count();
+                    assert_eq!(failed, 0, "jetevents: {failed} publishes failed");
+                    rates[0].push(events.len() as f64 / elapsed.as_secs_f64());
+                }
+                Side::Raw => {
+                    let acks = raw_publish_many(raw, &events, settings.window).await;
+                    let elapsed = start.elapsed();
+                    assert_eq!(acks, events.len());
+                    rates[1].push(events.len() as f64 / elapsed.as_secs_f64());
+                }
+            }
+            assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
+            let slot = if side == Side::Jetevents { 0 } else { 1 };
+            if samples[slot].is_none() {
+                let stream = raw.js.get_stream(common::STREAM).await.expect("stream");
+                samples[slot] = Some(stream.get_raw_message(1).await.expect("first message"));
+            }
+            eprintln!(
+                "  [1] round {} {:<9} {:>9.0} events/s",
+                round + 1,
+                side.name(),
+                rates[if side == Side::Jetevents { 0 } else { 1 }]
+                    .last()
+                    .copied()
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let [Some(je_msg), Some(raw_msg)] = &samples {
+        same_work_check(je_msg, raw_msg);
+    }
+    let mut scenario = Scenario::new(
+        "1",
+        format!(
+            "pipelined publish, {} events, window {}",
+            settings.events, settings.window
+        ),
+    );
+    scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 0.95));
+    scenario
+}
+
+/// The raw pipelined loop: build the message by hand, send it, await the
+/// oldest ack once `window` are in flight.
+async fn raw_publish_many(raw: &Raw, events: &[AppointmentBooked], window: usize) -> usize {
+    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
+    let mut acks = Vec::with_capacity(events.len());
+    for event in events {
+        if in_flight.len() >= window {
+            if let Some(ack) = in_flight.pop_front() {
+                acks.push(ack.await.expect("raw ack"));
+            }
+        }
+        let (subject, headers, payload) = raw_message(event);
+        let message = PublishMessage::build().payload(payload).headers(headers);
+        let ack = raw
+            .js
+            .send_publish(subject, message)
+            .await
+            .expect("raw send");
+        in_flight.push_back(ack);
+    }
+    while let Some(ack) = in_flight.pop_front() {
+        acks.push(ack.await.expect("raw ack"));
+    }
+    acks.len()
+}
+
+/// Both sides stored the same subject, header names and payload bytes for
+/// the same event (ids and times differ by nature).
+fn same_work_check(
+    je: &async_nats::jetstream::message::StreamMessage,
+    raw: &async_nats::jetstream::message::StreamMessage,
+) {
+    let names = |m: &async_nats::jetstream::message::StreamMessage| {
+        let mut names: Vec<String> = m
+            .headers
+            .iter()
+            .map(|(name, _)| name.to_string().to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(je.subject, raw.subject, "subjects differ");
+    assert_eq!(names(je), names(raw), "header names differ");
+    assert_eq!(je.payload, raw.payload, "payloads differ");
+    for name in [
+        "ce-source",
+        "ce-type",
+        "ce-datacontenttype",
+        "ce-partitionkey",
+        "ce-traceparent",
+    ] {
+        assert_eq!(
+            je.headers.get(name).map(|v| v.as_str().to_owned()),
+            raw.headers.get(name).map(|v| v.as_str().to_owned()),
+            "{name} differs"
+        );
+    }
+    eprintln!(
+        "  same work: subject, payload ({} bytes) and {} headers match ({})",
+        je.payload.len(),
+        names(je).len(),
+        names(je).join(", ")
+    );
+}
+
+/// Scenario 2: one publish at a time, each awaited; latency per publish.
+pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
+    let events = common::events(0, settings.latency_events);
+    let warmup = common::events(10_000_000, settings.latency_events.min(500));
+    let publisher = je.publisher();
+    let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut rates = [Vec::new(), Vec::new()];
+    for round in 0..settings.rounds {
+        for side in order(round) {
+            recreate_stream(&raw.js).await;
+            let slot = if side == Side::Jetevents { 0 } else { 1 };
+            let mut run = |samples: &mut Vec<Duration>, elapsed: Duration| {
+                latencies[slot].append(samples);
+                rates[slot].push(events.len() as f64 / elapsed.as_secs_f64());
+            };
+            let mut samples = Vec::with_capacity(events.len());
+            match side {
+                Side::Jetevents => {
+                    for event in &warmup {
+                        publisher.publish(event).await.expect("publish");
+                    }
+                    let start = Instant::now();
+                    for event in &events {
+                        let t = Instant::now();
+                        publisher.publish(event).await.expect("publish");
+                        samples.push(t.elapsed());
+                    }
+                    run(&mut samples, start.elapsed());
+                }
+                Side::Raw => {
+                    for event in &warmup {
+                        raw_publish(raw, event).await;
+                    }
+                    let start = Instant::now();
+                    for event in &events {
+                        let t = Instant::now();
+                        raw_publish(raw, event).await;
+                        samples.push(t.elapsed());
+                    }
+                    run(&mut samples, start.elapsed());
+                }
+            }
+            assert_eq!(
+                stream_messages(&raw.js).await,
+                (warmup.len() + events.len()) as u64
+            );
+            eprintln!(
+                "  [2] round {} {:<9} {:>9.0} publishes/s",
+                round + 1,
+                side.name(),
+                rates[slot].last().copied().unwrap_or_default()
+            );
+        }
+    }
+    for samples in &mut latencies {
+        samples.sort();
+    }
+    let mut scenario = Scenario::new(
+        "2",
+        format!(
+            "awaited one-at-a-time publish, {} events x {} rounds",
+            settings.latency_events, settings.rounds
+        ),
+    );
+    scenario.push(Metric::latency(
+        "p50",
+        percentile(&latencies[0], 50.0),
+        percentile(&latencies[1], 50.0),
+        1.10,
+    ));
+    scenario.push(Metric::latency(
+        "p99",
+        percentile(&latencies[0], 99.0),
+        percentile(&latencies[1], 99.0),
+        1.10,
+    ));
+    scenario.push(Metric::throughput("publishes/s", &rates[0], &rates[1], 0.0));
+    scenario
+}
+
+async fn raw_publish(raw: &Raw, event: &AppointmentBooked) {
+    let (subject, headers, payload) = raw_message(event);
+    let message = PublishMessage::build().payload(payload).headers(headers);
+    raw.js
+        .send_publish(subject, message)
+        .await
+        .expect("raw send")
+        .await
+        .expect("raw ack");
+}

@@ -1,0 +1,201 @@
+//! The results table and JSON.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::median;
+
+/// Which direction is better, and so how the target reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Better {
+    /// Throughput: ratio jetevents/raw must be at least the target.
+    Higher,
+    /// Latency, memory: ratio jetevents/raw must be at most the target.
+    Lower,
+}
+
+/// One measured quantity, both sides.
+#[derive(Clone, Debug)]
+pub struct Metric {
+    pub name: String,
+    pub unit: &'static str,
+    pub jetevents: f64,
+    pub raw: f64,
+    pub better: Better,
+    /// 0: informational, no target.
+    pub target: f64,
+    pub jetevents_runs: Vec<f64>,
+    pub raw_runs: Vec<f64>,
+}
+
+impl Metric {
+    /// Median of per-run rates.
+    pub fn throughput(unit: &'static str, je: &[f64], raw: &[f64], target: f64) -> Metric {
+        Metric {
+            name: "throughput".to_owned(),
+            unit,
+            jetevents: median(je),
+            raw: median(raw),
+            better: Better::Higher,
+            target,
+            jetevents_runs: je.to_vec(),
+            raw_runs: raw.to_vec(),
+        }
+    }
+
+    /// A latency percentile, in microseconds.
+    pub fn latency(name: &str, je: Duration, raw: Duration, target: f64) -> Metric {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        Metric {
+            name: name.to_owned(),
+            unit: "us",
+            jetevents: us(je),
+            raw: us(raw),
+            better: Better::Lower,
+            target,
+            jetevents_runs: Vec::new(),
+            raw_runs: Vec::new(),
+        }
+    }
+
+    /// Any value where lower is better (memory).
+    pub fn lower(name: String, unit: &'static str, je: f64, raw: f64, target: f64) -> Metric {
+        Metric {
+            name,
+            unit,
+            jetevents: je,
+            raw,
+            better: Better::Lower,
+            target,
+            jetevents_runs: Vec::new(),
+            raw_runs: Vec::new(),
+        }
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.jetevents / self.raw
+    }
+
+    /// `None` without a target.
+    pub fn meets_target(&self) -> Option<bool> {
+        if self.target == 0.0 {
+            return None;
+        }
+        Some(match self.better {
+            Better::Higher => self.ratio() >= self.target,
+            Better::Lower => self.ratio() <= self.target,
+        })
+    }
+
+    fn target_text(&self) -> String {
+        match (self.target == 0.0, self.better) {
+            (true, _) => "-".to_owned(),
+            (false, Better::Higher) => format!(">= {:.2}", self.target),
+            (false, Better::Lower) => format!("<= {:.2}", self.target),
+        }
+    }
+}
+
+/// One scenario's results.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub id: &'static str,
+    pub title: String,
+    pub metrics: Vec<Metric>,
+    /// Extra facts (memory series, notes), carried into the JSON.
+    pub notes: Vec<String>,
+    pub extra: Value,
+}
+
+impl Scenario {
+    pub fn new(id: &'static str, title: String) -> Scenario {
+        Scenario {
+            id,
+            title,
+            metrics: Vec::new(),
+            notes: Vec::new(),
+            extra: Value::Null,
+        }
+    }
+
+    pub fn push(&mut self, metric: Metric) {
+        self.metrics.push(metric);
+    }
+}
+
+fn format_value(value: f64, unit: &str) -> String {
+    match unit {
+        "us" => format!("{value:.1} us"),
+        "MiB" => format!("{value:.1} MiB"),
+        "x" => format!("{value:.2}x"),
+        _ => format!("{value:.0} {unit}"),
+    }
+}
+
+/// The Markdown table printed at the end (and pasted into BENCHMARKS.md).
+pub fn table(scenarios: &[Scenario]) -> String {
+    let mut out = String::new();
+    out.push_str("| # | scenario | metric | jetevents | raw async-nats | ratio | target | |\n");
+    out.push_str("|---|---|---|---:|---:|---:|---|---|\n");
+    for scenario in scenarios {
+        for metric in &scenario.metrics {
+            let verdict = match metric.meets_target() {
+                Some(true) => "ok",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.3} | {} | {} |\n",
+                scenario.id,
+                scenario.title,
+                metric.name,
+                format_value(metric.jetevents, metric.unit),
+                format_value(metric.raw, metric.unit),
+                metric.ratio(),
+                metric.target_text(),
+                verdict,
+            ));
+        }
+        for note in &scenario.notes {
+            out.push_str(&format!(
+                "| {} | {} | note | {} | | | | |\n",
+                scenario.id, scenario.title, note
+            ));
+        }
+    }
+    out
+}
+
+/// The JSON document written to the results file.
+pub fn json(settings: Value, machine: Value, scenarios: &[Scenario]) -> Value {
+    let scenarios: Vec<Value> = scenarios
+        .iter()
+        .map(|scenario| {
+            json!({
+                "id": scenario.id,
+                "title": scenario.title,
+                "metrics": scenario.metrics.iter().map(|m| json!({
+                    "name": m.name,
+                    "unit": m.unit,
+                    "jetevents": m.jetevents,
+                    "raw": m.raw,
+                    "ratio_jetevents_over_raw": m.ratio(),
+                    "better": match m.better { Better::Higher => "higher", Better::Lower => "lower" },
+                    "target": if m.target == 0.0 { Value::Null } else { json!(m.target) },
+                    "meets_target": m.meets_target(),
+                    "jetevents_runs": m.jetevents_runs,
+                    "raw_runs": m.raw_runs,
+                })).collect::<Vec<_>>(),
+                "notes": scenario.notes,
+                "extra": scenario.extra,
+            })
+        })
+        .collect();
+    json!({
+        "tool": "jetevents benches/compare",
+        "settings": settings,
+        "machine": machine,
+        "scenarios": scenarios,
+    })
+}

@@ -1,0 +1,303 @@
+//! Core-NATS queue groups for ephemeral events: not stored, not acked, not
+//! retried. Same handler shape as the durable consumer.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::client::Client;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::event::Event;
+
+use super::context::Context;
+use super::router::{self, Resolved, Router};
+use super::{ConsumeError, ConsumeErrorKind, HandlerError};
+
+/// Handles ephemeral events (published with core NATS, not stored) in a
+/// queue group: each event goes to one member of the group.
+///
+/// Nothing is acked or retried: a failing handler's event is gone (the span
+/// records the error). Use the durable [`Consumer`](super::Consumer) for
+/// events that matter.
+///
+/// ```no_run
+/// use jetevents::consume::{Context, EphemeralConsumer, HandlerError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct CursorMoved { x: i32, y: i32 }
+/// # impl jetevents::Event for CursorMoved { const TYPE: &'static str = "ui.cursor.moved.v1"; }
+///
+/// async fn on_moved(event: CursorMoved, _: Context) -> Result<(), HandlerError> {
+///     println!("{},{}", event.x, event.y);
+///     Ok(())
+/// }
+///
+/// # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// EphemeralConsumer::builder(&client, "presence")
+///     .handle(on_moved)
+///     .build()
+///     .await?
+///     .run_until(jetevents::consume::shutdown_signal())
+///     .await;
+/// # Ok(()) }
+/// ```
+pub struct EphemeralConsumer<S = ()> {
+    client: Client,
+    group: String,
+    router: Arc<Router<S>>,
+    state: S,
+    concurrency: usize,
+    subscriptions: Vec<async_nats::Subscriber>,
+}
+
+impl<S> std::fmt::Debug for EphemeralConsumer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EphemeralConsumer")
+            .field("group", &self.group)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`EphemeralConsumer`].
+pub struct EphemeralBuilder<S = ()> {
+    client: Client,
+    group: String,
+    router: Router<S>,
+    state: S,
+    concurrency: usize,
+}
+
+impl<S> std::fmt::Debug for EphemeralBuilder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EphemeralBuilder")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EphemeralConsumer<()> {
+    /// An ephemeral consumer in queue group `group`.
+    pub fn builder(client: &Client, group: impl Into<String>) -> EphemeralBuilder<()> {
+        EphemeralBuilder {
+            client: client.clone(),
+            group: group.into(),
+            router: Router::default(),
+            state: (),
+            concurrency: 64,
+        }
+    }
+}
+
+impl EphemeralBuilder<()> {
+    /// State every handler gets through [`Context::state`].
+    pub fn with_state<S2: Clone + Send + Sync + 'static>(self, state: S2) -> EphemeralBuilder<S2> {
+        EphemeralBuilder {
+            client: self.client,
+            group: self.group,
+            router: self.router.with_state(),
+            state,
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
+    /// Routes events of type `E::TYPE` to `handler`.
+    pub fn handle<E, F, Fut>(mut self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.router.handle::<E, F, Fut>(handler);
+        self
+    }
+
+    /// Routes every event whose type matches `pattern` and has no typed
+    /// handler to `handler`, which gets the raw envelope.
+    pub fn handle_pattern<F, Fut>(mut self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.router.handle_pattern(pattern, handler);
+        self
+    }
+
+    /// Handlers running at once (default 64). While all are busy, events
+    /// queue in the subscription (and core NATS drops them if it overflows).
+    pub fn concurrency(mut self, handlers: usize) -> Self {
+        self.concurrency = handlers.max(1);
+        self
+    }
+
+    /// Subscribes to the handled types' subjects in the queue group.
+    pub async fn build(self) -> Result<EphemeralConsumer<S>, ConsumeError> {
+        let invalid = |reason: String| Error::new(ConsumeErrorKind::InvalidConfig(reason));
+        crate::subject::validate_token(&self.group)
+            .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
+        let subjects = self.client.subjects();
+        self.router.validate(subjects).map_err(invalid)?;
+        let mut subscriptions = Vec::new();
+        for filter in router::minimal_filters(self.router.filters(subjects)) {
+            let subscription = self
+                .client
+                .nats()
+                .queue_subscribe(filter, self.group.clone())
+                .await
+                .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
+            subscriptions.push(subscription);
+        }
+        // The server has the subscriptions once this returns, so an event
+        // published right after `build` is not missed.
+        self.client
+            .nats()
+            .flush()
+            .await
+            .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
+        Ok(EphemeralConsumer {
+            client: self.client,
+            group: self.group,
+            router: Arc::new(self.router),
+            state: self.state,
+            concurrency: self.concurrency,
+            subscriptions,
+        })
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
+    /// Handles events until `signal` completes, then unsubscribes and waits
+    /// for the handlers running.
+    pub async fn run_until<F: Future<Output = ()> + Send>(self, signal: F) {
+        let EphemeralConsumer {
+            client,
+            group,
+            router,
+            state,
+            concurrency,
+            subscriptions,
+        } = self;
+        let publisher = client.publisher();
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut messages = futures_util::stream::select_all(subscriptions);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(signal);
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                biased;
+                () = &mut signal => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let message = tokio::select! {
+                biased;
+                () = &mut signal => break,
+                message = messages.next() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            let router = router.clone();
+            let state = state.clone();
+            let publisher = publisher.clone();
+            let group = group.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                handle_one(message, &router, state, publisher, group).await;
+            });
+        }
+        drop(messages);
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn handle_one<S: Clone + Send + Sync + 'static>(
+    message: async_nats::Message,
+    router: &Router<S>,
+    state: S,
+    publisher: crate::publish::Publisher,
+    group: String,
+) {
+    let subject = message.subject.to_string();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {subject}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = %group,
+        messaging.message.id = tracing::field::Empty,
+        cloudevents.event_id = tracing::field::Empty,
+        cloudevents.event_type = tracing::field::Empty,
+        cloudevents.event_source = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    let envelope = match crate::codec::decode(message.headers.as_ref(), &message.payload) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", "undecodable");
+            span.in_scope(|| tracing::warn!(error = %err, "undecodable ephemeral event dropped"));
+            return;
+        }
+    };
+    let _ = span.set_parent(crate::trace::extract(&envelope));
+    span.record("messaging.message.id", envelope.id.as_str());
+    span.record("cloudevents.event_id", envelope.id.as_str());
+    span.record("cloudevents.event_type", envelope.event_type.as_str());
+    span.record("cloudevents.event_source", envelope.source.as_str());
+
+    let work = async {
+        let (event, handler) = match router.resolve(&envelope) {
+            Resolved::Handle { event, handler } => (event, handler),
+            Resolved::Undecodable(err) => {
+                let span = tracing::Span::current();
+                span.record("otel.status_code", "ERROR");
+                span.record("error.type", "undecodable");
+                tracing::warn!(error = %err, "undecodable ephemeral event dropped");
+                return;
+            }
+            Resolved::Unhandled => return,
+        };
+        let context = Context::new(envelope, subject.clone(), group, 1, None, publisher, state);
+        let lineage = context.lineage();
+        let call = crate::publish::with_lineage(
+            lineage,
+            AssertUnwindSafe(handler(event, context)).catch_unwind(),
+        );
+        let outcome = match call.await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some((
+                if err.is_permanent() {
+                    "permanent"
+                } else {
+                    "transient"
+                },
+                err.chain(),
+            )),
+            Err(_) => Some(("panic", "handler panicked".to_owned())),
+        };
+        if let Some((kind, error)) = outcome {
+            let span = tracing::Span::current();
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+            span.record("error.type", kind);
+            tracing::warn!(error = %error, kind, "ephemeral event handler failed; event dropped");
+        }
+    };
+    work.instrument(span).await;
+}

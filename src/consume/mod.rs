@@ -1,0 +1,664 @@
+//! The consumer runtime: durable consumers shared by a service's instances,
+//! typed handlers, Nak-based retry, dead letters and graceful shutdown.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use jetevents::consume::{Consumer, Context, HandlerError, RetryPolicy};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct AppointmentConfirmed { appointment_id: String }
+//! # impl jetevents::Event for AppointmentConfirmed { const TYPE: &'static str = "booking.appointment.confirmed.v1"; }
+//!
+//! async fn on_confirmed(event: AppointmentConfirmed, ctx: Context<()>) -> Result<(), HandlerError> {
+//!     println!("confirmed {} (delivery {})", event.appointment_id, ctx.delivery_count());
+//!     Ok(())
+//! }
+//!
+//! # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! Consumer::builder(&client, "reminders")
+//!     .stream("BOOKING")
+//!     .handle(on_confirmed)
+//!     .retry(RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(30)).max_attempts(5))
+//!     .concurrency(16)
+//!     .build()
+//!     .await?
+//!     .run()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Groups
+//!
+//! The group name is the durable consumer's name. Every instance of a service
+//! uses the same group, so they share one server-side cursor and each event is
+//! handled by one of them; another service with another group gets every event
+//! too. The consumer's filter subjects are derived from the handled types.
+//!
+//! # Acking (the runner owns it)
+//!
+//! | handler result / situation               | settle                                    |
+//! |------------------------------------------|-------------------------------------------|
+//! | `Ok(())`                                 | ack (double ack with [`AckMode::Confirmed`]) |
+//! | transient error or panic, attempts left  | Nak with the [`RetryPolicy`] delay        |
+//! | transient error on the last attempt      | dead letter, then Term                    |
+//! | permanent error                          | dead letter, then Term                    |
+//! | undecodable message or data              | dead letter, then Term (first delivery)   |
+//! | type without handler                     | [`UnhandledPolicy`]: ack or dead letter   |
+//! | still running at ack wait / 3            | in-progress ack (repeated)                |
+//! | still running when shutdown grace ends   | Nak without delay (another instance takes it) |
+//!
+//! Retry is decided before poison handling: an event is dead-lettered only when
+//! retrying cannot help or the attempts are used up. A retry is never a loop
+//! inside the consumer: the Nak asks the server to redeliver later, and the
+//! consumer handles other events meanwhile.
+//!
+//! If dead-lettering fails (dead-letter stream unavailable) the event is Naked
+//! with the retry delay instead of terminated, so it is not lost.
+
+mod context;
+pub mod dead_letter;
+mod ephemeral;
+mod handler;
+mod retry;
+mod router;
+mod runner;
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+
+use crate::client::Client;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::event::Event;
+
+pub use context::Context;
+pub use dead_letter::{
+    DeadLetter, DeadLetterConfig, DeadLetterError, DeadLetterErrorKind, DeadLetterReason,
+    DeadLetters, Redriven,
+};
+pub use ephemeral::{EphemeralBuilder, EphemeralConsumer};
+pub use handler::{HandlerError, HandlerErrorKind, ResultExt};
+pub use retry::RetryPolicy;
+
+use router::Router;
+
+/// What happens to an event whose type no handler takes (it matched a
+/// pattern filter or an extra filter subject, or a handler was removed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnhandledPolicy {
+    /// Ack it: this group is not interested (default).
+    #[default]
+    Ack,
+    /// Dead-letter it with reason `unhandled`.
+    DeadLetter,
+}
+
+/// How a handled event is acked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckMode {
+    /// Send the ack and move on (default). A lost ack means a redelivery.
+    #[default]
+    Ack,
+    /// Wait for the server to confirm the ack (double ack). Use it with
+    /// handlers whose side effects must happen at most once: an unconfirmed
+    /// ack is reported on the span instead of silently ignored.
+    Confirmed,
+}
+
+/// The server-side backoff of the durable consumer.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub enum ServerBackoff {
+    /// From the retry policy: [`RetryPolicy::server_backoff`] (default).
+    #[default]
+    Derived,
+    /// None: a delivery that is neither acked nor Naked comes back after the
+    /// ack wait.
+    Off,
+    /// These delays, one per delivery (the last repeats).
+    Custom(Vec<Duration>),
+}
+
+/// What went wrong building or running a consumer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConsumeErrorKind {
+    /// The builder's settings are inconsistent (no handlers, an invalid group
+    /// name or event type, an upcast without a handler for its target, ...).
+    InvalidConfig(String),
+    /// The event stream does not exist (or no stream captures the filters).
+    StreamNotFound(String),
+    /// The dead-letter stream could not be created.
+    DeadLetterStream,
+    /// The durable consumer could not be created or updated (e.g. a setting
+    /// the server cannot change on an existing consumer).
+    CreateConsumer,
+    /// Subscribing (ephemeral consumers) failed.
+    Subscribe,
+}
+
+impl std::fmt::Display for ConsumeErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InvalidConfig(reason) => write!(f, "invalid consumer configuration: {reason}"),
+            Self::StreamNotFound(stream) => write!(f, "stream not found: {stream}"),
+            Self::DeadLetterStream => f.write_str("dead-letter stream could not be created"),
+            Self::CreateConsumer => f.write_str("durable consumer could not be created"),
+            Self::Subscribe => f.write_str("subscribe failed"),
+        }
+    }
+}
+
+/// Error of building or running a consumer.
+pub type ConsumeError = Error<ConsumeErrorKind>;
+
+/// Settings shared by the builder, the consumer and the runner.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+    pub dead_letter: DeadLetterConfig,
+    pub unhandled: UnhandledPolicy,
+    pub ack_mode: AckMode,
+    pub ack_wait: Duration,
+    pub max_ack_pending: Option<i64>,
+    pub max_deliver: Option<i64>,
+    pub server_backoff: ServerBackoff,
+    pub shutdown_grace: Duration,
+    pub pull_expiry: Duration,
+    pub deliver_policy: DeliverPolicy,
+    pub extra_filters: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            concurrency: 8,
+            dead_letter: DeadLetterConfig::default(),
+            unhandled: UnhandledPolicy::default(),
+            ack_mode: AckMode::default(),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: None,
+            max_deliver: None,
+            server_backoff: ServerBackoff::default(),
+            shutdown_grace: Duration::from_secs(10),
+            pull_expiry: Duration::from_secs(10),
+            deliver_policy: DeliverPolicy::All,
+            extra_filters: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    fn max_deliver(&self) -> i64 {
+        // One delivery more than the attempts: if an instance dies during the
+        // last attempt, the extra delivery dead-letters the event instead of
+        // the server dropping it silently.
+        self.max_deliver
+            .unwrap_or_else(|| i64::from(self.retry.attempts()).saturating_add(1))
+    }
+
+    fn backoff(&self) -> Vec<Duration> {
+        let mut backoff = match &self.server_backoff {
+            ServerBackoff::Derived => self.retry.server_backoff(self.ack_wait),
+            ServerBackoff::Off => Vec::new(),
+            ServerBackoff::Custom(delays) => delays.clone(),
+        };
+        // The server requires max_deliver > number of backoff entries.
+        let max_deliver = self.max_deliver();
+        if max_deliver > 0 {
+            backoff.truncate(usize::try_from(max_deliver - 1).unwrap_or(0));
+        }
+        backoff
+    }
+
+    /// How often a running handler's event gets an in-progress ack: a third
+    /// of the shortest time the server waits for an ack.
+    pub(crate) fn progress_interval(&self) -> Duration {
+        let shortest = self
+            .backoff()
+            .into_iter()
+            .chain(std::iter::once(self.ack_wait))
+            .min()
+            .unwrap_or(self.ack_wait);
+        (shortest / 3).max(Duration::from_millis(10))
+    }
+}
+
+/// Namespace of the durable consumer runtime: start with
+/// [`Consumer::builder`].
+pub struct Consumer<S = ()> {
+    client: Client,
+    group: String,
+    stream: String,
+    filters: Vec<String>,
+    router: Router<S>,
+    state: S,
+    settings: Settings,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+}
+
+impl<S> std::fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.group)
+            .field("stream", &self.stream)
+            .field("filters", &self.filters)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer<()> {
+    /// A consumer of `group`: the durable name shared by every instance of one
+    /// service (letters, digits, `-` and `_`).
+    pub fn builder(client: &Client, group: impl Into<String>) -> ConsumerBuilder<()> {
+        ConsumerBuilder {
+            client: client.clone(),
+            group: group.into(),
+            stream: None,
+            router: Router::default(),
+            state: (),
+            settings: Settings::default(),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Consumer<S> {
+    /// The group (durable consumer name).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The stream consumed.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The filter subjects of the durable consumer.
+    pub fn filter_subjects(&self) -> &[String] {
+        &self.filters
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully: stops
+    /// fetching, lets in-flight handlers finish within the shutdown grace,
+    /// Naks (without delay) the events of handlers still running after it so
+    /// another instance takes them, and flushes.
+    ///
+    /// Events the server had sent but the runner had not started when the
+    /// signal came are not Naked: they come back after the ack wait.
+    ///
+    /// Returns an error only when consuming cannot go on: the stream was
+    /// deleted, or the durable consumer cannot be recreated with this
+    /// configuration. Lost connections and server restarts are recovered from
+    /// (with `WARN` events on the way).
+    pub async fn run_until<F>(self, signal: F) -> Result<(), ConsumeError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        runner::run(self, signal).await
+    }
+
+    /// Runs until Ctrl-C or SIGTERM ([`shutdown_signal`]).
+    pub async fn run(self) -> Result<(), ConsumeError> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Completes on Ctrl-C, or SIGTERM on Unix: the usual signal to pass to
+/// [`Consumer::run_until`].
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Configures a [`Consumer`]. Handlers see state `S` (see
+/// [`with_state`](ConsumerBuilder::with_state)).
+pub struct ConsumerBuilder<S = ()> {
+    client: Client,
+    group: String,
+    stream: Option<String>,
+    router: Router<S>,
+    state: S,
+    settings: Settings,
+}
+
+impl<S> std::fmt::Debug for ConsumerBuilder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("group", &self.group)
+            .field("stream", &self.stream)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder<()> {
+    /// State every handler gets through [`Context::state`] (a database pool,
+    /// a client, an `Arc` of anything). Handlers added before see `()`.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use jetevents::consume::{Consumer, Context, HandlerError};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Paid { invoice: String }
+    /// # impl jetevents::Event for Paid { const TYPE: &'static str = "billing.invoice.paid.v1"; }
+    ///
+    /// #[derive(Clone)]
+    /// struct AppState { ledger: Arc<std::sync::Mutex<Vec<String>>> }
+    ///
+    /// async fn on_paid(event: Paid, ctx: Context<AppState>) -> Result<(), HandlerError> {
+    ///     ctx.state().ledger.lock().map_err(|_| HandlerError::transient("poisoned"))?.push(event.invoice);
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn f(client: jetevents::client::Client) {
+    /// let state = AppState { ledger: Arc::default() };
+    /// let builder = Consumer::builder(&client, "ledger").with_state(state).handle(on_paid);
+    /// # }
+    /// ```
+    pub fn with_state<S2: Clone + Send + Sync + 'static>(self, state: S2) -> ConsumerBuilder<S2> {
+        ConsumerBuilder {
+            client: self.client,
+            group: self.group,
+            stream: self.stream,
+            router: self.router.with_state(),
+            state,
+            settings: self.settings,
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
+    /// The stream to consume. Default: the stream that captures the filter
+    /// subjects.
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(stream.into());
+        self
+    }
+
+    /// Routes events of type `E::TYPE` to `handler`, a plain
+    /// `async fn(E, Context<S>) -> Result<(), HandlerError>`.
+    pub fn handle<E, F, Fut>(mut self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.router.handle::<E, F, Fut>(handler);
+        self
+    }
+
+    /// Accepts events of an older version `Old` too: they are converted with
+    /// `upcast` and handled by the handler of `New` (which must be added with
+    /// [`handle`](Self::handle), before or after).
+    ///
+    /// ```no_run
+    /// use jetevents::consume::{Consumer, Context, HandlerError};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize, Deserialize)]
+    /// struct BookedV1 { id: String }
+    /// impl jetevents::Event for BookedV1 { const TYPE: &'static str = "booking.appointment.booked.v1"; }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct BookedV2 { id: String, channel: String }
+    /// impl jetevents::Event for BookedV2 { const TYPE: &'static str = "booking.appointment.booked.v2"; }
+    ///
+    /// async fn on_booked(event: BookedV2, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    ///
+    /// # fn f(client: jetevents::client::Client) {
+    /// let builder = Consumer::builder(&client, "calendar")
+    ///     .handle(on_booked)
+    ///     .upcast(|old: BookedV1| BookedV2 { id: old.id, channel: "unknown".into() });
+    /// # }
+    /// ```
+    pub fn upcast<Old, New, F>(mut self, upcast: F) -> Self
+    where
+        Old: Event,
+        New: Event,
+        F: Fn(Old) -> New + Send + Sync + 'static,
+    {
+        self.router.upcast::<Old, New, F>(upcast);
+        self
+    }
+
+    /// Routes every event whose type matches `pattern` (a glob over the four
+    /// type tokens: `booking.appointment.*`, `booking.>`) and has no typed
+    /// handler to `handler`, which gets the raw [`Envelope`].
+    pub fn handle_pattern<F, Fut>(mut self, pattern: &str, handler: F) -> Self
+    where
+        F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.router.handle_pattern(pattern, handler);
+        self
+    }
+
+    /// An additional filter subject (beyond those derived from the handlers).
+    pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.settings.extra_filters.push(subject.into());
+        self
+    }
+
+    /// Attempts and delays for transient failures.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// How many handlers run at once in this instance (default 8). The
+    /// runner pulls only as many events as it has free slots.
+    pub fn concurrency(mut self, handlers: usize) -> Self {
+        self.settings.concurrency = handlers.max(1);
+        self
+    }
+
+    /// The dead-letter stream's name (default `DEAD_LETTERS`); created if
+    /// missing.
+    pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
+        self.settings.dead_letter.stream = stream.into();
+        self
+    }
+
+    /// The dead-letter stream's name and subject prefix.
+    pub fn dead_letter(mut self, config: DeadLetterConfig) -> Self {
+        self.settings.dead_letter = config;
+        self
+    }
+
+    /// What to do with events no handler takes (default: ack).
+    pub fn unhandled(mut self, policy: UnhandledPolicy) -> Self {
+        self.settings.unhandled = policy;
+        self
+    }
+
+    /// Plain or confirmed acks (default plain).
+    pub fn ack_mode(mut self, mode: AckMode) -> Self {
+        self.settings.ack_mode = mode;
+        self
+    }
+
+    /// How long the server waits for an ack before redelivering (default
+    /// 30 s). Handlers may run longer: they get in-progress acks.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.settings.ack_wait = ack_wait;
+        self
+    }
+
+    /// Events delivered and not yet acked across all instances of the group
+    /// (default: the server's, 1000).
+    pub fn max_ack_pending(mut self, max: i64) -> Self {
+        self.settings.max_ack_pending = Some(max);
+        self
+    }
+
+    /// Deliveries after which the server stops redelivering (default: the
+    /// retry policy's attempts + 1).
+    pub fn max_deliver(mut self, max: i64) -> Self {
+        self.settings.max_deliver = Some(max);
+        self
+    }
+
+    /// The server-side backoff (default derived from the retry policy).
+    pub fn server_backoff(mut self, backoff: ServerBackoff) -> Self {
+        self.settings.server_backoff = backoff;
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.shutdown_grace = grace;
+        self
+    }
+
+    /// How long one pull request waits for events (default 10 s). Also the
+    /// period of the watchdog that checks the consumer when pulls stay empty.
+    pub fn pull_expiry(mut self, expiry: Duration) -> Self {
+        self.settings.pull_expiry = expiry.max(Duration::from_millis(100));
+        self
+    }
+
+    /// A new group starts with events published from now on, instead of every
+    /// event in the stream (the default). Has no effect on an existing group.
+    pub fn deliver_new(mut self) -> Self {
+        self.settings.deliver_policy = DeliverPolicy::New;
+        self
+    }
+
+    /// Validates the settings, creates the dead-letter stream if missing and
+    /// creates (or updates) the durable consumer.
+    pub async fn build(self) -> Result<Consumer<S>, ConsumeError> {
+        let invalid = |reason: String| Error::new(ConsumeErrorKind::InvalidConfig(reason));
+        crate::subject::validate_token(&self.group)
+            .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
+        let subjects = self.client.subjects();
+        self.router.validate(subjects).map_err(invalid)?;
+        let mut filters = self.router.filters(subjects);
+        filters.extend(self.settings.extra_filters.iter().cloned());
+        let filters = router::minimal_filters(filters);
+
+        let jetstream = self.client.jetstream();
+        let stream_name = match self.stream {
+            Some(stream) => stream,
+            None => {
+                let first = filters.first().cloned().unwrap_or_default();
+                jetstream
+                    .stream_by_subject(first.clone())
+                    .await
+                    .map_err(|err| {
+                        Error::with_source(
+                            ConsumeErrorKind::StreamNotFound(format!("no stream captures {first}")),
+                            err,
+                        )
+                    })?
+            }
+        };
+        let stream = runner::get_stream(&self.client, &stream_name).await?;
+        dead_letter::ensure_stream(&self.client, &self.settings.dead_letter)
+            .await
+            .map_err(|err| Error::with_source(ConsumeErrorKind::DeadLetterStream, err))?;
+        let config = consumer_config(&self.group, &filters, &self.settings);
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|err| Error::with_source(ConsumeErrorKind::CreateConsumer, err))?;
+        Ok(Consumer {
+            client: self.client,
+            group: self.group,
+            stream: stream_name,
+            filters,
+            router: self.router,
+            state: self.state,
+            settings: self.settings,
+            consumer,
+        })
+    }
+}
+
+/// The durable consumer's configuration.
+pub(crate) fn consumer_config(
+    group: &str,
+    filters: &[String],
+    settings: &Settings,
+) -> pull::Config {
+    let (filter_subject, filter_subjects) = match filters {
+        [single] => (single.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
+    pull::Config {
+        durable_name: Some(group.to_owned()),
+        description: Some(format!("jetevents consumer group {group}")),
+        deliver_policy: settings.deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver(),
+        filter_subject,
+        filter_subjects,
+        max_ack_pending: settings.max_ack_pending.unwrap_or_default(),
+        backoff: settings.backoff(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn consumer_config_follows_the_retry_policy() {
+        let settings = Settings {
+            retry: RetryPolicy::fixed(Duration::from_secs(2)).max_attempts(3),
+            ack_wait: Duration::from_secs(9),
+            ..Settings::default()
+        };
+        let config = consumer_config("billing", &["dev.a.b.c.v1".into()], &settings);
+        assert_eq!(config.durable_name.as_deref(), Some("billing"));
+        assert_eq!(config.max_deliver, 4);
+        assert_eq!(config.backoff, vec![Duration::from_secs(11); 3]);
+        assert_eq!(config.filter_subject, "dev.a.b.c.v1");
+        assert!(config.filter_subjects.is_empty());
+        assert_eq!(settings.progress_interval(), Duration::from_secs(3));
+
+        let config = consumer_config("billing", &["x.a".into(), "x.b".into()], &settings);
+        assert_eq!(config.filter_subject, "");
+        assert_eq!(config.filter_subjects.len(), 2);
+    }
+
+    #[test]
+    fn backoff_fits_a_lower_max_deliver() {
+        let settings = Settings {
+            max_deliver: Some(2),
+            server_backoff: ServerBackoff::Custom(vec![Duration::from_millis(30); 5]),
+            ..Settings::default()
+        };
+        assert_eq!(settings.backoff(), vec![Duration::from_millis(30)]);
+        assert_eq!(settings.progress_interval(), Duration::from_millis(10));
+        let off = Settings {
+            server_backoff: ServerBackoff::Off,
+            ..Settings::default()
+        };
+        assert!(off.backoff().is_empty());
+        assert_eq!(off.progress_interval(), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,662 @@
+//! The pull loop and the life of one delivery: decode, route, handle, settle.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, stream, ErrorCode};
+use chrono::Utc;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::publish::Publisher;
+
+use super::context::Context;
+use super::dead_letter::{self, DeadLetterReason, Failure};
+use super::router::{Resolved, Router};
+use super::{
+    consumer_config, AckMode, ConsumeError, ConsumeErrorKind, Consumer, Settings, UnhandledPolicy,
+};
+
+/// Longest pause between attempts to get the consumer back.
+const MAX_RECOVERY_DELAY: Duration = Duration::from_secs(5);
+/// How long after its expiry a pull may stay open before the watchdog drops it.
+const PULL_GRACE: Duration = Duration::from_secs(2);
+/// How long handlers get to settle after being told to stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+type Signal = Shared<BoxFuture<'static, ()>>;
+
+/// What the runner shares with every delivery task.
+struct Shared_<S> {
+    client: Client,
+    publisher: Publisher,
+    group: String,
+    router: Router<S>,
+    state: S,
+    settings: Settings,
+    progress_interval: Duration,
+}
+
+/// The stream `name`, or `StreamNotFound`.
+pub(crate) async fn get_stream(
+    client: &Client,
+    name: &str,
+) -> Result<stream::Stream<stream::Info>, ConsumeError> {
+    client.jetstream().get_stream(name).await.map_err(|err| {
+        let missing = matches!(
+            err.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+        );
+        let kind = if missing {
+            ConsumeErrorKind::StreamNotFound(name.to_owned())
+        } else {
+            ConsumeErrorKind::CreateConsumer
+        };
+        Error::with_source(kind, err)
+    })
+}
+
+pub(crate) async fn run<S, F>(consumer: Consumer<S>, signal: F) -> Result<(), ConsumeError>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let signal: Signal = signal.boxed().shared();
+    let Consumer {
+        client,
+        group,
+        stream,
+        filters,
+        router,
+        state,
+        settings,
+        consumer: mut pull_consumer,
+    } = consumer;
+    let shared = Arc::new(Shared_ {
+        publisher: client.publisher(),
+        client: client.clone(),
+        group: group.clone(),
+        router,
+        state,
+        progress_interval: settings.progress_interval(),
+        settings,
+    });
+    let config = consumer_config(&group, &filters, &shared.settings);
+    let concurrency = shared.settings.concurrency;
+    let expiry = shared.settings.pull_expiry;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    'pulling: loop {
+        while tasks.try_join_next().is_some() {}
+
+        // Wait for a free slot, then take every free slot: the pull asks for
+        // exactly as many events as can start at once, so none waits in a
+        // local buffer while its ack wait runs.
+        let first = tokio::select! {
+            biased;
+            () = signal.clone() => break 'pulling,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break 'pulling,
+            },
+        };
+        let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
+        while permits.len() < concurrency {
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+
+        let pull = pull_consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(expiry)
+            .messages();
+        let batch = tokio::select! {
+            biased;
+            () = signal.clone() => break 'pulling,
+            batch = pull => batch,
+        };
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(consumer = %group, error = %err, "pull request failed; recovering the consumer");
+                match recover(&client, &stream, &config, &signal).await? {
+                    Some(recovered) => pull_consumer = recovered,
+                    None => break 'pulling,
+                }
+                continue;
+            }
+        };
+
+        // The watchdog: a pull the server forgot (restart, lost connection)
+        // would otherwise hold the loop until the client's own, longer timer.
+        let overdue = tokio::time::sleep(expiry + PULL_GRACE);
+        tokio::pin!(overdue);
+        let mut received = 0usize;
+        loop {
+            tokio::select! {
+                biased;
+                () = signal.clone() => break 'pulling,
+                () = &mut overdue => {
+                    tracing::warn!(consumer = %group, "pull request overdue; pulling again");
+                    break;
+                }
+                item = batch.next() => match item {
+                    None => break,
+                    Some(Ok(message)) => {
+                        received += 1;
+                        let Some(permit) = permits.pop() else {
+                            // The server sent more than asked: settle it
+                            // later rather than overrun the slots.
+                            let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
+                            continue;
+                        };
+                        let task = process(message, shared.clone(), permit, stopped.clone());
+                        tasks.spawn(task);
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(consumer = %group, error = %err, "pull failed; recovering the consumer");
+                        match recover(&client, &stream, &config, &signal).await? {
+                            Some(recovered) => pull_consumer = recovered,
+                            None => break 'pulling,
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        drop(permits);
+
+        if received == 0 {
+            match watchdog(&mut pull_consumer, &group).await {
+                Watchdog::Healthy => {}
+                Watchdog::Recreate => match recover(&client, &stream, &config, &signal).await? {
+                    Some(recovered) => pull_consumer = recovered,
+                    None => break 'pulling,
+                },
+            }
+        }
+    }
+
+    shutdown(&client, &shared.settings, tasks, stop).await;
+    Ok(())
+}
+
+/// Lets in-flight handlers finish within the grace period, then tells the
+/// rest to Nak and stop, and flushes the acks.
+async fn shutdown(
+    client: &Client,
+    settings: &Settings,
+    mut tasks: JoinSet<()>,
+    stop: watch::Sender<bool>,
+) {
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(settings.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = tasks.len(),
+            "shutdown grace over; Naking the events of handlers still running"
+        );
+        let _ = stop.send(true);
+        let settle = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, settle).await.is_err() {
+            // Only a handler blocking its thread gets here; its event comes
+            // back after the ack wait.
+            tasks.abort_all();
+        }
+    }
+    if let Err(err) = client.nats().flush().await {
+        tracing::warn!(error = %err, "flushing acks on shutdown failed");
+    }
+}
+
+enum Watchdog {
+    Healthy,
+    Recreate,
+}
+
+/// After an empty pull: is the consumer still there, and if the server holds
+/// events for it, why did none come?
+async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str) -> Watchdog {
+    match consumer.info().await {
+        Ok(info) => {
+            let max_ack_pending =
+                usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX);
+            let room = max_ack_pending == 0 || info.num_ack_pending < max_ack_pending;
+            if info.num_pending > 0 && room {
+                tracing::warn!(
+                    consumer = %group,
+                    pending = info.num_pending,
+                    "server reports pending events but the pull got none; recreating the consumer"
+                );
+                Watchdog::Recreate
+            } else {
+                Watchdog::Healthy
+            }
+        }
+        Err(err) => {
+            use jetstream::context::ConsumerInfoErrorKind as Kind;
+            let missing = match err.kind() {
+                Kind::NotFound | Kind::StreamNotFound => true,
+                Kind::JetStream(js) => js.error_code() == ErrorCode::CONSUMER_NOT_FOUND,
+                _ => false,
+            };
+            if missing {
+                tracing::warn!(consumer = %group, "durable consumer was deleted; recreating it");
+                Watchdog::Recreate
+            } else {
+                // Most likely disconnected: the next pull tells more.
+                tracing::debug!(consumer = %group, error = %err, "consumer info failed");
+                Watchdog::Healthy
+            }
+        }
+    }
+}
+
+/// Gets the durable consumer back (creating it again if it was deleted),
+/// retrying with backoff until it works or shutdown. Fails only when the
+/// stream is gone or the server rejects the configuration.
+async fn recover(
+    client: &Client,
+    stream_name: &str,
+    config: &pull::Config,
+    signal: &Signal,
+) -> Result<Option<jetstream::consumer::PullConsumer>, ConsumeError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let result = match get_stream(client, stream_name).await {
+            Ok(stream) => stream.create_consumer(config.clone()).await.map_err(|err| {
+                let kind = match err.kind() {
+                    jetstream::stream::ConsumerErrorKind::JetStream(js)
+                        if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        ConsumeErrorKind::StreamNotFound(stream_name.to_owned())
+                    }
+                    jetstream::stream::ConsumerErrorKind::JetStream(js)
+                        if is_config_rejection(js.error_code()) =>
+                    {
+                        ConsumeErrorKind::CreateConsumer
+                    }
+                    _ => ConsumeErrorKind::Subscribe,
+                };
+                Error::with_source(kind, err)
+            }),
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(consumer) => {
+                if attempt > 1 {
+                    tracing::info!(stream = %stream_name, attempt, "consumer recovered");
+                }
+                return Ok(Some(consumer));
+            }
+            Err(err) if matches!(err.kind(), ConsumeErrorKind::StreamNotFound(_)) => {
+                tracing::error!(stream = %stream_name, "stream deleted; consumer stops");
+                return Err(err);
+            }
+            Err(err) if matches!(err.kind(), ConsumeErrorKind::CreateConsumer) && attempt > 3 => {
+                return Err(err);
+            }
+            Err(err) => {
+                tracing::warn!(
+                    stream = %stream_name,
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %err,
+                    "consumer unavailable; retrying"
+                );
+            }
+        }
+        tokio::select! {
+            biased;
+            () = signal.clone() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RECOVERY_DELAY);
+    }
+}
+
+/// Server errors that mean the configuration itself is refused (retrying
+/// the same request cannot help).
+fn is_config_rejection(code: ErrorCode) -> bool {
+    // 10012: consumer config invalid family; 10013 name exists with another
+    // config; 10148 update not allowed.
+    matches!(code.0, 10012 | 10013 | 10148 | 10100 | 10139)
+}
+
+/// How a delivery ends.
+enum Decision {
+    Ack,
+    Nak {
+        delay: Duration,
+        reason: &'static str,
+    },
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+    },
+}
+
+/// One delivery, from decoding to settling, inside its process span.
+async fn process<S: Clone + Send + Sync + 'static>(
+    message: jetstream::Message,
+    shared: Arc<Shared_<S>>,
+    _slot: OwnedSemaphorePermit,
+    stopped: watch::Receiver<bool>,
+) {
+    let subject = message.subject.to_string();
+    let (delivered, stream, stream_sequence) = match message.info() {
+        Ok(info) => (
+            u64::try_from(info.delivered).unwrap_or(1).max(1),
+            info.stream.to_owned(),
+            info.stream_sequence,
+        ),
+        // Only JetStream messages reach a pull consumer; if the reply subject
+        // is unreadable nothing can be acked either.
+        Err(_) => return,
+    };
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {subject}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = %shared.group,
+        messaging.message.id = tracing::field::Empty,
+        messaging.nats.stream = %stream,
+        messaging.nats.stream.sequence = stream_sequence,
+        messaging.nats.message.delivery_count = delivered,
+        cloudevents.event_id = tracing::field::Empty,
+        cloudevents.event_type = tracing::field::Empty,
+        cloudevents.event_source = tracing::field::Empty,
+        jetevents.settle = tracing::field::Empty,
+        jetevents.nak_delay_ms = tracing::field::Empty,
+        jetevents.dead_letter.reason = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+
+    let envelope = crate::codec::decode(message.headers.as_ref(), &message.payload);
+    if let Ok(envelope) = &envelope {
+        // Before the span is first entered, so it starts as the child.
+        let _ = span.set_parent(crate::trace::extract(envelope));
+        span.record("messaging.message.id", envelope.id.as_str());
+        span.record("cloudevents.event_id", envelope.id.as_str());
+        span.record("cloudevents.event_type", envelope.event_type.as_str());
+        span.record("cloudevents.event_source", envelope.source.as_str());
+    }
+
+    let work = async {
+        let decision = match envelope {
+            Err(err) => Decision::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                error: error_chain(&err),
+            },
+            Ok(envelope) => {
+                decide(
+                    &shared,
+                    envelope,
+                    &subject,
+                    delivered,
+                    stream_sequence,
+                    &message,
+                    stopped,
+                )
+                .await
+            }
+        };
+        let failure_parts = (
+            subject.as_str(),
+            stream.as_str(),
+            stream_sequence,
+            delivered,
+        );
+        settle(&shared, &message, decision, failure_parts).await;
+    };
+    work.instrument(span).await;
+}
+
+/// Runs the handler (with in-progress acks) and decides how to settle.
+async fn decide<S: Clone + Send + Sync + 'static>(
+    shared: &Shared_<S>,
+    envelope: crate::envelope::Envelope,
+    subject: &str,
+    delivered: u64,
+    stream_sequence: u64,
+    message: &jetstream::Message,
+    mut stopped: watch::Receiver<bool>,
+) -> Decision {
+    let retry = &shared.settings.retry;
+    if delivered > u64::from(retry.attempts()) {
+        // The last attempt ended without a settle (crash, lost connection).
+        return Decision::DeadLetter {
+            reason: DeadLetterReason::AttemptsExhausted,
+            error: format!(
+                "delivered {delivered} times; the retry policy allows {} attempts",
+                retry.attempts()
+            ),
+        };
+    }
+    let (event, handler) = match shared.router.resolve(&envelope) {
+        Resolved::Handle { event, handler } => (event, handler),
+        Resolved::Undecodable(err) => {
+            return Decision::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                error: error_chain(err.as_ref()),
+            }
+        }
+        Resolved::Unhandled => {
+            return match shared.settings.unhandled {
+                UnhandledPolicy::Ack => Decision::Ack,
+                UnhandledPolicy::DeadLetter => Decision::DeadLetter {
+                    reason: DeadLetterReason::Unhandled,
+                    error: format!("no handler for type {}", envelope.event_type),
+                },
+            }
+        }
+    };
+
+    let context = Context::new(
+        envelope,
+        subject.to_owned(),
+        shared.group.clone(),
+        delivered,
+        Some(stream_sequence),
+        shared.publisher.clone(),
+        shared.state.clone(),
+    );
+    let lineage = context.lineage();
+    let call = crate::publish::with_lineage(
+        lineage,
+        AssertUnwindSafe(handler(event, context)).catch_unwind(),
+    );
+    tokio::pin!(call);
+    let interval = shared.progress_interval;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let result = loop {
+        tokio::select! {
+            result = &mut call => break Some(result),
+            _ = progress.tick() => {
+                if let Err(err) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %err, "in-progress ack failed");
+                }
+            }
+            changed = stopped.changed() => {
+                if changed.is_err() || *stopped.borrow() {
+                    break None;
+                }
+            }
+        }
+    };
+
+    let transient = |error: String, asked: Option<Duration>| {
+        if retry.is_last_attempt(delivered) {
+            Decision::DeadLetter {
+                reason: DeadLetterReason::AttemptsExhausted,
+                error,
+            }
+        } else {
+            Decision::Nak {
+                delay: asked.unwrap_or_else(|| retry.delay(delivered)),
+                reason: "transient",
+            }
+        }
+    };
+    match result {
+        // Shutdown: let another instance take it now.
+        None => Decision::Nak {
+            delay: Duration::ZERO,
+            reason: "shutdown",
+        },
+        Some(Ok(Ok(()))) => Decision::Ack,
+        Some(Ok(Err(err))) if err.is_permanent() => Decision::DeadLetter {
+            reason: DeadLetterReason::Permanent,
+            error: err.chain(),
+        },
+        Some(Ok(Err(err))) => {
+            tracing::Span::current().record("error.type", "transient");
+            transient(err.chain(), err.retry_delay())
+        }
+        Some(Err(panic)) => {
+            tracing::Span::current().record("error.type", "panic");
+            transient(
+                format!("handler panicked: {}", panic_message(panic.as_ref())),
+                None,
+            )
+        }
+    }
+}
+
+/// Acks, Naks or dead-letters, and records the outcome on the span.
+async fn settle<S>(
+    shared: &Shared_<S>,
+    message: &jetstream::Message,
+    decision: Decision,
+    (subject, stream, stream_sequence, delivered): (&str, &str, u64, u64),
+) {
+    let span = tracing::Span::current();
+    match decision {
+        Decision::Ack => {
+            span.record("jetevents.settle", "ack");
+            let acked = match shared.settings.ack_mode {
+                AckMode::Ack => message.ack().await,
+                AckMode::Confirmed => message.double_ack().await,
+            };
+            if let Err(err) = acked {
+                span.record("otel.status_code", "ERROR");
+                span.record(
+                    "otel.status_description",
+                    format!("ack failed: {err}").as_str(),
+                );
+                tracing::warn!(error = %err, "ack failed; the event will be redelivered");
+            }
+        }
+        Decision::Nak { delay, reason } => nak(&span, message, delay, reason).await,
+        Decision::DeadLetter { reason, error } => {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+            span.record("jetevents.dead_letter.reason", reason.as_str());
+            let failure = Failure {
+                reason,
+                error: &error,
+                subject,
+                stream,
+                stream_sequence,
+                consumer: &shared.group,
+                delivery_count: delivered,
+            };
+            match copy_to_dead_letters(shared, message, &failure).await {
+                Ok(()) => {
+                    span.record("jetevents.settle", "dead_letter");
+                    tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
+                    if let Err(err) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(error = %err, "term after dead-lettering failed");
+                    }
+                }
+                Err(err) => {
+                    // Keep the event: it comes back and is dead-lettered then
+                    // (the copy's message id makes a second copy a no-op).
+                    tracing::error!(error = %err, "dead-lettering failed; Naking instead");
+                    let delay = shared.settings.retry.delay(delivered);
+                    nak(&span, message, delay, "dead_letter_failed").await;
+                }
+            }
+        }
+    }
+}
+
+async fn nak(span: &tracing::Span, message: &jetstream::Message, delay: Duration, reason: &str) {
+    span.record("jetevents.settle", "nak");
+    span.record("jetevents.nak_delay_ms", delay.as_millis() as u64);
+    tracing::debug!(delay_ms = delay.as_millis() as u64, reason, "event Naked");
+    // Always with a delay (zero only on shutdown): a bare Nak redelivers at
+    // once and a failing handler would spin.
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(error = %err, "nak failed; the event comes back after the ack wait");
+    }
+}
+
+async fn copy_to_dead_letters<S>(
+    shared: &Shared_<S>,
+    message: &jetstream::Message,
+    failure: &Failure<'_>,
+) -> Result<(), crate::error::BoxError> {
+    let (subject, headers) = dead_letter::dead_letter_message(
+        &shared.settings.dead_letter,
+        message.headers.as_ref(),
+        failure,
+        Utc::now(),
+    );
+    shared
+        .client
+        .jetstream()
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// An error and its causes on one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

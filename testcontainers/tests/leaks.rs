@@ -1,0 +1,139 @@
+//! Servers leave nothing behind: not when dropped, not when the test process dies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::backends;
+use jetevents_testcontainers::{pid_alive, Backend, NatsServer};
+
+const CHILD_ENV: &str = "JETEVENTS_LEAK_CHILD";
+
+async fn container_exists(id: &str) -> bool {
+    tokio::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.Id}}", id])
+        .output()
+        .await
+        .unwrap()
+        .status
+        .success()
+}
+
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn dropping_a_server_removes_it() {
+    for backend in backends().await {
+        let server = NatsServer::builder()
+            .backend(backend)
+            .start()
+            .await
+            .unwrap();
+        match backend {
+            Backend::Binary => {
+                let pid = server.pid().unwrap();
+                assert!(pid_alive(pid));
+                drop(server);
+                assert!(!pid_alive(pid), "nats-server {pid} survived drop");
+            }
+            _ => {
+                let id = server.container_id().unwrap();
+                assert!(container_exists(&id).await);
+                drop(server);
+                assert!(!container_exists(&id).await, "container {id} survived drop");
+            }
+        }
+    }
+}
+
+/// Not a test on its own: the body of the child process spawned by
+/// `an_aborted_test_process_leaves_nothing`. Without the env var it does nothing.
+#[tokio::test]
+async fn leak_child_entry() {
+    let Ok(backend) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let backend = if backend == "docker" {
+        Backend::Docker
+    } else {
+        Backend::Binary
+    };
+    let server = NatsServer::builder()
+        .backend(backend)
+        .start()
+        .await
+        .unwrap();
+    let mut out = std::io::stdout();
+    match (server.pid(), server.container_id()) {
+        (Some(pid), _) => writeln!(out, "LEAK-PID={pid}").unwrap(),
+        (_, Some(id)) => writeln!(out, "LEAK-CONTAINER={id}").unwrap(),
+        _ => unreachable!(),
+    }
+    out.flush().unwrap();
+    // Worse than a panic: no unwinding, so no Drop runs.
+    std::process::abort();
+}
+
+#[tokio::test]
+async fn an_aborted_test_process_leaves_nothing() {
+    // Orphans are re-parented to us instead of init (which may not reap in a
+    // container), so the killed server can be reaped and its pid is really gone.
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    for backend in backends().await {
+        let name = if backend == Backend::Docker {
+            "docker"
+        } else {
+            "binary"
+        };
+        let output = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "leak_child_entry",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, name)
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "the child must die");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if let Some(pid) = stdout
+            .lines()
+            .find_map(|l| l.split_once("LEAK-PID=").map(|(_, v)| v))
+        {
+            let pid: u32 = pid.trim().parse().unwrap();
+            eventually("nats-server outlived its aborted parent", async || {
+                !pid_alive(pid)
+            })
+            .await;
+        } else if let Some(id) = stdout
+            .lines()
+            .find_map(|l| l.split_once("LEAK-CONTAINER=").map(|(_, v)| v))
+        {
+            let id = id.trim().to_string();
+            // The container outlives the aborted process until a reaper runs (the
+            // first container of the next test process runs it automatically).
+            assert!(container_exists(&id).await, "expected the orphan to exist");
+            let removed = jetevents_testcontainers::reap_orphaned_containers()
+                .await
+                .unwrap();
+            assert!(removed >= 1);
+            assert!(!container_exists(&id).await, "container {id} not reaped");
+        } else {
+            panic!(
+                "child printed no server id; stdout:\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
