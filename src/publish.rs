@@ -629,9 +629,10 @@ fn receipt(prepared: &Prepared, ack: PublishAck) -> Receipt {
     }
 }
 
-/// The server's text is "wrong last sequence: N".
+/// The server's description is "wrong last sequence: N"; async-nats prefixes
+/// its own kind text, which reads the same, hence the last occurrence.
 fn parse_actual_sequence(text: &str) -> Option<u64> {
-    let rest = &text[text.find("wrong last sequence: ")? + "wrong last sequence: ".len()..];
+    let rest = &text[text.rfind("wrong last sequence: ")? + "wrong last sequence: ".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
@@ -645,6 +646,12 @@ mod tests {
         assert_eq!(
             parse_actual_sequence("wrong last sequence: 42 (code 400, error code 10071)"),
             Some(42)
+        );
+        assert_eq!(
+            parse_actual_sequence(
+                "wrong last sequence: wrong last sequence: 7 (code 400, error code 10071)"
+            ),
+            Some(7)
         );
         assert_eq!(parse_actual_sequence("something else"), None);
     }

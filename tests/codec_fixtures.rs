@@ -72,7 +72,10 @@ fn binding_binary_example() {
     // Encoding it again gives the same headers.
     let (encoded, encoded_payload) = codec::encode(&envelope, Encoding::Binary).unwrap();
     for (name, value) in headers.iter() {
-        assert_eq!(encoded.get_all(name.clone()).collect::<Vec<_>>(), value.iter().collect::<Vec<_>>());
+        assert_eq!(
+            encoded.get_all(name.clone()).collect::<Vec<_>>(),
+            value.iter().collect::<Vec<_>>()
+        );
     }
     assert_eq!(encoded.len(), headers.len());
     assert_eq!(encoded_payload, payload);
@@ -87,7 +90,10 @@ fn binary_lenient_decoding() {
         ("cE-Type", "com.example.someevent"),
         ("ce-Subject", "Euro%20%E2%82%AC%20%F0%9F%98%80"),
         ("CE-TIME", "2018-04-05T05:56:24.5+02:00"),
-        ("Ce-TraceParent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "Ce-TraceParent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
         ("ce-unnecessary", "%41%42C"),
         ("Content-Type", "text/plain; charset=utf-8"),
         ("Nats-Msg-Id", "ignored"),
@@ -98,15 +104,24 @@ fn binary_lenient_decoding() {
     assert_eq!(envelope.subject.as_deref(), Some("Euro \u{20AC} \u{1F600}"));
     assert_eq!(
         envelope.time,
-        Some(Utc.with_ymd_and_hms(2018, 4, 5, 3, 56, 24).unwrap() + chrono::Duration::milliseconds(500))
+        Some(
+            Utc.with_ymd_and_hms(2018, 4, 5, 3, 56, 24).unwrap()
+                + chrono::Duration::milliseconds(500)
+        )
     );
     assert_eq!(
         envelope.traceparent(),
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
-    assert_eq!(envelope.extension("unnecessary"), Some(&ExtensionValue::from("ABC")));
+    assert_eq!(
+        envelope.extension("unnecessary"),
+        Some(&ExtensionValue::from("ABC"))
+    );
     // The unprefixed Content-Type stands in for ce-datacontenttype ...
-    assert_eq!(envelope.data_content_type.as_deref(), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        envelope.data_content_type.as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
     assert_eq!(envelope.data.as_deref(), Some(&b"hi"[..]));
     // ... but never overrides it.
     let headers = base_with(&[
@@ -114,7 +129,10 @@ fn binary_lenient_decoding() {
         ("content-type", "text/plain"),
     ]);
     let envelope = codec::decode(Some(&headers), &Bytes::from_static(b"{}")).unwrap();
-    assert_eq!(envelope.data_content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        envelope.data_content_type.as_deref(),
+        Some("application/json")
+    );
 }
 
 #[test]
@@ -132,7 +150,10 @@ fn binary_encoding_is_strict() {
     assert_eq!(get("ce-specversion"), "1.0");
     assert_eq!(get("ce-id"), "id");
     assert_eq!(get("ce-source"), "/my%20source");
-    assert_eq!(get("ce-subject"), "Euro%20%E2%82%AC%20%F0%9F%98%80%20%22q%22%20100%25");
+    assert_eq!(
+        get("ce-subject"),
+        "Euro%20%E2%82%AC%20%F0%9F%98%80%20%22q%22%20100%25"
+    );
     assert_eq!(get("ce-time"), "2018-04-05T03:56:24.123Z");
     assert_eq!(get("ce-count"), "42");
     assert_eq!(get("ce-flag"), "true");
@@ -141,7 +162,10 @@ fn binary_encoding_is_strict() {
     assert_eq!(payload, envelope.data.clone().unwrap());
     // Typed extensions come back as strings in binary mode.
     let decoded = codec::decode(Some(&headers), &payload).unwrap();
-    assert_eq!(decoded.extension("count"), Some(&ExtensionValue::from("42")));
+    assert_eq!(
+        decoded.extension("count"),
+        Some(&ExtensionValue::from("42"))
+    );
     assert_eq!(decoded.extension("flag").unwrap().to_string(), "true");
 }
 
@@ -161,12 +185,28 @@ const JSON_FORMAT_EXAMPLE: &str = r#"{
 
 #[test]
 fn json_format_examples() {
-    let headers = headers(&[("Content-Type", "application/cloudevents+json; charset=UTF-8")]);
-    let envelope = codec::decode(Some(&headers), &Bytes::from_static(JSON_FORMAT_EXAMPLE.as_bytes())).unwrap();
+    let headers = headers(&[(
+        "Content-Type",
+        "application/cloudevents+json; charset=UTF-8",
+    )]);
+    let envelope = codec::decode(
+        Some(&headers),
+        &Bytes::from_static(JSON_FORMAT_EXAMPLE.as_bytes()),
+    )
+    .unwrap();
     assert_eq!(envelope.id, "A234-1234-1234");
-    assert_eq!(envelope.extension("comexampleextension1"), Some(&ExtensionValue::from("value")));
-    assert_eq!(envelope.extension("comexampleothervalue"), Some(&ExtensionValue::Integer(5)));
-    assert_eq!(envelope.extension("flag"), Some(&ExtensionValue::Boolean(false)));
+    assert_eq!(
+        envelope.extension("comexampleextension1"),
+        Some(&ExtensionValue::from("value"))
+    );
+    assert_eq!(
+        envelope.extension("comexampleothervalue"),
+        Some(&ExtensionValue::Integer(5))
+    );
+    assert_eq!(
+        envelope.extension("flag"),
+        Some(&ExtensionValue::Boolean(false))
+    );
     assert_eq!(envelope.extension("unsetextension"), None);
     assert_eq!(envelope.data.as_deref(), Some(&[0u8, 1, 2, 3, 4][..]));
 
@@ -196,7 +236,10 @@ fn structured_encoding_layout() {
     envelope.data = Some(Bytes::from_static(br#"{"a":1}"#));
     envelope.set_extension("n", 7i64).unwrap();
     let (headers, payload) = codec::encode(&envelope, Encoding::Structured).unwrap();
-    assert_eq!(headers.get("Content-Type").unwrap().as_str(), "application/cloudevents+json");
+    assert_eq!(
+        headers.get("Content-Type").unwrap().as_str(),
+        "application/cloudevents+json"
+    );
     assert_eq!(
         std::str::from_utf8(&payload).unwrap(),
         r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/json","n":7,"data":{"a":1}}"#
@@ -204,7 +247,9 @@ fn structured_encoding_layout() {
     envelope.data_content_type = Some("application/octet-stream".into());
     envelope.data = Some(Bytes::from_static(b"\x00\x01\x02\x03\x04"));
     let (_, payload) = codec::encode(&envelope, Encoding::Structured).unwrap();
-    assert!(std::str::from_utf8(&payload).unwrap().ends_with(r#""data_base64":"AAECAwQ="}"#));
+    assert!(std::str::from_utf8(&payload)
+        .unwrap()
+        .ends_with(r#""data_base64":"AAECAwQ="}"#));
 }
 
 #[test]
@@ -253,14 +298,28 @@ fn typed_events_in_both_modes() {
     };
     let envelope = Envelope::from_event("/booking", &event).unwrap();
     assert_eq!(envelope.event_type, AppointmentConfirmed::TYPE);
-    assert_eq!(envelope.data_content_type.as_deref(), Some("application/json"));
-    assert_eq!(envelope.data_schema.as_deref(), AppointmentConfirmed::data_schema());
+    assert_eq!(
+        envelope.data_content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        envelope.data_schema.as_deref(),
+        AppointmentConfirmed::data_schema()
+    );
     assert_eq!(envelope.partition_key(), Some("ap.1/ü"));
-    assert_eq!(uuid::Uuid::parse_str(&envelope.id).unwrap().get_version_num(), 7);
+    assert_eq!(
+        uuid::Uuid::parse_str(&envelope.id)
+            .unwrap()
+            .get_version_num(),
+        7
+    );
     for encoding in [Encoding::Binary, Encoding::Structured] {
         let (headers, payload) = codec::encode(&envelope, encoding).unwrap();
         let decoded = codec::decode(Some(&headers), &payload).unwrap();
-        assert_eq!(decoded.decode_data::<AppointmentConfirmed>().unwrap(), event);
+        assert_eq!(
+            decoded.decode_data::<AppointmentConfirmed>().unwrap(),
+            event
+        );
     }
 }
 
@@ -284,7 +343,10 @@ fn wire_size_counts_header_block() {
 
 #[test]
 fn missing_attribute() {
-    for (i, name) in ["specversion", "id", "source", "type"].into_iter().enumerate() {
+    for (i, name) in ["specversion", "id", "source", "type"]
+        .into_iter()
+        .enumerate()
+    {
         let mut pairs = BASE.to_vec();
         pairs.remove(i);
         let kind = decode_err(&headers(&pairs), b"");
@@ -312,7 +374,15 @@ fn unsupported_spec_version() {
 
 #[test]
 fn invalid_header_value() {
-    for bad in ["%C0%A0", "%FF", "%ED%A0%80", "a%0Ab", "a%7Fb", "\"unterminated", "\"a\"b"] {
+    for bad in [
+        "%C0%A0",
+        "%FF",
+        "%ED%A0%80",
+        "a%0Ab",
+        "a%7Fb",
+        "\"unterminated",
+        "\"a\"b",
+    ] {
         let kind = decode_err(&base_with(&[("ce-subject", bad)]), b"");
         assert_eq!(
             kind,
@@ -367,7 +437,10 @@ fn invalid_attribute() {
     let mut pairs = BASE.to_vec();
     pairs[1] = ("ce-id", "");
     assert_invalid_attribute(decode_err(&headers(&pairs), b""), "id");
-    assert_invalid_attribute(decode_err(&base_with(&[("ce-time", "yesterday")]), b""), "time");
+    assert_invalid_attribute(
+        decode_err(&base_with(&[("ce-time", "yesterday")]), b""),
+        "time",
+    );
     assert_invalid_attribute(decode_err(&base_with(&[("CE-ID", "other")]), b""), "id");
     assert_invalid_attribute(
         decode_err(&base_with(&[("ce-x", "1"), ("ce-x", "2")]), b""),
@@ -375,14 +448,24 @@ fn invalid_attribute() {
     );
     assert_invalid_attribute(decode_err(&base_with(&[("ce-my_ext", "1")]), b""), "my_ext");
     assert_invalid_attribute(decode_err(&base_with(&[("ce-data", "1")]), b""), "data");
-    assert_invalid_attribute(decode_err(&base_with(&[("content-type", "a\u{1}b")]), b""), "datacontenttype");
-    let s = |rest: &str| format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t"{rest}}}"#);
+    assert_invalid_attribute(
+        decode_err(&base_with(&[("content-type", "a\u{1}b")]), b""),
+        "datacontenttype",
+    );
+    let s =
+        |rest: &str| format!(r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t"{rest}}}"#);
     assert_invalid_attribute(structured_err(&s(r#","id":"2""#)), "id");
     assert_invalid_attribute(structured_err(&s(r#","subject":5"#)), "subject");
     assert_invalid_attribute(structured_err(&s(r#","subject":"""#)), "subject");
     assert_invalid_attribute(structured_err(&s(r#","subject":"a\u0000b""#)), "subject");
-    assert_invalid_attribute(structured_err(&s(r#","time":"2018-13-01T00:00:00Z""#)), "time");
-    assert_invalid_attribute(structured_err(&s(r#","data":1,"data_base64":"AA==""#)), "data");
+    assert_invalid_attribute(
+        structured_err(&s(r#","time":"2018-13-01T00:00:00Z""#)),
+        "time",
+    );
+    assert_invalid_attribute(
+        structured_err(&s(r#","data":1,"data_base64":"AA==""#)),
+        "data",
+    );
     assert_invalid_attribute(structured_err(&s(r#","data_base64":"!!""#)), "data_base64");
     assert_invalid_attribute(structured_err(&s(r#","Bad-Name":"x""#)), "Bad-Name");
     assert_invalid_attribute(structured_err(&s(r#","ext":1.5"#)), "ext");
@@ -397,7 +480,10 @@ fn invalid_data_and_type_checks() {
         ..Envelope::new("/s", AppointmentConfirmed::TYPE)
     };
     assert_eq!(
-        envelope.decode_data::<AppointmentConfirmed>().unwrap_err().into_kind(),
+        envelope
+            .decode_data::<AppointmentConfirmed>()
+            .unwrap_err()
+            .into_kind(),
         DecodeErrorKind::InvalidData
     );
     let other = Envelope {
@@ -405,7 +491,10 @@ fn invalid_data_and_type_checks() {
         ..envelope.clone()
     };
     assert_eq!(
-        other.decode_data::<AppointmentConfirmed>().unwrap_err().into_kind(),
+        other
+            .decode_data::<AppointmentConfirmed>()
+            .unwrap_err()
+            .into_kind(),
         DecodeErrorKind::TypeMismatch {
             expected: AppointmentConfirmed::TYPE.into(),
             actual: "booking.appointment.cancelled.v1".into()
@@ -416,7 +505,10 @@ fn invalid_data_and_type_checks() {
         ..envelope
     };
     assert_eq!(
-        binary.decode_data::<AppointmentConfirmed>().unwrap_err().into_kind(),
+        binary
+            .decode_data::<AppointmentConfirmed>()
+            .unwrap_err()
+            .into_kind(),
         DecodeErrorKind::UnsupportedContentType("application/octet-stream".into())
     );
 }
@@ -457,10 +549,34 @@ fn encode_errors() {
         }
     };
     let base = Envelope::new("/s", "t");
-    invalid(&Envelope { id: String::new(), ..base.clone() }, "id");
-    invalid(&Envelope { source: String::new(), ..base.clone() }, "source");
-    invalid(&Envelope { subject: Some("a\nb".into()), ..base.clone() }, "subject");
-    invalid(&Envelope { time: Some(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap()), ..base.clone() }, "time");
+    invalid(
+        &Envelope {
+            id: String::new(),
+            ..base.clone()
+        },
+        "id",
+    );
+    invalid(
+        &Envelope {
+            source: String::new(),
+            ..base.clone()
+        },
+        "source",
+    );
+    invalid(
+        &Envelope {
+            subject: Some("a\nb".into()),
+            ..base.clone()
+        },
+        "subject",
+    );
+    invalid(
+        &Envelope {
+            time: Some(Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap()),
+            ..base.clone()
+        },
+        "time",
+    );
     let mut with_ext = base.clone();
     with_ext.set_extension("note", "tab\there").unwrap();
     invalid(&with_ext, "note");
@@ -475,4 +591,19 @@ fn encode_errors() {
         Envelope::from_event("/s", &value).unwrap_err().into_kind(),
         EncodeErrorKind::Serialize
     );
+}
+
+/// Found by the fuzzer: JSON data with surrounding whitespace must keep its
+/// exact bytes through structured mode.
+#[test]
+fn structured_keeps_whitespace_around_json_data() {
+    for ct in [None, Some("application/json".to_owned())] {
+        let envelope = Envelope {
+            data_content_type: ct,
+            data: Some(Bytes::from_static(b"\r\n\r\n{\"a\":1} ")),
+            ..Envelope::new("/s", "t")
+        };
+        let (headers, payload) = codec::encode(&envelope, Encoding::Structured).unwrap();
+        assert_eq!(codec::decode(Some(&headers), &payload).unwrap(), envelope);
+    }
 }

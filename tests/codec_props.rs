@@ -61,11 +61,15 @@ fn time() -> impl Strategy<Value = Option<DateTime<Utc>>> {
 }
 
 fn json_data() -> impl Strategy<Value = Bytes> {
-    proptest::collection::btree_map(text(), prop_oneof![
-        text().prop_map(serde_json::Value::from),
-        any::<i64>().prop_map(serde_json::Value::from),
-        any::<bool>().prop_map(serde_json::Value::from),
-    ], 0..5)
+    proptest::collection::btree_map(
+        text(),
+        prop_oneof![
+            text().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+        ],
+        0..5,
+    )
     .prop_map(|map| Bytes::from(serde_json::to_vec(&map).unwrap()))
 }
 
@@ -75,10 +79,14 @@ fn content_and_data() -> impl Strategy<Value = (Option<String>, Option<Bytes>)> 
         json_data().prop_map(|d| (Some("application/json".to_owned()), Some(d))),
         json_data().prop_map(|d| (None, Some(d))),
         json_data().prop_map(|d| (Some("application/vnd.acme+json".to_owned()), Some(d))),
-        proptest::collection::vec(any::<u8>(), 0..300)
-            .prop_map(|d| (Some("application/octet-stream".to_owned()), Some(Bytes::from(d)))),
-        proptest::collection::vec(any::<u8>(), 0..100)
-            .prop_map(|d| (Some("application/x-protobuf".to_owned()), Some(Bytes::from(d)))),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|d| (
+            Some("application/octet-stream".to_owned()),
+            Some(Bytes::from(d))
+        )),
+        proptest::collection::vec(any::<u8>(), 0..100).prop_map(|d| (
+            Some("application/x-protobuf".to_owned()),
+            Some(Bytes::from(d))
+        )),
         text().prop_map(|t| (
             Some("text/plain; charset=utf-8".to_owned()),
             Some(Bytes::from(t))

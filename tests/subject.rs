@@ -48,13 +48,23 @@ fn token_rules() {
     }
     let cases: [(&str, fn(&SubjectErrorKind) -> bool); 8] = [
         ("", |k| matches!(k, SubjectErrorKind::EmptyToken)),
-        ("a.b", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
+        ("a.b", |k| {
+            matches!(k, SubjectErrorKind::InvalidToken { .. })
+        }),
         ("*", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
         ("a>", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
-        ("a b", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
-        ("a\tb", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
-        ("a\u{7f}", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
-        ("café", |k| matches!(k, SubjectErrorKind::InvalidToken { .. })),
+        ("a b", |k| {
+            matches!(k, SubjectErrorKind::InvalidToken { .. })
+        }),
+        ("a\tb", |k| {
+            matches!(k, SubjectErrorKind::InvalidToken { .. })
+        }),
+        ("a\u{7f}", |k| {
+            matches!(k, SubjectErrorKind::InvalidToken { .. })
+        }),
+        ("café", |k| {
+            matches!(k, SubjectErrorKind::InvalidToken { .. })
+        }),
     ];
     for (bad, check) in cases {
         let err = validate_token(bad).unwrap_err();
@@ -107,7 +117,10 @@ fn hostile_keys_stay_one_token() {
         let token = subject.rsplit('.').next().unwrap();
         assert_eq!(unescape_key(token).unwrap(), key);
     }
-    assert_eq!(escape_key("ana.lima@example.com").unwrap(), "ana%2Elima@example%2Ecom");
+    assert_eq!(
+        escape_key("ana.lima@example.com").unwrap(),
+        "ana%2Elima@example%2Ecom"
+    );
 }
 
 #[test]
@@ -182,14 +195,21 @@ fn pattern_filters() {
         ),
         (
             "booking.appointment.*",
-            &["prod.booking.appointment.*.*", "prod.booking.appointment.*.*.*"],
+            &[
+                "prod.booking.appointment.*.*",
+                "prod.booking.appointment.*.*.*",
+            ],
         ),
         ("*", &["prod.*.*.*.*", "prod.*.*.*.*.*"]),
         ("booking.>", &["prod.booking.>"]),
         (">", &["prod.>"]),
     ];
     for (pattern, expected) in cases {
-        assert_eq!(subjects.filters_for_pattern(pattern).unwrap(), expected, "{pattern}");
+        assert_eq!(
+            subjects.filters_for_pattern(pattern).unwrap(),
+            expected,
+            "{pattern}"
+        );
     }
     for bad in [
         "",
@@ -220,5 +240,8 @@ fn event_type_parts() {
     assert_eq!(ty.as_str(), "booking.appointment.confirmed.v12");
     assert_eq!(format!("{ty}"), "booking.appointment.confirmed.v12");
     let err = EventType::parse("booking.appointment.confirmed.1").unwrap_err();
-    assert!(matches!(err.kind(), SubjectErrorKind::InvalidEventType { .. }));
+    assert!(matches!(
+        err.kind(),
+        SubjectErrorKind::InvalidEventType { .. }
+    ));
 }

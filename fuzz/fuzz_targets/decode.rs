@@ -26,8 +26,10 @@ fn header_map(block: &[u8]) -> Option<HeaderMap> {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let (Ok(name), Ok(value)) = (HeaderName::from_str(name), HeaderValue::from_str(value.trim()))
-        else {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_str(name),
+            HeaderValue::from_str(value.trim()),
+        ) else {
             continue;
         };
         headers.append(name, value);

@@ -58,7 +58,13 @@ pub(super) fn encode(envelope: &Envelope) -> Bytes {
     }
     if let Some(data) = &envelope.data {
         let ct = envelope.data_content_type.as_deref();
-        if super::is_json_content_type(ct) && serde_json::from_slice::<IgnoredAny>(data).is_ok() {
+        // Whitespace around the JSON text would be lost in the embedding, so
+        // such data goes as data_base64 to keep its bytes exact.
+        if super::is_json_content_type(ct)
+            && !data.first().is_some_and(u8::is_ascii_whitespace)
+            && !data.last().is_some_and(u8::is_ascii_whitespace)
+            && serde_json::from_slice::<IgnoredAny>(data).is_ok()
+        {
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(data);
         } else if let (Some(true), Ok(text)) = (

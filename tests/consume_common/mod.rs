@@ -149,8 +149,14 @@ where
 }
 
 /// What handlers saw, shared with the test.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Log<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T> Default for Log<T> {
+    fn default() -> Self {
+        Log(Arc::new(Mutex::new(Vec::new())))
+    }
+}
 
 impl<T: Clone> Log<T> {
     pub fn push(&self, item: T) {

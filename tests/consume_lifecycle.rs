@@ -1,0 +1,268 @@
+//! Long handlers, shutdown, server restarts and deleted consumers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jetevents::consume::{Consumer, Context, HandlerError, RetryPolicy};
+use jetevents_testcontainers::NatsServer;
+
+mod consume_common;
+use consume_common::{eventually, order, Log, OrderPlaced, Running, World};
+
+#[tokio::test]
+async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
+    let world = World::on_shared_server().await;
+    let calls: Log<(u64, u64)> = Log::default();
+    let done: Log<u64> = Log::default();
+    let state = (calls.clone(), done.clone());
+    let consumer = Consumer::builder(&world.client, "reports")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        .ack_wait(Duration::from_secs(1))
+        .concurrency(4)
+        .with_state(state)
+        .handle(|event: OrderPlaced, ctx: Context<(Log<(u64, u64)>, Log<u64>)>| async move {
+            let (calls, done) = ctx.state();
+            calls.push((event.n, ctx.delivery_count()));
+            // Three times the ack wait.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            done.push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    world.publish(1).await;
+
+    eventually("slow handler done", Duration::from_secs(20), || async {
+        done.len() == 1
+    })
+    .await;
+    world.wait_settled("reports").await;
+    // A redelivery during the three seconds would have started a second call
+    // (there were free slots).
+    assert_eq!(calls.items(), [(1, 1)]);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_with_events_in_flight_loses_none() {
+    let world = World::on_shared_server().await;
+    const EVENTS: u64 = 12;
+    let started: Log<u64> = Log::default();
+    let finished: Log<(&'static str, u64)> = Log::default();
+
+    let build = |instance: &'static str, delay: Duration| {
+        let world = &world;
+        let state = (started.clone(), finished.clone());
+        async move {
+            Consumer::builder(&world.client, "fulfil")
+                .stream(&world.stream)
+                .dead_letter(world.dead_letters.clone())
+                .concurrency(4)
+                .ack_wait(Duration::from_secs(2))
+                .shutdown_grace(Duration::from_millis(200))
+                .pull_expiry(Duration::from_millis(500))
+                .with_state(state)
+                .handle(
+                    move |event: OrderPlaced,
+                          ctx: Context<(Log<u64>, Log<(&'static str, u64)>)>| async move {
+                        let (started, finished) = ctx.state();
+                        started.push(event.n);
+                        tokio::time::sleep(delay).await;
+                        finished.push((instance, event.n));
+                        Ok::<_, HandlerError>(())
+                    },
+                )
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+
+    // The first instance is slow: it is stopped with handlers running.
+    let first = Running::start(build("first", Duration::from_secs(5)).await);
+    for n in 0..EVENTS {
+        world.publish(n).await;
+    }
+    eventually("first instance busy", Duration::from_secs(10), || async {
+        started.len() >= 2
+    })
+    .await;
+    first.stop().await;
+    let in_flight_at_stop = started.len();
+    assert!(in_flight_at_stop > 0);
+    assert!(
+        finished.items().is_empty(),
+        "handlers were expected to be still running at shutdown"
+    );
+
+    // A second instance gets everything, the Naked in-flight events included.
+    let second = Running::start(build("second", Duration::from_millis(5)).await);
+    eventually("every event handled", Duration::from_secs(30), || async {
+        let handled: BTreeSet<u64> = finished.items().into_iter().map(|(_, n)| n).collect();
+        handled.len() == EVENTS as usize
+    })
+    .await;
+    world.wait_settled("fulfil").await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_handlers_finish_within_the_grace() {
+    let world = World::on_shared_server().await;
+    let started: Log<u64> = Log::default();
+    let finished: Log<u64> = Log::default();
+    let consumer = Consumer::builder(&world.client, "graceful")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        .shutdown_grace(Duration::from_secs(10))
+        .with_state((started.clone(), finished.clone()))
+        .handle(|event: OrderPlaced, ctx: Context<(Log<u64>, Log<u64>)>| async move {
+            ctx.state().0.push(event.n);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ctx.state().1.push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    world.publish(1).await;
+    eventually("handler started", Duration::from_secs(10), || async {
+        started.len() == 1
+    })
+    .await;
+    running.stop().await;
+    // Finished and acked before `run_until` returned.
+    assert_eq!(finished.items(), [1]);
+    world.wait_settled("graceful").await;
+}
+
+#[tokio::test]
+async fn consuming_resumes_after_a_server_restart() {
+    let mut server = NatsServer::start().await.unwrap();
+    let world = World::on(&server.url()).await;
+    let handled: Log<u64> = Log::default();
+    let consumer = Consumer::builder(&world.client, "restarts")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)))
+        .pull_expiry(Duration::from_millis(500))
+        .with_state(handled.clone())
+        .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
+            ctx.state().push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    for n in 0..3 {
+        world.publish(n).await;
+    }
+    eventually("events before the restart", Duration::from_secs(10), || async {
+        handled.len() == 3
+    })
+    .await;
+
+    server.kill().await.unwrap();
+    server.restart().await.unwrap();
+
+    // The client reconnects on its own; publish as soon as the server takes it.
+    for n in 3..6 {
+        eventually("publish after restart", Duration::from_secs(30), || async {
+            world.client.publisher().publish(&order(n)).await.is_ok()
+        })
+        .await;
+    }
+    eventually("events after the restart", Duration::from_secs(30), || async {
+        let seen: BTreeSet<u64> = handled.items().into_iter().collect();
+        seen == (0..6).collect()
+    })
+    .await;
+    assert!(!running.is_finished());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_is_recreated() {
+    let world = World::on_shared_server().await;
+    let handled: Log<u64> = Log::default();
+    let consumer = Consumer::builder(&world.client, "phoenix")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        .pull_expiry(Duration::from_millis(300))
+        .with_state(handled.clone())
+        .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
+            ctx.state().push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    world.publish(1).await;
+    eventually("first event", Duration::from_secs(10), || async {
+        handled.len() == 1
+    })
+    .await;
+
+    let stream = world.client.jetstream().get_stream(&world.stream).await.unwrap();
+    stream.delete_consumer("phoenix").await.unwrap();
+    world.publish(2).await;
+
+    eventually("event after the consumer was deleted", Duration::from_secs(20), || async {
+        handled.items().contains(&2)
+    })
+    .await;
+    assert!(!running.is_finished());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_stream_ends_the_runner_with_a_clear_error() {
+    let world = World::on_shared_server().await;
+    let consumer = Consumer::builder(&world.client, "orphan")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        .pull_expiry(Duration::from_millis(300))
+        .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
+        .build()
+        .await
+        .unwrap();
+    let task = tokio::spawn(consumer.run_until(std::future::pending()));
+    world
+        .client
+        .jetstream()
+        .delete_stream(&world.stream)
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("runner kept going without its stream")
+        .unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &jetevents::consume::ConsumeErrorKind::StreamNotFound(world.stream.clone())
+    );
+}
+
+#[tokio::test]
+async fn building_against_a_missing_stream_fails() {
+    let world = World::on_shared_server().await;
+    let err = Consumer::builder(&world.client, "lost")
+        .stream("NO_SUCH_STREAM")
+        .dead_letter(world.dead_letters.clone())
+        .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &jetevents::consume::ConsumeErrorKind::StreamNotFound("NO_SUCH_STREAM".into())
+    );
+}
