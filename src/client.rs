@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{Auth, Config};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::subject::Subjects;
 
@@ -106,6 +107,7 @@ struct Inner {
     config: Config,
     subjects: Subjects,
     violations: broadcast::Sender<PermissionViolation>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Client {
@@ -209,6 +211,10 @@ impl Client {
             .timeout(config.ack_timeout)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(nats.clone());
+        let metrics = match &config.meter {
+            Some(meter) => Metrics::new(meter),
+            None => Metrics::global(),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 nats,
@@ -216,6 +222,7 @@ impl Client {
                 config,
                 subjects,
                 violations,
+                metrics,
             }),
         })
     }
@@ -238,6 +245,11 @@ impl Client {
     /// Subject naming for this service's environment.
     pub fn subjects(&self) -> &Subjects {
         &self.inner.subjects
+    }
+
+    /// The metrics instruments of this client.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// A publisher on this connection.

@@ -48,6 +48,9 @@ pub struct Config {
     pub publish_retry: PublishRetry,
     /// Encoding used when a publish does not choose one.
     pub encoding: Encoding,
+    /// Meter for jetevents' metrics; `None`: the global meter provider's, as
+    /// installed by the application before connecting (a no-op by default).
+    pub meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             ack_timeout: Duration::from_secs(5),
             publish_retry: PublishRetry::default(),
             encoding: Encoding::Binary,
+            meter: None,
         }
     }
 }

@@ -14,7 +14,8 @@
 //! - [`provision`]: declaring streams idempotently;
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
-//! - [`trace`]: W3C trace context in and out of events.
+//! - [`trace`]: W3C trace context in and out of events;
+//! - [`metrics`]: OpenTelemetry messaging metrics.
 
 pub mod client;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod consume;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod metrics;
 pub mod provision;
 pub mod publish;
 pub mod subject;

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsPublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -219,6 +219,8 @@ pub struct Publisher {
 struct Prepared {
     subject: String,
     event_id: String,
+    event_type: String,
+    started: Instant,
     headers: HeaderMap,
     payload: Bytes,
     expected_last_subject_sequence: Option<u64>,
@@ -270,6 +272,17 @@ impl Publisher {
         self.send_with_retries(prepared).instrument(span).await
     }
 
+    /// Records the outcome of one event in the metrics.
+    fn record(&self, prepared: &Prepared, result: &Result<Receipt, PublishError>) {
+        let metrics = self.client.metrics();
+        let error = result.as_ref().err().map(|err| error_type(err.kind()));
+        let attributes = crate::metrics::publish_attributes(&prepared.event_type, error);
+        metrics.sent.add(1, &attributes);
+        metrics
+            .operation_duration
+            .record(prepared.started.elapsed().as_secs_f64(), &attributes);
+    }
+
     /// Publishes many events pipelined: up to `window` acks are awaited at
     /// once, and sending waits (backpressure) while the window is full.
     /// Returns one result per event, in input order.
@@ -304,6 +317,7 @@ impl Publisher {
             VecDeque::with_capacity(window);
         let mut violations = self.client.permission_violations();
         let options = PublishOptions::default();
+        let window_metric = &self.client.metrics().publish_window;
 
         for (index, event) in events.iter().enumerate() {
             if in_flight.len() >= window {
@@ -323,7 +337,10 @@ impl Publisher {
                 }
             };
             match self.send(&prepared).await {
-                Ok(ack) => in_flight.push_back((index, prepared, ack)),
+                Ok(ack) => {
+                    window_metric.add(1, &[]);
+                    in_flight.push_back((index, prepared, ack));
+                }
                 Err(AttemptError::Final(err)) => results[index] = Some(Err(err)),
                 Err(AttemptError::Retryable { .. }) => retry_later.push((index, prepared)),
             }
@@ -353,11 +370,19 @@ impl Publisher {
         results: &mut [Option<Result<Receipt, PublishError>>],
         retry_later: &mut Vec<(usize, Prepared)>,
     ) {
-        match self.await_ack(&prepared, ack, violations).await {
-            Ok(ack) => results[index] = Some(Ok(receipt(&prepared, ack))),
-            Err(AttemptError::Final(err)) => results[index] = Some(Err(err)),
-            Err(AttemptError::Retryable { .. }) => retry_later.push((index, prepared)),
-        }
+        let outcome = self.await_ack(&prepared, ack, violations).await;
+        self.client.metrics().publish_window.add(-1, &[]);
+        let result = match outcome {
+            Ok(ack) => Ok(receipt(&prepared, ack)),
+            Err(AttemptError::Final(err)) => Err(err),
+            Err(AttemptError::Retryable { .. }) => {
+                // Settled (and recorded) by the retry after the pipeline.
+                retry_later.push((index, prepared));
+                return;
+            }
+        };
+        self.record(&prepared, &result);
+        results[index] = Some(result);
     }
 
     /// Builds the subject and envelope of a typed event.
@@ -455,6 +480,8 @@ impl Publisher {
         Ok(Prepared {
             subject,
             event_id: envelope.id,
+            event_type: envelope.event_type,
+            started: Instant::now(),
             headers,
             payload,
             expected_last_subject_sequence: options.expected_last_subject_sequence,
@@ -463,6 +490,12 @@ impl Publisher {
     }
 
     async fn send_with_retries(&self, prepared: Prepared) -> Result<Receipt, PublishError> {
+        let result = self.attempt_until_settled(&prepared).await;
+        self.record(&prepared, &result);
+        result
+    }
+
+    async fn attempt_until_settled(&self, prepared: &Prepared) -> Result<Receipt, PublishError> {
         let policy = self.client.config().publish_retry;
         let max_attempts = policy.max_attempts.max(1);
         let mut violations = self.client.permission_violations();
@@ -471,10 +504,14 @@ impl Publisher {
         for attempt in 1..=max_attempts {
             if attempt > 1 {
                 tracing::debug!(attempt, "retrying publish with the same message id");
+                self.client.metrics().publish_retries.add(
+                    1,
+                    &crate::metrics::publish_attributes(&prepared.event_type, None),
+                );
                 tokio::time::sleep(policy.delay(attempt - 1)).await;
             }
-            let outcome = match self.send(&prepared).await {
-                Ok(ack) => self.await_ack(&prepared, ack, &mut violations).await,
+            let outcome = match self.send(prepared).await {
+                Ok(ack) => self.await_ack(prepared, ack, &mut violations).await,
                 Err(err) => Err(err),
             };
             match outcome {
@@ -482,7 +519,7 @@ impl Publisher {
                     prepared
                         .span
                         .record("messaging.nats.stream.sequence", ack.sequence);
-                    return Ok(receipt(&prepared, ack));
+                    return Ok(receipt(prepared, ack));
                 }
                 Err(AttemptError::Final(err)) => {
                     prepared.span.record("otel.status_code", "ERROR");
@@ -613,6 +650,21 @@ impl Publisher {
             },
             _ => AttemptError::Final(Error::with_source(PublishErrorKind::Rejected, err)),
         }
+    }
+}
+
+/// The `error.type` attribute of a failed publish.
+fn error_type(kind: &PublishErrorKind) -> &'static str {
+    match kind {
+        PublishErrorKind::InvalidSubject => "invalid_subject",
+        PublishErrorKind::InvalidEvent => "invalid_event",
+        PublishErrorKind::PayloadTooLarge { .. } => "payload_too_large",
+        PublishErrorKind::PermissionDenied { .. } => "permission_denied",
+        PublishErrorKind::NoStream { .. } => "no_stream",
+        PublishErrorKind::Conflict { .. } => "conflict",
+        PublishErrorKind::OutcomeUnknown { .. } => "outcome_unknown",
+        PublishErrorKind::Unavailable { .. } => "unavailable",
+        PublishErrorKind::Rejected => "rejected",
     }
 }
 

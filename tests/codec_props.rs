@@ -78,6 +78,8 @@ fn content_and_data() -> impl Strategy<Value = (Option<String>, Option<Bytes>)> 
         Just((None, None)),
         json_data().prop_map(|d| (Some("application/json".to_owned()), Some(d))),
         json_data().prop_map(|d| (None, Some(d))),
+        // JSON text with insignificant whitespace around it.
+        json_data().prop_map(|d| (None, Some(Bytes::from([b" \n", &d[..], b"\t"].concat())))),
         json_data().prop_map(|d| (Some("application/vnd.acme+json".to_owned()), Some(d))),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(|d| (
             Some("application/octet-stream".to_owned()),

@@ -59,13 +59,23 @@ async fn instances_of_one_group_split_the_events_each_handled_once() {
     for (_, n) in &handled {
         *times_handled.entry(*n).or_default() += 1;
     }
-    assert_eq!(times_handled.len(), EVENTS as usize, "some event was never handled");
+    assert_eq!(
+        times_handled.len(),
+        EVENTS as usize,
+        "some event was never handled"
+    );
     assert!(
         times_handled.values().all(|&times| times == 1),
         "some event was handled twice: {times_handled:?}"
     );
-    let by_a = handled.iter().filter(|(instance, _)| *instance == "a").count();
-    let by_b = handled.iter().filter(|(instance, _)| *instance == "b").count();
+    let by_a = handled
+        .iter()
+        .filter(|(instance, _)| *instance == "a")
+        .count();
+    let by_b = handled
+        .iter()
+        .filter(|(instance, _)| *instance == "b")
+        .count();
     assert!(by_a > 0 && by_b > 0, "a handled {by_a}, b handled {by_b}");
 
     a.stop().await;
@@ -83,9 +93,11 @@ async fn every_group_gets_every_event() {
     for n in 0..EVENTS {
         world.publish(n).await;
     }
-    eventually("both groups handled all events", Duration::from_secs(30), || async {
-        log.len() >= 2 * EVENTS as usize
-    })
+    eventually(
+        "both groups handled all events",
+        Duration::from_secs(30),
+        || async { log.len() >= 2 * EVENTS as usize },
+    )
     .await;
     world.wait_settled("billing").await;
     world.wait_settled("shipping").await;

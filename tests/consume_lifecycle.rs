@@ -22,14 +22,16 @@ async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
         .ack_wait(Duration::from_secs(1))
         .concurrency(4)
         .with_state(state)
-        .handle(|event: OrderPlaced, ctx: Context<(Log<(u64, u64)>, Log<u64>)>| async move {
-            let (calls, done) = ctx.state();
-            calls.push((event.n, ctx.delivery_count()));
-            // Three times the ack wait.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            done.push(event.n);
-            Ok::<_, HandlerError>(())
-        })
+        .handle(
+            |event: OrderPlaced, ctx: Context<(Log<(u64, u64)>, Log<u64>)>| async move {
+                let (calls, done) = ctx.state();
+                calls.push((event.n, ctx.delivery_count()));
+                // Three times the ack wait.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                done.push(event.n);
+                Ok::<_, HandlerError>(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -120,12 +122,14 @@ async fn shutdown_lets_in_flight_handlers_finish_within_the_grace() {
         .dead_letter(world.dead_letters.clone())
         .shutdown_grace(Duration::from_secs(10))
         .with_state((started.clone(), finished.clone()))
-        .handle(|event: OrderPlaced, ctx: Context<(Log<u64>, Log<u64>)>| async move {
-            ctx.state().0.push(event.n);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            ctx.state().1.push(event.n);
-            Ok::<_, HandlerError>(())
-        })
+        .handle(
+            |event: OrderPlaced, ctx: Context<(Log<u64>, Log<u64>)>| async move {
+                ctx.state().0.push(event.n);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                ctx.state().1.push(event.n);
+                Ok::<_, HandlerError>(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -163,9 +167,11 @@ async fn consuming_resumes_after_a_server_restart() {
     for n in 0..3 {
         world.publish(n).await;
     }
-    eventually("events before the restart", Duration::from_secs(10), || async {
-        handled.len() == 3
-    })
+    eventually(
+        "events before the restart",
+        Duration::from_secs(10),
+        || async { handled.len() == 3 },
+    )
     .await;
 
     server.kill().await.unwrap();
@@ -178,10 +184,14 @@ async fn consuming_resumes_after_a_server_restart() {
         })
         .await;
     }
-    eventually("events after the restart", Duration::from_secs(30), || async {
-        let seen: BTreeSet<u64> = handled.items().into_iter().collect();
-        seen == (0..6).collect()
-    })
+    eventually(
+        "events after the restart",
+        Duration::from_secs(30),
+        || async {
+            let seen: BTreeSet<u64> = handled.items().into_iter().collect();
+            seen == (0..6).collect()
+        },
+    )
     .await;
     assert!(!running.is_finished());
     running.stop().await;
@@ -210,13 +220,20 @@ async fn a_deleted_consumer_is_recreated() {
     })
     .await;
 
-    let stream = world.client.jetstream().get_stream(&world.stream).await.unwrap();
+    let stream = world
+        .client
+        .jetstream()
+        .get_stream(&world.stream)
+        .await
+        .unwrap();
     stream.delete_consumer("phoenix").await.unwrap();
     world.publish(2).await;
 
-    eventually("event after the consumer was deleted", Duration::from_secs(20), || async {
-        handled.items().contains(&2)
-    })
+    eventually(
+        "event after the consumer was deleted",
+        Duration::from_secs(20),
+        || async { handled.items().contains(&2) },
+    )
     .await;
     assert!(!running.is_finished());
     running.stop().await;

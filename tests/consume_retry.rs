@@ -37,13 +37,15 @@ async fn transient_failure_is_redelivered_after_the_scheduled_delay() {
         .dead_letter(world.dead_letters.clone())
         .retry(retry.clone())
         .with_state(deliveries.clone())
-        .handle(|_: OrderPlaced, ctx: Context<Log<(u64, Instant)>>| async move {
-            ctx.state().push((ctx.delivery_count(), Instant::now()));
-            if ctx.delivery_count() < 3 {
-                return Err(HandlerError::transient("smtp relay down"));
-            }
-            Ok(())
-        })
+        .handle(
+            |_: OrderPlaced, ctx: Context<Log<(u64, Instant)>>| async move {
+                ctx.state().push((ctx.delivery_count(), Instant::now()));
+                if ctx.delivery_count() < 3 {
+                    return Err(HandlerError::transient("smtp relay down"));
+                }
+                Ok(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -60,8 +62,14 @@ async fn transient_failure_is_redelivered_after_the_scheduled_delay() {
     assert_eq!(counts, [1, 2, 3], "delivery counts");
     let first_gap = seen[1].1 - seen[0].1;
     let second_gap = seen[2].1 - seen[1].1;
-    assert!(first_gap >= retry.min_delay(1), "first retry after {first_gap:?}");
-    assert!(second_gap >= retry.min_delay(2), "second retry after {second_gap:?}");
+    assert!(
+        first_gap >= retry.min_delay(1),
+        "first retry after {first_gap:?}"
+    );
+    assert!(
+        second_gap >= retry.min_delay(2),
+        "second retry after {second_gap:?}"
+    );
     assert_eq!(retry.min_delay(2), Duration::from_millis(600));
     // Succeeded on the third attempt: nothing dead-lettered.
     assert!(world
@@ -82,13 +90,15 @@ async fn last_attempt_dead_letters_with_the_reason_and_the_consumer_moves_on() {
         .dead_letter(world.dead_letters.clone())
         .retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(3))
         .with_state(handled.clone())
-        .handle(|event: OrderPlaced, ctx: Context<Log<(u64, u64)>>| async move {
-            ctx.state().push((event.n, ctx.delivery_count()));
-            if event.n == 13 {
-                return Err(HandlerError::transient("ledger locked"));
-            }
-            Ok(())
-        })
+        .handle(
+            |event: OrderPlaced, ctx: Context<Log<(u64, u64)>>| async move {
+                ctx.state().push((event.n, ctx.delivery_count()));
+                if event.n == 13 {
+                    return Err(HandlerError::transient("ledger locked"));
+                }
+                Ok(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -139,7 +149,10 @@ async fn permanent_error_dead_letters_on_the_first_delivery() {
         .with_state(calls.clone())
         .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
             ctx.state().push(event.n);
-            Err(HandlerError::permanent(format!("order {} is blocked", event.order)))
+            Err(HandlerError::permanent(format!(
+                "order {} is blocked",
+                event.order
+            )))
         })
         .build()
         .await
@@ -228,13 +241,15 @@ async fn a_panicking_handler_does_not_stop_the_runner() {
         .dead_letter(world.dead_letters.clone())
         .retry(RetryPolicy::fixed(Duration::from_millis(50)))
         .with_state(handled.clone())
-        .handle(|event: OrderPlaced, ctx: Context<Log<(u64, u64)>>| async move {
-            if event.n % 2 == 0 && ctx.delivery_count() == 1 {
-                panic!("boom on {}", event.n);
-            }
-            ctx.state().push((event.n, ctx.delivery_count()));
-            Ok(())
-        })
+        .handle(
+            |event: OrderPlaced, ctx: Context<Log<(u64, u64)>>| async move {
+                if event.n % 2 == 0 && ctx.delivery_count() == 1 {
+                    panic!("boom on {}", event.n);
+                }
+                ctx.state().push((event.n, ctx.delivery_count()));
+                Ok(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -271,7 +286,9 @@ async fn unhandled_types_follow_the_policy() {
     world
         .client
         .publisher()
-        .publish(&consume_common::OrderShipped { order: "o-1".into() })
+        .publish(&consume_common::OrderShipped {
+            order: "o-1".into(),
+        })
         .await
         .unwrap();
     let entries = dead_letters_of(&world, "strict", 1).await;
@@ -288,14 +305,16 @@ async fn dead_letters_can_be_inspected_redriven_and_deleted() {
         .stream(&world.stream)
         .dead_letter(world.dead_letters.clone())
         .with_state(handled.clone())
-        .handle(|event: OrderPlaced, ctx: Context<Log<(String, u64)>>| async move {
-            // The first copy of every event fails; a redriven one succeeds.
-            if ctx.stream_sequence() < Some(3) {
-                return Err(HandlerError::permanent("template missing"));
-            }
-            ctx.state().push((ctx.id().to_owned(), event.n));
-            Ok(())
-        })
+        .handle(
+            |event: OrderPlaced, ctx: Context<Log<(String, u64)>>| async move {
+                // The first copy of every event fails; a redriven one succeeds.
+                if ctx.stream_sequence() < Some(3) {
+                    return Err(HandlerError::permanent("template missing"));
+                }
+                ctx.state().push((ctx.id().to_owned(), event.n));
+                Ok(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -316,15 +335,21 @@ async fn dead_letters_can_be_inspected_redriven_and_deleted() {
     assert_eq!(redriven.stream, world.stream);
     assert_eq!(redriven.subject, world.subject_of(1));
     assert_eq!(redriven.sequence, 3);
-    eventually("redriven event handled", Duration::from_secs(10), || async {
-        handled.items().contains(&(first.clone(), 1))
-    })
+    eventually(
+        "redriven event handled",
+        Duration::from_secs(10),
+        || async { handled.items().contains(&(first.clone(), 1)) },
+    )
     .await;
     assert!(api.get(entries[0].sequence).await.is_err());
 
     // Delete the second.
     api.delete(entries[1].sequence).await.unwrap();
-    assert!(api.list_for_consumer("invoices", 10).await.unwrap().is_empty());
+    assert!(api
+        .list_for_consumer("invoices", 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(api.delete(entries[1].sequence).await.is_err());
     running.stop().await;
 }

@@ -46,7 +46,8 @@ fn token_rules() {
     for good in ["a", "booking", "A-Z_09", "$x", "a@b", "%41"] {
         validate_token(good).unwrap();
     }
-    let cases: [(&str, fn(&SubjectErrorKind) -> bool); 8] = [
+    type Check = fn(&SubjectErrorKind) -> bool;
+    let cases: [(&str, Check); 8] = [
         ("", |k| matches!(k, SubjectErrorKind::EmptyToken)),
         ("a.b", |k| {
             matches!(k, SubjectErrorKind::InvalidToken { .. })

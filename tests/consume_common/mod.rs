@@ -103,12 +103,20 @@ impl World {
     }
 
     pub fn subject_of(&self, n: u64) -> String {
-        format!("{}.shop.order.placed.v1.o-{n}", self.client.subjects().env())
+        format!(
+            "{}.shop.order.placed.v1.o-{n}",
+            self.client.subjects().env()
+        )
     }
 
     /// Consumer info of `group`: (pending, ack pending).
     pub async fn consumer_counts(&self, group: &str) -> (u64, usize) {
-        let stream = self.client.jetstream().get_stream(&self.stream).await.unwrap();
+        let stream = self
+            .client
+            .jetstream()
+            .get_stream(&self.stream)
+            .await
+            .unwrap();
         let info = stream.consumer_info(group).await.unwrap();
         (info.num_pending, info.num_ack_pending)
     }

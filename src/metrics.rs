@@ -1,0 +1,117 @@
+//! Messaging metrics through the `opentelemetry` metrics API.
+//!
+//! Instruments use the OpenTelemetry messaging semantic-convention names where
+//! they exist (`messaging.client.sent.messages`,
+//! `messaging.client.consumed.messages`, `messaging.process.duration`,
+//! `messaging.client.operation.duration`) and `jetevents.*` names for the rest.
+//! The meter comes from [`Config::meter`](crate::config::Config::meter) or, when
+//! that is unset, from the global meter provider the application installed
+//! before connecting. The library never installs a provider.
+//!
+//! Attributes stay low-cardinality on purpose: the event type and the consumer
+//! group, never a subject (subjects carry keys) or an event id.
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::KeyValue;
+
+/// Name of the instrumentation scope.
+pub const SCOPE: &str = "jetevents";
+
+/// Buckets for durations in seconds: 100 µs to 10 s.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// The instruments of one client, shared by its publishers and consumers.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub(crate) sent: Counter<u64>,
+    pub(crate) operation_duration: Histogram<f64>,
+    pub(crate) publish_retries: Counter<u64>,
+    pub(crate) publish_window: UpDownCounter<i64>,
+    pub(crate) consumed: Counter<u64>,
+    pub(crate) process_duration: Histogram<f64>,
+    pub(crate) consume_retries: Counter<u64>,
+    pub(crate) dead_lettered: Counter<u64>,
+    pub(crate) handlers_in_flight: UpDownCounter<i64>,
+}
+
+impl Metrics {
+    /// Creates the instruments on `meter`.
+    ///
+    /// ```
+    /// let meter = opentelemetry::global::meter("jetevents");
+    /// let _metrics = jetevents::metrics::Metrics::new(&meter);
+    /// ```
+    pub fn new(meter: &Meter) -> Self {
+        Self {
+            sent: meter
+                .u64_counter("messaging.client.sent.messages")
+                .with_description("Events the server acknowledged as stored (or failed to, with error.type)")
+                .with_unit("{message}")
+                .build(),
+            operation_duration: meter
+                .f64_histogram("messaging.client.operation.duration")
+                .with_description("Duration of a publish, from sending to the server's ack, retries included")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            publish_retries: meter
+                .u64_counter("jetevents.publish.retries")
+                .with_description("Publish attempts repeated after an ack timeout or a missing stream leader")
+                .with_unit("{attempt}")
+                .build(),
+            publish_window: meter
+                .i64_up_down_counter("jetevents.publish.window.occupancy")
+                .with_description("Acks awaited at once by pipelined publishing")
+                .with_unit("{message}")
+                .build(),
+            consumed: meter
+                .u64_counter("messaging.client.consumed.messages")
+                .with_description("Events delivered to a consumer")
+                .with_unit("{message}")
+                .build(),
+            process_duration: meter
+                .f64_histogram("messaging.process.duration")
+                .with_description("Duration of handling one event")
+                .with_unit("s")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            consume_retries: meter
+                .u64_counter("jetevents.consume.retries")
+                .with_description("Events Nak'ed for redelivery after a transient failure")
+                .with_unit("{message}")
+                .build(),
+            dead_lettered: meter
+                .u64_counter("jetevents.consume.dead_lettered")
+                .with_description("Events copied to the dead-letter stream and terminated")
+                .with_unit("{message}")
+                .build(),
+            handlers_in_flight: meter
+                .i64_up_down_counter("jetevents.consume.in_flight")
+                .with_description("Handlers running now")
+                .with_unit("{message}")
+                .build(),
+        }
+    }
+
+    /// The metrics of the global meter provider (a no-op one unless the
+    /// application installed another).
+    pub fn global() -> Self {
+        Self::new(&opentelemetry::global::meter(SCOPE))
+    }
+}
+
+/// Attributes common to every jetevents measurement.
+pub(crate) fn publish_attributes(event_type: &str, error: Option<&'static str>) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.operation.name", "publish"),
+        KeyValue::new("cloudevents.event_type", event_type.to_owned()),
+    ];
+    if let Some(error) = error {
+        attributes.push(KeyValue::new("error.type", error));
+    }
+    attributes
+}
