@@ -17,6 +17,7 @@ use std::time::Duration;
 use jetevents::client::Client;
 use jetevents::config::Config;
 use jetevents::consume::{Consumer, Context, DeadLetters, HandlerError, RetryPolicy};
+use jetevents::provision::StreamSpec;
 
 #[path = "shared/events.rs"]
 mod events;
@@ -106,6 +107,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let instance = args.get(1).cloned().unwrap_or_else(|| "a".into());
     config.name = Some(format!("demo-consumer-{group}-{instance}"));
     let client = Client::connect(config).await?;
+    // Declared on both sides, so either may start first.
+    let spec = StreamSpec::for_domain(client.subjects(), events::STREAM, events::DOMAIN)?;
+    client.ensure_stream(&spec).await?;
 
     let retry = RetryPolicy::exponential(Duration::from_millis(500), Duration::from_secs(5))
         .max_attempts(4);

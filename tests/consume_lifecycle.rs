@@ -10,6 +10,11 @@ use jetevents_testcontainers::NatsServer;
 mod consume_common;
 use consume_common::{eventually, order, Log, OrderPlaced, Running, World};
 
+/// Calls `(n, delivery)` and completions `n` of the slow handler.
+type SlowState = (Log<(u64, u64)>, Log<u64>);
+/// Starts `n` and completions `(instance, n)`.
+type ShutdownState = (Log<u64>, Log<(&'static str, u64)>);
+
 #[tokio::test]
 async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
     let world = World::on_shared_server().await;
@@ -22,16 +27,14 @@ async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
         .ack_wait(Duration::from_secs(1))
         .concurrency(4)
         .with_state(state)
-        .handle(
-            |event: OrderPlaced, ctx: Context<(Log<(u64, u64)>, Log<u64>)>| async move {
-                let (calls, done) = ctx.state();
-                calls.push((event.n, ctx.delivery_count()));
-                // Three times the ack wait.
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                done.push(event.n);
-                Ok::<_, HandlerError>(())
-            },
-        )
+        .handle(|event: OrderPlaced, ctx: Context<SlowState>| async move {
+            let (calls, done) = ctx.state();
+            calls.push((event.n, ctx.delivery_count()));
+            // Three times the ack wait.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            done.push(event.n);
+            Ok::<_, HandlerError>(())
+        })
         .build()
         .await
         .unwrap();
@@ -69,8 +72,7 @@ async fn shutdown_with_events_in_flight_loses_none() {
                 .pull_expiry(Duration::from_millis(500))
                 .with_state(state)
                 .handle(
-                    move |event: OrderPlaced,
-                          ctx: Context<(Log<u64>, Log<(&'static str, u64)>)>| async move {
+                    move |event: OrderPlaced, ctx: Context<ShutdownState>| async move {
                         let (started, finished) = ctx.state();
                         started.push(event.n);
                         tokio::time::sleep(delay).await;
@@ -282,4 +284,51 @@ async fn building_against_a_missing_stream_fails() {
         err.kind(),
         &jetevents::consume::ConsumeErrorKind::StreamNotFound("NO_SUCH_STREAM".into())
     );
+}
+
+#[tokio::test]
+async fn consuming_resumes_after_an_outage_longer_than_the_pull() {
+    let mut server = NatsServer::start().await.unwrap();
+    let world = World::on(&server.url()).await;
+    let handled: Log<u64> = Log::default();
+    let consumer = Consumer::builder(&world.client, "outage")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        .pull_expiry(Duration::from_millis(300))
+        .with_state(handled.clone())
+        .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
+            ctx.state().push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    world.publish(0).await;
+    eventually(
+        "event before the outage",
+        Duration::from_secs(10),
+        || async { handled.len() == 1 },
+    )
+    .await;
+
+    server.kill().await.unwrap();
+    // The outage itself: several pull expiries and watchdog rounds long.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.restart().await.unwrap();
+
+    eventually(
+        "publish after the outage",
+        Duration::from_secs(30),
+        || async { world.client.publisher().publish(&order(1)).await.is_ok() },
+    )
+    .await;
+    eventually(
+        "event after the outage",
+        Duration::from_secs(30),
+        || async { handled.items().contains(&1) },
+    )
+    .await;
+    assert!(!running.is_finished());
+    running.stop().await;
 }

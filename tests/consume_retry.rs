@@ -243,7 +243,7 @@ async fn a_panicking_handler_does_not_stop_the_runner() {
         .with_state(handled.clone())
         .handle(
             |event: OrderPlaced, ctx: Context<Log<(u64, u64)>>| async move {
-                if event.n % 2 == 0 && ctx.delivery_count() == 1 {
+                if event.n.is_multiple_of(2) && ctx.delivery_count() == 1 {
                     panic!("boom on {}", event.n);
                 }
                 ctx.state().push((event.n, ctx.delivery_count()));

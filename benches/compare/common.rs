@@ -125,7 +125,6 @@ pub async fn jetevents_client(url: &str) -> Client {
 /// up like jetevents' (same ack timeout, same in-flight limit).
 #[derive(Clone)]
 pub struct Raw {
-    pub nats: async_nats::Client,
     pub js: jetstream::Context,
 }
 
@@ -139,8 +138,8 @@ impl Raw {
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
-            .build(nats.clone());
-        Raw { nats, js }
+            .build(nats);
+        Raw { js }
     }
 }
 
@@ -214,29 +213,53 @@ pub fn raw_message(event: &AppointmentBooked) -> (String, HeaderMap, Bytes) {
     (subject, headers, payload)
 }
 
-/// Decodes a binary-mode message by hand, as a raw consumer would: the
-/// `ce-*` attributes it needs and the JSON data.
+/// A binary-mode message decoded by hand, as a raw consumer would: every
+/// `ce-*` attribute jetevents reads (time parsed, trace context parsed) and
+/// the JSON data.
+#[allow(dead_code)]
 pub struct RawDecoded {
     pub id: String,
+    pub source: String,
     pub event_type: String,
-    pub traceparent: Option<String>,
+    pub time: chrono::DateTime<Utc>,
+    pub data_content_type: Option<String>,
+    pub partition_key: Option<String>,
+    pub trace: Option<(TraceId, SpanId)>,
     pub event: AppointmentBooked,
 }
 
 pub fn raw_decode(headers: Option<&HeaderMap>, payload: &[u8]) -> RawDecoded {
     let headers = headers.expect("headers");
     let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        headers.get("ce-specversion").map(|v| v.as_str()),
+        Some("1.0")
+    );
+    let time = headers.get("ce-time").expect("ce-time").as_str();
+    let trace = headers.get("ce-traceparent").and_then(|value| {
+        let mut parts = value.as_str().split('-');
+        let (_version, trace_id, span_id) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((
+            TraceId::from_hex(trace_id).ok()?,
+            SpanId::from_hex(span_id).ok()?,
+        ))
+    });
     let decoded = RawDecoded {
         id: get("ce-id").expect("ce-id"),
+        source: get("ce-source").expect("ce-source"),
         event_type: get("ce-type").expect("ce-type"),
-        traceparent: get("ce-traceparent"),
+        time: chrono::DateTime::parse_from_rfc3339(time)
+            .expect("ce-time")
+            .with_timezone(&Utc),
+        data_content_type: get("ce-datacontenttype"),
+        partition_key: get("ce-partitionkey"),
+        trace,
         event: serde_json::from_slice(payload).expect("decode event"),
     };
     assert_eq!(
         decoded.event_type,
         <AppointmentBooked as jetevents::Event>::TYPE
     );
-    assert_eq!(get("ce-specversion").as_deref(), Some("1.0"));
     decoded
 }
 
@@ -278,12 +301,18 @@ impl Side {
 
 /// The two sides in the order of round `round`: alternating, so neither
 /// always runs first (warm caches, server state, background noise).
-pub fn order(round: usize) -> [Side; 2] {
-    if round % 2 == 0 {
+///
+/// `JE_BENCH_SIDES=jetevents` (or `raw`) runs one side only, for profiling.
+pub fn order(round: usize) -> Vec<Side> {
+    let both = if round % 2 == 0 {
         [Side::Jetevents, Side::Raw]
     } else {
         [Side::Raw, Side::Jetevents]
-    }
+    };
+    let only = std::env::var("JE_BENCH_SIDES").unwrap_or_default();
+    both.into_iter()
+        .filter(|side| only.is_empty() || only.split(',').any(|s| s.trim() == side.name()))
+        .collect()
 }
 
 /// Polls `condition` until it holds or `timeout` passes.

@@ -11,6 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod consume;
+mod memory;
 mod publish;
 mod report;
 
@@ -42,6 +44,8 @@ pub struct Settings {
     pub memory_secs: u64,
     /// Per-event sleep of the slow handler in scenario 5, ms (`JE_BENCH_SLOW_MS`).
     pub slow_handler_ms: u64,
+    /// jetevents consumer concurrency (`JE_BENCH_CONCURRENCY`; unset: its default).
+    pub concurrency: Option<usize>,
     /// Tokio worker threads (`JE_BENCH_THREADS`).
     pub threads: usize,
     /// Where the JSON goes (`JE_BENCH_JSON`).
@@ -95,6 +99,9 @@ impl Settings {
             backlogs: env_list("JE_BENCH_BACKLOGS", backlogs),
             memory_secs: env("JE_BENCH_MEMORY_SECS", if quick { 2 } else { 5 }),
             slow_handler_ms: env("JE_BENCH_SLOW_MS", 5),
+            concurrency: std::env::var("JE_BENCH_CONCURRENCY")
+                .ok()
+                .and_then(|value| value.trim().parse().ok()),
             threads: env("JE_BENCH_THREADS", threads),
             json_path: std::env::var("JE_BENCH_JSON").unwrap_or_else(|_| {
                 let target = std::env::var("CARGO_TARGET_DIR")
@@ -117,6 +124,7 @@ impl Settings {
             "backlogs": self.backlogs,
             "memory_secs": self.memory_secs,
             "slow_handler_ms": self.slow_handler_ms,
+            "concurrency": self.concurrency,
             "threads": self.threads,
             "quick": self.quick,
         })
@@ -154,6 +162,10 @@ fn machine() -> serde_json::Value {
 
 fn main() {
     let settings = Settings::from_env();
+    if memory::is_child() {
+        memory::child(&settings);
+        return;
+    }
     let runtime = common::runtime(settings.threads);
     runtime.block_on(run(settings));
 }
@@ -181,8 +193,11 @@ async fn run(settings: Settings) {
         let scenario = match id {
             1 => publish::pipelined(&settings, &je, &raw).await,
             2 => publish::one_at_a_time(&settings, &je, &raw).await,
+            3 => consume::throughput(&settings, &je, &raw).await,
+            4 => consume::end_to_end(&settings, &je, &raw).await,
+            5 => memory::memory(&settings, &raw, &url).await,
             other => {
-                eprintln!("  scenario {other} is not available yet");
+                eprintln!("  there is no scenario {other}");
                 continue;
             }
         };

@@ -27,6 +27,8 @@ pub struct Metric {
     pub target: f64,
     pub jetevents_runs: Vec<f64>,
     pub raw_runs: Vec<f64>,
+    /// The target bounds jetevents' own value, not the ratio (memory growth).
+    pub absolute: bool,
 }
 
 impl Metric {
@@ -41,6 +43,7 @@ impl Metric {
             target,
             jetevents_runs: je.to_vec(),
             raw_runs: raw.to_vec(),
+            absolute: false,
         }
     }
 
@@ -56,6 +59,7 @@ impl Metric {
             target,
             jetevents_runs: Vec::new(),
             raw_runs: Vec::new(),
+            absolute: false,
         }
     }
 
@@ -70,6 +74,7 @@ impl Metric {
             target,
             jetevents_runs: Vec::new(),
             raw_runs: Vec::new(),
+            absolute: false,
         }
     }
 
@@ -82,15 +87,21 @@ impl Metric {
         if self.target == 0.0 {
             return None;
         }
+        let value = if self.absolute {
+            self.jetevents
+        } else {
+            self.ratio()
+        };
         Some(match self.better {
-            Better::Higher => self.ratio() >= self.target,
-            Better::Lower => self.ratio() <= self.target,
+            Better::Higher => value >= self.target,
+            Better::Lower => value <= self.target,
         })
     }
 
     fn target_text(&self) -> String {
         match (self.target == 0.0, self.better) {
             (true, _) => "-".to_owned(),
+            (false, _) if self.absolute => format!("jetevents <= {:.2}", self.target),
             (false, Better::Higher) => format!(">= {:.2}", self.target),
             (false, Better::Lower) => format!("<= {:.2}", self.target),
         }
@@ -184,6 +195,7 @@ pub fn json(settings: Value, machine: Value, scenarios: &[Scenario]) -> Value {
                     "better": match m.better { Better::Higher => "higher", Better::Lower => "lower" },
                     "target": if m.target == 0.0 { Value::Null } else { json!(m.target) },
                     "meets_target": m.meets_target(),
+                    "target_applies_to": if m.absolute { "jetevents" } else { "ratio" },
                     "jetevents_runs": m.jetevents_runs,
                     "raw_runs": m.raw_runs,
                 })).collect::<Vec<_>>(),

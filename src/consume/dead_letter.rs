@@ -185,7 +185,9 @@ impl DeadLetter {
         crate::codec::decode(Some(&self.headers), &self.payload)
     }
 
-    fn from_stream_message(message: async_nats::jetstream::message::StreamMessage) -> Result<Self, DeadLetterError> {
+    fn from_stream_message(
+        message: async_nats::jetstream::message::StreamMessage,
+    ) -> Result<Self, DeadLetterError> {
         Self::from_parts(message.sequence, &message.headers, message.payload)
     }
 
@@ -396,6 +398,10 @@ impl DeadLetters {
     /// (`redrive:{dead-letter stream}:{sequence}`), so the original stream's
     /// duplicate detection does not drop it while a second redrive of the
     /// same entry within the duplicate window is stored once.
+    ///
+    /// Every group whose filter matches the subject gets the event again,
+    /// not only the one that gave up on it: handlers should be idempotent
+    /// (the unchanged event id is the key to deduplicate on).
     pub async fn redrive(&self, sequence: u64) -> Result<Redriven, DeadLetterError> {
         let entry = self.get(sequence).await?;
         let mut headers = entry.headers.clone();

@@ -138,6 +138,9 @@ pub enum ConsumeErrorKind {
     CreateConsumer,
     /// Subscribing (ephemeral consumers) failed.
     Subscribe,
+    /// The server did not answer (disconnected, timeout, JetStream not
+    /// ready). The runner retries this itself; only `build` returns it.
+    Unavailable,
 }
 
 impl std::fmt::Display for ConsumeErrorKind {
@@ -148,6 +151,7 @@ impl std::fmt::Display for ConsumeErrorKind {
             Self::DeadLetterStream => f.write_str("dead-letter stream could not be created"),
             Self::CreateConsumer => f.write_str("durable consumer could not be created"),
             Self::Subscribe => f.write_str("subscribe failed"),
+            Self::Unavailable => f.write_str("server unavailable"),
         }
     }
 }
@@ -292,10 +296,28 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
     /// Events the server had sent but the runner had not started when the
     /// signal came are not Naked: they come back after the ack wait.
     ///
+    /// ```no_run
+    /// # async fn f(consumer: jetevents::consume::Consumer) -> Result<(), jetevents::consume::ConsumeError> {
+    /// // Any future works as the signal: a oneshot, a `CancellationToken`'s
+    /// // `cancelled_owned()`, `tokio::signal::ctrl_c()`...
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let runner = tokio::spawn(consumer.run_until(async move {
+    ///     let _ = stopped.await;
+    /// }));
+    /// // ... later:
+    /// let _ = stop.send(());
+    /// runner.await.expect("runner panicked")?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Handlers still running after the grace are cancelled (their futures
+    /// dropped) once their events are Naked.
+    ///
     /// Returns an error only when consuming cannot go on: the stream was
     /// deleted, or the durable consumer cannot be recreated with this
-    /// configuration. Lost connections and server restarts are recovered from
-    /// (with `WARN` events on the way).
+    /// configuration. Lost connections, server restarts and a deleted durable
+    /// consumer are recovered from (with `WARN` events on the way): the runner
+    /// never stalls silently.
     pub async fn run_until<F>(self, signal: F) -> Result<(), ConsumeError>
     where
         F: Future<Output = ()> + Send + 'static,

@@ -280,6 +280,125 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Placed {
+        n: u64,
+    }
+    impl Event for Placed {
+        const TYPE: &'static str = "shop.order.placed.v1";
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct PlacedV2 {
+        n: u64,
+        channel: String,
+    }
+    impl Event for PlacedV2 {
+        const TYPE: &'static str = "shop.order.placed.v2";
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Bad;
+    impl Event for Bad {
+        const TYPE: &'static str = "not a type";
+    }
+
+    async fn ok<E>(_: E, _: Context<()>) -> Result<(), HandlerError> {
+        Ok(())
+    }
+
+    fn envelope_of<E: Event>(event: &E) -> Envelope {
+        Envelope::from_event("/test", event).unwrap()
+    }
+
+    #[test]
+    fn configuration_mistakes_are_reported() {
+        let subjects = Subjects::new("dev").unwrap();
+        let empty = Router::<()>::default();
+        assert!(empty
+            .validate(&subjects)
+            .unwrap_err()
+            .contains("no handlers"));
+
+        let mut twice = Router::<()>::default();
+        twice.handle(ok::<Placed>);
+        twice.handle(ok::<Placed>);
+        assert!(twice.validate(&subjects).unwrap_err().contains("twice"));
+
+        let mut bad = Router::<()>::default();
+        bad.handle(ok::<Bad>);
+        assert!(bad
+            .validate(&subjects)
+            .unwrap_err()
+            .contains("invalid event type"));
+
+        let mut dangling = Router::<()>::default();
+        dangling.upcast(|old: Placed| PlacedV2 {
+            n: old.n,
+            channel: String::new(),
+        });
+        assert!(dangling
+            .validate(&subjects)
+            .unwrap_err()
+            .contains("no handler"));
+
+        let mut bad_pattern = Router::<()>::default();
+        bad_pattern.handle_pattern("shop.>.x", |_: Envelope, _: Context<()>| async { Ok(()) });
+        assert!(bad_pattern
+            .validate(&subjects)
+            .unwrap_err()
+            .contains("pattern"));
+    }
+
+    #[test]
+    fn resolves_typed_upcast_pattern_undecodable_and_unhandled() {
+        let subjects = Subjects::new("dev").unwrap();
+        let mut router = Router::<()>::default();
+        router.handle(ok::<PlacedV2>);
+        router.upcast(|old: Placed| PlacedV2 {
+            n: old.n,
+            channel: "legacy".into(),
+        });
+        router.handle_pattern("billing.>", |_: Envelope, _: Context<()>| async { Ok(()) });
+        router.validate(&subjects).unwrap();
+        assert_eq!(
+            router.filters(&subjects),
+            [
+                "dev.billing.>",
+                "dev.shop.order.placed.v1",
+                "dev.shop.order.placed.v1.*",
+                "dev.shop.order.placed.v2",
+                "dev.shop.order.placed.v2.*",
+            ]
+        );
+
+        match router.resolve(&envelope_of(&Placed { n: 4 })) {
+            Resolved::Handle { event, .. } => {
+                let upcast = event.downcast::<PlacedV2>().unwrap();
+                assert_eq!((upcast.n, upcast.channel.as_str()), (4, "legacy"));
+            }
+            _ => panic!("v1 not upcast"),
+        }
+        match router.resolve(&envelope_of(&PlacedV2 {
+            n: 5,
+            channel: "web".into(),
+        })) {
+            Resolved::Handle { event, .. } => assert!(event.downcast::<PlacedV2>().is_ok()),
+            _ => panic!("v2 not routed"),
+        }
+        let pattern = Envelope::new("/test", "billing.invoice.paid.v1");
+        match router.resolve(&pattern) {
+            Resolved::Handle { event, .. } => assert!(event.downcast::<Envelope>().is_ok()),
+            _ => panic!("pattern not routed"),
+        }
+        let mut wrong_data = envelope_of(&Placed { n: 1 });
+        wrong_data.data = Some("[1, 2]".into());
+        assert!(matches!(
+            router.resolve(&wrong_data),
+            Resolved::Undecodable(_)
+        ));
+        let other = Envelope::new("/test", "shop.order.cancelled.v1");
+        assert!(matches!(router.resolve(&other), Resolved::Unhandled));
+    }
+
     #[test]
     fn glob_matching_of_types() {
         assert!(type_matches(

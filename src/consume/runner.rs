@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, stream, ErrorCode};
 use chrono::Utc;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
+use opentelemetry::KeyValue;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -38,7 +39,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 type Signal = Shared<BoxFuture<'static, ()>>;
 
 /// What the runner shares with every delivery task.
-struct Shared_<S> {
+struct Runtime<S> {
     client: Client,
     publisher: Publisher,
     group: String,
@@ -48,7 +49,8 @@ struct Shared_<S> {
     progress_interval: Duration,
 }
 
-/// The stream `name`, or `StreamNotFound`.
+/// The stream `name`, `StreamNotFound`, or `Unavailable` when the server
+/// did not answer.
 pub(crate) async fn get_stream(
     client: &Client,
     name: &str,
@@ -62,7 +64,7 @@ pub(crate) async fn get_stream(
         let kind = if missing {
             ConsumeErrorKind::StreamNotFound(name.to_owned())
         } else {
-            ConsumeErrorKind::CreateConsumer
+            ConsumeErrorKind::Unavailable
         };
         Error::with_source(kind, err)
     })
@@ -84,7 +86,7 @@ where
         settings,
         consumer: mut pull_consumer,
     } = consumer;
-    let shared = Arc::new(Shared_ {
+    let shared = Arc::new(Runtime {
         publisher: client.publisher(),
         client: client.clone(),
         group: group.clone(),
@@ -100,6 +102,7 @@ where
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
+    let mut suspicious_pulls = 0u32;
     'pulling: loop {
         while tasks.try_join_next().is_some() {}
 
@@ -152,7 +155,14 @@ where
         loop {
             tokio::select! {
                 biased;
-                () = signal.clone() => break 'pulling,
+                () = signal.clone() => {
+                    // Events already here but not started go back now, not
+                    // after their ack wait.
+                    while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                        let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
+                    }
+                    break 'pulling;
+                }
                 () = &mut overdue => {
                     tracing::warn!(consumer = %group, "pull request overdue; pulling again");
                     break;
@@ -183,13 +193,38 @@ where
         }
         drop(permits);
 
-        if received == 0 {
-            match watchdog(&mut pull_consumer, &group).await {
-                Watchdog::Healthy => {}
-                Watchdog::Recreate => match recover(&client, &stream, &config, &signal).await? {
-                    Some(recovered) => pull_consumer = recovered,
-                    None => break 'pulling,
-                },
+        if received > 0 {
+            suspicious_pulls = 0;
+            continue;
+        }
+        let recreate = match watchdog(&mut pull_consumer, &group).await {
+            Watchdog::Healthy => {
+                suspicious_pulls = 0;
+                false
+            }
+            // Once can be a race with a publish right after the pull
+            // expired; twice in a row is a stuck consumer.
+            Watchdog::PendingButEmpty(pending) => {
+                suspicious_pulls += 1;
+                if suspicious_pulls >= 2 {
+                    tracing::warn!(
+                        consumer = %group,
+                        pending,
+                        "server reports pending events but pulls get none; recreating the consumer"
+                    );
+                }
+                suspicious_pulls >= 2
+            }
+            Watchdog::Missing => {
+                tracing::warn!(consumer = %group, "durable consumer was deleted; recreating it");
+                true
+            }
+        };
+        if recreate {
+            suspicious_pulls = 0;
+            match recover(&client, &stream, &config, &signal).await? {
+                Some(recovered) => pull_consumer = recovered,
+                None => break 'pulling,
             }
         }
     }
@@ -230,7 +265,10 @@ async fn shutdown(
 
 enum Watchdog {
     Healthy,
-    Recreate,
+    /// The server holds this many events for the consumer, yet none came.
+    PendingButEmpty(u64),
+    /// The durable consumer (or its stream) is gone.
+    Missing,
 }
 
 /// After an empty pull: is the consumer still there, and if the server holds
@@ -242,12 +280,7 @@ async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str)
                 usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX);
             let room = max_ack_pending == 0 || info.num_ack_pending < max_ack_pending;
             if info.num_pending > 0 && room {
-                tracing::warn!(
-                    consumer = %group,
-                    pending = info.num_pending,
-                    "server reports pending events but the pull got none; recreating the consumer"
-                );
-                Watchdog::Recreate
+                Watchdog::PendingButEmpty(info.num_pending)
             } else {
                 Watchdog::Healthy
             }
@@ -260,8 +293,7 @@ async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str)
                 _ => false,
             };
             if missing {
-                tracing::warn!(consumer = %group, "durable consumer was deleted; recreating it");
-                Watchdog::Recreate
+                Watchdog::Missing
             } else {
                 // Most likely disconnected: the next pull tells more.
                 tracing::debug!(consumer = %group, error = %err, "consumer info failed");
@@ -297,7 +329,7 @@ async fn recover(
                     {
                         ConsumeErrorKind::CreateConsumer
                     }
-                    _ => ConsumeErrorKind::Subscribe,
+                    _ => ConsumeErrorKind::Unavailable,
                 };
                 Error::with_source(kind, err)
             }),
@@ -336,12 +368,22 @@ async fn recover(
     }
 }
 
-/// Server errors that mean the configuration itself is refused (retrying
-/// the same request cannot help).
+/// Whether a server error refusing the consumer is about the request itself
+/// (retrying it cannot help) rather than the server's state (leader
+/// elections, JetStream still starting after a restart).
 fn is_config_rejection(code: ErrorCode) -> bool {
-    // 10012: consumer config invalid family; 10013 name exists with another
-    // config; 10148 update not allowed.
-    matches!(code.0, 10012 | 10013 | 10148 | 10100 | 10139)
+    ![
+        ErrorCode::CLUSTER_NOT_AVAILABLE,
+        ErrorCode::CLUSTER_NOT_LEADER,
+        ErrorCode::INSUFFICIENT_RESOURCES,
+        ErrorCode::STREAM_OFFLINE,
+        ErrorCode::CONSUMER_OFFLINE,
+        ErrorCode::STREAM_OFFLINE_REASON,
+        ErrorCode::CONSUMER_OFFLINE_REASON,
+        ErrorCode::JETSTREAM_NOT_ENABLED,
+        ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+    ]
+    .contains(&code)
 }
 
 /// How a delivery ends.
@@ -360,7 +402,7 @@ enum Decision {
 /// One delivery, from decoding to settling, inside its process span.
 async fn process<S: Clone + Send + Sync + 'static>(
     message: jetstream::Message,
-    shared: Arc<Shared_<S>>,
+    shared: Arc<Runtime<S>>,
     _slot: OwnedSemaphorePermit,
     stopped: watch::Receiver<bool>,
 ) {
@@ -400,6 +442,15 @@ async fn process<S: Clone + Send + Sync + 'static>(
     );
 
     let envelope = crate::codec::decode(message.headers.as_ref(), &message.payload);
+    let event_type = envelope
+        .as_ref()
+        .map(|envelope| envelope.event_type.clone())
+        .unwrap_or_else(|_| "undecodable".to_owned());
+    shared
+        .client
+        .metrics()
+        .consumed
+        .add(1, &metric_attributes(&shared.group, &event_type, None));
     if let Ok(envelope) = &envelope {
         // Before the span is first entered, so it starts as the child.
         let _ = span.set_parent(crate::trace::extract(envelope));
@@ -434,14 +485,14 @@ async fn process<S: Clone + Send + Sync + 'static>(
             stream_sequence,
             delivered,
         );
-        settle(&shared, &message, decision, failure_parts).await;
+        settle(&shared, &message, decision, failure_parts, &event_type).await;
     };
     work.instrument(span).await;
 }
 
 /// Runs the handler (with in-progress acks) and decides how to settle.
 async fn decide<S: Clone + Send + Sync + 'static>(
-    shared: &Shared_<S>,
+    shared: &Runtime<S>,
     envelope: crate::envelope::Envelope,
     subject: &str,
     delivered: u64,
@@ -488,6 +539,8 @@ async fn decide<S: Clone + Send + Sync + 'static>(
         shared.publisher.clone(),
         shared.state.clone(),
     );
+    let metrics = shared.client.metrics();
+    let event_type = context.event_type().to_owned();
     let lineage = context.lineage();
     let call = crate::publish::with_lineage(
         lineage,
@@ -496,6 +549,11 @@ async fn decide<S: Clone + Send + Sync + 'static>(
     tokio::pin!(call);
     let interval = shared.progress_interval;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let started = std::time::Instant::now();
+    let in_flight = InFlight::start(
+        metrics.handlers_in_flight.clone(),
+        metric_attributes(&shared.group, &event_type, None),
+    );
     let result = loop {
         tokio::select! {
             result = &mut call => break Some(result),
@@ -511,6 +569,18 @@ async fn decide<S: Clone + Send + Sync + 'static>(
             }
         }
     };
+    drop(in_flight);
+    let error_type = match &result {
+        None => Some("shutdown"),
+        Some(Ok(Ok(()))) => None,
+        Some(Ok(Err(err))) if err.is_permanent() => Some("permanent"),
+        Some(Ok(Err(_))) => Some("transient"),
+        Some(Err(_)) => Some("panic"),
+    };
+    metrics.process_duration.record(
+        started.elapsed().as_secs_f64(),
+        &metric_attributes(&shared.group, &event_type, error_type),
+    );
 
     let transient = |error: String, asked: Option<Duration>| {
         if retry.is_last_attempt(delivered) {
@@ -552,12 +622,14 @@ async fn decide<S: Clone + Send + Sync + 'static>(
 
 /// Acks, Naks or dead-letters, and records the outcome on the span.
 async fn settle<S>(
-    shared: &Shared_<S>,
+    shared: &Runtime<S>,
     message: &jetstream::Message,
     decision: Decision,
     (subject, stream, stream_sequence, delivered): (&str, &str, u64, u64),
+    event_type: &str,
 ) {
     let span = tracing::Span::current();
+    let metrics = shared.client.metrics();
     match decision {
         Decision::Ack => {
             span.record("jetevents.settle", "ack");
@@ -574,7 +646,14 @@ async fn settle<S>(
                 tracing::warn!(error = %err, "ack failed; the event will be redelivered");
             }
         }
-        Decision::Nak { delay, reason } => nak(&span, message, delay, reason).await,
+        Decision::Nak { delay, reason } => {
+            if reason == "transient" {
+                metrics
+                    .consume_retries
+                    .add(1, &metric_attributes(&shared.group, event_type, None));
+            }
+            nak(&span, message, delay, reason).await
+        }
         Decision::DeadLetter { reason, error } => {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", error.as_str());
@@ -591,6 +670,14 @@ async fn settle<S>(
             match copy_to_dead_letters(shared, message, &failure).await {
                 Ok(()) => {
                     span.record("jetevents.settle", "dead_letter");
+                    metrics.dead_lettered.add(
+                        1,
+                        &metric_attributes(
+                            &shared.group,
+                            event_type,
+                            Some(failure.reason.as_str()),
+                        ),
+                    );
                     tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
                     if let Err(err) = message.ack_with(AckKind::Term).await {
                         tracing::warn!(error = %err, "term after dead-lettering failed");
@@ -620,7 +707,7 @@ async fn nak(span: &tracing::Span, message: &jetstream::Message, delay: Duration
 }
 
 async fn copy_to_dead_letters<S>(
-    shared: &Shared_<S>,
+    shared: &Runtime<S>,
     message: &jetstream::Message,
     failure: &Failure<'_>,
 ) -> Result<(), crate::error::BoxError> {
@@ -637,6 +724,47 @@ async fn copy_to_dead_letters<S>(
         .await?
         .await?;
     Ok(())
+}
+
+/// One running handler in the in-flight gauge, taken out again when dropped
+/// (also when the task is aborted).
+struct InFlight {
+    counter: opentelemetry::metrics::UpDownCounter<i64>,
+    attributes: Vec<KeyValue>,
+}
+
+impl InFlight {
+    fn start(
+        counter: opentelemetry::metrics::UpDownCounter<i64>,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        counter.add(1, &attributes);
+        Self {
+            counter,
+            attributes,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.add(-1, &self.attributes);
+    }
+}
+
+/// Low-cardinality metric attributes of one delivery: never the subject
+/// (it carries keys) or the event id.
+fn metric_attributes(group: &str, event_type: &str, error: Option<&str>) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "nats"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.consumer.group.name", group.to_owned()),
+        KeyValue::new("cloudevents.event_type", event_type.to_owned()),
+    ];
+    if let Some(error) = error {
+        attributes.push(KeyValue::new("error.type", error.to_owned()));
+    }
+    attributes
 }
 
 /// An error and its causes on one line.

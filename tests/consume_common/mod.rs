@@ -73,6 +73,15 @@ impl World {
     }
 
     pub async fn on(url: &str) -> World {
+        // Runner warnings show with a failing test's output (RUST_LOG to
+        // see more). A test that installed its own subscriber keeps it.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let env = unique("env");
         let client = connect(url, &env).await;
         let stream = unique("SHOP");
@@ -130,6 +139,8 @@ impl World {
     }
 }
 
+// `Config` is non-exhaustive: no struct literal outside the crate.
+#[allow(clippy::field_reassign_with_default)]
 pub async fn connect(url: &str, env: &str) -> Client {
     let mut config = Config::default();
     config.servers = vec![url.to_owned()];

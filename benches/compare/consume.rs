@@ -1,0 +1,381 @@
+//! Scenarios 3 and 4: consuming with typed decode and ack; end-to-end latency.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use futures_util::StreamExt;
+use jetevents::client::Client;
+use jetevents::consume::{Consumer, Context, HandlerError};
+use jetevents::EventType;
+use tokio::sync::Notify;
+
+use crate::common::{
+    self, now_ns, order, percentile, raw_decode, raw_message, recreate_stream, wait_until,
+    AppointmentBooked, Raw, Side, STREAM,
+};
+use crate::report::{Metric, Scenario};
+use crate::Settings;
+
+/// What a handler shares with the benchmark: a count, a target and latency
+/// samples.
+#[derive(Default)]
+pub struct Tally {
+    handled: AtomicUsize,
+    target: AtomicUsize,
+    reached: Notify,
+    latencies_ns: Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    pub fn new(target: usize) -> Arc<Tally> {
+        let tally = Tally::default();
+        tally.target.store(target, Ordering::SeqCst);
+        Arc::new(tally)
+    }
+
+    /// Counts one event; wakes the waiter at the target.
+    pub fn hit(&self) {
+        let handled = self.handled.fetch_add(1, Ordering::AcqRel) + 1;
+        if handled == self.target.load(Ordering::Acquire) {
+            self.reached.notify_one();
+        }
+    }
+
+    pub fn handled(&self) -> usize {
+        self.handled.load(Ordering::Acquire)
+    }
+
+    pub async fn reached(&self) {
+        if self.handled() >= self.target.load(Ordering::Acquire) {
+            return;
+        }
+        self.reached.notified().await;
+    }
+
+    fn record_latency(&self, sent_at_ns: u64) {
+        let latency = now_ns().saturating_sub(sent_at_ns);
+        self.latencies_ns.lock().unwrap().push(latency);
+    }
+}
+
+/// The filter subjects jetevents derives for the event type; the raw
+/// consumer uses the same so the server does the same matching.
+fn filters(je: &Client) -> Vec<String> {
+    let ty = EventType::of::<AppointmentBooked>().expect("event type");
+    je.subjects().filters_for_type(&ty)
+}
+
+/// A raw durable pull consumer on the benchmark stream.
+async fn raw_consumer(raw: &Raw, name: &str, filters: Vec<String>) -> PullConsumer {
+    let stream = raw.js.get_stream(STREAM).await.expect("stream");
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            filter_subjects: filters,
+            ..Default::default()
+        })
+        .await
+        .expect("raw consumer")
+}
+
+/// The raw consume loop: decode the `ce-*` headers and the JSON data by
+/// hand, call the (no-op) handler, ack.
+async fn raw_consume_loop(consumer: PullConsumer, tally: Arc<Tally>, record_latency: bool) {
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Some(message) = messages.next().await {
+        // The benchmark deletes the stream once the count is reached; an
+        // error before that is a failure.
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                assert!(
+                    tally.handled() >= tally.target.load(Ordering::Acquire),
+                    "raw consumer failed: {err}"
+                );
+                break;
+            }
+        };
+        let decoded = raw_decode(message.headers.as_ref(), &message.payload);
+        if record_latency {
+            tally.record_latency(decoded.event.sent_at_ns);
+        }
+        std::hint::black_box(&decoded);
+        message.ack().await.expect("ack");
+        tally.hit();
+    }
+}
+
+/// Builds the jetevents consumer of the benchmark: one typed handler that
+/// counts (and in scenario 4 records latency).
+async fn jetevents_consumer(
+    je: &Client,
+    group: &str,
+    tally: Arc<Tally>,
+    record_latency: bool,
+    concurrency: Option<usize>,
+) -> Consumer<Arc<Tally>> {
+    let mut builder = Consumer::builder(je, group)
+        .stream(STREAM)
+        .with_state(tally)
+        .handle(
+            move |event: AppointmentBooked, ctx: Context<Arc<Tally>>| async move {
+                if record_latency {
+                    ctx.state().record_latency(event.sent_at_ns);
+                }
+                std::hint::black_box(&event);
+                ctx.state().hit();
+                Ok::<(), HandlerError>(())
+            },
+        );
+    if let Some(concurrency) = concurrency {
+        builder = builder.concurrency(concurrency);
+    }
+    builder.build().await.expect("jetevents consumer")
+}
+
+/// Publishes `events` pipelined (raw, untimed): the backlog both consumers read.
+pub async fn fill(raw: &Raw, events: &[AppointmentBooked]) {
+    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::new();
+    for event in events {
+        if in_flight.len() >= 1024 {
+            if let Some(ack) = in_flight.pop_front() {
+                ack.await.expect("fill ack");
+            }
+        }
+        let (subject, headers, payload) = raw_message(event);
+        let message = PublishMessage::build().payload(payload).headers(headers);
+        in_flight.push_back(
+            raw.js
+                .send_publish(subject, message)
+                .await
+                .expect("fill send"),
+        );
+    }
+    while let Some(ack) = in_flight.pop_front() {
+        ack.await.expect("fill ack");
+    }
+}
+
+/// Waits until the durable `name` has acked everything up to `sequence`.
+async fn wait_acked(raw: &Raw, name: &str, sequence: u64) -> bool {
+    let stream = raw.js.get_stream(STREAM).await.expect("stream");
+    wait_until(Duration::from_secs(30), || {
+        let stream = stream.clone();
+        async move {
+            match stream.consumer_info(name).await {
+                Ok(info) => info.ack_floor.stream_sequence >= sequence,
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// Scenario 3: a backlog of `events` consumed with typed decode, a no-op
+/// handler and ack. Time from starting the consumer until the handler has
+/// seen every event.
+pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
+    let count = settings.events;
+    recreate_stream(&raw.js).await;
+    let fill_start = Instant::now();
+    fill(raw, &common::events(0, count)).await;
+    eprintln!(
+        "  backlog of {count} events published in {:.1}s",
+        fill_start.elapsed().as_secs_f64()
+    );
+    let filters = filters(je);
+    let mut rates = [Vec::new(), Vec::new()];
+    for round in 0..settings.rounds {
+        for side in order(round) {
+            let name = format!("bench-{}-{}", side.name(), round + 1);
+            let tally = Tally::new(count);
+            let (slot, elapsed) = match side {
+                Side::Jetevents => {
+                    let consumer =
+                        jetevents_consumer(je, &name, tally.clone(), false, settings.concurrency)
+                            .await;
+                    let stop = Arc::new(Notify::new());
+                    let signal = {
+                        let stop = stop.clone();
+                        async move { stop.notified().await }
+                    };
+                    let start = Instant::now();
+                    let running = tokio::spawn(consumer.run_until(signal));
+                    tally.reached().await;
+                    let elapsed = start.elapsed();
+                    stop.notify_one();
+                    running.await.expect("join").expect("consumer run");
+                    (0, elapsed)
+                }
+                Side::Raw => {
+                    let consumer = raw_consumer(raw, &name, filters.clone()).await;
+                    let start = Instant::now();
+                    let running = tokio::spawn(raw_consume_loop(consumer, tally.clone(), false));
+                    tally.reached().await;
+                    let elapsed = start.elapsed();
+                    running.abort();
+                    (1, elapsed)
+                }
+            };
+            assert_eq!(
+                tally.handled(),
+                count,
+                "{} handled more than sent",
+                side.name()
+            );
+            assert!(
+                wait_acked(raw, &name, count as u64).await,
+                "{}: not every event was acked",
+                side.name()
+            );
+            rates[slot].push(count as f64 / elapsed.as_secs_f64());
+            eprintln!(
+                "  [3] round {} {:<9} {:>9.0} events/s",
+                round + 1,
+                side.name(),
+                rates[slot].last().copied().unwrap_or_default()
+            );
+            let stream = raw.js.get_stream(STREAM).await.expect("stream");
+            let _ = stream.delete_consumer(&name).await;
+        }
+    }
+    let mut scenario = Scenario::new(
+        "3",
+        format!(
+            "consume {count} events: typed decode, no-op handler, ack (jetevents concurrency {})",
+            settings
+                .concurrency
+                .map_or_else(|| "default".to_owned(), |c| c.to_string())
+        ),
+    );
+    scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 0.95));
+    scenario
+}
+
+/// Scenario 4: events published at a fixed rate (awaited one at a time) by
+/// the side's own publisher, latency from just before the publish call to
+/// the handler.
+pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
+    let count = settings.e2e_events;
+    let period = Duration::from_secs_f64(1.0 / settings.e2e_rate.max(1) as f64);
+    let filters = filters(je);
+    let publisher = je.publisher();
+    let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..settings.rounds {
+        for side in order(round) {
+            recreate_stream(&raw.js).await;
+            let name = format!("bench-e2e-{}-{}", side.name(), round + 1);
+            let tally = Tally::new(count);
+            // Start the consumer and wait until its pull is waiting at the
+            // server, so the first events do not measure start-up.
+            let stop = Arc::new(Notify::new());
+            let running = match side {
+                Side::Jetevents => {
+                    let consumer =
+                        jetevents_consumer(je, &name, tally.clone(), true, settings.concurrency)
+                            .await;
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        consumer
+                            .run_until(async move { stop.notified().await })
+                            .await
+                            .expect("consumer run");
+                    })
+                }
+                Side::Raw => {
+                    let consumer = raw_consumer(raw, &name, filters.clone()).await;
+                    tokio::spawn(raw_consume_loop(consumer, tally.clone(), true))
+                }
+            };
+            let stream = raw.js.get_stream(STREAM).await.expect("stream");
+            let ready = wait_until(Duration::from_secs(10), || {
+                let stream = stream.clone();
+                let name = name.clone();
+                async move {
+                    matches!(stream.consumer_info(&name).await, Ok(info) if info.num_waiting > 0)
+                }
+            })
+            .await;
+            assert!(ready, "{} consumer never pulled", side.name());
+
+            let mut events = common::events(0, count);
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for event in &mut events {
+                ticks.tick().await;
+                event.sent_at_ns = now_ns();
+                match side {
+                    Side::Jetevents => {
+                        publisher.publish(&*event).await.expect("publish");
+                    }
+                    Side::Raw => {
+                        let (subject, headers, payload) = raw_message(event);
+                        let message = PublishMessage::build().payload(payload).headers(headers);
+                        raw.js
+                            .send_publish(subject, message)
+                            .await
+                            .expect("send")
+                            .await
+                            .expect("ack");
+                    }
+                }
+            }
+            let done = tokio::time::timeout(Duration::from_secs(30), tally.reached()).await;
+            assert!(done.is_ok(), "{}: not every event was handled", side.name());
+            match side {
+                Side::Jetevents => {
+                    stop.notify_one();
+                    running.await.expect("join");
+                }
+                Side::Raw => running.abort(),
+            }
+            let slot = if side == Side::Jetevents { 0 } else { 1 };
+            let samples: Vec<Duration> = tally
+                .latencies_ns
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|ns| Duration::from_nanos(*ns))
+                .collect();
+            let mut sorted = samples.clone();
+            sorted.sort();
+            eprintln!(
+                "  [4] round {} {:<9} p50 {:>7.1} us  p99 {:>7.1} us",
+                round + 1,
+                side.name(),
+                percentile(&sorted, 50.0).as_secs_f64() * 1e6,
+                percentile(&sorted, 99.0).as_secs_f64() * 1e6
+            );
+            latencies[slot].extend(samples);
+        }
+    }
+    for samples in &mut latencies {
+        samples.sort();
+    }
+    let mut scenario = Scenario::new(
+        "4",
+        format!(
+            "end-to-end latency publish -> handler, {count} events at {}/s x {} rounds",
+            settings.e2e_rate, settings.rounds
+        ),
+    );
+    scenario.push(Metric::latency(
+        "p50",
+        percentile(&latencies[0], 50.0),
+        percentile(&latencies[1], 50.0),
+        1.10,
+    ));
+    scenario.push(Metric::latency(
+        "p99",
+        percentile(&latencies[0], 99.0),
+        percentile(&latencies[1], 99.0),
+        1.10,
+    ));
+    scenario
+}
