@@ -324,6 +324,18 @@ impl Report {
         self
     }
 
+    /// No publish was refused (every one was acked or has an unknown outcome).
+    pub fn assert_none_refused(&self) -> &Self {
+        assert_eq!(self.refused, 0, "{self}\nrefused for: {:?}", self.refused_reasons);
+        self
+    }
+
+    /// At most `n` publishes ended with an unknown outcome.
+    pub fn assert_unknown_at_most(&self, n: usize) -> &Self {
+        assert!(self.unknown <= n, "{self}: more than {n} unknown outcomes");
+        self
+    }
+
     /// At least `n` ops were acked: the run exercised something.
     pub fn assert_acked_at_least(&self, n: usize) -> &Self {
         assert!(self.acked >= n, "{self}: expected at least {n} acked");
@@ -386,4 +398,92 @@ pub fn rss_kib() -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
+}
+
+/// What the checker's consumer handler shares: the history and how long each
+/// handling takes.
+#[derive(Clone)]
+pub struct Handling {
+    pub checker: Arc<Checker>,
+    pub delay: Duration,
+}
+
+/// A consumer builder of `group` on `stream` whose handler records every
+/// [`Op`] it handles in `checker` (after `delay`), with its own dead-letter
+/// stream. Tests add their settings and build it.
+pub fn consumer(
+    client: &Client,
+    group: &str,
+    stream: &str,
+    checker: &Arc<Checker>,
+    delay: Duration,
+) -> jetevents::consume::ConsumerBuilder<Handling> {
+    let dead_letters = jetevents::consume::DeadLetterConfig {
+        stream: format!("{stream}_DL"),
+        subject_prefix: format!("dl{}", stream.to_ascii_lowercase()),
+    };
+    jetevents::consume::Consumer::builder(client, group)
+        .stream(stream)
+        .dead_letter(dead_letters)
+        .with_state(Handling {
+            checker: checker.clone(),
+            delay,
+        })
+        .handle(
+            |event: Op, ctx: jetevents::consume::Context<Handling>| async move {
+                if !ctx.state().delay.is_zero() {
+                    tokio::time::sleep(ctx.state().delay).await;
+                }
+                ctx.state().checker.handled(&event.op);
+                Ok::<_, jetevents::consume::HandlerError>(())
+            },
+        )
+}
+
+/// A running consumer and the trigger of its shutdown.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), jetevents::consume::ConsumeError>>,
+}
+
+impl Running {
+    /// Runs `consumer` on a task until [`Running::stop`].
+    pub fn start<S: Clone + Send + Sync + 'static>(
+        consumer: jetevents::consume::Consumer<S>,
+    ) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Signals shutdown and waits for the runner to return (it must return
+    /// `Ok`).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .expect("runner did not stop")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Whether the runner returned (it should not, until stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Creates stream `name` capturing `{env}.chaos.>` of `client`'s environment.
+pub async fn chaos_stream(client: &Client, name: &str, replicas: usize) {
+    let spec = jetevents::provision::StreamSpec::for_domain(client.subjects(), name, "chaos")
+        .unwrap()
+        .replicas(replicas);
+    client.ensure_stream(&spec).await.unwrap();
 }
