@@ -70,7 +70,10 @@ impl PermissionViolation {
         let message = message.trim().trim_matches('\'');
         let lower = message.to_ascii_lowercase();
         let (operation, prefix) = if lower.starts_with("permissions violation for publish to ") {
-            (Operation::Publish, "permissions violation for publish to ".len())
+            (
+                Operation::Publish,
+                "permissions violation for publish to ".len(),
+            )
         } else if lower.starts_with("permissions violation for subscription to ") {
             (
                 Operation::Subscribe,
@@ -128,7 +131,9 @@ impl Client {
     pub async fn connect(config: Config) -> Result<Client, ConnectError> {
         let subjects = Subjects::new(config.env.clone()).map_err(|err| {
             Error::with_source(
-                ConnectErrorKind::InvalidConfig("JETEVENTS_ENV / env is not a valid subject token".into()),
+                ConnectErrorKind::InvalidConfig(
+                    "JETEVENTS_ENV / env is not a valid subject token".into(),
+                ),
                 err,
             )
         })?;
@@ -158,17 +163,15 @@ impl Client {
                 options.user_and_password(user.clone(), password.expose().to_owned())
             }
             Auth::NkeySeed(seed) => options.nkey(seed.expose().to_owned()),
-            Auth::CredentialsFile(path) => {
-                options.credentials_file(path).await.map_err(|err| {
-                    Error::with_source(
-                        ConnectErrorKind::InvalidConfig(format!(
-                            "credentials file {} unreadable",
-                            path.display()
-                        )),
-                        err,
-                    )
-                })?
-            }
+            Auth::CredentialsFile(path) => options.credentials_file(path).await.map_err(|err| {
+                Error::with_source(
+                    ConnectErrorKind::InvalidConfig(format!(
+                        "credentials file {} unreadable",
+                        path.display()
+                    )),
+                    err,
+                )
+            })?,
         };
         if config.tls.required {
             options = options.require_tls(true);
@@ -272,7 +275,10 @@ impl Client {
     }
 }
 
-fn on_connection_event(event: async_nats::Event, violations: &broadcast::Sender<PermissionViolation>) {
+fn on_connection_event(
+    event: async_nats::Event,
+    violations: &broadcast::Sender<PermissionViolation>,
+) {
     match event {
         async_nats::Event::ServerError(async_nats::ServerError::Other(message)) => {
             if let Some(violation) = PermissionViolation::parse(&message) {

@@ -105,7 +105,9 @@ impl PublishRetry {
     /// assert_eq!(retry.delay(30), Duration::from_secs(2));
     /// ```
     pub fn delay(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.initial_delay
             .checked_mul(factor)
             .unwrap_or(self.max_delay)
@@ -271,10 +273,15 @@ impl Config {
         let password = get("JETEVENTS_PASSWORD");
         let seed = get("JETEVENTS_NKEY_SEED");
         let creds = get("JETEVENTS_CREDS_FILE");
-        let methods = [token.is_some(), user.is_some(), seed.is_some(), creds.is_some()]
-            .iter()
-            .filter(|set| **set)
-            .count();
+        let methods = [
+            token.is_some(),
+            user.is_some(),
+            seed.is_some(),
+            creds.is_some(),
+        ]
+        .iter()
+        .filter(|set| **set)
+        .count();
         if methods > 1 {
             return Err(Error::new(ConfigErrorKind::Conflict(
                 "set only one of JETEVENTS_TOKEN, JETEVENTS_USER, JETEVENTS_NKEY_SEED, JETEVENTS_CREDS_FILE"
@@ -288,10 +295,16 @@ impl Config {
                 password: Secret::new(password),
             },
             (_, Some(_), None, ..) => {
-                return Err(invalid("JETEVENTS_PASSWORD", "required with JETEVENTS_USER"))
+                return Err(invalid(
+                    "JETEVENTS_PASSWORD",
+                    "required with JETEVENTS_USER",
+                ))
             }
             (_, None, Some(_), ..) => {
-                return Err(invalid("JETEVENTS_USER", "required with JETEVENTS_PASSWORD"))
+                return Err(invalid(
+                    "JETEVENTS_USER",
+                    "required with JETEVENTS_PASSWORD",
+                ))
             }
             (_, _, _, Some(seed), _) => Auth::NkeySeed(Secret::new(seed)),
             (_, _, _, _, Some(creds)) => Auth::CredentialsFile(PathBuf::from(creds)),
@@ -322,7 +335,9 @@ impl Config {
                 .parse::<u32>()
                 .ok()
                 .filter(|attempts| *attempts >= 1)
-                .ok_or_else(|| invalid("JETEVENTS_PUBLISH_ATTEMPTS", "a whole number, 1 or more"))?;
+                .ok_or_else(|| {
+                    invalid("JETEVENTS_PUBLISH_ATTEMPTS", "a whole number, 1 or more")
+                })?;
         }
         if let Some(value) = get("JETEVENTS_ENCODING") {
             config.encoding = match value.trim().to_ascii_lowercase().as_str() {
@@ -392,21 +407,28 @@ mod tests {
         assert!(matches!(&config.auth, Auth::UserPassword { user, .. } if user == "svc"));
         assert!(!format!("{config:?}").contains("pa55word"));
 
-        let config =
-            Config::from_lookup(lookup(&[("JETEVENTS_NKEY_SEED", "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY")]))
-                .unwrap();
+        let config = Config::from_lookup(lookup(&[(
+            "JETEVENTS_NKEY_SEED",
+            "SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY",
+        )]))
+        .unwrap();
         assert!(matches!(config.auth, Auth::NkeySeed(_)));
         assert!(!format!("{config:?}").contains("SUACSSL3"));
 
         let config =
-            Config::from_lookup(lookup(&[("JETEVENTS_CREDS_FILE", "/etc/nats/svc.creds")])).unwrap();
+            Config::from_lookup(lookup(&[("JETEVENTS_CREDS_FILE", "/etc/nats/svc.creds")]))
+                .unwrap();
         assert!(matches!(config.auth, Auth::CredentialsFile(_)));
     }
 
     #[test]
     fn refuses_contradictions_and_bad_values() {
-        let both = Config::from_lookup(lookup(&[("JETEVENTS_TOKEN", "t"), ("JETEVENTS_USER", "u")]));
-        assert!(matches!(both.unwrap_err().kind(), ConfigErrorKind::Conflict(_)));
+        let both =
+            Config::from_lookup(lookup(&[("JETEVENTS_TOKEN", "t"), ("JETEVENTS_USER", "u")]));
+        assert!(matches!(
+            both.unwrap_err().kind(),
+            ConfigErrorKind::Conflict(_)
+        ));
 
         let no_password = Config::from_lookup(lookup(&[("JETEVENTS_USER", "u")]));
         assert!(matches!(
@@ -430,7 +452,10 @@ mod tests {
         }
 
         let half_mtls = Config::from_lookup(lookup(&[("JETEVENTS_TLS_CERT", "/c.pem")]));
-        assert!(matches!(half_mtls.unwrap_err().kind(), ConfigErrorKind::Conflict(_)));
+        assert!(matches!(
+            half_mtls.unwrap_err().kind(),
+            ConfigErrorKind::Conflict(_)
+        ));
     }
 
     #[test]

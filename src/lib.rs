@@ -30,9 +30,8 @@ pub mod publish;
 pub mod subject;
 pub mod trace;
 
-pub use error::{BoxError, Error};
 pub use codec::{DecodeError, EncodeError, Encoding};
 pub use envelope::{Envelope, ExtensionValue};
+pub use error::{BoxError, Error};
 pub use event::{Event, EventType};
 pub use subject::{SubjectError, Subjects};
-

@@ -48,18 +48,24 @@ impl Metrics {
         Self {
             sent: meter
                 .u64_counter("messaging.client.sent.messages")
-                .with_description("Events the server acknowledged as stored (or failed to, with error.type)")
+                .with_description(
+                    "Events the server acknowledged as stored (or failed to, with error.type)",
+                )
                 .with_unit("{message}")
                 .build(),
             operation_duration: meter
                 .f64_histogram("messaging.client.operation.duration")
-                .with_description("Duration of a publish, from sending to the server's ack, retries included")
+                .with_description(
+                    "Duration of a publish, from sending to the server's ack, retries included",
+                )
                 .with_unit("s")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
             publish_retries: meter
                 .u64_counter("jetevents.publish.retries")
-                .with_description("Publish attempts repeated after an ack timeout or a missing stream leader")
+                .with_description(
+                    "Publish attempts repeated after an ack timeout or a missing stream leader",
+                )
                 .with_unit("{attempt}")
                 .build(),
             publish_window: meter

@@ -190,10 +190,9 @@ impl Client {
     /// ```
     pub async fn ensure_stream(&self, spec: &StreamSpec) -> Result<StreamReport, ProvisionError> {
         if spec.name.is_empty()
-            || spec
-                .name
-                .chars()
-                .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+            || spec.name.chars().any(|c| {
+                matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+            })
         {
             return Err(Error::new(ProvisionErrorKind::InvalidSpec(format!(
                 "stream name {:?}",
@@ -205,8 +204,7 @@ impl Client {
             Ok(mut stream) => Some(stream.info().await.map_err(request_failed)?.config.clone()),
             Err(err) => match err.kind() {
                 async_nats::jetstream::context::GetStreamErrorKind::JetStream(js)
-                    if js.error_code()
-                        == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    if js.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
                     None
                 }

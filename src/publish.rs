@@ -229,7 +229,10 @@ struct Prepared {
 
 enum AttemptError {
     /// Worth another attempt with the same id.
-    Retryable { timed_out: bool, source: async_nats::jetstream::context::PublishError },
+    Retryable {
+        timed_out: bool,
+        source: async_nats::jetstream::context::PublishError,
+    },
     /// Final.
     Final(PublishError),
 }
@@ -322,8 +325,15 @@ impl Publisher {
         for (index, event) in events.iter().enumerate() {
             if in_flight.len() >= window {
                 if let Some((done, prepared, ack)) = in_flight.pop_front() {
-                    self.settle_pipelined(done, prepared, ack, &mut violations, &mut results, &mut retry_later)
-                        .await;
+                    self.settle_pipelined(
+                        done,
+                        prepared,
+                        ack,
+                        &mut violations,
+                        &mut results,
+                        &mut retry_later,
+                    )
+                    .await;
                 }
             }
             let prepared = match self
@@ -346,8 +356,15 @@ impl Publisher {
             }
         }
         while let Some((done, prepared, ack)) = in_flight.pop_front() {
-            self.settle_pipelined(done, prepared, ack, &mut violations, &mut results, &mut retry_later)
-                .await;
+            self.settle_pipelined(
+                done,
+                prepared,
+                ack,
+                &mut violations,
+                &mut results,
+                &mut retry_later,
+            )
+            .await;
         }
         for (index, prepared) in retry_later {
             let span = prepared.span.clone();
@@ -356,7 +373,9 @@ impl Publisher {
         results
             .into_iter()
             .map(|result| {
-                result.unwrap_or_else(|| Err(Error::new(PublishErrorKind::OutcomeUnknown { attempts: 0 })))
+                result.unwrap_or_else(|| {
+                    Err(Error::new(PublishErrorKind::OutcomeUnknown { attempts: 0 }))
+                })
             })
             .collect()
     }
@@ -475,7 +494,10 @@ impl Publisher {
         let size = codec::wire_size(&headers, payload.len());
         let limit = self.client.nats().max_payload();
         if size > limit {
-            return Err(Error::new(PublishErrorKind::PayloadTooLarge { size, limit }));
+            return Err(Error::new(PublishErrorKind::PayloadTooLarge {
+                size,
+                limit,
+            }));
         }
         Ok(Prepared {
             subject,
@@ -542,9 +564,13 @@ impl Publisher {
         }
         prepared.span.record("otel.status_code", "ERROR");
         let kind = if any_timeout {
-            PublishErrorKind::OutcomeUnknown { attempts: max_attempts }
+            PublishErrorKind::OutcomeUnknown {
+                attempts: max_attempts,
+            }
         } else {
-            PublishErrorKind::Unavailable { attempts: max_attempts }
+            PublishErrorKind::Unavailable {
+                attempts: max_attempts,
+            }
         };
         Err(match last_source {
             Some(source) => Error::with_source(kind, source),

@@ -65,7 +65,11 @@ async fn publish_returns_a_receipt_and_the_event_reads_back() {
     assert_eq!(receipt.stream, stream);
     assert_eq!(receipt.sequence, 1);
     assert!(!receipt.duplicate);
-    assert!(receipt.subject.ends_with(".bank.account.opened.v1.acc-1"), "{}", receipt.subject);
+    assert!(
+        receipt.subject.ends_with(".bank.account.opened.v1.acc-1"),
+        "{}",
+        receipt.subject
+    );
 
     let raw = client
         .jetstream()
@@ -92,10 +96,7 @@ async fn a_repeated_publish_is_stored_once_and_reported_duplicate() {
     let (client, stream) = client_with_stream().await;
     let publisher = client.publisher();
     let envelope = Envelope::from_event("/test", &opened("acc-dup")).unwrap();
-    let subject = client
-        .subjects()
-        .for_event(&opened("acc-dup"))
-        .unwrap();
+    let subject = client.subjects().for_event(&opened("acc-dup")).unwrap();
 
     let first = publisher
         .publish_envelope(&subject, envelope.clone(), PublishOptions::new())
@@ -116,7 +117,10 @@ async fn expected_subject_sequence_conflicts_carry_the_actual_sequence() {
     let (client, stream) = client_with_stream().await;
     let publisher = client.publisher();
     let first = publisher
-        .publish_with(&opened("acc-occ"), PublishOptions::new().expected_last_subject_sequence(0))
+        .publish_with(
+            &opened("acc-occ"),
+            PublishOptions::new().expected_last_subject_sequence(0),
+        )
         .await
         .unwrap();
     let second = publisher
@@ -144,7 +148,10 @@ async fn expected_subject_sequence_conflicts_carry_the_actual_sequence() {
     );
     // Another subject (another key) is independent.
     publisher
-        .publish_with(&opened("acc-other"), PublishOptions::new().expected_last_subject_sequence(0))
+        .publish_with(
+            &opened("acc-other"),
+            PublishOptions::new().expected_last_subject_sequence(0),
+        )
         .await
         .unwrap();
     assert_eq!(stored_count(&client, &stream).await, 3);
@@ -158,7 +165,10 @@ async fn an_oversized_event_is_refused_before_it_is_sent() {
     event.note = "x".repeat(limit);
     let err = client.publisher().publish(&event).await.unwrap_err();
     match err.kind() {
-        PublishErrorKind::PayloadTooLarge { size, limit: reported } => {
+        PublishErrorKind::PayloadTooLarge {
+            size,
+            limit: reported,
+        } => {
             assert_eq!(*reported, limit);
             assert!(*size > limit);
         }
@@ -167,14 +177,22 @@ async fn an_oversized_event_is_refused_before_it_is_sent() {
     assert_eq!(stored_count(&client, &stream).await, 0);
 
     // The connection is unharmed: the next publish works.
-    client.publisher().publish(&opened("acc-small")).await.unwrap();
+    client
+        .publisher()
+        .publish(&opened("acc-small"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_subject_without_stream_is_no_stream() {
     let server = shared_server().await;
     let client = connect(&server.url(), &unique("nostream"), |_| {}).await;
-    let err = client.publisher().publish(&opened("acc-x")).await.unwrap_err();
+    let err = client
+        .publisher()
+        .publish(&opened("acc-x"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err.kind(), PublishErrorKind::NoStream { subject } if subject.ends_with("acc-x")),
         "{err:?}"
@@ -185,7 +203,14 @@ async fn a_subject_without_stream_is_no_stream() {
 async fn hostile_keys_are_escaped_or_refused_before_the_server() {
     let (client, stream) = client_with_stream().await;
     let publisher = client.publisher();
-    for key in ["a.>", "*", "with space", "semi;colon/slash", "alice@example.com", "ünï/cødé"] {
+    for key in [
+        "a.>",
+        "*",
+        "with space",
+        "semi;colon/slash",
+        "alice@example.com",
+        "ünï/cødé",
+    ] {
         let receipt = publisher.publish(&opened(key)).await.unwrap();
         let tokens: Vec<&str> = receipt.subject.split('.').collect();
         assert_eq!(tokens.len(), 6, "{key:?} -> {}", receipt.subject);
@@ -195,7 +220,10 @@ async fn hostile_keys_are_escaped_or_refused_before_the_server() {
             "key must round-trip"
         );
     }
-    let err = publisher.publish(&opened(&"k".repeat(10_000))).await.unwrap_err();
+    let err = publisher
+        .publish(&opened(&"k".repeat(10_000)))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), &PublishErrorKind::InvalidSubject);
     // CloudEvents forbids control characters in attribute values, and the key
     // is also the `partitionkey` attribute: refused, not mangled.
@@ -207,7 +235,9 @@ async fn hostile_keys_are_escaped_or_refused_before_the_server() {
 #[tokio::test]
 async fn pipelined_publish_stores_ten_thousand_events_once_in_order() {
     let (client, stream) = client_with_stream().await;
-    let events: Vec<AccountOpened> = (0..10_000).map(|n| opened(&format!("acc-{n:05}"))).collect();
+    let events: Vec<AccountOpened> = (0..10_000)
+        .map(|n| opened(&format!("acc-{n:05}")))
+        .collect();
     let results = client.publisher().publish_many(&events, 512).await;
     assert_eq!(results.len(), events.len());
     let receipts: Vec<_> = results.into_iter().map(Result::unwrap).collect();
@@ -227,11 +257,15 @@ async fn pipelined_publish_stores_ten_thousand_events_once_in_order() {
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    for n in 0..10_000 {
+    for (n, receipt) in receipts.iter().enumerate() {
         let message = messages.next().await.unwrap().unwrap();
-        let envelope = jetevents::codec::decode(message.headers.as_ref(), &message.payload).unwrap();
-        assert_eq!(envelope.partition_key(), Some(format!("acc-{n:05}").as_str()));
-        assert_eq!(envelope.id, receipts[n].event_id);
+        let envelope =
+            jetevents::codec::decode(message.headers.as_ref(), &message.payload).unwrap();
+        assert_eq!(
+            envelope.partition_key(),
+            Some(format!("acc-{n:05}").as_str())
+        );
+        assert_eq!(envelope.id, receipt.event_id);
     }
 }
 
@@ -283,8 +317,16 @@ async fn publish_outside_permissions_is_permission_denied() {
     let spec = StreamSpec::new("BANK", vec!["dev.bank.>".into()]);
     client.ensure_stream(&spec).await.unwrap();
 
-    client.publisher().publish(&opened("allowed")).await.unwrap();
-    let err = client.publisher().publish(&opened("denied")).await.unwrap_err();
+    client
+        .publisher()
+        .publish(&opened("allowed"))
+        .await
+        .unwrap();
+    let err = client
+        .publisher()
+        .publish(&opened("denied"))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.kind(),
         &PublishErrorKind::PermissionDenied {

@@ -66,11 +66,17 @@ async fn publishing_survives_a_stream_leader_kill() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while published.load(Ordering::SeqCst) < EVENTS / 4 {
-        assert!(tokio::time::Instant::now() < deadline, "publishing stalled before the kill");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing stalled before the kill"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cluster.kill(leader).await.unwrap();
-    let new_leader = cluster.wait_for_new_stream_leader("PLANT", leader).await.unwrap();
+    let new_leader = cluster
+        .wait_for_new_stream_leader("PLANT", leader)
+        .await
+        .unwrap();
     assert_ne!(new_leader, leader);
 
     let receipts = tokio::time::timeout(Duration::from_secs(120), task)
@@ -95,8 +101,13 @@ async fn publishing_survives_a_stream_leader_kill() {
     let mut seen = HashSet::new();
     for _ in 0..EVENTS {
         let message = messages.next().await.unwrap().unwrap();
-        let envelope = jetevents::codec::decode(message.headers.as_ref(), &message.payload).unwrap();
-        assert!(seen.insert(envelope.id.clone()), "{} stored twice", envelope.id);
+        let envelope =
+            jetevents::codec::decode(message.headers.as_ref(), &message.payload).unwrap();
+        assert!(
+            seen.insert(envelope.id.clone()),
+            "{} stored twice",
+            envelope.id
+        );
         assert!(ids.contains(&envelope.id));
     }
 }

@@ -88,7 +88,7 @@ async fn an_instance_killed_before_acking_hands_its_events_to_the_other() {
         .env(CHILD_ENV, &env)
         .env(CHILD_STREAM, &stream)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .unwrap();

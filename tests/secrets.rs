@@ -31,7 +31,9 @@ fn opened(id: &str) -> AccountOpened {
 #[tokio::test]
 async fn secrets_never_reach_logs_or_debug_output() {
     let server = NatsServer::builder()
-        .auth(jetevents_testcontainers::Auth::Token("tok-7f3a9c-secret".into()))
+        .auth(jetevents_testcontainers::Auth::Token(
+            "tok-7f3a9c-secret".into(),
+        ))
         .start()
         .await
         .unwrap();
@@ -65,7 +67,12 @@ async fn secrets_never_reach_logs_or_debug_output() {
 
     let logs = captured.contents();
     assert!(logs.contains("publish"), "the capture saw nothing: {logs}");
-    for text in [logs, format!("{config:?}"), format!("{client:?}"), format!("{err:?} {err}")] {
+    for text in [
+        logs,
+        format!("{config:?}"),
+        format!("{client:?}"),
+        format!("{err:?} {err}"),
+    ] {
         assert!(!text.contains("tok-7f3a9c-secret"), "secret leaked: {text}");
         assert!(!text.contains("tok-wrong-secret"), "secret leaked: {text}");
     }

@@ -26,10 +26,12 @@ pub fn unique(prefix: &str) -> String {
 /// Connects to `url` with subject environment `env`, after `adjust` edits the
 /// configuration.
 pub async fn connect(url: &str, env: &str, adjust: impl FnOnce(&mut Config)) -> Client {
-    let mut config = Config::default();
-    config.servers = vec![url.to_owned()];
-    config.env = env.to_owned();
-    config.source = "/tests".to_owned();
+    let mut config = Config {
+        servers: vec![url.to_owned()],
+        env: env.to_owned(),
+        source: "/tests".to_owned(),
+        ..Config::default()
+    };
     adjust(&mut config);
     Client::connect(config).await.unwrap()
 }
