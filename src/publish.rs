@@ -227,6 +227,17 @@ struct Prepared {
     span: tracing::Span,
 }
 
+/// The state of one `publish_many` call.
+struct Pipeline {
+    /// One slot per input event, filled as results come in.
+    results: Vec<Option<Result<Receipt, PublishError>>>,
+    /// Events to try again, one by one, once the pipeline is empty.
+    retry_later: Vec<(usize, Prepared)>,
+    /// Sent events awaiting their ack, oldest first.
+    in_flight: VecDeque<(usize, Prepared, PublishAckFuture)>,
+    violations: broadcast::Receiver<PermissionViolation>,
+}
+
 enum AttemptError {
     /// Worth another attempt with the same id.
     Retryable {
@@ -315,26 +326,17 @@ impl Publisher {
         let mut results: Vec<Option<Result<Receipt, PublishError>>> =
             Vec::with_capacity(events.len());
         results.resize_with(events.len(), || None);
-        let mut retry_later: Vec<(usize, Prepared)> = Vec::new();
-        let mut in_flight: VecDeque<(usize, Prepared, PublishAckFuture)> =
-            VecDeque::with_capacity(window);
-        let mut violations = self.client.permission_violations();
         let options = PublishOptions::default();
-        let window_metric = &self.client.metrics().publish_window;
+        let mut pipeline = Pipeline {
+            results,
+            retry_later: Vec::new(),
+            in_flight: VecDeque::with_capacity(window),
+            violations: self.client.permission_violations(),
+        };
 
         for (index, event) in events.iter().enumerate() {
-            if in_flight.len() >= window {
-                if let Some((done, prepared, ack)) = in_flight.pop_front() {
-                    self.settle_pipelined(
-                        done,
-                        prepared,
-                        ack,
-                        &mut violations,
-                        &mut results,
-                        &mut retry_later,
-                    )
-                    .await;
-                }
+            if pipeline.in_flight.len() >= window {
+                self.settle_oldest(&mut pipeline).await;
             }
             let prepared = match self
                 .envelope_for(event, &options)
@@ -342,30 +344,31 @@ impl Publisher {
             {
                 Ok(prepared) => prepared,
                 Err(err) => {
-                    results[index] = Some(Err(err));
+                    pipeline.results[index] = Some(Err(err));
                     continue;
                 }
             };
             match self.send(&prepared).await {
                 Ok(ack) => {
-                    window_metric.add(1, &[]);
-                    in_flight.push_back((index, prepared, ack));
+                    self.client.metrics().publish_window.add(1, &[]);
+                    pipeline.in_flight.push_back((index, prepared, ack));
                 }
-                Err(AttemptError::Final(err)) => results[index] = Some(Err(err)),
-                Err(AttemptError::Retryable { .. }) => retry_later.push((index, prepared)),
+                Err(AttemptError::Final(err)) => {
+                    let result = Err(err);
+                    self.record(&prepared, &result);
+                    pipeline.results[index] = Some(result);
+                }
+                Err(AttemptError::Retryable { .. }) => pipeline.retry_later.push((index, prepared)),
             }
         }
-        while let Some((done, prepared, ack)) = in_flight.pop_front() {
-            self.settle_pipelined(
-                done,
-                prepared,
-                ack,
-                &mut violations,
-                &mut results,
-                &mut retry_later,
-            )
-            .await;
+        while !pipeline.in_flight.is_empty() {
+            self.settle_oldest(&mut pipeline).await;
         }
+        let Pipeline {
+            mut results,
+            retry_later,
+            ..
+        } = pipeline;
         for (index, prepared) in retry_later {
             let span = prepared.span.clone();
             results[index] = Some(self.send_with_retries(prepared).instrument(span).await);
@@ -380,28 +383,26 @@ impl Publisher {
             .collect()
     }
 
-    async fn settle_pipelined(
-        &self,
-        index: usize,
-        prepared: Prepared,
-        ack: PublishAckFuture,
-        violations: &mut broadcast::Receiver<PermissionViolation>,
-        results: &mut [Option<Result<Receipt, PublishError>>],
-        retry_later: &mut Vec<(usize, Prepared)>,
-    ) {
-        let outcome = self.await_ack(&prepared, ack, violations).await;
+    /// Awaits the oldest ack in flight and files its result.
+    async fn settle_oldest(&self, pipeline: &mut Pipeline) {
+        let Some((index, prepared, ack)) = pipeline.in_flight.pop_front() else {
+            return;
+        };
+        let outcome = self
+            .await_ack(&prepared, ack, &mut pipeline.violations)
+            .await;
         self.client.metrics().publish_window.add(-1, &[]);
         let result = match outcome {
             Ok(ack) => Ok(receipt(&prepared, ack)),
             Err(AttemptError::Final(err)) => Err(err),
             Err(AttemptError::Retryable { .. }) => {
                 // Settled (and recorded) by the retry after the pipeline.
-                retry_later.push((index, prepared));
+                pipeline.retry_later.push((index, prepared));
                 return;
             }
         };
         self.record(&prepared, &result);
-        results[index] = Some(result);
+        pipeline.results[index] = Some(result);
     }
 
     /// Builds the subject and envelope of a typed event.

@@ -99,6 +99,7 @@ async fn an_instance_killed_before_acking_hands_its_events_to_the_other() {
         async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("child: {line}");
                 if let Some(op) = line.strip_prefix("STARTED ") {
                     started.lock().unwrap().insert(op.to_owned());
                 }
