@@ -21,6 +21,8 @@ use jetevents::provision::StreamSpec;
 
 #[path = "shared/events.rs"]
 mod events;
+#[path = "shared/telemetry.rs"]
+mod telemetry;
 use events::{Fate, OrderPlaced};
 
 /// What every handler call sees.
@@ -70,13 +72,8 @@ async fn on_order_placed(order: OrderPlaced, ctx: Context<Service>) -> Result<()
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // JETEVENTS_TRACE_STDOUT=1 prints every span (see shared/telemetry.rs).
+    let telemetry = telemetry::init("demo-consumer", "error");
     let args: Vec<String> = std::env::args().skip(1).collect();
 
     let mut config = Config::from_env()?;
@@ -100,6 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         client.close().await;
+        telemetry.shutdown();
         return Ok(());
     }
 
@@ -129,5 +127,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     consumer.run().await?;
     println!("consumer {instance} stopped");
     client.close().await;
+    telemetry.shutdown();
     Ok(())
 }

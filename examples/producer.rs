@@ -14,15 +14,15 @@ use jetevents::provision::StreamSpec;
 
 #[path = "shared/events.rs"]
 mod events;
+#[path = "shared/telemetry.rs"]
+mod telemetry;
 use events::{Fate, OrderPlaced};
+use tracing::Instrument;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    // JETEVENTS_TRACE_STDOUT=1 prints every span (see shared/telemetry.rs).
+    let telemetry = telemetry::init("demo-producer", "warn");
     let mut args = std::env::args().skip(1);
     let count: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
     let rate: f64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(0.0);
@@ -52,14 +52,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut ticker = tokio::time::interval(interval);
         for order in &orders {
             ticker.tick().await;
-            let receipt = publisher.publish(order).await?;
+            // The application's own span: the publish span is its child, and
+            // the consumers' spans continue the same trace.
+            let receipt = publisher
+                .publish(order)
+                .instrument(tracing::info_span!("place order", order.id = %order.order_id))
+                .await?;
             println!(
                 "published {} fate={:?} seq={}",
                 order.order_id, order.fate, receipt.sequence
             );
         }
     } else {
-        let results = publisher.publish_many(&orders, 256).await;
+        let results = publisher
+            .publish_many(&orders, 256)
+            .instrument(tracing::info_span!("place orders", count))
+            .await;
         for (order, result) in orders.iter().zip(results) {
             let receipt = result?;
             println!(
@@ -75,5 +83,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         count as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     client.close().await;
+    telemetry.shutdown();
     Ok(())
 }

@@ -290,6 +290,12 @@ impl Publisher {
     fn record(&self, prepared: &Prepared, result: &Result<Receipt, PublishError>) {
         let metrics = self.client.metrics();
         let error = result.as_ref().err().map(|err| error_type(err.kind()));
+        if let (Some(error), Err(err)) = (error, result) {
+            prepared.span.record("error.type", error);
+            prepared
+                .span
+                .record("otel.status_description", err.to_string().as_str());
+        }
         let attributes = crate::metrics::publish_attributes(&prepared.event_type, error);
         metrics.sent.add(1, &attributes);
         metrics
@@ -460,14 +466,19 @@ impl Publisher {
             otel.name = %format_args!("publish {subject}"),
             otel.kind = "producer",
             otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
             messaging.system = "nats",
             messaging.operation.type = "send",
+            messaging.operation.name = "publish",
             messaging.destination.name = %subject,
             messaging.message.id = %envelope.id,
+            messaging.message.conversation_id = envelope.correlation_id(),
             cloudevents.event_id = %envelope.id,
             cloudevents.event_type = %envelope.event_type,
             cloudevents.event_source = %envelope.source,
+            cloudevents.event_spec_version = "1.0",
             messaging.nats.stream.sequence = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         // The trace context sent is the publish span's own, so a consumer's
         // process span becomes its child.

@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jetevents::consume::{Consumer, Context, HandlerError, RetryPolicy};
-use jetevents_testcontainers::NatsServer;
+use jetevents_testcontainers::{FaultMode, FaultProxy, NatsServer};
 
 mod consume_common;
-use consume_common::{eventually, order, Log, OrderPlaced, Running, World};
+use consume_common::{connect, eventually, order, Log, OrderPlaced, Running, World};
 
 /// Calls `(n, delivery)` and completions `n` of the slow handler.
 type SlowState = (Log<(u64, u64)>, Log<u64>);
@@ -326,6 +326,60 @@ async fn consuming_resumes_after_an_outage_longer_than_the_pull() {
     eventually(
         "event after the outage",
         Duration::from_secs(30),
+        || async { handled.items().contains(&1) },
+    )
+    .await;
+    assert!(!running.is_finished());
+    running.stop().await;
+}
+
+/// A stalled network (bytes held, connection kept) makes the runner give up
+/// on pulls whose requests then reach the server late, after the stall. An
+/// event the server hands to such a pull must still be handled at once, not
+/// sit unacked until the ack wait brings it back.
+#[tokio::test]
+async fn events_for_pulls_given_up_during_a_network_stall_are_handled() {
+    let server = NatsServer::start().await.unwrap();
+    // Streams and publishing go straight to the server; only the consumer's
+    // connection runs through the proxy.
+    let world = World::on(&server.url()).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.client_port()).into())
+        .await
+        .unwrap();
+    let consumer_client = connect(&proxy.url(), world.client.subjects().env()).await;
+    let handled: Log<u64> = Log::default();
+    let consumer = Consumer::builder(&consumer_client, "stalled")
+        .stream(&world.stream)
+        .dead_letter(world.dead_letters.clone())
+        // Far beyond the deadline below: a redelivery cannot hide a lost one.
+        .ack_wait(Duration::from_secs(120))
+        .pull_expiry(Duration::from_millis(300))
+        .with_state(handled.clone())
+        .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
+            ctx.state().push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    world.publish(0).await;
+    eventually("event before the stall", Duration::from_secs(10), || async {
+        handled.len() == 1
+    })
+    .await;
+
+    proxy.set_mode(FaultMode::Stall);
+    // The stall itself: several overdue pulls and watchdog rounds (each
+    // waiting out the 5 s request timeout) long, far shorter than the
+    // client's ping timeout, so the connection survives.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    world.publish(1).await;
+    proxy.set_mode(FaultMode::Pass);
+
+    eventually(
+        "event published during the stall",
+        Duration::from_secs(20),
         || async { handled.items().contains(&1) },
     )
     .await;

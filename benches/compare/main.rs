@@ -12,6 +12,7 @@
 
 mod common;
 mod consume;
+mod encode;
 mod memory;
 mod publish;
 mod report;
@@ -191,6 +192,7 @@ async fn run(settings: Settings) {
         let scenario_start = Instant::now();
         eprintln!("scenario {id}:");
         let scenario = match id {
+            0 => encode::encode(&settings, &je),
             1 => publish::pipelined(&settings, &je, &raw).await,
             2 => publish::one_at_a_time(&settings, &je, &raw).await,
             3 => consume::throughput(&settings, &je, &raw).await,

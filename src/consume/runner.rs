@@ -1,6 +1,7 @@
 //! The pull loop and the life of one delivery: decode, route, handle, settle.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -35,6 +36,18 @@ const MAX_RECOVERY_DELAY: Duration = Duration::from_secs(5);
 const PULL_GRACE: Duration = Duration::from_secs(2);
 /// How long handlers get to settle after being told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Bound on loading the consumer's state in the watchdog (the request has
+/// its own timeout, but not while the client's queue is full).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Empty pulls in a row whose consumer state could not be loaded before the
+/// consumer is recreated.
+const MAX_FAILED_CHECKS: u32 = 3;
+/// Bound on subscribing the pull inbox.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a runner waiting for the connection looks again.
+const CONNECTION_POLL: Duration = Duration::from_millis(50);
+/// How often a runner still waiting for the connection says so.
+const DISCONNECTED_REPORT: Duration = Duration::from_secs(30);
 
 type Signal = Shared<BoxFuture<'static, ()>>;
 
@@ -101,9 +114,14 @@ where
     let slots = Arc::new(Semaphore::new(concurrency));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let mut inbox = Inbox::subscribe(&client).await?;
+    // Events that came without a free slot (answers to pulls given up on):
+    // they start before anything new is asked for.
+    let mut backlog: VecDeque<jetstream::Message> = VecDeque::new();
 
     let mut suspicious_pulls = 0u32;
-    'pulling: loop {
+    let mut failed_checks = 0u32;
+    let result = 'pulling: loop {
         while tasks.try_join_next().is_some() {}
 
         // Wait for a free slot, then take every free slot: the pull asks for
@@ -111,10 +129,10 @@ where
         // local buffer while its ack wait runs.
         let first = tokio::select! {
             biased;
-            () = signal.clone() => break 'pulling,
+            () = signal.clone() => break 'pulling Ok(()),
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break 'pulling,
+                Err(_) => break 'pulling Ok(()),
             },
         };
         let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
@@ -124,88 +142,119 @@ where
                 Err(_) => break,
             }
         }
+        while !backlog.is_empty() {
+            let (Some(permit), Some(message)) = (permits.pop(), backlog.pop_front()) else {
+                break;
+            };
+            tasks.spawn(process(message, shared.clone(), permit, stopped.clone()));
+        }
+        if permits.is_empty() {
+            continue;
+        }
 
-        let pull = pull_consumer
-            .batch()
-            .max_messages(permits.len())
-            .expires(expiry)
-            .messages();
-        let batch = tokio::select! {
+        // A pull sent while disconnected waits in the client and goes out on
+        // reconnect, long after this loop gave up on it.
+        if !wait_connected(&client, &group, &signal).await {
+            break 'pulling Ok(());
+        }
+        let reply = inbox.next_reply();
+        let request = pull::BatchConfig {
+            batch: permits.len(),
+            expires: Some(expiry),
+            ..Default::default()
+        };
+        let sent = tokio::select! {
             biased;
-            () = signal.clone() => break 'pulling,
-            batch = pull => batch,
+            () = signal.clone() => break 'pulling Ok(()),
+            sent = tokio::time::timeout(
+                expiry + PULL_GRACE,
+                pull_consumer.request_batch(request, reply.clone().into()),
+            ) => sent,
         };
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(err) => {
-                tracing::warn!(consumer = %group, error = %err, "pull request failed; recovering the consumer");
-                match recover(&client, &stream, &config, &signal).await? {
-                    Some(recovered) => pull_consumer = recovered,
-                    None => break 'pulling,
-                }
-                continue;
+        let failure = match sent {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some("the client did not take the pull request".to_owned()),
+        };
+        if let Some(error) = failure {
+            tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
+            match recover(&client, &stream, &config, &signal).await {
+                Ok(Some(recovered)) => pull_consumer = recovered,
+                Ok(None) => break 'pulling Ok(()),
+                Err(err) => break 'pulling Err(err),
             }
-        };
+            continue;
+        }
 
         // The watchdog: a pull the server forgot (restart, lost connection)
-        // would otherwise hold the loop until the client's own, longer timer.
+        // would otherwise hold the loop forever. Whatever the server still
+        // sends for it arrives on the inbox and is handled all the same.
         let overdue = tokio::time::sleep(expiry + PULL_GRACE);
         tokio::pin!(overdue);
         let mut received = 0usize;
-        loop {
-            tokio::select! {
+        // The server sends no end-of-pull status once the pull is filled.
+        while !permits.is_empty() {
+            let incoming = tokio::select! {
                 biased;
-                () = signal.clone() => {
-                    // Events already here but not started go back now, not
-                    // after their ack wait.
-                    while let Some(Some(Ok(message))) = batch.next().now_or_never() {
-                        let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
-                    }
-                    break 'pulling;
-                }
+                () = signal.clone() => break 'pulling Ok(()),
                 () = &mut overdue => {
                     tracing::warn!(consumer = %group, "pull request overdue; pulling again");
                     break;
                 }
-                item = batch.next() => match item {
-                    None => break,
-                    Some(Ok(message)) => {
-                        received += 1;
-                        let Some(permit) = permits.pop() else {
-                            // The server sent more than asked: settle it
-                            // later rather than overrun the slots.
-                            let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
-                            continue;
-                        };
-                        let task = process(message, shared.clone(), permit, stopped.clone());
-                        tasks.spawn(task);
-                    }
-                    Some(Err(err)) => {
-                        tracing::warn!(consumer = %group, error = %err, "pull failed; recovering the consumer");
-                        match recover(&client, &stream, &config, &signal).await? {
-                            Some(recovered) => pull_consumer = recovered,
-                            None => break 'pulling,
-                        }
+                incoming = inbox.subscription.next() => incoming,
+            };
+            let Some(incoming) = incoming else {
+                // Only a closed client ends the subscription.
+                match Inbox::subscribe(&client).await {
+                    Ok(renewed) => {
+                        tracing::warn!(consumer = %group, "pull inbox was closed; subscribed again");
+                        inbox = renewed;
                         break;
                     }
-                },
+                    Err(err) => break 'pulling Err(err),
+                }
+            };
+            match classify(incoming, &reply, client.jetstream()) {
+                Incoming::Event(message) => {
+                    received += 1;
+                    match permits.pop() {
+                        Some(permit) => {
+                            tasks.spawn(process(message, shared.clone(), permit, stopped.clone()));
+                        }
+                        None => keep_for_later(&mut backlog, message, concurrency).await,
+                    }
+                }
+                Incoming::Ended => break,
+                Incoming::Ignored => {}
+                Incoming::Refused(status) => {
+                    tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
+                    match recover(&client, &stream, &config, &signal).await {
+                        Ok(Some(recovered)) => pull_consumer = recovered,
+                        Ok(None) => break 'pulling Ok(()),
+                        Err(err) => break 'pulling Err(err),
+                    }
+                    break;
+                }
             }
         }
         drop(permits);
 
         if received > 0 {
             suspicious_pulls = 0;
+            failed_checks = 0;
             continue;
         }
         let recreate = match watchdog(&mut pull_consumer, &group).await {
             Watchdog::Healthy => {
                 suspicious_pulls = 0;
+                failed_checks = 0;
                 false
             }
             // Once can be a race with a publish right after the pull
             // expired; twice in a row is a stuck consumer.
             Watchdog::PendingButEmpty(pending) => {
                 suspicious_pulls += 1;
+                failed_checks = 0;
                 if suspicious_pulls >= 2 {
                     tracing::warn!(
                         consumer = %group,
@@ -219,18 +268,158 @@ where
                 tracing::warn!(consumer = %group, "durable consumer was deleted; recreating it");
                 true
             }
+            // Once is a disconnect or a slow server; the next pull tells
+            // more. Again and again while pulls come back empty is not.
+            Watchdog::Unknown(error) => {
+                failed_checks += 1;
+                if failed_checks >= MAX_FAILED_CHECKS {
+                    tracing::warn!(
+                        consumer = %group,
+                        error,
+                        checks = failed_checks,
+                        "consumer state keeps failing to load; recreating the consumer"
+                    );
+                }
+                failed_checks >= MAX_FAILED_CHECKS
+            }
         };
         if recreate {
             suspicious_pulls = 0;
-            match recover(&client, &stream, &config, &signal).await? {
-                Some(recovered) => pull_consumer = recovered,
-                None => break 'pulling,
+            failed_checks = 0;
+            match recover(&client, &stream, &config, &signal).await {
+                Ok(Some(recovered)) => pull_consumer = recovered,
+                Ok(None) => break 'pulling Ok(()),
+                Err(err) => break 'pulling Err(err),
             }
         }
+    };
+
+    // Events here but not started go back now, not after their ack wait.
+    let mut undelivered: Vec<jetstream::Message> = backlog.drain(..).collect();
+    while let Some(Some(incoming)) = inbox.subscription.next().now_or_never() {
+        if let Incoming::Event(message) = classify(incoming, "", client.jetstream()) {
+            undelivered.push(message);
+        }
+    }
+    for message in undelivered {
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
+    }
+    drop(inbox);
+    shutdown(&client, &shared.settings, tasks, stop).await;
+    result
+}
+
+/// The one inbox every pull of a runner is answered on: pull `n` replies to
+/// `{prefix}.{n}`, all through one wildcard subscription that lives as long
+/// as the runner (the client renews it on reconnect). An event the server
+/// sends for a pull the loop already gave up on (its request held up by a
+/// stalled network, or sent late after a reconnect) still arrives here;
+/// with an inbox per pull it would go to a dropped subscription and stay
+/// unacked until the ack wait.
+struct Inbox {
+    prefix: String,
+    subscription: async_nats::Subscriber,
+    pulls: u64,
+}
+
+impl Inbox {
+    async fn subscribe(client: &Client) -> Result<Self, ConsumeError> {
+        let prefix = client.nats().new_inbox();
+        let subscription = tokio::time::timeout(
+            SUBSCRIBE_TIMEOUT,
+            client.nats().subscribe(format!("{prefix}.*")),
+        )
+        .await
+        .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?
+        .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
+        Ok(Self {
+            prefix,
+            subscription,
+            pulls: 0,
+        })
     }
 
-    shutdown(&client, &shared.settings, tasks, stop).await;
-    Ok(())
+    /// The reply subject of the next pull.
+    fn next_reply(&mut self) -> String {
+        self.pulls += 1;
+        format!("{}.{}", self.prefix, self.pulls)
+    }
+}
+
+/// What came in on the pull inbox.
+enum Incoming {
+    Event(jetstream::Message),
+    /// The current pull is over: expired, or nothing to deliver.
+    Ended,
+    /// A status for an earlier pull, or a heartbeat.
+    Ignored,
+    /// The server refused the current pull (consumer gone, leader change,
+    /// no responders).
+    Refused(String),
+}
+
+/// Sorts what came in on the inbox; `current` is the reply subject of the
+/// pull being waited for. Events count whichever pull they answer; statuses
+/// only for the current one.
+fn classify(message: async_nats::Message, current: &str, context: &jetstream::Context) -> Incoming {
+    use async_nats::StatusCode;
+    match message.status {
+        None | Some(StatusCode::OK) => Incoming::Event(jetstream::Message {
+            message,
+            context: context.clone(),
+        }),
+        Some(_) if message.subject.as_str() != current => Incoming::Ignored,
+        Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => Incoming::Ended,
+        Some(StatusCode::IDLE_HEARTBEAT) => Incoming::Ignored,
+        Some(status) => Incoming::Refused(match &message.description {
+            Some(description) => format!("{status} {description}"),
+            None => status.to_string(),
+        }),
+    }
+}
+
+/// Holds an event that came without a free slot. Only answers to pulls the
+/// loop gave up on bring more than was asked for; beyond one pull's worth,
+/// Nak without delay rather than let ack waits run out in a local queue.
+async fn keep_for_later(
+    backlog: &mut VecDeque<jetstream::Message>,
+    message: jetstream::Message,
+    limit: usize,
+) {
+    if backlog.len() < limit {
+        backlog.push_back(message);
+    } else {
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
+    }
+}
+
+/// Waits until the client is connected; false when shutdown came first.
+async fn wait_connected(client: &Client, group: &str, signal: &Signal) -> bool {
+    use async_nats::connection::State;
+    if client.nats().connection_state() == State::Connected {
+        return true;
+    }
+    tracing::debug!(consumer = %group, "not connected; pulling waits for the connection");
+    let started = tokio::time::Instant::now();
+    let mut reported = started;
+    loop {
+        tokio::select! {
+            biased;
+            () = signal.clone() => return false,
+            () = tokio::time::sleep(CONNECTION_POLL) => {}
+        }
+        if client.nats().connection_state() == State::Connected {
+            return true;
+        }
+        if reported.elapsed() >= DISCONNECTED_REPORT {
+            reported = tokio::time::Instant::now();
+            tracing::warn!(
+                consumer = %group,
+                disconnected_s = started.elapsed().as_secs(),
+                "still not connected; no events are consumed"
+            );
+        }
+    }
 }
 
 /// Lets in-flight handlers finish within the grace period, then tells the
@@ -269,12 +458,18 @@ enum Watchdog {
     PendingButEmpty(u64),
     /// The durable consumer (or its stream) is gone.
     Missing,
+    /// The consumer's state could not be loaded (disconnected, timeout).
+    Unknown(String),
 }
 
 /// After an empty pull: is the consumer still there, and if the server holds
 /// events for it, why did none come?
 async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str) -> Watchdog {
-    match consumer.info().await {
+    let info = match tokio::time::timeout(CHECK_TIMEOUT, consumer.info()).await {
+        Ok(info) => info,
+        Err(_) => return Watchdog::Unknown("consumer info timed out".to_owned()),
+    };
+    match info {
         Ok(info) => {
             let max_ack_pending =
                 usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX);
@@ -295,9 +490,8 @@ async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str)
             if missing {
                 Watchdog::Missing
             } else {
-                // Most likely disconnected: the next pull tells more.
                 tracing::debug!(consumer = %group, error = %err, "consumer info failed");
-                Watchdog::Healthy
+                Watchdog::Unknown(err.to_string())
             }
         }
     }
@@ -429,15 +623,18 @@ async fn process<S: Clone + Send + Sync + 'static>(
         messaging.destination.name = %subject,
         messaging.consumer.group.name = %shared.group,
         messaging.message.id = tracing::field::Empty,
+        messaging.message.conversation_id = tracing::field::Empty,
         messaging.nats.stream = %stream,
         messaging.nats.stream.sequence = stream_sequence,
         messaging.nats.message.delivery_count = delivered,
         cloudevents.event_id = tracing::field::Empty,
         cloudevents.event_type = tracing::field::Empty,
         cloudevents.event_source = tracing::field::Empty,
+        cloudevents.event_spec_version = "1.0",
         jetevents.settle = tracing::field::Empty,
         jetevents.nak_delay_ms = tracing::field::Empty,
         jetevents.dead_letter.reason = tracing::field::Empty,
+        jetevents.terminated = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
 
@@ -458,6 +655,9 @@ async fn process<S: Clone + Send + Sync + 'static>(
         span.record("cloudevents.event_id", envelope.id.as_str());
         span.record("cloudevents.event_type", envelope.event_type.as_str());
         span.record("cloudevents.event_source", envelope.source.as_str());
+        if let Some(id) = envelope.correlation_id() {
+            span.record("messaging.message.conversation_id", id);
+        }
     }
 
     let work = async {
@@ -602,20 +802,27 @@ async fn decide<S: Clone + Send + Sync + 'static>(
             reason: "shutdown",
         },
         Some(Ok(Ok(()))) => Decision::Ack,
-        Some(Ok(Err(err))) if err.is_permanent() => Decision::DeadLetter {
-            reason: DeadLetterReason::Permanent,
-            error: err.chain(),
-        },
+        Some(Ok(Err(err))) if err.is_permanent() => {
+            tracing::Span::current().record("error.type", "permanent");
+            Decision::DeadLetter {
+                reason: DeadLetterReason::Permanent,
+                error: err.chain(),
+            }
+        }
         Some(Ok(Err(err))) => {
-            tracing::Span::current().record("error.type", "transient");
+            let span = tracing::Span::current();
+            span.record("error.type", "transient");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", err.chain().as_str());
             transient(err.chain(), err.retry_delay())
         }
         Some(Err(panic)) => {
-            tracing::Span::current().record("error.type", "panic");
-            transient(
-                format!("handler panicked: {}", panic_message(panic.as_ref())),
-                None,
-            )
+            let error = format!("handler panicked: {}", panic_message(panic.as_ref()));
+            let span = tracing::Span::current();
+            span.record("error.type", "panic");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+            transient(error, None)
         }
     }
 }
@@ -658,6 +865,13 @@ async fn settle<S>(
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", error.as_str());
             span.record("jetevents.dead_letter.reason", reason.as_str());
+            if matches!(
+                reason,
+                DeadLetterReason::Undecodable | DeadLetterReason::Unhandled
+            ) {
+                // Handler failures recorded theirs in `decide`.
+                span.record("error.type", reason.as_str());
+            }
             let failure = Failure {
                 reason,
                 error: &error,
@@ -679,8 +893,14 @@ async fn settle<S>(
                         ),
                     );
                     tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
-                    if let Err(err) = message.ack_with(AckKind::Term).await {
-                        tracing::warn!(error = %err, "term after dead-lettering failed");
+                    match message.ack_with(AckKind::Term).await {
+                        Ok(()) => {
+                            span.record("jetevents.terminated", true);
+                        }
+                        Err(err) => {
+                            span.record("jetevents.terminated", false);
+                            tracing::warn!(error = %err, "term after dead-lettering failed");
+                        }
                     }
                 }
                 Err(err) => {

@@ -146,6 +146,11 @@ impl Checker {
             .or_default() += 1;
     }
 
+    /// Whether `op` was handled at least once.
+    pub fn is_handled(&self, op: &str) -> bool {
+        self.state.lock().unwrap().handled.contains_key(op)
+    }
+
     /// How many distinct ops were handled so far.
     pub fn handled_distinct(&self) -> usize {
         self.state.lock().unwrap().handled.len()
