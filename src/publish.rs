@@ -550,9 +550,10 @@ impl Publisher {
             };
             match outcome {
                 Ok(ack) => {
-                    prepared
-                        .span
-                        .record("messaging.nats.stream.sequence", ack.sequence);
+                    prepared.span.record(
+                        "messaging.nats.stream.sequence",
+                        i64::try_from(ack.sequence).unwrap_or(i64::MAX),
+                    );
                     return Ok(receipt(prepared, ack));
                 }
                 Err(AttemptError::Final(err)) => {

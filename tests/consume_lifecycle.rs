@@ -364,9 +364,11 @@ async fn events_for_pulls_given_up_during_a_network_stall_are_handled() {
         .unwrap();
     let running = Running::start(consumer);
     world.publish(0).await;
-    eventually("event before the stall", Duration::from_secs(10), || async {
-        handled.len() == 1
-    })
+    eventually(
+        "event before the stall",
+        Duration::from_secs(10),
+        || async { handled.len() == 1 },
+    )
     .await;
 
     proxy.set_mode(FaultMode::Stall);

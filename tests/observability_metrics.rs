@@ -133,7 +133,7 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
         "five events, one of them delivered twice"
     );
     assert_eq!(
-        metrics.sum_u64("jetevents.consume.retries", &[group.clone()]),
+        metrics.sum_u64("jetevents.consume.retries", std::slice::from_ref(&group)),
         1
     );
     assert_eq!(
@@ -145,7 +145,7 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
     );
     assert_eq!(metrics.sum_u64("jetevents.consume.dead_lettered", &[]), 1);
     assert_eq!(
-        metrics.histogram_count("messaging.process.duration", &[group.clone()]),
+        metrics.histogram_count("messaging.process.duration", std::slice::from_ref(&group)),
         6
     );
     assert_eq!(

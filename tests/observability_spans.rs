@@ -13,6 +13,7 @@ use jetevents::consume::{Consumer, Context, DeadLetterConfig, HandlerError, Retr
 use jetevents::provision::StreamSpec;
 use jetevents::publish::{PublishErrorKind, PublishOptions};
 use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
+use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
@@ -170,6 +171,10 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
             );
         }
         assert_eq!(attribute(span, "error.type"), None, "{n}");
+        assert_eq!(
+            int_attribute(span, "messaging.nats.stream.sequence"),
+            Some(i64::try_from(receipt.sequence).unwrap())
+        );
     }
     let lost_subject = format!("{env}.nowhere.thing.happened.v1");
     let lost_span = one(&spans, &format!("publish {lost_subject}"), None);
@@ -218,6 +223,14 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
                 "{n}/{delivery}: {key}"
             );
         }
+        assert_eq!(
+            int_attribute(span, "messaging.nats.message.delivery_count"),
+            Some(i64::try_from(delivery).unwrap())
+        );
+        assert_eq!(
+            int_attribute(span, "messaging.nats.stream.sequence"),
+            Some(i64::try_from(receipt.sequence).unwrap())
+        );
         span
     };
 
@@ -230,8 +243,8 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     let failed = process(2, 1);
     assert_outcome(failed, "nak", Some("transient"));
     assert_eq!(
-        attribute(failed, "jetevents.nak_delay_ms").as_deref(),
-        Some(TRANSIENT_DELAY.as_millis().to_string().as_str())
+        int_attribute(failed, "jetevents.nak_delay_ms"),
+        Some(i64::try_from(TRANSIENT_DELAY.as_millis()).unwrap())
     );
     assert_error_status(failed, "inventory service unavailable");
     assert_outcome(process(2, 2), "ack", None);
@@ -320,6 +333,16 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
         .collect();
     assert!(values.len() <= 1, "{} has {key} {values:?}", span.name);
     values.into_iter().next()
+}
+
+/// An integer attribute, which must be exported as one (not as text).
+fn int_attribute(span: &SpanData, key: &str) -> Option<i64> {
+    attribute(span, key)?;
+    let kv = span.attributes.iter().find(|kv| kv.key.as_str() == key)?;
+    match kv.value {
+        Value::I64(value) => Some(value),
+        ref other => panic!("{}: {key} is not an integer: {other:?}", span.name),
+    }
 }
 
 fn assert_outcome(span: &SpanData, settle: &str, error_type: Option<&str>) {

@@ -53,6 +53,41 @@ fn prepare(client: &Client, event: &common::AppointmentBooked, stages: u32) -> u
     size
 }
 
+/// The raw message up to `stages` steps: 1 JSON payload, 2 id, time,
+/// traceparent and subject strings, 3 the async-nats `HeaderMap` (all of
+/// [`raw_message`]).
+fn raw_stages(event: &common::AppointmentBooked, stages: u32) -> usize {
+    if stages >= 3 {
+        let (subject, headers, payload) = raw_message(event);
+        return subject.len() + headers.len() + payload.len();
+    }
+    let payload = bytes::Bytes::from(serde_json::to_vec(event).expect("serialize"));
+    if stages < 2 {
+        return payload.len();
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let traceparent = {
+        use opentelemetry::trace::TraceContextExt;
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        let span = span.span_context();
+        format!(
+            "00-{}-{}-{:02x}",
+            span.trace_id(),
+            span.span_id(),
+            span.trace_flags().to_u8()
+        )
+    };
+    let subject = format!(
+        "{}.{}.{}",
+        common::ENV,
+        <common::AppointmentBooked as jetevents::Event>::TYPE,
+        event.appointment_id
+    );
+    payload.len() + id.len() + time.len() + traceparent.len() + subject.len()
+}
+
 fn time_per_event(
     events: &[common::AppointmentBooked],
     mut f: impl FnMut(&common::AppointmentBooked) -> usize,
@@ -84,7 +119,16 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
     let mut rounds_raw = Vec::new();
     let mut rounds_je = Vec::new();
     let mut stages = vec![Vec::new(); names.len()];
+    let raw_names = [
+        "json payload",
+        "id, time, traceparent, subject",
+        "HeaderMap (9 headers)",
+    ];
+    let mut raw_stage_times = vec![Vec::new(); raw_names.len()];
     for _ in 0..settings.rounds {
+        for (index, stage) in raw_stage_times.iter_mut().enumerate() {
+            stage.push(time_per_event(&events, |e| raw_stages(e, index as u32 + 1)));
+        }
         rounds_raw.push(time_per_event(&events, |e| {
             let (subject, headers, payload) = raw_message(e);
             subject.len() + headers.len() + payload.len()
@@ -113,6 +157,15 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
     metric.jetevents_runs = rounds_je;
     metric.raw_runs = rounds_raw;
     scenario.push(metric);
+    let mut previous = 0.0;
+    for (name, stage) in raw_names.iter().zip(&raw_stage_times) {
+        let cumulative = common::median(stage);
+        scenario.notes.push(format!(
+            "raw stage {name}: +{:.0} ns (cumulative {cumulative:.0} ns)",
+            cumulative - previous
+        ));
+        previous = cumulative;
+    }
     let mut previous = 0.0;
     for (name, stage) in names.iter().zip(&stages) {
         let cumulative = common::median(stage);

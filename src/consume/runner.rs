@@ -625,8 +625,9 @@ async fn process<S: Clone + Send + Sync + 'static>(
         messaging.message.id = tracing::field::Empty,
         messaging.message.conversation_id = tracing::field::Empty,
         messaging.nats.stream = %stream,
-        messaging.nats.stream.sequence = stream_sequence,
-        messaging.nats.message.delivery_count = delivered,
+        // Signed: tracing-opentelemetry exports u64 fields as strings.
+        messaging.nats.stream.sequence = i64::try_from(stream_sequence).unwrap_or(i64::MAX),
+        messaging.nats.message.delivery_count = i64::try_from(delivered).unwrap_or(i64::MAX),
         cloudevents.event_id = tracing::field::Empty,
         cloudevents.event_type = tracing::field::Empty,
         cloudevents.event_source = tracing::field::Empty,
@@ -917,7 +918,10 @@ async fn settle<S>(
 
 async fn nak(span: &tracing::Span, message: &jetstream::Message, delay: Duration, reason: &str) {
     span.record("jetevents.settle", "nak");
-    span.record("jetevents.nak_delay_ms", delay.as_millis() as u64);
+    span.record(
+        "jetevents.nak_delay_ms",
+        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+    );
     tracing::debug!(delay_ms = delay.as_millis() as u64, reason, "event Naked");
     // Always with a delay (zero only on shutdown): a bare Nak redelivers at
     // once and a failing handler would spin.
