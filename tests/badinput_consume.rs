@@ -52,9 +52,21 @@ fn malformed() -> Vec<(&'static str, Option<HeaderMap>, Bytes)> {
 
     let mut structured = HeaderMap::new();
     structured.insert("Content-Type", "application/cloudevents+json");
-    cases.push(("structured, not JSON", Some(structured.clone()), Bytes::from_static(b"{not json")));
-    cases.push(("structured, JSON array", Some(structured), Bytes::from_static(b"[1,2,3]")));
-    cases.push(("no headers, not JSON", None, Bytes::from_static(b"\x00\x01garbage")));
+    cases.push((
+        "structured, not JSON",
+        Some(structured.clone()),
+        Bytes::from_static(b"{not json"),
+    ));
+    cases.push((
+        "structured, JSON array",
+        Some(structured),
+        Bytes::from_static(b"[1,2,3]"),
+    ));
+    cases.push((
+        "no headers, not JSON",
+        None,
+        Bytes::from_static(b"\x00\x01garbage"),
+    ));
 
     for missing in ["ce-id", "ce-source", "ce-type", "ce-specversion"] {
         let mut headers = ce_headers_without("bad-missing", missing);
@@ -76,11 +88,19 @@ fn malformed() -> Vec<(&'static str, Option<HeaderMap>, Bytes)> {
     let mut overlong = ce_headers("bad-overlong");
     // An overlong encoding of '/': must not decode.
     overlong.insert("ce-subject", "%C0%AF");
-    cases.push(("overlong UTF-8 in a header", Some(overlong), good_payload("never")));
+    cases.push((
+        "overlong UTF-8 in a header",
+        Some(overlong),
+        good_payload("never"),
+    ));
 
     let mut broken_percent = ce_headers("bad-percent");
     broken_percent.insert("ce-subject", "100%");
-    cases.push(("broken percent-encoding", Some(broken_percent), good_payload("never")));
+    cases.push((
+        "broken percent-encoding",
+        Some(broken_percent),
+        good_payload("never"),
+    ));
 
     cases.push((
         "data of the wrong shape",
@@ -145,21 +165,26 @@ async fn malformed_events_are_dead_lettered_with_a_reason_and_good_ones_flow() {
                 .await
                 .unwrap(),
         };
-        ack.await.unwrap_or_else(|err| panic!("{name}: not stored: {err}"));
+        ack.await
+            .unwrap_or_else(|err| panic!("{name}: not stored: {err}"));
         // A good event after each bad one: the runner must reach it.
         let good = op("good", n, 10);
         let result = publisher.publish(&good).await;
         checker.record(&good.op, &result);
     }
 
-    eventually("every good event handled", Duration::from_secs(60), || async {
-        checker.all_acked_handled()
-    })
+    eventually(
+        "every good event handled",
+        Duration::from_secs(60),
+        || async { checker.all_acked_handled() },
+    )
     .await;
     let dead_letters = dead_letters_of(&client, &stream);
-    eventually("every malformed event dead-lettered", Duration::from_secs(60), || async {
-        dead_letters.list(100).await.map(|l| l.len()).unwrap_or(0) >= cases.len()
-    })
+    eventually(
+        "every malformed event dead-lettered",
+        Duration::from_secs(60),
+        || async { dead_letters.list(100).await.map(|l| l.len()).unwrap_or(0) >= cases.len() },
+    )
     .await;
     let entries = dead_letters.list(100).await.unwrap();
     assert_eq!(entries.len(), cases.len());
@@ -202,7 +227,10 @@ async fn huge_headers_neither_stall_nor_crash_the_runner() {
         many.insert(format!("x-junk-{n}").as_str(), "0123456789");
     }
     let mut bad_giant = ce_headers("huge-bad");
-    bad_giant.insert("ce-subject", format!("{}%ZZ", "y".repeat(60 * 1024)).as_str());
+    bad_giant.insert(
+        "ce-subject",
+        format!("{}%ZZ", "y".repeat(60 * 1024)).as_str(),
+    );
     let cases = [
         ("giant extension", giant, "huge-giant"),
         ("2500 headers", many, "huge-many"),
@@ -225,15 +253,23 @@ async fn huge_headers_neither_stall_nor_crash_the_runner() {
     // Valid events (however large) are handled; the broken one is
     // dead-lettered; the good event after them all gets through.
     let dead_letters = dead_letters_of(&client, &stream);
-    eventually("every huge message settled", Duration::from_secs(60), || async {
-        let dead = dead_letters.list(10).await.map(|l| l.len()).unwrap_or(0);
-        checker.handled_distinct() + dead >= 4 && checker.is_handled(&good.op)
-    })
+    eventually(
+        "every huge message settled",
+        Duration::from_secs(60),
+        || async {
+            let dead = dead_letters.list(10).await.map(|l| l.len()).unwrap_or(0);
+            checker.handled_distinct() + dead >= 4 && checker.is_handled(&good.op)
+        },
+    )
     .await;
     let entries = dead_letters.list(10).await.unwrap();
     assert_eq!(entries.len(), 1, "only the broken one is dead-lettered");
     let entry = &entries[0];
-    println!("dead-lettered: {} ({} bytes of error)", entry.reason, entry.error.len());
+    println!(
+        "dead-lettered: {} ({} bytes of error)",
+        entry.reason,
+        entry.error.len()
+    );
     assert_eq!(entry.reason, DeadLetterReason::Undecodable);
     assert!(entry.error.contains("ce-subject"), "{}", entry.error);
     assert!(!running.is_finished(), "the runner stopped");
@@ -248,13 +284,17 @@ async fn huge_headers_neither_stall_nor_crash_the_runner() {
 /// Publishes one message with raw protocol bytes, so its headers can hold
 /// what no client library would send (invalid UTF-8).
 async fn raw_hpub(port: u16, subject: &str, header_block: &[u8], payload: &[u8]) {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     let info = lines.next_line().await.unwrap().unwrap();
     assert!(info.starts_with("INFO"), "{info}");
     write
-        .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n")
+        .write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n",
+        )
         .await
         .unwrap();
     let total = header_block.len() + payload.len();
@@ -272,12 +312,15 @@ async fn raw_hpub(port: u16, subject: &str, header_block: &[u8], payload: &[u8])
     }
 }
 
-/// An HMSG whose header block is not UTF-8 makes async-nats fail the whole
-/// connection ("header isn't valid utf-8"), so the runner never sees the
-/// message: it cannot be dead-lettered or acked, and every redelivery cuts
-/// the connection again until the server stops at max_deliver.
+/// Fails today. An HMSG whose header block is not UTF-8 makes async-nats
+/// fail the whole connection ("header isn't valid utf-8"), so the runner
+/// never sees the message: it cannot be dead-lettered or acked, and every
+/// redelivery cuts the connection again until the server stops at
+/// max_deliver. Events pulled in the same batch are dragged along: observed,
+/// the good event after it reached max_deliver too and was never handled,
+/// with nothing pending on the consumer (silently dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "async-nats limitation: a non-UTF-8 header block drops the connection; see RELIABILITY.md"]
+#[ignore = "async-nats limitation: a non-UTF-8 header block drops the connection and events in the same pull are silently dropped at max_deliver; see RELIABILITY.md"]
 async fn invalid_utf8_in_a_header_is_dead_lettered() {
     let (client, stream, checker) = setup("utf8").await;
     let server = support::shared_server().await;
@@ -293,23 +336,35 @@ async fn invalid_utf8_in_a_header_is_dead_lettered() {
     let subject = format!("{}.chaos.op.recorded.v1.p2", client.subjects().env());
     let header_block =
         b"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: \xff\xfe\xc0\xaf\r\nce-source: /raw\r\nce-type: chaos.op.recorded.v1\r\n\r\n";
-    raw_hpub(server.client_port(), &subject, header_block, &good_payload("raw")).await;
+    raw_hpub(
+        server.client_port(),
+        &subject,
+        header_block,
+        &good_payload("raw"),
+    )
+    .await;
     let good = op("after-utf8", 0, 10);
     let result = client.publisher().publish(&good).await;
     checker.record(&good.op, &result);
 
-    let started = std::time::Instant::now();
-    while !checker.all_acked_handled() && started.elapsed() < Duration::from_secs(90) {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        eprintln!("DEBUG t={:?} connects {} state {:?}", started.elapsed(), client.nats().statistics().connects.load(std::sync::atomic::Ordering::Relaxed), client.nats().connection_state());
-    }
-    eprintln!("DEBUG good handled after {:?}, connects {}", started.elapsed(), client.nats().statistics().connects.load(std::sync::atomic::Ordering::Relaxed));
-    let info = client.jetstream().get_stream(&stream).await.unwrap().consumer_info("utf8").await.unwrap();
-    eprintln!("DEBUG consumer: delivered {:?} ack_floor {:?} pending {} ack_pending {} redelivered {}", info.delivered, info.ack_floor, info.num_pending, info.num_ack_pending, info.num_redelivered);
+    eventually(
+        "the good event handled",
+        Duration::from_secs(60),
+        || async { checker.all_acked_handled() },
+    )
+    .await;
     let dead_letters = dead_letters_of(&client, &stream);
-    eventually("the raw message dead-lettered", Duration::from_secs(60), || async {
-        dead_letters.list(10).await.map(|l| !l.is_empty()).unwrap_or(false)
-    })
+    eventually(
+        "the raw message dead-lettered",
+        Duration::from_secs(60),
+        || async {
+            dead_letters
+                .list(10)
+                .await
+                .map(|l| !l.is_empty())
+                .unwrap_or(false)
+        },
+    )
     .await;
     running.stop().await;
 }

@@ -47,11 +47,13 @@ async fn child_instance_that_never_acks() {
         .ack_wait(ACK_WAIT)
         .pull_expiry(Duration::from_millis(500))
         .concurrency(4)
-        .handle(|event: checker::Op, _ctx: jetevents::consume::Context| async move {
-            println!("STARTED {}", event.op);
-            std::future::pending::<()>().await;
-            Ok::<_, jetevents::consume::HandlerError>(())
-        })
+        .handle(
+            |event: checker::Op, _ctx: jetevents::consume::Context| async move {
+                println!("STARTED {}", event.op);
+                std::future::pending::<()>().await;
+                Ok::<_, jetevents::consume::HandlerError>(())
+            },
+        )
         .build()
         .await
         .unwrap();
@@ -107,9 +109,11 @@ async fn an_instance_killed_before_acking_hands_its_events_to_the_other() {
         }
     });
     // The child holds as many events as it has handler slots.
-    eventually("the child instance holds 4 events", Duration::from_secs(60), || async {
-        started.lock().unwrap().len() >= 4
-    })
+    eventually(
+        "the child instance holds 4 events",
+        Duration::from_secs(60),
+        || async { started.lock().unwrap().len() >= 4 },
+    )
     .await;
 
     let survivor = Running::start(
@@ -127,15 +131,23 @@ async fn an_instance_killed_before_acking_hands_its_events_to_the_other() {
     reader.await.unwrap();
     let held_by_child = started.lock().unwrap().clone();
 
-    eventually("every event handled by the survivor", Duration::from_secs(60), || async {
-        checker.all_acked_handled()
-    })
+    eventually(
+        "every event handled by the survivor",
+        Duration::from_secs(60),
+        || async { checker.all_acked_handled() },
+    )
     .await;
     survivor.stop().await;
     let report = checker.report();
-    println!("the killed instance held {} events: {held_by_child:?}", held_by_child.len());
+    println!(
+        "the killed instance held {} events: {held_by_child:?}",
+        held_by_child.len()
+    );
     // Handled here means handled by the survivor, the child's events included.
-    report.assert_no_loss().assert_no_duplicates().assert_all_acked();
+    report
+        .assert_no_loss()
+        .assert_no_duplicates()
+        .assert_all_acked();
     assert_eq!(held_by_child.len(), 4, "{held_by_child:?}");
 }
 
@@ -151,14 +163,20 @@ async fn shutdown_with_events_in_flight_while_publishing_loses_none() {
 
     // A slow instance with a short grace: stopped with handlers running.
     let slow = Running::start(
-        consumer(&client, "shippers", &stream, &checker, Duration::from_millis(300))
-            .ack_wait(ACK_WAIT)
-            .pull_expiry(Duration::from_millis(500))
-            .shutdown_grace(Duration::from_millis(100))
-            .concurrency(8)
-            .build()
-            .await
-            .unwrap(),
+        consumer(
+            &client,
+            "shippers",
+            &stream,
+            &checker,
+            Duration::from_millis(300),
+        )
+        .ack_wait(ACK_WAIT)
+        .pull_expiry(Duration::from_millis(500))
+        .shutdown_grace(Duration::from_millis(100))
+        .concurrency(8)
+        .build()
+        .await
+        .unwrap(),
     );
     let publishing = tokio::spawn({
         let publisher = client.publisher();
@@ -166,15 +184,18 @@ async fn shutdown_with_events_in_flight_while_publishing_loses_none() {
         async move {
             for chunk in 0..count / 20 {
                 let events: Vec<_> = (0..20).map(|n| op("stop", chunk * 20 + n, 100)).collect();
-                for (event, result) in events.iter().zip(publisher.publish_many(&events, 20).await) {
+                for (event, result) in events.iter().zip(publisher.publish_many(&events, 20).await)
+                {
                     checker.record(&event.op, &result);
                 }
             }
         }
     });
-    eventually("the slow instance handled some", Duration::from_secs(30), || async {
-        checker.handled_distinct() >= 8
-    })
+    eventually(
+        "the slow instance handled some",
+        Duration::from_secs(30),
+        || async { checker.handled_distinct() >= 8 },
+    )
     .await;
     // Stopped mid-stream: up to 8 handlers are running; they are Naked.
     slow.stop().await;
@@ -197,6 +218,12 @@ async fn shutdown_with_events_in_flight_while_publishing_loses_none() {
     .await;
     fast.stop().await;
     let report = checker.report();
-    assert!(handled_at_stop < count, "the slow instance finished everything before the stop");
-    report.assert_no_loss().assert_no_duplicates().assert_all_acked();
+    assert!(
+        handled_at_stop < count,
+        "the slow instance finished everything before the stop"
+    );
+    report
+        .assert_no_loss()
+        .assert_no_duplicates()
+        .assert_all_acked();
 }

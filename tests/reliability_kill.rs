@@ -15,7 +15,6 @@ mod checker;
 mod support;
 use checker::{eventually, op, read_back, scaled, Checker};
 
-const CYCLES: usize = 3;
 const WINDOW: usize = 16;
 
 async fn stored(client: &jetevents::client::Client, stream: &str) -> u64 {
@@ -27,7 +26,9 @@ async fn stored(client: &jetevents::client::Client, stream: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_pipelined_publish_loses_no_acked_event() {
-    let per_cycle = scaled(1_500);
+    let per_cycle = 1_500;
+    // Three kills by default, three per unit of JETEVENTS_FAULT_SCALE.
+    let cycles = scaled(3);
     let mut server = NatsServer::start().await.unwrap();
     let client = support::connect(&server.url(), "dev", |config| {
         // Short: after a kill every ack in flight times out, and publish_many
@@ -44,7 +45,7 @@ async fn sigkill_during_pipelined_publish_loses_no_acked_event() {
 
     let checker = Checker::new("sigkill-pipelined");
     let mut killed_mid_publish = 0;
-    for cycle in 0..CYCLES {
+    for cycle in 0..cycles {
         let before = stored(&client, "CHAOS").await;
         let events: Vec<_> = (0..per_cycle)
             .map(|n| op("kill", cycle * per_cycle + n, 200))
@@ -56,15 +57,15 @@ async fn sigkill_during_pipelined_publish_loses_no_acked_event() {
         });
         // Kill once a tenth of this cycle is stored: the rest is in flight
         // or not yet sent.
-        eventually("a tenth of the cycle stored", Duration::from_secs(60), || async {
-            stored(&client, "CHAOS").await >= before + (per_cycle / 10) as u64
-        })
+        eventually(
+            "a tenth of the cycle stored",
+            Duration::from_secs(60),
+            || async { stored(&client, "CHAOS").await >= before + (per_cycle / 10) as u64 },
+        )
         .await;
-        let t0 = std::time::Instant::now();
+        let killed_at = std::time::Instant::now();
         server.kill().await.unwrap();
-        let t1 = t0.elapsed();
         server.restart().await.unwrap();
-        let t2 = t0.elapsed();
         // Fewer than the whole cycle stored when the server is back: the kill
         // hit the publish in the middle (the client only now resends).
         if stored(&client, "CHAOS").await < before + per_cycle as u64 {
@@ -75,13 +76,14 @@ async fn sigkill_during_pipelined_publish_loses_no_acked_event() {
             .await
             .expect("publish_many did not return after the restart")
             .unwrap();
-        println!("kill {t1:?} restart {t2:?} publish done {:?}", t0.elapsed());
+        // Reported, not asserted: how long the pipeline took to recover.
+        let recovered_after = killed_at.elapsed();
         assert_eq!(results.len(), events.len());
         for (event, result) in events.iter().zip(&results) {
             checker.record(&event.op, result);
         }
         println!(
-            "cycle {cycle}: {} acked, {} failed",
+            "cycle {cycle}: {} acked, {} failed, publish_many returned {recovered_after:?} after the kill",
             results.iter().filter(|r| r.is_ok()).count(),
             results.iter().filter(|r| r.is_err()).count()
         );
@@ -89,7 +91,7 @@ async fn sigkill_during_pipelined_publish_loses_no_acked_event() {
 
     let read = read_back(&client, "CHAOS", &checker).await;
     let report = checker.report();
-    println!("read back {read} messages after {CYCLES} SIGKILL cycles, {killed_mid_publish} of them mid-publish");
+    println!("read back {read} messages after {cycles} SIGKILL cycles, {killed_mid_publish} of them mid-publish");
     assert!(killed_mid_publish > 0, "no kill hit a publish in flight");
     report
         .assert_no_loss()

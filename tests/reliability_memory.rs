@@ -33,14 +33,20 @@ async fn a_slow_handler_under_a_fast_producer_keeps_memory_bounded() {
     }
     drop(warmup);
     let running = Running::start(
-        consumer(&client, "slow", &stream, &checker, Duration::from_millis(10))
-            .max_ack_pending(MAX_ACK_PENDING)
-            .concurrency(4)
-            .ack_wait(Duration::from_secs(5))
-            .pull_expiry(Duration::from_millis(500))
-            .build()
-            .await
-            .unwrap(),
+        consumer(
+            &client,
+            "slow",
+            &stream,
+            &checker,
+            Duration::from_millis(10),
+        )
+        .max_ack_pending(MAX_ACK_PENDING)
+        .concurrency(4)
+        .ack_wait(Duration::from_secs(5))
+        .pull_expiry(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap(),
     );
     eventually("warm-up handled", Duration::from_secs(30), || async {
         checker.handled_distinct() == 50

@@ -30,7 +30,9 @@ struct Setup {
 
 async fn setup() -> Setup {
     let server = support::shared_server().await;
-    let upstream = format!("127.0.0.1:{}", server.client_port()).parse().unwrap();
+    let upstream = format!("127.0.0.1:{}", server.client_port())
+        .parse()
+        .unwrap();
     let proxy = FaultProxy::start(upstream).await.unwrap();
     let env = support::unique("net");
     let client = support::connect(&proxy.url(), &env, |config| {
@@ -97,9 +99,11 @@ async fn finish(
         .await
         .expect("publishing did not finish after the fault healed")
         .unwrap();
-    eventually("every acked op handled", Duration::from_secs(60), || async {
-        checker.all_acked_handled()
-    })
+    eventually(
+        "every acked op handled",
+        Duration::from_secs(60),
+        || async { checker.all_acked_handled() },
+    )
     .await;
     assert!(!running.is_finished(), "the runner gave up");
     running.stop().await;
@@ -107,100 +111,137 @@ async fn finish(
     checker.report()
 }
 
+/// Waits until the publisher is at round `round` of `rounds` (evenly spread
+/// over the run), so each fault hits it mid-stream.
+async fn wait_for_round(done: &AtomicUsize, count: usize, round: usize, rounds: usize) {
+    let target = (round + 1) * count / (rounds + 1);
+    eventually(
+        "publishing progressed",
+        Duration::from_secs(120),
+        || async { done.load(Ordering::SeqCst) >= target },
+    )
+    .await;
+}
+
+/// Publishes `probe` through the impatient client and checks that the
+/// fault in place left its outcome unknown.
+async fn probe_unknown(setup: &Setup, checker: &Checker, probe: &str) {
+    let probe = op(probe, 0, 10);
+    let result = setup.probe.publisher().publish(&probe).await;
+    assert!(
+        matches!(
+            result.as_ref().map_err(|e| e.kind()),
+            Err(PublishErrorKind::OutcomeUnknown { .. })
+        ),
+        "{result:?}"
+    );
+    checker.record(&probe.op, &result);
+}
+
+async fn wait_disconnected(client: &Client) {
+    eventually(
+        "the client sees the disconnect",
+        Duration::from_secs(10),
+        || async { client.nats().connection_state() != State::Connected },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_connection_heals_without_loss_or_duplicates() {
     let setup = setup().await;
     let count = scaled(300);
+    let faults = scaled(1);
     let checker = Checker::new("stall");
     let done = Arc::new(AtomicUsize::new(0));
     let running = start_consumer(&setup, &checker).await;
     let publishing = publish_in_background(&setup.client, "stall", count, &checker, &done);
-    eventually("a third published", Duration::from_secs(60), || async {
-        done.load(Ordering::SeqCst) >= count / 3
-    })
-    .await;
-
-    setup.proxy.set_mode(FaultMode::Stall);
-    // The stall is in place: a publish now gets no ack in time.
-    let probe = op("stall-probe", 0, 10);
-    let result = setup.probe.publisher().publish(&probe).await;
-    assert!(
-        matches!(result.as_ref().map_err(|e| e.kind()), Err(PublishErrorKind::OutcomeUnknown { .. })),
-        "{result:?}"
-    );
-    checker.record(&probe.op, &result);
-    setup.proxy.set_mode(FaultMode::Pass);
+    for round in 0..faults {
+        wait_for_round(&done, count, round, faults).await;
+        setup.proxy.set_mode(FaultMode::Stall);
+        // The stall is in place: a publish now gets no ack in time.
+        probe_unknown(&setup, &checker, &format!("stall-probe{round}")).await;
+        setup.proxy.set_mode(FaultMode::Pass);
+    }
 
     let report = finish(&setup, &checker, publishing, running).await;
     // Held bytes are delivered late, not lost: retries carried the same id,
     // so the server stored each op once, and no ack was lost.
-    report.assert_no_loss().assert_no_duplicates().assert_none_refused().assert_unknown_at_most(1);
+    report
+        .assert_no_loss()
+        .assert_no_duplicates()
+        .assert_none_refused()
+        .assert_unknown_at_most(faults);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_detected_and_reconnected_without_loss() {
     let setup = setup().await;
     let count = scaled(300);
+    let faults = scaled(1);
     let checker = Checker::new("connection-drop");
     let done = Arc::new(AtomicUsize::new(0));
     let running = start_consumer(&setup, &checker).await;
     let publishing = publish_in_background(&setup.client, "drop", count, &checker, &done);
-    eventually("a third published", Duration::from_secs(60), || async {
-        done.load(Ordering::SeqCst) >= count / 3
-    })
-    .await;
-
-    setup.proxy.set_mode(FaultMode::Close);
-    eventually("the client sees the disconnect", Duration::from_secs(10), || async {
-        setup.client.nats().connection_state() != State::Connected
-    })
-    .await;
-    setup.proxy.set_mode(FaultMode::Pass);
-    eventually("the client reconnects", Duration::from_secs(30), || async {
-        setup.client.nats().connection_state() == State::Connected
-    })
-    .await;
+    for round in 0..faults {
+        wait_for_round(&done, count, round, faults).await;
+        setup.proxy.set_mode(FaultMode::Close);
+        wait_disconnected(&setup.client).await;
+        setup.proxy.set_mode(FaultMode::Pass);
+        eventually("the client reconnects", Duration::from_secs(30), || async {
+            setup.client.nats().connection_state() == State::Connected
+        })
+        .await;
+    }
 
     let report = finish(&setup, &checker, publishing, running).await;
     // Acks in flight at the cut can be lost: the redelivered ops are the
     // duplicates the fault explains; they are reported, not failed on.
-    report.assert_no_loss().assert_none_refused().assert_unknown_at_most(1);
+    report
+        .assert_no_loss()
+        .assert_none_refused()
+        .assert_unknown_at_most(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_connection_loses_no_acked_event() {
     let setup = setup().await;
     let count = scaled(300);
+    let faults = scaled(1);
     let checker = Checker::new("black-hole");
     let done = Arc::new(AtomicUsize::new(0));
     let running = start_consumer(&setup, &checker).await;
     let publishing = publish_in_background(&setup.client, "hole", count, &checker, &done);
-    eventually("a third published", Duration::from_secs(60), || async {
-        done.load(Ordering::SeqCst) >= count / 3
-    })
-    .await;
-
-    setup.proxy.set_mode(FaultMode::Drop);
-    let probe = op("hole-probe", 0, 10);
-    let result = setup.probe.publisher().publish(&probe).await;
-    assert!(
-        matches!(result.as_ref().map_err(|e| e.kind()), Err(PublishErrorKind::OutcomeUnknown { .. })),
-        "{result:?}"
-    );
-    checker.record(&probe.op, &result);
-    assert!(setup.proxy.discarded_bytes() > 0);
-    // The client cannot tell a black hole from a slow server until its pings
-    // go unanswered (async-nats: 3 missed pings, 60 s apart by default).
-    // Cut the connections as that detection would, only sooner.
-    setup.proxy.set_mode(FaultMode::Close);
-    eventually("the client sees the disconnect", Duration::from_secs(10), || async {
-        setup.client.nats().connection_state() != State::Connected
-    })
-    .await;
-    setup.proxy.set_mode(FaultMode::Pass);
+    for round in 0..faults {
+        wait_for_round(&done, count, round, faults).await;
+        // Both clients are back from the previous round: a publish buffered
+        // while disconnected would be sent after the hole closes.
+        eventually(
+            "both clients connected",
+            Duration::from_secs(30),
+            || async {
+                setup.client.nats().connection_state() == State::Connected
+                    && setup.probe.nats().connection_state() == State::Connected
+            },
+        )
+        .await;
+        let discarded = setup.proxy.discarded_bytes();
+        setup.proxy.set_mode(FaultMode::Drop);
+        probe_unknown(&setup, &checker, &format!("hole-probe{round}")).await;
+        assert!(setup.proxy.discarded_bytes() > discarded);
+        // The client cannot tell a black hole from a slow server until its
+        // pings go unanswered (async-nats: 3 missed pings, 60 s apart by
+        // default). Cut the connections as that detection would, sooner.
+        setup.proxy.set_mode(FaultMode::Close);
+        wait_disconnected(&setup.client).await;
+        setup.proxy.set_mode(FaultMode::Pass);
+    }
 
     let report = finish(&setup, &checker, publishing, running).await;
-    // The probe went into the hole: unknown outcome, never stored.
+    // The probes went into the hole: unknown outcome, never stored.
     assert_eq!(report.unknown_handled, 0, "{report}");
-    report.assert_no_loss().assert_none_refused().assert_unknown_at_most(1);
+    report
+        .assert_no_loss()
+        .assert_none_refused()
+        .assert_unknown_at_most(faults);
 }

@@ -74,9 +74,11 @@ async fn start(server: &NatsServer, name: &str) -> Scenario {
             }
         }
     });
-    eventually("half published and handled", Duration::from_secs(60), || async {
-        done.load(Ordering::SeqCst) == count / 2 && checker.all_acked_handled()
-    })
+    eventually(
+        "half published and handled",
+        Duration::from_secs(60),
+        || async { done.load(Ordering::SeqCst) == count / 2 && checker.all_acked_handled() },
+    )
     .await;
     Scenario {
         client,
@@ -104,9 +106,11 @@ async fn finish(scenario: Scenario) -> checker::Report {
         .expect("publishing did not finish after the server came back")
         .unwrap();
     assert_eq!(done.load(Ordering::SeqCst), count);
-    eventually("every acked op handled", Duration::from_secs(60), || async {
-        checker.all_acked_handled()
-    })
+    eventually(
+        "every acked op handled",
+        Duration::from_secs(60),
+        || async { checker.all_acked_handled() },
+    )
     .await;
     assert!(!running.is_finished(), "the runner gave up");
     running.stop().await;

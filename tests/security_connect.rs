@@ -50,7 +50,11 @@ async fn token_auth_without_a_token_is_refused() {
         .start()
         .await
         .unwrap();
-    let ok = config(server.url(), Auth::Token(Secret::new("tok-right")), TlsConfig::default());
+    let ok = config(
+        server.url(),
+        Auth::Token(Secret::new("tok-right")),
+        TlsConfig::default(),
+    );
     assert_usable(connect(ok).await.unwrap()).await;
     let none = config(server.url(), Auth::None, TlsConfig::default());
     assert_eq!(refused(none).await, ConnectErrorKind::AuthenticationFailed);
@@ -78,8 +82,14 @@ async fn user_and_password() {
         )
     };
     assert_usable(connect(with("svc", "pw-right")).await.unwrap()).await;
-    assert_eq!(refused(with("svc", "pw-wrong")).await, ConnectErrorKind::AuthenticationFailed);
-    assert_eq!(refused(with("intruder", "pw-right")).await, ConnectErrorKind::AuthenticationFailed);
+    assert_eq!(
+        refused(with("svc", "pw-wrong")).await,
+        ConnectErrorKind::AuthenticationFailed
+    );
+    assert_eq!(
+        refused(with("intruder", "pw-right")).await,
+        ConnectErrorKind::AuthenticationFailed
+    );
     let none = config(server.url(), Auth::None, TlsConfig::default());
     assert_eq!(refused(none).await, ConnectErrorKind::AuthenticationFailed);
 }
@@ -93,12 +103,19 @@ async fn nkey() {
         .await
         .unwrap();
     let with = |seed: &str| {
-        config(server.url(), Auth::NkeySeed(Secret::new(seed)), TlsConfig::default())
+        config(
+            server.url(),
+            Auth::NkeySeed(Secret::new(seed)),
+            TlsConfig::default(),
+        )
     };
     assert_usable(connect(with(user.seed())).await.unwrap()).await;
     // A valid seed of another user: the signature checks out, the key is unknown.
     let stranger = NkeyUser::generate();
-    assert_eq!(refused(with(stranger.seed())).await, ConnectErrorKind::AuthenticationFailed);
+    assert_eq!(
+        refused(with(stranger.seed())).await,
+        ConnectErrorKind::AuthenticationFailed
+    );
 }
 
 #[tokio::test]
@@ -116,7 +133,10 @@ async fn a_malformed_nkey_seed_is_refused_without_reaching_the_server() {
     );
     let kind = refused(bad).await;
     assert!(
-        matches!(kind, ConnectErrorKind::AuthenticationFailed | ConnectErrorKind::InvalidConfig(_)),
+        matches!(
+            kind,
+            ConnectErrorKind::AuthenticationFailed | ConnectErrorKind::InvalidConfig(_)
+        ),
         "{kind:?}"
     );
 }
@@ -149,16 +169,36 @@ async fn tls_cases(mode: Tls) -> (NatsServer, NatsServer, Config, Vec<(&'static 
         other.client_key_path().unwrap(),
     ));
     let url = server.url();
-    let ok = config(url.clone(), Auth::None, tls_with(ca.clone(), own_cert.clone()));
+    let ok = config(
+        url.clone(),
+        Auth::None,
+        tls_with(ca.clone(), own_cert.clone()),
+    );
     let mut refused = vec![
         // The system roots do not know the test CA.
-        ("system roots", config(url.clone(), Auth::None, tls_with(None, own_cert.clone()))),
+        (
+            "system roots",
+            config(url.clone(), Auth::None, tls_with(None, own_cert.clone())),
+        ),
         // Another CA does not vouch for this server.
-        ("foreign CA", config(url.clone(), Auth::None, tls_with(other.ca_cert_path(), own_cert))),
+        (
+            "foreign CA",
+            config(
+                url.clone(),
+                Auth::None,
+                tls_with(other.ca_cert_path(), own_cert),
+            ),
+        ),
     ];
     if mode == Tls::MutualTls {
-        refused.push(("no client certificate", config(url.clone(), Auth::None, tls_with(ca.clone(), None))));
-        refused.push(("foreign client certificate", config(url, Auth::None, tls_with(ca, foreign_cert))));
+        refused.push((
+            "no client certificate",
+            config(url.clone(), Auth::None, tls_with(ca.clone(), None)),
+        ));
+        refused.push((
+            "foreign client certificate",
+            config(url, Auth::None, tls_with(ca, foreign_cert)),
+        ));
     }
     (server, other, ok, refused)
 }
@@ -185,7 +225,11 @@ async fn tls_failures_are_typed_tls() {
     for mode in [Tls::Tls, Tls::MutualTls] {
         let (_server, _other, _ok, refused_cases) = tls_cases(mode).await;
         for (case, config) in refused_cases {
-            assert_eq!(refused(config).await, ConnectErrorKind::Tls, "{mode:?} {case}");
+            assert_eq!(
+                refused(config).await,
+                ConnectErrorKind::Tls,
+                "{mode:?} {case}"
+            );
         }
     }
 }
@@ -198,6 +242,10 @@ async fn nothing_listening_is_unreachable_not_a_hang() {
         .local_addr()
         .unwrap()
         .port();
-    let nobody = config(format!("nats://127.0.0.1:{port}"), Auth::None, TlsConfig::default());
+    let nobody = config(
+        format!("nats://127.0.0.1:{port}"),
+        Auth::None,
+        TlsConfig::default(),
+    );
     assert_eq!(refused(nobody).await, ConnectErrorKind::Unreachable);
 }

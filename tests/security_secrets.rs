@@ -111,10 +111,18 @@ async fn passwords_and_nkey_seeds_never_reach_logs_spans_or_debug_output() {
     }
 
     let logs = captured.contents();
-    assert!(logs.contains("process"), "the capture saw no process span: {logs}");
+    assert!(
+        logs.contains("process"),
+        "the capture saw no process span: {logs}"
+    );
     assert!(logs.contains("publish"), "the capture saw no publish span");
     texts.push(logs);
-    let secrets = [PASSWORD, WRONG_PASSWORD, nkey_user.seed(), wrong_nkey.seed()];
+    let secrets = [
+        PASSWORD,
+        WRONG_PASSWORD,
+        nkey_user.seed(),
+        wrong_nkey.seed(),
+    ];
     for text in &texts {
         for secret in secrets {
             assert!(!text.contains(secret), "a secret leaked into: {text}");

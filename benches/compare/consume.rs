@@ -191,9 +191,11 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
     );
     let filters = filters(je);
     let mut rates = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
     for round in 0..settings.rounds {
         for side in order(round) {
             let name = format!("bench-{}-{}", side.name(), round + 1);
+            let cpu_start = common::process_cpu();
             let tally = Tally::new(count);
             let (slot, elapsed) = match side {
                 Side::Jetevents => {
@@ -255,6 +257,7 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
         ),
     );
     scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 0.95));
+    scenario.push(Metric::cpu(&cpu[0], &cpu[1]));
     scenario
 }
 

@@ -55,7 +55,7 @@ pub struct Settings {
     pub quick: bool,
 }
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Ok(value) if !value.trim().is_empty() => value
             .trim()

@@ -20,10 +20,12 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
     let events = common::events(0, settings.events);
     let publisher = je.publisher();
     let mut rates = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
     let mut samples: [Option<async_nats::jetstream::message::StreamMessage>; 2] = [None, None];
     for round in 0..settings.rounds {
         for side in order(round) {
             recreate_stream(&raw.js).await;
+            let cpu_start = common::process_cpu();
             let start = Instant::now();
             match side {
                 Side::Jetevents => {
@@ -40,8 +42,11 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
                     rates[1].push(events.len() as f64 / elapsed.as_secs_f64());
                 }
             }
-            assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
             let slot = if side == Side::Jetevents { 0 } else { 1 };
+            cpu[slot].push(
+                (common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / events.len() as f64,
+            );
+            assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
             if samples[slot].is_none() {
                 let stream = raw.js.get_stream(common::STREAM).await.expect("stream");
                 samples[slot] = Some(stream.get_raw_message(1).await.expect("first message"));
@@ -68,6 +73,7 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
         ),
     );
     scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 0.95));
+    scenario.push(Metric::cpu(&cpu[0], &cpu[1]));
     scenario
 }
 
@@ -137,66 +143,62 @@ fn same_work_check(
 }
 
 /// Scenario 2: one publish at a time, each awaited; latency per publish.
+///
+/// Latency is sensitive to whatever else the machine does, so within each
+/// round the sides alternate in chunks of `JE_BENCH_LATENCY_CHUNK` (250)
+/// publishes on the same stream: both see the same conditions.
 pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
     let events = common::events(0, settings.latency_events);
     let warmup = common::events(10_000_000, settings.latency_events.min(500));
+    let chunk = crate::env("JE_BENCH_LATENCY_CHUNK", 250usize).max(1);
     let publisher = je.publisher();
     let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    let mut rates = [Vec::new(), Vec::new()];
+    let mut busy = [Duration::ZERO; 2];
     for round in 0..settings.rounds {
-        for side in order(round) {
-            recreate_stream(&raw.js).await;
-            let slot = if side == Side::Jetevents { 0 } else { 1 };
-            let mut run = |samples: &mut Vec<Duration>, elapsed: Duration| {
-                latencies[slot].append(samples);
-                rates[slot].push(events.len() as f64 / elapsed.as_secs_f64());
-            };
-            let mut samples = Vec::with_capacity(events.len());
-            match side {
-                Side::Jetevents => {
-                    for event in &warmup {
+        recreate_stream(&raw.js).await;
+        let sides = order(round);
+        for side in &sides {
+            for event in &warmup {
+                match side {
+                    Side::Jetevents => {
                         publisher.publish(event).await.expect("publish");
                     }
-                    let start = Instant::now();
-                    for event in &events {
-                        let t = Instant::now();
-                        publisher.publish(event).await.expect("publish");
-                        samples.push(t.elapsed());
-                    }
-                    run(&mut samples, start.elapsed());
-                }
-                Side::Raw => {
-                    for event in &warmup {
-                        raw_publish(raw, event).await;
-                    }
-                    let start = Instant::now();
-                    for event in &events {
-                        let t = Instant::now();
-                        raw_publish(raw, event).await;
-                        samples.push(t.elapsed());
-                    }
-                    run(&mut samples, start.elapsed());
+                    Side::Raw => raw_publish(raw, event).await,
                 }
             }
-            assert_eq!(
-                stream_messages(&raw.js).await,
-                (warmup.len() + events.len()) as u64
-            );
-            eprintln!(
-                "  [2] round {} {:<9} {:>9.0} publishes/s",
-                round + 1,
-                side.name(),
-                rates[slot].last().copied().unwrap_or_default()
-            );
         }
+        for (index, events) in events.chunks(chunk).enumerate() {
+            let sides = order(round + index);
+            for side in sides {
+                let slot = if side == Side::Jetevents { 0 } else { 1 };
+                let start = Instant::now();
+                for event in events {
+                    let t = Instant::now();
+                    match side {
+                        Side::Jetevents => {
+                            publisher.publish(event).await.expect("publish");
+                        }
+                        Side::Raw => raw_publish(raw, event).await,
+                    }
+                    latencies[slot].push(t.elapsed());
+                }
+                busy[slot] += start.elapsed();
+            }
+        }
+        assert_eq!(
+            stream_messages(&raw.js).await,
+            ((warmup.len() + events.len()) * sides.len()) as u64
+        );
+        eprintln!("  [2] round {} done", round + 1);
     }
     for samples in &mut latencies {
         samples.sort();
     }
+    let rate = |slot: usize| latencies[slot].len() as f64 / busy[slot].as_secs_f64();
     let mut scenario = Scenario::new(
         "2",
         format!(
-            "awaited one-at-a-time publish, {} events x {} rounds",
+            "awaited one-at-a-time publish, {} events x {} rounds, sides alternating every {chunk}",
             settings.latency_events, settings.rounds
         ),
     );
@@ -212,7 +214,12 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
         percentile(&latencies[1], 99.0),
         1.10,
     ));
-    scenario.push(Metric::throughput("publishes/s", &rates[0], &rates[1], 0.0));
+    scenario.push(Metric::throughput(
+        "publishes/s",
+        &[rate(0)],
+        &[rate(1)],
+        0.0,
+    ));
     scenario
 }
 

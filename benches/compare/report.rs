@@ -47,6 +47,21 @@ impl Metric {
         }
     }
 
+    /// Client CPU per event (median of runs), informational.
+    pub fn cpu(je: &[f64], raw: &[f64]) -> Metric {
+        Metric {
+            name: "client CPU".to_owned(),
+            unit: "us/event",
+            jetevents: median(je),
+            raw: median(raw),
+            better: Better::Lower,
+            target: 0.0,
+            jetevents_runs: je.to_vec(),
+            raw_runs: raw.to_vec(),
+            absolute: false,
+        }
+    }
+
     /// A latency percentile, in microseconds.
     pub fn latency(name: &str, je: Duration, raw: Duration, target: f64) -> Metric {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -138,6 +153,7 @@ impl Scenario {
 fn format_value(value: f64, unit: &str) -> String {
     match unit {
         "us" => format!("{value:.1} us"),
+        "us/event" => format!("{value:.2} us/event"),
         "MiB" => format!("{value:.1} MiB"),
         "x" => format!("{value:.2}x"),
         _ => format!("{value:.0} {unit}"),

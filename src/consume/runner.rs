@@ -1,7 +1,6 @@
 //! The pull loop and the life of one delivery: decode, route, handle, settle.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -114,10 +113,9 @@ where
     let slots = Arc::new(Semaphore::new(concurrency));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // Events beyond the free slots (answers to pulls given up on) wait in
+    // the inbox subscription and start in the next round.
     let mut inbox = Inbox::subscribe(&client).await?;
-    // Events that came without a free slot (answers to pulls given up on):
-    // they start before anything new is asked for.
-    let mut backlog: VecDeque<jetstream::Message> = VecDeque::new();
 
     let mut suspicious_pulls = 0u32;
     let mut failed_checks = 0u32;
@@ -141,15 +139,6 @@ where
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
             }
-        }
-        while !backlog.is_empty() {
-            let (Some(permit), Some(message)) = (permits.pop(), backlog.pop_front()) else {
-                break;
-            };
-            tasks.spawn(process(message, shared.clone(), permit, stopped.clone()));
-        }
-        if permits.is_empty() {
-            continue;
         }
 
         // A pull sent while disconnected waits in the client and goes out on
@@ -217,11 +206,9 @@ where
             match classify(incoming, &reply, client.jetstream()) {
                 Incoming::Event(message) => {
                     received += 1;
-                    match permits.pop() {
-                        Some(permit) => {
-                            tasks.spawn(process(message, shared.clone(), permit, stopped.clone()));
-                        }
-                        None => keep_for_later(&mut backlog, message, concurrency).await,
+                    // Always a slot: the loop runs only while one is left.
+                    if let Some(permit) = permits.pop() {
+                        tasks.spawn(process(message, shared.clone(), permit, stopped.clone()));
                     }
                 }
                 Incoming::Ended => break,
@@ -295,7 +282,7 @@ where
     };
 
     // Events here but not started go back now, not after their ack wait.
-    let mut undelivered: Vec<jetstream::Message> = backlog.drain(..).collect();
+    let mut undelivered = Vec::new();
     while let Some(Some(incoming)) = inbox.subscription.next().now_or_never() {
         if let Incoming::Event(message) = classify(incoming, "", client.jetstream()) {
             undelivered.push(message);
@@ -347,6 +334,9 @@ impl Inbox {
 }
 
 /// What came in on the pull inbox.
+// Matched as soon as it is built, never stored: boxing the event would
+// only add an allocation per delivery.
+#[allow(clippy::large_enum_variant)]
 enum Incoming {
     Event(jetstream::Message),
     /// The current pull is over: expired, or nothing to deliver.
@@ -375,21 +365,6 @@ fn classify(message: async_nats::Message, current: &str, context: &jetstream::Co
             Some(description) => format!("{status} {description}"),
             None => status.to_string(),
         }),
-    }
-}
-
-/// Holds an event that came without a free slot. Only answers to pulls the
-/// loop gave up on bring more than was asked for; beyond one pull's worth,
-/// Nak without delay rather than let ack waits run out in a local queue.
-async fn keep_for_later(
-    backlog: &mut VecDeque<jetstream::Message>,
-    message: jetstream::Message,
-    limit: usize,
-) {
-    if backlog.len() < limit {
-        backlog.push_back(message);
-    } else {
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
     }
 }
 

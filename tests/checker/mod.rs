@@ -331,7 +331,11 @@ impl Report {
 
     /// No publish was refused (every one was acked or has an unknown outcome).
     pub fn assert_none_refused(&self) -> &Self {
-        assert_eq!(self.refused, 0, "{self}\nrefused for: {:?}", self.refused_reasons);
+        assert_eq!(
+            self.refused, 0,
+            "{self}\nrefused for: {:?}",
+            self.refused_reasons
+        );
         self
     }
 
