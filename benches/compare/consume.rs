@@ -225,6 +225,9 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
                     (1, elapsed)
                 }
             };
+            cpu[slot].push(
+                (common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / count as f64,
+            );
             assert_eq!(
                 tally.handled(),
                 count,

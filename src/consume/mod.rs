@@ -136,7 +136,8 @@ pub enum ConsumeErrorKind {
     /// The durable consumer could not be created or updated (e.g. a setting
     /// the server cannot change on an existing consumer).
     CreateConsumer,
-    /// Subscribing (ephemeral consumers) failed.
+    /// Subscribing failed: an ephemeral consumer's queue subscription, or the
+    /// durable runner's reply inbox (the connection is closed).
     Subscribe,
     /// The server did not answer (disconnected, timeout, JetStream not
     /// ready). The runner retries this itself; only `build` returns it.
