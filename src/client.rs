@@ -205,6 +205,10 @@ impl Client {
                 async_nats::ConnectErrorKind::ServerParse => {
                     ConnectErrorKind::InvalidConfig("invalid server URL".into())
                 }
+                // A failed TLS handshake (unknown CA, refused or missing
+                // client certificate) reaches us as an I/O error of kind
+                // InvalidData carrying rustls's error.
+                async_nats::ConnectErrorKind::Io if is_tls_failure(&err) => ConnectErrorKind::Tls,
                 _ => ConnectErrorKind::Unreachable,
             };
             Error::with_source(kind, err)
@@ -273,6 +277,24 @@ impl Client {
         let _ = self.inner.nats.flush().await;
         let _ = self.inner.nats.drain().await;
     }
+}
+
+/// Whether a connect error's cause is a TLS failure rather than the network.
+fn is_tls_failure(err: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+        }
+        let text = cause.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn on_connection_event(

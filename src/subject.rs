@@ -38,6 +38,12 @@ pub type SubjectError = Error<SubjectErrorKind>;
 /// room for long environment and type tokens.
 pub const MAX_KEY_TOKEN_LEN: usize = 256;
 
+/// Longest token [`validate_token`] accepts (environment, type parts, group
+/// names). With [`MAX_KEY_TOKEN_LEN`] for the key, a whole event subject stays
+/// far below the server's control-line limit (4 KiB by default), which a
+/// subject shares with the reply inbox and the header size.
+pub const MAX_TOKEN_LEN: usize = 64;
+
 /// What was wrong with a subject token, key, event type or pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -116,6 +122,12 @@ impl fmt::Display for SubjectErrorKind {
 pub fn validate_token(token: &str) -> Result<(), SubjectError> {
     if token.is_empty() {
         return Err(Error::new(SubjectErrorKind::EmptyToken));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Error::new(SubjectErrorKind::InvalidToken {
+            token: token.chars().take(32).chain("…".chars()).collect(),
+            reason: "longer than MAX_TOKEN_LEN (64 bytes)",
+        }));
     }
     for byte in token.bytes() {
         let reason = match byte {

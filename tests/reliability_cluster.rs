@@ -16,6 +16,24 @@ mod checker;
 mod support;
 use checker::{chaos_stream, consumer, eventually, op, scaled, Checker, Running};
 
+/// Whether the stream has a leader and two current, online followers.
+async fn replicas_current(client: &jetevents::client::Client, stream: &str) -> bool {
+    let Ok(mut stream) = client.jetstream().get_stream(stream).await else {
+        return false;
+    };
+    let Ok(info) = stream.info().await else {
+        return false;
+    };
+    match &info.cluster {
+        Some(cluster) => {
+            cluster.leader.is_some()
+                && cluster.replicas.len() == 2
+                && cluster.replicas.iter().all(|r| r.current && !r.offline)
+        }
+        None => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_leader_killed_during_publish_and_consume_loses_nothing() {
     let count = scaled(400);
@@ -86,6 +104,12 @@ async fn stream_leader_killed_during_publish_and_consume_loses_nothing() {
         // The killed node comes back and catches up.
         cluster.restart(leader).await.unwrap();
         cluster.wait_for_cluster_ready().await.unwrap();
+        // Before the next kill, both followers must be current again, or
+        // killing the leader leaves the stream without a quorum.
+        eventually("all replicas current", Duration::from_secs(60), || async {
+            replicas_current(&client, "CHAOS").await
+        })
+        .await;
         leader = new_leader;
     }
 

@@ -90,7 +90,6 @@ async fn start_consumer(setup: &Setup, checker: &Arc<Checker>) -> Running {
 }
 
 async fn finish(
-    setup: &Setup,
     checker: &Arc<Checker>,
     publishing: tokio::task::JoinHandle<()>,
     running: Running,
@@ -107,7 +106,6 @@ async fn finish(
     .await;
     assert!(!running.is_finished(), "the runner gave up");
     running.stop().await;
-    let _ = &setup.stream;
     checker.report()
 }
 
@@ -164,7 +162,7 @@ async fn a_stalled_connection_heals_without_loss_or_duplicates() {
         setup.proxy.set_mode(FaultMode::Pass);
     }
 
-    let report = finish(&setup, &checker, publishing, running).await;
+    let report = finish(&checker, publishing, running).await;
     // Held bytes are delivered late, not lost: retries carried the same id,
     // so the server stored each op once, and no ack was lost.
     report
@@ -194,7 +192,7 @@ async fn a_dropped_connection_is_detected_and_reconnected_without_loss() {
         .await;
     }
 
-    let report = finish(&setup, &checker, publishing, running).await;
+    let report = finish(&checker, publishing, running).await;
     // Acks in flight at the cut can be lost: the redelivered ops are the
     // duplicates the fault explains; they are reported, not failed on.
     report
@@ -237,7 +235,7 @@ async fn a_black_holed_connection_loses_no_acked_event() {
         setup.proxy.set_mode(FaultMode::Pass);
     }
 
-    let report = finish(&setup, &checker, publishing, running).await;
+    let report = finish(&checker, publishing, running).await;
     // The probes went into the hole: unknown outcome, never stored.
     assert_eq!(report.unknown_handled, 0, "{report}");
     report

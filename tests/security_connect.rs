@@ -220,7 +220,6 @@ async fn tls_and_mutual_tls_connect_with_the_right_certificates_and_fail_fast_ot
 /// `ConnectErrorKind::Io` (rustls's error inside an `io::Error` of kind
 /// `InvalidData`), which `Client::connect` maps to `Unreachable`.
 #[tokio::test]
-#[ignore = "library bug: TLS handshake failures are reported as Unreachable, not Tls"]
 async fn tls_failures_are_typed_tls() {
     for mode in [Tls::Tls, Tls::MutualTls] {
         let (_server, _other, _ok, refused_cases) = tls_cases(mode).await;

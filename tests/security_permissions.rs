@@ -90,9 +90,7 @@ async fn an_ephemeral_consumer_outside_permissions_is_refused() {
         .handle(|_event: Op, _ctx: Context| async { Ok::<_, HandlerError>(()) })
         .build()
         .await;
-    let err = result
-        .err()
-        .expect("build succeeded although the subscription was refused");
+    let err = result.expect_err("build succeeded although the subscription was refused");
     assert!(
         !matches!(err.kind(), ConsumeErrorKind::InvalidConfig(_)),
         "{err:?}"

@@ -112,6 +112,9 @@ pub fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
 }
 
 /// A jetevents client as a service would configure it.
+// `Config` is `#[non_exhaustive]`: outside the crate it can only be built
+// from its default and then changed.
+#[allow(clippy::field_reassign_with_default)]
 pub async fn jetevents_client(url: &str) -> Client {
     let mut config = Config::default();
     config.servers = vec![url.to_owned()];
@@ -323,7 +326,7 @@ impl Side {
 ///
 /// `JE_BENCH_SIDES=jetevents` (or `raw`) runs one side only, for profiling.
 pub fn order(round: usize) -> Vec<Side> {
-    let both = if round % 2 == 0 {
+    let both = if round.is_multiple_of(2) {
         [Side::Jetevents, Side::Raw]
     } else {
         [Side::Raw, Side::Jetevents]

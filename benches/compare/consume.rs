@@ -177,6 +177,19 @@ async fn wait_acked(raw: &Raw, name: &str, sequence: u64) -> bool {
     .await
 }
 
+/// Waits for the handler to have seen `count` events; a consumer that died
+/// or stalled fails the run instead of hanging it.
+async fn reached(tally: &Tally, count: usize, side: Side) {
+    let limit = Duration::from_secs(60 + count as u64 / 1_000);
+    if tokio::time::timeout(limit, tally.reached()).await.is_err() {
+        panic!(
+            "{}: handled {} of {count} events in {limit:?}",
+            side.name(),
+            tally.handled()
+        );
+    }
+}
+
 /// Scenario 3: a backlog of `events` consumed with typed decode, a no-op
 /// handler and ack. Time from starting the consumer until the handler has
 /// seen every event.
@@ -209,7 +222,7 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
                     };
                     let start = Instant::now();
                     let running = tokio::spawn(consumer.run_until(signal));
-                    tally.reached().await;
+                    reached(&tally, count, side).await;
                     let elapsed = start.elapsed();
                     stop.notify_one();
                     running.await.expect("join").expect("consumer run");
@@ -219,15 +232,13 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
                     let consumer = raw_consumer(raw, &name, filters.clone()).await;
                     let start = Instant::now();
                     let running = tokio::spawn(raw_consume_loop(consumer, tally.clone(), false));
-                    tally.reached().await;
+                    reached(&tally, count, side).await;
                     let elapsed = start.elapsed();
                     running.abort();
                     (1, elapsed)
                 }
             };
-            cpu[slot].push(
-                (common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / count as f64,
-            );
+            cpu[slot].push((common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / count as f64);
             assert_eq!(
                 tally.handled(),
                 count,

@@ -140,10 +140,62 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
         }
         rounds_je.push(*stages.last().and_then(|s| s.last()).unwrap_or(&0.0));
     }
+    // Decoding, the consumer's side: the messages jetevents builds, decoded by
+    // jetevents (envelope, typed data, trace context) and by hand.
+    let messages: Vec<(HeaderMap, bytes::Bytes)> = events
+        .iter()
+        .map(|event| {
+            let mut envelope = Envelope::from_event(SOURCE, event).expect("envelope");
+            jetevents::trace::inject(&mut envelope);
+            let mut headers = HeaderMap::new();
+            let payload =
+                codec::encode_into(&envelope, Encoding::Binary, &mut headers).expect("encode");
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
+            (headers, payload)
+        })
+        .collect();
+    let time_decode = |f: &dyn Fn(&HeaderMap, &bytes::Bytes) -> usize| {
+        let start = Instant::now();
+        let mut sink = 0usize;
+        for (headers, payload) in &messages {
+            sink = sink.wrapping_add(f(headers, payload));
+        }
+        std::hint::black_box(sink);
+        start.elapsed().as_secs_f64() * 1e9 / messages.len() as f64
+    };
+    let decode_names = [
+        "envelope (codec::decode)",
+        "typed data (decode_data)",
+        "trace context (extract)",
+    ];
+    let mut decode_stages = vec![Vec::new(); decode_names.len()];
+    let mut decode_raw = Vec::new();
+    for _ in 0..settings.rounds {
+        decode_raw.push(time_decode(&|headers, payload| {
+            let decoded = common::raw_decode(Some(headers), payload);
+            decoded.id.len() + decoded.event.duration_minutes as usize
+        }));
+        for (index, stage) in decode_stages.iter_mut().enumerate() {
+            stage.push(time_decode(&|headers, payload| {
+                let envelope = codec::decode(Some(headers), payload).expect("decode");
+                if index < 1 {
+                    return envelope.id.len();
+                }
+                let event: common::AppointmentBooked = envelope.decode_data().expect("data");
+                if index < 2 {
+                    return event.duration_minutes as usize;
+                }
+                let context = jetevents::trace::extract(&envelope);
+                std::hint::black_box(&context);
+                event.duration_minutes as usize
+            }));
+        }
+    }
+
     let mut scenario = Scenario::new(
         "0",
         format!(
-            "CPU to build one message, no server ({} events)",
+            "CPU to build and to decode one message, no server ({} events)",
             events.len()
         ),
     );
@@ -157,6 +209,25 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
     metric.jetevents_runs = rounds_je;
     metric.raw_runs = rounds_raw;
     scenario.push(metric);
+    let mut decode = Metric::lower(
+        "decode ns/event (all stages)".to_owned(),
+        "ns",
+        common::median(decode_stages.last().map_or(&[][..], |s| &s[..])),
+        common::median(&decode_raw),
+        0.0,
+    );
+    decode.jetevents_runs = decode_stages.last().cloned().unwrap_or_default();
+    decode.raw_runs = decode_raw;
+    scenario.push(decode);
+    let mut previous = 0.0;
+    for (name, stage) in decode_names.iter().zip(&decode_stages) {
+        let cumulative = common::median(stage);
+        scenario.notes.push(format!(
+            "jetevents decode stage {name}: +{:.0} ns (cumulative {cumulative:.0} ns)",
+            cumulative - previous
+        ));
+        previous = cumulative;
+    }
     let mut previous = 0.0;
     for (name, stage) in raw_names.iter().zip(&raw_stage_times) {
         let cumulative = common::median(stage);

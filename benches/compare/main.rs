@@ -87,7 +87,7 @@ impl Settings {
         let (rounds, events, latency, e2e, backlogs) = if quick {
             (2, 20_000, 1_000, 1_000, "10000,30000,100000")
         } else {
-            (3, 200_000, 5_000, 5_000, "100000,300000,1000000")
+            (5, 200_000, 5_000, 5_000, "100000,300000,1000000")
         };
         Settings {
             scenarios: env_list("JE_BENCH_SCENARIOS", "1,2,3,4,5"),
@@ -184,7 +184,16 @@ async fn run(settings: Settings) {
     eprintln!("nats-server at {url} (binary backend, JetStream file storage)");
 
     let je = common::jetevents_client(&url).await;
-    let raw = common::Raw::connect(&url).await;
+    // `JE_BENCH_RAW_ON_JETEVENTS_CONNECTION=1`: the raw side uses jetevents'
+    // own connection and JetStream context, to tell connection-level from
+    // code-path differences.
+    let raw = if env("JE_BENCH_RAW_ON_JETEVENTS_CONNECTION", 0u8) == 1 {
+        common::Raw {
+            js: je.jetstream().clone(),
+        }
+    } else {
+        common::Raw::connect(&url).await
+    };
 
     let started = Instant::now();
     let mut scenarios = Vec::new();
