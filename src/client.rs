@@ -271,6 +271,36 @@ impl Client {
         self.inner.violations.subscribe()
     }
 
+    /// Runs `work` (JetStream API requests), or stops it as soon as the server
+    /// reports that this connection may not publish to a `$JS.API.` subject:
+    /// such a request gets no reply, and waiting for its timeout would hide the
+    /// real cause.
+    pub(crate) async fn fail_fast_on_api_denial<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, PermissionViolation> {
+        let mut violations = self.permission_violations();
+        let denied = async {
+            loop {
+                match violations.recv().await {
+                    Ok(v)
+                        if v.operation == Operation::Publish
+                            && v.subject.starts_with("$JS.API.") =>
+                    {
+                        return v
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            output = work => Ok(output),
+            violation = denied => Err(violation),
+        }
+    }
+
     /// Flushes what is buffered and closes the connection.
     pub async fn close(self) {
         // Errors here mean the connection is gone already: nothing to flush.

@@ -62,10 +62,8 @@ async fn a_subscription_outside_permissions_is_reported_as_a_typed_violation() {
     assert_eq!(violation.subject, "dev.chaos.>");
 }
 
-/// Fails today: `build` waits for the whole ack timeout and returns
-/// `CreateConsumer` with a `TimedOut` source.
+/// A refused JetStream API request fails `build` at once, typed.
 #[tokio::test]
-#[ignore = "library gap: no PermissionDenied kind for consumers; consumer creation outside permissions waits for the request timeout"]
 async fn creating_a_durable_consumer_outside_permissions_is_permission_denied() {
     let (_server, client) = restricted().await;
     let checker = Checker::new("denied");
@@ -76,8 +74,10 @@ async fn creating_a_durable_consumer_outside_permissions_is_permission_denied() 
     .await
     .expect("a refused consumer creation must not wait for the request timeout")
     .unwrap_err();
-    let text = format!("{:?}", err.kind());
-    assert!(text.contains("PermissionDenied"), "{err:?}");
+    assert!(
+        matches!(err.kind(), ConsumeErrorKind::PermissionDenied { subject } if subject.starts_with("$JS.API.")),
+        "{err:?}"
+    );
 }
 
 /// Fails today: `build` returns Ok and the consumer silently never receives

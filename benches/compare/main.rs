@@ -167,6 +167,12 @@ fn main() {
         memory::child(&settings);
         return;
     }
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
+    // targets without it, and must not start a four-minute benchmark.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        eprintln!("compare: run with `cargo bench --bench compare` (or pass --bench)");
+        return;
+    }
     let runtime = common::runtime(settings.threads);
     runtime.block_on(run(settings));
 }

@@ -136,6 +136,12 @@ pub enum ConsumeErrorKind {
     /// The durable consumer could not be created or updated (e.g. a setting
     /// the server cannot change on an existing consumer).
     CreateConsumer,
+    /// The connection's user may not make a JetStream API request the
+    /// consumer needs (the server refused `subject`).
+    PermissionDenied {
+        /// The refused API subject.
+        subject: String,
+    },
     /// Subscribing failed: an ephemeral consumer's queue subscription, or the
     /// durable runner's reply inbox (the connection is closed).
     Subscribe,
@@ -151,6 +157,7 @@ impl std::fmt::Display for ConsumeErrorKind {
             Self::StreamNotFound(stream) => write!(f, "stream not found: {stream}"),
             Self::DeadLetterStream => f.write_str("dead-letter stream could not be created"),
             Self::CreateConsumer => f.write_str("durable consumer could not be created"),
+            Self::PermissionDenied { subject } => write!(f, "permission denied for {subject}"),
             Self::Subscribe => f.write_str("subscribe failed"),
             Self::Unavailable => f.write_str("server unavailable"),
         }
@@ -570,7 +577,24 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
 
     /// Validates the settings, creates the dead-letter stream if missing and
     /// creates (or updates) the durable consumer.
+    ///
+    /// A JetStream API request the connection's user may not make (stream
+    /// info, consumer creation) fails at once with
+    /// [`ConsumeErrorKind::PermissionDenied`] instead of waiting for the
+    /// request timeout.
     pub async fn build(self) -> Result<Consumer<S>, ConsumeError> {
+        let client = self.client.clone();
+        client
+            .fail_fast_on_api_denial(self.build_unguarded())
+            .await
+            .unwrap_or_else(|violation| {
+                Err(Error::new(ConsumeErrorKind::PermissionDenied {
+                    subject: violation.subject,
+                }))
+            })
+    }
+
+    async fn build_unguarded(self) -> Result<Consumer<S>, ConsumeError> {
         let invalid = |reason: String| Error::new(ConsumeErrorKind::InvalidConfig(reason));
         crate::subject::validate_token(&self.group)
             .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
