@@ -218,11 +218,15 @@ pub struct Publisher {
 /// An event encoded and ready to send.
 struct Prepared {
     subject: String,
-    event_id: String,
-    event_type: String,
-    started: Instant,
-    headers: HeaderMap,
+    envelope: Envelope,
+    encoding: Encoding,
+    /// The headers of the first attempt, moved into it. A retry encodes them
+    /// again from the envelope (same bytes): cheaper than cloning the map for
+    /// every attempt when almost every publish has only one.
+    headers: Option<HeaderMap>,
     payload: Bytes,
+    wire_size: usize,
+    started: Instant,
     expected_last_subject_sequence: Option<u64>,
     span: tracing::Span,
 }
@@ -296,7 +300,7 @@ impl Publisher {
                 .span
                 .record("otel.status_description", err.to_string().as_str());
         }
-        let attributes = crate::metrics::publish_attributes(&prepared.event_type, error);
+        let attributes = crate::metrics::publish_attributes(&prepared.envelope.event_type, error);
         metrics.sent.add(1, &attributes);
         metrics
             .operation_duration
@@ -344,7 +348,7 @@ impl Publisher {
             if pipeline.in_flight.len() >= window {
                 self.settle_oldest(&mut pipeline).await;
             }
-            let prepared = match self
+            let mut prepared = match self
                 .envelope_for(event, &options)
                 .and_then(|(subject, envelope)| self.prepare(subject, envelope, &options))
             {
@@ -354,7 +358,7 @@ impl Publisher {
                     continue;
                 }
             };
-            match self.send(&prepared).await {
+            match self.send(&mut prepared).await {
                 Ok(ack) => {
                     self.client.metrics().publish_window.add(1, &[]);
                     pipeline.in_flight.push_back((index, prepared, ack));
@@ -493,43 +497,39 @@ impl Publisher {
         }
 
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
-        let mut headers = HeaderMap::new();
-        let payload = codec::encode_into(&envelope, encoding, &mut headers)
-            .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
-        if let Some(sequence) = options.expected_last_subject_sequence {
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                sequence.to_string().as_str(),
-            );
-        }
-        let size = codec::wire_size(&headers, payload.len());
+        let (headers, payload) =
+            encode_message(&envelope, encoding, options.expected_last_subject_sequence)?;
+        let wire_size = codec::wire_size(&headers, payload.len());
         let limit = self.client.nats().max_payload();
-        if size > limit {
+        if wire_size > limit {
             return Err(Error::new(PublishErrorKind::PayloadTooLarge {
-                size,
+                size: wire_size,
                 limit,
             }));
         }
         Ok(Prepared {
             subject,
-            event_id: envelope.id,
-            event_type: envelope.event_type,
-            started: Instant::now(),
-            headers,
+            envelope,
+            encoding,
+            headers: Some(headers),
             payload,
+            wire_size,
+            started: Instant::now(),
             expected_last_subject_sequence: options.expected_last_subject_sequence,
             span,
         })
     }
 
-    async fn send_with_retries(&self, prepared: Prepared) -> Result<Receipt, PublishError> {
-        let result = self.attempt_until_settled(&prepared).await;
+    async fn send_with_retries(&self, mut prepared: Prepared) -> Result<Receipt, PublishError> {
+        let result = self.attempt_until_settled(&mut prepared).await;
         self.record(&prepared, &result);
         result
     }
 
-    async fn attempt_until_settled(&self, prepared: &Prepared) -> Result<Receipt, PublishError> {
+    async fn attempt_until_settled(
+        &self,
+        prepared: &mut Prepared,
+    ) -> Result<Receipt, PublishError> {
         let policy = self.client.config().publish_retry;
         let max_attempts = policy.max_attempts.max(1);
         let mut violations = self.client.permission_violations();
@@ -540,7 +540,7 @@ impl Publisher {
                 tracing::debug!(attempt, "retrying publish with the same message id");
                 self.client.metrics().publish_retries.add(
                     1,
-                    &crate::metrics::publish_attributes(&prepared.event_type, None),
+                    &crate::metrics::publish_attributes(&prepared.envelope.event_type, None),
                 );
                 tokio::time::sleep(policy.delay(attempt - 1)).await;
             }
@@ -606,10 +606,22 @@ impl Publisher {
     }
 
     /// Sends one attempt; the returned future resolves to its ack.
-    async fn send(&self, prepared: &Prepared) -> Result<PublishAckFuture, AttemptError> {
+    async fn send(&self, prepared: &mut Prepared) -> Result<PublishAckFuture, AttemptError> {
+        let headers = match prepared.headers.take() {
+            Some(headers) => headers,
+            None => {
+                encode_message(
+                    &prepared.envelope,
+                    prepared.encoding,
+                    prepared.expected_last_subject_sequence,
+                )
+                .map_err(AttemptError::Final)?
+                .0
+            }
+        };
         let message = PublishMessage::build()
             .payload(prepared.payload.clone())
-            .headers(prepared.headers.clone());
+            .headers(headers);
         self.client
             .jetstream()
             .send_publish(prepared.subject.clone(), message)
@@ -674,7 +686,7 @@ impl Publisher {
                 ))
             }
             NatsPublishErrorKind::MaxPayloadExceeded => {
-                let size = codec::wire_size(&prepared.headers, prepared.payload.len());
+                let size = prepared.wire_size;
                 AttemptError::Final(Error::with_source(
                     PublishErrorKind::PayloadTooLarge {
                         size,
@@ -690,6 +702,27 @@ impl Publisher {
             _ => AttemptError::Final(Error::with_source(PublishErrorKind::Rejected, err)),
         }
     }
+}
+
+/// The headers and payload of `envelope` as sent: its CloudEvents encoding plus
+/// `Nats-Msg-Id` (the event id, for the server's dedup) and the optimistic
+/// concurrency expectation.
+fn encode_message(
+    envelope: &Envelope,
+    encoding: Encoding,
+    expected_last_subject_sequence: Option<u64>,
+) -> Result<(HeaderMap, Bytes), PublishError> {
+    let mut headers = HeaderMap::new();
+    let payload = codec::encode_into(envelope, encoding, &mut headers)
+        .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
+    if let Some(sequence) = expected_last_subject_sequence {
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            sequence.to_string().as_str(),
+        );
+    }
+    Ok((headers, payload))
 }
 
 /// The `error.type` attribute of a failed publish.
@@ -712,7 +745,7 @@ const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn receipt(prepared: &Prepared, ack: PublishAck) -> Receipt {
     Receipt {
-        event_id: prepared.event_id.clone(),
+        event_id: prepared.envelope.id.clone(),
         subject: prepared.subject.clone(),
         stream: ack.stream,
         sequence: ack.sequence,
