@@ -319,9 +319,9 @@ async fn raw_hpub(port: u16, subject: &str, header_block: &[u8], payload: &[u8])
 /// fail the whole connection ("header isn't valid utf-8"), so the runner
 /// never sees the message: it cannot be dead-lettered or acked, and every
 /// redelivery cuts the connection again until the server stops at
-/// max_deliver. Events pulled in the same batch are dragged along: observed,
-/// the good event after it reached max_deliver too and was never handled,
-/// with nothing pending on the consumer (silently dropped).
+/// max_deliver. Events pulled in the same batch can be dragged along: in 1
+/// of 3 runs the good event after it reached max_deliver too and was never
+/// handled, with nothing pending on the consumer (silently dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "async-nats limitation: a non-UTF-8 header block drops the connection and events in the same pull are silently dropped at max_deliver; see RELIABILITY.md"]
 async fn invalid_utf8_in_a_header_is_dead_lettered() {
