@@ -398,9 +398,21 @@ impl Publisher {
         let Some((index, prepared, ack)) = pipeline.in_flight.pop_front() else {
             return;
         };
-        let outcome = self
-            .await_ack(&prepared, ack, &mut pipeline.violations)
-            .await;
+        // async-nats starts an ack's timer when the ack is first awaited, and
+        // the window awaits its acks one after another: after a server crash
+        // that would add up to window x ack timeout. Count from the send.
+        let due =
+            tokio::time::Instant::from_std(prepared.started) + self.client.config().ack_timeout;
+        let awaited = self.await_ack(&prepared, ack, &mut pipeline.violations);
+        let outcome = match tokio::time::timeout_at(due, awaited).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(AttemptError::Retryable {
+                timed_out: true,
+                source: async_nats::jetstream::context::PublishError::new(
+                    NatsPublishErrorKind::TimedOut,
+                ),
+            }),
+        };
         self.client.metrics().publish_window.add(-1, &[]);
         let result = match outcome {
             Ok(ack) => Ok(receipt(&prepared, ack)),
