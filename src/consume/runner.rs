@@ -967,12 +967,18 @@ fn metric_attributes(group: &str, event_type: &str, error: Option<&str>) -> Vec<
 }
 
 /// An error and its causes on one line.
+/// The error and its causes on one line. Many errors (ours, async-nats's)
+/// already print their source in `Display`: a cause whose text is already
+/// there is not repeated.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
+        let next_text = next.to_string();
+        if !text.contains(&next_text) {
+            text.push_str(": ");
+            text.push_str(&next_text);
+        }
         cause = next.source();
     }
     text
