@@ -12,6 +12,7 @@ use jetevents::publish::PublishOptions;
 use serde::{Deserialize, Serialize};
 
 mod consume_common;
+mod support;
 use consume_common::{eventually, order, Log, OrderPlaced, OrderShipped, Running, World};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

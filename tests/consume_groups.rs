@@ -8,6 +8,7 @@ use std::time::Duration;
 use jetevents::consume::{Consumer, Context, HandlerError};
 
 mod consume_common;
+mod support;
 use consume_common::{eventually, Log, OrderPlaced, Running, World};
 
 /// A consumer of `group` that logs `(instance, n)` for every handled event.

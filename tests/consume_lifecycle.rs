@@ -8,6 +8,7 @@ use jetevents::consume::{Consumer, Context, HandlerError, RetryPolicy};
 use jetevents_testcontainers::{FaultMode, FaultProxy, NatsServer};
 
 mod consume_common;
+mod support;
 use consume_common::{connect, eventually, order, Log, OrderPlaced, Running, World};
 
 /// Calls `(n, delivery)` and completions `n` of the slow handler.

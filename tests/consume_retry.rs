@@ -10,6 +10,7 @@ use jetevents::consume::{
 use jetevents::envelope::Envelope;
 
 mod consume_common;
+mod support;
 use consume_common::{eventually, Log, OrderPlaced, Running, World};
 
 /// Waits for the dead-letter entries of `group` to reach `count`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use jetevents::consume::{Consumer, Context};
 
 mod consume_common;
+mod support;
 use consume_common::{eventually, Log, OrderPlaced, OrderShipped, Running, World};
 
 use opentelemetry::trace::{SpanKind, TracerProvider as _};

@@ -15,7 +15,15 @@
 //!
 //! Before the consumer runtime is involved, "handled" is "read back from the
 //! stream" ([`read_back`]).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+pub use crate::support::{eventually, Running};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -382,22 +390,6 @@ pub async fn read_back(client: &Client, stream: &str, checker: &Checker) -> usiz
     read
 }
 
-/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The resident set size of this process in KiB (`VmRSS` in
 /// `/proc/self/status`).
 pub fn rss_kib() -> u64 {
@@ -447,46 +439,6 @@ pub fn consumer(
                 Ok::<_, jetevents::consume::HandlerError>(())
             },
         )
-}
-
-/// A running consumer and the trigger of its shutdown.
-pub struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), jetevents::consume::ConsumeError>>,
-}
-
-impl Running {
-    /// Runs `consumer` on a task until [`Running::stop`].
-    pub fn start<S: Clone + Send + Sync + 'static>(
-        consumer: jetevents::consume::Consumer<S>,
-    ) -> Running {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(consumer.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Running {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Signals shutdown and waits for the runner to return (it must return
-    /// `Ok`).
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
-            .await
-            .expect("runner did not stop")
-            .unwrap()
-            .unwrap();
-    }
-
-    /// Whether the runner returned (it should not, until stopped).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
 }
 
 /// Creates stream `name` capturing `{env}.chaos.>` of `client`'s environment.

@@ -1,5 +1,13 @@
 //! Helpers of the consumer integration tests (`tests/consume_*.rs`).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+pub use crate::support::{eventually, unique, Running};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,16 +54,6 @@ pub fn order(n: u64) -> OrderPlaced {
         order: format!("o-{n}"),
         n,
     }
-}
-
-/// A name unique in this process, safe as a subject token and stream name.
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// One test's world: its own environment, event stream and dead-letter
@@ -139,32 +137,12 @@ impl World {
     }
 }
 
-// `Config` is non-exhaustive: no struct literal outside the crate.
-#[allow(clippy::field_reassign_with_default)]
+/// A client of the consumer tests (source `/consume-tests`).
 pub async fn connect(url: &str, env: &str) -> Client {
-    let mut config = Config::default();
-    config.servers = vec![url.to_owned()];
-    config.env = env.to_owned();
-    config.source = "/consume-tests".to_owned();
-    Client::connect(config).await.unwrap()
-}
-
-/// Polls `check` until it holds; fails the test after `limit`.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    crate::support::connect(url, env, |config| {
+        config.source = "/consume-tests".to_owned()
+    })
+    .await
 }
 
 /// What handlers saw, shared with the test.
@@ -186,42 +164,5 @@ impl<T: Clone> Log<T> {
     }
     pub fn len(&self) -> usize {
         self.0.lock().unwrap().len()
-    }
-}
-
-/// A running consumer and the trigger of its shutdown.
-pub struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), jetevents::consume::ConsumeError>>,
-}
-
-impl Running {
-    pub fn start<S: Clone + Send + Sync + 'static>(
-        consumer: jetevents::consume::Consumer<S>,
-    ) -> Running {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(consumer.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Running {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Signals shutdown and waits for the runner to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("runner did not stop")
-            .unwrap()
-            .unwrap();
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
     }
 }

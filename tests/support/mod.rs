@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jetevents::client::Client;
 use jetevents::config::Config;
@@ -60,5 +61,61 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
     type Writer = LogCapture;
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running consumer and the trigger of its shutdown.
+pub struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), jetevents::consume::ConsumeError>>,
+}
+
+impl Running {
+    /// Runs `consumer` on a task until [`Running::stop`].
+    pub fn start<S: Clone + Send + Sync + 'static>(
+        consumer: jetevents::consume::Consumer<S>,
+    ) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Signals shutdown and waits for the runner to return (it must return
+    /// `Ok`).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), &mut self.task)
+            .await
+            .expect("runner did not stop")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Whether the runner returned (it should not, until stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 }
