@@ -6,12 +6,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::client::Client;
+use crate::client::{Client, Operation};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::event::Event;
@@ -139,29 +139,63 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
     }
 
     /// Subscribes to the handled types' subjects in the queue group.
+    ///
+    /// A subscription the connection's user may not make fails with
+    /// [`ConsumeErrorKind::PermissionDenied`].
     pub async fn build(self) -> Result<EphemeralConsumer<S>, ConsumeError> {
         let invalid = |reason: String| Error::new(ConsumeErrorKind::InvalidConfig(reason));
         crate::subject::validate_token(&self.group)
             .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
         let subjects = self.client.subjects();
         self.router.validate(subjects).map_err(invalid)?;
+        let filters = router::minimal_filters(self.router.filters(subjects));
+        let mut violations = self.client.permission_violations();
         let mut subscriptions = Vec::new();
-        for filter in router::minimal_filters(self.router.filters(subjects)) {
+        for filter in &filters {
             let subscription = self
                 .client
                 .nats()
-                .queue_subscribe(filter, self.group.clone())
+                .queue_subscribe(filter.clone(), self.group.clone())
                 .await
                 .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
             subscriptions.push(subscription);
         }
-        // The server has the subscriptions once this returns, so an event
-        // published right after `build` is not missed.
         self.client
             .nats()
             .flush()
             .await
             .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
+        // A round trip proves the server has processed the subscriptions (it
+        // handles a connection's operations in order), so an event published
+        // right after `build` is not missed, and a refused subscription has
+        // been reported by then. Its answer does not matter: an error reply
+        // is a round trip too.
+        let _ = tokio::time::timeout(
+            self.client.config().ack_timeout,
+            self.client.jetstream().query_account(),
+        )
+        .await;
+        // The refusal reaches us through the connection's event task, which
+        // may run a moment after the reply.
+        let grace = tokio::time::sleep(REFUSAL_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                violation = violations.recv() => match violation {
+                    Ok(violation)
+                        if violation.operation == Operation::Subscribe
+                            && filters.contains(&violation.subject) =>
+                    {
+                        return Err(Error::new(ConsumeErrorKind::PermissionDenied {
+                            subject: violation.subject,
+                        }));
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = &mut grace => break,
+            }
+        }
         Ok(EphemeralConsumer {
             client: self.client,
             group: self.group,
@@ -172,6 +206,10 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         })
     }
 }
+
+/// How long `build` waits, after its round trip, for the refusal of a
+/// subscription to come through the connection's event task.
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
     /// Handles events until `signal` completes, then unsubscribes and waits
