@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::subject::{validate_token, SubjectError, SubjectErrorKind};
+use crate::subject::{validate_name_token, SubjectError, SubjectErrorKind};
 use crate::Error;
 
 /// A serde type that can be published and consumed as a CloudEvent.
@@ -51,7 +51,7 @@ pub trait Event: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 
 /// A validated CloudEvents type `{domain}.{entity}.{action}.{version}`.
 ///
 /// Each of the four parts is one subject token (see
-/// [`validate_token`]); the version is `v` followed by digits.
+/// [`validate_token`](crate::subject::validate_token)); the version is `v` followed by digits.
 ///
 /// ```
 /// use jetevents::event::EventType;
@@ -100,7 +100,7 @@ impl EventType {
             dots,
         };
         for token in [ty.domain(), ty.entity(), ty.action(), ty.version()] {
-            validate_token(token).map_err(|err| {
+            validate_name_token(token).map_err(|err| {
                 Error::with_source(
                     SubjectErrorKind::InvalidEventType {
                         event_type: s.to_owned(),

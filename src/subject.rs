@@ -38,11 +38,24 @@ pub type SubjectError = Error<SubjectErrorKind>;
 /// room for long environment and type tokens.
 pub const MAX_KEY_TOKEN_LEN: usize = 256;
 
-/// Longest token [`validate_token`] accepts (environment, type parts, group
-/// names). With [`MAX_KEY_TOKEN_LEN`] for the key, a whole event subject stays
-/// far below the server's control-line limit (4 KiB by default), which a
-/// subject shares with the reply inbox and the header size.
+/// Longest environment token and event-type part. With
+/// [`MAX_KEY_TOKEN_LEN`] for the key, a whole event subject stays far below the
+/// server's control-line limit (4 KiB by default), which a subject shares with
+/// the reply inbox and the header size.
 pub const MAX_TOKEN_LEN: usize = 64;
+
+/// [`validate_token`] plus the [`MAX_TOKEN_LEN`] limit, for the tokens that
+/// come from configuration and type names rather than escaped keys.
+pub(crate) fn validate_name_token(token: &str) -> Result<(), SubjectError> {
+    validate_token(token)?;
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Error::new(SubjectErrorKind::InvalidToken {
+            token: token.chars().take(32).chain("…".chars()).collect(),
+            reason: "longer than MAX_TOKEN_LEN (64 bytes)",
+        }));
+    }
+    Ok(())
+}
 
 /// What was wrong with a subject token, key, event type or pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,12 +135,6 @@ impl fmt::Display for SubjectErrorKind {
 pub fn validate_token(token: &str) -> Result<(), SubjectError> {
     if token.is_empty() {
         return Err(Error::new(SubjectErrorKind::EmptyToken));
-    }
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(Error::new(SubjectErrorKind::InvalidToken {
-            token: token.chars().take(32).chain("…".chars()).collect(),
-            reason: "longer than MAX_TOKEN_LEN (64 bytes)",
-        }));
     }
     for byte in token.bytes() {
         let reason = match byte {
@@ -281,7 +288,7 @@ impl Subjects {
     /// Subjects under the environment token `env` (e.g. `prod`, `staging`).
     pub fn new(env: impl Into<String>) -> Result<Subjects, SubjectError> {
         let env = env.into();
-        validate_token(&env)?;
+        validate_name_token(&env)?;
         Ok(Subjects { env })
     }
 
