@@ -91,7 +91,18 @@ async fn publishing_survives_a_stream_leader_kill() {
     assert_eq!(ids.len(), EVENTS);
 
     // Every event stored exactly once.
-    let mut stream = client.jetstream().get_stream("PLANT").await.unwrap();
+    // The JetStream API (meta leader) may still be settling after the kill.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        if let Ok(stream) = client.jetstream().get_stream("PLANT").await {
+            break stream;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream info unavailable after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(stream.info().await.unwrap().state.messages, EVENTS as u64);
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())

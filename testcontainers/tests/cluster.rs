@@ -44,8 +44,23 @@ async fn stream_leader_failover() {
             .await
             .unwrap();
         let js = jetstream::new(client);
-        let stream = js.get_stream("ORDERS").await.unwrap();
-        let message = stream.get_raw_message(seq).await.unwrap();
+        // The JetStream API answers again once the meta leader is settled too
+        // (it may have been on the killed node): poll with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let message = loop {
+            let attempt = async {
+                let stream = js.get_stream("ORDERS").await.ok()?;
+                stream.get_raw_message(seq).await.ok()
+            };
+            if let Some(message) = attempt.await {
+                break message;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: stream unreadable after the leader kill"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         assert_eq!(&message.payload[..], b"order-1", "{backend:?}");
 
         // The killed node comes back and catches up.
