@@ -42,7 +42,16 @@ async fn publishing_survives_a_stream_leader_kill() {
     })
     .await;
     let spec = StreamSpec::new("PLANT", vec!["dev.plant.>".into()]).replicas(3);
-    client.ensure_stream(&spec).await.unwrap();
+    // Right after the cluster forms, R3 placement can be refused until every
+    // peer has caught up with the meta leader.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(err) = client.ensure_stream(&spec).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream not created: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let leader = cluster.stream_leader("PLANT").await.unwrap();
 
     let published = Arc::new(AtomicUsize::new(0));

@@ -446,5 +446,14 @@ pub async fn chaos_stream(client: &Client, name: &str, replicas: usize) {
     let spec = jetevents::provision::StreamSpec::for_domain(client.subjects(), name, "chaos")
         .unwrap()
         .replicas(replicas);
-    client.ensure_stream(&spec).await.unwrap();
+    // Right after a cluster forms, R3 placement can be refused until every
+    // peer has caught up with the meta leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(err) = client.ensure_stream(&spec).await {
+        assert!(
+            Instant::now() < deadline,
+            "stream {name} not created: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -28,16 +28,29 @@ pub fn options() -> async_nats::ConnectOptions {
 }
 
 /// Creates a file-backed stream `name` on `name.>` with `replicas`.
+/// Creates the stream, retrying for a while: right after a cluster forms, R3
+/// placement can be refused until every peer has caught up with the meta leader.
 pub async fn create_stream(js: &jetstream::Context, name: &str, replicas: usize) -> stream::Stream {
-    js.create_stream(stream::Config {
-        name: name.to_string(),
-        subjects: vec![format!("{name}.>")],
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let created = js
+            .create_stream(stream::Config {
+                name: name.to_string(),
+                subjects: vec![format!("{name}.>")],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(stream) => return stream,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("create_stream {name}: {err}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("create_stream {name}: {err}"),
+        }
+    }
 }
 
 /// Publishes `payload` to `subject` and waits for the stream's ack; returns the seq.
