@@ -101,7 +101,7 @@ async fn publishing_survives_a_stream_leader_kill() {
 
     // Every event stored exactly once.
     // The JetStream API (meta leader) may still be settling after the kill.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut stream = loop {
         if let Ok(stream) = client.jetstream().get_stream("PLANT").await {
             break stream;
@@ -113,11 +113,23 @@ async fn publishing_survives_a_stream_leader_kill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(stream.info().await.unwrap().state.messages, EVENTS as u64);
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
+    // Creating a consumer right after a leader change can outlast the
+    // client's short (2 s) API timeout: retry within a deadline.
+    let mut messages = loop {
+        let created = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await;
+        match created {
+            Ok(consumer) => break consumer.messages().await.unwrap(),
+            Err(err) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no consumer after the kill: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     let mut seen = HashSet::new();
     for _ in 0..EVENTS {
         let message = messages.next().await.unwrap().unwrap();

@@ -364,16 +364,28 @@ impl Report {
 /// decodes it with the jetevents codec and records its op as handled. Returns
 /// how many messages were read. Fails on a message that does not decode.
 pub async fn read_back(client: &Client, stream: &str, checker: &Checker) -> usize {
-    let mut handle = client.jetstream().get_stream(stream).await.unwrap();
-    let total = handle.info().await.unwrap().state.messages;
+    // After a fault the JetStream API may need a while (leader elections,
+    // a restarted server recovering its store): retry the setup.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (total, mut messages) = loop {
+        let setup = async {
+            let mut handle = client.jetstream().get_stream(stream).await.ok()?;
+            let total = handle.info().await.ok()?.state.messages;
+            let consumer = handle
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .ok()?;
+            Some((total, consumer.messages().await.ok()?))
+        };
+        if let Some(ready) = setup.await {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "stream {stream} unreadable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     if total == 0 {
         return 0;
     }
-    let consumer = handle
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
     let mut read = 0usize;
     while (read as u64) < total {
         let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
