@@ -209,7 +209,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
 
 /// How long `build` waits, after its round trip, for the refusal of a
 /// subscription to come through the connection's event task.
-const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
     /// Handles events until `signal` completes, then unsubscribes and waits
