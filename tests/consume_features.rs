@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jetevents::codec::{self, Encoding};
-use jetevents::consume::{AckMode, Consumer, Context, EphemeralConsumer, HandlerError};
+use jetevents::consume::{AckMode, Context, EphemeralConsumer, HandlerError};
 use jetevents::envelope::Envelope;
 use jetevents::publish::PublishOptions;
 use serde::{Deserialize, Serialize};
@@ -36,9 +36,8 @@ type Lineages = Log<(String, Option<String>, Option<String>)>;
 async fn follow_up_events_carry_causation_and_correlation() {
     let world = World::on_shared_server().await;
     let shipped: Lineages = Log::default();
-    let consumer = Consumer::builder(&world.client, "warehouse")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("warehouse")
         .ack_mode(AckMode::Confirmed)
         .with_state(shipped.clone())
         .handle(|event: OrderPlaced, ctx: Context<Lineages>| async move {
@@ -88,9 +87,8 @@ async fn follow_up_events_carry_causation_and_correlation() {
 async fn older_versions_are_upcast_to_the_handled_one() {
     let world = World::on_shared_server().await;
     let seen: Log<(String, OrderPlacedV2)> = Log::default();
-    let consumer = Consumer::builder(&world.client, "analytics")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("analytics")
         .with_state(seen.clone())
         .handle(
             |event: OrderPlacedV2, ctx: Context<Log<(String, OrderPlacedV2)>>| async move {
@@ -146,9 +144,8 @@ async fn older_versions_are_upcast_to_the_handled_one() {
 #[tokio::test]
 async fn upcast_without_a_target_handler_is_a_configuration_error() {
     let world = World::on_shared_server().await;
-    let err = Consumer::builder(&world.client, "broken")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let err = world
+        .consumer("broken")
         .upcast(|old: OrderPlaced| OrderPlacedV2 {
             order: old.order,
             n: old.n,
@@ -167,9 +164,8 @@ async fn upcast_without_a_target_handler_is_a_configuration_error() {
 async fn pattern_routes_take_the_types_without_a_typed_handler() {
     let world = World::on_shared_server().await;
     let seen: Log<(&'static str, String)> = Log::default();
-    let consumer = Consumer::builder(&world.client, "firehose")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("firehose")
         .with_state(seen.clone())
         .handle(
             |event: OrderPlaced, ctx: Context<Log<(&'static str, String)>>| async move {

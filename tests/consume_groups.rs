@@ -18,9 +18,8 @@ async fn logging_consumer(
     instance: &'static str,
     log: Log<(&'static str, u64)>,
 ) -> Running {
-    let consumer = Consumer::builder(&world.client, group)
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer(group)
         .concurrency(2)
         .pull_expiry(Duration::from_millis(500))
         .with_state(log)

@@ -22,9 +22,8 @@ async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
     let calls: Log<(u64, u64)> = Log::default();
     let done: Log<u64> = Log::default();
     let state = (calls.clone(), done.clone());
-    let consumer = Consumer::builder(&world.client, "reports")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("reports")
         .ack_wait(Duration::from_secs(1))
         .concurrency(4)
         .with_state(state)
@@ -64,9 +63,8 @@ async fn shutdown_with_events_in_flight_loses_none() {
         let world = &world;
         let state = (started.clone(), finished.clone());
         async move {
-            Consumer::builder(&world.client, "fulfil")
-                .stream(&world.stream)
-                .dead_letter(world.dead_letters.clone())
+            world
+                .consumer("fulfil")
                 .concurrency(4)
                 .ack_wait(Duration::from_secs(2))
                 .shutdown_grace(Duration::from_millis(200))
@@ -120,9 +118,8 @@ async fn shutdown_lets_in_flight_handlers_finish_within_the_grace() {
     let world = World::on_shared_server().await;
     let started: Log<u64> = Log::default();
     let finished: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "graceful")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("graceful")
         .shutdown_grace(Duration::from_secs(10))
         .with_state((started.clone(), finished.clone()))
         .handle(
@@ -153,9 +150,8 @@ async fn consuming_resumes_after_a_server_restart() {
     let mut server = NatsServer::start().await.unwrap();
     let world = World::on(&server.url()).await;
     let handled: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "restarts")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("restarts")
         .retry(RetryPolicy::fixed(Duration::from_millis(100)))
         .pull_expiry(Duration::from_millis(500))
         .with_state(handled.clone())
@@ -204,9 +200,8 @@ async fn consuming_resumes_after_a_server_restart() {
 async fn a_deleted_consumer_is_recreated() {
     let world = World::on_shared_server().await;
     let handled: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "phoenix")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("phoenix")
         .pull_expiry(Duration::from_millis(300))
         .with_state(handled.clone())
         .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
@@ -245,9 +240,8 @@ async fn a_deleted_consumer_is_recreated() {
 #[tokio::test]
 async fn a_deleted_stream_ends_the_runner_with_a_clear_error() {
     let world = World::on_shared_server().await;
-    let consumer = Consumer::builder(&world.client, "orphan")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("orphan")
         .pull_expiry(Duration::from_millis(300))
         .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
         .build()
@@ -292,9 +286,8 @@ async fn consuming_resumes_after_an_outage_longer_than_the_pull() {
     let mut server = NatsServer::start().await.unwrap();
     let world = World::on(&server.url()).await;
     let handled: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "outage")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("outage")
         .pull_expiry(Duration::from_millis(300))
         .with_state(handled.clone())
         .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {

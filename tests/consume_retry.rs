@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use jetevents::consume::{
-    Consumer, Context, DeadLetter, DeadLetterReason, HandlerError, RetryPolicy, UnhandledPolicy,
+    Context, DeadLetter, DeadLetterReason, HandlerError, RetryPolicy, UnhandledPolicy,
 };
 use jetevents::envelope::Envelope;
 
@@ -33,9 +33,8 @@ async fn transient_failure_is_redelivered_after_the_scheduled_delay() {
         .jitter(0.0)
         .max_attempts(5);
     let deliveries: Log<(u64, Instant)> = Log::default();
-    let consumer = Consumer::builder(&world.client, "mailer")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("mailer")
         .retry(retry.clone())
         .with_state(deliveries.clone())
         .handle(
@@ -86,9 +85,8 @@ async fn transient_failure_is_redelivered_after_the_scheduled_delay() {
 async fn last_attempt_dead_letters_with_the_reason_and_the_consumer_moves_on() {
     let world = World::on_shared_server().await;
     let handled: Log<(u64, u64)> = Log::default();
-    let consumer = Consumer::builder(&world.client, "ledger")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("ledger")
         .retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(3))
         .with_state(handled.clone())
         .handle(
@@ -144,9 +142,8 @@ async fn last_attempt_dead_letters_with_the_reason_and_the_consumer_moves_on() {
 async fn permanent_error_dead_letters_on_the_first_delivery() {
     let world = World::on_shared_server().await;
     let calls: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "fraud")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("fraud")
         .with_state(calls.clone())
         .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
             ctx.state().push(event.n);
@@ -174,9 +171,8 @@ async fn permanent_error_dead_letters_on_the_first_delivery() {
 async fn undecodable_messages_are_dead_lettered_on_first_delivery() {
     let world = World::on_shared_server().await;
     let calls: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "search")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("search")
         .with_state(calls.clone())
         .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
             ctx.state().push(event.n);
@@ -237,9 +233,8 @@ async fn undecodable_messages_are_dead_lettered_on_first_delivery() {
 async fn a_panicking_handler_does_not_stop_the_runner() {
     let world = World::on_shared_server().await;
     let handled: Log<(u64, u64)> = Log::default();
-    let consumer = Consumer::builder(&world.client, "panicky")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("panicky")
         .retry(RetryPolicy::fixed(Duration::from_millis(50)))
         .with_state(handled.clone())
         .handle(
@@ -274,9 +269,8 @@ async fn a_panicking_handler_does_not_stop_the_runner() {
 #[tokio::test]
 async fn unhandled_types_follow_the_policy() {
     let world = World::on_shared_server().await;
-    let consumer = Consumer::builder(&world.client, "strict")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("strict")
         .unhandled(UnhandledPolicy::DeadLetter)
         .filter_subject(format!("{}.shop.>", world.client.subjects().env()))
         .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
@@ -302,9 +296,8 @@ async fn unhandled_types_follow_the_policy() {
 async fn dead_letters_can_be_inspected_redriven_and_deleted() {
     let world = World::on_shared_server().await;
     let handled: Log<(String, u64)> = Log::default();
-    let consumer = Consumer::builder(&world.client, "invoices")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("invoices")
         .with_state(handled.clone())
         .handle(
             |event: OrderPlaced, ctx: Context<Log<(String, u64)>>| async move {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use jetevents::consume::{Consumer, Context};
+use jetevents::consume::Context;
 
 mod consume_common;
 mod support;
@@ -30,9 +30,8 @@ async fn the_process_span_continues_the_producers_trace() {
 
     let world = World::on_shared_server().await;
     let followed: Log<u64> = Log::default();
-    let consumer = Consumer::builder(&world.client, "tracer")
-        .stream(&world.stream)
-        .dead_letter(world.dead_letters.clone())
+    let consumer = world
+        .consumer("tracer")
         .with_state(followed.clone())
         .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
             ctx.publish(&OrderShipped { order: event.order }).await?;

@@ -65,6 +65,13 @@ pub struct World {
 }
 
 impl World {
+    /// A consumer builder of `group` on this world's stream and dead letters.
+    pub fn consumer(&self, group: &str) -> jetevents::consume::ConsumerBuilder<()> {
+        jetevents::consume::Consumer::builder(&self.client, group)
+            .stream(&self.stream)
+            .dead_letter(self.dead_letters.clone())
+    }
+
     pub async fn on_shared_server() -> World {
         let server = jetevents_testcontainers::shared().await;
         World::on(&server.url()).await
