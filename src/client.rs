@@ -1,6 +1,7 @@
 //! The connection: one [`Client`] per service, cheap to clone, shared by its
 //! publishers and consumers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream;
@@ -110,6 +111,9 @@ struct Inner {
     config: Config,
     subjects: Subjects,
     violations: broadcast::Sender<PermissionViolation>,
+    /// Connections lost so far: the consumer runner changes how it pulls
+    /// after one.
+    disconnects: Arc<AtomicU64>,
     metrics: Metrics,
 }
 
@@ -144,13 +148,16 @@ impl Client {
         }
 
         let (violations, _) = broadcast::channel(64);
+        let disconnects = Arc::new(AtomicU64::new(0));
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(config.connect_timeout)
             .event_callback({
                 let violations = violations.clone();
+                let disconnects = disconnects.clone();
                 move |event| {
                     let violations = violations.clone();
-                    async move { on_connection_event(event, &violations) }
+                    let disconnects = disconnects.clone();
+                    async move { on_connection_event(event, &violations, &disconnects) }
                 }
             });
         if let Some(name) = &config.name {
@@ -229,9 +236,15 @@ impl Client {
                 config,
                 subjects,
                 violations,
+                disconnects,
                 metrics,
             }),
         })
+    }
+
+    /// How many times the connection was lost since connecting.
+    pub(crate) fn disconnects(&self) -> u64 {
+        self.inner.disconnects.load(Ordering::Relaxed)
     }
 
     /// The underlying async-nats client, for what jetevents does not wrap.
@@ -330,6 +343,7 @@ fn is_tls_failure(err: &async_nats::ConnectError) -> bool {
 fn on_connection_event(
     event: async_nats::Event,
     violations: &broadcast::Sender<PermissionViolation>,
+    disconnects: &AtomicU64,
 ) {
     match event {
         async_nats::Event::ServerError(async_nats::ServerError::Other(message)) => {
@@ -345,7 +359,10 @@ fn on_connection_event(
                 tracing::warn!(error = %message, "server error");
             }
         }
-        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+        async_nats::Event::Disconnected => {
+            disconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("disconnected from NATS")
+        }
         async_nats::Event::Connected => tracing::info!("connected to NATS"),
         async_nats::Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
         other => tracing::debug!(event = %other, "NATS connection event"),

@@ -167,6 +167,11 @@ impl std::fmt::Display for ConsumeErrorKind {
 /// Error of building or running a consumer.
 pub type ConsumeError = Error<ConsumeErrorKind>;
 
+/// Prefetch without [`ConsumerBuilder::prefetch`]: twice the concurrency,
+/// within these bounds.
+const DEFAULT_MIN_PREFETCH: usize = 64;
+const DEFAULT_MAX_PREFETCH: usize = 512;
+
 /// Settings shared by the builder, the consumer and the runner.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -181,6 +186,7 @@ pub(crate) struct Settings {
     pub server_backoff: ServerBackoff,
     pub shutdown_grace: Duration,
     pub pull_expiry: Duration,
+    pub prefetch: Option<usize>,
     pub deliver_policy: DeliverPolicy,
     pub extra_filters: Vec<String>,
 }
@@ -199,6 +205,7 @@ impl Default for Settings {
             server_backoff: ServerBackoff::default(),
             shutdown_grace: Duration::from_secs(10),
             pull_expiry: Duration::from_secs(10),
+            prefetch: None,
             deliver_policy: DeliverPolicy::All,
             extra_filters: Vec::new(),
         }
@@ -226,6 +233,27 @@ impl Settings {
             backoff.truncate(usize::try_from(max_deliver - 1).unwrap_or(0));
         }
         backoff
+    }
+
+    /// Events the runner keeps requested or received beyond its running
+    /// handlers: enough to hide the pull round trip, few enough that none
+    /// waits long (waiting ones get in-progress acks all the same).
+    pub(crate) fn prefetch(&self) -> usize {
+        self.prefetch
+            .unwrap_or_else(|| {
+                (2 * self.concurrency).clamp(DEFAULT_MIN_PREFETCH, DEFAULT_MAX_PREFETCH)
+            })
+            .max(1)
+    }
+
+    /// The longest the server waits before redelivering an unacked event:
+    /// the ack wait, or the longest backoff entry.
+    pub(crate) fn redelivery_period(&self) -> Duration {
+        self.backoff()
+            .into_iter()
+            .chain(std::iter::once(self.ack_wait))
+            .max()
+            .unwrap_or(self.ack_wait)
     }
 
     /// How often a running handler's event gets an in-progress ack: a third
@@ -496,8 +524,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
-    /// How many handlers run at once in this instance (default 8). The
-    /// runner pulls only as many events as it has free slots.
+    /// How many handlers run at once in this instance (default 8).
     pub fn concurrency(mut self, handlers: usize) -> Self {
         self.settings.concurrency = handlers.max(1);
         self
@@ -565,6 +592,19 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     /// period of the watchdog that checks the consumer when pulls stay empty.
     pub fn pull_expiry(mut self, expiry: Duration) -> Self {
         self.settings.pull_expiry = expiry.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How many events the runner keeps requested from the server or
+    /// received and waiting for a free handler (default: twice the
+    /// concurrency, at least 64 and at most 512). The next pull goes out
+    /// while handlers run, so the round trip to the server is not paid per
+    /// batch. Waiting events get in-progress acks like running ones, so a
+    /// large prefetch with slow handlers causes no redeliveries, but it
+    /// keeps events from other instances of the group: lower it when a few
+    /// slow events should spread across instances.
+    pub fn prefetch(mut self, events: usize) -> Self {
+        self.settings.prefetch = Some(events.max(1));
         self
     }
 

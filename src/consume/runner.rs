@@ -1,6 +1,7 @@
 //! The pull loop and the life of one delivery: decode, route, handle, settle.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use chrono::Utc;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
 use opentelemetry::KeyValue;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -43,8 +45,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_FAILED_CHECKS: u32 = 3;
 /// Bound on subscribing the pull inbox.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a runner waiting for the connection looks again.
-const CONNECTION_POLL: Duration = Duration::from_millis(50);
+/// How often the loop looks at overdue pulls, the connection and waiting
+/// events when nothing else wakes it.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// Added to the redelivery period while pulling carefully after a lost
+/// connection.
+const CAREFUL_MARGIN: Duration = Duration::from_secs(2);
 /// How often a runner still waiting for the connection says so.
 const DISCONNECTED_REPORT: Duration = Duration::from_secs(30);
 
@@ -109,170 +115,172 @@ where
     });
     let config = consumer_config(&group, &filters, &shared.settings);
     let concurrency = shared.settings.concurrency;
+    let prefetch = shared.settings.prefetch();
     let expiry = shared.settings.pull_expiry;
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
+    let progress_interval = shared.progress_interval;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    // Events beyond the free slots (answers to pulls given up on) wait in
-    // the inbox subscription and start in the next round.
     let mut inbox = Inbox::subscribe(&client).await?;
+    let mut pulls = Pulls::default();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let mut health = Health::default();
+    let mut received_since_check = 0usize;
+    let mut disconnects = client.disconnects();
+    let mut careful_until: Option<Instant> = None;
+    let mut disconnected_since: Option<Instant> = None;
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut suspicious_pulls = 0u32;
-    let mut failed_checks = 0u32;
     let result = 'pulling: loop {
-        while tasks.try_join_next().is_some() {}
+        while tasks.len() < concurrency {
+            let Some(next) = waiting.pop_front() else {
+                break;
+            };
+            tasks.spawn(process(next.message, shared.clone(), stopped.clone()));
+        }
 
-        // Wait for a free slot, then take every free slot: the pull asks for
-        // exactly as many events as can start at once, so none waits in a
-        // local buffer while its ack wait runs.
-        let first = tokio::select! {
-            biased;
-            () = signal.clone() => break 'pulling Ok(()),
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break 'pulling Ok(()),
-            },
-        };
-        let mut permits: Vec<OwnedSemaphorePermit> = vec![first];
-        while permits.len() < concurrency {
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
+        // The pulls of a lost connection are gone or answered into it; so
+        // may be an event that broke it (async-nats drops the connection on
+        // a header block it cannot parse). Until such an event has had time
+        // to come back, pull one at a time so it cannot take others along:
+        // each event in the same read would be lost with the connection and
+        // move one delivery closer to max_deliver with it.
+        let seen = client.disconnects();
+        if seen != disconnects {
+            disconnects = seen;
+            pulls.forget();
+            careful_until = Some(Instant::now() + careful_period);
+            tracing::info!(
+                consumer = %group,
+                period_ms = careful_period.as_millis() as u64,
+                "connection lost; pulling one event at a time for a redelivery period"
+            );
+        }
+        let careful = careful_until.is_some_and(|until| Instant::now() < until);
+
+        let batch = if careful {
+            usize::from(pulls.outstanding() == 0 && waiting.len() < prefetch)
+        } else {
+            let room = prefetch.saturating_sub(waiting.len() + pulls.outstanding());
+            // Top up by half the prefetch at least: fewer, larger pulls.
+            if room > 0 && (pulls.outstanding() == 0 || room >= prefetch.div_ceil(2)) {
+                room
+            } else {
+                0
             }
-        }
-
-        // A pull sent while disconnected waits in the client and goes out on
-        // reconnect, long after this loop gave up on it.
-        if !wait_connected(&client, &group, &signal).await {
-            break 'pulling Ok(());
-        }
-        let reply = inbox.next_reply();
-        let request = pull::BatchConfig {
-            batch: permits.len(),
-            expires: Some(expiry),
-            ..Default::default()
         };
-        let sent = tokio::select! {
-            biased;
-            () = signal.clone() => break 'pulling Ok(()),
-            sent = tokio::time::timeout(
-                expiry + PULL_GRACE,
-                pull_consumer.request_batch(request, reply.clone().into()),
-            ) => sent,
-        };
-        let failure = match sent {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some("the client did not take the pull request".to_owned()),
-        };
-        if let Some(error) = failure {
-            tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
-            match recover(&client, &stream, &config, &signal).await {
-                Ok(Some(recovered)) => pull_consumer = recovered,
-                Ok(None) => break 'pulling Ok(()),
-                Err(err) => break 'pulling Err(err),
-            }
-            continue;
-        }
-
-        // The watchdog: a pull the server forgot (restart, lost connection)
-        // would otherwise hold the loop forever. Whatever the server still
-        // sends for it arrives on the inbox and is handled all the same.
-        let overdue = tokio::time::sleep(expiry + PULL_GRACE);
-        tokio::pin!(overdue);
-        let mut received = 0usize;
-        // The server sends no end-of-pull status once the pull is filled.
-        while !permits.is_empty() {
-            let incoming = tokio::select! {
+        if batch > 0 && !connected(&client, &group, &mut disconnected_since) {
+            // A pull sent while disconnected waits in the client and goes
+            // out on reconnect, long after it stopped being counted; the
+            // housekeeping tick looks again.
+        } else if batch > 0 {
+            let reply = inbox.next_reply();
+            let request = pull::BatchConfig {
+                batch,
+                expires: Some(expiry),
+                ..Default::default()
+            };
+            let sent = tokio::select! {
                 biased;
                 () = signal.clone() => break 'pulling Ok(()),
-                () = &mut overdue => {
-                    tracing::warn!(consumer = %group, "pull request overdue; pulling again");
-                    break;
-                }
-                incoming = inbox.subscription.next() => incoming,
+                sent = tokio::time::timeout(
+                    expiry + PULL_GRACE,
+                    pull_consumer.request_batch(request, reply.clone().into()),
+                ) => sent,
             };
-            let Some(incoming) = incoming else {
-                // Only a closed client ends the subscription.
-                match Inbox::subscribe(&client).await {
-                    Ok(renewed) => {
-                        tracing::warn!(consumer = %group, "pull inbox was closed; subscribed again");
-                        inbox = renewed;
-                        break;
-                    }
+            let failure = match sent {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some("the client did not take the pull request".to_owned()),
+            };
+            if let Some(error) = failure {
+                tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
+                pulls.forget();
+                match recover(&client, &stream, &config, &signal).await {
+                    Ok(Some(recovered)) => pull_consumer = recovered,
+                    Ok(None) => break 'pulling Ok(()),
                     Err(err) => break 'pulling Err(err),
                 }
-            };
-            match classify(incoming, &reply, client.jetstream()) {
-                Incoming::Event(message) => {
-                    received += 1;
-                    // Always a slot: the loop runs only while one is left.
-                    if let Some(permit) = permits.pop() {
-                        tasks.spawn(process(message, shared.clone(), permit, stopped.clone()));
-                    }
-                }
-                Incoming::Ended => break,
-                Incoming::Ignored => {}
-                Incoming::Refused(status) => {
-                    tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
-                    match recover(&client, &stream, &config, &signal).await {
-                        Ok(Some(recovered)) => pull_consumer = recovered,
-                        Ok(None) => break 'pulling Ok(()),
+                continue;
+            }
+            pulls.sent(reply, batch, Instant::now() + expiry + PULL_GRACE);
+        }
+
+        let mut pull_over = false;
+        tokio::select! {
+            biased;
+            () = signal.clone() => break 'pulling Ok(()),
+            // A handler finished: its slot takes the next waiting event.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            incoming = inbox.subscription.next() => {
+                let Some(incoming) = incoming else {
+                    // Only a closed client ends the subscription.
+                    match Inbox::subscribe(&client).await {
+                        Ok(renewed) => {
+                            tracing::warn!(consumer = %group, "pull inbox was closed; subscribed again");
+                            inbox = renewed;
+                            pulls.forget();
+                            continue;
+                        }
                         Err(err) => break 'pulling Err(err),
                     }
-                    break;
+                };
+                match classify(incoming, client.jetstream()) {
+                    Incoming::Event(message) => {
+                        pulls.received();
+                        received_since_check += 1;
+                        waiting.push_back(Waiting { message, since: Instant::now() });
+                    }
+                    Incoming::Status { reply, status } if pulls.contains(&reply) => match status {
+                        PullStatus::Ended => {
+                            pulls.end(&reply);
+                            pull_over = true;
+                        }
+                        PullStatus::Heartbeat => {}
+                        PullStatus::Refused(status) => {
+                            tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
+                            pulls.forget();
+                            match recover(&client, &stream, &config, &signal).await {
+                                Ok(Some(recovered)) => pull_consumer = recovered,
+                                Ok(None) => break 'pulling Ok(()),
+                                Err(err) => break 'pulling Err(err),
+                            }
+                        }
+                    },
+                    // A status for a pull already given up.
+                    Incoming::Status { .. } => {}
                 }
             }
+            _ = housekeeping.tick() => {
+                // The watchdog: a pull the server forgot (restart, lost
+                // connection) would otherwise be counted forever. Whatever
+                // the server still sends for it arrives on the inbox and is
+                // handled all the same.
+                if pulls.drop_overdue(Instant::now()) {
+                    tracing::warn!(consumer = %group, "pull request overdue; pulling again");
+                    pull_over = true;
+                }
+                keep_waiting_alive(&mut waiting, progress_interval).await;
+            }
         }
-        drop(permits);
 
-        if received > 0 {
-            suspicious_pulls = 0;
-            failed_checks = 0;
+        if !pull_over {
             continue;
         }
-        let recreate = match watchdog(&mut pull_consumer, &group).await {
-            Watchdog::Healthy => {
-                suspicious_pulls = 0;
-                failed_checks = 0;
-                false
-            }
-            // Once can be a race with a publish right after the pull
-            // expired; twice in a row is a stuck consumer.
-            Watchdog::PendingButEmpty(pending) => {
-                suspicious_pulls += 1;
-                failed_checks = 0;
-                if suspicious_pulls >= 2 {
-                    tracing::warn!(
-                        consumer = %group,
-                        pending,
-                        "server reports pending events but pulls get none; recreating the consumer"
-                    );
-                }
-                suspicious_pulls >= 2
-            }
-            Watchdog::Missing => {
-                tracing::warn!(consumer = %group, "durable consumer was deleted; recreating it");
-                true
-            }
-            // Once is a disconnect or a slow server; the next pull tells
-            // more. Again and again while pulls come back empty is not.
-            Watchdog::Unknown(error) => {
-                failed_checks += 1;
-                if failed_checks >= MAX_FAILED_CHECKS {
-                    tracing::warn!(
-                        consumer = %group,
-                        error,
-                        checks = failed_checks,
-                        "consumer state keeps failing to load; recreating the consumer"
-                    );
-                }
-                failed_checks >= MAX_FAILED_CHECKS
-            }
+        if received_since_check > 0 {
+            received_since_check = 0;
+            health = Health::default();
+            continue;
+        }
+        let check = tokio::select! {
+            biased;
+            () = signal.clone() => break 'pulling Ok(()),
+            check = watchdog(&mut pull_consumer, &group) => check,
         };
-        if recreate {
-            suspicious_pulls = 0;
-            failed_checks = 0;
+        if health.recreate_after(check, &group) {
+            health = Health::default();
+            pulls.forget();
             match recover(&client, &stream, &config, &signal).await {
                 Ok(Some(recovered)) => pull_consumer = recovered,
                 Ok(None) => break 'pulling Ok(()),
@@ -282,9 +290,10 @@ where
     };
 
     // Events here but not started go back now, not after their ack wait.
-    let mut undelivered = Vec::new();
+    let mut undelivered: Vec<jetstream::Message> =
+        waiting.into_iter().map(|waiting| waiting.message).collect();
     while let Some(Some(incoming)) = inbox.subscription.next().now_or_never() {
-        if let Incoming::Event(message) = classify(incoming, "", client.jetstream()) {
+        if let Incoming::Event(message) = classify(incoming, client.jetstream()) {
             undelivered.push(message);
         }
     }
@@ -294,6 +303,139 @@ where
     drop(inbox);
     shutdown(&client, &shared.settings, tasks, stop).await;
     result
+}
+
+/// An event received and not yet handed to a handler.
+struct Waiting {
+    message: jetstream::Message,
+    /// When it came, or when it last got an in-progress ack.
+    since: Instant,
+}
+
+/// In-progress acks for events that wait longer than running handlers may
+/// go without one: a slow handler must not let the prefetched events behind
+/// it be redelivered to another instance.
+async fn keep_waiting_alive(waiting: &mut VecDeque<Waiting>, interval: Duration) {
+    let now = Instant::now();
+    for event in waiting.iter_mut() {
+        if now.duration_since(event.since) >= interval {
+            event.since = now;
+            if let Err(err) = event.message.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %err, "in-progress ack of a waiting event failed");
+            }
+        }
+    }
+}
+
+/// The pull requests still open, oldest first, and how many events each may
+/// still bring.
+#[derive(Default)]
+struct Pulls {
+    open: VecDeque<Pull>,
+}
+
+struct Pull {
+    reply: String,
+    remaining: usize,
+    deadline: Instant,
+}
+
+impl Pulls {
+    fn sent(&mut self, reply: String, batch: usize, deadline: Instant) {
+        self.open.push_back(Pull {
+            reply,
+            remaining: batch,
+            deadline,
+        });
+    }
+
+    /// Events still to come for the open pulls.
+    fn outstanding(&self) -> usize {
+        self.open.iter().map(|pull| pull.remaining).sum()
+    }
+
+    /// One event came. Events carry their own subject, not the pull's, but
+    /// the server serves a consumer's pulls in order: it counts against the
+    /// oldest.
+    fn received(&mut self) {
+        if let Some(oldest) = self.open.front_mut() {
+            oldest.remaining = oldest.remaining.saturating_sub(1);
+            if oldest.remaining == 0 {
+                // The server sends no end-of-pull status once a pull is filled.
+                self.open.pop_front();
+            }
+        }
+    }
+
+    fn contains(&self, reply: &str) -> bool {
+        self.open.iter().any(|pull| pull.reply == reply)
+    }
+
+    fn end(&mut self, reply: &str) {
+        self.open.retain(|pull| pull.reply != reply);
+    }
+
+    /// Drops the pulls past their deadline; true when there were any.
+    fn drop_overdue(&mut self, now: Instant) -> bool {
+        let before = self.open.len();
+        self.open.retain(|pull| pull.deadline > now);
+        self.open.len() != before
+    }
+
+    fn forget(&mut self) {
+        self.open.clear();
+    }
+}
+
+/// Whether the loop should recreate the consumer after pulls that brought
+/// nothing, from what the watchdog saw this time and the times before.
+#[derive(Default)]
+struct Health {
+    suspicious_pulls: u32,
+    failed_checks: u32,
+}
+
+impl Health {
+    fn recreate_after(&mut self, check: Watchdog, group: &str) -> bool {
+        match check {
+            Watchdog::Healthy => {
+                *self = Health::default();
+                false
+            }
+            // Once can be a race with a publish right after the pull
+            // expired; twice in a row is a stuck consumer.
+            Watchdog::PendingButEmpty(pending) => {
+                self.suspicious_pulls += 1;
+                self.failed_checks = 0;
+                if self.suspicious_pulls >= 2 {
+                    tracing::warn!(
+                        consumer = %group,
+                        pending,
+                        "server reports pending events but pulls get none; recreating the consumer"
+                    );
+                }
+                self.suspicious_pulls >= 2
+            }
+            Watchdog::Missing => {
+                tracing::warn!(consumer = %group, "durable consumer was deleted; recreating it");
+                true
+            }
+            // Once is a disconnect or a slow server; the next pull tells
+            // more. Again and again while pulls come back empty is not.
+            Watchdog::Unknown(error) => {
+                self.failed_checks += 1;
+                if self.failed_checks >= MAX_FAILED_CHECKS {
+                    tracing::warn!(
+                        consumer = %group,
+                        error,
+                        checks = self.failed_checks,
+                        "consumer state keeps failing to load; recreating the consumer"
+                    );
+                }
+                self.failed_checks >= MAX_FAILED_CHECKS
+            }
+        }
+    }
 }
 
 /// The one inbox every pull of a runner is answered on: pull `n` replies to
@@ -339,62 +481,64 @@ impl Inbox {
 #[allow(clippy::large_enum_variant)]
 enum Incoming {
     Event(jetstream::Message),
-    /// The current pull is over: expired, or nothing to deliver.
+    /// A status about the pull replied to on `reply`.
+    Status {
+        reply: String,
+        status: PullStatus,
+    },
+}
+
+enum PullStatus {
+    /// The pull is over: expired, or nothing to deliver.
     Ended,
-    /// A status for an earlier pull, or a heartbeat.
-    Ignored,
-    /// The server refused the current pull (consumer gone, leader change,
-    /// no responders).
+    Heartbeat,
+    /// The server refused the pull (consumer gone, leader change, no
+    /// responders).
     Refused(String),
 }
 
-/// Sorts what came in on the inbox; `current` is the reply subject of the
-/// pull being waited for. Events count whichever pull they answer; statuses
-/// only for the current one.
-fn classify(message: async_nats::Message, current: &str, context: &jetstream::Context) -> Incoming {
+fn classify(message: async_nats::Message, context: &jetstream::Context) -> Incoming {
     use async_nats::StatusCode;
-    match message.status {
-        None | Some(StatusCode::OK) => Incoming::Event(jetstream::Message {
-            message,
-            context: context.clone(),
-        }),
-        Some(_) if message.subject.as_str() != current => Incoming::Ignored,
-        Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => Incoming::Ended,
-        Some(StatusCode::IDLE_HEARTBEAT) => Incoming::Ignored,
-        Some(status) => Incoming::Refused(match &message.description {
+    let status = match message.status {
+        None | Some(StatusCode::OK) => {
+            return Incoming::Event(jetstream::Message {
+                message,
+                context: context.clone(),
+            })
+        }
+        Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => PullStatus::Ended,
+        Some(StatusCode::IDLE_HEARTBEAT) => PullStatus::Heartbeat,
+        Some(status) => PullStatus::Refused(match &message.description {
             Some(description) => format!("{status} {description}"),
             None => status.to_string(),
         }),
+    };
+    Incoming::Status {
+        reply: message.subject.to_string(),
+        status,
     }
 }
 
-/// Waits until the client is connected; false when shutdown came first.
-async fn wait_connected(client: &Client, group: &str, signal: &Signal) -> bool {
+/// Whether the client is connected, saying so now and then while it is not.
+fn connected(client: &Client, group: &str, disconnected_since: &mut Option<Instant>) -> bool {
     use async_nats::connection::State;
     if client.nats().connection_state() == State::Connected {
+        *disconnected_since = None;
         return true;
     }
-    tracing::debug!(consumer = %group, "not connected; pulling waits for the connection");
-    let started = tokio::time::Instant::now();
-    let mut reported = started;
-    loop {
-        tokio::select! {
-            biased;
-            () = signal.clone() => return false,
-            () = tokio::time::sleep(CONNECTION_POLL) => {}
+    let now = Instant::now();
+    match disconnected_since {
+        None => {
+            tracing::debug!(consumer = %group, "not connected; pulling waits for the connection");
+            *disconnected_since = Some(now);
         }
-        if client.nats().connection_state() == State::Connected {
-            return true;
+        Some(since) if now.duration_since(*since) >= DISCONNECTED_REPORT => {
+            tracing::warn!(consumer = %group, "still not connected; no events are consumed");
+            *disconnected_since = Some(now);
         }
-        if reported.elapsed() >= DISCONNECTED_REPORT {
-            reported = tokio::time::Instant::now();
-            tracing::warn!(
-                consumer = %group,
-                disconnected_s = started.elapsed().as_secs(),
-                "still not connected; no events are consumed"
-            );
-        }
+        Some(_) => {}
     }
+    false
 }
 
 /// Lets in-flight handlers finish within the grace period, then tells the
@@ -572,7 +716,6 @@ enum Decision {
 async fn process<S: Clone + Send + Sync + 'static>(
     message: jetstream::Message,
     shared: Arc<Runtime<S>>,
-    _slot: OwnedSemaphorePermit,
     stopped: watch::Receiver<bool>,
 ) {
     let subject = message.subject.to_string();
