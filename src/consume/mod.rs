@@ -169,7 +169,7 @@ pub type ConsumeError = Error<ConsumeErrorKind>;
 
 /// Prefetch without [`ConsumerBuilder::prefetch`]: twice the concurrency,
 /// within these bounds.
-const DEFAULT_MIN_PREFETCH: usize = 64;
+const DEFAULT_MIN_PREFETCH: usize = 256;
 const DEFAULT_MAX_PREFETCH: usize = 512;
 
 /// Settings shared by the builder, the consumer and the runner.

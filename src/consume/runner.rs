@@ -1,7 +1,7 @@
 //! The pull loop and the life of one delivery: decode, route, handle, settle.
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -48,6 +47,8 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the loop looks at overdue pulls, the connection and waiting
 /// events when nothing else wakes it.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// Events and statuses taken off the inbox in one pass of the loop.
+const MAX_TAKEN_AT_ONCE: usize = 64;
 /// Added to the redelivery period while pulling carefully after a lost
 /// connection.
 const CAREFUL_MARGIN: Duration = Duration::from_secs(2);
@@ -65,6 +66,7 @@ struct Runtime<S> {
     state: S,
     settings: Settings,
     progress_interval: Duration,
+    attributes: AttributeCache,
 }
 
 /// The stream `name`, `StreamNotFound`, or `Unavailable` when the server
@@ -111,6 +113,7 @@ where
         router,
         state,
         progress_interval: settings.progress_interval(),
+        attributes: AttributeCache::new(&group),
         settings,
     });
     let config = consumer_config(&group, &filters, &shared.settings);
@@ -120,7 +123,7 @@ where
     let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
     let progress_interval = shared.progress_interval;
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut tasks = futures_util::stream::FuturesUnordered::new();
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
@@ -132,12 +135,17 @@ where
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // One clone polled throughout: a clone per pass would register and
+    // drop a waker each time.
+    let stopping = signal.clone();
+    tokio::pin!(stopping);
+
     let result = 'pulling: loop {
         while tasks.len() < concurrency {
             let Some(next) = waiting.pop_front() else {
                 break;
             };
-            tasks.spawn(process(next.message, shared.clone(), stopped.clone()));
+            tasks.push(process(next.message, shared.clone(), stopped.clone()));
         }
 
         // The pulls of a lost connection are gone or answered into it; so
@@ -210,46 +218,57 @@ where
         let mut pull_over = false;
         tokio::select! {
             biased;
-            () = signal.clone() => break 'pulling Ok(()),
+            () = &mut stopping => break 'pulling Ok(()),
             // A handler finished: its slot takes the next waiting event.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(()) = tasks.next(), if !tasks.is_empty() => {}
             incoming = inbox.subscription.next() => {
-                let Some(incoming) = incoming else {
-                    // Only a closed client ends the subscription.
-                    match Inbox::subscribe(&client).await {
-                        Ok(renewed) => {
-                            tracing::warn!(consumer = %group, "pull inbox was closed; subscribed again");
-                            inbox = renewed;
-                            pulls.forget();
-                            continue;
-                        }
-                        Err(err) => break 'pulling Err(err),
-                    }
-                };
-                match classify(incoming, client.jetstream()) {
-                    Incoming::Event(message) => {
-                        pulls.received();
-                        received_since_check += 1;
-                        waiting.push_back(Waiting { message, since: Instant::now() });
-                    }
-                    Incoming::Status { reply, status } if pulls.contains(&reply) => match status {
-                        PullStatus::Ended => {
-                            pulls.end(&reply);
-                            pull_over = true;
-                        }
-                        PullStatus::Heartbeat => {}
-                        PullStatus::Refused(status) => {
-                            tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
-                            pulls.forget();
-                            match recover(&client, &stream, &config, &signal).await {
-                                Ok(Some(recovered)) => pull_consumer = recovered,
-                                Ok(None) => break 'pulling Ok(()),
-                                Err(err) => break 'pulling Err(err),
+                // Take what else is already here in the same turn: one pass
+                // of this loop per batch rather than per event.
+                let mut next = Some(incoming);
+                let mut taken = 0usize;
+                while let Some(incoming) = next.take() {
+                    let Some(incoming) = incoming else {
+                        // Only a closed client ends the subscription.
+                        match Inbox::subscribe(&client).await {
+                            Ok(renewed) => {
+                                tracing::warn!(consumer = %group, "pull inbox was closed; subscribed again");
+                                inbox = renewed;
+                                pulls.forget();
+                                continue 'pulling;
                             }
+                            Err(err) => break 'pulling Err(err),
                         }
-                    },
-                    // A status for a pull already given up.
-                    Incoming::Status { .. } => {}
+                    };
+                    match classify(incoming, client.jetstream()) {
+                        Incoming::Event(message) => {
+                            pulls.received();
+                            received_since_check += 1;
+                            waiting.push_back(Waiting { message, since: Instant::now() });
+                        }
+                        Incoming::Status { reply, status } if pulls.contains(&reply) => match status {
+                            PullStatus::Ended => {
+                                pulls.end(&reply);
+                                pull_over = true;
+                            }
+                            PullStatus::Heartbeat => {}
+                            PullStatus::Refused(status) => {
+                                tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
+                                pulls.forget();
+                                match recover(&client, &stream, &config, &signal).await {
+                                    Ok(Some(recovered)) => pull_consumer = recovered,
+                                    Ok(None) => break 'pulling Ok(()),
+                                    Err(err) => break 'pulling Err(err),
+                                }
+                                break;
+                            }
+                        },
+                        // A status for a pull already given up.
+                        Incoming::Status { .. } => {}
+                    }
+                    taken += 1;
+                    if taken < MAX_TAKEN_AT_ONCE {
+                        next = inbox.subscription.next().now_or_never();
+                    }
                 }
             }
             _ = housekeeping.tick() => {
@@ -546,10 +565,10 @@ fn connected(client: &Client, group: &str, disconnected_since: &mut Option<Insta
 async fn shutdown(
     client: &Client,
     settings: &Settings,
-    mut tasks: JoinSet<()>,
+    mut tasks: futures_util::stream::FuturesUnordered<impl Future<Output = ()>>,
     stop: watch::Sender<bool>,
 ) {
-    let drain = async { while tasks.join_next().await.is_some() {} };
+    let drain = async { while tasks.next().await.is_some() {} };
     if tokio::time::timeout(settings.shutdown_grace, drain)
         .await
         .is_err()
@@ -559,12 +578,8 @@ async fn shutdown(
             "shutdown grace over; Naking the events of handlers still running"
         );
         let _ = stop.send(true);
-        let settle = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(STOP_GRACE, settle).await.is_err() {
-            // Only a handler blocking its thread gets here; its event comes
-            // back after the ack wait.
-            tasks.abort_all();
-        }
+        let settle = async { while tasks.next().await.is_some() {} };
+        let _ = tokio::time::timeout(STOP_GRACE, settle).await;
     }
     if let Err(err) = client.nats().flush().await {
         tracing::warn!(error = %err, "flushing acks on shutdown failed");
@@ -766,7 +781,7 @@ async fn process<S: Clone + Send + Sync + 'static>(
         .client
         .metrics()
         .consumed
-        .add(1, &metric_attributes(&shared.group, &event_type, None));
+        .add(1, &shared.attributes.of(&event_type));
     if let Ok(envelope) = &envelope {
         // Before the span is first entered, so it starts as the child.
         let _ = span.set_parent(crate::trace::extract(envelope));
@@ -866,24 +881,31 @@ async fn decide<S: Clone + Send + Sync + 'static>(
         AssertUnwindSafe(handler(event, context)).catch_unwind(),
     );
     tokio::pin!(call);
-    let interval = shared.progress_interval;
-    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let started = std::time::Instant::now();
     let in_flight = InFlight::start(
         metrics.handlers_in_flight.clone(),
-        metric_attributes(&shared.group, &event_type, None),
+        shared.attributes.of(&event_type),
     );
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break Some(result),
-            _ = progress.tick() => {
-                if let Err(err) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %err, "in-progress ack failed");
-                }
-            }
-            changed = stopped.changed() => {
-                if changed.is_err() || *stopped.borrow() {
-                    break None;
+    // Most handlers finish on their first poll: no progress timer for them.
+    let result = match call.as_mut().now_or_never() {
+        Some(result) => Some(result),
+        None => {
+            let interval = shared.progress_interval;
+            let mut progress =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                tokio::select! {
+                    result = &mut call => break Some(result),
+                    _ = progress.tick() => {
+                        if let Err(err) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(error = %err, "in-progress ack failed");
+                        }
+                    }
+                    changed = stopped.changed() => {
+                        if changed.is_err() || *stopped.borrow() {
+                            break None;
+                        }
+                    }
                 }
             }
         }
@@ -896,10 +918,16 @@ async fn decide<S: Clone + Send + Sync + 'static>(
         Some(Ok(Err(_))) => Some("transient"),
         Some(Err(_)) => Some("panic"),
     };
-    metrics.process_duration.record(
-        started.elapsed().as_secs_f64(),
-        &metric_attributes(&shared.group, &event_type, error_type),
-    );
+    let elapsed = started.elapsed().as_secs_f64();
+    match error_type {
+        None => metrics
+            .process_duration
+            .record(elapsed, &shared.attributes.of(&event_type)),
+        Some(error) => metrics.process_duration.record(
+            elapsed,
+            &metric_attributes(&shared.group, &event_type, Some(error)),
+        ),
+    }
 
     let transient = |error: String, asked: Option<Duration>| {
         if retry.is_last_attempt(delivered) {
@@ -976,7 +1004,7 @@ async fn settle<S>(
             if reason == "transient" {
                 metrics
                     .consume_retries
-                    .add(1, &metric_attributes(&shared.group, event_type, None));
+                    .add(1, &shared.attributes.of(event_type));
             }
             nak(&span, message, delay, reason).await
         }
@@ -1072,13 +1100,13 @@ async fn copy_to_dead_letters<S>(
 /// (also when the task is aborted).
 struct InFlight {
     counter: opentelemetry::metrics::UpDownCounter<i64>,
-    attributes: Vec<KeyValue>,
+    attributes: Arc<[KeyValue]>,
 }
 
 impl InFlight {
     fn start(
         counter: opentelemetry::metrics::UpDownCounter<i64>,
-        attributes: Vec<KeyValue>,
+        attributes: Arc<[KeyValue]>,
     ) -> Self {
         counter.add(1, &attributes);
         Self {
@@ -1091,6 +1119,42 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.counter.add(-1, &self.attributes);
+    }
+}
+
+/// Most bound on the event types whose attributes are kept: pattern
+/// handlers can see any number of types.
+const MAX_CACHED_TYPES: usize = 1024;
+
+/// The metric attributes of successful deliveries, built once per event
+/// type: each delivery records several metrics with the same ones.
+struct AttributeCache {
+    group: String,
+    by_type: std::sync::Mutex<HashMap<String, Arc<[KeyValue]>>>,
+}
+
+impl AttributeCache {
+    fn new(group: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+            by_type: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn of(&self, event_type: &str) -> Arc<[KeyValue]> {
+        // A panic while holding the lock cannot leave the map half-written.
+        let mut by_type = self
+            .by_type
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(attributes) = by_type.get(event_type) {
+            return attributes.clone();
+        }
+        let attributes: Arc<[KeyValue]> = metric_attributes(&self.group, event_type, None).into();
+        if by_type.len() < MAX_CACHED_TYPES {
+            by_type.insert(event_type.to_owned(), attributes.clone());
+        }
+        attributes
     }
 }
 
