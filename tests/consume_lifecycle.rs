@@ -52,6 +52,48 @@ async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
     running.stop().await;
 }
 
+/// The runner pulls ahead of its handlers (prefetch): events waiting for a
+/// free slot behind a slow handler must be kept alive like running ones.
+#[tokio::test]
+async fn events_waiting_behind_a_slow_handler_are_not_redelivered() {
+    let world = World::on_shared_server().await;
+    let calls: Log<(u64, u64)> = Log::default();
+    let done: Log<u64> = Log::default();
+    let state = (calls.clone(), done.clone());
+    let consumer = world
+        .consumer("queued")
+        .ack_wait(Duration::from_secs(1))
+        .concurrency(1)
+        .prefetch(8)
+        .with_state(state)
+        .handle(|event: OrderPlaced, ctx: Context<SlowState>| async move {
+            let (calls, done) = ctx.state();
+            calls.push((event.n, ctx.delivery_count()));
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            done.push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = Running::start(consumer);
+    for n in 1..=3 {
+        world.publish(n).await;
+    }
+
+    eventually("all three handled", Duration::from_secs(30), || async {
+        done.len() == 3
+    })
+    .await;
+    world.wait_settled("queued").await;
+    // The third waited three ack waits for its slot; a redelivery would show
+    // as a second call or a delivery count above 1.
+    let mut calls = calls.items();
+    calls.sort();
+    assert_eq!(calls, [(1, 1), (2, 1), (3, 1)]);
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_with_events_in_flight_loses_none() {
     let world = World::on_shared_server().await;
