@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::sync::broadcast;
@@ -125,6 +126,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Pings more often than this would only load the server.
+const MIN_PING_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Acks a pipelined publisher may await at once; our own window is below it.
 pub(crate) const MAX_ACKS_IN_FLIGHT: usize = 65_536;
 
@@ -151,6 +155,7 @@ impl Client {
         let disconnects = Arc::new(AtomicU64::new(0));
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(config.connect_timeout)
+            .ping_interval(config.ping_interval.max(MIN_PING_INTERVAL))
             .event_callback({
                 let violations = violations.clone();
                 let disconnects = disconnects.clone();

@@ -43,6 +43,11 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for one PubAck before the attempt counts as timed out.
     pub ack_timeout: Duration,
+    /// How often the client pings the server. A connection that stops
+    /// answering (a black-holed network, a frozen server) is dropped and
+    /// reconnected after three unanswered pings, so this sets how soon a
+    /// silent failure is noticed: about three times this value.
+    pub ping_interval: Duration,
     /// Retries of a publish whose outcome is unknown (ack timeout) or that met
     /// no stream leader (503 / no responders during an election).
     pub publish_retry: PublishRetry,
@@ -52,6 +57,11 @@ pub struct Config {
     /// installed by the application before connecting (a no-op by default).
     pub meter: Option<opentelemetry::metrics::Meter>,
 }
+
+/// async-nats pings every 60 s, so a black-holed connection went unnoticed
+/// for three minutes; 10 s notices it in about 30 s for a few bytes a
+/// minute.
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -64,6 +74,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             connect_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(5),
+            ping_interval: DEFAULT_PING_INTERVAL,
             publish_retry: PublishRetry::default(),
             encoding: Encoding::Binary,
             meter: None,
@@ -222,7 +233,7 @@ impl Config {
     /// | `JETEVENTS_CREDS_FILE` | credentials file |
     /// | `JETEVENTS_TLS_REQUIRED` | `true`/`false` |
     /// | `JETEVENTS_TLS_CA`, `JETEVENTS_TLS_CERT`, `JETEVENTS_TLS_KEY` | PEM files |
-    /// | `JETEVENTS_CONNECT_TIMEOUT`, `JETEVENTS_ACK_TIMEOUT` | durations: `500ms`, `5s`, `1m` |
+    /// | `JETEVENTS_CONNECT_TIMEOUT`, `JETEVENTS_ACK_TIMEOUT`, `JETEVENTS_PING_INTERVAL` | durations: `500ms`, `5s`, `1m` |
     /// | `JETEVENTS_PUBLISH_ATTEMPTS` | attempts per publish, first included |
     /// | `JETEVENTS_ENCODING` | `binary` or `structured` |
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -328,6 +339,12 @@ impl Config {
         }
         if let Some(value) = get("JETEVENTS_ACK_TIMEOUT") {
             config.ack_timeout = parse_duration("JETEVENTS_ACK_TIMEOUT", &value)?;
+        }
+        if let Some(value) = get("JETEVENTS_PING_INTERVAL") {
+            config.ping_interval = parse_duration("JETEVENTS_PING_INTERVAL", &value)?;
+            if config.ping_interval.is_zero() {
+                return Err(invalid("JETEVENTS_PING_INTERVAL", "a duration above zero"));
+            }
         }
         if let Some(value) = get("JETEVENTS_PUBLISH_ATTEMPTS") {
             config.publish_retry.max_attempts = value
@@ -442,6 +459,7 @@ mod tests {
             ("JETEVENTS_TLS_REQUIRED", "maybe"),
             ("JETEVENTS_ENCODING", "xml"),
             ("JETEVENTS_PUBLISH_ATTEMPTS", "0"),
+            ("JETEVENTS_PING_INTERVAL", "0s"),
         ] {
             let err = Config::from_lookup(lookup(&[(variable, value)])).unwrap_err();
             assert!(
@@ -463,12 +481,14 @@ mod tests {
         let config = Config::from_lookup(lookup(&[
             ("JETEVENTS_CONNECT_TIMEOUT", "2m"),
             ("JETEVENTS_ACK_TIMEOUT", "3"),
+            ("JETEVENTS_PING_INTERVAL", "750ms"),
             ("JETEVENTS_ENCODING", "Structured"),
             ("JETEVENTS_TLS_REQUIRED", "true"),
         ]))
         .unwrap();
         assert_eq!(config.connect_timeout, Duration::from_secs(120));
         assert_eq!(config.ack_timeout, Duration::from_secs(3));
+        assert_eq!(config.ping_interval, Duration::from_millis(750));
         assert_eq!(config.encoding, Encoding::Structured);
         assert!(config.tls.required);
     }
