@@ -315,39 +315,68 @@ async fn raw_hpub(port: u16, subject: &str, header_block: &[u8], payload: &[u8])
     }
 }
 
-/// Fails today. An HMSG whose header block is not UTF-8 makes async-nats
-/// fail the whole connection ("header isn't valid utf-8"), so the runner
-/// never sees the message: it cannot be dead-lettered or acked, and every
-/// redelivery cuts the connection again until the server stops at
-/// max_deliver. Events pulled in the same batch can be dragged along: in 1
-/// of 3 runs the good event after it reached max_deliver too and was never
-/// handled, with nothing pending on the consumer (silently dropped).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "async-nats limitation: a non-UTF-8 header block drops the connection and events in the same pull are silently dropped at max_deliver; see RELIABILITY.md"]
-async fn invalid_utf8_in_a_header_is_dead_lettered() {
-    let (client, stream, checker) = setup("utf8").await;
+/// A message the client cannot receive: async-nats drops the whole
+/// connection on an HMSG whose header block it cannot read (not UTF-8, a
+/// line without `:`, an invalid name), so the runner never sees it and the
+/// server redelivers it until `max_deliver`. The max-deliveries advisory
+/// watcher then copies it from the stream to the dead-letter stream with
+/// reason `undeliverable` and the original header block, byte for byte.
+///
+/// The good event published right after it must be handled, not dragged
+/// along: the runner keeps events pulled together with the poison message
+/// safe (each connection loss returns them to the consumer, and they are
+/// handled after the reconnect), so the only dead letter is the raw message.
+///
+/// With `instances` > 1, every instance of the group (each on its own
+/// connection) gets the advisory: the copy must still be stored once.
+async fn unreadable_header_block_is_dead_lettered(
+    name: &str,
+    header_block: &[u8],
+    problem: &str,
+    instances: usize,
+) {
+    let (client, stream, checker) = setup(name).await;
     let server = support::shared_server().await;
-    let running = Running::start(
-        consumer(&client, "utf8", &stream, &checker, Duration::ZERO)
-            .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
-            .ack_wait(Duration::from_secs(1))
-            .pull_expiry(Duration::from_millis(500))
-            .build()
-            .await
-            .unwrap(),
-    );
+    let mut runners = Vec::new();
+    for instance in 0..instances {
+        let instance_client = if instance == 0 {
+            client.clone()
+        } else {
+            support::connect(&server.url(), client.subjects().env(), |_| {}).await
+        };
+        runners.push(Running::start(
+            consumer(&instance_client, name, &stream, &checker, Duration::ZERO)
+                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+                .ack_wait(Duration::from_secs(1))
+                .pull_expiry(Duration::from_millis(500))
+                .build()
+                .await
+                .unwrap(),
+        ));
+    }
+    // Each delivery of the raw message cuts the consumer's connection and
+    // whatever requests it has in flight: the test publishes and reads
+    // through a connection of its own.
+    let observer = support::connect(&server.url(), client.subjects().env(), |_| {}).await;
     let subject = format!("{}.chaos.op.recorded.v1.p2", client.subjects().env());
-    let header_block =
-        b"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: \xff\xfe\xc0\xaf\r\nce-source: /raw\r\nce-type: chaos.op.recorded.v1\r\n\r\n";
-    raw_hpub(
-        server.client_port(),
-        &subject,
-        header_block,
-        &good_payload("raw"),
-    )
+    let payload = good_payload("raw");
+    raw_hpub(server.client_port(), &subject, header_block, &payload).await;
+    // The stream is new: the raw message is its first.
+    let events = observer.jetstream().get_stream(&stream).await.unwrap();
+    eventually("the raw message stored", Duration::from_secs(10), || {
+        let mut events = events.clone();
+        async move {
+            events
+                .info()
+                .await
+                .map(|info| info.state.last_sequence >= 1)
+                .unwrap_or(false)
+        }
+    })
     .await;
-    let good = op("after-utf8", 0, 10);
-    let result = client.publisher().publish(&good).await;
+    let raw_sequence = 1;
+    let good = op(&format!("after-{name}"), 0, 10);
+    let result = observer.publisher().publish(&good).await;
     checker.record(&good.op, &result);
 
     eventually(
@@ -356,7 +385,7 @@ async fn invalid_utf8_in_a_header_is_dead_lettered() {
         || async { checker.all_acked_handled() },
     )
     .await;
-    let dead_letters = dead_letters_of(&client, &stream);
+    let dead_letters = dead_letters_of(&observer, &stream);
     eventually(
         "the raw message dead-lettered",
         Duration::from_secs(60),
@@ -369,5 +398,121 @@ async fn invalid_utf8_in_a_header_is_dead_lettered() {
         },
     )
     .await;
+    let entries = dead_letters.list(10).await.unwrap();
+    assert_eq!(entries.len(), 1, "only the raw message is dead-lettered");
+    let entry = &entries[0];
+    println!("{name}: {} ({})", entry.reason, entry.error);
+    assert_eq!(entry.reason, DeadLetterReason::Undeliverable);
+    assert_eq!(entry.original_stream, stream);
+    assert_eq!(entry.original_sequence, raw_sequence);
+    assert_eq!(entry.original_subject, subject);
+    assert_eq!(entry.consumer, name);
+    // max_deliver = attempts + 1: the server's own count, from the advisory.
+    assert_eq!(entry.delivery_count, 3);
+    assert!(entry.error.contains(problem), "{}", entry.error);
+    assert_eq!(
+        entry.original_header_block.as_deref(),
+        Some(header_block),
+        "original header block not kept byte for byte"
+    );
+    assert_eq!(entry.payload, payload);
+    // The readable lines travel as headers.
+    assert_eq!(
+        entry.headers.get("ce-source").map(|v| v.as_str()),
+        Some("/raw")
+    );
+    assert_eq!(
+        entry.headers.get("ce-type").map(|v| v.as_str()),
+        Some("chaos.op.recorded.v1")
+    );
+    for running in runners {
+        assert!(!running.is_finished(), "a runner stopped");
+        running.stop().await;
+    }
+    checker.report().assert_no_loss().assert_no_duplicates();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_header_is_dead_lettered() {
+    unreadable_header_block_is_dead_lettered(
+        "utf8",
+        b"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: \xff\xfe\xc0\xaf\r\nce-source: /raw\r\nce-type: chaos.op.recorded.v1\r\n\r\n",
+        "line 3 is not UTF-8",
+        1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_line_without_colon_is_dead_lettered() {
+    unreadable_header_block_is_dead_lettered(
+        "nocolon",
+        b"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: raw-colon\r\nthis line has no colon\r\nce-source: /raw\r\nce-type: chaos.op.recorded.v1\r\n\r\n",
+        "line 4 has no ':'",
+        2,
+    )
+    .await;
+}
+
+/// The unreadable message sits in the middle of a backlog, so the first
+/// pull brings it together with good events. Those after it in the same
+/// read are lost with the connection; if the next pulls brought them with
+/// it again they would reach max_deliver and be dropped. After a lost
+/// connection the runner pulls one event at a time, so each good event
+/// comes back on its own and is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_pulled_with_an_unreadable_one_are_all_handled() {
+    let (client, stream, checker) = setup("backlog").await;
+    let server = support::shared_server().await;
+    let publisher = client.publisher();
+    let subject = format!("{}.chaos.op.recorded.v1.p2", client.subjects().env());
+    for n in 0..40 {
+        if n == 10 {
+            raw_hpub(
+                server.client_port(),
+                &subject,
+                b"NATS/1.0\r\nce-specversion: 1.0\r\nce-id: \xff\xfe\r\n\r\n",
+                &good_payload("raw"),
+            )
+            .await;
+        }
+        let good = op("backlog", n, 10);
+        let result = publisher.publish(&good).await;
+        checker.record(&good.op, &result);
+    }
+    // Started after the backlog is stored: its first pull takes it all.
+    let running = Running::start(
+        consumer(&client, "backlog", &stream, &checker, Duration::ZERO)
+            .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+            .ack_wait(Duration::from_secs(1))
+            .pull_expiry(Duration::from_millis(500))
+            .build()
+            .await
+            .unwrap(),
+    );
+    let observer = support::connect(&server.url(), client.subjects().env(), |_| {}).await;
+    let dead_letters = dead_letters_of(&observer, &stream);
+    eventually(
+        "the raw message dead-lettered",
+        Duration::from_secs(60),
+        || async {
+            dead_letters
+                .list(10)
+                .await
+                .map(|l| !l.is_empty())
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    eventually(
+        "every good event handled",
+        Duration::from_secs(30),
+        || async { checker.all_acked_handled() },
+    )
+    .await;
+    let entries = dead_letters.list(50).await.unwrap();
+    assert_eq!(entries.len(), 1, "only the raw message is dead-lettered");
+    assert_eq!(entries[0].reason, DeadLetterReason::Undeliverable);
     running.stop().await;
+    checker.report().assert_no_loss();
 }

@@ -34,7 +34,7 @@
 //! assert_eq!(decoded, envelope);
 //! ```
 
-mod base64;
+pub(crate) mod base64;
 mod binary;
 mod percent;
 mod structured;

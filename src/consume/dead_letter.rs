@@ -6,7 +6,7 @@
 //!
 //! | header                     | value                                        |
 //! |----------------------------|----------------------------------------------|
-//! | `Jetevents-DL-Reason`      | `permanent`, `attempts_exhausted`, `undecodable` or `unhandled` |
+//! | `Jetevents-DL-Reason`      | `permanent`, `attempts_exhausted`, `undecodable`, `unhandled` or `undeliverable` |
 //! | `Jetevents-DL-Error`       | the error and its causes (one line, at most 1 KiB) |
 //! | `Jetevents-DL-Subject`     | the original subject                         |
 //! | `Jetevents-DL-Stream`      | the original stream                          |
@@ -14,6 +14,16 @@
 //! | `Jetevents-DL-Consumer`    | the consumer (group) that gave up            |
 //! | `Jetevents-DL-Deliveries`  | deliveries so far                            |
 //! | `Jetevents-DL-Time`        | when it was dead-lettered (RFC 3339, UTC)    |
+//! | `Jetevents-DL-Original-Headers` | `undeliverable` entries only: the original header block, byte for byte, base64 (standard alphabet, padded) |
+//!
+//! An `undeliverable` entry is one the client could not even receive (a
+//! header block that is not UTF-8, a header line without `:`, an invalid
+//! header name: async-nats drops the connection on such a message) or that
+//! was never settled (every delivery crashed its instance), so the server
+//! reached the consumer's `max_deliver`. It is copied from the stream, not
+//! from a delivery: its header lines that parse are carried as headers, and
+//! the whole block as received is kept in `Jetevents-DL-Original-Headers`
+//! ([`DeadLetter::original_header_block`]) so nothing is lost.
 //!
 //! `Nats-*` headers of the original (message id, expectations, TTL) are not
 //! copied: they are instructions to the original stream, not event data. The
@@ -57,8 +67,13 @@ pub const CONSUMER: &str = "Jetevents-DL-Consumer";
 pub const DELIVERIES: &str = "Jetevents-DL-Deliveries";
 /// Header: when the event was dead-lettered.
 pub const TIME: &str = "Jetevents-DL-Time";
+/// Header of `undeliverable` entries: the original NATS header block
+/// (`NATS/1.0` line included), base64 with the standard padded alphabet.
+/// The block may be neither UTF-8 nor parseable, which is why it is kept
+/// encoded rather than as headers.
+pub const ORIGINAL_HEADERS: &str = "Jetevents-DL-Original-Headers";
 
-const OUR_HEADERS: [&str; 8] = [
+const OUR_HEADERS: [&str; 9] = [
     REASON,
     ERROR,
     ORIGINAL_SUBJECT,
@@ -67,6 +82,7 @@ const OUR_HEADERS: [&str; 8] = [
     CONSUMER,
     DELIVERIES,
     TIME,
+    ORIGINAL_HEADERS,
 ];
 
 /// Longest error text kept in an entry, in bytes.
@@ -87,6 +103,13 @@ pub enum DeadLetterReason {
     /// No handler for the event's type and the consumer's
     /// [`UnhandledPolicy`](super::UnhandledPolicy) is `DeadLetter`.
     Unhandled,
+    /// The server reached the consumer's `max_deliver` without the event
+    /// being settled: the client could not receive it (a header block
+    /// async-nats cannot read drops the connection) or every delivery
+    /// ended without a settle (the handler crashed its process). Copied
+    /// from the stream with its original header block
+    /// ([`DeadLetter::original_header_block`]).
+    Undeliverable,
     /// A reason written by a newer version.
     Other(String),
 }
@@ -105,6 +128,7 @@ impl DeadLetterReason {
             Self::AttemptsExhausted => "attempts_exhausted",
             Self::Undecodable => "undecodable",
             Self::Unhandled => "unhandled",
+            Self::Undeliverable => "undeliverable",
             Self::Other(other) => other,
         }
     }
@@ -125,6 +149,7 @@ impl FromStr for DeadLetterReason {
             "attempts_exhausted" => Self::AttemptsExhausted,
             "undecodable" => Self::Undecodable,
             "unhandled" => Self::Unhandled,
+            "undeliverable" => Self::Undeliverable,
             other => Self::Other(other.to_owned()),
         })
     }
@@ -173,8 +198,13 @@ pub struct DeadLetter {
     pub delivery_count: u64,
     /// When it was dead-lettered.
     pub time: Option<DateTime<Utc>>,
-    /// The original headers (without the dead-letter ones).
+    /// The original headers (without the dead-letter ones). For
+    /// `undeliverable` entries: the header lines that could be read.
     pub headers: HeaderMap,
+    /// The original header block exactly as stored (`undeliverable` entries
+    /// only): it may hold lines [`headers`](Self::headers) lacks because
+    /// they are not UTF-8 or not headers.
+    pub original_header_block: Option<Bytes>,
     /// The original payload.
     pub payload: Bytes,
 }
@@ -237,6 +267,9 @@ impl DeadLetter {
                 .and_then(|time| DateTime::parse_from_rfc3339(&time).ok())
                 .map(|time| time.with_timezone(&Utc)),
             headers: original,
+            original_header_block: get(ORIGINAL_HEADERS)
+                .and_then(|encoded| crate::codec::base64::decode(&encoded))
+                .map(Bytes::from),
             payload,
         })
     }
@@ -402,6 +435,15 @@ impl DeadLetters {
     /// Every group whose filter matches the subject gets the event again,
     /// not only the one that gave up on it: handlers should be idempotent
     /// (the unchanged event id is the key to deduplicate on).
+    ///
+    /// An `undeliverable` entry is redriven with the header lines that could
+    /// be read ([`DeadLetter::headers`]), not its
+    /// [original block](DeadLetter::original_header_block): lines that are
+    /// not UTF-8 or not headers cannot be sent by this client, and would cut
+    /// the consumers' connections again. When the block was readable, the
+    /// two are the same headers. Read the entry with [`get`](Self::get)
+    /// before redriving it if the unreadable lines matter: the entry is
+    /// deleted after the redrive.
     pub async fn redrive(&self, sequence: u64) -> Result<Redriven, DeadLetterError> {
         let entry = self.get(sequence).await?;
         let mut headers = entry.headers.clone();
@@ -636,10 +678,47 @@ mod tests {
             DeadLetterReason::AttemptsExhausted,
             DeadLetterReason::Undecodable,
             DeadLetterReason::Unhandled,
+            DeadLetterReason::Undeliverable,
             DeadLetterReason::Other("future".into()),
         ] {
             assert_eq!(reason.as_str().parse::<DeadLetterReason>().unwrap(), reason);
         }
+    }
+
+    #[test]
+    fn undeliverable_entry_gives_back_the_original_header_block() {
+        let block = b"NATS/1.0\r\nce-id: \xff\r\n\r\n";
+        let mut carried = HeaderMap::new();
+        carried.insert("ce-source", "/raw");
+        // A forged copy of ours in the original is not kept.
+        carried.insert(ORIGINAL_HEADERS, "Zm9yZ2Vk");
+        let undeliverable = Failure {
+            reason: DeadLetterReason::Undeliverable,
+            ..failure()
+        };
+        let (_, mut headers) = dead_letter_message(
+            &DeadLetterConfig::default(),
+            Some(&carried),
+            &undeliverable,
+            Utc::now(),
+        );
+        assert!(headers.get(ORIGINAL_HEADERS).is_none());
+        let mut encoded = Vec::new();
+        crate::codec::base64::encode_into(block, &mut encoded);
+        headers.insert(ORIGINAL_HEADERS, String::from_utf8(encoded).unwrap());
+        let entry = DeadLetter::from_parts(5, &headers, Bytes::new()).unwrap();
+        assert_eq!(entry.reason, DeadLetterReason::Undeliverable);
+        assert_eq!(entry.original_header_block.as_deref(), Some(&block[..]));
+        assert!(entry.headers.get(ORIGINAL_HEADERS).is_none());
+        assert_eq!(entry.headers.get("ce-source").unwrap().as_str(), "/raw");
+
+        let plain = DeadLetter::from_parts(
+            6,
+            &dead_letter_message(&DeadLetterConfig::default(), None, &failure(), Utc::now()).1,
+            Bytes::new(),
+        )
+        .unwrap();
+        assert_eq!(plain.original_header_block, None);
     }
 
     #[test]

@@ -61,6 +61,7 @@ mod handler;
 mod retry;
 mod router;
 mod runner;
+mod undeliverable;
 
 use std::future::Future;
 use std::time::Duration;
@@ -525,6 +526,12 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     }
 
     /// How many handlers run at once in this instance (default 8).
+    ///
+    /// Handlers run concurrently on the consumer's own task, as futures: a
+    /// handler that waits (I/O, timers) lets the others run, but one that
+    /// computes for long or blocks holds them all and the pulling too. Move
+    /// such work to `tokio::task::spawn_blocking` or a spawned task inside
+    /// the handler.
     pub fn concurrency(mut self, handlers: usize) -> Self {
         self.settings.concurrency = handlers.max(1);
         self
@@ -597,7 +604,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
 
     /// How many events the runner keeps requested from the server or
     /// received and waiting for a free handler (default: twice the
-    /// concurrency, at least 64 and at most 512). The next pull goes out
+    /// concurrency, at least 256 and at most 512). The next pull goes out
     /// while handlers run, so the round trip to the server is not paid per
     /// batch. Waiting events get in-progress acks like running ones, so a
     /// large prefetch with slow handlers causes no redeliveries, but it

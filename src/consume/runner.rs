@@ -117,6 +117,8 @@ where
         settings,
     });
     let config = consumer_config(&group, &filters, &shared.settings);
+    let _watch =
+        super::undeliverable::watch(&client, &stream, &group, &shared.settings.dead_letter);
     let concurrency = shared.settings.concurrency;
     let prefetch = shared.settings.prefetch();
     let expiry = shared.settings.pull_expiry;
@@ -1160,7 +1162,11 @@ impl AttributeCache {
 
 /// Low-cardinality metric attributes of one delivery: never the subject
 /// (it carries keys) or the event id.
-fn metric_attributes(group: &str, event_type: &str, error: Option<&str>) -> Vec<KeyValue> {
+pub(super) fn metric_attributes(
+    group: &str,
+    event_type: &str,
+    error: Option<&str>,
+) -> Vec<KeyValue> {
     let mut attributes = vec![
         KeyValue::new("messaging.system", "nats"),
         KeyValue::new("messaging.operation.name", "process"),
