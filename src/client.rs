@@ -303,7 +303,13 @@ impl Client {
                 match violations.recv().await {
                     Ok(v)
                         if v.operation == Operation::Publish
-                            && v.subject.starts_with("$JS.API.") =>
+                            && v.subject.starts_with("$JS.API.")
+                            // Message reads come from the dead-letter
+                            // watchers and tools on this connection, never
+                            // from the guarded work (provisioning, building
+                            // consumers): their denial is theirs.
+                            && !v.subject.starts_with("$JS.API.STREAM.MSG.GET.")
+                            && !v.subject.starts_with("$JS.API.DIRECT.GET.") =>
                     {
                         return v
                     }

@@ -45,6 +45,7 @@
 //! | type without handler                     | [`UnhandledPolicy`]: ack or dead letter   |
 //! | still running at ack wait / 3            | in-progress ack (repeated)                |
 //! | still running when shutdown grace ends   | Nak without delay (another instance takes it) |
+//! | never settled by the last delivery (the client could not read it, every attempt crashed the instance) | dead letter `undeliverable`, copied from the stream when the server reports max deliveries |
 //!
 //! Retry is decided before poison handling: an event is dead-lettered only when
 //! retrying cannot help or the attempts are used up. A retry is never a loop
