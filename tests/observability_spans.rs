@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use jetevents::consume::{Consumer, Context, DeadLetterConfig, HandlerError, RetryPolicy};
+use jetevents::consume::{
+    Consumer, Context, DeadLetterConfig, EphemeralConsumer, HandlerError, RetryPolicy,
+};
 use jetevents::provision::StreamSpec;
 use jetevents::publish::{PublishErrorKind, PublishOptions};
 use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
@@ -127,6 +129,38 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     })
     .await;
     running.stop().await;
+
+    // An ephemeral consumer's process span carries the conversation too.
+    let ephemeral_seen: Log<u64> = Log::default();
+    let ephemeral = EphemeralConsumer::builder(&client, "presence")
+        .with_state(ephemeral_seen.clone())
+        .handle(|event: OrderPlaced, ctx: Context<Log<u64>>| async move {
+            ctx.state().push(event.n);
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let (stop_ephemeral, ephemeral_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ephemeral_task = tokio::spawn(ephemeral.run_until(async move {
+        let _ = ephemeral_stopped.await;
+    }));
+    let ephemeral_receipt = publisher
+        .publish_with(
+            &order(5),
+            PublishOptions::new().correlation_id(correlation.clone()),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "ephemeral event handled",
+        Duration::from_secs(20),
+        || async { ephemeral_seen.len() == 1 },
+    )
+    .await;
+    let _ = stop_ephemeral.send(());
+    ephemeral_task.await.unwrap();
+
     let dead_letters = client
         .jetstream()
         .get_stream(&dead_letter_stream)
@@ -141,6 +175,22 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
 
     let spans = exporter.get_finished_spans().unwrap();
     let names: Vec<String> = spans.iter().map(|span| span.name.to_string()).collect();
+
+    let ephemeral_span = spans
+        .iter()
+        .find(|span| {
+            span.name == format!("process {}", ephemeral_receipt.subject)
+                && attribute(span, "messaging.consumer.group.name").as_deref() == Some("presence")
+        })
+        .expect("the ephemeral consumer's process span");
+    assert_eq!(
+        attribute(ephemeral_span, "messaging.message.conversation_id"),
+        Some(correlation.clone())
+    );
+    assert_eq!(
+        attribute(ephemeral_span, "messaging.operation.name").as_deref(),
+        Some("process")
+    );
 
     // Producer spans.
     for (n, receipt) in (1..=4).zip(&receipts) {

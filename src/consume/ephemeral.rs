@@ -278,7 +278,9 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
         messaging.operation.type = "process",
         messaging.destination.name = %subject,
         messaging.consumer.group.name = %group,
+        messaging.operation.name = "process",
         messaging.message.id = tracing::field::Empty,
+        messaging.message.conversation_id = tracing::field::Empty,
         cloudevents.event_id = tracing::field::Empty,
         cloudevents.event_type = tracing::field::Empty,
         cloudevents.event_source = tracing::field::Empty,
@@ -298,6 +300,9 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
     span.record("cloudevents.event_id", envelope.id.as_str());
     span.record("cloudevents.event_type", envelope.event_type.as_str());
     span.record("cloudevents.event_source", envelope.source.as_str());
+    if let Some(id) = envelope.correlation_id() {
+        span.record("messaging.message.conversation_id", id);
+    }
 
     let work = async {
         let (event, handler) = match router.resolve(&envelope) {
