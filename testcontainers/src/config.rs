@@ -269,6 +269,7 @@ pub(crate) struct LaunchParams<'a> {
     pub(crate) client_port: u16,
     pub(crate) http_port: u16,
     pub(crate) max_payload: u32,
+    pub(crate) sync_interval: &'a str,
     pub(crate) jetstream: bool,
     pub(crate) auth: &'a Auth,
     pub(crate) tls: Option<(Tls, &'a TlsFiles)>,
@@ -295,6 +296,7 @@ pub(crate) fn prepare(p: &LaunchParams<'_>) -> Result<Launch, HarnessError> {
         ("NATS_HTTP_PORT".into(), p.http_port.to_string()),
         ("NATS_MAX_PAYLOAD".into(), p.max_payload.to_string()),
         ("NATS_JETSTREAM".into(), p.jetstream.to_string()),
+        ("NATS_SYNC_INTERVAL".into(), p.sync_interval.to_owned()),
         ("NATS_STORE".into(), store.display().to_string()),
     ];
     write(&dir.join("single.conf"), SINGLE_CONF)?;

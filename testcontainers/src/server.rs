@@ -86,10 +86,14 @@ pub struct NatsServerBuilder {
     tls: Tls,
     jetstream: bool,
     max_payload: u32,
+    sync_interval: String,
     server_name: Option<String>,
     cluster: Option<ClusterNode>,
     ports: Option<(u16, u16)>,
 }
+
+/// nats-server's own default.
+const DEFAULT_SYNC_INTERVAL: &str = "2m";
 
 impl Default for NatsServerBuilder {
     fn default() -> Self {
@@ -99,6 +103,7 @@ impl Default for NatsServerBuilder {
             tls: Tls::None,
             jetstream: true,
             max_payload: 1024 * 1024,
+            sync_interval: DEFAULT_SYNC_INTERVAL.to_owned(),
             server_name: None,
             cluster: None,
             ports: None,
@@ -130,6 +135,13 @@ impl NatsServerBuilder {
     /// Largest message payload in bytes (default 1 MiB).
     pub fn max_payload(mut self, bytes: u32) -> Self {
         self.max_payload = bytes;
+        self
+    }
+    /// How often JetStream's file store is fsynced: a duration such as
+    /// `"10s"`, or `"always"` to sync every write before acking it (default
+    /// the server's own, `"2m"`).
+    pub fn sync_interval(mut self, interval: impl Into<String>) -> Self {
+        self.sync_interval = interval.into();
         self
     }
     /// Server name (default `jetevents-<client port>`).
@@ -243,6 +255,7 @@ impl NatsServerBuilder {
             client_port: inner_client,
             http_port: inner_http,
             max_payload: self.max_payload,
+            sync_interval: &self.sync_interval,
             jetstream: self.jetstream,
             auth: &self.auth,
             tls: tls_files.as_ref().map(|f| (self.tls, f)),
@@ -689,7 +702,8 @@ impl NatsServer {
             })
     }
 
-    pub(crate) async fn monitor_json(&self, path: &str) -> Result<serde_json::Value, HarnessError> {
+    /// A monitoring endpoint's JSON, e.g. `/jsz` or `/varz`.
+    pub async fn monitor_json(&self, path: &str) -> Result<serde_json::Value, HarnessError> {
         http::get_json(self.http_port, path).await
     }
 }

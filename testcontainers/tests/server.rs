@@ -298,6 +298,34 @@ async fn max_payload_is_applied() {
 }
 
 #[tokio::test]
+async fn sync_interval_is_applied() {
+    for backend in backends().await {
+        let always = NatsServer::builder()
+            .backend(backend)
+            .sync_interval("always")
+            .start()
+            .await
+            .unwrap();
+        let config = &always.monitor_json("/jsz").await.unwrap()["config"];
+        assert_eq!(config["sync_always"], true, "{backend:?}: {config}");
+        roundtrip(async_nats::connect(always.url()).await.unwrap()).await;
+
+        let every_ten = NatsServer::builder()
+            .backend(backend)
+            .sync_interval("10s")
+            .start()
+            .await
+            .unwrap();
+        let config = &every_ten.monitor_json("/jsz").await.unwrap()["config"];
+        assert_eq!(
+            config["sync_interval"], 10_000_000_000u64,
+            "{backend:?}: {config}"
+        );
+        assert_ne!(config["sync_always"], true, "{backend:?}: {config}");
+    }
+}
+
+#[tokio::test]
 async fn jetstream_can_be_disabled() {
     let server = NatsServer::builder()
         .backend(Backend::Binary)
