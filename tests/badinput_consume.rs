@@ -386,19 +386,12 @@ async fn unreadable_header_block_is_dead_lettered(
     )
     .await;
     let dead_letters = dead_letters_of(&observer, &stream);
-    eventually(
+    let entries = support::dead_lettered(
         "the raw message dead-lettered",
+        &dead_letters,
         Duration::from_secs(60),
-        || async {
-            dead_letters
-                .list(10)
-                .await
-                .map(|l| !l.is_empty())
-                .unwrap_or(false)
-        },
     )
     .await;
-    let entries = dead_letters.list(10).await.unwrap();
     assert_eq!(entries.len(), 1, "only the raw message is dead-lettered");
     let entry = &entries[0];
     println!("{name}: {} ({})", entry.reason, entry.error);
@@ -492,16 +485,10 @@ async fn events_pulled_with_an_unreadable_one_are_all_handled() {
     );
     let observer = support::connect(&server.url(), client.subjects().env(), |_| {}).await;
     let dead_letters = dead_letters_of(&observer, &stream);
-    eventually(
+    support::dead_lettered(
         "the raw message dead-lettered",
+        &dead_letters,
         Duration::from_secs(60),
-        || async {
-            dead_letters
-                .list(10)
-                .await
-                .map(|l| !l.is_empty())
-                .unwrap_or(false)
-        },
     )
     .await;
     eventually(

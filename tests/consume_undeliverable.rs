@@ -89,19 +89,12 @@ async fn an_advisory_dead_letters_the_stored_event_or_skips_a_deleted_one() {
             subject_prefix: format!("dl{}", stream.to_ascii_lowercase()),
         },
     );
-    eventually(
+    let entries = support::dead_lettered(
         "the stored event dead-lettered",
+        &dead_letters,
         Duration::from_secs(30),
-        || async {
-            dead_letters
-                .list(10)
-                .await
-                .map(|l| !l.is_empty())
-                .unwrap_or(false)
-        },
     )
     .await;
-    let entries = dead_letters.list(10).await.unwrap();
     assert_eq!(entries.len(), 1, "only the stored event is dead-lettered");
     let entry = &entries[0];
     assert_eq!(entry.reason, DeadLetterReason::Undeliverable);

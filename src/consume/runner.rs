@@ -207,10 +207,10 @@ where
             if let Some(error) = failure {
                 tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
                 pulls.forget();
-                match recover(&client, &stream, &config, &signal).await {
-                    Ok(Some(recovered)) => pull_consumer = recovered,
-                    Ok(None) => break 'pulling Ok(()),
-                    Err(err) => break 'pulling Err(err),
+                if let Some(end) =
+                    recover_into(&mut pull_consumer, &client, &stream, &config, &signal).await
+                {
+                    break 'pulling end;
                 }
                 continue;
             }
@@ -256,10 +256,8 @@ where
                             PullStatus::Refused(status) => {
                                 tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
                                 pulls.forget();
-                                match recover(&client, &stream, &config, &signal).await {
-                                    Ok(Some(recovered)) => pull_consumer = recovered,
-                                    Ok(None) => break 'pulling Ok(()),
-                                    Err(err) => break 'pulling Err(err),
+                                if let Some(end) = recover_into(&mut pull_consumer, &client, &stream, &config, &signal).await {
+                                    break 'pulling end;
                                 }
                                 break;
                             }
@@ -302,10 +300,10 @@ where
         if health.recreate_after(check, &group) {
             health = Health::default();
             pulls.forget();
-            match recover(&client, &stream, &config, &signal).await {
-                Ok(Some(recovered)) => pull_consumer = recovered,
-                Ok(None) => break 'pulling Ok(()),
-                Err(err) => break 'pulling Err(err),
+            if let Some(end) =
+                recover_into(&mut pull_consumer, &client, &stream, &config, &signal).await
+            {
+                break 'pulling end;
             }
         }
     };
@@ -630,6 +628,25 @@ async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str)
                 Watchdog::Unknown(err.to_string())
             }
         }
+    }
+}
+
+/// [`recover`] into `consumer`; `Some` with the runner's result when it
+/// must end instead (shutdown, or the stream is gone).
+async fn recover_into(
+    consumer: &mut jetstream::consumer::PullConsumer,
+    client: &Client,
+    stream_name: &str,
+    config: &pull::Config,
+    signal: &Signal,
+) -> Option<Result<(), ConsumeError>> {
+    match recover(client, stream_name, config, signal).await {
+        Ok(Some(recovered)) => {
+            *consumer = recovered;
+            None
+        }
+        Ok(None) => Some(Ok(())),
+        Err(err) => Some(Err(err)),
     }
 }
 

@@ -80,6 +80,23 @@ where
     }
 }
 
+/// Waits until `dead_letters` holds an entry; then every entry (up to 50).
+pub async fn dead_lettered(
+    what: &str,
+    dead_letters: &jetevents::consume::DeadLetters,
+    limit: Duration,
+) -> Vec<jetevents::consume::dead_letter::DeadLetter> {
+    eventually(what, limit, || async {
+        dead_letters
+            .list(50)
+            .await
+            .map(|l| !l.is_empty())
+            .unwrap_or(false)
+    })
+    .await;
+    dead_letters.list(50).await.unwrap()
+}
+
 /// A running consumer and the trigger of its shutdown.
 pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
