@@ -374,7 +374,6 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-
 /// What could be read from a raw header block.
 #[derive(Debug, Default)]
 struct ParsedHeaderBlock {
