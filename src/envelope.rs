@@ -45,11 +45,38 @@ pub(crate) const RESERVED_NAMES: [&str; 10] = [
 /// Whether `name` is a valid extension name: non-empty, lower-case ASCII
 /// letters and digits only, and not a core attribute name.
 pub(crate) fn is_valid_extension_name(name: &str) -> bool {
+    // The extensions jetevents sets itself are checked on every encode.
+    if matches!(
+        name,
+        CORRELATION_ID | CAUSATION_ID | TRACEPARENT | TRACESTATE | PARTITION_KEY
+    ) {
+        return true;
+    }
     !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && !RESERVED_NAMES.contains(&name)
+        && !is_reserved_name(name)
+}
+
+/// Whether `name` is one of [`RESERVED_NAMES`]; a `match` compiles to a
+/// length switch, cheaper than comparing with each name in turn.
+fn is_reserved_name(name: &str) -> bool {
+    let reserved = matches!(
+        name,
+        "specversion"
+            | "id"
+            | "source"
+            | "type"
+            | "subject"
+            | "time"
+            | "datacontenttype"
+            | "dataschema"
+            | "data"
+            | "data_base64"
+    );
+    debug_assert_eq!(reserved, RESERVED_NAMES.contains(&name));
+    reserved
 }
 
 /// The value of a CloudEvents extension attribute.
@@ -113,6 +140,16 @@ impl From<i64> for ExtensionValue {
     }
 }
 
+/// A new UUIDv7 event id, hyphenated lower-case. Every event gets one, so it
+/// is written straight into a buffer rather than through `Display`.
+fn new_id() -> String {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
+}
+
 /// A CloudEvent: attributes, extensions and raw data.
 ///
 /// ```
@@ -150,7 +187,7 @@ impl Envelope {
     /// An envelope with a new UUIDv7 `id`, `time` = now and no data.
     pub fn new(source: impl Into<String>, event_type: impl Into<String>) -> Envelope {
         Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id(),
             source: source.into(),
             event_type: event_type.into(),
             subject: None,
@@ -183,12 +220,22 @@ impl Envelope {
         source: impl Into<String>,
         event: &E,
     ) -> Result<Envelope, EncodeError> {
+        Self::from_event_with_key(source, event, event.key())
+    }
+
+    /// [`Envelope::from_event`] with the partition key already known, so a
+    /// publisher that needs the key for the subject too asks the event once.
+    pub(crate) fn from_event_with_key<E: Event>(
+        source: impl Into<String>,
+        event: &E,
+        key: Option<String>,
+    ) -> Result<Envelope, EncodeError> {
         let data = serde_json::to_vec(event)
             .map_err(|err| Error::with_source(EncodeErrorKind::Serialize, err))?;
         let mut envelope = Envelope::new(source, E::TYPE);
         envelope.data_content_type = Some(codec::APPLICATION_JSON.to_owned());
         envelope.data_schema = E::data_schema().map(str::to_owned);
-        if let Some(key) = event.key() {
+        if let Some(key) = key {
             envelope
                 .extensions
                 .insert(PARTITION_KEY.to_owned(), ExtensionValue::String(key));

@@ -12,7 +12,7 @@
 //! group, never a subject (subjects carry keys) or an event id.
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, StringValue};
 
 /// Name of the instrumentation scope.
 pub const SCOPE: &str = "jetevents";
@@ -109,15 +109,31 @@ impl Metrics {
     }
 }
 
-/// Attributes common to every jetevents measurement.
-pub(crate) fn publish_attributes(event_type: &str, error: Option<&'static str>) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("messaging.system", "nats"),
-        KeyValue::new("messaging.operation.name", "publish"),
-        KeyValue::new("cloudevents.event_type", event_type.to_owned()),
-    ];
-    if let Some(error) = error {
-        attributes.push(KeyValue::new("error.type", error));
+/// The attributes of a publish measurement, on the stack: every publish
+/// records them, so they must not allocate (a typed event's type is static).
+pub(crate) struct PublishAttributes {
+    attributes: [KeyValue; 4],
+    len: usize,
+}
+
+impl PublishAttributes {
+    pub(crate) fn as_slice(&self) -> &[KeyValue] {
+        &self.attributes[..self.len]
     }
-    attributes
+}
+
+/// Attributes common to every jetevents publish measurement.
+pub(crate) fn publish_attributes(
+    event_type: impl Into<StringValue>,
+    error: Option<&'static str>,
+) -> PublishAttributes {
+    PublishAttributes {
+        attributes: [
+            KeyValue::new("messaging.system", "nats"),
+            KeyValue::new("messaging.operation.name", "publish"),
+            KeyValue::new("cloudevents.event_type", event_type.into()),
+            KeyValue::new("error.type", error.unwrap_or_default()),
+        ],
+        len: if error.is_some() { 4 } else { 3 },
+    }
 }

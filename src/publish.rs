@@ -16,6 +16,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use opentelemetry::StringValue;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -219,6 +220,9 @@ pub struct Publisher {
 struct Prepared {
     subject: String,
     envelope: Envelope,
+    /// The `cloudevents.event_type` metric attribute: a typed event's static
+    /// type, so recording it allocates nothing.
+    metric_type: StringValue,
     encoding: Encoding,
     /// The headers of the first attempt, moved into it. A retry encodes them
     /// again from the envelope (same bytes): cheaper than cloning the map for
@@ -240,6 +244,11 @@ struct Pipeline {
     /// Sent events awaiting their ack, oldest first.
     in_flight: VecDeque<(usize, Prepared, PublishAckFuture)>,
     violations: broadcast::Receiver<PermissionViolation>,
+    /// The ack deadline of the oldest event in flight. One timer for the
+    /// whole pipeline, moved forward for each ack: deadlines only grow, and
+    /// moving a timer forward does not touch the runtime's timer wheel,
+    /// where a timer per ack would register and deregister every time.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 enum AttemptError {
@@ -273,8 +282,11 @@ impl Publisher {
         event: &E,
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
-        let (subject, envelope) = self.envelope_for(event, &options)?;
-        self.publish_envelope(&subject, envelope, options).await
+        let event_type = event_type_of::<E>()?;
+        let (subject, envelope) = self.envelope_for(&event_type, event, &options)?;
+        let prepared = self.prepare(subject, envelope, &options, StringValue::from(E::TYPE))?;
+        let span = prepared.span.clone();
+        self.send_with_retries(prepared).instrument(span).await
     }
 
     /// Publishes a ready envelope on `subject` (for events that are not Rust
@@ -285,26 +297,31 @@ impl Publisher {
         envelope: Envelope,
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
-        let prepared = self.prepare(subject.to_owned(), envelope, &options)?;
+        let metric_type = StringValue::from(envelope.event_type.clone());
+        let prepared = self.prepare(subject.to_owned(), envelope, &options, metric_type)?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
     }
 
     /// Records the outcome of one event in the metrics.
-    fn record(&self, prepared: &Prepared, result: &Result<Receipt, PublishError>) {
+    fn record(&self, prepared: &Prepared, error: Option<&PublishError>) {
         let metrics = self.client.metrics();
-        let error = result.as_ref().err().map(|err| error_type(err.kind()));
-        if let (Some(error), Err(err)) = (error, result) {
-            prepared.span.record("error.type", error);
-            prepared
-                .span
-                .record("otel.status_description", err.to_string().as_str());
+        let error_type = error.map(|err| error_type(err.kind()));
+        if let (Some(error_type), Some(err)) = (error_type, error) {
+            prepared.span.record("error.type", error_type);
+            if !prepared.span.is_disabled() {
+                prepared
+                    .span
+                    .record("otel.status_description", err.to_string().as_str());
+            }
         }
-        let attributes = crate::metrics::publish_attributes(&prepared.envelope.event_type, error);
-        metrics.sent.add(1, &attributes);
-        metrics
-            .operation_duration
-            .record(prepared.started.elapsed().as_secs_f64(), &attributes);
+        let attributes =
+            crate::metrics::publish_attributes(prepared.metric_type.clone(), error_type);
+        metrics.sent.add(1, attributes.as_slice());
+        metrics.operation_duration.record(
+            prepared.started.elapsed().as_secs_f64(),
+            attributes.as_slice(),
+        );
     }
 
     /// Publishes many events pipelined: up to `window` acks are awaited at
@@ -337,21 +354,28 @@ impl Publisher {
             Vec::with_capacity(events.len());
         results.resize_with(events.len(), || None);
         let options = PublishOptions::default();
+        // The type is the same for every event: parsed once.
+        let event_type = event_type_of::<E>();
         let mut pipeline = Pipeline {
             results,
             retry_later: Vec::new(),
             in_flight: VecDeque::with_capacity(window),
             violations: self.client.permission_violations(),
+            deadline: Box::pin(tokio::time::sleep(self.client.config().ack_timeout)),
         };
 
         for (index, event) in events.iter().enumerate() {
             if pipeline.in_flight.len() >= window {
                 self.settle_oldest(&mut pipeline).await;
             }
-            let mut prepared = match self
-                .envelope_for(event, &options)
-                .and_then(|(subject, envelope)| self.prepare(subject, envelope, &options))
-            {
+            let subject_and_envelope = match &event_type {
+                Ok(event_type) => self.envelope_for(event_type, event, &options),
+                Err(_) => event_type_of::<E>()
+                    .and_then(|event_type| self.envelope_for(&event_type, event, &options)),
+            };
+            let mut prepared = match subject_and_envelope.and_then(|(subject, envelope)| {
+                self.prepare(subject, envelope, &options, StringValue::from(E::TYPE))
+            }) {
                 Ok(prepared) => prepared,
                 Err(err) => {
                     pipeline.results[index] = Some(Err(err));
@@ -364,9 +388,8 @@ impl Publisher {
                     pipeline.in_flight.push_back((index, prepared, ack));
                 }
                 Err(AttemptError::Final(err)) => {
-                    let result = Err(err);
-                    self.record(&prepared, &result);
-                    pipeline.results[index] = Some(result);
+                    self.record(&prepared, Some(&err));
+                    pipeline.results[index] = Some(Err(err));
                 }
                 Err(AttemptError::Retryable { .. }) => pipeline.retry_later.push((index, prepared)),
             }
@@ -403,10 +426,32 @@ impl Publisher {
         // that would add up to window x ack timeout. Count from the send.
         let due =
             tokio::time::Instant::from_std(prepared.started) + self.client.config().ack_timeout;
-        let awaited = self.await_ack(&prepared, ack, &mut pipeline.violations);
-        let outcome = match tokio::time::timeout_at(due, awaited).await {
-            Ok(outcome) => outcome,
-            Err(_elapsed) => Err(AttemptError::Retryable {
+        let timed = {
+            let awaited = self.await_ack(&prepared, ack, &mut pipeline.violations);
+            let mut awaited = std::pin::pin!(awaited);
+            // When the ack has arrived already, the timer is not touched.
+            let ready = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(match awaited.as_mut().poll(cx) {
+                    std::task::Poll::Ready(outcome) => Some(outcome),
+                    std::task::Poll::Pending => None,
+                })
+            })
+            .await;
+            match ready {
+                Some(outcome) => Some(outcome),
+                None => {
+                    pipeline.deadline.as_mut().reset(due);
+                    tokio::select! {
+                        biased;
+                        outcome = awaited => Some(outcome),
+                        () = pipeline.deadline.as_mut() => None,
+                    }
+                }
+            }
+        };
+        let outcome = match timed {
+            Some(outcome) => outcome,
+            None => Err(AttemptError::Retryable {
                 timed_out: true,
                 source: async_nats::jetstream::context::PublishError::new(
                     NatsPublishErrorKind::TimedOut,
@@ -415,7 +460,7 @@ impl Publisher {
         };
         self.client.metrics().publish_window.add(-1, &[]);
         let result = match outcome {
-            Ok(ack) => Ok(receipt(&prepared, ack)),
+            Ok(ack) => Ok(ack),
             Err(AttemptError::Final(err)) => Err(err),
             Err(AttemptError::Retryable { .. }) => {
                 // Settled (and recorded) by the retry after the pipeline.
@@ -423,29 +468,31 @@ impl Publisher {
                 return;
             }
         };
-        self.record(&prepared, &result);
-        pipeline.results[index] = Some(result);
+        self.record(&prepared, result.as_ref().err());
+        pipeline.results[index] = Some(result.map(|ack| receipt(prepared, ack)));
     }
 
     /// Builds the subject and envelope of a typed event.
     fn envelope_for<E: Event>(
         &self,
+        event_type: &EventType,
         event: &E,
         options: &PublishOptions,
     ) -> Result<(String, Envelope), PublishError> {
-        let event_type = EventType::of::<E>()
-            .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))?;
-        let key = options.key.clone().or_else(|| event.key());
+        // The option overrides the event's own key, for the subject and the
+        // `partitionkey` alike.
+        let key = match &options.key {
+            Some(key) => Some(key.clone()),
+            None => event.key(),
+        };
         let subject = self
             .client
             .subjects()
-            .event(&event_type, key.as_deref())
+            .event(event_type, key.as_deref())
             .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))?;
-        let mut envelope = Envelope::from_event(self.client.config().source.clone(), event)
-            .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
-        if let Some(key) = options.key.as_ref() {
-            envelope.set_partition_key(key.clone());
-        }
+        let envelope =
+            Envelope::from_event_with_key(self.client.config().source.clone(), event, key)
+                .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
         Ok((subject, envelope))
     }
 
@@ -455,20 +502,20 @@ impl Publisher {
         subject: String,
         mut envelope: Envelope,
         options: &PublishOptions,
+        metric_type: StringValue,
     ) -> Result<Prepared, PublishError> {
-        let lineage = HANDLING.try_with(Lineage::clone).ok();
-        if let Some(id) = options
-            .causation_id
-            .clone()
-            .or_else(|| lineage.as_ref().map(|l| l.event_id.clone()))
-        {
+        let causation_id = match &options.causation_id {
+            Some(id) => Some(id.clone()),
+            None => HANDLING.try_with(|l| l.event_id.clone()).ok(),
+        };
+        if let Some(id) = causation_id {
             envelope.set_causation_id(id);
         }
-        if let Some(id) = options
-            .correlation_id
-            .clone()
-            .or_else(|| lineage.as_ref().map(|l| l.correlation_id.clone()))
-        {
+        let correlation_id = match &options.correlation_id {
+            Some(id) => Some(id.clone()),
+            None => HANDLING.try_with(|l| l.correlation_id.clone()).ok(),
+        };
+        if let Some(id) = correlation_id {
             envelope.set_correlation_id(id);
         }
         for (name, value) in &options.metadata {
@@ -522,6 +569,7 @@ impl Publisher {
         Ok(Prepared {
             subject,
             envelope,
+            metric_type,
             encoding,
             headers: Some(headers),
             payload,
@@ -534,14 +582,14 @@ impl Publisher {
 
     async fn send_with_retries(&self, mut prepared: Prepared) -> Result<Receipt, PublishError> {
         let result = self.attempt_until_settled(&mut prepared).await;
-        self.record(&prepared, &result);
-        result
+        self.record(&prepared, result.as_ref().err());
+        result.map(|ack| receipt(prepared, ack))
     }
 
     async fn attempt_until_settled(
         &self,
         prepared: &mut Prepared,
-    ) -> Result<Receipt, PublishError> {
+    ) -> Result<PublishAck, PublishError> {
         let policy = self.client.config().publish_retry;
         let max_attempts = policy.max_attempts.max(1);
         let mut violations = self.client.permission_violations();
@@ -552,7 +600,8 @@ impl Publisher {
                 tracing::debug!(attempt, "retrying publish with the same message id");
                 self.client.metrics().publish_retries.add(
                     1,
-                    &crate::metrics::publish_attributes(&prepared.envelope.event_type, None),
+                    crate::metrics::publish_attributes(prepared.metric_type.clone(), None)
+                        .as_slice(),
                 );
                 tokio::time::sleep(policy.delay(attempt - 1)).await;
             }
@@ -566,7 +615,7 @@ impl Publisher {
                         "messaging.nats.stream.sequence",
                         i64::try_from(ack.sequence).unwrap_or(i64::MAX),
                     );
-                    return Ok(receipt(prepared, ack));
+                    return Ok(ack);
                 }
                 Err(AttemptError::Final(err)) => {
                     prepared.span.record("otel.status_code", "ERROR");
@@ -755,10 +804,16 @@ fn error_type(kind: &PublishErrorKind) -> &'static str {
 /// How long the missing-stream lookup may take before we count it as unknown.
 const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn receipt(prepared: &Prepared, ack: PublishAck) -> Receipt {
+/// The type of `E`, parsed.
+fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
+    EventType::of::<E>().map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))
+}
+
+/// The receipt of a settled event, taking its id and subject.
+fn receipt(prepared: Prepared, ack: PublishAck) -> Receipt {
     Receipt {
-        event_id: prepared.envelope.id.clone(),
-        subject: prepared.subject.clone(),
+        event_id: prepared.envelope.id,
+        subject: prepared.subject,
         stream: ack.stream,
         sequence: ack.sequence,
         duplicate: ack.duplicate,

@@ -191,6 +191,10 @@ pub fn escape_key(key: &str) -> Result<String, SubjectError> {
             limit: MAX_KEY_TOKEN_LEN,
         }));
     }
+    if len == key.len() {
+        // Nothing to escape (the usual key): copied whole, not byte by byte.
+        return Ok(key.to_owned());
+    }
     let mut out = String::with_capacity(len);
     for byte in key.bytes() {
         if is_key_safe(byte) {

@@ -48,12 +48,40 @@ pub fn current_context() -> Context {
 /// );
 /// ```
 pub fn format_traceparent(context: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags().to_u8()
-    )
+    let mut buffer = [0u8; TRACEPARENT_LEN];
+    traceparent_into(context, &mut buffer).to_owned()
+}
+
+/// Length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+
+/// Writes the `traceparent` of `context` into `buffer` and returns it as text.
+/// Every publish writes one, so it avoids the formatting machinery.
+fn traceparent_into<'a>(context: &SpanContext, buffer: &'a mut [u8; TRACEPARENT_LEN]) -> &'a str {
+    // The two lower-case hex digits of every byte value.
+    const HEX_PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0u8; 2]; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            pairs[byte] = [HEX[byte >> 4], HEX[byte & 0x0f]];
+            byte += 1;
+        }
+        pairs
+    };
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+        }
+    }
+    buffer[..3].copy_from_slice(b"00-");
+    hex(&mut buffer[3..35], &context.trace_id().to_bytes());
+    buffer[35] = b'-';
+    hex(&mut buffer[36..52], &context.span_id().to_bytes());
+    buffer[52] = b'-';
+    hex(&mut buffer[53..55], &[context.trace_flags().to_u8()]);
+    // Only ASCII digits, letters and dashes were written.
+    std::str::from_utf8(buffer).unwrap_or_default()
 }
 
 /// Parses a W3C `traceparent` (and optional `tracestate`) into a remote span
@@ -117,7 +145,8 @@ pub fn inject_context(envelope: &mut Envelope, context: &Context) {
     if !span_context.is_valid() {
         return;
     }
-    envelope.set_traceparent(format_traceparent(span_context));
+    let mut buffer = [0u8; TRACEPARENT_LEN];
+    envelope.set_traceparent(traceparent_into(span_context, &mut buffer));
     let state = span_context.trace_state().header();
     if !state.is_empty() {
         envelope.set_tracestate(state);

@@ -6,7 +6,9 @@ use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use super::{percent, DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, SPEC_VERSION};
+use super::{
+    percent, DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, PlainValues, SPEC_VERSION,
+};
 use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
 use crate::Error;
 
@@ -18,42 +20,75 @@ const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
 const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
 const CE_DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
 const CE_DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+const CE_CORRELATIONID: HeaderName = HeaderName::from_static("ce-correlationid");
+const CE_CAUSATIONID: HeaderName = HeaderName::from_static("ce-causationid");
+const CE_TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+const CE_TRACESTATE: HeaderName = HeaderName::from_static("ce-tracestate");
+const CE_PARTITIONKEY: HeaderName = HeaderName::from_static("ce-partitionkey");
 
-fn value(s: &str) -> HeaderValue {
-    // Percent-encoding leaves no CR or LF, so the conversion cannot panic.
-    HeaderValue::from(percent::encode(s))
+/// The header of extension `name`: a static name for the extensions jetevents
+/// sets on almost every event, so they cost no allocation per event.
+fn extension_header(name: &str) -> Result<HeaderName, EncodeError> {
+    use crate::envelope::{CAUSATION_ID, CORRELATION_ID, PARTITION_KEY, TRACEPARENT, TRACESTATE};
+    Ok(match name {
+        PARTITION_KEY => CE_PARTITIONKEY,
+        TRACEPARENT => CE_TRACEPARENT,
+        TRACESTATE => CE_TRACESTATE,
+        CORRELATION_ID => CE_CORRELATIONID,
+        CAUSATION_ID => CE_CAUSATIONID,
+        _ => {
+            let mut header = String::with_capacity(3 + name.len());
+            header.push_str("ce-");
+            header.push_str(name);
+            HeaderName::try_from(header).map_err(|err| {
+                Error::with_source(EncodeErrorKind::InvalidExtensionName(name.to_owned()), err)
+            })?
+        }
+    })
 }
 
-/// Adds the envelope's headers; the envelope is already validated.
+/// The header value of `s`; `plain` when validation found that it needs no
+/// percent-encoding, so it is not scanned again.
+fn value(s: &str, plain: bool) -> HeaderValue {
+    // Percent-encoding leaves no CR or LF, so the conversion cannot panic.
+    HeaderValue::from(if plain {
+        s.to_owned()
+    } else {
+        percent::encode(s)
+    })
+}
+
+/// Adds the envelope's headers; the envelope is already validated, and
+/// `plain` says which of its values need no percent-encoding.
 pub(super) fn encode_into(
     envelope: &Envelope,
     headers: &mut HeaderMap,
+    plain: PlainValues,
 ) -> Result<Bytes, EncodeError> {
+    let value_at = |s: &str, index: usize| value(s, plain.is_plain(index));
     headers.insert(CE_SPECVERSION, SPEC_VERSION);
-    headers.insert(CE_ID, value(&envelope.id));
-    headers.insert(CE_SOURCE, value(&envelope.source));
-    headers.insert(CE_TYPE, value(&envelope.event_type));
+    headers.insert(CE_ID, value_at(&envelope.id, PlainValues::ID));
+    headers.insert(CE_SOURCE, value_at(&envelope.source, PlainValues::SOURCE));
+    headers.insert(CE_TYPE, value_at(&envelope.event_type, PlainValues::TYPE));
     if let Some(subject) = &envelope.subject {
-        headers.insert(CE_SUBJECT, value(subject));
+        headers.insert(CE_SUBJECT, value_at(subject, PlainValues::SUBJECT));
     }
     if let Some(time) = &envelope.time {
         headers.insert(CE_TIME, HeaderValue::from(super::format_time(time)));
     }
     if let Some(ct) = &envelope.data_content_type {
-        headers.insert(CE_DATACONTENTTYPE, value(ct));
+        headers.insert(
+            CE_DATACONTENTTYPE,
+            value_at(ct, PlainValues::DATACONTENTTYPE),
+        );
     }
     if let Some(schema) = &envelope.data_schema {
-        headers.insert(CE_DATASCHEMA, value(schema));
+        headers.insert(CE_DATASCHEMA, value_at(schema, PlainValues::DATASCHEMA));
     }
-    for (name, ext) in &envelope.extensions {
-        let mut header = String::with_capacity(3 + name.len());
-        header.push_str("ce-");
-        header.push_str(name);
-        let header = HeaderName::try_from(header).map_err(|err| {
-            Error::with_source(EncodeErrorKind::InvalidExtensionName(name.clone()), err)
-        })?;
+    for (index, (name, ext)) in envelope.extensions.iter().enumerate() {
+        let header = extension_header(name)?;
         let value = match ext {
-            ExtensionValue::String(s) => value(s),
+            ExtensionValue::String(s) => value_at(s, PlainValues::FIRST_EXTENSION + index),
             ExtensionValue::Boolean(b) => HeaderValue::from(if *b { "true" } else { "false" }),
             ExtensionValue::Integer(i) => HeaderValue::from(*i),
         };

@@ -208,9 +208,9 @@ pub fn encode_into(
     encoding: Encoding,
     headers: &mut HeaderMap,
 ) -> Result<Bytes, EncodeError> {
-    validate_for_encode(envelope)?;
+    let plain = validate_for_encode(envelope)?;
     match encoding {
-        Encoding::Binary => binary::encode_into(envelope, headers),
+        Encoding::Binary => binary::encode_into(envelope, headers, plain),
         Encoding::Structured => {
             headers.insert(CONTENT_TYPE, APPLICATION_CLOUDEVENTS_JSON);
             Ok(structured::encode(envelope))
@@ -318,7 +318,13 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 /// Whether `s` has a character CloudEvents forbids in string values
 /// (U+0000..U+001F, U+007F..U+009F).
 pub(crate) fn has_control_chars(s: &str) -> bool {
-    s.chars().any(char::is_control)
+    // Every value of every event passes here: one branch-free pass over the
+    // bytes (it vectorizes), and characters are decoded only for non-ASCII
+    // text, where the C1 controls live.
+    let (ascii_control, non_ascii) = s.bytes().fold((false, false), |(control, high), b| {
+        (control | (b < 0x20) | (b == 0x7f), high | (b >= 0x80))
+    });
+    ascii_control || (non_ascii && s.chars().any(char::is_control))
 }
 
 fn invalid_attribute(name: &str, reason: &str) -> EncodeError {
@@ -328,27 +334,72 @@ fn invalid_attribute(name: &str, reason: &str) -> EncodeError {
     })
 }
 
-fn check_string(name: &str, value: &str, required_non_empty: bool) -> Result<(), EncodeError> {
+/// Which string values of an envelope need no percent-encoding, learnt while
+/// validating them so the binary encoder does not scan them again. Bit `i`
+/// stands for the value [`PlainValues::ID`].. [`PlainValues::DATASCHEMA`], then
+/// the string extensions in name order from [`PlainValues::FIRST_EXTENSION`];
+/// values past the last bit count as not plain (encoded the careful way).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PlainValues(u64);
+
+impl PlainValues {
+    pub(crate) const ID: usize = 0;
+    pub(crate) const SOURCE: usize = 1;
+    pub(crate) const TYPE: usize = 2;
+    pub(crate) const SUBJECT: usize = 3;
+    pub(crate) const DATACONTENTTYPE: usize = 4;
+    pub(crate) const DATASCHEMA: usize = 5;
+    pub(crate) const FIRST_EXTENSION: usize = 6;
+
+    fn set(&mut self, index: usize, plain: bool) {
+        if plain && index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    /// Whether value `index` is known to need no percent-encoding.
+    pub(crate) fn is_plain(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+}
+
+/// Checks one string value; `Ok(true)` when it needs no percent-encoding.
+fn check_string(name: &str, value: &str, required_non_empty: bool) -> Result<bool, EncodeError> {
     if required_non_empty && value.is_empty() {
         return Err(invalid_attribute(name, "must not be empty"));
+    }
+    // Printable ASCII has no control characters: the usual case, one scan.
+    if percent::is_plain(value) {
+        return Ok(true);
     }
     if has_control_chars(value) {
         return Err(invalid_attribute(name, "contains control characters"));
     }
-    Ok(())
+    Ok(false)
 }
 
-fn validate_for_encode(envelope: &Envelope) -> Result<(), EncodeError> {
-    check_string("id", &envelope.id, true)?;
-    check_string("source", &envelope.source, true)?;
-    check_string("type", &envelope.event_type, true)?;
-    for (name, value) in [
-        ("subject", &envelope.subject),
-        ("datacontenttype", &envelope.data_content_type),
-        ("dataschema", &envelope.data_schema),
+fn validate_for_encode(envelope: &Envelope) -> Result<PlainValues, EncodeError> {
+    let mut plain = PlainValues::default();
+    plain.set(PlainValues::ID, check_string("id", &envelope.id, true)?);
+    plain.set(
+        PlainValues::SOURCE,
+        check_string("source", &envelope.source, true)?,
+    );
+    plain.set(
+        PlainValues::TYPE,
+        check_string("type", &envelope.event_type, true)?,
+    );
+    for (index, name, value) in [
+        (PlainValues::SUBJECT, "subject", &envelope.subject),
+        (
+            PlainValues::DATACONTENTTYPE,
+            "datacontenttype",
+            &envelope.data_content_type,
+        ),
+        (PlainValues::DATASCHEMA, "dataschema", &envelope.data_schema),
     ] {
         if let Some(value) = value {
-            check_string(name, value, true)?;
+            plain.set(index, check_string(name, value, true)?);
         }
     }
     if let Some(time) = &envelope.time {
@@ -357,17 +408,20 @@ fn validate_for_encode(envelope: &Envelope) -> Result<(), EncodeError> {
             return Err(invalid_attribute("time", "year outside 0..=9999"));
         }
     }
-    for (name, value) in &envelope.extensions {
+    for (index, (name, value)) in envelope.extensions.iter().enumerate() {
         if !is_valid_extension_name(name) {
             return Err(Error::new(EncodeErrorKind::InvalidExtensionName(
                 name.clone(),
             )));
         }
         if let ExtensionValue::String(value) = value {
-            check_string(name, value, false)?;
+            plain.set(
+                PlainValues::FIRST_EXTENSION + index,
+                check_string(name, value, false)?,
+            );
         }
     }
-    Ok(())
+    Ok(plain)
 }
 
 fn decode_invalid(name: &str, reason: impl Into<String>) -> DecodeError {
