@@ -801,7 +801,9 @@ async fn process<S: Clone + Send + Sync + 'static>(
         .metrics()
         .consumed
         .add(1, &shared.attributes.of(&event_type));
-    if let Ok(envelope) = &envelope {
+    // A disabled span (nobody collects it) has no parent to set: parsing the
+    // trace context would be wasted on every delivery.
+    if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
         // Before the span is first entered, so it starts as the child.
         let _ = span.set_parent(crate::trace::extract(envelope));
         span.record("messaging.message.id", envelope.id.as_str());
