@@ -62,6 +62,15 @@ pub enum PublishErrorKind {
         /// The server's `max_payload`.
         limit: usize,
     },
+    /// The encoded headers exceed what JetStream stores (64 KiB, whatever
+    /// the server's `max_payload`). Nothing was sent.
+    #[error("headers of {size} bytes exceed JetStream's limit of {limit} bytes")]
+    HeadersTooLarge {
+        /// Size of the encoded header block.
+        size: usize,
+        /// JetStream's limit.
+        limit: usize,
+    },
     /// The connection's user may not publish to this subject.
     #[error("permission denied to publish to {subject}")]
     PermissionDenied {
@@ -217,6 +226,10 @@ pub struct Publisher {
 }
 
 /// An event encoded and ready to send.
+/// JetStream stores a header block of at most this many bytes (its length
+/// is kept in 16 bits).
+const MAX_JETSTREAM_HEADER_BYTES: usize = 65_535;
+
 struct Prepared {
     subject: String,
     envelope: Envelope,
@@ -566,6 +579,15 @@ impl Publisher {
                 limit,
             }));
         }
+        let header_size = wire_size - payload.len();
+        if header_size > MAX_JETSTREAM_HEADER_BYTES {
+            // The server would refuse it only after the round trip (error
+            // 10097), as a bare rejection.
+            return Err(Error::new(PublishErrorKind::HeadersTooLarge {
+                size: header_size,
+                limit: MAX_JETSTREAM_HEADER_BYTES,
+            }));
+        }
         Ok(Prepared {
             subject,
             envelope,
@@ -792,6 +814,7 @@ fn error_type(kind: &PublishErrorKind) -> &'static str {
         PublishErrorKind::InvalidSubject => "invalid_subject",
         PublishErrorKind::InvalidEvent => "invalid_event",
         PublishErrorKind::PayloadTooLarge { .. } => "payload_too_large",
+        PublishErrorKind::HeadersTooLarge { .. } => "headers_too_large",
         PublishErrorKind::PermissionDenied { .. } => "permission_denied",
         PublishErrorKind::NoStream { .. } => "no_stream",
         PublishErrorKind::Conflict { .. } => "conflict",

@@ -231,9 +231,10 @@ async fn hostile_metadata_and_oversized_events_are_refused_before_the_wire() {
 
 #[tokio::test]
 async fn headers_over_the_jetstream_limit_are_a_typed_error_and_not_stored() {
-    let (_server, client) = own_server().await;
+    let (server, client) = own_server().await;
+    let before = server_in_msgs(&server).await;
     // JetStream refuses more than 64 KiB of headers (error 10097), far below
-    // max_payload: the publisher's size check does not see it coming.
+    // max_payload: the publisher checks it before sending.
     let result = client
         .publisher()
         .publish_with(
@@ -243,15 +244,30 @@ async fn headers_over_the_jetstream_limit_are_a_typed_error_and_not_stored() {
         .await;
     let err = result.unwrap_err();
     println!("70 KiB of headers: {err:?}");
-    assert!(
-        matches!(
-            err.kind(),
-            PublishErrorKind::Rejected | PublishErrorKind::PayloadTooLarge { .. }
-        ),
-        "{err:?}"
+    match err.kind() {
+        PublishErrorKind::HeadersTooLarge { size, limit } => {
+            assert_eq!(*limit, 65_535);
+            assert!(*size > 70 * 1024, "{size}");
+        }
+        other => panic!("expected HeadersTooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        server_in_msgs(&server).await,
+        before,
+        "the refused publish reached the server"
     );
     let mut stream = client.jetstream().get_stream("CHAOS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    // Just under the limit is stored.
+    client
+        .publisher()
+        .publish_with(
+            &op("hdr", 1, 0),
+            PublishOptions::new().metadata("note", "n".repeat(60 * 1024)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
 }
 
 #[tokio::test]
