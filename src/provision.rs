@@ -188,7 +188,32 @@ impl Client {
     /// }
     /// # Ok(()) }
     /// ```
+    ///
+    /// While a cluster is electing its leaders or still gathering peers
+    /// (no responders, "cluster not available", "no suitable peers"), the
+    /// request is repeated for a few seconds before the error is returned.
     pub async fn ensure_stream(&self, spec: &StreamSpec) -> Result<StreamReport, ProvisionError> {
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            match self.ensure_stream_once(spec).await {
+                Err(err) if attempt < ATTEMPTS && is_transient(&err) => {
+                    tracing::debug!(
+                        stream = %spec.name,
+                        attempt,
+                        error = %err,
+                        "stream request refused while the cluster settles; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn ensure_stream_once(&self, spec: &StreamSpec) -> Result<StreamReport, ProvisionError> {
         if spec.name.is_empty()
             || spec.name.chars().any(|c| {
                 matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
@@ -286,6 +311,48 @@ impl Client {
     }
 }
 
+/// Attempts of [`Client::ensure_stream`] while the cluster settles: about
+/// 4.5 s in all.
+const ATTEMPTS: u32 = 8;
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// JetStream errors that describe the cluster's state, not the request:
+/// cluster not available (10008), not leader (10009), not active (10006),
+/// no suitable peers yet (10005), insufficient resources (10023), stream
+/// offline (10118).
+const TRANSIENT_CODES: [u16; 6] = [10008, 10009, 10006, 10005, 10023, 10118];
+
+/// Whether repeating the request can help. Timeouts are not repeated: a
+/// request the account may not make also times out, and each try would cost
+/// the whole timeout again.
+fn is_transient(err: &ProvisionError) -> bool {
+    match err.kind() {
+        ProvisionErrorKind::JetStreamUnavailable => {
+            // No responders: no meta leader (an election), or no JetStream
+            // at all, which the retries only delay.
+            chain_text(err)
+                .to_ascii_lowercase()
+                .contains("no responders")
+        }
+        ProvisionErrorKind::Refused(text) => TRANSIENT_CODES
+            .iter()
+            .any(|code| text.contains(&format!("error code {code})"))),
+        _ => false,
+    }
+}
+
+fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn request_failed(err: impl std::error::Error + Send + Sync + 'static) -> ProvisionError {
     let text = err.to_string();
     let lower = text.to_ascii_lowercase();
@@ -297,4 +364,39 @@ fn request_failed(err: impl std::error::Error + Send + Sync + 'static) -> Provis
         ProvisionErrorKind::Refused(text)
     };
     Error::with_source(kind, err)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn only_cluster_state_errors_are_retried() {
+        let refused = |text: &str| Error::new(ProvisionErrorKind::Refused(text.to_owned()));
+        assert!(is_transient(&refused(
+            "JetStream cluster not available (code 503, error code 10008)"
+        )));
+        assert!(is_transient(&refused(
+            "insufficient resources (code 503, error code 10023)"
+        )));
+        assert!(!is_transient(&refused(
+            "subjects overlap with an existing stream (code 400, error code 10065)"
+        )));
+        // 100080 is not 10008.
+        assert!(!is_transient(&refused(
+            "other (code 400, error code 100080)"
+        )));
+        assert!(!is_transient(&Error::new(ProvisionErrorKind::TimedOut)));
+        let no_responders = Error::with_source(
+            ProvisionErrorKind::JetStreamUnavailable,
+            std::io::Error::other("no responders"),
+        );
+        assert!(is_transient(&no_responders));
+        let disabled = Error::with_source(
+            ProvisionErrorKind::JetStreamUnavailable,
+            std::io::Error::other("jetstream not enabled for account"),
+        );
+        assert!(!is_transient(&disabled));
+    }
 }
