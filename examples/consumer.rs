@@ -120,6 +120,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .handle(on_order_placed)
         .retry(retry)
         .concurrency(2)
+        // Few events requested ahead, so a small burst spreads over the
+        // group's instances; the default (256) favours one busy instance's
+        // throughput.
+        .prefetch(2)
         .shutdown_grace(Duration::from_secs(5))
         .build()
         .await?;
