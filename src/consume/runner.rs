@@ -12,6 +12,7 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, stream, ErrorCode};
 use chrono::Utc;
 use futures_util::future::{BoxFuture, Shared};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
@@ -125,7 +126,7 @@ where
     let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
     let progress_interval = shared.progress_interval;
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = futures_util::stream::FuturesUnordered::new();
+    let mut tasks = FuturesUnordered::new();
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
@@ -167,7 +168,10 @@ where
                 "connection lost; pulling one event at a time for a redelivery period"
             );
         }
-        let careful = careful_until.is_some_and(|until| Instant::now() < until);
+        if careful_until.is_some_and(|until| Instant::now() >= until) {
+            careful_until = None;
+        }
+        let careful = careful_until.is_some();
 
         let batch = if careful {
             usize::from(pulls.outstanding() == 0 && waiting.len() < prefetch)
@@ -207,8 +211,11 @@ where
             if let Some(error) = failure {
                 tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
                 pulls.forget();
-                if let Some(end) =
-                    recover_into(&mut pull_consumer, &client, &stream, &config, &signal).await
+                if let Some(end) = alongside(
+                    &mut tasks,
+                    recover_into(&mut pull_consumer, &client, &stream, &config, &signal),
+                )
+                .await
                 {
                     break 'pulling end;
                 }
@@ -221,6 +228,19 @@ where
         tokio::select! {
             biased;
             () = &mut stopping => break 'pulling Ok(()),
+            // Before the others: it is ready only every HOUSEKEEPING, and a
+            // busy inbox must not starve it.
+            _ = housekeeping.tick() => {
+                // The watchdog: a pull the server forgot (restart, lost
+                // connection) would otherwise be counted forever. Whatever
+                // the server still sends for it arrives on the inbox and is
+                // handled all the same.
+                if pulls.drop_overdue(Instant::now()) {
+                    tracing::warn!(consumer = %group, "pull request overdue; pulling again");
+                    pull_over = true;
+                }
+                keep_waiting_alive(&mut waiting, progress_interval).await;
+            }
             // A handler finished: its slot takes the next waiting event.
             Some(()) = tasks.next(), if !tasks.is_empty() => {}
             incoming = inbox.subscription.next() => {
@@ -228,6 +248,7 @@ where
                 // of this loop per batch rather than per event.
                 let mut next = Some(incoming);
                 let mut taken = 0usize;
+                let arrived = Instant::now();
                 while let Some(incoming) = next.take() {
                     let Some(incoming) = incoming else {
                         // Only a closed client ends the subscription.
@@ -245,7 +266,7 @@ where
                         Incoming::Event(message) => {
                             pulls.received();
                             received_since_check += 1;
-                            waiting.push_back(Waiting { message, since: Instant::now() });
+                            waiting.push_back(Waiting { message, since: arrived });
                         }
                         Incoming::Status { reply, status } if pulls.contains(&reply) => match status {
                             PullStatus::Ended => {
@@ -256,7 +277,12 @@ where
                             PullStatus::Refused(status) => {
                                 tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
                                 pulls.forget();
-                                if let Some(end) = recover_into(&mut pull_consumer, &client, &stream, &config, &signal).await {
+                                let recovered = alongside(
+                                    &mut tasks,
+                                    recover_into(&mut pull_consumer, &client, &stream, &config, &signal),
+                                )
+                                .await;
+                                if let Some(end) = recovered {
                                     break 'pulling end;
                                 }
                                 break;
@@ -271,17 +297,6 @@ where
                     }
                 }
             }
-            _ = housekeeping.tick() => {
-                // The watchdog: a pull the server forgot (restart, lost
-                // connection) would otherwise be counted forever. Whatever
-                // the server still sends for it arrives on the inbox and is
-                // handled all the same.
-                if pulls.drop_overdue(Instant::now()) {
-                    tracing::warn!(consumer = %group, "pull request overdue; pulling again");
-                    pull_over = true;
-                }
-                keep_waiting_alive(&mut waiting, progress_interval).await;
-            }
         }
 
         if !pull_over {
@@ -295,13 +310,16 @@ where
         let check = tokio::select! {
             biased;
             () = signal.clone() => break 'pulling Ok(()),
-            check = watchdog(&mut pull_consumer, &group) => check,
+            check = alongside(&mut tasks, watchdog(&mut pull_consumer, &group)) => check,
         };
         if health.recreate_after(check, &group) {
             health = Health::default();
             pulls.forget();
-            if let Some(end) =
-                recover_into(&mut pull_consumer, &client, &stream, &config, &signal).await
+            if let Some(end) = alongside(
+                &mut tasks,
+                recover_into(&mut pull_consumer, &client, &stream, &config, &signal),
+            )
+            .await
             {
                 break 'pulling end;
             }
@@ -565,7 +583,7 @@ fn connected(client: &Client, group: &str, disconnected_since: &mut Option<Insta
 async fn shutdown(
     client: &Client,
     settings: &Settings,
-    mut tasks: futures_util::stream::FuturesUnordered<impl Future<Output = ()>>,
+    mut tasks: FuturesUnordered<impl Future<Output = ()>>,
     stop: watch::Sender<bool>,
 ) {
     let drain = async { while tasks.next().await.is_some() {} };
@@ -627,6 +645,24 @@ async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str)
                 tracing::debug!(consumer = %group, error = %err, "consumer info failed");
                 Watchdog::Unknown(err.to_string())
             }
+        }
+    }
+}
+
+/// Awaits `work` while the running handlers go on: they are futures of the
+/// loop's own task, and would stand still (timers, I/O, their acks) for as
+/// long as a recovery or a consumer check takes.
+async fn alongside<T, F>(tasks: &mut FuturesUnordered<T>, work: F) -> F::Output
+where
+    T: Future<Output = ()>,
+    F: Future,
+{
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut work => return output,
+            Some(()) = tasks.next(), if !tasks.is_empty() => {}
         }
     }
 }
