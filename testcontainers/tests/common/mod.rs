@@ -54,13 +54,26 @@ pub async fn create_stream(js: &jetstream::Context, name: &str, replicas: usize)
 }
 
 /// Publishes `payload` to `subject` and waits for the stream's ack; returns the seq.
+/// Right after a replicated stream is created its leader may not be elected
+/// yet (no responders, "stream not found"): retried within a deadline.
 pub async fn publish(js: &jetstream::Context, subject: String, payload: &'static str) -> u64 {
-    js.publish(subject, payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            js.publish(subject.clone(), payload.into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        match attempt.await {
+            Ok(ack) => return ack.sequence,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("publish to {subject}: {err}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("publish to {subject}: {err}"),
+        }
+    }
 }
 
 /// Reads the next message of `stream` through a new pull consumer and acks it.
