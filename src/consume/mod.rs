@@ -741,6 +741,35 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_and_redelivery_period_follow_the_settings() {
+        let defaults = Settings::default();
+        assert_eq!(defaults.prefetch(), 256);
+        let wide = Settings {
+            concurrency: 400,
+            ..Settings::default()
+        };
+        assert_eq!(wide.prefetch(), 512);
+        let chosen = Settings {
+            prefetch: Some(2),
+            ..Settings::default()
+        };
+        assert_eq!(chosen.prefetch(), 2);
+        // The longest backoff entry when it exceeds the ack wait.
+        let settings = Settings {
+            retry: RetryPolicy::fixed(Duration::from_secs(2)).max_attempts(3),
+            ack_wait: Duration::from_secs(9),
+            ..Settings::default()
+        };
+        assert_eq!(settings.redelivery_period(), Duration::from_secs(11));
+        let off = Settings {
+            server_backoff: ServerBackoff::Off,
+            ack_wait: Duration::from_secs(9),
+            ..Settings::default()
+        };
+        assert_eq!(off.redelivery_period(), Duration::from_secs(9));
+    }
+
+    #[test]
     fn backoff_fits_a_lower_max_deliver() {
         let settings = Settings {
             max_deliver: Some(2),
