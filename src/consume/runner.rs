@@ -138,6 +138,13 @@ where
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let recovery = Recovery {
+        client: &client,
+        stream: &stream,
+        config: &config,
+        signal: &signal,
+    };
+
     // One clone polled throughout: a clone per pass would register and
     // drop a waker each time.
     let stopping = signal.clone();
@@ -211,12 +218,7 @@ where
             if let Some(error) = failure {
                 tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
                 pulls.forget();
-                if let Some(end) = alongside(
-                    &mut tasks,
-                    recover_into(&mut pull_consumer, &client, &stream, &config, &signal),
-                )
-                .await
-                {
+                if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks).await {
                     break 'pulling end;
                 }
                 continue;
@@ -277,12 +279,7 @@ where
                             PullStatus::Refused(status) => {
                                 tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
                                 pulls.forget();
-                                let recovered = alongside(
-                                    &mut tasks,
-                                    recover_into(&mut pull_consumer, &client, &stream, &config, &signal),
-                                )
-                                .await;
-                                if let Some(end) = recovered {
+                                if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks).await {
                                     break 'pulling end;
                                 }
                                 break;
@@ -315,12 +312,7 @@ where
         if health.recreate_after(check, &group) {
             health = Health::default();
             pulls.forget();
-            if let Some(end) = alongside(
-                &mut tasks,
-                recover_into(&mut pull_consumer, &client, &stream, &config, &signal),
-            )
-            .await
-            {
+            if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks).await {
                 break 'pulling end;
             }
         }
@@ -667,22 +659,33 @@ where
     }
 }
 
-/// [`recover`] into `consumer`; `Some` with the runner's result when it
-/// must end instead (shutdown, or the stream is gone).
-async fn recover_into(
-    consumer: &mut jetstream::consumer::PullConsumer,
-    client: &Client,
-    stream_name: &str,
-    config: &pull::Config,
-    signal: &Signal,
-) -> Option<Result<(), ConsumeError>> {
-    match recover(client, stream_name, config, signal).await {
-        Ok(Some(recovered)) => {
-            *consumer = recovered;
-            None
+/// What recovering the durable consumer needs, in one place for the loop's
+/// three recovery points.
+struct Recovery<'a> {
+    client: &'a Client,
+    stream: &'a str,
+    config: &'a pull::Config,
+    signal: &'a Signal,
+}
+
+impl Recovery<'_> {
+    /// [`recover`] into `consumer`, the running handlers going on meanwhile;
+    /// `Some` with the runner's result when it must end instead (shutdown,
+    /// or the stream is gone).
+    async fn restore<T: Future<Output = ()>>(
+        &self,
+        consumer: &mut jetstream::consumer::PullConsumer,
+        tasks: &mut FuturesUnordered<T>,
+    ) -> Option<Result<(), ConsumeError>> {
+        let recovered = recover(self.client, self.stream, self.config, self.signal);
+        match alongside(tasks, recovered).await {
+            Ok(Some(recovered)) => {
+                *consumer = recovered;
+                None
+            }
+            Ok(None) => Some(Ok(())),
+            Err(err) => Some(Err(err)),
         }
-        Ok(None) => Some(Ok(())),
-        Err(err) => Some(Err(err)),
     }
 }
 
