@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use jetevents::consume::{Consumer, Context, HandlerError, RetryPolicy};
+use jetevents::consume::{Consumer, ConsumerBuilder, Context, HandlerError, RetryPolicy};
 use jetevents_testcontainers::{FaultMode, FaultProxy, NatsServer};
 
 mod consume_common;
@@ -16,29 +16,41 @@ type SlowState = (Log<(u64, u64)>, Log<u64>);
 /// Starts `n` and completions `(instance, n)`.
 type ShutdownState = (Log<u64>, Log<(&'static str, u64)>);
 
-#[tokio::test]
-async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
-    let world = World::on_shared_server().await;
+/// A consumer of group `group` with a 1 s ack wait whose handler takes
+/// `handling` per event; calls `(n, delivery)` and completions `n` are logged.
+async fn slow_consumer(
+    world: &World,
+    group: &str,
+    handling: Duration,
+    configure: impl FnOnce(ConsumerBuilder<()>) -> ConsumerBuilder<()>,
+) -> (Running, Log<(u64, u64)>, Log<u64>) {
     let calls: Log<(u64, u64)> = Log::default();
     let done: Log<u64> = Log::default();
-    let state = (calls.clone(), done.clone());
-    let consumer = world
-        .consumer("reports")
-        .ack_wait(Duration::from_secs(1))
-        .concurrency(4)
-        .with_state(state)
-        .handle(|event: OrderPlaced, ctx: Context<SlowState>| async move {
-            let (calls, done) = ctx.state();
-            calls.push((event.n, ctx.delivery_count()));
-            // Three times the ack wait.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            done.push(event.n);
-            Ok::<_, HandlerError>(())
-        })
+    let consumer = configure(world.consumer(group).ack_wait(Duration::from_secs(1)))
+        .with_state((calls.clone(), done.clone()))
+        .handle(
+            move |event: OrderPlaced, ctx: Context<SlowState>| async move {
+                let (calls, done) = ctx.state();
+                calls.push((event.n, ctx.delivery_count()));
+                tokio::time::sleep(handling).await;
+                done.push(event.n);
+                Ok::<_, HandlerError>(())
+            },
+        )
         .build()
         .await
         .unwrap();
-    let running = Running::start(consumer);
+    (Running::start(consumer), calls, done)
+}
+
+#[tokio::test]
+async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
+    let world = World::on_shared_server().await;
+    // Three times the ack wait.
+    let (running, calls, done) = slow_consumer(&world, "reports", Duration::from_secs(3), |b| {
+        b.concurrency(4)
+    })
+    .await;
     world.publish(1).await;
 
     eventually("slow handler done", Duration::from_secs(20), || async {
@@ -57,26 +69,11 @@ async fn a_handler_slower_than_the_ack_wait_is_not_redelivered() {
 #[tokio::test]
 async fn events_waiting_behind_a_slow_handler_are_not_redelivered() {
     let world = World::on_shared_server().await;
-    let calls: Log<(u64, u64)> = Log::default();
-    let done: Log<u64> = Log::default();
-    let state = (calls.clone(), done.clone());
-    let consumer = world
-        .consumer("queued")
-        .ack_wait(Duration::from_secs(1))
-        .concurrency(1)
-        .prefetch(8)
-        .with_state(state)
-        .handle(|event: OrderPlaced, ctx: Context<SlowState>| async move {
-            let (calls, done) = ctx.state();
-            calls.push((event.n, ctx.delivery_count()));
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            done.push(event.n);
-            Ok::<_, HandlerError>(())
+    let (running, calls, done) =
+        slow_consumer(&world, "queued", Duration::from_millis(1500), |b| {
+            b.concurrency(1).prefetch(8)
         })
-        .build()
-        .await
-        .unwrap();
-    let running = Running::start(consumer);
+        .await;
     for n in 1..=3 {
         world.publish(n).await;
     }
