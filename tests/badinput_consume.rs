@@ -315,6 +315,23 @@ async fn raw_hpub(port: u16, subject: &str, header_block: &[u8], payload: &[u8])
     }
 }
 
+/// A consumer that reaches max_deliver within seconds (2 attempts, 1 s ack
+/// wait): what the unreadable-message tests wait for.
+async fn quick_to_give_up(
+    client: &Client,
+    group: &str,
+    stream: &str,
+    checker: &Checker_,
+) -> jetevents::consume::Consumer<checker::Handling> {
+    consumer(client, group, stream, checker, Duration::ZERO)
+        .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
+        .ack_wait(Duration::from_secs(1))
+        .pull_expiry(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap()
+}
+
 /// A message the client cannot receive: async-nats drops the whole
 /// connection on an HMSG whose header block it cannot read (not UTF-8, a
 /// line without `:`, an invalid name), so the runner never sees it and the
@@ -345,13 +362,7 @@ async fn unreadable_header_block_is_dead_lettered(
             support::connect(&server.url(), client.subjects().env(), |_| {}).await
         };
         runners.push(Running::start(
-            consumer(&instance_client, name, &stream, &checker, Duration::ZERO)
-                .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
-                .ack_wait(Duration::from_secs(1))
-                .pull_expiry(Duration::from_millis(500))
-                .build()
-                .await
-                .unwrap(),
+            quick_to_give_up(&instance_client, name, &stream, &checker).await,
         ));
     }
     // Each delivery of the raw message cuts the consumer's connection and
@@ -474,15 +485,7 @@ async fn events_pulled_with_an_unreadable_one_are_all_handled() {
         checker.record(&good.op, &result);
     }
     // Started after the backlog is stored: its first pull takes it all.
-    let running = Running::start(
-        consumer(&client, "backlog", &stream, &checker, Duration::ZERO)
-            .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(2))
-            .ack_wait(Duration::from_secs(1))
-            .pull_expiry(Duration::from_millis(500))
-            .build()
-            .await
-            .unwrap(),
-    );
+    let running = Running::start(quick_to_give_up(&client, "backlog", &stream, &checker).await);
     let observer = support::connect(&server.url(), client.subjects().env(), |_| {}).await;
     let dead_letters = dead_letters_of(&observer, &stream);
     support::dead_lettered(
