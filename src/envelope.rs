@@ -142,7 +142,7 @@ impl From<i64> for ExtensionValue {
 
 /// A new UUIDv7 event id, hyphenated lower-case. Every event gets one, so it
 /// is written straight into a buffer rather than through `Display`.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut buffer = uuid::Uuid::encode_buffer();
     uuid::Uuid::now_v7()
         .hyphenated()

@@ -140,16 +140,50 @@ pub fn inject(envelope: &mut Envelope) {
 
 /// Writes `context`'s span into the envelope's trace extensions.
 pub fn inject_context(envelope: &mut Envelope, context: &Context) {
-    let span = context.span();
-    let span_context = span.span_context();
-    if !span_context.is_valid() {
-        return;
+    if let Some(trace) = TraceHeaders::of(context) {
+        envelope.set_traceparent(trace.traceparent());
+        if let Some(state) = trace.tracestate {
+            envelope.set_tracestate(state);
+        }
     }
-    let mut buffer = [0u8; TRACEPARENT_LEN];
-    envelope.set_traceparent(traceparent_into(span_context, &mut buffer));
-    let state = span_context.trace_state().header();
-    if !state.is_empty() {
-        envelope.set_tracestate(state);
+}
+
+/// The trace extensions of one outgoing event: the `traceparent` (fixed
+/// length, kept inline so writing it allocates nothing) and the
+/// `tracestate` when there is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TraceHeaders {
+    traceparent: [u8; TRACEPARENT_LEN],
+    tracestate: Option<String>,
+}
+
+impl TraceHeaders {
+    /// The trace extensions of `context`'s span; `None` when it has no valid
+    /// span, so an application without tracing sends no fake ids.
+    pub(crate) fn of(context: &Context) -> Option<TraceHeaders> {
+        let span = context.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() {
+            return None;
+        }
+        let mut traceparent = [0u8; TRACEPARENT_LEN];
+        traceparent_into(span_context, &mut traceparent);
+        let state = span_context.trace_state().header();
+        Some(TraceHeaders {
+            traceparent,
+            tracestate: (!state.is_empty()).then_some(state),
+        })
+    }
+
+    /// The `traceparent` value.
+    pub(crate) fn traceparent(&self) -> &str {
+        // Written by `traceparent_into`: ASCII hex digits and dashes only.
+        std::str::from_utf8(&self.traceparent).unwrap_or_default()
+    }
+
+    /// The `tracestate` value, when the span has one.
+    pub(crate) fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
     }
 }
 

@@ -12,19 +12,19 @@ use super::{
 use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
 use crate::Error;
 
-const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
-const CE_ID: HeaderName = HeaderName::from_static("ce-id");
-const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
-const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
-const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
-const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
-const CE_DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
-const CE_DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
-const CE_CORRELATIONID: HeaderName = HeaderName::from_static("ce-correlationid");
-const CE_CAUSATIONID: HeaderName = HeaderName::from_static("ce-causationid");
-const CE_TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
-const CE_TRACESTATE: HeaderName = HeaderName::from_static("ce-tracestate");
-const CE_PARTITIONKEY: HeaderName = HeaderName::from_static("ce-partitionkey");
+pub(crate) const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+pub(crate) const CE_ID: HeaderName = HeaderName::from_static("ce-id");
+pub(crate) const CE_SOURCE: HeaderName = HeaderName::from_static("ce-source");
+pub(crate) const CE_TYPE: HeaderName = HeaderName::from_static("ce-type");
+pub(crate) const CE_SUBJECT: HeaderName = HeaderName::from_static("ce-subject");
+pub(crate) const CE_TIME: HeaderName = HeaderName::from_static("ce-time");
+pub(crate) const CE_DATACONTENTTYPE: HeaderName = HeaderName::from_static("ce-datacontenttype");
+pub(crate) const CE_DATASCHEMA: HeaderName = HeaderName::from_static("ce-dataschema");
+pub(crate) const CE_CORRELATIONID: HeaderName = HeaderName::from_static("ce-correlationid");
+pub(crate) const CE_CAUSATIONID: HeaderName = HeaderName::from_static("ce-causationid");
+pub(crate) const CE_TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+pub(crate) const CE_TRACESTATE: HeaderName = HeaderName::from_static("ce-tracestate");
+pub(crate) const CE_PARTITIONKEY: HeaderName = HeaderName::from_static("ce-partitionkey");
 
 /// The header of extension `name`: a static name for the extensions jetevents
 /// sets on almost every event, so they cost no allocation per event.
@@ -56,6 +56,19 @@ fn value(s: &str, plain: bool) -> HeaderValue {
     } else {
         percent::encode(s)
     })
+}
+
+/// The header value of the string attribute `name` of an outgoing event,
+/// checked as [`encode_into`]'s validation checks it (non-empty when
+/// `required`, no control characters) and percent-encoded when needed. The
+/// publisher writes a typed event's headers with this, without an envelope.
+pub(crate) fn attribute_value(
+    name: &str,
+    value: &str,
+    required: bool,
+) -> Result<HeaderValue, EncodeError> {
+    let plain = super::check_string(name, value, required)?;
+    Ok(self::value(value, plain))
 }
 
 /// Adds the envelope's headers; the envelope is already validated, and

@@ -35,7 +35,7 @@
 //! ```
 
 pub(crate) mod base64;
-mod binary;
+pub(crate) mod binary;
 mod percent;
 mod structured;
 
@@ -463,7 +463,7 @@ pub(crate) fn check_decoded(envelope: &Envelope) -> Result<(), DecodeError> {
 
 /// Formats a time the way both modes write it: RFC 3339, UTC `Z`, as many
 /// fractional digits as needed (so no precision is lost).
-fn format_time(time: &chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn format_time(time: &chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 

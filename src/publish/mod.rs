@@ -20,11 +20,14 @@ use opentelemetry::StringValue;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
+mod outgoing;
+
 use crate::client::{Client, Operation, PermissionViolation};
-use crate::codec::{self, Encoding};
+use crate::codec::{self, EncodeErrorKind, Encoding};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::event::{Event, EventType};
+use outgoing::{Outgoing, TypedEvent};
 
 /// What the server said about a stored event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,16 +235,14 @@ const MAX_JETSTREAM_HEADER_BYTES: usize = 65_535;
 
 struct Prepared {
     subject: String,
-    envelope: Envelope,
+    outgoing: Outgoing,
     /// The `cloudevents.event_type` metric attribute: a typed event's static
     /// type, so recording it allocates nothing.
     metric_type: StringValue,
-    encoding: Encoding,
-    /// The headers of the first attempt, moved into it. A retry encodes them
-    /// again from the envelope (same bytes): cheaper than cloning the map for
-    /// every attempt when almost every publish has only one.
-    headers: Option<HeaderMap>,
-    payload: Bytes,
+    /// The headers and payload of the first attempt, moved into it. A retry
+    /// encodes them again from `outgoing` (same bytes): cheaper than cloning
+    /// them for every attempt when almost every publish has only one.
+    first_attempt: Option<(HeaderMap, Bytes)>,
     wire_size: usize,
     started: Instant,
     expected_last_subject_sequence: Option<u64>,
@@ -296,8 +297,7 @@ impl Publisher {
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
         let event_type = event_type_of::<E>()?;
-        let (subject, envelope) = self.envelope_for(&event_type, event, &options)?;
-        let prepared = self.prepare(subject, envelope, &options, StringValue::from(E::TYPE))?;
+        let prepared = self.prepare_event(&event_type, event, &options)?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
     }
@@ -311,7 +311,9 @@ impl Publisher {
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
         let metric_type = StringValue::from(envelope.event_type.clone());
-        let prepared = self.prepare(subject.to_owned(), envelope, &options, metric_type)?;
+        let encoding = options.encoding.unwrap_or(self.client.config().encoding);
+        let outgoing = Outgoing::Envelope { envelope, encoding };
+        let prepared = self.prepare(subject.to_owned(), outgoing, &options, metric_type)?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
     }
@@ -381,14 +383,12 @@ impl Publisher {
             if pipeline.in_flight.len() >= window {
                 self.settle_oldest(&mut pipeline).await;
             }
-            let subject_and_envelope = match &event_type {
-                Ok(event_type) => self.envelope_for(event_type, event, &options),
+            let prepared = match &event_type {
+                Ok(event_type) => self.prepare_event(event_type, event, &options),
                 Err(_) => event_type_of::<E>()
-                    .and_then(|event_type| self.envelope_for(&event_type, event, &options)),
+                    .and_then(|event_type| self.prepare_event(&event_type, event, &options)),
             };
-            let mut prepared = match subject_and_envelope.and_then(|(subject, envelope)| {
-                self.prepare(subject, envelope, &options, StringValue::from(E::TYPE))
-            }) {
+            let mut prepared = match prepared {
                 Ok(prepared) => prepared,
                 Err(err) => {
                     pipeline.results[index] = Some(Err(err));
@@ -485,13 +485,49 @@ impl Publisher {
         pipeline.results[index] = Some(result.map(|ack| receipt(prepared, ack)));
     }
 
-    /// Builds the subject and envelope of a typed event.
-    fn envelope_for<E: Event>(
+    /// Prepares a typed event: without an envelope in binary mode when no
+    /// free-form metadata is asked for (see [`outgoing`]), through one
+    /// otherwise.
+    fn prepare_event<E: Event>(
         &self,
         event_type: &EventType,
         event: &E,
         options: &PublishOptions,
-    ) -> Result<(String, Envelope), PublishError> {
+    ) -> Result<Prepared, PublishError> {
+        let encoding = options.encoding.unwrap_or(self.client.config().encoding);
+        if encoding != Encoding::Binary || !options.metadata.is_empty() {
+            let (subject, envelope) = self.envelope_for(event_type, event, options)?;
+            let outgoing = Outgoing::Envelope { envelope, encoding };
+            return self.prepare(subject, outgoing, options, StringValue::from(E::TYPE));
+        }
+        let (subject, key) = self.subject_for(event_type, event, options)?;
+        let data = serde_json::to_vec(event).map_err(|err| {
+            Error::with_source(
+                PublishErrorKind::InvalidEvent,
+                codec::EncodeError::with_source(EncodeErrorKind::Serialize, err),
+            )
+        })?;
+        let outgoing = Outgoing::Typed(TypedEvent {
+            id: crate::envelope::new_id(),
+            event_type: E::TYPE,
+            data_schema: E::data_schema(),
+            time: chrono::Utc::now(),
+            key,
+            correlation_id: None,
+            causation_id: None,
+            trace: None,
+            data: Bytes::from(data),
+        });
+        self.prepare(subject, outgoing, options, StringValue::from(E::TYPE))
+    }
+
+    /// The subject of a typed event, and its key.
+    fn subject_for<E: Event>(
+        &self,
+        event_type: &EventType,
+        event: &E,
+        options: &PublishOptions,
+    ) -> Result<(String, Option<String>), PublishError> {
         // The option overrides the event's own key, for the subject and the
         // `partitionkey` alike.
         let key = match &options.key {
@@ -503,6 +539,17 @@ impl Publisher {
             .subjects()
             .event(event_type, key.as_deref())
             .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))?;
+        Ok((subject, key))
+    }
+
+    /// Builds the subject and envelope of a typed event.
+    fn envelope_for<E: Event>(
+        &self,
+        event_type: &EventType,
+        event: &E,
+        options: &PublishOptions,
+    ) -> Result<(String, Envelope), PublishError> {
+        let (subject, key) = self.subject_for(event_type, event, options)?;
         let envelope =
             Envelope::from_event_with_key(self.client.config().source.clone(), event, key)
                 .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
@@ -513,7 +560,7 @@ impl Publisher {
     fn prepare(
         &self,
         subject: String,
-        mut envelope: Envelope,
+        mut outgoing: Outgoing,
         options: &PublishOptions,
         metric_type: StringValue,
     ) -> Result<Prepared, PublishError> {
@@ -522,20 +569,24 @@ impl Publisher {
             None => HANDLING.try_with(|l| l.event_id.clone()).ok(),
         };
         if let Some(id) = causation_id {
-            envelope.set_causation_id(id);
+            outgoing.set_causation_id(id);
         }
         let correlation_id = match &options.correlation_id {
             Some(id) => Some(id.clone()),
             None => HANDLING.try_with(|l| l.correlation_id.clone()).ok(),
         };
         if let Some(id) = correlation_id {
-            envelope.set_correlation_id(id);
+            outgoing.set_correlation_id(id);
         }
-        for (name, value) in &options.metadata {
-            envelope
-                .set_extension(name, value.as_str())
-                .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+        // `prepare_event` sends events with metadata through an envelope.
+        if let Outgoing::Envelope { envelope, .. } = &mut outgoing {
+            for (name, value) in &options.metadata {
+                envelope
+                    .set_extension(name, value.as_str())
+                    .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+            }
         }
+        let source = self.client.config().source.as_str();
 
         let span = tracing::info_span!(
             "publish",
@@ -547,30 +598,30 @@ impl Publisher {
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name = %subject,
-            messaging.message.id = %envelope.id,
-            messaging.message.conversation_id = envelope.correlation_id(),
-            cloudevents.event_id = %envelope.id,
-            cloudevents.event_type = %envelope.event_type,
-            cloudevents.event_source = %envelope.source,
+            messaging.message.id = outgoing.event_id(),
+            messaging.message.conversation_id = outgoing.correlation_id(),
+            cloudevents.event_id = outgoing.event_id(),
+            cloudevents.event_type = outgoing.event_type(),
+            cloudevents.event_source = outgoing.source(source),
             cloudevents.event_spec_version = "1.0",
             messaging.nats.stream.sequence = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         // The trace context sent is the publish span's own, so a consumer's
         // process span becomes its child.
-        if !span.is_disabled() {
-            let context = {
-                let _entered = span.enter();
-                crate::trace::current_context()
-            };
-            crate::trace::inject_context(&mut envelope, &context);
+        let context = if span.is_disabled() {
+            crate::trace::current_context()
         } else {
-            crate::trace::inject(&mut envelope);
+            let _entered = span.enter();
+            crate::trace::current_context()
+        };
+        if let Some(trace) = crate::trace::TraceHeaders::of(&context) {
+            outgoing.set_trace(trace);
         }
 
-        let encoding = options.encoding.unwrap_or(self.client.config().encoding);
-        let (headers, payload) =
-            encode_message(&envelope, encoding, options.expected_last_subject_sequence)?;
+        let (headers, payload) = outgoing
+            .encode(source, options.expected_last_subject_sequence)
+            .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
         let wire_size = codec::wire_size(&headers, payload.len());
         let limit = self.client.nats().max_payload();
         if wire_size > limit {
@@ -590,11 +641,9 @@ impl Publisher {
         }
         Ok(Prepared {
             subject,
-            envelope,
+            outgoing,
             metric_type,
-            encoding,
-            headers: Some(headers),
-            payload,
+            first_attempt: Some((headers, payload)),
             wire_size,
             started: Instant::now(),
             expected_last_subject_sequence: options.expected_last_subject_sequence,
@@ -690,21 +739,19 @@ impl Publisher {
 
     /// Sends one attempt; the returned future resolves to its ack.
     async fn send(&self, prepared: &mut Prepared) -> Result<PublishAckFuture, AttemptError> {
-        let headers = match prepared.headers.take() {
-            Some(headers) => headers,
-            None => {
-                encode_message(
-                    &prepared.envelope,
-                    prepared.encoding,
+        let (headers, payload) = match prepared.first_attempt.take() {
+            Some(first) => first,
+            None => prepared
+                .outgoing
+                .encode(
+                    &self.client.config().source,
                     prepared.expected_last_subject_sequence,
                 )
-                .map_err(AttemptError::Final)?
-                .0
-            }
+                .map_err(|err| {
+                    AttemptError::Final(Error::with_source(PublishErrorKind::InvalidEvent, err))
+                })?,
         };
-        let message = PublishMessage::build()
-            .payload(prepared.payload.clone())
-            .headers(headers);
+        let message = PublishMessage::build().payload(payload).headers(headers);
         self.client
             .jetstream()
             .send_publish(prepared.subject.clone(), message)
@@ -787,27 +834,6 @@ impl Publisher {
     }
 }
 
-/// The headers and payload of `envelope` as sent: its CloudEvents encoding plus
-/// `Nats-Msg-Id` (the event id, for the server's dedup) and the optimistic
-/// concurrency expectation.
-fn encode_message(
-    envelope: &Envelope,
-    encoding: Encoding,
-    expected_last_subject_sequence: Option<u64>,
-) -> Result<(HeaderMap, Bytes), PublishError> {
-    let mut headers = HeaderMap::new();
-    let payload = codec::encode_into(envelope, encoding, &mut headers)
-        .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
-    if let Some(sequence) = expected_last_subject_sequence {
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            sequence.to_string().as_str(),
-        );
-    }
-    Ok((headers, payload))
-}
-
 /// The `error.type` attribute of a failed publish.
 fn error_type(kind: &PublishErrorKind) -> &'static str {
     match kind {
@@ -835,7 +861,7 @@ fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
 /// The receipt of a settled event, taking its id and subject.
 fn receipt(prepared: Prepared, ack: PublishAck) -> Receipt {
     Receipt {
-        event_id: prepared.envelope.id,
+        event_id: prepared.outgoing.into_event_id(),
         subject: prepared.subject,
         stream: ack.stream,
         sequence: ack.sequence,
