@@ -71,6 +71,20 @@ pub(crate) fn attribute_value(
     Ok(self::value(value, plain))
 }
 
+/// [`attribute_value`] of an owned value: a value that needs no escaping
+/// becomes the header as it is, without a copy.
+pub(crate) fn attribute_value_owned(
+    name: &str,
+    value: String,
+    required: bool,
+) -> Result<HeaderValue, EncodeError> {
+    if (!required || !value.is_empty()) && percent::is_plain(&value) {
+        Ok(HeaderValue::from(value))
+    } else {
+        attribute_value(name, &value, required)
+    }
+}
+
 /// Adds the envelope's headers; the envelope is already validated, and
 /// `plain` says which of its values need no percent-encoding.
 pub(super) fn encode_into(

@@ -23,11 +23,11 @@ use tracing::Instrument;
 mod outgoing;
 
 use crate::client::{Client, Operation, PermissionViolation};
-use crate::codec::{self, EncodeErrorKind, Encoding};
+use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::event::{Event, EventType};
-use outgoing::{Outgoing, TypedEvent};
+use outgoing::{KeyAndData, Outgoing, TypedEvent};
 
 /// What the server said about a stored event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,9 +233,9 @@ pub struct Publisher {
 /// is kept in 16 bits).
 const MAX_JETSTREAM_HEADER_BYTES: usize = 65_535;
 
-struct Prepared {
+struct Prepared<'a> {
     subject: String,
-    outgoing: Outgoing,
+    outgoing: Outgoing<'a>,
     /// The `cloudevents.event_type` metric attribute: a typed event's static
     /// type, so recording it allocates nothing.
     metric_type: StringValue,
@@ -250,13 +250,13 @@ struct Prepared {
 }
 
 /// The state of one `publish_many` call.
-struct Pipeline {
+struct Pipeline<'a> {
     /// One slot per input event, filled as results come in.
     results: Vec<Option<Result<Receipt, PublishError>>>,
     /// Events to try again, one by one, once the pipeline is empty.
-    retry_later: Vec<(usize, Prepared)>,
+    retry_later: Vec<(usize, Prepared<'a>)>,
     /// Sent events awaiting their ack, oldest first.
-    in_flight: VecDeque<(usize, Prepared, PublishAckFuture)>,
+    in_flight: VecDeque<(usize, Prepared<'a>, PublishAckFuture)>,
     violations: broadcast::Receiver<PermissionViolation>,
     /// The ack deadline of the oldest event in flight. One timer for the
     /// whole pipeline, moved forward for each ack: deadlines only grow, and
@@ -313,13 +313,13 @@ impl Publisher {
         let metric_type = StringValue::from(envelope.event_type.clone());
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         let outgoing = Outgoing::Envelope { envelope, encoding };
-        let prepared = self.prepare(subject.to_owned(), outgoing, &options, metric_type)?;
+        let prepared = self.prepare(subject.to_owned(), outgoing, &options, metric_type, None)?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
     }
 
     /// Records the outcome of one event in the metrics.
-    fn record(&self, prepared: &Prepared, error: Option<&PublishError>) {
+    fn record(&self, prepared: &Prepared<'_>, error: Option<&PublishError>) {
         let metrics = self.client.metrics();
         let error_type = error.map(|err| error_type(err.kind()));
         if let (Some(error_type), Some(err)) = (error_type, error) {
@@ -430,7 +430,7 @@ impl Publisher {
     }
 
     /// Awaits the oldest ack in flight and files its result.
-    async fn settle_oldest(&self, pipeline: &mut Pipeline) {
+    async fn settle_oldest(&self, pipeline: &mut Pipeline<'_>) {
         let Some((index, prepared, ack)) = pipeline.in_flight.pop_front() else {
             return;
         };
@@ -488,58 +488,56 @@ impl Publisher {
     /// Prepares a typed event: without an envelope in binary mode when no
     /// free-form metadata is asked for (see [`outgoing`]), through one
     /// otherwise.
-    fn prepare_event<E: Event>(
+    fn prepare_event<'a, E: Event>(
         &self,
         event_type: &EventType,
-        event: &E,
-        options: &PublishOptions,
-    ) -> Result<Prepared, PublishError> {
+        event: &'a E,
+        options: &'a PublishOptions,
+    ) -> Result<Prepared<'a>, PublishError> {
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         if encoding != Encoding::Binary || !options.metadata.is_empty() {
             let (subject, envelope) = self.envelope_for(event_type, event, options)?;
             let outgoing = Outgoing::Envelope { envelope, encoding };
-            return self.prepare(subject, outgoing, options, StringValue::from(E::TYPE));
+            return self.prepare(subject, outgoing, options, StringValue::from(E::TYPE), None);
         }
-        let (subject, key) = self.subject_for(event_type, event, options)?;
-        let data = serde_json::to_vec(event).map_err(|err| {
-            Error::with_source(
-                PublishErrorKind::InvalidEvent,
-                codec::EncodeError::with_source(EncodeErrorKind::Serialize, err),
-            )
-        })?;
-        let outgoing = Outgoing::Typed(TypedEvent {
+        let typed = TypedEvent {
+            event,
+            key_option: options.key.as_deref(),
             id: crate::envelope::new_id(),
             event_type: E::TYPE,
             data_schema: E::data_schema(),
             time: chrono::Utc::now(),
-            key,
             correlation_id: None,
             causation_id: None,
             trace: None,
-            data: Bytes::from(data),
-        });
-        self.prepare(subject, outgoing, options, StringValue::from(E::TYPE))
+        };
+        let key = typed.key();
+        let subject = self.subject_for(event_type, key.as_deref())?;
+        let data = Bytes::from(
+            outgoing::Serialized::json(event)
+                .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?,
+        );
+        let first = KeyAndData { key, data };
+        let outgoing = Outgoing::Typed(typed);
+        self.prepare(
+            subject,
+            outgoing,
+            options,
+            StringValue::from(E::TYPE),
+            Some(first),
+        )
     }
 
-    /// The subject of a typed event, and its key.
-    fn subject_for<E: Event>(
+    /// The subject of an event of `event_type` with `key`.
+    fn subject_for(
         &self,
         event_type: &EventType,
-        event: &E,
-        options: &PublishOptions,
-    ) -> Result<(String, Option<String>), PublishError> {
-        // The option overrides the event's own key, for the subject and the
-        // `partitionkey` alike.
-        let key = match &options.key {
-            Some(key) => Some(key.clone()),
-            None => event.key(),
-        };
-        let subject = self
-            .client
+        key: Option<&str>,
+    ) -> Result<String, PublishError> {
+        self.client
             .subjects()
-            .event(event_type, key.as_deref())
-            .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))?;
-        Ok((subject, key))
+            .event(event_type, key)
+            .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))
     }
 
     /// Builds the subject and envelope of a typed event.
@@ -549,7 +547,13 @@ impl Publisher {
         event: &E,
         options: &PublishOptions,
     ) -> Result<(String, Envelope), PublishError> {
-        let (subject, key) = self.subject_for(event_type, event, options)?;
+        // The option overrides the event's own key, for the subject and the
+        // `partitionkey` alike.
+        let key = match &options.key {
+            Some(key) => Some(key.clone()),
+            None => event.key(),
+        };
+        let subject = self.subject_for(event_type, key.as_deref())?;
         let envelope =
             Envelope::from_event_with_key(self.client.config().source.clone(), event, key)
                 .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
@@ -557,13 +561,16 @@ impl Publisher {
     }
 
     /// Fills lineage, metadata and trace context, encodes, checks the size.
-    fn prepare(
+    /// `typed`: a typed event's key and JSON, already made for its subject
+    /// and size.
+    fn prepare<'a>(
         &self,
         subject: String,
-        mut outgoing: Outgoing,
+        mut outgoing: Outgoing<'a>,
         options: &PublishOptions,
         metric_type: StringValue,
-    ) -> Result<Prepared, PublishError> {
+        typed: Option<KeyAndData>,
+    ) -> Result<Prepared<'a>, PublishError> {
         let causation_id = match &options.causation_id {
             Some(id) => Some(id.clone()),
             None => HANDLING.try_with(|l| l.event_id.clone()).ok(),
@@ -620,7 +627,7 @@ impl Publisher {
         }
 
         let (headers, payload) = outgoing
-            .encode(source, options.expected_last_subject_sequence)
+            .encode(source, options.expected_last_subject_sequence, typed)
             .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
         let wire_size = codec::wire_size(&headers, payload.len());
         let limit = self.client.nats().max_payload();
@@ -651,7 +658,7 @@ impl Publisher {
         })
     }
 
-    async fn send_with_retries(&self, mut prepared: Prepared) -> Result<Receipt, PublishError> {
+    async fn send_with_retries(&self, mut prepared: Prepared<'_>) -> Result<Receipt, PublishError> {
         let result = self.attempt_until_settled(&mut prepared).await;
         self.record(&prepared, result.as_ref().err());
         result.map(|ack| receipt(prepared, ack))
@@ -659,7 +666,7 @@ impl Publisher {
 
     async fn attempt_until_settled(
         &self,
-        prepared: &mut Prepared,
+        prepared: &mut Prepared<'_>,
     ) -> Result<PublishAck, PublishError> {
         let policy = self.client.config().publish_retry;
         let max_attempts = policy.max_attempts.max(1);
@@ -738,7 +745,7 @@ impl Publisher {
     }
 
     /// Sends one attempt; the returned future resolves to its ack.
-    async fn send(&self, prepared: &mut Prepared) -> Result<PublishAckFuture, AttemptError> {
+    async fn send(&self, prepared: &mut Prepared<'_>) -> Result<PublishAckFuture, AttemptError> {
         let (headers, payload) = match prepared.first_attempt.take() {
             Some(first) => first,
             None => prepared
@@ -746,6 +753,7 @@ impl Publisher {
                 .encode(
                     &self.client.config().source,
                     prepared.expected_last_subject_sequence,
+                    None,
                 )
                 .map_err(|err| {
                     AttemptError::Final(Error::with_source(PublishErrorKind::InvalidEvent, err))
@@ -761,7 +769,7 @@ impl Publisher {
 
     async fn await_ack(
         &self,
-        prepared: &Prepared,
+        prepared: &Prepared<'_>,
         ack: PublishAckFuture,
         violations: &mut broadcast::Receiver<PermissionViolation>,
     ) -> Result<PublishAck, AttemptError> {
@@ -791,7 +799,7 @@ impl Publisher {
 
     fn classify(
         &self,
-        prepared: &Prepared,
+        prepared: &Prepared<'_>,
         err: async_nats::jetstream::context::PublishError,
     ) -> AttemptError {
         match err.kind() {
@@ -859,7 +867,7 @@ fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
 }
 
 /// The receipt of a settled event, taking its id and subject.
-fn receipt(prepared: Prepared, ack: PublishAck) -> Receipt {
+fn receipt(prepared: Prepared<'_>, ack: PublishAck) -> Receipt {
     Receipt {
         event_id: prepared.outgoing.into_event_id(),
         subject: prepared.subject,

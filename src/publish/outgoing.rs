@@ -1,15 +1,17 @@
-//! What one publish sends, kept until the event settles: enough to encode its
-//! headers again for a retry (same id, time and trace context) and to write
-//! its receipt.
+//! What one publish sends, kept until the event settles: enough to encode it
+//! again for a retry (same id, time and trace context) and to write its
+//! receipt.
 //!
 //! A typed event in binary mode, almost every publish, never becomes an
 //! [`Envelope`]: its `ce-*` headers are written straight from the event's
 //! static type, the client's source and the few values of its own below.
 //! Building an envelope (a dozen small allocations) and dropping it again
 //! cost about a microsecond per event, a third of the publisher's overhead
-//! over raw async-nats (BENCHMARKS.md). Everything else (structured mode,
-//! free-form metadata, ready envelopes) goes through an envelope and the
-//! codec, and a test holds both paths to the same headers.
+//! over raw async-nats (BENCHMARKS.md). Nor does it keep its key and JSON:
+//! the first attempt takes them, and the rare retry asks the event again
+//! (the caller holds it until the publish returns). Everything else
+//! (structured mode, free-form metadata, ready envelopes) goes through an
+//! envelope and the codec, and a test holds both paths to the same headers.
 
 use async_nats::header::{HeaderValue, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::HeaderMap;
@@ -17,17 +19,19 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::codec::binary::{
-    attribute_value, CE_CAUSATIONID, CE_CORRELATIONID, CE_DATACONTENTTYPE, CE_DATASCHEMA, CE_ID,
-    CE_PARTITIONKEY, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_TRACEPARENT, CE_TRACESTATE, CE_TYPE,
+    attribute_value, attribute_value_owned, CE_CAUSATIONID, CE_CORRELATIONID, CE_DATACONTENTTYPE,
+    CE_DATASCHEMA, CE_ID, CE_PARTITIONKEY, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_TRACEPARENT,
+    CE_TRACESTATE, CE_TYPE,
 };
-use crate::codec::{self, EncodeError, Encoding};
+use crate::codec::{self, EncodeError, EncodeErrorKind, Encoding};
 use crate::envelope::{Envelope, CAUSATION_ID, CORRELATION_ID, PARTITION_KEY, TRACESTATE};
+use crate::event::Event;
 use crate::trace::TraceHeaders;
 
-/// The event of one publish.
-pub(super) enum Outgoing {
+/// The event of one publish, borrowing the typed event it came from.
+pub(super) enum Outgoing<'a> {
     /// A typed event sent in binary mode, headers written without an envelope.
-    Typed(TypedEvent),
+    Typed(TypedEvent<'a>),
     /// An envelope, encoded by the codec.
     Envelope {
         envelope: Envelope,
@@ -35,23 +39,65 @@ pub(super) enum Outgoing {
     },
 }
 
-/// A typed event's attributes that are not the client's or the type's: the
-/// source comes from the client's configuration when encoding.
-pub(super) struct TypedEvent {
+/// A typed event's attributes that are its publish's own: the source comes
+/// from the client's configuration, the key and the JSON from the event.
+pub(super) struct TypedEvent<'a> {
+    pub(super) event: &'a dyn Serialized,
+    /// The key given in the publish options, which overrides the event's.
+    pub(super) key_option: Option<&'a str>,
     pub(super) id: String,
     pub(super) event_type: &'static str,
     pub(super) data_schema: Option<&'static str>,
     pub(super) time: DateTime<Utc>,
-    /// The `partitionkey` (also the subject's last token).
-    pub(super) key: Option<String>,
     pub(super) correlation_id: Option<String>,
     pub(super) causation_id: Option<String>,
     pub(super) trace: Option<TraceHeaders>,
-    /// The event serialized as JSON: the payload.
+}
+
+/// A typed event's key and JSON, for each attempt that needs them.
+pub(super) trait Serialized: Sync {
+    /// The event's own key (`Event::key`).
+    fn key(&self) -> Option<String>;
+    /// The event as JSON.
+    fn json(&self) -> Result<Vec<u8>, EncodeError>;
+}
+
+impl<E: Event> Serialized for E {
+    fn key(&self) -> Option<String> {
+        Event::key(self)
+    }
+
+    fn json(&self) -> Result<Vec<u8>, EncodeError> {
+        serde_json::to_vec(self)
+            .map_err(|err| EncodeError::with_source(EncodeErrorKind::Serialize, err))
+    }
+}
+
+/// A typed event's key and JSON as one attempt sends them.
+pub(super) struct KeyAndData {
+    pub(super) key: Option<String>,
     pub(super) data: Bytes,
 }
 
-impl Outgoing {
+impl TypedEvent<'_> {
+    /// The event's key: the options' or its own.
+    pub(super) fn key(&self) -> Option<String> {
+        match self.key_option {
+            Some(key) => Some(key.to_owned()),
+            None => self.event.key(),
+        }
+    }
+
+    /// The event's key and JSON.
+    pub(super) fn key_and_data(&self) -> Result<KeyAndData, EncodeError> {
+        Ok(KeyAndData {
+            key: self.key(),
+            data: Bytes::from(self.event.json()?),
+        })
+    }
+}
+
+impl Outgoing<'_> {
     /// The event's id, also its `Nats-Msg-Id`.
     pub(super) fn event_id(&self) -> &str {
         match self {
@@ -123,17 +169,24 @@ impl Outgoing {
 
     /// The headers and payload as sent: the CloudEvents encoding plus
     /// `Nats-Msg-Id` (the event id, for the server's dedup) and the optimistic
-    /// concurrency expectation. `source` is the client's, for typed events.
+    /// concurrency expectation. `source` is the client's, for typed events;
+    /// `typed` their key and JSON when already at hand (asked of the event
+    /// when `None`).
     pub(super) fn encode(
         &self,
         source: &str,
         expected_last_subject_sequence: Option<u64>,
+        typed: Option<KeyAndData>,
     ) -> Result<(HeaderMap, Bytes), EncodeError> {
         let mut headers = HeaderMap::new();
         let payload = match self {
             Outgoing::Typed(event) => {
-                event.write_headers(source, &mut headers)?;
-                event.data.clone()
+                let KeyAndData { key, data } = match typed {
+                    Some(parts) => parts,
+                    None => event.key_and_data()?,
+                };
+                event.write_headers(source, key, &mut headers)?;
+                data
             }
             Outgoing::Envelope { envelope, encoding } => {
                 codec::encode_into(envelope, *encoding, &mut headers)?
@@ -150,11 +203,16 @@ impl Outgoing {
     }
 }
 
-impl TypedEvent {
+impl TypedEvent<'_> {
     /// Writes the binary mode's `ce-*` headers, checking and escaping values
     /// as the codec does for an envelope. The id (a UUID), the time, the
     /// content type and the `traceparent` are made here and need neither.
-    fn write_headers(&self, source: &str, headers: &mut HeaderMap) -> Result<(), EncodeError> {
+    fn write_headers(
+        &self,
+        source: &str,
+        key: Option<String>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), EncodeError> {
         headers.insert(CE_SPECVERSION, codec::SPEC_VERSION);
         headers.insert(CE_ID, self.id.as_str());
         headers.insert(CE_SOURCE, attribute_value("source", source, true)?);
@@ -164,8 +222,11 @@ impl TypedEvent {
         if let Some(schema) = self.data_schema {
             headers.insert(CE_DATASCHEMA, attribute_value("dataschema", schema, true)?);
         }
-        if let Some(key) = &self.key {
-            headers.insert(CE_PARTITIONKEY, attribute_value(PARTITION_KEY, key, false)?);
+        if let Some(key) = key {
+            headers.insert(
+                CE_PARTITIONKEY,
+                attribute_value_owned(PARTITION_KEY, key, false)?,
+            );
         }
         if let Some(id) = &self.correlation_id {
             headers.insert(
@@ -259,15 +320,15 @@ mod tests {
     ) -> (Outcome, Outcome) {
         let envelope = Envelope::from_event_with_key(source, event, key.clone()).unwrap();
         let mut typed = Outgoing::Typed(TypedEvent {
+            event,
+            key_option: key.as_deref(),
             id: envelope.id.clone(),
             event_type: E::TYPE,
             data_schema: E::data_schema(),
             time: envelope.time.unwrap(),
-            key,
             correlation_id: None,
             causation_id: None,
             trace: None,
-            data: Bytes::from(serde_json::to_vec(event).unwrap()),
         });
         let mut enveloped = Outgoing::Envelope {
             envelope,
@@ -284,7 +345,7 @@ mod tests {
         }
         let outcome = |outgoing: &Outgoing| {
             outgoing
-                .encode(source, Some(7))
+                .encode(source, Some(7), None)
                 .map(|(headers, payload)| (sorted(&headers), payload))
                 .map_err(|err| err.kind().clone())
         };
@@ -327,6 +388,33 @@ mod tests {
                 assert!(typed.0.iter().any(|(n, _)| n == name), "{name} missing");
             }
         }
+    }
+
+    #[test]
+    fn a_retry_sends_what_the_first_attempt_sent() {
+        let event = booked();
+        let typed = TypedEvent {
+            event: &event,
+            key_option: Some("a 1"),
+            id: crate::envelope::new_id(),
+            event_type: "booking.appointment.booked.v1",
+            data_schema: None,
+            time: Utc::now(),
+            correlation_id: Some("flow".into()),
+            causation_id: None,
+            trace: Some(trace(None)),
+        };
+        let first = typed.key_and_data().unwrap();
+        assert_eq!(first.key.as_deref(), Some("a 1"));
+        let outgoing = Outgoing::Typed(typed);
+        let (first_headers, first_payload) = outgoing.encode("/s", None, Some(first)).unwrap();
+        let (retry_headers, retry_payload) = outgoing.encode("/s", None, None).unwrap();
+        assert_eq!(sorted(&first_headers), sorted(&retry_headers));
+        assert_eq!(first_payload, retry_payload);
+        assert_eq!(
+            first_headers.get("ce-partitionkey").unwrap().as_str(),
+            "a%201"
+        );
     }
 
     #[test]

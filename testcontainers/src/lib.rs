@@ -63,7 +63,7 @@ pub use docker::{
     docker_available, docker_host_network, reap_orphaned_containers, CONTAINER_LABEL,
 };
 pub use error::{HarnessError, HarnessErrorKind};
-pub use process::pid_alive;
+pub use process::{pid_alive, reap_orphaned_dirs};
 pub use proxy::{FaultMode, FaultProxy};
 pub use server::{Backend, NatsServer, NatsServerBuilder};
 pub use shared::{shared, try_shared, SharedServer};

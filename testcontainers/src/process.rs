@@ -143,6 +143,55 @@ pub(crate) fn signal(child: &Child, signal: libc::c_int) -> Result<(), HarnessEr
     Ok(())
 }
 
+/// Temp dirs of servers start with this, then the pid of the process that
+/// made them.
+const STORE_DIR_PREFIX: &str = "jetevents-nats-";
+
+/// The prefix of this process's server dirs: `jetevents-nats-{pid}-`.
+pub(crate) fn store_dir_prefix() -> String {
+    format!("{STORE_DIR_PREFIX}{}-", std::process::id())
+}
+
+/// Removes the server dirs of processes that no longer exist (a test binary
+/// that aborted, or was killed, could not remove them), once per process.
+pub(crate) fn reap_orphaned_dirs_once() {
+    static REAPED: std::sync::Once = std::sync::Once::new();
+    REAPED.call_once(|| {
+        let removed = reap_orphaned_dirs(&std::env::temp_dir());
+        if removed > 0 {
+            eprintln!(
+                "jetevents-testcontainers: removed {removed} server dirs of exited processes"
+            );
+        }
+    });
+}
+
+/// Removes the server dirs in `temp` whose process is gone; returns how many.
+pub fn reap_orphaned_dirs(temp: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(STORE_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner != std::process::id()
+            && !pid_alive(owner)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Whether a process with this pid exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence.

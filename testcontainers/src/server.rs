@@ -223,8 +223,9 @@ impl NatsServerBuilder {
                 "a docker cluster needs JETEVENTS_DOCKER_NETWORK=host (nodes route over 127.0.0.1)",
             ));
         }
+        crate::process::reap_orphaned_dirs_once();
         let dir = tempfile::Builder::new()
-            .prefix("jetevents-nats-")
+            .prefix(&crate::process::store_dir_prefix())
             .tempdir()
             .map_err(|e| HarnessError::with_source(HarnessErrorKind::Config, "temp dir", e))?;
         let (client_port, http_port) = match self.ports {
@@ -454,6 +455,12 @@ impl NatsServer {
     /// The client key for mutual TLS, when TLS is on.
     pub fn client_key_path(&self) -> Option<PathBuf> {
         self.tls_files.as_ref().map(TlsFiles::client_key_path)
+    }
+
+    /// The directory holding config, certificates, log and store (none for
+    /// an external server).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_ref().map(tempfile::TempDir::path)
     }
 
     /// The server process id (binary backend, while running).

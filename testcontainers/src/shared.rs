@@ -15,6 +15,7 @@ pub struct SharedServer {
     client_port: u16,
     monitor_url: String,
     backend: Backend,
+    dir: Option<std::path::PathBuf>,
 }
 
 impl SharedServer {
@@ -34,32 +35,44 @@ impl SharedServer {
     pub fn backend(&self) -> Backend {
         self.backend
     }
+    /// Its config, log and store directory, removed when the process exits.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
 }
 
 enum Cleanup {
     Pid(u32),
     Container(String),
+    Nothing,
 }
 
-static CLEANUP: OnceLock<Cleanup> = OnceLock::new();
+/// What to stop at exit, and the server's dir to remove after it.
+static CLEANUP: OnceLock<(Cleanup, Option<std::path::PathBuf>)> = OnceLock::new();
 
 extern "C" fn cleanup_at_exit() {
     // Statics are never dropped: remove the shared server when the test binary exits.
-    match CLEANUP.get() {
-        Some(Cleanup::Pid(pid)) => {
+    let Some((cleanup, dir)) = CLEANUP.get() else {
+        return;
+    };
+    match cleanup {
+        Cleanup::Pid(pid) => {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe {
                 libc::kill(*pid as libc::pid_t, libc::SIGKILL);
             }
         }
-        Some(Cleanup::Container(id)) => {
+        Cleanup::Container(id) => {
             let _ = std::process::Command::new("docker")
                 .args(["rm", "-f", "-v", id.as_str()])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
         }
-        None => {}
+        Cleanup::Nothing => {}
+    }
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -69,8 +82,8 @@ extern "C" fn cleanup_at_exit() {
 ///
 /// It lives on a dedicated thread with its own runtime, so it outlives the
 /// `#[tokio::test]` runtime that first asked for it; it is removed when the process
-/// exits (atexit; for processes that abort, the binary dies with its parent and
-/// containers are reaped by the next test process).
+/// exits, with its dir (atexit; for processes that abort, the binary dies with its
+/// parent, and containers and dirs are reaped by the next test process).
 ///
 /// # Panics
 ///
@@ -131,16 +144,15 @@ async fn start_shared() -> Result<SharedServer, HarnessError> {
                 }
             };
             let cleanup = match (server.pid(), server.container_id()) {
-                (Some(pid), _) => Some(Cleanup::Pid(pid)),
-                (_, Some(id)) => Some(Cleanup::Container(id)),
-                _ => None,
+                (Some(pid), _) => Cleanup::Pid(pid),
+                (_, Some(id)) => Cleanup::Container(id),
+                _ => Cleanup::Nothing,
             };
-            if let Some(cleanup) = cleanup {
-                if CLEANUP.set(cleanup).is_ok() {
-                    // SAFETY: registers a plain extern "C" fn with no arguments.
-                    unsafe {
-                        libc::atexit(cleanup_at_exit);
-                    }
+            let dir = server.dir().map(std::path::Path::to_path_buf);
+            if CLEANUP.set((cleanup, dir.clone())).is_ok() {
+                // SAFETY: registers a plain extern "C" fn with no arguments.
+                unsafe {
+                    libc::atexit(cleanup_at_exit);
                 }
             }
             let info = SharedServer {
@@ -148,6 +160,7 @@ async fn start_shared() -> Result<SharedServer, HarnessError> {
                 client_port: server.client_port(),
                 monitor_url: server.monitor_url(),
                 backend: server.backend(),
+                dir,
             };
             if tx.send(Ok(info)).is_err() {
                 return;

@@ -37,6 +37,14 @@ async fn dropping_a_server_removes_it() {
             .start()
             .await
             .unwrap();
+        let dir = server.dir().unwrap().to_path_buf();
+        assert!(dir.is_dir());
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let own_prefix = format!("jetevents-nats-{}-", std::process::id());
+        assert!(
+            name.starts_with(&own_prefix),
+            "{name} does not name its process"
+        );
         match backend {
             Backend::Binary => {
                 let pid = server.pid().unwrap();
@@ -51,6 +59,7 @@ async fn dropping_a_server_removes_it() {
                 assert!(!container_exists(&id).await, "container {id} survived drop");
             }
         }
+        assert!(!dir.exists(), "{} survived drop", dir.display());
     }
 }
 
@@ -72,6 +81,7 @@ async fn leak_child_entry() {
         .await
         .unwrap();
     let mut out = std::io::stdout();
+    writeln!(out, "LEAK-DIR={}", server.dir().unwrap().display()).unwrap();
     match (server.pid(), server.container_id()) {
         (Some(pid), _) => writeln!(out, "LEAK-PID={pid}").unwrap(),
         (_, Some(id)) => writeln!(out, "LEAK-CONTAINER={id}").unwrap(),
@@ -89,6 +99,7 @@ async fn an_aborted_test_process_leaves_nothing() {
     // SAFETY: prctl with integer arguments only.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
     for backend in backends().await {
+        let temp_root = private_temp_root();
         let name = if backend == Backend::Docker {
             "docker"
         } else {
@@ -102,11 +113,17 @@ async fn an_aborted_test_process_leaves_nothing() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, name)
+            .env("TMPDIR", temp_root.path())
             .output()
             .await
             .unwrap();
         assert!(!output.status.success(), "the child must die");
         let stdout = String::from_utf8_lossy(&output.stdout);
+        let dir = stdout
+            .lines()
+            .find_map(|l| l.split_once("LEAK-DIR=").map(|(_, v)| v.trim().to_owned()))
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| panic!("child printed no dir; stdout:\n{stdout}"));
         if let Some(pid) = stdout
             .lines()
             .find_map(|l| l.split_once("LEAK-PID=").map(|(_, v)| v))
@@ -135,5 +152,69 @@ async fn an_aborted_test_process_leaves_nothing() {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        // Its dir too outlives it until a reaper runs (the next server start
+        // of any test process runs it automatically; none looks into this
+        // temp root).
+        assert!(dir.is_dir(), "expected the orphaned dir to exist");
+        assert_eq!(dir.parent(), Some(temp_root.path()));
+        let removed = jetevents_testcontainers::reap_orphaned_dirs(temp_root.path());
+        assert!(removed >= 1);
+        assert!(!dir.exists(), "{} not reaped", dir.display());
     }
+}
+
+/// Not a test on its own: the body of the child process spawned by
+/// `the_shared_server_is_removed_with_its_dir_at_exit`.
+#[tokio::test]
+async fn shared_child_entry() {
+    if std::env::var(SHARED_CHILD_ENV).is_err() {
+        return;
+    }
+    let server = jetevents_testcontainers::shared().await;
+    let mut out = std::io::stdout();
+    writeln!(out, "SHARED-DIR={}", server.dir().unwrap().display()).unwrap();
+    out.flush().unwrap();
+}
+
+const SHARED_CHILD_ENV: &str = "JETEVENTS_SHARED_CHILD";
+
+/// A temp root of the child's own (`TMPDIR`): no other process's reaper
+/// looks into it.
+fn private_temp_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("leaks-test-")
+        .tempdir()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_shared_server_is_removed_with_its_dir_at_exit() {
+    let temp_root = private_temp_root();
+    let output = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "shared_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SHARED_CHILD_ENV, "1")
+        .env("TMPDIR", temp_root.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child failed: {stdout}");
+    let dir = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("SHARED-DIR=")
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("child printed no dir; stdout:\n{stdout}"));
+    // Removed by the child's exit handler: no reaper looks into this root.
+    assert!(dir.starts_with(&temp_root.path().display().to_string()));
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "{dir} outlived the process"
+    );
 }
