@@ -284,6 +284,13 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
     let filters = filters(je);
     let publisher = je.publisher();
     let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    // Diagnostic: one publisher for both sides, so the consumers are
+    // compared alone.
+    let publishing_side = match std::env::var("JE_BENCH_E2E_PUBLISHER").as_deref() {
+        Ok("raw") => Some(Side::Raw),
+        Ok("jetevents") => Some(Side::Jetevents),
+        _ => None,
+    };
     for round in 0..settings.rounds {
         for side in order(round) {
             recreate_stream(&raw.js).await;
@@ -327,7 +334,7 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
             for event in &mut events {
                 ticks.tick().await;
                 event.sent_at_ns = now_ns();
-                match side {
+                match publishing_side.unwrap_or(side) {
                     Side::Jetevents => {
                         publisher.publish(&*event).await.expect("publish");
                     }

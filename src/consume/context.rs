@@ -42,8 +42,10 @@ pub struct Context<S = ()> {
 #[derive(Debug)]
 struct Meta {
     envelope: Envelope,
-    subject: String,
-    group: String,
+    // Shared with the delivery rather than copied: a reference count, not
+    // an allocation per event.
+    subject: async_nats::Subject,
+    group: Arc<str>,
     delivery_count: u64,
     stream_sequence: Option<u64>,
     publisher: Publisher,
@@ -52,8 +54,8 @@ struct Meta {
 impl<S> Context<S> {
     pub(crate) fn new(
         envelope: Envelope,
-        subject: String,
-        group: String,
+        subject: async_nats::Subject,
+        group: Arc<str>,
         delivery_count: u64,
         stream_sequence: Option<u64>,
         publisher: Publisher,
@@ -90,7 +92,7 @@ impl<S> Context<S> {
 
     /// The NATS subject the event was published on.
     pub fn subject(&self) -> &str {
-        &self.meta.subject
+        self.meta.subject.as_str()
     }
 
     /// When the event happened (CloudEvents `time`).

@@ -224,6 +224,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
             subscriptions,
         } = self;
         let publisher = client.publisher();
+        let group: Arc<str> = Arc::from(group);
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut messages = futures_util::stream::select_all(subscriptions);
         let mut tasks = JoinSet::new();
@@ -265,9 +266,9 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
     router: &Router<S>,
     state: S,
     publisher: crate::publish::Publisher,
-    group: String,
+    group: Arc<str>,
 ) {
-    let subject = message.subject.to_string();
+    let subject = message.subject.clone();
     let span = tracing::info_span!(
         "process",
         otel.name = %format_args!("process {subject}"),

@@ -62,7 +62,7 @@ type Signal = Shared<BoxFuture<'static, ()>>;
 struct Runtime<S> {
     client: Client,
     publisher: Publisher,
-    group: String,
+    group: Arc<str>,
     router: Router<S>,
     state: S,
     settings: Settings,
@@ -110,7 +110,7 @@ where
     let shared = Arc::new(Runtime {
         publisher: client.publisher(),
         client: client.clone(),
-        group: group.clone(),
+        group: Arc::from(group.as_str()),
         router,
         state,
         progress_interval: settings.progress_interval(),
@@ -791,7 +791,7 @@ async fn process<S: Clone + Send + Sync + 'static>(
     shared: Arc<Runtime<S>>,
     stopped: watch::Receiver<bool>,
 ) {
-    let subject = message.subject.to_string();
+    let subject = message.subject.clone();
     let (delivered, stream, stream_sequence) = match message.info() {
         Ok(info) => (
             u64::try_from(info.delivered).unwrap_or(1).max(1),
@@ -835,11 +835,9 @@ async fn process<S: Clone + Send + Sync + 'static>(
         .as_ref()
         .map(|envelope| envelope.event_type.clone())
         .unwrap_or_else(|_| "undecodable".to_owned());
-    shared
-        .client
-        .metrics()
-        .consumed
-        .add(1, &shared.attributes.of(&event_type));
+    // Looked up once: every metric of a successful delivery records these.
+    let attributes = shared.attributes.of(&event_type);
+    shared.client.metrics().consumed.add(1, &attributes);
     // A disabled span (nobody collects it) has no parent to set: parsing the
     // trace context would be wasted on every delivery.
     if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
@@ -861,16 +859,14 @@ async fn process<S: Clone + Send + Sync + 'static>(
                 error: error_chain(&err),
             },
             Ok(envelope) => {
-                decide(
-                    &shared,
-                    envelope,
-                    &subject,
+                let delivery = Delivery {
+                    subject: &subject,
                     delivered,
                     stream_sequence,
-                    &message,
-                    stopped,
-                )
-                .await
+                    event_type: &event_type,
+                    attributes: &attributes,
+                };
+                decide(&shared, envelope, delivery, &message, stopped).await
             }
         };
         let failure_parts = (
@@ -879,21 +875,44 @@ async fn process<S: Clone + Send + Sync + 'static>(
             stream_sequence,
             delivered,
         );
-        settle(&shared, &message, decision, failure_parts, &event_type).await;
+        settle(
+            &shared,
+            &message,
+            decision,
+            failure_parts,
+            &event_type,
+            &attributes,
+        )
+        .await;
     };
     work.instrument(span).await;
+}
+
+/// What `decide` knows of a delivery besides its envelope.
+struct Delivery<'a> {
+    subject: &'a async_nats::Subject,
+    delivered: u64,
+    stream_sequence: u64,
+    event_type: &'a str,
+    /// The metric attributes of a successful delivery of this type.
+    attributes: &'a Arc<[KeyValue]>,
 }
 
 /// Runs the handler (with in-progress acks) and decides how to settle.
 async fn decide<S: Clone + Send + Sync + 'static>(
     shared: &Runtime<S>,
     envelope: crate::envelope::Envelope,
-    subject: &str,
-    delivered: u64,
-    stream_sequence: u64,
+    delivery: Delivery<'_>,
     message: &jetstream::Message,
     mut stopped: watch::Receiver<bool>,
 ) -> Decision {
+    let Delivery {
+        subject,
+        delivered,
+        stream_sequence,
+        event_type,
+        attributes,
+    } = delivery;
     let retry = &shared.settings.retry;
     if delivered > u64::from(retry.attempts()) {
         // The last attempt ended without a settle (crash, lost connection).
@@ -926,7 +945,7 @@ async fn decide<S: Clone + Send + Sync + 'static>(
 
     let context = Context::new(
         envelope,
-        subject.to_owned(),
+        subject.clone(),
         shared.group.clone(),
         delivered,
         Some(stream_sequence),
@@ -934,7 +953,6 @@ async fn decide<S: Clone + Send + Sync + 'static>(
         shared.state.clone(),
     );
     let metrics = shared.client.metrics();
-    let event_type = context.event_type().to_owned();
     let lineage = context.lineage();
     let call = crate::publish::with_lineage(
         lineage,
@@ -942,32 +960,34 @@ async fn decide<S: Clone + Send + Sync + 'static>(
     );
     tokio::pin!(call);
     let started = std::time::Instant::now();
-    let in_flight = InFlight::start(
-        metrics.handlers_in_flight.clone(),
-        shared.attributes.of(&event_type),
-    );
-    // Most handlers finish on their first poll: no progress timer for them.
+    let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
+    // Most handlers finish on their first poll: no progress timer for them,
+    // and the waiting is boxed, so every delivery's future does not carry
+    // its size (the runner moves each one into its set of running handlers).
     let result = match call.as_mut().now_or_never() {
         Some(result) => Some(result),
         None => {
-            let interval = shared.progress_interval;
-            let mut progress =
-                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            loop {
-                tokio::select! {
-                    result = &mut call => break Some(result),
-                    _ = progress.tick() => {
-                        if let Err(err) = message.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %err, "in-progress ack failed");
+            Box::pin(async {
+                let interval = shared.progress_interval;
+                let mut progress =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    tokio::select! {
+                        result = &mut call => break Some(result),
+                        _ = progress.tick() => {
+                            if let Err(err) = message.ack_with(AckKind::Progress).await {
+                                tracing::debug!(error = %err, "in-progress ack failed");
+                            }
                         }
-                    }
-                    changed = stopped.changed() => {
-                        if changed.is_err() || *stopped.borrow() {
-                            break None;
+                        changed = stopped.changed() => {
+                            if changed.is_err() || *stopped.borrow() {
+                                break None;
+                            }
                         }
                     }
                 }
-            }
+            })
+            .await
         }
     };
     drop(in_flight);
@@ -980,12 +1000,10 @@ async fn decide<S: Clone + Send + Sync + 'static>(
     };
     let elapsed = started.elapsed().as_secs_f64();
     match error_type {
-        None => metrics
-            .process_duration
-            .record(elapsed, &shared.attributes.of(&event_type)),
+        None => metrics.process_duration.record(elapsed, attributes),
         Some(error) => metrics.process_duration.record(
             elapsed,
-            &metric_attributes(&shared.group, &event_type, Some(error)),
+            &metric_attributes(&shared.group, event_type, Some(error)),
         ),
     }
 
@@ -1041,6 +1059,7 @@ async fn settle<S>(
     decision: Decision,
     (subject, stream, stream_sequence, delivered): (&str, &str, u64, u64),
     event_type: &str,
+    attributes: &[KeyValue],
 ) {
     let span = tracing::Span::current();
     let metrics = shared.client.metrics();
@@ -1049,7 +1068,7 @@ async fn settle<S>(
             span.record("jetevents.settle", "ack");
             let acked = match shared.settings.ack_mode {
                 AckMode::Ack => message.ack().await,
-                AckMode::Confirmed => message.double_ack().await,
+                AckMode::Confirmed => Box::pin(message.double_ack()).await,
             };
             if let Err(err) = acked {
                 span.record("otel.status_code", "ERROR");
@@ -1062,11 +1081,9 @@ async fn settle<S>(
         }
         Decision::Nak { delay, reason } => {
             if reason == "transient" {
-                metrics
-                    .consume_retries
-                    .add(1, &shared.attributes.of(event_type));
+                metrics.consume_retries.add(1, attributes);
             }
-            nak(&span, message, delay, reason).await
+            Box::pin(nak(&span, message, delay, reason)).await
         }
         Decision::DeadLetter { reason, error } => {
             span.record("otel.status_code", "ERROR");
@@ -1088,7 +1105,9 @@ async fn settle<S>(
                 consumer: &shared.group,
                 delivery_count: delivered,
             };
-            match copy_to_dead_letters(shared, message, &failure).await {
+            // Boxed: the copy's publish future is large, and every delivery's
+            // future would carry its size while almost none take this path.
+            match Box::pin(copy_to_dead_letters(shared, message, &failure)).await {
                 Ok(()) => {
                     span.record("jetevents.settle", "dead_letter");
                     metrics.dead_lettered.add(
