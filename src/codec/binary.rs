@@ -169,36 +169,37 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
             _ => return Err(duplicate(&attribute.to_ascii_lowercase())),
         };
         let decoded = percent::decode(raw, header)?;
-        let is = |name: &str| attribute.eq_ignore_ascii_case(name);
-        if is("specversion") {
-            set_once(&mut specversion, decoded, "specversion")?;
-        } else if is("id") {
-            set_once(&mut id, decoded, "id")?;
-        } else if is("source") {
-            set_once(&mut source, decoded, "source")?;
-        } else if is("type") {
-            set_once(&mut event_type, decoded, "type")?;
-        } else if is("subject") {
-            set_once(&mut subject, decoded, "subject")?;
-        } else if is("time") {
-            set_once(&mut time, super::parse_time(&decoded)?, "time")?;
-        } else if is("datacontenttype") {
-            set_once(&mut data_content_type, decoded, "datacontenttype")?;
-        } else if is("dataschema") {
-            set_once(&mut data_schema, decoded, "dataschema")?;
+        // Names are case-insensitive; senders almost always write them in
+        // lower case, so they are matched as they are, then lowered only
+        // when they have to be.
+        let name = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(attribute.to_ascii_lowercase())
         } else {
-            let name = attribute.to_ascii_lowercase();
-            if !is_valid_extension_name(&name) {
-                return Err(Error::new(DecodeErrorKind::InvalidAttribute {
-                    name,
-                    reason: "not a valid extension name".to_owned(),
-                }));
-            }
-            if extensions
-                .insert(name, ExtensionValue::String(decoded))
-                .is_some()
-            {
-                return Err(duplicate(&attribute.to_ascii_lowercase()));
+            std::borrow::Cow::Borrowed(attribute)
+        };
+        match name.as_ref() {
+            "specversion" => set_once(&mut specversion, decoded, "specversion")?,
+            "id" => set_once(&mut id, decoded, "id")?,
+            "source" => set_once(&mut source, decoded, "source")?,
+            "type" => set_once(&mut event_type, decoded, "type")?,
+            "subject" => set_once(&mut subject, decoded, "subject")?,
+            "time" => set_once(&mut time, super::parse_time(&decoded)?, "time")?,
+            "datacontenttype" => set_once(&mut data_content_type, decoded, "datacontenttype")?,
+            "dataschema" => set_once(&mut data_schema, decoded, "dataschema")?,
+            _ => {
+                let name = name.into_owned();
+                if !is_valid_extension_name(&name) {
+                    return Err(Error::new(DecodeErrorKind::InvalidAttribute {
+                        name,
+                        reason: "not a valid extension name".to_owned(),
+                    }));
+                }
+                if extensions
+                    .insert(name, ExtensionValue::String(decoded))
+                    .is_some()
+                {
+                    return Err(duplicate(&attribute.to_ascii_lowercase()));
+                }
             }
         }
     }
@@ -216,12 +217,26 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
         event_type: event_type.ok_or(Error::new(DecodeErrorKind::MissingAttribute("type")))?,
         subject,
         time,
-        data_content_type: data_content_type.or(content_type_header),
+        data_content_type: match data_content_type {
+            Some(ct) => Some(ct),
+            // Not percent-encoded, so not checked by `percent::decode`.
+            None => match content_type_header {
+                Some(ct) if super::has_control_chars(&ct) => {
+                    return Err(super::decode_invalid(
+                        "datacontenttype",
+                        "contains control characters",
+                    ))
+                }
+                ct => ct,
+            },
+        },
         data_schema,
         extensions,
         // An empty payload is indistinguishable from absent data on the wire.
         data: (!payload.is_empty()).then(|| payload.clone()),
     };
-    super::check_decoded(&envelope)?;
+    // Every value passed `percent::decode`, which refuses control
+    // characters: what is left to check is that none is empty.
+    super::check_not_empty(&envelope)?;
     Ok(envelope)
 }

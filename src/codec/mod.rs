@@ -434,21 +434,10 @@ fn decode_invalid(name: &str, reason: impl Into<String>) -> DecodeError {
 /// Checks a decoded envelope against the rules [`encode`] enforces, so that
 /// whatever decodes also encodes.
 pub(crate) fn check_decoded(envelope: &Envelope) -> Result<(), DecodeError> {
-    for (name, value) in [
-        ("id", Some(&envelope.id)),
-        ("source", Some(&envelope.source)),
-        ("type", Some(&envelope.event_type)),
-        ("subject", envelope.subject.as_ref()),
-        ("datacontenttype", envelope.data_content_type.as_ref()),
-        ("dataschema", envelope.data_schema.as_ref()),
-    ] {
-        if let Some(value) = value {
-            if value.is_empty() {
-                return Err(decode_invalid(name, "must not be empty"));
-            }
-            if has_control_chars(value) {
-                return Err(decode_invalid(name, "contains control characters"));
-            }
+    check_not_empty(envelope)?;
+    for (name, value) in string_attributes(envelope) {
+        if value.is_some_and(|value| has_control_chars(value)) {
+            return Err(decode_invalid(name, "contains control characters"));
         }
     }
     for (name, value) in &envelope.extensions {
@@ -456,6 +445,29 @@ pub(crate) fn check_decoded(envelope: &Envelope) -> Result<(), DecodeError> {
             if has_control_chars(value) {
                 return Err(decode_invalid(name, "contains control characters"));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The string attributes of an envelope by name, `None` when absent.
+fn string_attributes(envelope: &Envelope) -> [(&'static str, Option<&String>); 6] {
+    [
+        ("id", Some(&envelope.id)),
+        ("source", Some(&envelope.source)),
+        ("type", Some(&envelope.event_type)),
+        ("subject", envelope.subject.as_ref()),
+        ("datacontenttype", envelope.data_content_type.as_ref()),
+        ("dataschema", envelope.data_schema.as_ref()),
+    ]
+}
+
+/// The part of [`check_decoded`] that is not about control characters:
+/// attributes present are not empty.
+pub(crate) fn check_not_empty(envelope: &Envelope) -> Result<(), DecodeError> {
+    for (name, value) in string_attributes(envelope) {
+        if value.is_some_and(|value| value.is_empty()) {
+            return Err(decode_invalid(name, "must not be empty"));
         }
     }
     Ok(())

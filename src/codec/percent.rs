@@ -111,6 +111,10 @@ fn unquote<'a>(raw: &'a str, header: &str) -> Result<std::borrow::Cow<'a, str>, 
 /// removed, one round of percent-decoding, checked to be UTF-8 without
 /// control characters.
 pub(crate) fn decode(raw: &str, header: &str) -> Result<String, DecodeError> {
+    // Almost every value: nothing quoted, escaped or forbidden, one scan.
+    if is_plain(raw) {
+        return Ok(raw.to_owned());
+    }
     let unquoted = unquote(raw, header)?;
     let value = if !unquoted.contains('%') {
         unquoted.into_owned()
