@@ -112,14 +112,19 @@ pub fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
 }
 
 /// A jetevents client as a service would configure it.
+pub async fn jetevents_client(url: &str) -> Client {
+    jetevents_client_in(url, ENV).await
+}
+
+/// [`jetevents_client`] publishing under subject environment `env`.
 // `Config` is `#[non_exhaustive]`: outside the crate it can only be built
 // from its default and then changed.
 #[allow(clippy::field_reassign_with_default)]
-pub async fn jetevents_client(url: &str) -> Client {
+pub async fn jetevents_client_in(url: &str, env: &str) -> Client {
     let mut config = Config::default();
     config.servers = vec![url.to_owned()];
     config.source = SOURCE.to_owned();
-    config.env = ENV.to_owned();
+    config.env = env.to_owned();
     config.name = Some("bench-jetevents".to_owned());
     Client::connect(config).await.expect("jetevents connect")
 }
@@ -149,10 +154,19 @@ impl Raw {
 /// Deletes and creates the benchmark stream (file storage, like jetevents'
 /// `StreamSpec` default), so every run starts from the same empty state.
 pub async fn recreate_stream(js: &jetstream::Context) -> stream::Stream {
-    let _ = js.delete_stream(STREAM).await;
+    recreate_stream_named(js, STREAM, STREAM_SUBJECTS).await
+}
+
+/// [`recreate_stream`] for stream `name` capturing `subjects`.
+pub async fn recreate_stream_named(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> stream::Stream {
+    let _ = js.delete_stream(name).await;
     js.create_stream(stream::Config {
-        name: STREAM.to_owned(),
-        subjects: vec![STREAM_SUBJECTS.to_owned()],
+        name: name.to_owned(),
+        subjects: vec![subjects.to_owned()],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()

@@ -120,8 +120,20 @@ async fn jetevents_consumer(
     record_latency: bool,
     concurrency: Option<usize>,
 ) -> Consumer<Arc<Tally>> {
+    jetevents_consumer_on(je, STREAM, group, tally, record_latency, concurrency).await
+}
+
+/// [`jetevents_consumer`] on `stream`.
+async fn jetevents_consumer_on(
+    je: &Client,
+    stream: &str,
+    group: &str,
+    tally: Arc<Tally>,
+    record_latency: bool,
+    concurrency: Option<usize>,
+) -> Consumer<Arc<Tally>> {
     let mut builder = Consumer::builder(je, group)
-        .stream(STREAM)
+        .stream(stream)
         .with_state(tally)
         .handle(
             move |event: AppointmentBooked, ctx: Context<Arc<Tally>>| async move {
@@ -137,6 +149,26 @@ async fn jetevents_consumer(
         builder = builder.concurrency(concurrency);
     }
     builder.build().await.expect("jetevents consumer")
+}
+
+/// The environment of the jetevents side in scenario 4.
+const E2E_JETEVENTS_ENV: &str = "benci";
+/// Its stream and the stream's subjects.
+const E2E_JETEVENTS_STREAM: &str = "BENCH_E2E";
+const E2E_JETEVENTS_STREAM_SUBJECTS: &str = "benci.booking.>";
+
+/// One awaited raw publish.
+async fn raw_publish(
+    raw: &Raw,
+    (subject, headers, payload): (String, async_nats::HeaderMap, bytes::Bytes),
+) {
+    let message = PublishMessage::build().payload(payload).headers(headers);
+    raw.js
+        .send_publish(subject, message)
+        .await
+        .expect("send")
+        .await
+        .expect("ack");
 }
 
 /// Publishes `events` pipelined (raw, untimed): the backlog both consumers read.
@@ -278,10 +310,23 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
 /// Scenario 4: events published at a fixed rate (awaited one at a time) by
 /// the side's own publisher, latency from just before the publish call to
 /// the handler.
+///
+/// Both sides' consumers run through the whole round and the publishing
+/// alternates between the sides every `JE_BENCH_E2E_CHUNK` (250) events,
+/// as in scenario 2: latency at this rate moves with whatever else the
+/// machine does, and both sides then see the same conditions. The jetevents
+/// side publishes under environment `benci` (the same length as `bench`)
+/// to a stream of its own, so each consumer is alone on its stream as it
+/// would be with one side at a time.
 pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
     let count = settings.e2e_events;
     let period = Duration::from_secs_f64(1.0 / settings.e2e_rate.max(1) as f64);
-    let filters = filters(je);
+    let chunk = crate::env("JE_BENCH_E2E_CHUNK", 250usize).max(1);
+    // The raw side's subjects are the ones of the usual client.
+    let raw_filters = filters(je);
+    let raw_side_publisher = je.publisher();
+    let url = je.config().servers.first().cloned().unwrap_or_default();
+    let je = common::jetevents_client_in(&url, E2E_JETEVENTS_ENV).await;
     let publisher = je.publisher();
     let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     // Diagnostic: one publisher for both sides, so the consumers are
@@ -292,32 +337,39 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
         _ => None,
     };
     for round in 0..settings.rounds {
-        for side in order(round) {
-            recreate_stream(&raw.js).await;
-            let name = format!("bench-e2e-{}-{}", side.name(), round + 1);
-            let tally = Tally::new(count);
-            // Start the consumer and wait until its pull is waiting at the
-            // server, so the first events do not measure start-up.
-            let stop = Arc::new(Notify::new());
-            let running = match side {
-                Side::Jetevents => {
-                    let consumer =
-                        jetevents_consumer(je, &name, tally.clone(), true, settings.concurrency)
-                            .await;
-                    let stop = stop.clone();
-                    tokio::spawn(async move {
-                        consumer
-                            .run_until(async move { stop.notified().await })
-                            .await
-                            .expect("consumer run");
-                    })
-                }
-                Side::Raw => {
-                    let consumer = raw_consumer(raw, &name, filters.clone()).await;
-                    tokio::spawn(raw_consume_loop(consumer, tally.clone(), true))
-                }
-            };
-            let stream = raw.js.get_stream(STREAM).await.expect("stream");
+        recreate_stream(&raw.js).await;
+        common::recreate_stream_named(&raw.js, E2E_JETEVENTS_STREAM, E2E_JETEVENTS_STREAM_SUBJECTS)
+            .await;
+        let tallies = [Tally::new(count), Tally::new(count)];
+        let names = [
+            format!("bench-e2e-jetevents-{}", round + 1),
+            format!("bench-e2e-raw-{}", round + 1),
+        ];
+        // Start both consumers and wait until their pulls wait at the
+        // server, so the first events do not measure start-up.
+        let stop = Arc::new(Notify::new());
+        let jetevents_running = {
+            let consumer = jetevents_consumer_on(
+                &je,
+                E2E_JETEVENTS_STREAM,
+                &names[0],
+                tallies[0].clone(),
+                true,
+                settings.concurrency,
+            )
+            .await;
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                consumer
+                    .run_until(async move { stop.notified().await })
+                    .await
+                    .expect("consumer run");
+            })
+        };
+        let raw_consumer = raw_consumer(raw, &names[1], raw_filters.clone()).await;
+        let raw_running = tokio::spawn(raw_consume_loop(raw_consumer, tallies[1].clone(), true));
+        for (stream, name) in [E2E_JETEVENTS_STREAM, STREAM].iter().zip(&names) {
+            let stream = raw.js.get_stream(*stream).await.expect("stream");
             let ready = wait_until(Duration::from_secs(10), || {
                 let stream = stream.clone();
                 let name = name.clone();
@@ -326,41 +378,46 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
                 }
             })
             .await;
-            assert!(ready, "{} consumer never pulled", side.name());
+            assert!(ready, "{name} never pulled");
+        }
 
-            let mut events = common::events(0, count);
-            let mut ticks = tokio::time::interval(period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for event in &mut events {
-                ticks.tick().await;
-                event.sent_at_ns = now_ns();
-                match publishing_side.unwrap_or(side) {
-                    Side::Jetevents => {
-                        publisher.publish(&*event).await.expect("publish");
-                    }
-                    Side::Raw => {
-                        let (subject, headers, payload) = raw_message(event);
-                        let message = PublishMessage::build().payload(payload).headers(headers);
-                        raw.js
-                            .send_publish(subject, message)
-                            .await
-                            .expect("send")
-                            .await
-                            .expect("ack");
+        let mut events = [common::events(0, count), common::events(0, count)];
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for (index, start) in (0..count).step_by(chunk).enumerate() {
+            for side in order(round + index) {
+                let slot = if side == Side::Jetevents { 0 } else { 1 };
+                for event in &mut events[slot][start..(start + chunk).min(count)] {
+                    ticks.tick().await;
+                    event.sent_at_ns = now_ns();
+                    match (side, publishing_side) {
+                        (Side::Jetevents, None | Some(Side::Jetevents)) => {
+                            publisher.publish(&*event).await.expect("publish");
+                        }
+                        (Side::Raw, None | Some(Side::Raw)) => {
+                            raw_publish(raw, raw_message(event)).await;
+                        }
+                        (Side::Jetevents, Some(Side::Raw)) => {
+                            let (subject, headers, payload) = raw_message(event);
+                            let subject = subject.replacen(common::ENV, E2E_JETEVENTS_ENV, 1);
+                            raw_publish(raw, (subject, headers, payload)).await;
+                        }
+                        (Side::Raw, Some(Side::Jetevents)) => {
+                            raw_side_publisher.publish(&*event).await.expect("publish");
+                        }
                     }
                 }
             }
+        }
+        for (side, tally) in [Side::Jetevents, Side::Raw].iter().zip(&tallies) {
             let done = tokio::time::timeout(Duration::from_secs(30), tally.reached()).await;
             assert!(done.is_ok(), "{}: not every event was handled", side.name());
-            match side {
-                Side::Jetevents => {
-                    stop.notify_one();
-                    running.await.expect("join");
-                }
-                Side::Raw => running.abort(),
-            }
-            let slot = if side == Side::Jetevents { 0 } else { 1 };
-            let samples: Vec<Duration> = tally
+        }
+        stop.notify_one();
+        jetevents_running.await.expect("join");
+        raw_running.abort();
+        for (slot, side) in [Side::Jetevents, Side::Raw].into_iter().enumerate() {
+            let samples: Vec<Duration> = tallies[slot]
                 .latencies_ns
                 .lock()
                 .unwrap()
@@ -385,7 +442,7 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
     let mut scenario = Scenario::new(
         "4",
         format!(
-            "end-to-end latency publish -> handler, {count} events at {}/s x {} rounds",
+            "end-to-end latency publish -> handler, {count} events per side at {}/s x {} rounds, sides alternating every {chunk}",
             settings.e2e_rate, settings.rounds
         ),
     );
