@@ -230,6 +230,19 @@ pub fn raw_message(event: &AppointmentBooked) -> (String, HeaderMap, Bytes) {
     (subject, headers, payload)
 }
 
+/// One awaited raw publish of a message built by [`raw_message`].
+pub async fn raw_publish(raw: &Raw, (subject, headers, payload): (String, HeaderMap, Bytes)) {
+    let message = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .headers(headers);
+    raw.js
+        .send_publish(subject, message)
+        .await
+        .expect("raw send")
+        .await
+        .expect("raw ack");
+}
+
 /// A binary-mode message decoded by hand, as a raw consumer would: every
 /// `ce-*` attribute jetevents reads (time parsed, trace context parsed) and
 /// the JSON data.

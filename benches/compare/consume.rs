@@ -157,20 +157,6 @@ const E2E_JETEVENTS_ENV: &str = "benci";
 const E2E_JETEVENTS_STREAM: &str = "BENCH_E2E";
 const E2E_JETEVENTS_STREAM_SUBJECTS: &str = "benci.booking.>";
 
-/// One awaited raw publish.
-async fn raw_publish(
-    raw: &Raw,
-    (subject, headers, payload): (String, async_nats::HeaderMap, bytes::Bytes),
-) {
-    let message = PublishMessage::build().payload(payload).headers(headers);
-    raw.js
-        .send_publish(subject, message)
-        .await
-        .expect("send")
-        .await
-        .expect("ack");
-}
-
 /// Publishes `events` pipelined (raw, untimed): the backlog both consumers read.
 pub async fn fill(raw: &Raw, events: &[AppointmentBooked]) {
     let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::new();
@@ -395,12 +381,12 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
                             publisher.publish(&*event).await.expect("publish");
                         }
                         (Side::Raw, None | Some(Side::Raw)) => {
-                            raw_publish(raw, raw_message(event)).await;
+                            common::raw_publish(raw, raw_message(event)).await;
                         }
                         (Side::Jetevents, Some(Side::Raw)) => {
                             let (subject, headers, payload) = raw_message(event);
                             let subject = subject.replacen(common::ENV, E2E_JETEVENTS_ENV, 1);
-                            raw_publish(raw, (subject, headers, payload)).await;
+                            common::raw_publish(raw, (subject, headers, payload)).await;
                         }
                         (Side::Raw, Some(Side::Jetevents)) => {
                             raw_side_publisher.publish(&*event).await.expect("publish");

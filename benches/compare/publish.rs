@@ -163,7 +163,7 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
                     Side::Jetevents => {
                         publisher.publish(event).await.expect("publish");
                     }
-                    Side::Raw => raw_publish(raw, event).await,
+                    Side::Raw => common::raw_publish(raw, raw_message(event)).await,
                 }
             }
         }
@@ -178,7 +178,7 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
                         Side::Jetevents => {
                             publisher.publish(event).await.expect("publish");
                         }
-                        Side::Raw => raw_publish(raw, event).await,
+                        Side::Raw => common::raw_publish(raw, raw_message(event)).await,
                     }
                     latencies[slot].push(t.elapsed());
                 }
@@ -221,15 +221,4 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
         0.0,
     ));
     scenario
-}
-
-async fn raw_publish(raw: &Raw, event: &AppointmentBooked) {
-    let (subject, headers, payload) = raw_message(event);
-    let message = PublishMessage::build().payload(payload).headers(headers);
-    raw.js
-        .send_publish(subject, message)
-        .await
-        .expect("raw send")
-        .await
-        .expect("raw ack");
 }
