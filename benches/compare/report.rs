@@ -29,12 +29,20 @@ pub struct Metric {
     pub raw_runs: Vec<f64>,
     /// The target bounds jetevents' own value, not the ratio (memory growth).
     pub absolute: bool,
+    /// Median of the per-round ratios, when the runs come in pairs.
+    pub paired_ratio: Option<f64>,
 }
 
 impl Metric {
-    /// Median of per-run rates.
+    /// Median of per-run rates; the ratio is the median of the per-round
+    /// ratios. The two sides of a round run back to back, so their ratio
+    /// cancels the machine's drift between rounds, which the medians of
+    /// each side alone do not (a slow stretch can hold one side's median
+    /// and miss the other's).
     pub fn throughput(unit: &'static str, je: &[f64], raw: &[f64], target: f64) -> Metric {
+        let paired: Vec<f64> = je.iter().zip(raw).map(|(je, raw)| je / raw).collect();
         Metric {
+            paired_ratio: (!paired.is_empty() && je.len() == raw.len()).then(|| median(&paired)),
             name: "throughput".to_owned(),
             unit,
             jetevents: median(je),
@@ -59,6 +67,7 @@ impl Metric {
             jetevents_runs: je.to_vec(),
             raw_runs: raw.to_vec(),
             absolute: false,
+            paired_ratio: None,
         }
     }
 
@@ -75,6 +84,7 @@ impl Metric {
             jetevents_runs: Vec::new(),
             raw_runs: Vec::new(),
             absolute: false,
+            paired_ratio: None,
         }
     }
 
@@ -90,10 +100,18 @@ impl Metric {
             jetevents_runs: Vec::new(),
             raw_runs: Vec::new(),
             absolute: false,
+            paired_ratio: None,
         }
     }
 
+    /// The ratio jetevents/raw: of paired rounds when there are some, else
+    /// of the two values.
     pub fn ratio(&self) -> f64 {
+        self.paired_ratio.unwrap_or_else(|| self.ratio_of_values())
+    }
+
+    /// jetevents' value over raw's.
+    pub fn ratio_of_values(&self) -> f64 {
         self.jetevents / self.raw
     }
 
@@ -208,6 +226,7 @@ pub fn json(settings: Value, machine: Value, scenarios: &[Scenario]) -> Value {
                     "jetevents": m.jetevents,
                     "raw": m.raw,
                     "ratio_jetevents_over_raw": m.ratio(),
+                    "ratio_of_medians": m.ratio_of_values(),
                     "better": match m.better { Better::Higher => "higher", Better::Lower => "lower" },
                     "target": if m.target == 0.0 { Value::Null } else { json!(m.target) },
                     "meets_target": m.meets_target(),
