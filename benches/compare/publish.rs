@@ -145,12 +145,15 @@ fn same_work_check(
 /// Scenario 2: one publish at a time, each awaited; latency per publish.
 ///
 /// Latency is sensitive to whatever else the machine does, so within each
-/// round the sides alternate in chunks of `JE_BENCH_LATENCY_CHUNK` (250)
-/// publishes on the same stream: both see the same conditions.
+/// round the sides alternate in chunks of `JE_BENCH_LATENCY_CHUNK` (10)
+/// publishes on the same stream: both see the same conditions. Chunks of
+/// 10 spread a hiccup of the VM (a few milliseconds, dozens of publishes)
+/// over both sides; with chunks of 250 it fell on one, and the p99 ratio
+/// moved between 0.94 and 1.10 from run to run (0.99-1.06 with 10).
 pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
     let events = common::events(0, settings.latency_events);
     let warmup = common::events(10_000_000, settings.latency_events.min(500));
-    let chunk = crate::env("JE_BENCH_LATENCY_CHUNK", 250usize).max(1);
+    let chunk = crate::env("JE_BENCH_LATENCY_CHUNK", 10usize).max(1);
     let publisher = je.publisher();
     let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut busy = [Duration::ZERO; 2];
