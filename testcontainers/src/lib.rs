@@ -30,6 +30,11 @@
 //! - [`Backend::External`]: an already running server at `$NATS_URL`; `kill`,
 //!   `stop`, `restart` and `lame_duck` return [`HarnessErrorKind::Unsupported`].
 //!
+//! A server's temp dir is named `jetevents-nats-<pid of the test process>-*`. It
+//! goes with the server when dropped, and with the [`shared`] server when the
+//! process exits; the first server a process starts removes the dirs of processes
+//! that no longer exist (see [`reap_orphaned_dirs`]).
+//!
 //! Servers run with the config files in the repository's `nats/` folder
 //! (`single.conf`, `cluster-node.conf`, `auth-*.conf`, `tls.conf`, `mtls.conf`),
 //! embedded at compile time and filled in through environment variables.
