@@ -4,7 +4,7 @@
 //! `type`; `specversion` is always `1.0`), the optional ones, the extensions
 //! (`correlationid`, `causationid`, `traceparent`, `tracestate`,
 //! `partitionkey` and any free-form metadata) and the data as raw bytes.
-//! [`codec`](crate::codec) turns it into NATS headers and payload and back.
+//! [`codec`] turns it into NATS headers and payload and back.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -84,7 +84,7 @@ fn is_reserved_name(name: &str) -> bool {
 /// In binary mode every extension travels as a header string, and the
 /// header does not say which type it had, so a decoded binary message gives
 /// [`ExtensionValue::String`] for all of them (`"true"`, `"42"`); structured
-/// mode keeps JSON booleans and integers. Compare by [`ExtensionValue::to_string`]
+/// mode keeps JSON booleans and integers. Compare by `ExtensionValue::to_string` (its `Display`)
 /// or use [`ExtensionValue::as_str`] when the mode is not known.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ExtensionValue {

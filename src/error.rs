@@ -1,7 +1,7 @@
 //! The error type shared by every operation: `Error<Kind>`.
 //!
 //! Each operation has its own kind enum (marked `#[non_exhaustive]`) and an alias
-//! such as [`PublishError`](crate::PublishError) = `Error<PublishErrorKind>`. The
+//! such as [`PublishError`](crate::publish::PublishError) = `Error<PublishErrorKind>`. The
 //! kind says *what* went wrong in terms a caller can act on; the source, when
 //! there is one, keeps the underlying error for logs. This is the pattern of
 //! async-nats, so users of both libraries read errors the same way.
