@@ -84,8 +84,8 @@ fn is_reserved_name(name: &str) -> bool {
 /// In binary mode every extension travels as a header string, and the
 /// header does not say which type it had, so a decoded binary message gives
 /// [`ExtensionValue::String`] for all of them (`"true"`, `"42"`); structured
-/// mode keeps JSON booleans and integers. Compare by `ExtensionValue::to_string` (its `Display`)
-/// or use [`ExtensionValue::as_str`] when the mode is not known.
+/// mode keeps JSON booleans and integers. Compare by `to_string()` (its
+/// `Display`) or use [`ExtensionValue::as_str`] when the mode is not known.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ExtensionValue {
     /// A string.
