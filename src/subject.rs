@@ -269,6 +269,39 @@ pub fn unescape_key(token: &str) -> Result<String, SubjectError> {
     String::from_utf8(out).map_err(|_| invalid())
 }
 
+/// Tokens of an event subject before its key: `{env}` and the four of the
+/// type.
+const TOKENS_BEFORE_KEY: usize = 5;
+
+/// The subject with its key token replaced by `{key}`: the same for every
+/// event of a type, so it can name spans and group metrics (semantic
+/// conventions: `messaging.destination.template`) where the subject itself,
+/// one per key, would make a name per aggregate. A subject without a key,
+/// or not in the `{env}.{domain}.{entity}.{action}.{version}[.{key}]`
+/// shape, is returned as it is.
+///
+/// ```
+/// use jetevents::subject::destination_template;
+///
+/// assert_eq!(
+///     destination_template("prod.booking.appointment.confirmed.v1.a-42"),
+///     "prod.booking.appointment.confirmed.v1.{key}"
+/// );
+/// assert_eq!(
+///     destination_template("prod.booking.appointment.confirmed.v1"),
+///     "prod.booking.appointment.confirmed.v1"
+/// );
+/// ```
+pub fn destination_template(subject: &str) -> std::borrow::Cow<'_, str> {
+    let mut dots = subject.match_indices('.').map(|(index, _)| index);
+    match dots.nth(TOKENS_BEFORE_KEY - 1) {
+        Some(end) if !subject[end + 1..].contains('.') => {
+            std::borrow::Cow::Owned(format!("{}.{{key}}", &subject[..end]))
+        }
+        _ => std::borrow::Cow::Borrowed(subject),
+    }
+}
+
 /// Builds subjects and consumer filters for one environment.
 ///
 /// ```
@@ -447,6 +480,23 @@ impl Subjects {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn only_the_key_token_of_an_event_subject_becomes_a_placeholder() {
+        let subjects = Subjects::new("prod").unwrap();
+        let ty = EventType::parse("iam.user.created.v1").unwrap();
+        let keyed = subjects.event(&ty, Some("ana.lima@x.io")).unwrap();
+        assert_eq!(
+            destination_template(&keyed),
+            "prod.iam.user.created.v1.{key}"
+        );
+        let plain = subjects.event(&ty, None).unwrap();
+        assert_eq!(destination_template(&plain), plain);
+        // Not the event scheme: left alone rather than guessed at.
+        for other in ["a.b.c.d.e.f.g", "orders", "a.b.c"] {
+            assert_eq!(destination_template(other), other);
+        }
+    }
 
     #[test]
     fn escape_examples() {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use jetevents::consume::Context;
+use jetevents::subject::destination_template;
 
 mod consume_common;
 mod support;
@@ -92,7 +93,14 @@ async fn the_process_span_continues_the_producers_trace() {
     }
     let placed = process
         .iter()
-        .find(|span| span.name == format!("process {}", world.subject_of(7)))
+        .find(|span| {
+            let subject = world.subject_of(7);
+            span.name == format!("process {}", destination_template(&subject))
+                && span.attributes.iter().any(|kv| {
+                    kv.key.as_str() == "messaging.destination.name"
+                        && kv.value.to_string() == subject
+                })
+        })
         .unwrap();
     assert_eq!(
         placed

@@ -16,6 +16,7 @@ use jetevents::consume::{Consumer, Context, DeadLetterConfig};
 use jetevents::envelope::Envelope;
 use jetevents::provision::StreamSpec;
 use jetevents::publish::{PublishOptions, Receipt};
+use jetevents::subject::destination_template;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
     TracerProvider as _,
@@ -191,16 +192,35 @@ async fn two_hops(
     // The trace's shape, for the README (`-- --nocapture` shows it).
     println!("{encoding:?} encoding:\n{}", tree(&spans));
     let names: Vec<_> = spans.iter().map(|span| span.name.to_string()).collect();
-    let one = |name: String| -> &SpanData {
-        let found: Vec<_> = spans.iter().filter(|span| span.name == name).collect();
-        assert_eq!(found.len(), 1, "{name} in {names:?}");
+    // The span named `name` (about `subject`, when given: names carry the
+    // subject's template, the same for every key).
+    let one = |name: String, subject: Option<&str>| -> &SpanData {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|span| span.name == name)
+            .filter(|span| {
+                subject.is_none_or(|subject| {
+                    span.attributes.iter().any(|kv| {
+                        kv.key.as_str() == "messaging.destination.name"
+                            && kv.value.to_string() == subject
+                    })
+                })
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{name} ({subject:?}) in {names:?}");
         found[0]
     };
-    let request = one("checkout request".to_owned());
-    let publish_first = one(format!("publish {}", first.subject));
-    let process_a = one(format!("process {}", first.subject));
-    let publish_follow_up = one(format!("publish {}", follow_up.subject));
-    let process_b = one(format!("process {}", follow_up.subject));
+    let by_subject = |operation: &str, subject: &str| {
+        one(
+            format!("{operation} {}", destination_template(subject)),
+            Some(subject),
+        )
+    };
+    let request = one("checkout request".to_owned(), None);
+    let publish_first = by_subject("publish", &first.subject);
+    let process_a = by_subject("process", &first.subject);
+    let publish_follow_up = by_subject("publish", &follow_up.subject);
+    let process_b = by_subject("process", &follow_up.subject);
 
     // One trace, the upstream one, through every span.
     for span in [

@@ -14,6 +14,7 @@ use jetevents::consume::{
 };
 use jetevents::provision::StreamSpec;
 use jetevents::publish::{PublishErrorKind, PublishOptions};
+use jetevents::subject::destination_template;
 use opentelemetry::trace::{SpanKind, Status, TracerProvider as _};
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
@@ -179,7 +180,7 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     let ephemeral_span = spans
         .iter()
         .find(|span| {
-            span.name == format!("process {}", ephemeral_receipt.subject)
+            is_about(span, "process", &ephemeral_receipt.subject)
                 && attribute(span, "messaging.consumer.group.name").as_deref() == Some("presence")
         })
         .expect("the ephemeral consumer's process span");
@@ -194,7 +195,10 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
 
     // Producer spans.
     for (n, receipt) in (1..=4).zip(&receipts) {
-        let span = one(&spans, &format!("publish {}", receipt.subject), None);
+        let span = one(&spans, "publish", &receipt.subject, None);
+        // Orders are keyed: the name is the same for every order.
+        let (type_subject, _key) = receipt.subject.rsplit_once('.').unwrap();
+        assert_eq!(span.name, format!("publish {type_subject}.{{key}}"), "{n}");
         assert_eq!(span.span_kind, SpanKind::Producer, "{n}");
         assert_eq!(span.status, Status::Unset, "{n}");
         let expected = [
@@ -202,6 +206,10 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
             ("messaging.operation.type", "send".to_owned()),
             ("messaging.operation.name", "publish".to_owned()),
             ("messaging.destination.name", receipt.subject.clone()),
+            (
+                "messaging.destination.template",
+                destination_template(&receipt.subject).into_owned(),
+            ),
             ("messaging.message.id", receipt.event_id.clone()),
             ("messaging.message.conversation_id", correlation.clone()),
             (
@@ -227,7 +235,7 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
         );
     }
     let lost_subject = format!("{env}.nowhere.thing.happened.v1");
-    let lost_span = one(&spans, &format!("publish {lost_subject}"), None);
+    let lost_span = one(&spans, "publish", &lost_subject, None);
     assert_eq!(lost_span.span_kind, SpanKind::Producer);
     assert_eq!(
         attribute(lost_span, "error.type").as_deref(),
@@ -238,11 +246,7 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     // Consumer spans: the attributes every delivery has.
     let process = |n: u64, delivery: u64| -> &SpanData {
         let receipt = &receipts[usize::try_from(n - 1).unwrap()];
-        let span = one(
-            &spans,
-            &format!("process {}", receipt.subject),
-            Some(delivery),
-        );
+        let span = one(&spans, "process", &receipt.subject, Some(delivery));
         assert_eq!(span.span_kind, SpanKind::Consumer);
         let expected = [
             ("messaging.system", "nats".to_owned()),
@@ -324,14 +328,14 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     assert_eq!(
         spans
             .iter()
-            .filter(|span| span.name == format!("process {}", receipts[2].subject))
+            .filter(|span| is_about(span, "process", &receipts[2].subject))
             .count(),
         1,
         "a dead-lettered event is not redelivered: {names:?}"
     );
 
     // Undecodable: dead-lettered and terminated; no CloudEvents attributes.
-    let undecodable = one(&spans, &format!("process {garbage_subject}"), Some(1));
+    let undecodable = one(&spans, "process", &garbage_subject, Some(1));
     assert_eq!(undecodable.span_kind, SpanKind::Consumer);
     assert_outcome(undecodable, "dead_letter", Some("undecodable"));
     assert_eq!(
@@ -352,10 +356,25 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
 }
 
 /// The one span named `name` (with this delivery count, when given).
-fn one<'a>(spans: &'a [SpanData], name: &str, delivery: Option<u64>) -> &'a SpanData {
+/// Whether `span` is the `operation` span of an event on `subject`: its
+/// name has the subject's template (the same for every key), its
+/// destination the subject itself.
+fn is_about(span: &SpanData, operation: &str, subject: &str) -> bool {
+    span.name == format!("{operation} {}", destination_template(subject))
+        && attribute(span, "messaging.destination.name").as_deref() == Some(subject)
+}
+
+/// The one `operation` span about `subject` (of that delivery, if given).
+fn one<'a>(
+    spans: &'a [SpanData],
+    operation: &str,
+    subject: &str,
+    delivery: Option<u64>,
+) -> &'a SpanData {
+    let name = format!("{operation} {subject}");
     let found: Vec<&SpanData> = spans
         .iter()
-        .filter(|span| span.name == name)
+        .filter(|span| is_about(span, operation, subject))
         .filter(|span| {
             delivery.is_none_or(|delivery| {
                 attribute(span, "messaging.nats.message.delivery_count")

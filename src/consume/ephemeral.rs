@@ -271,13 +271,15 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
     let subject = message.subject.clone();
     let span = tracing::info_span!(
         "process",
-        otel.name = %format_args!("process {subject}"),
+        // Evaluated only for a span someone collects, like every field.
+        otel.name = %format_args!("process {}", crate::subject::destination_template(&subject)),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
         messaging.system = "nats",
         messaging.operation.type = "process",
         messaging.destination.name = %subject,
+        messaging.destination.template = %crate::subject::destination_template(&subject),
         messaging.consumer.group.name = %group,
         messaging.operation.name = "process",
         messaging.message.id = tracing::field::Empty,

@@ -804,7 +804,8 @@ async fn process<S: Clone + Send + Sync + 'static>(
     };
     let span = tracing::info_span!(
         "process",
-        otel.name = %format_args!("process {subject}"),
+        // Evaluated only for a span someone collects, like every field.
+        otel.name = %format_args!("process {}", crate::subject::destination_template(&subject)),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
@@ -812,6 +813,7 @@ async fn process<S: Clone + Send + Sync + 'static>(
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = %subject,
+        messaging.destination.template = %crate::subject::destination_template(&subject),
         messaging.consumer.group.name = %shared.group,
         messaging.message.id = tracing::field::Empty,
         messaging.message.conversation_id = tracing::field::Empty,

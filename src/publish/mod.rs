@@ -597,7 +597,7 @@ impl Publisher {
 
         let span = tracing::info_span!(
             "publish",
-            otel.name = %format_args!("publish {subject}"),
+            otel.name = %format_args!("publish {}", crate::subject::destination_template(&subject)),
             otel.kind = "producer",
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
@@ -605,6 +605,7 @@ impl Publisher {
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name = %subject,
+            messaging.destination.template = %crate::subject::destination_template(&subject),
             messaging.message.id = outgoing.event_id(),
             messaging.message.conversation_id = outgoing.correlation_id(),
             cloudevents.event_id = outgoing.event_id(),
