@@ -228,11 +228,11 @@ pub struct Publisher {
     client: Client,
 }
 
-/// An event encoded and ready to send.
 /// JetStream stores a header block of at most this many bytes (its length
 /// is kept in 16 bits).
 const MAX_JETSTREAM_HEADER_BYTES: usize = 65_535;
 
+/// An event encoded and ready to send, kept until it settles.
 struct Prepared<'a> {
     subject: String,
     outgoing: Outgoing<'a>,
