@@ -141,10 +141,7 @@ pub fn inject(envelope: &mut Envelope) {
 /// Writes `context`'s span into the envelope's trace extensions.
 pub fn inject_context(envelope: &mut Envelope, context: &Context) {
     if let Some(trace) = TraceHeaders::of(context) {
-        envelope.set_traceparent(trace.traceparent());
-        if let Some(state) = trace.tracestate {
-            envelope.set_tracestate(state);
-        }
+        trace.write_into(envelope);
     }
 }
 
@@ -179,6 +176,14 @@ impl TraceHeaders {
     pub(crate) fn traceparent(&self) -> &str {
         // Written by `traceparent_into`: ASCII hex digits and dashes only.
         std::str::from_utf8(&self.traceparent).unwrap_or_default()
+    }
+
+    /// Sets the envelope's `traceparent` and `tracestate` extensions.
+    pub(crate) fn write_into(self, envelope: &mut Envelope) {
+        envelope.set_traceparent(self.traceparent());
+        if let Some(state) = self.tracestate {
+            envelope.set_tracestate(state);
+        }
     }
 
     /// The `tracestate` value, when the span has one.

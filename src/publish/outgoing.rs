@@ -158,12 +158,7 @@ impl Outgoing<'_> {
     pub(super) fn set_trace(&mut self, trace: TraceHeaders) {
         match self {
             Outgoing::Typed(event) => event.trace = Some(trace),
-            Outgoing::Envelope { envelope, .. } => {
-                envelope.set_traceparent(trace.traceparent());
-                if let Some(state) = trace.tracestate() {
-                    envelope.set_tracestate(state);
-                }
-            }
+            Outgoing::Envelope { envelope, .. } => trace.write_into(envelope),
         }
     }
 
