@@ -34,6 +34,8 @@ pub struct Metrics {
     pub(crate) process_duration: Histogram<f64>,
     pub(crate) consume_retries: Counter<u64>,
     pub(crate) dead_lettered: Counter<u64>,
+    pub(crate) unhandled: Counter<u64>,
+    pub(crate) filter_drift: Counter<u64>,
     pub(crate) handlers_in_flight: UpDownCounter<i64>,
 }
 
@@ -93,6 +95,21 @@ impl Metrics {
                 .u64_counter("jetevents.consume.dead_lettered")
                 .with_description("Events copied to the dead-letter stream and terminated")
                 .with_unit("{message}")
+                .build(),
+            unhandled: meter
+                .u64_counter("jetevents.consume.unhandled")
+                .with_description(
+                    "Deliveries of types this instance has no handler for, by what was done \
+                     (jetevents.unhandled.action: leave, ack, dead_letter)",
+                )
+                .with_unit("{message}")
+                .build(),
+            filter_drift: meter
+                .u64_counter("jetevents.consume.filter_drift")
+                .with_description(
+                    "Times an instance found subjects in its group's filter that it does not handle",
+                )
+                .with_unit("{event}")
                 .build(),
             handlers_in_flight: meter
                 .i64_up_down_counter("jetevents.consume.in_flight")

@@ -111,6 +111,7 @@ async fn last_attempt_dead_letters_with_the_reason_and_the_consumer_moves_on() {
     assert_eq!(entry.reason, DeadLetterReason::AttemptsExhausted);
     assert_eq!(entry.error, "ledger locked");
     assert_eq!(entry.delivery_count, 3);
+    assert_eq!(entry.failed_runs, Some(3));
     assert_eq!(entry.consumer, "ledger");
     assert_eq!(entry.original_stream, world.stream);
     assert_eq!(entry.original_subject, world.subject_of(13));
@@ -266,12 +267,15 @@ async fn a_panicking_handler_does_not_stop_the_runner() {
     running.stop().await;
 }
 
+/// A deliberate policy dead-letters an unhandled type only after it has been
+/// left for other instances for the wait it sets: Naked after 0 s and 1 s of
+/// waiting (delays 1 s, 2 s), dead-lettered on the third delivery (3 s).
 #[tokio::test]
 async fn unhandled_types_follow_the_policy() {
     let world = World::on_shared_server().await;
     let consumer = world
         .consumer("strict")
-        .unhandled(UnhandledPolicy::DeadLetter)
+        .unhandled(UnhandledPolicy::DeadLetterAfter(Duration::from_secs(2)))
         .filter_subject(format!("{}.shop.>", world.client.subjects().env()))
         .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
         .build()
@@ -289,6 +293,8 @@ async fn unhandled_types_follow_the_policy() {
     let entries = dead_letters_of(&world, "strict", 1).await;
     assert_eq!(entries[0].reason, DeadLetterReason::Unhandled);
     assert!(entries[0].error.contains("shop.order.shipped.v1"));
+    assert_eq!(entries[0].delivery_count, 3);
+    assert_eq!(entries[0].failed_runs, None);
     running.stop().await;
 }
 

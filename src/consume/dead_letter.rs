@@ -65,6 +65,9 @@ pub const ORIGINAL_SEQUENCE: &str = "Jetevents-DL-Sequence";
 pub const CONSUMER: &str = "Jetevents-DL-Consumer";
 /// Header: how many times the event was delivered.
 pub const DELIVERIES: &str = "Jetevents-DL-Deliveries";
+/// Header: how many handler runs failed (absent when unknown, e.g. for
+/// `undeliverable` entries, whose handler may never have run).
+pub const FAILED_RUNS: &str = "Jetevents-DL-Failed-Runs";
 /// Header: when the event was dead-lettered.
 pub const TIME: &str = "Jetevents-DL-Time";
 /// Header of `undeliverable` entries: the original NATS header block
@@ -73,7 +76,7 @@ pub const TIME: &str = "Jetevents-DL-Time";
 /// encoded rather than as headers.
 pub const ORIGINAL_HEADERS: &str = "Jetevents-DL-Original-Headers";
 
-const OUR_HEADERS: [&str; 9] = [
+const OUR_HEADERS: [&str; 10] = [
     REASON,
     ERROR,
     ORIGINAL_SUBJECT,
@@ -81,6 +84,7 @@ const OUR_HEADERS: [&str; 9] = [
     ORIGINAL_SEQUENCE,
     CONSUMER,
     DELIVERIES,
+    FAILED_RUNS,
     TIME,
     ORIGINAL_HEADERS,
 ];
@@ -194,8 +198,11 @@ pub struct DeadLetter {
     pub original_sequence: u64,
     /// The consumer (group) that gave up.
     pub consumer: String,
-    /// How many times it was delivered.
+    /// How many times it was delivered (handler runs, deliveries left for
+    /// another instance, deliveries cut short by a shutdown or a crash).
     pub delivery_count: u64,
+    /// How many of its handler runs failed, when known.
+    pub failed_runs: Option<u32>,
     /// When it was dead-lettered.
     pub time: Option<DateTime<Utc>>,
     /// The original headers (without the dead-letter ones). For
@@ -263,6 +270,7 @@ impl DeadLetter {
             original_sequence: number(ORIGINAL_SEQUENCE)?,
             consumer: get(CONSUMER).unwrap_or_default(),
             delivery_count: number(DELIVERIES)?,
+            failed_runs: get(FAILED_RUNS).and_then(|runs| runs.parse().ok()),
             time: get(TIME)
                 .and_then(|time| DateTime::parse_from_rfc3339(&time).ok())
                 .map(|time| time.with_timezone(&Utc)),
@@ -530,6 +538,7 @@ pub(crate) struct Failure<'a> {
     pub stream_sequence: u64,
     pub consumer: &'a str,
     pub delivery_count: u64,
+    pub failed_runs: Option<u32>,
 }
 
 /// The subject and headers of the dead-letter copy of a message.
@@ -564,6 +573,9 @@ pub(crate) fn dead_letter_message(
     headers.insert(ORIGINAL_SEQUENCE, failure.stream_sequence.to_string());
     headers.insert(CONSUMER, failure.consumer);
     headers.insert(DELIVERIES, failure.delivery_count.to_string());
+    if let Some(runs) = failure.failed_runs {
+        headers.insert(FAILED_RUNS, runs.to_string());
+    }
     headers.insert(TIME, now.to_rfc3339_opts(SecondsFormat::Millis, true));
     headers.insert(
         "Nats-Msg-Id",
@@ -607,6 +619,7 @@ mod tests {
             stream_sequence: 42,
             consumer: "billing",
             delivery_count: 3,
+            failed_runs: Some(2),
         }
     }
 
@@ -654,6 +667,7 @@ mod tests {
         assert_eq!(entry.original_stream, "BOOKING");
         assert_eq!(entry.consumer, "billing");
         assert_eq!(entry.delivery_count, 3);
+        assert_eq!(entry.failed_runs, Some(2));
         assert_eq!(entry.time, Some(now));
         assert!(entry.headers.get(REASON).is_none());
         assert!(entry.headers.get("Nats-Msg-Id").is_none());

@@ -55,9 +55,11 @@
 //! If dead-lettering fails (dead-letter stream unavailable) the event is Naked
 //! with the retry delay instead of terminated, so it is not lost.
 
+mod attempts;
 mod context;
 pub mod dead_letter;
 mod ephemeral;
+mod group_filter;
 mod handler;
 mod retry;
 mod router;
@@ -74,6 +76,7 @@ use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::event::Event;
 
+pub use attempts::BUCKET as ATTEMPTS_BUCKET;
 pub use context::Context;
 pub use dead_letter::{
     DeadLetter, DeadLetterConfig, DeadLetterError, DeadLetterErrorKind, DeadLetterReason,
@@ -85,17 +88,44 @@ pub use retry::RetryPolicy;
 
 use router::Router;
 
-/// What happens to an event whose type no handler takes (it matched a
-/// pattern filter or an extra filter subject, or a handler was removed).
+/// What an instance does with an event of a type it has no handler for.
+///
+/// Such events reach an instance when the group's filter is wider than its
+/// own handlers: during a rolling deploy a newer version of the service
+/// asked for one more type (see the [group filter](self#rolling-deploys)),
+/// a pattern or extra filter subject matched, or a handler was removed.
+/// Another instance of the group may well handle it, so by default it is
+/// left for one: Naked with a delay that grows with its deliveries (1 s,
+/// 2 s, 4 s... up to 10 s), counted in `jetevents.consume.unhandled` and
+/// never against the event's attempts.
+///
+/// Acking or dead-lettering such events is a deliberate choice, made after a
+/// wait long enough for a rolling deploy: the wait counts the delays the
+/// event has been left for (its first delivery to the group counts as zero),
+/// so `AckAfter(Duration::ZERO)` acks at once.
+///
+/// An event left for others still uses deliveries: the consumer's
+/// `max_deliver` (default: the retry policy's attempts plus
+/// [`DELIVERY_MARGIN`]) bounds how long it waits; at that bound the server
+/// gives up and the event is dead-lettered `undeliverable`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UnhandledPolicy {
-    /// Ack it: this group is not interested (default).
+    /// Leave it for an instance that handles it (default).
     #[default]
-    Ack,
-    /// Dead-letter it with reason `unhandled`.
-    DeadLetter,
+    Leave,
+    /// Ack it once it has been left for others this long: this group is
+    /// not interested.
+    AckAfter(Duration),
+    /// Dead-letter it with reason `unhandled` once it has been left for
+    /// others this long.
+    DeadLetterAfter(Duration),
 }
+
+/// Deliveries the server allows beyond the retry policy's attempts by
+/// default: deliveries that were not failed handler runs (shutdowns, lost
+/// connections, events left for another version) use them, not attempts.
+pub const DELIVERY_MARGIN: i64 = 100;
 
 /// How a handled event is acked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,6 +221,7 @@ pub(crate) struct Settings {
     pub prefetch: Option<usize>,
     pub deliver_policy: DeliverPolicy,
     pub extra_filters: Vec<String>,
+    pub replace_group_filter: bool,
 }
 
 impl Default for Settings {
@@ -210,17 +241,23 @@ impl Default for Settings {
             prefetch: None,
             deliver_policy: DeliverPolicy::All,
             extra_filters: Vec::new(),
+            replace_group_filter: false,
         }
     }
 }
 
 impl Settings {
     fn max_deliver(&self) -> i64 {
-        // One delivery more than the attempts: if an instance dies during the
-        // last attempt, the extra delivery dead-letters the event instead of
-        // the server dropping it silently.
-        self.max_deliver
-            .unwrap_or_else(|| i64::from(self.retry.attempts()).saturating_add(1))
+        // Attempts are failed handler runs, counted by the runner; the
+        // server's bound sits above them, for deliveries that were not
+        // attempts and for events that never get settled (an instance that
+        // crashes on every run), which the undeliverable watcher then
+        // dead-letters.
+        self.max_deliver.unwrap_or_else(|| {
+            i64::from(self.retry.attempts())
+                .saturating_add(1)
+                .saturating_add(DELIVERY_MARGIN)
+        })
     }
 
     fn backoff(&self) -> Vec<Duration> {
@@ -282,6 +319,9 @@ pub struct Consumer<S = ()> {
     state: S,
     settings: Settings,
     consumer: async_nats::jetstream::consumer::PullConsumer,
+    /// Subjects of the group's filter this instance does not handle, as
+    /// last reported.
+    drift: Vec<String>,
 }
 
 impl<S> std::fmt::Debug for Consumer<S> {
@@ -321,7 +361,8 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         &self.stream
     }
 
-    /// The filter subjects of the durable consumer.
+    /// This instance's filter subjects (the group's may be wider: see the
+    /// [group filter](self#rolling-deploys)).
     pub fn filter_subjects(&self) -> &[String] {
         &self.filters
     }
@@ -551,7 +592,8 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
-    /// What to do with events no handler takes (default: ack).
+    /// What to do with events of types this instance has no handler for
+    /// (default: leave them for an instance that has one).
     pub fn unhandled(mut self, policy: UnhandledPolicy) -> Self {
         self.settings.unhandled = policy;
         self
@@ -578,7 +620,9 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     }
 
     /// Deliveries after which the server stops redelivering (default: the
-    /// retry policy's attempts + 1).
+    /// retry policy's attempts + 1 + [`DELIVERY_MARGIN`]). Attempts are
+    /// failed handler runs, counted by the runner; this is the server's
+    /// safety bound above them.
     pub fn max_deliver(mut self, max: i64) -> Self {
         self.settings.max_deliver = Some(max);
         self
@@ -613,6 +657,16 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     /// slow events should spread across instances.
     pub fn prefetch(mut self, events: usize) -> Self {
         self.settings.prefetch = Some(events.max(1));
+        self
+    }
+
+    /// This instance's filter subjects replace the group's, even where that
+    /// narrows it (the default only ever widens it: see the
+    /// [group filter](self#rolling-deploys)). Use it once every instance of
+    /// the group runs a version that no longer handles the dropped types:
+    /// their events published from then on are not delivered to the group.
+    pub fn replace_group_filter(mut self) -> Self {
+        self.settings.replace_group_filter = true;
         self
     }
 
@@ -672,12 +726,19 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         dead_letter::ensure_stream(&self.client, &self.settings.dead_letter)
             .await
             .map_err(|err| Error::with_source(ConsumeErrorKind::DeadLetterStream, err))?;
-        let config = consumer_config(&self.group, &filters, &self.settings);
-        let consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|err| Error::with_source(ConsumeErrorKind::CreateConsumer, err))?;
+        let ensured = group_filter(&self.group, &filters, &self.settings)
+            .ensure(&stream)
+            .await?;
+        let drift = group_filter::report_drift(
+            &self.group,
+            &filters,
+            ensured.drift,
+            &[],
+            &self.client.metrics().filter_drift,
+        );
+        let consumer = ensured.consumer;
         Ok(Consumer {
+            drift,
             client: self.client,
             group: self.group,
             stream: stream_name,
@@ -690,29 +751,38 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     }
 }
 
-/// The durable consumer's configuration.
+/// What this instance wants of the group's durable consumer.
+pub(crate) fn group_filter(
+    group: &str,
+    filters: &[String],
+    settings: &Settings,
+) -> group_filter::GroupFilter {
+    group_filter::GroupFilter {
+        config: consumer_config(group, filters, settings),
+        mine: filters.to_vec(),
+        replace: settings.replace_group_filter,
+    }
+}
+
+/// The durable consumer's configuration with this instance's filters.
 pub(crate) fn consumer_config(
     group: &str,
     filters: &[String],
     settings: &Settings,
 ) -> pull::Config {
-    let (filter_subject, filter_subjects) = match filters {
-        [single] => (single.clone(), Vec::new()),
-        many => (String::new(), many.to_vec()),
-    };
-    pull::Config {
+    let mut config = pull::Config {
         durable_name: Some(group.to_owned()),
         description: Some(format!("jetevents consumer group {group}")),
         deliver_policy: settings.deliver_policy,
         ack_policy: AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: settings.max_deliver(),
-        filter_subject,
-        filter_subjects,
         max_ack_pending: settings.max_ack_pending.unwrap_or_default(),
         backoff: settings.backoff(),
         ..Default::default()
-    }
+    };
+    group_filter::set_filters(&mut config, filters);
+    config
 }
 
 #[cfg(test)]
@@ -729,7 +799,7 @@ mod tests {
         };
         let config = consumer_config("billing", &["dev.a.b.c.v1".into()], &settings);
         assert_eq!(config.durable_name.as_deref(), Some("billing"));
-        assert_eq!(config.max_deliver, 4);
+        assert_eq!(config.max_deliver, 4 + DELIVERY_MARGIN);
         assert_eq!(config.backoff, vec![Duration::from_secs(11); 3]);
         assert_eq!(config.filter_subject, "dev.a.b.c.v1");
         assert!(config.filter_subjects.is_empty());

@@ -24,12 +24,12 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::publish::Publisher;
 
+use super::attempts::FailedRuns;
 use super::context::Context;
 use super::dead_letter::{self, DeadLetterReason, Failure};
+use super::group_filter::{self, GroupFilter};
 use super::router::{Resolved, Router};
-use super::{
-    consumer_config, AckMode, ConsumeError, ConsumeErrorKind, Consumer, Settings, UnhandledPolicy,
-};
+use super::{AckMode, ConsumeError, ConsumeErrorKind, Consumer, Settings, UnhandledPolicy};
 
 /// Longest pause between attempts to get the consumer back.
 const MAX_RECOVERY_DELAY: Duration = Duration::from_secs(5);
@@ -68,6 +68,7 @@ struct Runtime<S> {
     settings: Settings,
     progress_interval: Duration,
     attributes: AttributeCache,
+    failed_runs: FailedRuns,
 }
 
 /// The stream `name`, `StreamNotFound`, or `Unavailable` when the server
@@ -106,8 +107,11 @@ where
         state,
         settings,
         consumer: mut pull_consumer,
+        mut drift,
     } = consumer;
+    let failed_runs = FailedRuns::open(&client, &stream, &group).await;
     let shared = Arc::new(Runtime {
+        failed_runs,
         publisher: client.publisher(),
         client: client.clone(),
         group: Arc::from(group.as_str()),
@@ -117,7 +121,8 @@ where
         attributes: AttributeCache::new(&group),
         settings,
     });
-    let config = consumer_config(&group, &filters, &shared.settings);
+    let group_filter = super::group_filter(&group, &filters, &shared.settings);
+    let mut filter_check = Instant::now() + group_filter::CHECK_INTERVAL;
     let _watch =
         super::undeliverable::watch(&client, &stream, &group, &shared.settings.dead_letter);
     let concurrency = shared.settings.concurrency;
@@ -141,7 +146,7 @@ where
     let recovery = Recovery {
         client: &client,
         stream: &stream,
-        config: &config,
+        group_filter: &group_filter,
         signal: &signal,
     };
 
@@ -242,6 +247,15 @@ where
                     pull_over = true;
                 }
                 keep_waiting_alive(&mut waiting, progress_interval).await;
+                if Instant::now() >= filter_check {
+                    filter_check = Instant::now() + group_filter::CHECK_INTERVAL;
+                    if let Some(end) = recovery
+                        .check_filter(&mut pull_consumer, &mut tasks, &mut drift)
+                        .await
+                    {
+                        break 'pulling end;
+                    }
+                }
             }
             // A handler finished: its slot takes the next waiting event.
             Some(()) = tasks.next(), if !tasks.is_empty() => {}
@@ -664,7 +678,7 @@ where
 struct Recovery<'a> {
     client: &'a Client,
     stream: &'a str,
-    config: &'a pull::Config,
+    group_filter: &'a GroupFilter,
     signal: &'a Signal,
 }
 
@@ -677,7 +691,7 @@ impl Recovery<'_> {
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
     ) -> Option<Result<(), ConsumeError>> {
-        let recovered = recover(self.client, self.stream, self.config, self.signal);
+        let recovered = recover(self.client, self.stream, self.group_filter, self.signal);
         match alongside(tasks, recovered).await {
             Ok(Some(recovered)) => {
                 *consumer = recovered;
@@ -685,6 +699,56 @@ impl Recovery<'_> {
             }
             Ok(None) => Some(Ok(())),
             Err(err) => Some(Err(err)),
+        }
+    }
+
+    /// Widens the group's filter again if something narrowed it (an older
+    /// instance that does not know this rule, or a deliberate replace), and
+    /// reports drift; the running handlers go on meanwhile. A failed check
+    /// is left to the next one (pulls have their own recovery).
+    async fn check_filter<T: Future<Output = ()>>(
+        &self,
+        consumer: &mut jetstream::consumer::PullConsumer,
+        tasks: &mut FuturesUnordered<T>,
+        drift: &mut Vec<String>,
+    ) -> Option<Result<(), ConsumeError>> {
+        let group = self
+            .group_filter
+            .config
+            .durable_name
+            .as_deref()
+            .unwrap_or_default();
+        let checked = async {
+            let stream = get_stream(self.client, self.stream).await?;
+            self.group_filter.ensure(&stream).await
+        };
+        match alongside(tasks, checked).await {
+            Ok(ensured) => {
+                if ensured.written {
+                    tracing::warn!(
+                        consumer = %group,
+                        "the group's filter or settings had changed under this instance; \
+                         widened it back to cover this instance's types"
+                    );
+                    *consumer = ensured.consumer;
+                }
+                *drift = group_filter::report_drift(
+                    group,
+                    &self.group_filter.mine,
+                    ensured.drift,
+                    drift,
+                    &self.client.metrics().filter_drift,
+                );
+                None
+            }
+            Err(err) if matches!(err.kind(), ConsumeErrorKind::StreamNotFound(_)) => {
+                tracing::error!(stream = %self.stream, "stream deleted; consumer stops");
+                Some(Err(err))
+            }
+            Err(err) => {
+                tracing::debug!(consumer = %group, error = %err, "filter check failed");
+                None
+            }
         }
     }
 }
@@ -695,7 +759,7 @@ impl Recovery<'_> {
 async fn recover(
     client: &Client,
     stream_name: &str,
-    config: &pull::Config,
+    group_filter: &GroupFilter,
     signal: &Signal,
 ) -> Result<Option<jetstream::consumer::PullConsumer>, ConsumeError> {
     let mut delay = Duration::from_millis(100);
@@ -703,30 +767,15 @@ async fn recover(
     loop {
         attempt += 1;
         let result = match get_stream(client, stream_name).await {
-            Ok(stream) => stream.create_consumer(config.clone()).await.map_err(|err| {
-                let kind = match err.kind() {
-                    jetstream::stream::ConsumerErrorKind::JetStream(js)
-                        if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                    {
-                        ConsumeErrorKind::StreamNotFound(stream_name.to_owned())
-                    }
-                    jetstream::stream::ConsumerErrorKind::JetStream(js)
-                        if is_config_rejection(js.error_code()) =>
-                    {
-                        ConsumeErrorKind::CreateConsumer
-                    }
-                    _ => ConsumeErrorKind::Unavailable,
-                };
-                Error::with_source(kind, err)
-            }),
+            Ok(stream) => group_filter.ensure(&stream).await,
             Err(err) => Err(err),
         };
         match result {
-            Ok(consumer) => {
+            Ok(ensured) => {
                 if attempt > 1 {
                     tracing::info!(stream = %stream_name, attempt, "consumer recovered");
                 }
-                return Ok(Some(consumer));
+                return Ok(Some(ensured.consumer));
             }
             Err(err) if matches!(err.kind(), ConsumeErrorKind::StreamNotFound(_)) => {
                 tracing::error!(stream = %stream_name, "stream deleted; consumer stops");
@@ -754,27 +803,17 @@ async fn recover(
     }
 }
 
-/// Whether a server error refusing the consumer is about the request itself
-/// (retrying it cannot help) rather than the server's state (leader
-/// elections, JetStream still starting after a restart).
-fn is_config_rejection(code: ErrorCode) -> bool {
-    ![
-        ErrorCode::CLUSTER_NOT_AVAILABLE,
-        ErrorCode::CLUSTER_NOT_LEADER,
-        ErrorCode::INSUFFICIENT_RESOURCES,
-        ErrorCode::STREAM_OFFLINE,
-        ErrorCode::CONSUMER_OFFLINE,
-        ErrorCode::STREAM_OFFLINE_REASON,
-        ErrorCode::CONSUMER_OFFLINE_REASON,
-        ErrorCode::JETSTREAM_NOT_ENABLED,
-        ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
-    ]
-    .contains(&code)
-}
-
 /// How a delivery ends.
 enum Decision {
     Ack,
+    /// A handler run failed transiently with attempts left: record the
+    /// failed runs, then Nak with the retry delay.
+    Retry {
+        delay: Duration,
+        failed_runs: u32,
+    },
+    /// Nak without a failed run: shutdown, or a type left for another
+    /// instance.
     Nak {
         delay: Duration,
         reason: &'static str,
@@ -782,6 +821,8 @@ enum Decision {
     DeadLetter {
         reason: DeadLetterReason,
         error: String,
+        /// Failed handler runs, when they were looked up.
+        failed_runs: Option<u32>,
     },
 }
 
@@ -829,6 +870,7 @@ async fn process<S: Clone + Send + Sync + 'static>(
         jetevents.nak_delay_ms = tracing::field::Empty,
         jetevents.dead_letter.reason = tracing::field::Empty,
         jetevents.terminated = tracing::field::Empty,
+        jetevents.unhandled = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
 
@@ -859,6 +901,7 @@ async fn process<S: Clone + Send + Sync + 'static>(
             Err(err) => Decision::DeadLetter {
                 reason: DeadLetterReason::Undecodable,
                 error: error_chain(&err),
+                failed_runs: None,
             },
             Ok(envelope) => {
                 let delivery = Delivery {
@@ -916,34 +959,33 @@ async fn decide<S: Clone + Send + Sync + 'static>(
         attributes,
     } = delivery;
     let retry = &shared.settings.retry;
-    if delivered > u64::from(retry.attempts()) {
-        // The last attempt ended without a settle (crash, lost connection).
-        return Decision::DeadLetter {
-            reason: DeadLetterReason::AttemptsExhausted,
-            error: format!(
-                "delivered {delivered} times; the retry policy allows {} attempts",
-                retry.attempts()
-            ),
-        };
-    }
     let (event, handler) = match shared.router.resolve(&envelope) {
         Resolved::Handle { event, handler } => (event, handler),
         Resolved::Undecodable(err) => {
             return Decision::DeadLetter {
                 reason: DeadLetterReason::Undecodable,
                 error: error_chain(err.as_ref()),
+                failed_runs: None,
             }
         }
         Resolved::Unhandled => {
-            return match shared.settings.unhandled {
-                UnhandledPolicy::Ack => Decision::Ack,
-                UnhandledPolicy::DeadLetter => Decision::DeadLetter {
-                    reason: DeadLetterReason::Unhandled,
-                    error: format!("no handler for type {}", envelope.event_type),
-                },
-            }
+            return unhandled(shared, &envelope.event_type, delivered);
         }
     };
+    // Attempts are failed handler runs, not deliveries (see `attempts`).
+    let failed_before = shared.failed_runs.before(stream_sequence, delivered).await;
+    if failed_before >= retry.attempts() {
+        // Its last failed run was recorded but not followed by a dead
+        // letter (a crash in between, or a policy with fewer attempts now).
+        return Decision::DeadLetter {
+            reason: DeadLetterReason::AttemptsExhausted,
+            error: format!(
+                "the handler failed {failed_before} times; the retry policy allows {} attempts",
+                retry.attempts()
+            ),
+            failed_runs: Some(failed_before),
+        };
+    }
 
     let context = Context::new(
         envelope,
@@ -1009,20 +1051,22 @@ async fn decide<S: Clone + Send + Sync + 'static>(
         ),
     }
 
+    let failed_runs = failed_before + 1;
     let transient = |error: String, asked: Option<Duration>| {
-        if retry.is_last_attempt(delivered) {
+        if retry.is_last_attempt(u64::from(failed_runs)) {
             Decision::DeadLetter {
                 reason: DeadLetterReason::AttemptsExhausted,
                 error,
+                failed_runs: Some(failed_runs),
             }
         } else {
-            Decision::Nak {
-                delay: asked.unwrap_or_else(|| retry.delay(delivered)),
-                reason: "transient",
+            Decision::Retry {
+                delay: asked.unwrap_or_else(|| retry.delay(u64::from(failed_runs))),
+                failed_runs,
             }
         }
     };
-    match result {
+    let decision = match result {
         // Shutdown: let another instance take it now.
         None => Decision::Nak {
             delay: Duration::ZERO,
@@ -1034,6 +1078,7 @@ async fn decide<S: Clone + Send + Sync + 'static>(
             Decision::DeadLetter {
                 reason: DeadLetterReason::Permanent,
                 error: err.chain(),
+                failed_runs: Some(failed_runs),
             }
         }
         Some(Ok(Err(err))) => {
@@ -1051,7 +1096,57 @@ async fn decide<S: Clone + Send + Sync + 'static>(
             span.record("otel.status_description", error.as_str());
             transient(error, None)
         }
+    };
+    // An event that ends after failed runs leaves no record behind.
+    if failed_before > 0 && matches!(decision, Decision::Ack | Decision::DeadLetter { .. }) {
+        shared.failed_runs.forget(stream_sequence).await;
     }
+    decision
+}
+
+/// How events left for others wait: delays growing with their deliveries,
+/// short enough to move on soon after the instance that handles them
+/// starts, long enough not to spin while none runs.
+fn unhandled_delays() -> super::RetryPolicy {
+    super::RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(10)).jitter(0.0)
+}
+
+/// How long an event delivered for the `delivered`th time has been left for
+/// others: the delays of its earlier deliveries.
+fn left_for(delivered: u64) -> Duration {
+    let delays = unhandled_delays();
+    (1..delivered).map(|n| delays.delay(n)).sum()
+}
+
+/// What an instance does with an event of a type it has no handler for.
+fn unhandled<S>(shared: &Runtime<S>, event_type: &str, delivered: u64) -> Decision {
+    let waited = left_for(delivered);
+    let (decision, action) = match shared.settings.unhandled {
+        UnhandledPolicy::AckAfter(after) if waited >= after => (Decision::Ack, "ack"),
+        UnhandledPolicy::DeadLetterAfter(after) if waited >= after => (
+            Decision::DeadLetter {
+                reason: DeadLetterReason::Unhandled,
+                error: format!(
+                    "no handler for type {event_type}; left for other instances for {}s",
+                    waited.as_secs()
+                ),
+                failed_runs: None,
+            },
+            "dead_letter",
+        ),
+        _ => (
+            Decision::Nak {
+                delay: unhandled_delays().delay(delivered),
+                reason: "unhandled",
+            },
+            "leave",
+        ),
+    };
+    let mut attributes = metric_attributes(&shared.group, event_type, None);
+    attributes.push(KeyValue::new("jetevents.unhandled.action", action));
+    shared.client.metrics().unhandled.add(1, &attributes);
+    tracing::Span::current().record("jetevents.unhandled", action);
+    decision
 }
 
 /// Acks, Naks or dead-letters, and records the outcome on the span.
@@ -1081,13 +1176,24 @@ async fn settle<S>(
                 tracing::warn!(error = %err, "ack failed; the event will be redelivered");
             }
         }
-        Decision::Nak { delay, reason } => {
-            if reason == "transient" {
-                metrics.consume_retries.add(1, attributes);
-            }
-            Box::pin(nak(&span, message, delay, reason)).await
+        Decision::Retry { delay, failed_runs } => {
+            metrics.consume_retries.add(1, attributes);
+            // Before the Nak: the next delivery, on any instance, reads it.
+            Box::pin(async {
+                shared
+                    .failed_runs
+                    .record(stream_sequence, failed_runs)
+                    .await;
+                nak(&span, message, delay, "transient").await
+            })
+            .await
         }
-        Decision::DeadLetter { reason, error } => {
+        Decision::Nak { delay, reason } => Box::pin(nak(&span, message, delay, reason)).await,
+        Decision::DeadLetter {
+            reason,
+            error,
+            failed_runs,
+        } => {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", error.as_str());
             span.record("jetevents.dead_letter.reason", reason.as_str());
@@ -1106,6 +1212,7 @@ async fn settle<S>(
                 stream_sequence,
                 consumer: &shared.group,
                 delivery_count: delivered,
+                failed_runs,
             };
             // Boxed: the copy's publish future is large, and every delivery's
             // future would carry its size while almost none take this path.
@@ -1135,7 +1242,10 @@ async fn settle<S>(
                     // Keep the event: it comes back and is dead-lettered then
                     // (the copy's message id makes a second copy a no-op).
                     tracing::error!(error = %err, "dead-lettering failed; Naking instead");
-                    let delay = shared.settings.retry.delay(delivered);
+                    let delay = shared
+                        .settings
+                        .retry
+                        .delay(u64::from(failed_runs.unwrap_or(1)));
                     nak(&span, message, delay, "dead_letter_failed").await;
                 }
             }

@@ -256,6 +256,7 @@ impl Watcher {
             stream_sequence: sequence,
             consumer: &self.group,
             delivery_count: advisory.deliveries,
+            failed_runs: None,
         };
         let (subject, mut headers) = dead_letter::dead_letter_message(
             &self.dead_letter,
