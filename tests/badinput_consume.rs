@@ -94,11 +94,12 @@ fn malformed() -> Vec<(&'static str, Option<HeaderMap>, Bytes)> {
         good_payload("never"),
     ));
 
-    let mut broken_percent = ce_headers("bad-percent");
-    broken_percent.insert("ce-subject", "100%");
+    let mut escaped_invalid = ce_headers("bad-escape");
+    // A lone '%' is literal, but escapes must still decode to UTF-8.
+    escaped_invalid.insert("ce-subject", "100% %C3%28");
     cases.push((
-        "broken percent-encoding",
-        Some(broken_percent),
+        "invalid UTF-8 from a percent escape",
+        Some(escaped_invalid),
         good_payload("never"),
     ));
 
