@@ -231,9 +231,10 @@ async fn huge_headers_neither_stall_nor_crash_the_runner() {
         many.insert(format!("x-junk-{n}").as_str(), "0123456789");
     }
     let mut bad_giant = ce_headers("huge-bad");
+    // Ends in an escape that is not UTF-8 ("Ã" then "("): refused.
     bad_giant.insert(
         "ce-subject",
-        format!("{}%ZZ", "y".repeat(60 * 1024)).as_str(),
+        format!("{}%C3%28", "y".repeat(60 * 1024)).as_str(),
     );
     let cases = [
         ("giant extension", giant, "huge-giant"),
