@@ -10,6 +10,8 @@ use jetevents::envelope::{Envelope, ExtensionValue};
 use jetevents::event::Event;
 use serde::{Deserialize, Serialize};
 
+mod foreign_sdk;
+
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
@@ -378,10 +380,14 @@ fn invalid_header_value() {
         "%C0%A0",
         "%FF",
         "%ED%A0%80",
+        // Invalid UTF-8 from escapes, among raw text and a literal '%'.
+        "%C3%28",
+        "caf%C3 50% off",
+        "%E2%82 \u{2615}",
+        "\"%C3%28\"",
         "a%0Ab",
         "a%7Fb",
-        "\"unterminated",
-        "\"a\"b",
+        "\"a%0Ab\"",
     ] {
         let kind = decode_err(&base_with(&[("ce-subject", bad)]), b"");
         assert_eq!(
@@ -394,17 +400,71 @@ fn invalid_header_value() {
     }
 }
 
+/// Asserts that each raw `ce-subject` value decodes to its expected subject.
+fn assert_decoded_subjects(cases: &[(&str, &str)]) {
+    for (raw, expected) in cases {
+        let envelope = codec::decode(Some(&base_with(&[("ce-subject", raw)])), &Bytes::new())
+            .unwrap_or_else(|err| panic!("{raw:?}: {err}"));
+        assert_eq!(envelope.subject.as_deref(), Some(*expected), "{raw:?}");
+    }
+}
+
 #[test]
-fn invalid_percent_encoding() {
-    for bad in ["%", "a%2", "%G0", "%%"] {
-        let kind = decode_err(&base_with(&[("Ce-Subject", bad)]), b"");
-        assert_eq!(
-            kind,
-            DecodeErrorKind::InvalidPercentEncoding {
-                header: "Ce-Subject".into()
-            },
-            "{bad:?}"
-        );
+fn a_percent_that_starts_no_escape_is_literal() {
+    assert_decoded_subjects(&[
+        ("%", "%"),
+        ("100%", "100%"),
+        ("a%2", "a%2"),
+        ("%4", "%4"),
+        ("%G0", "%G0"),
+        ("%zz", "%zz"),
+        ("%%", "%%"),
+        ("50% off", "50% off"),
+        // A valid escape always wins, also right after a literal '%'.
+        ("%41", "A"),
+        ("100%25", "100%"),
+        ("%%41", "%A"),
+        ("%e2%82%ac 5% \u{2615}", "\u{20AC} 5% \u{2615}"),
+        ("\"50% off\"", "50% off"),
+    ]);
+}
+
+#[test]
+fn double_quotes_are_literal_unless_they_wrap_the_whole_value() {
+    assert_decoded_subjects(&[
+        ("say \"hi\"", "say \"hi\""),
+        ("\"hi\" she said", "\"hi\" she said"),
+        ("\"unterminated", "\"unterminated"),
+        ("\"a\"b", "\"a\"b"),
+        ("\"", "\""),
+        ("\"ends with a backslash\\\"", "\"ends with a backslash\\\""),
+        // One whole quoted-string (RFC 7230) is unquoted, escapes and all.
+        ("\"hi\"", "hi"),
+        ("\"a \\\"b\\\"\"", "a \"b\""),
+        ("\"a\\b\"", "ab"),
+    ]);
+}
+
+#[test]
+fn js_sdk_binary_headers_decode_to_their_attribute_values() {
+    for n in 0..foreign_sdk::JS_SDK_SUBJECTS.len() {
+        let (headers, body) = foreign_sdk::js_sdk_message(n);
+        let envelope = codec::decode(Some(&headers), &body)
+            .unwrap_or_else(|err| panic!("{:?}: {err}", foreign_sdk::JS_SDK_SUBJECTS[n]));
+        foreign_sdk::assert_js_sdk_attributes(n, &envelope);
+        assert_eq!(envelope.data, Some(body));
+        // What was read leniently is written strictly, and reads back.
+        let (encoded, payload) = codec::encode(&envelope, Encoding::Binary).unwrap();
+        let strict = |value: &str| {
+            value
+                .bytes()
+                .all(|b| (0x21..=0x7e).contains(&b) && b != b'"')
+        };
+        assert!(encoded
+            .iter()
+            .flat_map(|(_, values)| values)
+            .all(|value| strict(value.as_str())));
+        assert_eq!(codec::decode(Some(&encoded), &payload).unwrap(), envelope);
     }
 }
 

@@ -20,7 +20,47 @@ fn text() -> impl Strategy<Value = String> {
         // '"', '%') and the quoting/escape look-alikes are frequent.
         "[ -~]{0,30}",
         "[ \"%\\\\a-c]{0,10}",
+        // Values that look percent-encoded: they must come back literally.
+        "[ \"%0-9A-Fa-f\u{e9}\u{2615}]{0,12}",
     ]
+}
+
+/// A header value as any sender may write it: printable ASCII, raw UTF-8,
+/// quotes, `%` with or without hex digits after it.
+fn header_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ -~]{0,40}",
+        "[ \"%\\\\0-9A-Fa-gz\u{e9}\u{2615}]{0,20}",
+        any::<String>().prop_map(|s| s.chars().filter(|c| !c.is_control()).collect()),
+    ]
+}
+
+/// Whether `value` holds a `%XX` escape, or is wrapped in double quotes:
+/// the two cases where a raw value does not decode to itself.
+fn reads_as_encoded(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let is_escape = |i: usize| {
+        bytes[i] == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+    };
+    (0..bytes.len()).any(is_escape)
+        || (value.len() >= 2 && value.starts_with('"') && value.ends_with('"'))
+}
+
+/// The envelope of a binary-mode message whose `ce-subject` is `raw`.
+fn decode_subject(raw: &str) -> Result<Envelope, codec::DecodeError> {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+        ("ce-subject", raw),
+    ] {
+        headers.insert(name, value);
+    }
+    codec::decode(Some(&headers), &Bytes::new())
 }
 
 fn non_empty_text() -> impl Strategy<Value = String> {
@@ -186,7 +226,7 @@ proptest! {
 
     #[test]
     fn decode_never_panics(
-        headers in proptest::collection::vec(("[A-Za-z-]{1,20}", "[ -~]{0,40}"), 0..8),
+        headers in proptest::collection::vec(("[A-Za-z-]{1,20}", header_value()), 0..8),
         payload in proptest::collection::vec(any::<u8>(), 0..200),
     ) {
         let mut map = async_nats::HeaderMap::new();
@@ -195,6 +235,24 @@ proptest! {
         }
         let _ = codec::decode(Some(&map), &Bytes::from(payload.clone()));
         let _ = codec::decode(None, &Bytes::from(payload));
+    }
+
+    #[test]
+    fn raw_values_decode_to_themselves(
+        value in header_value().prop_filter("empty, escaped or quoted", |v| !v.is_empty() && !reads_as_encoded(v)),
+    ) {
+        let decoded = decode_subject(&value).unwrap();
+        prop_assert_eq!(decoded.subject, Some(value));
+    }
+
+    #[test]
+    fn what_decodes_leniently_encodes_strictly_and_reads_back(raw in header_value()) {
+        if let Ok(envelope) = decode_subject(&raw) {
+            let (headers, payload) = codec::encode(&envelope, Encoding::Binary).unwrap();
+            let subject = headers.get("ce-subject").unwrap().as_str();
+            prop_assert!(subject.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"'));
+            prop_assert_eq!(codec::decode(Some(&headers), &payload).unwrap(), envelope);
+        }
     }
 
     #[test]

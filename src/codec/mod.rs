@@ -11,10 +11,12 @@
 //! Encoding is strict: required attributes must be non-empty, string values
 //! must not contain control characters, extension names must be lower-case
 //! ASCII letters and digits. Decoding is lenient where the binding allows it
-//! (header names in any case, double-quoted values, lower-case hex, an
-//! unprefixed `Content-Type` standing in for `ce-datacontenttype`) and strict
-//! where it must be (invalid or overlong UTF-8, missing attributes, unknown
-//! spec versions), with one [`DecodeErrorKind`] per cause.
+//! (header names in any case, double-quoted values, lower-case hex, raw
+//! values as other SDKs send them: UTF-8, quotes and a `%` that starts no
+//! `%XX` escape kept literally, a valid escape always winning; an unprefixed
+//! `Content-Type` standing in for `ce-datacontenttype`) and strict where it
+//! must be (invalid or overlong UTF-8, missing attributes, unknown spec
+//! versions), with one [`DecodeErrorKind`] per cause.
 //!
 //! The mode of an incoming message is detected as the binding says: a
 //! `Content-Type` starting with `application/cloudevents` means structured;
@@ -103,13 +105,8 @@ pub enum DecodeErrorKind {
     /// `specversion` is not `1.0`.
     UnsupportedSpecVersion(String),
     /// A header value is not valid UTF-8 after percent-decoding (overlong
-    /// forms included), contains control characters, or has broken quoting.
+    /// forms included) or contains control characters.
     InvalidHeaderValue {
-        /// Header name as received.
-        header: String,
-    },
-    /// A `%` is not followed by two hex digits.
-    InvalidPercentEncoding {
         /// Header name as received.
         header: String,
     },
@@ -143,9 +140,6 @@ impl fmt::Display for DecodeErrorKind {
             Self::MissingAttribute(name) => write!(f, "missing required attribute {name}"),
             Self::UnsupportedSpecVersion(v) => write!(f, "unsupported specversion {v:?}"),
             Self::InvalidHeaderValue { header } => write!(f, "invalid value in header {header}"),
-            Self::InvalidPercentEncoding { header } => {
-                write!(f, "invalid percent-encoding in header {header}")
-            }
             Self::InvalidJson => f.write_str("payload is not a CloudEvents JSON object"),
             Self::InvalidAttribute { name, reason } => {
                 write!(f, "invalid attribute {name}: {reason}")

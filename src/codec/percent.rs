@@ -1,6 +1,29 @@
 //! Percent-encoding of NATS header values, as the CloudEvents NATS (and HTTP)
-//! binding defines it: space, `"`, `%` and everything outside `U+0021..=U+007E`
-//! become `%XX` per UTF-8 byte, upper-case hex on encode, either case on decode.
+//! binding defines it.
+//!
+//! **Encoding is strict**: space, `"`, `%` and everything outside
+//! `U+0021..=U+007E` become `%XX` per UTF-8 byte, upper-case hex.
+//!
+//! **Decoding is lenient**, as the binding asks receivers to be: other SDKs
+//! write values raw (the JavaScript SDK's HTTP binary binding, which services
+//! reuse over NATS, copies attribute values as they are).
+//!
+//! - `%XX` with two hex digits of either case is one byte; a `%` that starts
+//!   no such escape (`50% off`, `100%`, `%zz`, `%4`) is kept literally.
+//! - Raw UTF-8 and double quotes inside a value are kept as they are.
+//! - A value that is one whole RFC 7230 quoted-string (`"..."`, with `\"`
+//!   and `\\` escapes inside) is unquoted, then percent-decoded. Any other
+//!   value with quotes (`"hi" she said`, `"unclosed`) is raw text.
+//! - The result must be UTF-8 (escapes that decode to overlong forms,
+//!   surrogates or broken sequences are refused) without control
+//!   characters, else [`DecodeErrorKind::InvalidHeaderValue`]. Raw bytes
+//!   that are not UTF-8 never get here: async-nats refuses such a header
+//!   block, and the consumer dead-letters it as undeliverable.
+//!
+//! A raw value and an encoded one cannot always be told apart: a raw `%41`
+//! reads as `A`, a raw `100%25` as `100%`, a raw `"hi"` as `hi`. A valid
+//! escape, and a whole quoted-string, always win, so that every value a
+//! strict encoder writes decodes exactly.
 
 use super::{DecodeError, DecodeErrorKind};
 use crate::Error;
@@ -79,79 +102,72 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
-/// Removes the RFC 7230 double quotes around `raw`, if any, processing
-/// backslash escapes inside them.
-fn unquote<'a>(raw: &'a str, header: &str) -> Result<std::borrow::Cow<'a, str>, DecodeError> {
-    let Some(inner) = raw.strip_prefix('"') else {
-        return Ok(std::borrow::Cow::Borrowed(raw));
-    };
-    let invalid = || {
-        Error::new(DecodeErrorKind::InvalidHeaderValue {
-            header: header.to_owned(),
-        })
-    };
+/// The content of `raw` when it is one whole RFC 7230 quoted-string, its
+/// backslash escapes resolved; `None` for anything else, which is raw text.
+fn unquote(raw: &str) -> Option<String> {
+    let inner = raw.strip_prefix('"')?;
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     loop {
-        match chars.next() {
-            None => return Err(invalid()),
-            Some('"') => break,
-            Some('\\') => out.push(chars.next().ok_or_else(invalid)?),
-            Some(c) => out.push(c),
+        match chars.next()? {
+            '"' => break,
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
         }
     }
-    if chars.next().is_some() {
-        // Text after the closing quote: not a quoted-string.
-        return Err(invalid());
-    }
-    Ok(std::borrow::Cow::Owned(out))
+    // Text after the closing quote: the quotes were part of the value.
+    chars.as_str().is_empty().then_some(out)
 }
 
-/// The attribute value of the header `header` whose value is `raw`: quotes
-/// removed, one round of percent-decoding, checked to be UTF-8 without
-/// control characters.
+/// `text` with every `%XX` escape replaced by its byte; a `%` that starts
+/// no escape is kept. Fails when the bytes are not UTF-8.
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        let (literal, from_percent) = rest.split_at(at);
+        out.extend_from_slice(literal);
+        let escaped = match from_percent {
+            [_, hi, lo, ..] => hex_value(*hi).zip(hex_value(*lo)),
+            _ => None,
+        };
+        let consumed = match escaped {
+            Some((hi, lo)) => {
+                out.push((hi << 4) | lo);
+                3
+            }
+            None => {
+                out.push(b'%');
+                1
+            }
+        };
+        rest = from_percent.get(consumed..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
+    // from_utf8 rejects overlong forms and surrogates as the binding requires.
+    String::from_utf8(out)
+}
+
+/// The attribute value of the header `header` whose value is `raw`: unquoted
+/// if it is one quoted-string, one round of lenient percent-decoding (see
+/// the module docs), checked to be UTF-8 without control characters.
 pub(crate) fn decode(raw: &str, header: &str) -> Result<String, DecodeError> {
     // Almost every value: nothing quoted, escaped or forbidden, one scan.
     if is_plain(raw) {
         return Ok(raw.to_owned());
     }
-    let unquoted = unquote(raw, header)?;
-    let value = if !unquoted.contains('%') {
-        unquoted.into_owned()
+    let invalid = || DecodeErrorKind::InvalidHeaderValue {
+        header: header.to_owned(),
+    };
+    let unquoted = unquote(raw);
+    let text = unquoted.as_deref().unwrap_or(raw);
+    let value = if text.contains('%') {
+        percent_decode(text).map_err(|err| Error::with_source(invalid(), err))?
     } else {
-        let bytes = unquoted.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hi = bytes.get(i + 1).copied().and_then(hex_value);
-                let lo = bytes.get(i + 2).copied().and_then(hex_value);
-                let (Some(hi), Some(lo)) = (hi, lo) else {
-                    return Err(Error::new(DecodeErrorKind::InvalidPercentEncoding {
-                        header: header.to_owned(),
-                    }));
-                };
-                out.push((hi << 4) | lo);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        // from_utf8 rejects overlong forms and surrogates as the binding requires.
-        String::from_utf8(out).map_err(|err| {
-            Error::with_source(
-                DecodeErrorKind::InvalidHeaderValue {
-                    header: header.to_owned(),
-                },
-                err,
-            )
-        })?
+        unquoted.unwrap_or_else(|| raw.to_owned())
     };
     if super::has_control_chars(&value) {
-        return Err(Error::new(DecodeErrorKind::InvalidHeaderValue {
-            header: header.to_owned(),
-        }));
+        return Err(Error::new(invalid()));
     }
     Ok(value)
 }
@@ -172,7 +188,8 @@ mod tests {
     #[test]
     fn quoted() {
         assert_eq!(decode(r#""a b\"c""#, "ce-x").unwrap(), "a b\"c");
-        assert!(decode(r#""abc"#, "ce-x").is_err());
+        // Not one quoted-string: raw text.
+        assert_eq!(decode(r#""abc"#, "ce-x").unwrap(), r#""abc"#);
     }
 
     #[test]
