@@ -1,10 +1,12 @@
 //! The error type shared by every operation: `Error<Kind>`.
 //!
 //! Each operation has its own kind enum (marked `#[non_exhaustive]`) and an alias
-//! such as [`PublishError`](crate::publish::PublishError) = `Error<PublishErrorKind>`. The
+//! such as [`ConsumeError`](crate::consume::ConsumeError) = `Error<ConsumeErrorKind>`. The
 //! kind says *what* went wrong in terms a caller can act on; the source, when
 //! there is one, keeps the underlying error for logs. This is the pattern of
 //! async-nats, so users of both libraries read errors the same way.
+//! [`PublishError`](crate::publish::PublishError) wraps one and adds the id of
+//! the event, to publish it again with.
 
 use std::fmt;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::StorageType;
 use futures_util::StreamExt;
 use jetevents::client::{Client, ConnectErrorKind};
+use jetevents::codec::Encoding;
 use jetevents::config::{Auth, Config, Secret};
 use jetevents::envelope::Envelope;
 use jetevents::provision::StreamSpec;
@@ -52,6 +53,24 @@ async fn client_with_stream() -> (Client, String) {
     (client, stream)
 }
 
+/// The event stored at `sequence`, and its `Nats-Msg-Id`.
+async fn stored_event(client: &Client, stream: &str, sequence: u64) -> (Envelope, Option<String>) {
+    let raw = client
+        .jetstream()
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_raw_message(sequence)
+        .await
+        .unwrap();
+    let envelope = jetevents::codec::decode(Some(&raw.headers), &raw.payload).unwrap();
+    let message_id = raw
+        .headers
+        .get("Nats-Msg-Id")
+        .map(|v| v.as_str().to_owned());
+    (envelope, message_id)
+}
+
 async fn stored_count(client: &Client, stream: &str) -> u64 {
     let mut stream = client.jetstream().get_stream(stream).await.unwrap();
     stream.info().await.unwrap().state.messages
@@ -71,24 +90,12 @@ async fn publish_returns_a_receipt_and_the_event_reads_back() {
         receipt.subject
     );
 
-    let raw = client
-        .jetstream()
-        .get_stream(&stream)
-        .await
-        .unwrap()
-        .get_raw_message(receipt.sequence)
-        .await
-        .unwrap();
-    let payload = raw.payload.clone();
-    let envelope = jetevents::codec::decode(Some(&raw.headers), &payload).unwrap();
+    let (envelope, message_id) = stored_event(&client, &stream, receipt.sequence).await;
     assert_eq!(envelope.id, receipt.event_id);
     assert_eq!(envelope.event_type, "bank.account.opened.v1");
     assert_eq!(envelope.partition_key(), Some("acc-1"));
     assert_eq!(envelope.decode_data::<AccountOpened>().unwrap(), event);
-    assert_eq!(
-        raw.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-        Some(receipt.event_id.as_str())
-    );
+    assert_eq!(message_id, Some(receipt.event_id));
 }
 
 #[tokio::test]
@@ -197,6 +204,104 @@ async fn a_subject_without_stream_is_no_stream() {
         matches!(err.kind(), PublishErrorKind::NoStream { subject } if subject.ends_with("acc-x")),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn an_id_set_by_the_caller_is_the_event_id_and_stored_once() {
+    let (client, stream) = client_with_stream().await;
+    let publisher = client.publisher();
+    // A space and a `%`: percent-encoded in `ce-id`, sent as they are in
+    // `Nats-Msg-Id`; both read back as the id.
+    let id = "acc-id opened 100%";
+    let options = || PublishOptions::new().id(id);
+    let first = publisher
+        .publish_with(&opened("acc-id"), options())
+        .await
+        .unwrap();
+    let second = publisher
+        .publish_with(&opened("acc-id"), options())
+        .await
+        .unwrap();
+    assert_eq!(first.event_id, id);
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.sequence, second.sequence);
+    let (envelope, message_id) = stored_event(&client, &stream, first.sequence).await;
+    assert_eq!(envelope.id, id);
+    assert_eq!(message_id.as_deref(), Some(id));
+
+    // The envelope paths take it too: structured mode, a ready envelope.
+    let structured = publisher
+        .publish_with(&opened("acc-id"), options().encoding(Encoding::Structured))
+        .await
+        .unwrap();
+    let envelope = Envelope::from_event("/test", &opened("acc-id")).unwrap();
+    let ready = publisher
+        .publish_envelope(&first.subject, envelope, options())
+        .await
+        .unwrap();
+    assert!(structured.duplicate && ready.duplicate);
+    assert_eq!(ready.event_id, id);
+
+    // Empty or with control characters: refused, nothing sent.
+    for bad in ["", "line\nbreak", "tab\there", "nul\0"] {
+        let err = publisher
+            .publish_with(&opened("acc-bad-id"), PublishOptions::new().id(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), &PublishErrorKind::InvalidEvent, "{bad:?}");
+    }
+    assert_eq!(stored_count(&client, &stream).await, 1);
+}
+
+#[tokio::test]
+async fn an_error_names_the_event_id_to_publish_again_with() {
+    let (client, stream) = client_with_stream().await;
+    let publisher = client.publisher();
+    publisher.publish(&opened("acc-again")).await.unwrap();
+    let err = publisher
+        .publish_with(
+            &opened("acc-again"),
+            PublishOptions::new().expected_last_subject_sequence(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), PublishErrorKind::Conflict { .. }),
+        "{err:?}"
+    );
+    let id = err
+        .event_id()
+        .expect("the conflict names its event")
+        .to_owned();
+
+    // Sent again under that id, it is stored once.
+    let again = publisher
+        .publish_with(&opened("acc-again"), PublishOptions::new().id(&id))
+        .await
+        .unwrap();
+    let repeated = publisher
+        .publish_with(&opened("acc-again"), PublishOptions::new().id(&id))
+        .await
+        .unwrap();
+    assert_eq!(again.event_id, id);
+    assert!(!again.duplicate);
+    assert!(repeated.duplicate);
+    assert_eq!(stored_count(&client, &stream).await, 2);
+
+    // A missing stream names the caller's id.
+    let server = shared_server().await;
+    let orphan = connect(&server.url(), &unique("nostream"), |_| {}).await;
+    let err = orphan
+        .publisher()
+        .publish_with(&opened("acc-x"), PublishOptions::new().id("acc-x-opened"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), PublishErrorKind::NoStream { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.event_id(), Some("acc-x-opened"));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::envelope::Envelope;
 use crate::event::Event;
-use crate::publish::{PublishError, PublishOptions, Publisher, Receipt};
+use crate::publish::{Lineage, PublishError, PublishOptions, Publisher, Receipt};
 
 /// The second argument of every handler: the event's metadata, the shared
 /// state and a publisher for follow-up events.
@@ -49,6 +49,9 @@ struct Meta {
     delivery_count: u64,
     stream_sequence: Option<u64>,
     publisher: Publisher,
+    /// Made with the context, so once per handler call: its follow-up
+    /// ordinals start at 0 on every run.
+    lineage: Lineage,
 }
 
 impl<S> Context<S> {
@@ -61,6 +64,11 @@ impl<S> Context<S> {
         publisher: Publisher,
         state: S,
     ) -> Self {
+        let lineage = Lineage::new(
+            envelope.id.as_str(),
+            envelope.correlation_id().unwrap_or(envelope.id.as_str()),
+            group.clone(),
+        );
         Self {
             meta: Arc::new(Meta {
                 envelope,
@@ -69,6 +77,7 @@ impl<S> Context<S> {
                 delivery_count,
                 stream_sequence,
                 publisher,
+                lineage,
             }),
             state,
         }
@@ -144,12 +153,20 @@ impl<S> Context<S> {
     /// Publishes a follow-up event: its `causationid` is this event's id and
     /// its `correlationid` this event's correlation id (or its id when it has
     /// none). Called inside the handler, the trace continues too.
+    ///
+    /// Its id is derived from this event's id, the group, the follow-up's
+    /// type and how many of that type this handler run published before, so
+    /// a run retried after a failure publishes the same follow-ups under the
+    /// same ids and JetStream stores them once (within the stream's duplicate
+    /// window). Publish them in the same order on every run; see
+    /// [`Lineage`] for the details.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Receipt, PublishError> {
         self.publish_with(event, PublishOptions::new()).await
     }
 
-    /// [`publish`](Self::publish) with options. Causation and correlation ids
-    /// set in `options` win over the ones derived from this event.
+    /// [`publish`](Self::publish) with options. An id, causation and
+    /// correlation ids set in `options` win over the ones derived from this
+    /// event.
     pub async fn publish_with<E: Event>(
         &self,
         event: &E,
@@ -168,15 +185,9 @@ impl<S> Context<S> {
         }
     }
 
-    /// This event as the cause of what its handler publishes.
-    pub(crate) fn lineage(&self) -> crate::publish::Lineage {
-        let envelope = &self.meta.envelope;
-        crate::publish::Lineage {
-            event_id: envelope.id.clone(),
-            correlation_id: envelope
-                .correlation_id()
-                .unwrap_or(envelope.id.as_str())
-                .to_owned(),
-        }
+    /// This event as the cause of what its handler publishes, shared by
+    /// every clone of this context.
+    pub(crate) fn lineage(&self) -> Lineage {
+        self.meta.lineage.clone()
     }
 }

@@ -5,7 +5,12 @@
 //! duplicate window; retries after an ack timeout or a 503 (no stream leader
 //! during an election) reuse it. When the retry budget runs out after a timeout
 //! the error is [`PublishErrorKind::OutcomeUnknown`]: the event may or may not
-//! be stored, and publishing it again (same id) is safe.
+//! be stored, and publishing it again with the same id is safe: the error's
+//! [`event_id`](PublishError::event_id), passed to [`PublishOptions::id`].
+//!
+//! Events published while a handler runs get ids derived from the handled
+//! event, so a handler run again after a failure publishes its follow-ups
+//! under the same ids and they are stored once: see [`Lineage`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,13 +25,18 @@ use opentelemetry::StringValue;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
+mod error;
+mod lineage;
 mod outgoing;
+
+pub use error::{PublishError, PublishErrorKind};
+pub use lineage::{with_lineage, Lineage};
 
 use crate::client::{Client, Operation, PermissionViolation};
 use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
-use crate::error::Error;
 use crate::event::{Event, EventType};
+use error::error_type;
 use outgoing::{KeyAndData, Outgoing, TypedEvent};
 
 /// What the server said about a stored event.
@@ -46,78 +56,6 @@ pub struct Receipt {
     pub duplicate: bool,
 }
 
-/// What went wrong publishing.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum PublishErrorKind {
-    /// The subject could not be built from the event's type or key.
-    #[error("invalid subject")]
-    InvalidSubject,
-    /// The event could not be encoded (serialization, extension names).
-    #[error("event could not be encoded")]
-    InvalidEvent,
-    /// The encoded event (headers included) exceeds the server's limit. Nothing
-    /// was sent.
-    #[error("event of {size} bytes exceeds the limit of {limit} bytes")]
-    PayloadTooLarge {
-        /// Encoded size, headers included.
-        size: usize,
-        /// The server's `max_payload`.
-        limit: usize,
-    },
-    /// The encoded headers exceed what JetStream stores (64 KiB, whatever
-    /// the server's `max_payload`). Nothing was sent.
-    #[error("headers of {size} bytes exceed JetStream's limit of {limit} bytes")]
-    HeadersTooLarge {
-        /// Size of the encoded header block.
-        size: usize,
-        /// JetStream's limit.
-        limit: usize,
-    },
-    /// The connection's user may not publish to this subject.
-    #[error("permission denied to publish to {subject}")]
-    PermissionDenied {
-        /// The refused subject.
-        subject: String,
-    },
-    /// No stream captures this subject.
-    #[error("no stream captures subject {subject}")]
-    NoStream {
-        /// The subject without a stream.
-        subject: String,
-    },
-    /// Optimistic concurrency: the subject's last sequence was not the
-    /// expected one. Nothing was stored.
-    #[error("expected last sequence {expected} on the subject, found {actual:?}")]
-    Conflict {
-        /// The sequence the publish expected.
-        expected: u64,
-        /// The subject's actual last sequence, when the server said it.
-        actual: Option<u64>,
-    },
-    /// No ack arrived within the retry budget: the event may or may not be
-    /// stored. Publishing it again with the same id is safe.
-    #[error("outcome unknown after {attempts} attempts")]
-    OutcomeUnknown {
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// The stream had no leader (or no responder) during the whole retry
-    /// budget. The event was not stored.
-    #[error("stream unavailable after {attempts} attempts")]
-    Unavailable {
-        /// Attempts made.
-        attempts: u32,
-    },
-    /// The server refused the event (stream limits, message too large for the
-    /// stream); the source has the server's description.
-    #[error("server refused the event")]
-    Rejected,
-}
-
-/// Error of a publish.
-pub type PublishError = Error<PublishErrorKind>;
-
 /// Options of one publish, as a small builder.
 ///
 /// ```
@@ -125,6 +63,7 @@ pub type PublishError = Error<PublishErrorKind>;
 /// use jetevents::codec::Encoding;
 ///
 /// let options = PublishOptions::new()
+///     .id("order-42-paid")
 ///     .correlation_id("order-42")
 ///     .metadata("tenant", "acme")
 ///     .encoding(Encoding::Structured)
@@ -132,6 +71,7 @@ pub type PublishError = Error<PublishErrorKind>;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct PublishOptions {
+    id: Option<String>,
     key: Option<String>,
     correlation_id: Option<String>,
     causation_id: Option<String>,
@@ -144,6 +84,20 @@ impl PublishOptions {
     /// No options: the defaults of the client's configuration.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the event's id (also its `Nats-Msg-Id`) instead of a new UUIDv7
+    /// or a derived follow-up id: the server stores one event per id within
+    /// the stream's duplicate window. Use it to publish again after
+    /// [`OutcomeUnknown`](PublishErrorKind::OutcomeUnknown), with the
+    /// error's [`event_id`](PublishError::event_id), or to key an event by a
+    /// business id. It must be non-empty and free of control characters,
+    /// otherwise the publish fails with [`PublishErrorKind::InvalidEvent`]
+    /// and nothing is sent. For [`Publisher::publish_envelope`] it replaces
+    /// the envelope's id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
     }
 
     /// Overrides the event's own key (last subject token, `partitionkey`).
@@ -183,26 +137,6 @@ impl PublishOptions {
         self.expected_last_subject_sequence = Some(sequence);
         self
     }
-}
-
-/// The event being handled on this task, so events published while handling
-/// it get `causationid` and `correlationid` without the handler passing them.
-#[derive(Clone, Debug)]
-pub struct Lineage {
-    /// Id of the event being handled: the causation id of what it publishes.
-    pub event_id: String,
-    /// Its correlation id (its own id when it has none).
-    pub correlation_id: String,
-}
-
-tokio::task_local! {
-    static HANDLING: Lineage;
-}
-
-/// Runs `future` with `lineage` as the event being handled. The consumer
-/// runtime wraps every handler call in this.
-pub fn with_lineage<F: Future>(lineage: Lineage, future: F) -> impl Future<Output = F::Output> {
-    HANDLING.scope(lineage, future)
 }
 
 /// Publishes events of one service. Cheap to clone.
@@ -303,13 +237,17 @@ impl Publisher {
     }
 
     /// Publishes a ready envelope on `subject` (for events that are not Rust
-    /// types here: relays, redrives, tests).
+    /// types here: relays, redrives, tests). It keeps the envelope's id, also
+    /// inside a handler (no derived follow-up id), unless `options` set one.
     pub async fn publish_envelope(
         &self,
         subject: &str,
-        envelope: Envelope,
+        mut envelope: Envelope,
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
+        if let Some(id) = &options.id {
+            envelope.id.clone_from(id);
+        }
         let metric_type = StringValue::from(envelope.event_type.clone());
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         let outgoing = Outgoing::Envelope { envelope, encoding };
@@ -402,7 +340,7 @@ impl Publisher {
                 }
                 Err(AttemptError::Final(err)) => {
                     self.record(&prepared, Some(&err));
-                    pipeline.results[index] = Some(Err(err));
+                    pipeline.results[index] = Some(settled(prepared, Err(err)));
                 }
                 Err(AttemptError::Retryable { .. }) => pipeline.retry_later.push((index, prepared)),
             }
@@ -423,7 +361,9 @@ impl Publisher {
             .into_iter()
             .map(|result| {
                 result.unwrap_or_else(|| {
-                    Err(Error::new(PublishErrorKind::OutcomeUnknown { attempts: 0 }))
+                    Err(PublishError::new(PublishErrorKind::OutcomeUnknown {
+                        attempts: 0,
+                    }))
                 })
             })
             .collect()
@@ -482,7 +422,7 @@ impl Publisher {
             }
         };
         self.record(&prepared, result.as_ref().err());
-        pipeline.results[index] = Some(result.map(|ack| receipt(prepared, ack)));
+        pipeline.results[index] = Some(settled(prepared, result));
     }
 
     /// Prepares a typed event: without an envelope in binary mode when no
@@ -494,16 +434,30 @@ impl Publisher {
         event: &'a E,
         options: &'a PublishOptions,
     ) -> Result<Prepared<'a>, PublishError> {
+        // Asked before anything can fail, so a failure takes an ordinal in
+        // every run alike.
+        let chosen_id = match &options.id {
+            Some(id) => Some(id.clone()),
+            None => lineage::next_follow_up_id(E::TYPE),
+        };
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         if encoding != Encoding::Binary || !options.metadata.is_empty() {
-            let (subject, envelope) = self.envelope_for(event_type, event, options)?;
+            let (subject, mut envelope) =
+                self.envelope_for(event_type, event, options)
+                    .map_err(|err| match &chosen_id {
+                        Some(id) => err.for_event(id),
+                        None => err,
+                    })?;
+            if let Some(id) = chosen_id {
+                envelope.id = id;
+            }
             let outgoing = Outgoing::Envelope { envelope, encoding };
             return self.prepare(subject, outgoing, options, StringValue::from(E::TYPE), None);
         }
         let typed = TypedEvent {
             event,
             key_option: options.key.as_deref(),
-            id: crate::envelope::new_id(),
+            id: chosen_id.unwrap_or_else(crate::envelope::new_id),
             event_type: E::TYPE,
             data_schema: E::data_schema(),
             time: chrono::Utc::now(),
@@ -512,12 +466,16 @@ impl Publisher {
             trace: None,
         };
         let key = typed.key();
-        let subject = self.subject_for(event_type, key.as_deref())?;
-        let data = Bytes::from(
-            outgoing::Serialized::json(event)
-                .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?,
-        );
-        let first = KeyAndData { key, data };
+        let subject = self
+            .subject_for(event_type, key.as_deref())
+            .map_err(|err| err.for_event(&typed.id))?;
+        let data = outgoing::Serialized::json(event).map_err(|err| {
+            PublishError::with_source(PublishErrorKind::InvalidEvent, err).for_event(&typed.id)
+        })?;
+        let first = KeyAndData {
+            key,
+            data: Bytes::from(data),
+        };
         let outgoing = Outgoing::Typed(typed);
         self.prepare(
             subject,
@@ -537,7 +495,7 @@ impl Publisher {
         self.client
             .subjects()
             .event(event_type, key)
-            .map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))
+            .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidSubject, err))
     }
 
     /// Builds the subject and envelope of a typed event.
@@ -556,7 +514,7 @@ impl Publisher {
         let subject = self.subject_for(event_type, key.as_deref())?;
         let envelope =
             Envelope::from_event_with_key(self.client.config().source.clone(), event, key)
-                .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+                .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidEvent, err))?;
         Ok((subject, envelope))
     }
 
@@ -573,14 +531,14 @@ impl Publisher {
     ) -> Result<Prepared<'a>, PublishError> {
         let causation_id = match &options.causation_id {
             Some(id) => Some(id.clone()),
-            None => HANDLING.try_with(|l| l.event_id.clone()).ok(),
+            None => lineage::handled(|lineage| lineage.event_id().to_owned()),
         };
         if let Some(id) = causation_id {
             outgoing.set_causation_id(id);
         }
         let correlation_id = match &options.correlation_id {
             Some(id) => Some(id.clone()),
-            None => HANDLING.try_with(|l| l.correlation_id.clone()).ok(),
+            None => lineage::handled(|lineage| lineage.correlation_id().to_owned()),
         };
         if let Some(id) = correlation_id {
             outgoing.set_correlation_id(id);
@@ -590,7 +548,10 @@ impl Publisher {
             for (name, value) in &options.metadata {
                 envelope
                     .set_extension(name, value.as_str())
-                    .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+                    .map_err(|err| {
+                        PublishError::with_source(PublishErrorKind::InvalidEvent, err)
+                            .for_event(&envelope.id)
+                    })?;
             }
         }
         let source = self.client.config().source.as_str();
@@ -629,23 +590,28 @@ impl Publisher {
 
         let (headers, payload) = outgoing
             .encode(source, options.expected_last_subject_sequence, typed)
-            .map_err(|err| Error::with_source(PublishErrorKind::InvalidEvent, err))?;
+            .map_err(|err| {
+                PublishError::with_source(PublishErrorKind::InvalidEvent, err)
+                    .for_event(outgoing.event_id())
+            })?;
         let wire_size = codec::wire_size(&headers, payload.len());
         let limit = self.client.nats().max_payload();
         if wire_size > limit {
-            return Err(Error::new(PublishErrorKind::PayloadTooLarge {
+            return Err(PublishError::new(PublishErrorKind::PayloadTooLarge {
                 size: wire_size,
                 limit,
-            }));
+            })
+            .for_event(outgoing.event_id()));
         }
         let header_size = wire_size - payload.len();
         if header_size > MAX_JETSTREAM_HEADER_BYTES {
             // The server would refuse it only after the round trip (error
             // 10097), as a bare rejection.
-            return Err(Error::new(PublishErrorKind::HeadersTooLarge {
+            return Err(PublishError::new(PublishErrorKind::HeadersTooLarge {
                 size: header_size,
                 limit: MAX_JETSTREAM_HEADER_BYTES,
-            }));
+            })
+            .for_event(outgoing.event_id()));
         }
         Ok(Prepared {
             subject,
@@ -662,7 +628,7 @@ impl Publisher {
     async fn send_with_retries(&self, mut prepared: Prepared<'_>) -> Result<Receipt, PublishError> {
         let result = self.attempt_until_settled(&mut prepared).await;
         self.record(&prepared, result.as_ref().err());
-        result.map(|ack| receipt(prepared, ack))
+        settled(prepared, result)
     }
 
     async fn attempt_until_settled(
@@ -703,7 +669,7 @@ impl Publisher {
                 Err(AttemptError::Retryable { timed_out, source }) => {
                     if !timed_out && self.is_missing_stream(&prepared.subject).await {
                         prepared.span.record("otel.status_code", "ERROR");
-                        return Err(Error::with_source(
+                        return Err(PublishError::with_source(
                             PublishErrorKind::NoStream {
                                 subject: prepared.subject.clone(),
                             },
@@ -726,8 +692,8 @@ impl Publisher {
             }
         };
         Err(match last_source {
-            Some(source) => Error::with_source(kind, source),
-            None => Error::new(kind),
+            Some(source) => PublishError::with_source(kind, source),
+            None => PublishError::new(kind),
         })
     }
 
@@ -757,7 +723,10 @@ impl Publisher {
                     None,
                 )
                 .map_err(|err| {
-                    AttemptError::Final(Error::with_source(PublishErrorKind::InvalidEvent, err))
+                    AttemptError::Final(PublishError::with_source(
+                        PublishErrorKind::InvalidEvent,
+                        err,
+                    ))
                 })?,
         };
         let message = PublishMessage::build().payload(payload).headers(headers);
@@ -792,7 +761,7 @@ impl Publisher {
                 Ok(ack) => Ok(ack),
                 Err(err) => Err(self.classify(prepared, err)),
             },
-            () = denied => Err(AttemptError::Final(Error::new(PublishErrorKind::PermissionDenied {
+            () = denied => Err(AttemptError::Final(PublishError::new(PublishErrorKind::PermissionDenied {
                 subject: prepared.subject.clone(),
             }))),
         }
@@ -816,7 +785,7 @@ impl Publisher {
             },
             NatsPublishErrorKind::WrongLastSequence => {
                 let actual = parse_actual_sequence(&err.to_string());
-                AttemptError::Final(Error::with_source(
+                AttemptError::Final(PublishError::with_source(
                     PublishErrorKind::Conflict {
                         expected: prepared.expected_last_subject_sequence.unwrap_or_default(),
                         actual,
@@ -826,7 +795,7 @@ impl Publisher {
             }
             NatsPublishErrorKind::MaxPayloadExceeded => {
                 let size = prepared.wire_size;
-                AttemptError::Final(Error::with_source(
+                AttemptError::Final(PublishError::with_source(
                     PublishErrorKind::PayloadTooLarge {
                         size,
                         limit: self.client.nats().max_payload(),
@@ -838,24 +807,8 @@ impl Publisher {
                 timed_out: true,
                 source: err,
             },
-            _ => AttemptError::Final(Error::with_source(PublishErrorKind::Rejected, err)),
+            _ => AttemptError::Final(PublishError::with_source(PublishErrorKind::Rejected, err)),
         }
-    }
-}
-
-/// The `error.type` attribute of a failed publish.
-fn error_type(kind: &PublishErrorKind) -> &'static str {
-    match kind {
-        PublishErrorKind::InvalidSubject => "invalid_subject",
-        PublishErrorKind::InvalidEvent => "invalid_event",
-        PublishErrorKind::PayloadTooLarge { .. } => "payload_too_large",
-        PublishErrorKind::HeadersTooLarge { .. } => "headers_too_large",
-        PublishErrorKind::PermissionDenied { .. } => "permission_denied",
-        PublishErrorKind::NoStream { .. } => "no_stream",
-        PublishErrorKind::Conflict { .. } => "conflict",
-        PublishErrorKind::OutcomeUnknown { .. } => "outcome_unknown",
-        PublishErrorKind::Unavailable { .. } => "unavailable",
-        PublishErrorKind::Rejected => "rejected",
     }
 }
 
@@ -864,7 +817,19 @@ const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The type of `E`, parsed.
 fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
-    EventType::of::<E>().map_err(|err| Error::with_source(PublishErrorKind::InvalidSubject, err))
+    EventType::of::<E>()
+        .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidSubject, err))
+}
+
+/// The result of a settled event: its receipt, or the error naming its id.
+fn settled(
+    prepared: Prepared<'_>,
+    result: Result<PublishAck, PublishError>,
+) -> Result<Receipt, PublishError> {
+    match result {
+        Ok(ack) => Ok(receipt(prepared, ack)),
+        Err(err) => Err(err.for_event(prepared.outgoing.event_id())),
+    }
 }
 
 /// The receipt of a settled event, taking its id and subject.

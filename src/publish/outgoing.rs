@@ -162,11 +162,11 @@ impl Outgoing<'_> {
         }
     }
 
-    /// The headers and payload as sent: the CloudEvents encoding plus
-    /// `Nats-Msg-Id` (the event id, for the server's dedup) and the optimistic
-    /// concurrency expectation. `source` is the client's, for typed events;
-    /// `typed` their key and JSON when already at hand (asked of the event
-    /// when `None`).
+    /// The headers and payload as sent: the CloudEvents encoding (which
+    /// checks the id) plus `Nats-Msg-Id` (the event id, for the server's
+    /// dedup) and the optimistic concurrency expectation. `source` is the
+    /// client's, for typed events; `typed` their key and JSON when already at
+    /// hand (asked of the event when `None`).
     pub(super) fn encode(
         &self,
         source: &str,
@@ -200,8 +200,10 @@ impl Outgoing<'_> {
 
 impl TypedEvent<'_> {
     /// Writes the binary mode's `ce-*` headers, checking and escaping values
-    /// as the codec does for an envelope. The id (a UUID), the time, the
-    /// content type and the `traceparent` are made here and need neither.
+    /// as the codec does for an envelope. The time, the content type and the
+    /// `traceparent` are made here and need neither; the id may be the
+    /// caller's, and this check is what refuses an invalid one before
+    /// `encode` puts it in `Nats-Msg-Id`.
     fn write_headers(
         &self,
         source: &str,
@@ -209,7 +211,7 @@ impl TypedEvent<'_> {
         headers: &mut HeaderMap,
     ) -> Result<(), EncodeError> {
         headers.insert(CE_SPECVERSION, codec::SPEC_VERSION);
-        headers.insert(CE_ID, self.id.as_str());
+        headers.insert(CE_ID, attribute_value("id", &self.id, true)?);
         headers.insert(CE_SOURCE, attribute_value("source", source, true)?);
         headers.insert(CE_TYPE, attribute_value("type", self.event_type, true)?);
         headers.insert(CE_TIME, HeaderValue::from(codec::format_time(&self.time)));
