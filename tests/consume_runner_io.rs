@@ -141,6 +141,10 @@ async fn handlers_finish_while_the_connection_is_stalled() {
             let (started, finished, released) = ctx.state();
             started.push(event.n);
             released.clone().wait_for(|open| *open).await.ok();
+            // Longer than the progress interval (100 ms): in-progress acks
+            // fall due while the handler works and the client's queue is
+            // full.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             finished.push(event.n);
             Ok::<_, HandlerError>(())
         })
@@ -162,7 +166,9 @@ async fn handlers_finish_while_the_connection_is_stalled() {
     )
     .await;
 
-    proxy.set_mode(FaultMode::Stall);
+    // A black hole: the client notices (missed pings), and its reconnects
+    // through the proxy get no answer.
+    proxy.set_mode(FaultMode::Drop);
     eventually(
         "the client sees the stall",
         Duration::from_secs(10),
@@ -172,9 +178,9 @@ async fn handlers_finish_while_the_connection_is_stalled() {
     // The client's queue is full now: whatever the runner sends next waits
     // for the connection.
     let mut queued = 0;
-    while proxied
-        .nats()
-        .publish("stalled.filler", "".into())
+    // Unconstrained: tokio's cooperative budget would make a send pending
+    // after a hundred or so, with room still in the queue.
+    while tokio::task::unconstrained(proxied.nats().publish("stalled.filler", "".into()))
         .now_or_never()
         .is_some()
     {
