@@ -37,6 +37,7 @@ pub struct Metrics {
     pub(crate) unhandled: Counter<u64>,
     pub(crate) filter_drift: Counter<u64>,
     pub(crate) handlers_in_flight: UpDownCounter<i64>,
+    pub(crate) settle_failures: Counter<u64>,
 }
 
 impl Metrics {
@@ -115,6 +116,14 @@ impl Metrics {
                 .i64_up_down_counter("jetevents.consume.in_flight")
                 .with_description("Handlers running now")
                 .with_unit("{message}")
+                .build(),
+            settle_failures: meter
+                .u64_counter("jetevents.consume.settle_failures")
+                .with_description(
+                    "Acks, Naks, Terms, in-progress acks and dead-letter copies that failed \
+                     (attribute operation)",
+                )
+                .with_unit("{operation}")
                 .build(),
         }
     }

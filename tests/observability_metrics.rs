@@ -7,27 +7,22 @@ use std::time::Duration;
 
 use jetevents::consume::{Consumer, Context, DeadLetterConfig, HandlerError, RetryPolicy};
 use jetevents::provision::StreamSpec;
-use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, Metric, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 
 mod consume_common;
+mod metrics_reader;
 mod support;
 use consume_common::{eventually, order, Log, OrderPlaced, Running};
+use metrics_reader::{Metrics, Recorder};
 
 const GROUP: &str = "billing";
 
 #[tokio::test]
 async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
-    let exporter = InMemoryMetricExporter::default();
-    let provider = SdkMeterProvider::builder()
-        .with_periodic_exporter(exporter.clone())
-        .build();
-
+    let recorder = Recorder::new();
     let url = jetevents_testcontainers::shared().await.url();
     let env = support::unique("obs");
-    let meter = provider.meter("jetevents");
+    let meter = recorder.meter();
     let client = support::connect(&url, &env, |config| config.meter = Some(meter)).await;
     let stream = support::unique("SHOP");
     let spec = StreamSpec::for_domain(client.subjects(), &stream, "shop").unwrap();
@@ -86,12 +81,8 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
     })
     .await;
     running.stop().await;
-    provider.force_flush().unwrap();
-
-    let exported = exporter.get_finished_metrics().unwrap();
-    // Cumulative temporality: the last export holds the totals.
-    let totals = exported.last().expect("an export");
-    let metrics = Metrics(totals);
+    let totals = recorder.totals();
+    let metrics = Metrics(&totals);
 
     // Publisher.
     assert_eq!(metrics.sum_u64("messaging.client.sent.messages", &[]), 5);
@@ -170,92 +161,76 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
     );
 }
 
-/// Reading one export.
-struct Metrics<'a>(&'a ResourceMetrics);
+/// An ack the client cannot send (its connection closed while the handler
+/// ran) is not swallowed: it is counted with `operation=ack`.
+#[tokio::test]
+async fn an_ack_that_cannot_be_sent_is_counted_as_a_settle_failure() {
+    let recorder = Recorder::new();
+    let url = jetevents_testcontainers::shared().await.url();
+    let env = support::unique("obs");
+    let meter = recorder.meter();
+    let client = support::connect(&url, &env, |config| config.meter = Some(meter)).await;
+    let stream = support::unique("SHOP");
+    let spec = StreamSpec::for_domain(client.subjects(), &stream, "shop").unwrap();
+    client.ensure_stream(&spec).await.unwrap();
 
-impl Metrics<'_> {
-    fn find(&self, name: &str) -> Option<&Metric> {
-        let found: Vec<&Metric> = self
-            .0
-            .scope_metrics()
-            .filter(|scope| scope.scope().name() == "jetevents")
-            .flat_map(|scope| scope.metrics())
-            .filter(|metric| metric.name() == name)
-            .collect();
-        assert!(found.len() <= 1, "{name} exported {} times", found.len());
-        found.into_iter().next()
-    }
+    let started: Log<u64> = Log::default();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let consumer =
+        Consumer::builder(&client, "settling")
+            .stream(&stream)
+            .dead_letter(DeadLetterConfig {
+                stream: support::unique("DL"),
+                subject_prefix: support::unique("dl"),
+            })
+            .with_state((started.clone(), released))
+            .handle(
+                |event: OrderPlaced,
+                 ctx: Context<(Log<u64>, tokio::sync::watch::Receiver<bool>)>| async move {
+                    let (started, released) = ctx.state();
+                    started.push(event.n);
+                    let mut released = released.clone();
+                    released.wait_for(|open| *open).await.ok();
+                    Ok::<_, HandlerError>(())
+                },
+            )
+            .build()
+            .await
+            .unwrap();
+    // Not `Running`: the runner ends with an error once its client is gone.
+    let runner = tokio::spawn(consumer.run_until(std::future::pending()));
+    client.publisher().publish(&order(1)).await.unwrap();
+    eventually("handler started", Duration::from_secs(20), || async {
+        started.len() == 1
+    })
+    .await;
 
-    fn get(&self, name: &str) -> &Metric {
-        self.find(name).unwrap_or_else(|| {
-            let names: Vec<String> = self
-                .0
-                .scope_metrics()
-                .flat_map(|scope| scope.metrics())
-                .map(|metric| metric.name().to_owned())
-                .collect();
-            panic!("{name} not exported; got {names:?}")
-        })
-    }
+    client.clone().close().await;
+    eventually("client closed", Duration::from_secs(20), || async {
+        client
+            .nats()
+            .publish("closed.probe", "".into())
+            .await
+            .is_err()
+    })
+    .await;
+    release.send(true).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), runner)
+        .await
+        .expect("runner did not end")
+        .unwrap();
+    assert!(ended.is_err(), "the runner cannot go on without its client");
 
-    /// Sum of a `u64` counter over the data points having all of `with`.
-    fn sum_u64(&self, name: &str, with: &[KeyValue]) -> u64 {
-        match self.get(name).data() {
-            AggregatedMetrics::U64(MetricData::Sum(sum)) => sum
-                .data_points()
-                .filter(|point| has_all(point.attributes(), with))
-                .map(|point| point.value())
-                .sum(),
-            other => panic!("{name}: not a u64 sum: {other:?}"),
-        }
-    }
-
-    /// Like `sum_u64`, for an instrument that may never have been used.
-    fn sum_u64_or_zero(&self, name: &str) -> u64 {
-        self.find(name).map_or(0, |_| self.sum_u64(name, &[]))
-    }
-
-    /// Values of an `i64` up-down counter, one per attribute set.
-    fn sum_i64_points(&self, name: &str) -> Vec<i64> {
-        match self.get(name).data() {
-            AggregatedMetrics::I64(MetricData::Sum(sum)) => {
-                sum.data_points().map(|point| point.value()).collect()
-            }
-            other => panic!("{name}: not an i64 sum: {other:?}"),
-        }
-    }
-
-    /// Recorded values of an `f64` histogram over the data points having all
-    /// of `with`.
-    fn histogram_count(&self, name: &str, with: &[KeyValue]) -> u64 {
-        match self.get(name).data() {
-            AggregatedMetrics::F64(MetricData::Histogram(histogram)) => histogram
-                .data_points()
-                .filter(|point| has_all(point.attributes(), with))
-                .map(|point| {
-                    assert_eq!(
-                        point.bucket_counts().sum::<u64>(),
-                        point.count(),
-                        "{name}: buckets add up"
-                    );
-                    point.count()
-                })
-                .sum(),
-            other => panic!("{name}: not an f64 histogram: {other:?}"),
-        }
-    }
-
-    fn has_attribute(&self, name: &str, key: &str) -> bool {
-        match self.get(name).data() {
-            AggregatedMetrics::U64(MetricData::Sum(sum)) => sum
-                .data_points()
-                .any(|point| point.attributes().any(|kv| kv.key.as_str() == key)),
-            other => panic!("{name}: not a u64 sum: {other:?}"),
-        }
-    }
-}
-
-fn has_all<'a>(attributes: impl Iterator<Item = &'a KeyValue>, with: &[KeyValue]) -> bool {
-    let attributes: Vec<&KeyValue> = attributes.collect();
-    with.iter().all(|wanted| attributes.contains(&wanted))
+    let totals = recorder.totals();
+    let metrics = Metrics(&totals);
+    assert_eq!(
+        metrics.sum_u64(
+            "jetevents.consume.settle_failures",
+            &[
+                KeyValue::new("messaging.consumer.group.name", "settling"),
+                KeyValue::new("operation", "ack"),
+            ]
+        ),
+        1
+    );
 }

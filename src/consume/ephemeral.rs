@@ -18,7 +18,7 @@ use crate::event::Event;
 
 use super::context::Context;
 use super::router::{self, Resolved, Router};
-use super::{ConsumeError, ConsumeErrorKind, HandlerError};
+use super::{ConsumeError, ConsumeErrorKind, HandlerError, HandlerOptions};
 
 /// Handles ephemeral events (published with core NATS, not stored) in a
 /// queue group: each event goes to one member of the group.
@@ -116,7 +116,8 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.router.handle::<E, F, Fut>(handler);
+        self.router
+            .handle::<E, F, Fut>(handler, HandlerOptions::default());
         self
     }
 
@@ -127,7 +128,8 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.router.handle_pattern(pattern, handler);
+        self.router
+            .handle_pattern(pattern, handler, HandlerOptions::default());
         self
     }
 
@@ -323,7 +325,7 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
         let lineage = context.lineage();
         let call = crate::publish::with_lineage(
             lineage,
-            AssertUnwindSafe(handler(event, context)).catch_unwind(),
+            AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
         );
         let outcome = match call.await {
             Ok(Ok(())) => None,

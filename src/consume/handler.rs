@@ -215,6 +215,43 @@ where
     }
 }
 
+/// Settings of one route that override the consumer's, given to
+/// [`ConsumerBuilder::handle_with`](super::ConsumerBuilder::handle_with) or
+/// [`handle_pattern_with`](super::ConsumerBuilder::handle_pattern_with).
+///
+/// ```
+/// use std::time::Duration;
+/// use jetevents::consume::HandlerOptions;
+///
+/// // A report that may take a while, in a consumer of quick handlers.
+/// let options = HandlerOptions::new().timeout(Duration::from_secs(30 * 60));
+/// assert_eq!(options.handler_timeout(), Some(Duration::from_secs(1800)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandlerOptions {
+    timeout: Option<Duration>,
+}
+
+impl HandlerOptions {
+    /// No overrides: the consumer's settings apply.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long one call of this handler may run before it is cancelled and
+    /// its event retried (instead of the consumer's
+    /// [`handler_timeout`](super::ConsumerBuilder::handler_timeout)).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The timeout set with [`timeout`](Self::timeout), if any.
+    pub fn handler_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
 /// The result of a handler call as the runner needs it.
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 
@@ -228,6 +265,22 @@ pub(crate) type Decoder = Arc<dyn Fn(&Envelope) -> Result<AnyEvent, BoxError> + 
 /// A handler with its event type erased, so routes of different types live in
 /// one table.
 pub(crate) type ErasedHandler<S> = Arc<dyn Fn(AnyEvent, Context<S>) -> HandlerFuture + Send + Sync>;
+
+/// A route's handler with the options it was added with.
+pub(crate) struct RoutedHandler<S> {
+    pub(crate) call: ErasedHandler<S>,
+    pub(crate) options: HandlerOptions,
+}
+
+// Not derived: that would require `S: Clone` for an `Arc`.
+impl<S> Clone for RoutedHandler<S> {
+    fn clone(&self) -> Self {
+        Self {
+            call: self.call.clone(),
+            options: self.options,
+        }
+    }
+}
 
 /// Erases `handler`, a function of one event type.
 pub(crate) fn erase<E, S, F, Fut>(handler: F) -> ErasedHandler<S>

@@ -44,6 +44,10 @@
 //! | undecodable message or data              | dead letter, then Term (first delivery)   |
 //! | type without handler                     | [`UnhandledPolicy`]: ack or dead letter   |
 //! | still running at ack wait / 3            | in-progress ack (repeated)                |
+//! | still running at the handler timeout     | cancelled; Nak with the [`RetryPolicy`] delay (`error.type=timeout`), dead letter on the last attempt |
+//! | received, waiting for a free handler     | in-progress ack (repeated)                |
+//! | waiting longer than the handler timeout  | Nak without delay (another instance takes it) |
+//! | received but not started at shutdown     | Nak without delay                         |
 //! | still running when shutdown grace ends   | Nak without delay (another instance takes it) |
 //! | never settled by the last delivery (the client could not read it, every attempt crashed the instance) | dead letter `undeliverable`, copied from the stream when the server reports max deliveries |
 //!
@@ -54,6 +58,11 @@
 //!
 //! If dead-lettering fails (dead-letter stream unavailable) the event is Naked
 //! with the retry delay instead of terminated, so it is not lost.
+//!
+//! An ack, Nak, Term, in-progress ack or dead-letter copy that fails is
+//! logged at `WARN` with the group and the event's stream sequence, and
+//! counted in `jetevents.consume.settle_failures` (attribute `operation`:
+//! `ack`, `nak`, `term`, `progress` or `dead_letter`).
 
 mod attempts;
 mod context;
@@ -83,7 +92,7 @@ pub use dead_letter::{
     DeadLetters, Redriven,
 };
 pub use ephemeral::{EphemeralBuilder, EphemeralConsumer};
-pub use handler::{HandlerError, HandlerErrorKind, ResultExt};
+pub use handler::{HandlerError, HandlerErrorKind, HandlerOptions, ResultExt};
 pub use retry::RetryPolicy;
 
 use router::Router;
@@ -204,6 +213,12 @@ pub type ConsumeError = Error<ConsumeErrorKind>;
 const DEFAULT_MIN_PREFETCH: usize = 256;
 const DEFAULT_MAX_PREFETCH: usize = 512;
 
+/// Handler timeout without [`ConsumerBuilder::handler_timeout`]: long enough
+/// for any handler that is working (a slow API, a large batch), short enough
+/// that a hung one does not hold its event, and those prefetched behind it,
+/// for hours.
+const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
 /// Settings shared by the builder, the consumer and the runner.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -217,6 +232,7 @@ pub(crate) struct Settings {
     pub max_deliver: Option<i64>,
     pub server_backoff: ServerBackoff,
     pub shutdown_grace: Duration,
+    pub handler_timeout: Duration,
     pub pull_expiry: Duration,
     pub prefetch: Option<usize>,
     pub deliver_policy: DeliverPolicy,
@@ -237,6 +253,7 @@ impl Default for Settings {
             max_deliver: None,
             server_backoff: ServerBackoff::default(),
             shutdown_grace: Duration::from_secs(10),
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             pull_expiry: Duration::from_secs(10),
             prefetch: None,
             deliver_policy: DeliverPolicy::All,
@@ -373,7 +390,10 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
     /// another instance takes them, and flushes.
     ///
     /// Events the server had sent but the runner had not started when the
-    /// signal came are not Naked: they come back after the ack wait.
+    /// signal came are Naked without delay at once, so another instance
+    /// takes them without waiting for the ack wait (a Nak the client cannot
+    /// send within the shutdown grace is reported, and the event comes back
+    /// after the ack wait).
     ///
     /// ```no_run
     /// # async fn f(consumer: jetevents::consume::Consumer) -> Result<(), jetevents::consume::ConsumeError> {
@@ -507,7 +527,43 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.router.handle::<E, F, Fut>(handler);
+        self.router
+            .handle::<E, F, Fut>(handler, HandlerOptions::default());
+        self
+    }
+
+    /// Like [`handle`](Self::handle), with settings of this route that
+    /// override the consumer's (a longer or shorter timeout).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use jetevents::consume::{Consumer, Context, HandlerError, HandlerOptions};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Serialize, Deserialize)] struct Placed { id: String }
+    /// # impl jetevents::Event for Placed { const TYPE: &'static str = "shop.order.placed.v1"; }
+    /// # #[derive(Serialize, Deserialize)] struct Closed { day: String }
+    /// # impl jetevents::Event for Closed { const TYPE: &'static str = "shop.day.closed.v1"; }
+    ///
+    /// async fn on_placed(_: Placed, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// async fn build_daily_report(_: Closed, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    ///
+    /// # fn f(client: jetevents::client::Client) {
+    /// let builder = Consumer::builder(&client, "shop-reports")
+    ///     .handler_timeout(Duration::from_secs(30))
+    ///     .handle(on_placed)
+    ///     .handle_with(
+    ///         build_daily_report,
+    ///         HandlerOptions::new().timeout(Duration::from_secs(20 * 60)),
+    ///     );
+    /// # }
+    /// ```
+    pub fn handle_with<E, F, Fut>(mut self, handler: F, options: HandlerOptions) -> Self
+    where
+        E: Event,
+        F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.router.handle::<E, F, Fut>(handler, options);
         self
     }
 
@@ -551,7 +607,24 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.router.handle_pattern(pattern, handler);
+        self.router
+            .handle_pattern(pattern, handler, HandlerOptions::default());
+        self
+    }
+
+    /// Like [`handle_pattern`](Self::handle_pattern), with settings of this
+    /// route that override the consumer's.
+    pub fn handle_pattern_with<F, Fut>(
+        mut self,
+        pattern: &str,
+        handler: F,
+        options: HandlerOptions,
+    ) -> Self
+    where
+        F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.router.handle_pattern(pattern, handler, options);
         self
     }
 
@@ -634,6 +707,30 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
+    /// How long one handler call may run (default 5 minutes; a route can
+    /// set its own with [`handle_with`](Self::handle_with)).
+    ///
+    /// A call still running then is cancelled (its future dropped, so it
+    /// stops at its next `.await`) and its event is retried like after a
+    /// transient error, with the retry policy's delay (dead-lettered if it
+    /// was the last attempt); the span and the metrics say
+    /// `error.type=timeout`. Without a timeout, a handler that never returns
+    /// would keep its event, kept alive by in-progress acks, from every
+    /// instance forever.
+    ///
+    /// It also bounds how long a received event may wait for a free handler:
+    /// one that waited longer is Naked without delay, so another instance of
+    /// the group can take it instead of it waiting behind slow or hung
+    /// handlers here (that costs it a delivery, as any redelivery). Size
+    /// [`prefetch`](Self::prefetch) so the handlers get through it within
+    /// the timeout.
+    ///
+    /// `Duration::MAX` turns the timeout off.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.handler_timeout = timeout;
+        self
+    }
+
     /// How long shutdown waits for in-flight handlers (default 10 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.settings.shutdown_grace = grace;
@@ -654,7 +751,9 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     /// batch. Waiting events get in-progress acks like running ones, so a
     /// large prefetch with slow handlers causes no redeliveries, but it
     /// keeps events from other instances of the group: lower it when a few
-    /// slow events should spread across instances.
+    /// slow events should spread across instances. An event that waits
+    /// longer than the [handler timeout](Self::handler_timeout) is given
+    /// back to the group.
     pub fn prefetch(mut self, events: usize) -> Self {
         self.settings.prefetch = Some(events.max(1));
         self

@@ -10,7 +10,10 @@ use crate::event::{Event, EventType};
 use crate::subject::Subjects;
 
 use super::context::Context;
-use super::handler::{self, AnyEvent, Decoder, ErasedHandler, HandlerError, HandlerFuture};
+use super::handler::{
+    self, AnyEvent, Decoder, ErasedHandler, HandlerError, HandlerFuture, HandlerOptions,
+    RoutedHandler,
+};
 
 /// A route for one event type: how to decode it and which handler (by the
 /// type it decodes to) gets it.
@@ -22,7 +25,7 @@ struct TypeRoute {
 /// A handler of raw envelopes for every type a glob matches.
 struct PatternRoute<S> {
     pattern: String,
-    handler: ErasedHandler<S>,
+    handler: RoutedHandler<S>,
 }
 
 /// What the runner does with one envelope.
@@ -30,7 +33,7 @@ pub(crate) enum Resolved<S> {
     /// Call `handler` with the decoded event.
     Handle {
         event: AnyEvent,
-        handler: ErasedHandler<S>,
+        handler: RoutedHandler<S>,
     },
     /// The data did not decode into the route's type.
     Undecodable(crate::error::BoxError),
@@ -41,7 +44,7 @@ pub(crate) enum Resolved<S> {
 /// Routes by CloudEvents type, built by the consumer builders.
 pub(crate) struct Router<S> {
     types: BTreeMap<&'static str, TypeRoute>,
-    handlers: HashMap<&'static str, ErasedHandler<S>>,
+    handlers: HashMap<&'static str, RoutedHandler<S>>,
     patterns: Vec<PatternRoute<S>>,
     /// The first configuration mistake, reported by `build`.
     error: Option<String>,
@@ -75,7 +78,7 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
         }
     }
 
-    pub(crate) fn handle<E, F, Fut>(&mut self, handler: F)
+    pub(crate) fn handle<E, F, Fut>(&mut self, handler: F, options: HandlerOptions)
     where
         E: Event,
         F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
@@ -88,7 +91,13 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
                 target: E::TYPE,
             },
         );
-        self.handlers.insert(E::TYPE, handler::erase(handler));
+        self.handlers.insert(
+            E::TYPE,
+            RoutedHandler {
+                call: handler::erase(handler),
+                options,
+            },
+        );
     }
 
     pub(crate) fn upcast<Old, New, F>(&mut self, upcast: F)
@@ -106,8 +115,12 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
         );
     }
 
-    pub(crate) fn handle_pattern<F, Fut>(&mut self, pattern: &str, handler: F)
-    where
+    pub(crate) fn handle_pattern<F, Fut>(
+        &mut self,
+        pattern: &str,
+        handler: F,
+        options: HandlerOptions,
+    ) where
         F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
@@ -121,7 +134,10 @@ impl<S: Clone + Send + Sync + 'static> Router<S> {
         });
         self.patterns.push(PatternRoute {
             pattern: pattern.to_owned(),
-            handler: erased,
+            handler: RoutedHandler {
+                call: erased,
+                options,
+            },
         });
     }
 
@@ -196,10 +212,14 @@ impl Router<()> {
     /// The same routes for handlers that see state `S2`: handlers written
     /// for `()` ignore it.
     pub(crate) fn with_state<S2: Clone + Send + Sync + 'static>(self) -> Router<S2> {
-        let adapt = |handler: ErasedHandler<()>| -> ErasedHandler<S2> {
-            Arc::new(move |event: AnyEvent, context: Context<S2>| {
-                handler(event, context.map_state(|_| ()))
-            })
+        let adapt = |handler: RoutedHandler<()>| -> RoutedHandler<S2> {
+            let call = handler.call;
+            RoutedHandler {
+                call: Arc::new(move |event: AnyEvent, context: Context<S2>| {
+                    call(event, context.map_state(|_| ()))
+                }),
+                options: handler.options,
+            }
         };
         Router {
             types: self.types,
@@ -319,12 +339,12 @@ mod tests {
             .contains("no handlers"));
 
         let mut twice = Router::<()>::default();
-        twice.handle(ok::<Placed>);
-        twice.handle(ok::<Placed>);
+        twice.handle(ok::<Placed>, HandlerOptions::default());
+        twice.handle(ok::<Placed>, HandlerOptions::default());
         assert!(twice.validate(&subjects).unwrap_err().contains("twice"));
 
         let mut bad = Router::<()>::default();
-        bad.handle(ok::<Bad>);
+        bad.handle(ok::<Bad>, HandlerOptions::default());
         assert!(bad
             .validate(&subjects)
             .unwrap_err()
@@ -341,7 +361,11 @@ mod tests {
             .contains("no handler"));
 
         let mut bad_pattern = Router::<()>::default();
-        bad_pattern.handle_pattern("shop.>.x", |_: Envelope, _: Context<()>| async { Ok(()) });
+        bad_pattern.handle_pattern(
+            "shop.>.x",
+            |_: Envelope, _: Context<()>| async { Ok(()) },
+            HandlerOptions::default(),
+        );
         assert!(bad_pattern
             .validate(&subjects)
             .unwrap_err()
@@ -352,12 +376,16 @@ mod tests {
     fn resolves_typed_upcast_pattern_undecodable_and_unhandled() {
         let subjects = Subjects::new("dev").unwrap();
         let mut router = Router::<()>::default();
-        router.handle(ok::<PlacedV2>);
+        router.handle(ok::<PlacedV2>, HandlerOptions::default());
         router.upcast(|old: Placed| PlacedV2 {
             n: old.n,
             channel: "legacy".into(),
         });
-        router.handle_pattern("billing.>", |_: Envelope, _: Context<()>| async { Ok(()) });
+        router.handle_pattern(
+            "billing.>",
+            |_: Envelope, _: Context<()>| async { Ok(()) },
+            HandlerOptions::default(),
+        );
         router.validate(&subjects).unwrap();
         assert_eq!(
             router.filters(&subjects),

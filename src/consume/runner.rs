@@ -5,6 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
@@ -28,6 +29,7 @@ use super::attempts::FailedRuns;
 use super::context::Context;
 use super::dead_letter::{self, DeadLetterReason, Failure};
 use super::group_filter::{self, GroupFilter};
+use super::handler::HandlerError;
 use super::router::{Resolved, Router};
 use super::{AckMode, ConsumeError, ConsumeErrorKind, Consumer, Settings, UnhandledPolicy};
 
@@ -69,6 +71,7 @@ struct Runtime<S> {
     progress_interval: Duration,
     attributes: AttributeCache,
     failed_runs: FailedRuns,
+    reporter: SettleReporter,
 }
 
 /// The stream `name`, `StreamNotFound`, or `Unavailable` when the server
@@ -119,6 +122,7 @@ where
         state,
         progress_interval: settings.progress_interval(),
         attributes: AttributeCache::new(&group),
+        reporter: SettleReporter::new(&client, &group),
         settings,
     });
     let group_filter = super::group_filter(&group, &filters, &shared.settings);
@@ -129,7 +133,6 @@ where
     let prefetch = shared.settings.prefetch();
     let expiry = shared.settings.pull_expiry;
     let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
-    let progress_interval = shared.progress_interval;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = FuturesUnordered::new();
     let mut inbox = Inbox::subscribe(&client).await?;
@@ -144,6 +147,7 @@ where
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let recovery = Recovery {
+        shared: &shared,
         client: &client,
         stream: &stream,
         group_filter: &group_filter,
@@ -207,13 +211,14 @@ where
                 expires: Some(expiry),
                 ..Default::default()
             };
+            let request = tokio::time::timeout(
+                expiry + PULL_GRACE,
+                pull_consumer.request_batch(request, reply.clone().into()),
+            );
             let sent = tokio::select! {
                 biased;
                 () = signal.clone() => break 'pulling Ok(()),
-                sent = tokio::time::timeout(
-                    expiry + PULL_GRACE,
-                    pull_consumer.request_batch(request, reply.clone().into()),
-                ) => sent,
+                sent = alongside(&mut tasks, &mut waiting, &shared, request) => sent,
             };
             let failure = match sent {
                 Ok(Ok(())) => None,
@@ -223,7 +228,10 @@ where
             if let Some(error) = failure {
                 tracing::warn!(consumer = %group, error, "pull request failed; recovering the consumer");
                 pulls.forget();
-                if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks).await {
+                if let Some(end) = recovery
+                    .restore(&mut pull_consumer, &mut tasks, &mut waiting)
+                    .await
+                {
                     break 'pulling end;
                 }
                 continue;
@@ -246,11 +254,11 @@ where
                     tracing::warn!(consumer = %group, "pull request overdue; pulling again");
                     pull_over = true;
                 }
-                keep_waiting_alive(&mut waiting, progress_interval).await;
+                keep_waiting_alive(&mut waiting, &shared);
                 if Instant::now() >= filter_check {
                     filter_check = Instant::now() + group_filter::CHECK_INTERVAL;
                     if let Some(end) = recovery
-                        .check_filter(&mut pull_consumer, &mut tasks, &mut drift)
+                        .check_filter(&mut pull_consumer, &mut tasks, &mut waiting, &mut drift)
                         .await
                     {
                         break 'pulling end;
@@ -268,7 +276,7 @@ where
                 while let Some(incoming) = next.take() {
                     let Some(incoming) = incoming else {
                         // Only a closed client ends the subscription.
-                        match Inbox::subscribe(&client).await {
+                        match alongside(&mut tasks, &mut waiting, &shared, Inbox::subscribe(&client)).await {
                             Ok(renewed) => {
                                 tracing::warn!(consumer = %group, "pull inbox was closed; subscribed again");
                                 inbox = renewed;
@@ -282,7 +290,7 @@ where
                         Incoming::Event(message) => {
                             pulls.received();
                             received_since_check += 1;
-                            waiting.push_back(Waiting { message, since: arrived });
+                            waiting.push_back(Waiting::new(message, arrived));
                         }
                         Incoming::Status { reply, status } if pulls.contains(&reply) => match status {
                             PullStatus::Ended => {
@@ -293,7 +301,7 @@ where
                             PullStatus::Refused(status) => {
                                 tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
                                 pulls.forget();
-                                if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks).await {
+                                if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks, &mut waiting).await {
                                     break 'pulling end;
                                 }
                                 break;
@@ -321,12 +329,15 @@ where
         let check = tokio::select! {
             biased;
             () = signal.clone() => break 'pulling Ok(()),
-            check = alongside(&mut tasks, watchdog(&mut pull_consumer, &group)) => check,
+            check = alongside(&mut tasks, &mut waiting, &shared, watchdog(&mut pull_consumer, &group)) => check,
         };
         if health.recreate_after(check, &group) {
             health = Health::default();
             pulls.forget();
-            if let Some(end) = recovery.restore(&mut pull_consumer, &mut tasks).await {
+            if let Some(end) = recovery
+                .restore(&mut pull_consumer, &mut tasks, &mut waiting)
+                .await
+            {
                 break 'pulling end;
             }
         }
@@ -340,33 +351,200 @@ where
             undelivered.push(message);
         }
     }
-    for message in undelivered {
-        let _ = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await;
-    }
     drop(inbox);
-    shutdown(&client, &shared.settings, tasks, stop).await;
+    shutdown(&shared, undelivered, tasks, stop).await;
     result
 }
 
 /// An event received and not yet handed to a handler.
 struct Waiting {
     message: jetstream::Message,
+    arrived: Instant,
     /// When it came, or when it last got an in-progress ack.
     since: Instant,
+    progress: ProgressAck,
 }
 
-/// In-progress acks for events that wait longer than running handlers may
-/// go without one: a slow handler must not let the prefetched events behind
-/// it be redelivered to another instance.
-async fn keep_waiting_alive(waiting: &mut VecDeque<Waiting>, interval: Duration) {
-    let now = Instant::now();
-    for event in waiting.iter_mut() {
-        if now.duration_since(event.since) >= interval {
-            event.since = now;
-            if let Err(err) = event.message.ack_with(AckKind::Progress).await {
-                tracing::debug!(error = %err, "in-progress ack of a waiting event failed");
-            }
+impl Waiting {
+    fn new(message: jetstream::Message, arrived: Instant) -> Self {
+        Self {
+            message,
+            arrived,
+            since: arrived,
+            progress: ProgressAck::default(),
         }
+    }
+}
+
+/// Keeps the events waiting for a free handler: in-progress acks for those
+/// that wait longer than running handlers may go without one (a slow
+/// handler must not let the prefetched events behind it be redelivered to
+/// another instance), but not without bound: an event that waited longer
+/// than the handler timeout sits behind handlers that are slow or hung, and
+/// is Naked without delay so another instance of the group takes it.
+///
+/// Awaits nothing: the loop calls it, and while the loop waits no handler
+/// is polled.
+fn keep_waiting_alive<S>(waiting: &mut VecDeque<Waiting>, shared: &Runtime<S>) {
+    let now = Instant::now();
+    // The queue is in order of arrival: the overdue ones are in front.
+    while let Some(event) = waiting.pop_front() {
+        if now.duration_since(event.arrived) < shared.settings.handler_timeout {
+            waiting.push_front(event);
+            break;
+        }
+        tracing::warn!(
+            consumer = %shared.group,
+            stream_sequence = sequence_of(&event.message),
+            "event waited longer than the handler timeout for a free handler; Naking it for \
+             another instance"
+        );
+        tokio::spawn(nak_now(
+            shared.reporter.clone(),
+            event.message,
+            "the event comes back after the ack wait",
+        ));
+    }
+    let mut context = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+    for event in waiting.iter_mut() {
+        if let Poll::Ready(Err(err)) = event.progress.poll_sent(&mut context) {
+            shared.reporter.failed(
+                sequence_of(&event.message),
+                SettleOperation::Progress,
+                &err,
+                "the event may be redelivered while it waits",
+            );
+        }
+        if now.duration_since(event.since) >= shared.progress_interval {
+            event.since = now;
+            event.progress.start(&event.message);
+        }
+    }
+}
+
+/// One event's in-progress ack on its way into the client. At most one per
+/// event: while the client's queue is full (a stalled or lost connection)
+/// more would only queue behind it. Polled next to what the caller waits
+/// for, never awaited on its own, so a full queue holds up nothing else.
+#[derive(Default)]
+struct ProgressAck {
+    sending: Option<BoxFuture<'static, Result<(), async_nats::PublishError>>>,
+}
+
+impl ProgressAck {
+    /// Sends one, unless the last one is still waiting for the client.
+    fn start(&mut self, message: &jetstream::Message) {
+        if self.sending.is_some() {
+            return;
+        }
+        // Every JetStream delivery has one: it is how it is acked.
+        let Some(reply) = message.message.reply.clone() else {
+            return;
+        };
+        let client = message.context.client();
+        self.sending =
+            Some(async move { client.publish(reply, AckKind::Progress.into()).await }.boxed());
+    }
+
+    fn is_sending(&self) -> bool {
+        self.sending.is_some()
+    }
+
+    /// Ready with the outcome once the client took (or refused) the ack.
+    fn poll_sent(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> Poll<Result<(), async_nats::PublishError>> {
+        let Some(sending) = self.sending.as_mut() else {
+            return Poll::Pending;
+        };
+        let sent = futures_util::ready!(sending.as_mut().poll(context));
+        self.sending = None;
+        Poll::Ready(sent)
+    }
+}
+
+/// The stream sequence of a delivery, for reports (0 if it has none).
+fn sequence_of(message: &jetstream::Message) -> u64 {
+    message.info().map_or(0, |info| info.stream_sequence)
+}
+
+/// Naks `message` without delay; a failure is reported with `consequence`.
+async fn nak_now(reporter: SettleReporter, message: jetstream::Message, consequence: &'static str) {
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await {
+        reporter.failed(
+            sequence_of(&message),
+            SettleOperation::Nak,
+            &err,
+            consequence,
+        );
+    }
+}
+
+/// What the runner sends about an event, as the settle-failure metric
+/// names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SettleOperation {
+    Ack,
+    Nak,
+    Term,
+    Progress,
+    DeadLetter,
+}
+
+impl SettleOperation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Nak => "nak",
+            Self::Term => "term",
+            Self::Progress => "progress",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// Reports what the runner failed to send about an event: at `WARN` with
+/// the group and the stream sequence, and in
+/// `jetevents.consume.settle_failures`. None may fail silently: each
+/// changes what happens to the event next.
+#[derive(Clone)]
+pub(super) struct SettleReporter {
+    metrics: crate::metrics::Metrics,
+    group: Arc<str>,
+}
+
+impl SettleReporter {
+    pub(super) fn new(client: &Client, group: &str) -> Self {
+        Self {
+            metrics: client.metrics().clone(),
+            group: Arc::from(group),
+        }
+    }
+
+    pub(super) fn failed(
+        &self,
+        stream_sequence: u64,
+        operation: SettleOperation,
+        error: &dyn std::fmt::Display,
+        consequence: &str,
+    ) {
+        let operation = operation.as_str();
+        tracing::warn!(
+            consumer = %self.group,
+            stream_sequence,
+            operation,
+            error = %error,
+            "{operation} failed; {consequence}"
+        );
+        self.metrics.settle_failures.add(
+            1,
+            &[
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.consumer.group.name", self.group.to_string()),
+                KeyValue::new("operation", operation),
+            ],
+        );
     }
 }
 
@@ -584,29 +762,59 @@ fn connected(client: &Client, group: &str, disconnected_since: &mut Option<Insta
     false
 }
 
-/// Lets in-flight handlers finish within the grace period, then tells the
-/// rest to Nak and stop, and flushes the acks.
-async fn shutdown(
-    client: &Client,
-    settings: &Settings,
+/// Naks the events received but not started, lets in-flight handlers
+/// finish within the grace period, then tells the rest to Nak and stop,
+/// and flushes the acks.
+async fn shutdown<S>(
+    shared: &Runtime<S>,
+    undelivered: Vec<jetstream::Message>,
     mut tasks: FuturesUnordered<impl Future<Output = ()>>,
     stop: watch::Sender<bool>,
 ) {
-    let drain = async { while tasks.next().await.is_some() {} };
-    if tokio::time::timeout(settings.shutdown_grace, drain)
-        .await
-        .is_err()
-    {
+    let settings = &shared.settings;
+    let deadline = Instant::now() + settings.shutdown_grace;
+    // Side by side with the handlers: a Nak waiting for room in the
+    // client's queue must not hold them up, nor they it.
+    let give_back = futures_util::future::join_all(undelivered.into_iter().map(|message| {
+        let sequence = sequence_of(&message);
+        let nak = nak_now(
+            shared.reporter.clone(),
+            message,
+            "the event comes back after the ack wait",
+        );
+        async move {
+            if tokio::time::timeout_at(deadline, nak).await.is_err() {
+                shared.reporter.failed(
+                    sequence,
+                    SettleOperation::Nak,
+                    &"not sent within the shutdown grace",
+                    "the event comes back after the ack wait",
+                );
+            }
+        }
+    }));
+    let drain = tokio::time::timeout_at(deadline, async { while tasks.next().await.is_some() {} });
+    let (_, drained) = futures_util::future::join(give_back, drain).await;
+    if drained.is_err() {
         tracing::warn!(
+            consumer = %shared.group,
             in_flight = tasks.len(),
             "shutdown grace over; Naking the events of handlers still running"
         );
+        // An error means no handler is left to tell.
         let _ = stop.send(true);
         let settle = async { while tasks.next().await.is_some() {} };
-        let _ = tokio::time::timeout(STOP_GRACE, settle).await;
+        if tokio::time::timeout(STOP_GRACE, settle).await.is_err() {
+            tracing::warn!(
+                consumer = %shared.group,
+                in_flight = tasks.len(),
+                "handlers still settling after the stop grace; their events come back after \
+                 the ack wait"
+            );
+        }
     }
-    if let Err(err) = client.nats().flush().await {
-        tracing::warn!(error = %err, "flushing acks on shutdown failed");
+    if let Err(err) = shared.client.nats().flush().await {
+        tracing::warn!(consumer = %shared.group, error = %err, "flushing acks on shutdown failed");
     }
 }
 
@@ -655,19 +863,27 @@ async fn watchdog(consumer: &mut jetstream::consumer::PullConsumer, group: &str)
     }
 }
 
-/// Awaits `work` while the running handlers go on: they are futures of the
-/// loop's own task, and would stand still (timers, I/O, their acks) for as
-/// long as a recovery or a consumer check takes.
-async fn alongside<T, F>(tasks: &mut FuturesUnordered<T>, work: F) -> F::Output
+/// Awaits `work` while the running handlers go on and the waiting events
+/// are kept alive: handlers are futures of the loop's own task, and would
+/// stand still (timers, I/O, their acks) for as long as a pull request, a
+/// recovery or a consumer check takes (seconds, when the connection stalls).
+async fn alongside<S, T, F>(
+    tasks: &mut FuturesUnordered<T>,
+    waiting: &mut VecDeque<Waiting>,
+    shared: &Runtime<S>,
+    work: F,
+) -> F::Output
 where
     T: Future<Output = ()>,
     F: Future,
 {
     tokio::pin!(work);
+    let mut housekeeping = tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
     loop {
         tokio::select! {
             biased;
             output = &mut work => return output,
+            _ = housekeeping.tick() => keep_waiting_alive(waiting, shared),
             Some(()) = tasks.next(), if !tasks.is_empty() => {}
         }
     }
@@ -675,14 +891,15 @@ where
 
 /// What recovering the durable consumer needs, in one place for the loop's
 /// three recovery points.
-struct Recovery<'a> {
+struct Recovery<'a, S> {
+    shared: &'a Runtime<S>,
     client: &'a Client,
     stream: &'a str,
     group_filter: &'a GroupFilter,
     signal: &'a Signal,
 }
 
-impl Recovery<'_> {
+impl<S> Recovery<'_, S> {
     /// [`recover`] into `consumer`, the running handlers going on meanwhile;
     /// `Some` with the runner's result when it must end instead (shutdown,
     /// or the stream is gone).
@@ -690,9 +907,10 @@ impl Recovery<'_> {
         &self,
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
+        waiting: &mut VecDeque<Waiting>,
     ) -> Option<Result<(), ConsumeError>> {
         let recovered = recover(self.client, self.stream, self.group_filter, self.signal);
-        match alongside(tasks, recovered).await {
+        match alongside(tasks, waiting, self.shared, recovered).await {
             Ok(Some(recovered)) => {
                 *consumer = recovered;
                 None
@@ -710,6 +928,7 @@ impl Recovery<'_> {
         &self,
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
+        waiting: &mut VecDeque<Waiting>,
         drift: &mut Vec<String>,
     ) -> Option<Result<(), ConsumeError>> {
         let group = self
@@ -722,7 +941,7 @@ impl Recovery<'_> {
             let stream = get_stream(self.client, self.stream).await?;
             self.group_filter.ensure(&stream).await
         };
-        match alongside(tasks, checked).await {
+        match alongside(tasks, waiting, self.shared, checked).await {
             Ok(ensured) => {
                 if ensured.written {
                     tracing::warn!(
@@ -841,7 +1060,15 @@ async fn process<S: Clone + Send + Sync + 'static>(
         ),
         // Only JetStream messages reach a pull consumer; if the reply subject
         // is unreadable nothing can be acked either.
-        Err(_) => return,
+        Err(err) => {
+            tracing::warn!(
+                consumer = %shared.group,
+                subject = %subject,
+                error = %err,
+                "delivery without JetStream metadata cannot be handled or acked; dropped"
+            );
+            return;
+        }
     };
     let span = tracing::info_span!(
         "process",
@@ -949,7 +1176,7 @@ async fn decide<S: Clone + Send + Sync + 'static>(
     envelope: crate::envelope::Envelope,
     delivery: Delivery<'_>,
     message: &jetstream::Message,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) -> Decision {
     let Delivery {
         subject,
@@ -998,49 +1225,31 @@ async fn decide<S: Clone + Send + Sync + 'static>(
     );
     let metrics = shared.client.metrics();
     let lineage = context.lineage();
+    let timeout = handler
+        .options
+        .handler_timeout()
+        .unwrap_or(shared.settings.handler_timeout);
     let call = crate::publish::with_lineage(
         lineage,
-        AssertUnwindSafe(handler(event, context)).catch_unwind(),
+        AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
     );
-    tokio::pin!(call);
     let started = std::time::Instant::now();
     let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
-    // Most handlers finish on their first poll: no progress timer for them,
-    // and the waiting is boxed, so every delivery's future does not carry
-    // its size (the runner moves each one into its set of running handlers).
-    let result = match call.as_mut().now_or_never() {
-        Some(result) => Some(result),
-        None => {
-            Box::pin(async {
-                let interval = shared.progress_interval;
-                let mut progress =
-                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-                loop {
-                    tokio::select! {
-                        result = &mut call => break Some(result),
-                        _ = progress.tick() => {
-                            if let Err(err) = message.ack_with(AckKind::Progress).await {
-                                tracing::debug!(error = %err, "in-progress ack failed");
-                            }
-                        }
-                        changed = stopped.changed() => {
-                            if changed.is_err() || *stopped.borrow() {
-                                break None;
-                            }
-                        }
-                    }
-                }
-            })
-            .await
-        }
+    let keep_alive = KeepAlive {
+        message,
+        interval: shared.progress_interval,
+        reporter: &shared.reporter,
+        stream_sequence,
     };
+    let result = run_handler(call, timeout, keep_alive, stopped).await;
     drop(in_flight);
     let error_type = match &result {
-        None => Some("shutdown"),
-        Some(Ok(Ok(()))) => None,
-        Some(Ok(Err(err))) if err.is_permanent() => Some("permanent"),
-        Some(Ok(Err(_))) => Some("transient"),
-        Some(Err(_)) => Some("panic"),
+        Ended::Stopped => Some("shutdown"),
+        Ended::Returned(Ok(())) => None,
+        Ended::Returned(Err(err)) if err.is_permanent() => Some("permanent"),
+        Ended::Returned(Err(_)) => Some("transient"),
+        Ended::Panicked(_) => Some("panic"),
+        Ended::TimedOut(_) => Some("timeout"),
     };
     let elapsed = started.elapsed().as_secs_f64();
     match error_type {
@@ -1068,12 +1277,12 @@ async fn decide<S: Clone + Send + Sync + 'static>(
     };
     let decision = match result {
         // Shutdown: let another instance take it now.
-        None => Decision::Nak {
+        Ended::Stopped => Decision::Nak {
             delay: Duration::ZERO,
             reason: "shutdown",
         },
-        Some(Ok(Ok(()))) => Decision::Ack,
-        Some(Ok(Err(err))) if err.is_permanent() => {
+        Ended::Returned(Ok(())) => Decision::Ack,
+        Ended::Returned(Err(err)) if err.is_permanent() => {
             tracing::Span::current().record("error.type", "permanent");
             Decision::DeadLetter {
                 reason: DeadLetterReason::Permanent,
@@ -1081,19 +1290,18 @@ async fn decide<S: Clone + Send + Sync + 'static>(
                 failed_runs: Some(failed_runs),
             }
         }
-        Some(Ok(Err(err))) => {
-            let span = tracing::Span::current();
-            span.record("error.type", "transient");
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", err.chain().as_str());
+        Ended::Returned(Err(err)) => {
+            record_retried_failure("transient", &err.chain());
             transient(err.chain(), err.retry_delay())
         }
-        Some(Err(panic)) => {
+        Ended::Panicked(panic) => {
             let error = format!("handler panicked: {}", panic_message(panic.as_ref()));
-            let span = tracing::Span::current();
-            span.record("error.type", "panic");
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", error.as_str());
+            record_retried_failure("panic", &error);
+            transient(error, None)
+        }
+        Ended::TimedOut(after) => {
+            let error = format!("handler timed out after {after:?}");
+            record_retried_failure("timeout", &error);
             transient(error, None)
         }
     };
@@ -1149,6 +1357,102 @@ fn unhandled<S>(shared: &Runtime<S>, event_type: &str, delivered: u64) -> Decisi
     decision
 }
 
+/// Records on the process span a handler failure that is retried.
+fn record_retried_failure(error_type: &str, error: &str) {
+    let span = tracing::Span::current();
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", error);
+}
+
+/// How a handler call ended.
+enum Ended {
+    Returned(Result<(), HandlerError>),
+    Panicked(Box<dyn Any + Send>),
+    /// Cancelled after running this long.
+    TimedOut(Duration),
+    /// Cancelled by a shutdown.
+    Stopped,
+}
+
+impl From<Result<Result<(), HandlerError>, Box<dyn Any + Send>>> for Ended {
+    fn from(caught: Result<Result<(), HandlerError>, Box<dyn Any + Send>>) -> Self {
+        match caught {
+            Ok(returned) => Self::Returned(returned),
+            Err(panic) => Self::Panicked(panic),
+        }
+    }
+}
+
+/// The in-progress acks of a running handler's event.
+struct KeepAlive<'a> {
+    message: &'a jetstream::Message,
+    interval: Duration,
+    reporter: &'a SettleReporter,
+    stream_sequence: u64,
+}
+
+/// Runs a handler call to its end: its result, its timeout or shutdown.
+///
+/// Its event gets in-progress acks meanwhile, sent next to the call rather
+/// than before it: an ack waiting for room in the client's queue (a stalled
+/// connection) must not stop the call from being polled. On timeout the
+/// call is dropped, and with it the acks.
+async fn run_handler<C>(
+    call: C,
+    timeout: Duration,
+    keep_alive: KeepAlive<'_>,
+    mut stopped: watch::Receiver<bool>,
+) -> Ended
+where
+    C: Future<Output = Result<Result<(), HandlerError>, Box<dyn Any + Send>>>,
+{
+    tokio::pin!(call);
+    // Most handlers finish on their first poll: no timers for them, and the
+    // waiting is boxed, so every delivery's future does not carry its size
+    // (the runner moves each one into its set of running handlers).
+    if let Some(caught) = call.as_mut().now_or_never() {
+        return caught.into();
+    }
+    Box::pin(async {
+        let KeepAlive {
+            message,
+            interval,
+            reporter,
+            stream_sequence,
+        } = keep_alive;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut progress = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut progress_ack = ProgressAck::default();
+        loop {
+            tokio::select! {
+                caught = &mut call => break caught.into(),
+                () = &mut deadline => break Ended::TimedOut(timeout),
+                _ = progress.tick() => progress_ack.start(message),
+                sent = std::future::poll_fn(|cx| progress_ack.poll_sent(cx)),
+                    if progress_ack.is_sending() =>
+                {
+                    if let Err(err) = sent {
+                        reporter.failed(
+                            stream_sequence,
+                            SettleOperation::Progress,
+                            &err,
+                            "the event may be redelivered while its handler runs",
+                        );
+                    }
+                }
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        break Ended::Stopped;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
 /// Acks, Naks or dead-letters, and records the outcome on the span.
 async fn settle<S>(
     shared: &Runtime<S>,
@@ -1173,7 +1477,12 @@ async fn settle<S>(
                     "otel.status_description",
                     format!("ack failed: {err}").as_str(),
                 );
-                tracing::warn!(error = %err, "ack failed; the event will be redelivered");
+                shared.reporter.failed(
+                    stream_sequence,
+                    SettleOperation::Ack,
+                    &err,
+                    "the event will be redelivered",
+                );
             }
         }
         Decision::Retry { delay, failed_runs } => {
@@ -1184,11 +1493,13 @@ async fn settle<S>(
                     .failed_runs
                     .record(stream_sequence, failed_runs)
                     .await;
-                nak(&span, message, delay, "transient").await
+                nak(shared, &span, message, delay, "transient").await
             })
             .await
         }
-        Decision::Nak { delay, reason } => Box::pin(nak(&span, message, delay, reason)).await,
+        Decision::Nak { delay, reason } => {
+            Box::pin(nak(shared, &span, message, delay, reason)).await
+        }
         Decision::DeadLetter {
             reason,
             error,
@@ -1234,26 +1545,42 @@ async fn settle<S>(
                         }
                         Err(err) => {
                             span.record("jetevents.terminated", false);
-                            tracing::warn!(error = %err, "term after dead-lettering failed");
+                            shared.reporter.failed(
+                                stream_sequence,
+                                SettleOperation::Term,
+                                &err,
+                                "the event comes back and its copy is stored once",
+                            );
                         }
                     }
                 }
                 Err(err) => {
                     // Keep the event: it comes back and is dead-lettered then
                     // (the copy's message id makes a second copy a no-op).
-                    tracing::error!(error = %err, "dead-lettering failed; Naking instead");
+                    shared.reporter.failed(
+                        stream_sequence,
+                        SettleOperation::DeadLetter,
+                        &err,
+                        "Naking instead",
+                    );
                     let delay = shared
                         .settings
                         .retry
                         .delay(u64::from(failed_runs.unwrap_or(1)));
-                    nak(&span, message, delay, "dead_letter_failed").await;
+                    nak(shared, &span, message, delay, "dead_letter_failed").await;
                 }
             }
         }
     }
 }
 
-async fn nak(span: &tracing::Span, message: &jetstream::Message, delay: Duration, reason: &str) {
+async fn nak<S>(
+    shared: &Runtime<S>,
+    span: &tracing::Span,
+    message: &jetstream::Message,
+    delay: Duration,
+    reason: &str,
+) {
     span.record("jetevents.settle", "nak");
     span.record(
         "jetevents.nak_delay_ms",
@@ -1263,7 +1590,12 @@ async fn nak(span: &tracing::Span, message: &jetstream::Message, delay: Duration
     // Always with a delay (zero only on shutdown): a bare Nak redelivers at
     // once and a failing handler would spin.
     if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
-        tracing::warn!(error = %err, "nak failed; the event comes back after the ack wait");
+        shared.reporter.failed(
+            sequence_of(message),
+            SettleOperation::Nak,
+            &err,
+            "the event comes back after the ack wait",
+        );
     }
 }
 

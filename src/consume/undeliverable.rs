@@ -35,7 +35,7 @@ use crate::client::{Client, Operation};
 use crate::codec::base64;
 
 use super::dead_letter::{self, DeadLetterConfig, DeadLetterReason, Failure};
-use super::runner::metric_attributes;
+use super::runner::{metric_attributes, SettleOperation, SettleReporter};
 
 /// Attempts at reading the stored message or storing its copy: the advisory
 /// is not sent again, so a passing timeout must not lose the dead letter.
@@ -162,7 +162,9 @@ impl Watcher {
                         );
                         // Unsubscribing stops the client from asking again
                         // (and being refused again) on every reconnect.
-                        let _ = advisories.unsubscribe().await;
+                        if let Err(err) = advisories.unsubscribe().await {
+                            tracing::debug!(error = %err, "unsubscribing the advisories failed");
+                        }
                         return;
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -189,12 +191,11 @@ impl Watcher {
                 sequence,
                 "event reached max deliveries but is no longer in the stream; nothing to dead-letter"
             ),
-            Err(Skip::Failed(error)) => tracing::error!(
-                consumer = %self.group,
-                stream = %self.stream,
+            Err(Skip::Failed(error)) => SettleReporter::new(&self.client, &self.group).failed(
                 sequence,
-                error,
-                "event reached max deliveries and could not be dead-lettered"
+                SettleOperation::DeadLetter,
+                &error,
+                "the event reached max deliveries and is not in the dead-letter stream",
             ),
         }
     }
