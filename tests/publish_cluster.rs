@@ -54,7 +54,7 @@ async fn publishing_survives_a_stream_leader_kill() {
     checker
         .report()
         .assert_holds(&Bounds {
-            faults: "1 leader kill".to_owned(),
+            faults: "leader kill x1".to_owned(),
             // Publish-only: a duplicate would be an event stored twice.
             extra_handlings: 0,
             // The budget (20 attempts) outlasts the election.

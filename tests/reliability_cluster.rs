@@ -140,7 +140,7 @@ async fn leader_kills(retries: Retries, count: usize, kills: usize) {
     checker
         .report()
         .assert_holds(&Bounds {
-            faults: format!("{kills} leader kills"),
+            faults: format!("leader kill x{kills}"),
             // Per kill: the events the instance held unacked (at most
             // prefetch + concurrency) and as many acks it had sent that the
             // killed leader had not yet replicated come back once more.

@@ -152,7 +152,7 @@ async fn an_instance_killed_before_acking_hands_its_events_to_the_other() {
     checker
         .report()
         .assert_holds(&Bounds {
-            faults: "1 instance SIGKILL".to_owned(),
+            faults: "instance SIGKILL x1".to_owned(),
             extra_handlings: 0,
             unknown: 0,
             refused: 0,
@@ -237,7 +237,7 @@ async fn shutdown_with_events_in_flight_while_publishing_loses_none() {
     checker
         .report()
         .assert_holds(&Bounds {
-            faults: "1 shutdown in flight".to_owned(),
+            faults: "shutdown in flight x1".to_owned(),
             extra_handlings: 0,
             unknown: 0,
             refused: 0,

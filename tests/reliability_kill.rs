@@ -151,7 +151,7 @@ async fn sigkill_cycles(
     let in_flight = WINDOW * cycles;
     report
         .assert_holds(&Bounds {
-            faults: format!("{cycles} kills, {killed_mid_publish} mid-publish"),
+            faults: format!("SIGKILL x{cycles} ({killed_mid_publish} mid-publish)"),
             // Publish-only: a duplicate would be an event stored twice.
             extra_handlings: 0,
             unknown: in_flight,

@@ -162,7 +162,7 @@ async fn a_stalled_connection_heals_without_loss_or_duplicates() {
     // Retries carried the same id, so the server stored each op once, and
     // no ack was lost. Only the probes (one attempt each) are unknown.
     report.assert_holds(&Bounds {
-        faults: format!("{faults} stalls"),
+        faults: format!("stall x{faults}"),
         extra_handlings: 0,
         unknown: faults,
         refused: 0,
@@ -193,7 +193,7 @@ async fn a_dropped_connection_is_detected_and_reconnected_without_loss() {
 
     let report = finish(&setup, &checker, publishing, running).await;
     report.assert_holds(&Bounds {
-        faults: format!("{faults} cuts"),
+        faults: format!("cut x{faults}"),
         // Acks of the events held at a cut can be lost: those come back.
         extra_handlings: (faults * HELD) as u64,
         // The retry budget outlasts the reconnect.
@@ -236,7 +236,7 @@ async fn a_black_holed_connection_loses_no_acked_event() {
 
     let report = finish(&setup, &checker, publishing, running).await;
     report.assert_holds(&Bounds {
-        faults: format!("{faults} black holes"),
+        faults: format!("black hole x{faults}"),
         // No delivery passes the hole, so only the acks of the events held
         // when it opened can be lost.
         extra_handlings: (faults * HELD) as u64,

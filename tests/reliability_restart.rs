@@ -134,7 +134,7 @@ async fn a_graceful_restart_while_publishing_and_consuming_loses_nothing() {
     server.stop().await.unwrap();
     scenario.open_gate();
     server.restart().await.unwrap();
-    finish(scenario, "1 graceful restart").await;
+    finish(scenario, "graceful restart x1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,5 +146,5 @@ async fn lame_duck_mode_while_publishing_and_consuming_loses_nothing() {
     // The server closes its clients over the lame duck duration, then exits.
     server.wait_for_exit(Duration::from_secs(90)).await.unwrap();
     server.restart().await.unwrap();
-    finish(scenario, "1 lame-duck exit").await;
+    finish(scenario, "lame-duck exit x1").await;
 }

@@ -359,8 +359,8 @@ fn sample<T: fmt::Debug>(items: &[T]) -> String {
 /// What the faults of one scenario explain, for [`Report::assert_holds`].
 #[derive(Clone, Debug)]
 pub struct Bounds {
-    /// The faults injected, as the summary row shows them (e.g. `3 kills,
-    /// 3 mid-publish`).
+    /// The faults injected, as the summary row shows them (e.g. `SIGKILL x3
+    /// (3 mid-publish)`).
     pub faults: String,
     /// Handlings beyond the first that the faults explain, in all (e.g. the
     /// events a consumer held unacked when a fault took its acks).
