@@ -36,7 +36,8 @@ pub enum Backend {
 
 impl Backend {
     /// The backend named by `$JETEVENTS_TEST_BACKEND`; when unset, [`Backend::Docker`]
-    /// if a docker engine answers and has the image, else [`Backend::Binary`].
+    /// if a docker engine answers and has the image, else [`Backend::Binary`] (with a
+    /// note on stderr), or an error when [`crate::docker_required`].
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), jetevents_testcontainers::HarnessError> {
@@ -52,7 +53,20 @@ impl Backend {
             None | Some("") => {
                 if docker::docker_available().await {
                     Ok(Self::Docker)
+                } else if crate::docker_required() {
+                    // CI promised docker: falling back would pass without
+                    // testing the backend it asked for.
+                    Err(HarnessError::new(
+                        HarnessErrorKind::Docker,
+                        format!(
+                            "{}=1 but no docker engine answers or the image is missing",
+                            crate::REQUIRE_DOCKER_ENV
+                        ),
+                    ))
                 } else {
+                    eprintln!(
+                        "jetevents-testcontainers: docker skipped (no engine or image): nats-server binary backend"
+                    );
                     Ok(Self::Binary)
                 }
             }

@@ -11,6 +11,10 @@ use jetevents_testcontainers::{Backend, NatsCluster};
 async fn stream_leader_failover() {
     for backend in backends().await {
         if backend == Backend::Docker && !jetevents_testcontainers::docker_host_network().await {
+            assert!(
+                !jetevents_testcontainers::docker_required(),
+                "JETEVENTS_REQUIRE_DOCKER=1 but the docker cluster needs JETEVENTS_DOCKER_NETWORK=host"
+            );
             eprintln!("docker cluster skipped: needs JETEVENTS_DOCKER_NETWORK=host");
             continue;
         }

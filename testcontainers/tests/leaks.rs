@@ -64,12 +64,13 @@ async fn dropping_a_server_removes_it() {
 }
 
 /// Not a test on its own: the body of the child process spawned by
-/// `an_aborted_test_process_leaves_nothing`. Without the env var it does nothing.
+/// `an_aborted_test_process_leaves_nothing` (ignored, so it never passes
+/// without running; without the env var it fails).
 #[tokio::test]
+#[ignore = "run as a child process by an_aborted_test_process_leaves_nothing"]
 async fn leak_child_entry() {
-    let Ok(backend) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+    let backend = std::env::var(CHILD_ENV)
+        .unwrap_or_else(|_| panic!("{CHILD_ENV} is set by the parent test"));
     let backend = if backend == "docker" {
         Backend::Docker
     } else {
@@ -109,6 +110,7 @@ async fn an_aborted_test_process_leaves_nothing() {
             .args([
                 "--exact",
                 "leak_child_entry",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -164,12 +166,15 @@ async fn an_aborted_test_process_leaves_nothing() {
 }
 
 /// Not a test on its own: the body of the child process spawned by
-/// `the_shared_server_is_removed_with_its_dir_at_exit`.
+/// `the_shared_server_is_removed_with_its_dir_at_exit` (ignored, so it never
+/// passes without running; without the env var it fails).
 #[tokio::test]
+#[ignore = "run as a child process by the_shared_server_is_removed_with_its_dir_at_exit"]
 async fn shared_child_entry() {
-    if std::env::var(SHARED_CHILD_ENV).is_err() {
-        return;
-    }
+    assert!(
+        std::env::var(SHARED_CHILD_ENV).is_ok(),
+        "{SHARED_CHILD_ENV} is set by the parent test"
+    );
     let server = jetevents_testcontainers::shared().await;
     let mut out = std::io::stdout();
     writeln!(out, "SHARED-DIR={}", server.dir().unwrap().display()).unwrap();
@@ -194,6 +199,7 @@ async fn the_shared_server_is_removed_with_its_dir_at_exit() {
         .args([
             "--exact",
             "shared_child_entry",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

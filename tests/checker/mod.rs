@@ -6,15 +6,22 @@
 //! ([`Checker::handled`]). At the end [`Checker::report`] counts:
 //!
 //! - **lost**: acked by the server, never handled;
-//! - **unexpected**: handled, never published;
+//! - **unexpected**: handled or stored, never published;
 //! - **phantom**: reported as definitely not stored, yet handled (the
 //!   library's error said something false);
 //! - **duplicates**: handled more than once (what a fault explains, e.g. a
 //!   redelivery after a crash before the ack, is allowed by the test);
-//! - **unknown**: outcome unknown (timeout); handled or not, both are fine.
+//! - **unknown**: outcome unknown (timeout); stored once or not at all, both
+//!   are fine.
 //!
-//! Before the consumer runtime is involved, "handled" is "read back from the
-//! stream" ([`read_back`]).
+//! [`read_back`] reads the stream at the end: what is **stored**, so each op
+//! can be checked to be stored at most once (an unknown outcome may be stored
+//! once or not at all, never twice). Publish-only tests
+//! ([`Checker::publish_only`]) count lost and duplicates against what is
+//! stored instead of what was handled.
+//!
+//! [`Report::assert_holds`] is the one assertion every fault test ends with;
+//! it prints the row `scripts/fault-suite.sh` collects for RELIABILITY.md.
 #![allow(
     dead_code,
     unused_imports,
@@ -89,12 +96,16 @@ struct State {
     unknown: BTreeSet<String>,
     refused: BTreeMap<String, String>,
     handled: BTreeMap<String, u32>,
+    /// How often each op is in the stream; `None` until [`read_back`].
+    stored: Option<BTreeMap<String, u32>>,
 }
 
 /// Publish outcomes and handling counts of one test.
 #[derive(Default)]
 pub struct Checker {
     name: String,
+    /// No consumer: what is stored stands for what is handled.
+    publish_only: bool,
     state: Mutex<State>,
 }
 
@@ -103,8 +114,39 @@ impl Checker {
     pub fn new(name: &str) -> Arc<Checker> {
         Arc::new(Checker {
             name: name.to_owned(),
+            publish_only: false,
             state: Mutex::default(),
         })
+    }
+
+    /// A history without a consumer: [`read_back`] is what counts as handled.
+    pub fn publish_only(name: &str) -> Arc<Checker> {
+        Arc::new(Checker {
+            name: name.to_owned(),
+            publish_only: true,
+            state: Mutex::default(),
+        })
+    }
+
+    /// `op` is in the stream (once more).
+    fn stored(&self, op: &str) {
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .stored
+            .get_or_insert_with(BTreeMap::new)
+            .entry(op.to_owned())
+            .or_default() += 1;
+    }
+
+    /// The stream was read and is empty.
+    fn nothing_stored(&self) {
+        self.state
+            .lock()
+            .unwrap()
+            .stored
+            .get_or_insert_with(BTreeMap::new);
     }
 
     /// The server acked `op`.
@@ -188,15 +230,24 @@ impl Checker {
     /// The counts so far; printed as one line.
     pub fn report(&self) -> Report {
         let state = self.state.lock().unwrap();
+        let empty = BTreeMap::new();
+        let stored = state.stored.as_ref().unwrap_or(&empty);
+        let seen = if self.publish_only {
+            stored
+        } else {
+            &state.handled
+        };
         let lost: Vec<String> = state
             .acked
             .iter()
-            .filter(|op| !state.handled.contains_key(*op))
+            .filter(|op| !seen.contains_key(*op))
             .cloned()
             .collect();
-        let unexpected: Vec<String> = state
-            .handled
+        let unexpected: Vec<String> = seen
             .keys()
+            .chain(stored.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .filter(|op| {
                 !state.acked.contains(*op)
                     && !state.unknown.contains(*op)
@@ -207,11 +258,15 @@ impl Checker {
         let phantom: Vec<String> = state
             .refused
             .keys()
-            .filter(|op| state.handled.contains_key(*op))
+            .filter(|op| seen.contains_key(*op) || stored.contains_key(*op))
             .cloned()
             .collect();
-        let duplicates: Vec<(String, u32)> = state
-            .handled
+        let duplicates: Vec<(String, u32)> = seen
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .map(|(op, count)| (op.clone(), *count))
+            .collect();
+        let stored_twice: Vec<(String, u32)> = stored
             .iter()
             .filter(|(_, count)| **count > 1)
             .map(|(op, count)| (op.clone(), *count))
@@ -219,22 +274,31 @@ impl Checker {
         let unknown_handled = state
             .unknown
             .iter()
-            .filter(|op| state.handled.contains_key(*op))
+            .filter(|op| seen.contains_key(*op))
             .count();
+        let unknown_stored = state.stored.as_ref().map(|stored| {
+            state
+                .unknown
+                .iter()
+                .filter(|op| stored.contains_key(*op))
+                .count()
+        });
         let report = Report {
             name: self.name.clone(),
             attempted: state.acked.len() + state.unknown.len() + state.refused.len(),
             acked: state.acked.len(),
             unknown: state.unknown.len(),
             unknown_handled,
+            unknown_stored,
             refused: state.refused.len(),
             refused_reasons: state.refused.values().take(3).cloned().collect(),
-            handled: state.handled.len(),
-            deliveries: state.handled.values().map(|c| u64::from(*c)).sum(),
+            handled: seen.len(),
+            deliveries: seen.values().map(|c| u64::from(*c)).sum(),
             lost,
             unexpected,
             phantom,
             duplicates,
+            stored_twice,
         };
         drop(state);
         println!("{report}");
@@ -250,6 +314,8 @@ pub struct Report {
     pub acked: usize,
     pub unknown: usize,
     pub unknown_handled: usize,
+    /// Unknown outcomes found in the stream; `None` if it was not read back.
+    pub unknown_stored: Option<usize>,
     pub refused: usize,
     pub refused_reasons: Vec<String>,
     pub handled: usize,
@@ -258,18 +324,22 @@ pub struct Report {
     pub unexpected: Vec<String>,
     pub phantom: Vec<String>,
     pub duplicates: Vec<(String, u32)>,
+    /// Ops in the stream more than once (the server's deduplication failed).
+    pub stored_twice: Vec<(String, u32)>,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "checker[{}]: attempted={} acked={} unknown={} (handled {}) refused={} handled={} deliveries={} lost={} unexpected={} phantom={} duplicates={}",
+            "checker[{}]: attempted={} acked={} unknown={} (handled {}, stored {}) refused={} handled={} deliveries={} lost={} unexpected={} phantom={} duplicates={} stored_twice={}",
             self.name,
             self.attempted,
             self.acked,
             self.unknown,
             self.unknown_handled,
+            self.unknown_stored
+                .map_or_else(|| "not read".to_owned(), |n| n.to_string()),
             self.refused,
             self.handled,
             self.deliveries,
@@ -277,6 +347,7 @@ impl fmt::Display for Report {
             self.unexpected.len(),
             self.phantom.len(),
             self.duplicates.len(),
+            self.stored_twice.len(),
         )
     }
 }
@@ -285,7 +356,81 @@ fn sample<T: fmt::Debug>(items: &[T]) -> String {
     format!("{:?}", &items[..items.len().min(10)])
 }
 
+/// What the faults of one scenario explain, for [`Report::assert_holds`].
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    /// The faults injected, as the summary row shows them (e.g. `SIGKILL x3
+    /// (3 mid-publish)`).
+    pub faults: String,
+    /// Handlings beyond the first that the faults explain, in all (e.g. the
+    /// events a consumer held unacked when a fault took its acks).
+    pub extra_handlings: u64,
+    /// Publishes whose outcome may stay unknown (e.g. those in flight at
+    /// each fault once the retry budget is spent).
+    pub unknown: usize,
+    /// Publishes that may be refused (e.g. no stream leader within a short
+    /// retry budget). A refusal says "not stored", which is checked anyway.
+    pub refused: usize,
+}
+
 impl Report {
+    /// Handlings beyond the first, over all ops.
+    pub fn extra_handlings(&self) -> u64 {
+        self.duplicates
+            .iter()
+            .map(|(_, count)| u64::from(count - 1))
+            .sum()
+    }
+
+    /// What every fault test asserts, and the row RELIABILITY.md copies:
+    /// nothing acked lost, nothing unexpected or phantom, nothing stored
+    /// twice (so every unknown outcome was stored once or not at all), and
+    /// unknown outcomes, refusals and duplicates within what the faults
+    /// explain. The stream must have been read back ([`read_back`]).
+    pub fn assert_holds(&self, bounds: &Bounds) -> &Self {
+        let unknown_stored = self
+            .unknown_stored
+            .unwrap_or_else(|| panic!("{self}\nread the stream back before assert_holds"));
+        println!(
+            "FAULT-ROW | {} | {} | {} | {} | {} | {} ({} stored) | {} | {} ({} ops)",
+            self.name,
+            self.attempted,
+            bounds.faults,
+            self.lost.len(),
+            self.unexpected.len(),
+            self.unknown,
+            unknown_stored,
+            self.refused,
+            self.extra_handlings(),
+            self.duplicates.len(),
+        );
+        self.assert_no_loss();
+        assert!(
+            self.stored_twice.is_empty(),
+            "{self}\nstored more than once: {}",
+            sample(&self.stored_twice)
+        );
+        assert!(
+            self.unknown <= bounds.unknown,
+            "{self}\nmore than {} unknown outcomes",
+            bounds.unknown
+        );
+        assert!(
+            self.refused <= bounds.refused,
+            "{self}\nmore than {} refused, for: {:?}",
+            bounds.refused,
+            self.refused_reasons
+        );
+        assert!(
+            self.extra_handlings() <= bounds.extra_handlings,
+            "{self}\n{} extra handlings, the faults explain {}: {}",
+            self.extra_handlings(),
+            bounds.extra_handlings,
+            sample(&self.duplicates)
+        );
+        self
+    }
+
     /// Nothing acked was lost, nothing unexpected or phantom was handled.
     pub fn assert_no_loss(&self) -> &Self {
         assert!(self.lost.is_empty(), "{self}\nlost: {}", sample(&self.lost));
@@ -361,7 +506,7 @@ impl Report {
 }
 
 /// Reads every message of `stream` (from the first) with an ordered consumer,
-/// decodes it with the jetevents codec and records its op as handled. Returns
+/// decodes it with the jetevents codec and records its op as stored. Returns
 /// how many messages were read. Fails on a message that does not decode.
 pub async fn read_back(client: &Client, stream: &str, checker: &Checker) -> usize {
     // After a fault the JetStream API may need a while (leader elections,
@@ -383,6 +528,7 @@ pub async fn read_back(client: &Client, stream: &str, checker: &Checker) -> usiz
         assert!(Instant::now() < deadline, "stream {stream} unreadable");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    checker.nothing_stored();
     if total == 0 {
         return 0;
     }
@@ -396,7 +542,7 @@ pub async fn read_back(client: &Client, stream: &str, checker: &Checker) -> usiz
         let envelope =
             jetevents::codec::decode(message.headers.as_ref(), &message.payload).unwrap();
         let op: Op = envelope.decode_data().unwrap();
-        checker.handled(&op.op);
+        checker.stored(&op.op);
         read += 1;
     }
     read
@@ -451,6 +597,46 @@ pub fn consumer(
                 Ok::<_, jetevents::consume::HandlerError>(())
             },
         )
+}
+
+/// Publishes `count` ops of run `run` one by one on a task, recording each
+/// outcome; `done` counts finished publishes.
+pub fn publish_in_background(
+    client: &Client,
+    run: &'static str,
+    count: usize,
+    checker: &Arc<Checker>,
+    done: &Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    let publisher = client.publisher();
+    let checker = checker.clone();
+    let done = done.clone();
+    tokio::spawn(async move {
+        for n in 0..count {
+            let event = op(run, n, 100);
+            let result = publisher.publish(&event).await;
+            checker.record(&event.op, &result);
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+}
+
+/// The end of a fault run: waits for `publishing` to return and for every
+/// acked op to be handled, then stops the consumer, which must still be
+/// running (a runner that gave up would pass for one that drained).
+pub async fn drain(checker: &Checker, publishing: tokio::task::JoinHandle<()>, running: Running) {
+    tokio::time::timeout(Duration::from_secs(180), publishing)
+        .await
+        .expect("publishing did not finish after the fault")
+        .unwrap();
+    eventually(
+        "every acked op handled",
+        Duration::from_secs(120),
+        || async { checker.all_acked_handled() },
+    )
+    .await;
+    assert!(!running.is_finished(), "the runner gave up");
+    running.stop().await;
 }
 
 /// Creates stream `name` capturing `{env}.chaos.>` of `client`'s environment.
