@@ -95,11 +95,14 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
         (round, shipped_too)
     };
 
+    let started = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("{:>6} ms  {what}", started.elapsed().as_millis());
     let v1_a = instance(&world, 1, &handled).await;
     let v1_b = instance(&world, 1, &handled).await;
     let (r, both) = publish_round(false);
     publish(&publisher, &mut published, r, both).await;
 
+    phase("// Roll forward: a's replaceme");
     // Roll forward: a's replacement widens the group's filter.
     v1_a.stop().await;
     let v2_a = instance(&world, 2, &handled).await;
@@ -112,6 +115,7 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
     let (r, both) = publish_round(true);
     publish(&publisher, &mut published, r, both).await;
 
+    phase("// Roll b back while events ke");
     // Roll b back while events keep coming.
     v2_b.stop().await;
     let v1_c = instance(&world, 1, &handled).await;
@@ -120,13 +124,16 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
     let (r, both) = publish_round(true);
     publish(&publisher, &mut published, r, both).await;
 
+    phase("let expected = published.place");
     let expected = published.placed.len() + published.shipped.len();
-    eventually("every event handled", Duration::from_secs(60), || async {
+    eventually("every event handled", Duration::from_secs(120), || async {
         let distinct: BTreeSet<String> = handled.items().into_iter().map(|(_, _, id)| id).collect();
         distinct.len() >= expected
     })
     .await;
+    phase("all handled");
     world.wait_settled(GROUP).await;
+    phase("settled");
 
     let items = handled.items();
     let mut by_id: BTreeMap<String, Vec<(u8, &'static str)>> = BTreeMap::new();

@@ -268,14 +268,14 @@ async fn a_panicking_handler_does_not_stop_the_runner() {
 }
 
 /// A deliberate policy dead-letters an unhandled type only after it has been
-/// left for other instances for the wait it sets: Naked after 0 s and 1 s of
-/// waiting (delays 1 s, 2 s), dead-lettered on the third delivery (3 s).
+/// left for other instances for the wait it sets: Naked with delays 250 ms,
+/// 500 ms, 1 s, 2 s, dead-lettered on the fifth delivery (3.75 s left).
 #[tokio::test]
 async fn unhandled_types_follow_the_policy() {
     let world = World::on_shared_server().await;
     let consumer = world
         .consumer("strict")
-        .unhandled(UnhandledPolicy::DeadLetterAfter(Duration::from_secs(2)))
+        .unhandled(UnhandledPolicy::DeadLetterAfter(Duration::from_secs(3)))
         .filter_subject(format!("{}.shop.>", world.client.subjects().env()))
         .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
         .build()
@@ -293,7 +293,7 @@ async fn unhandled_types_follow_the_policy() {
     let entries = dead_letters_of(&world, "strict", 1).await;
     assert_eq!(entries[0].reason, DeadLetterReason::Unhandled);
     assert!(entries[0].error.contains("shop.order.shipped.v1"));
-    assert_eq!(entries[0].delivery_count, 3);
+    assert_eq!(entries[0].delivery_count, 5);
     assert_eq!(entries[0].failed_runs, None);
     running.stop().await;
 }

@@ -104,8 +104,8 @@ use router::Router;
 /// asked for one more type (see the [group filter](self#rolling-deploys)),
 /// a pattern or extra filter subject matched, or a handler was removed.
 /// Another instance of the group may well handle it, so by default it is
-/// left for one: Naked with a delay that grows with its deliveries (1 s,
-/// 2 s, 4 s... up to 10 s), counted in `jetevents.consume.unhandled` and
+/// left for one: Naked with a delay that grows with its deliveries (250 ms,
+/// 500 ms, 1 s... up to 5 s), counted in `jetevents.consume.unhandled` and
 /// never against the event's attempts.
 ///
 /// Acking or dead-lettering such events is a deliberate choice, made after a
@@ -149,15 +149,26 @@ pub enum AckMode {
     Confirmed,
 }
 
-/// The server-side backoff of the durable consumer.
+/// The server-side backoff of the durable consumer: how long the server
+/// waits before redelivering an event that was neither acked nor Naked (the
+/// instance crashed or lost its connection).
+///
+/// Off by default, because a backoff also lengthens every Nak delay:
+/// nats-server (2.15.1, measured by `tests/consume_deployments.rs`'s rolling
+/// deploy before this default changed) times a Naked event against the
+/// backoff entry of its delivery instead of the ack wait, so a Nak asking
+/// for `d` after delivery `n` comes back after `d + backoff[n] - ack_wait`.
+/// With the derived backoff and the default retry policy that roughly
+/// doubled every retry delay.
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub enum ServerBackoff {
-    /// From the retry policy: [`RetryPolicy::server_backoff`] (default).
-    #[default]
+    /// From the retry policy: [`RetryPolicy::server_backoff`]. Nak delays
+    /// grow by the difference between an entry and the ack wait (see above).
     Derived,
-    /// None: a delivery that is neither acked nor Naked comes back after the
-    /// ack wait.
+    /// None (default): a delivery that is neither acked nor Naked comes back
+    /// after the ack wait.
+    #[default]
     Off,
     /// These delays, one per delivery (the last repeats).
     Custom(Vec<Duration>),
@@ -701,7 +712,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
-    /// The server-side backoff (default derived from the retry policy).
+    /// The server-side backoff (default: none, see [`ServerBackoff`]).
     pub fn server_backoff(mut self, backoff: ServerBackoff) -> Self {
         self.settings.server_backoff = backoff;
         self
@@ -894,8 +905,10 @@ mod tests {
         let settings = Settings {
             retry: RetryPolicy::fixed(Duration::from_secs(2)).max_attempts(3),
             ack_wait: Duration::from_secs(9),
+            server_backoff: ServerBackoff::Derived,
             ..Settings::default()
         };
+        assert!(Settings::default().backoff().is_empty());
         let config = consumer_config("billing", &["dev.a.b.c.v1".into()], &settings);
         assert_eq!(config.durable_name.as_deref(), Some("billing"));
         assert_eq!(config.max_deliver, 4 + DELIVERY_MARGIN);
@@ -927,6 +940,7 @@ mod tests {
         let settings = Settings {
             retry: RetryPolicy::fixed(Duration::from_secs(2)).max_attempts(3),
             ack_wait: Duration::from_secs(9),
+            server_backoff: ServerBackoff::Derived,
             ..Settings::default()
         };
         assert_eq!(settings.redelivery_period(), Duration::from_secs(11));

@@ -14,8 +14,11 @@ use std::time::Duration;
 /// The delay before attempt `n + 1` (after attempt `n` failed) is
 /// `initial_delay * multiplier^(n-1)`, capped at `max_delay`, then reduced by a
 /// random share of at most `jitter` (so instances that failed together do not
-/// retry together). The attempt number is the server's delivery count, so the
-/// schedule survives restarts and moves between instances with the event.
+/// retry together). An attempt is a handler run that failed, counted across
+/// instances in a KV bucket ([`ATTEMPTS_BUCKET`](super::ATTEMPTS_BUCKET)),
+/// so the schedule survives restarts and moves between instances with the
+/// event, and deliveries that ran no handler (a shutdown, a lost connection,
+/// an event left for another version) use up no attempt.
 ///
 /// ```
 /// use std::time::Duration;
@@ -136,10 +139,10 @@ impl RetryPolicy {
         self.max_delay
     }
 
-    /// Whether delivery number `delivered` (1 = first delivery) is the last
-    /// attempt this policy allows.
-    pub fn is_last_attempt(&self, delivered: u64) -> bool {
-        delivered >= u64::from(self.max_attempts)
+    /// Whether attempt number `attempt` (1 = the first handler run) is the
+    /// last this policy allows.
+    pub fn is_last_attempt(&self, attempt: u64) -> bool {
+        attempt >= u64::from(self.max_attempts)
     }
 
     /// The delay, without jitter, before the next attempt after attempt

@@ -1316,7 +1316,7 @@ async fn decide<S: Clone + Send + Sync + 'static>(
 /// short enough to move on soon after the instance that handles them
 /// starts, long enough not to spin while none runs.
 fn unhandled_delays() -> super::RetryPolicy {
-    super::RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(10)).jitter(0.0)
+    super::RetryPolicy::exponential(Duration::from_millis(250), Duration::from_secs(5)).jitter(0.0)
 }
 
 /// How long an event delivered for the `delivered`th time has been left for
