@@ -38,9 +38,10 @@ pub(crate) struct FailedRuns {
 }
 
 impl FailedRuns {
-    /// Opens (or creates) the bucket. Never fails: without it, deliveries
-    /// are counted instead.
-    pub(crate) async fn open(client: &Client, stream: &str, group: &str) -> Self {
+    /// Opens (or creates, with the consumed stream's `replicas`, so it
+    /// survives what the stream survives) the bucket. Never fails: without
+    /// it, deliveries are counted instead.
+    pub(crate) async fn open(client: &Client, stream: &str, group: &str, replicas: usize) -> Self {
         let jetstream = client.jetstream();
         let store = match jetstream.get_key_value(BUCKET).await {
             Ok(store) => Ok(store),
@@ -52,6 +53,7 @@ impl FailedRuns {
                             .to_owned(),
                         max_age: MAX_AGE,
                         history: 1,
+                        num_replicas: replicas.max(1),
                         ..Default::default()
                     })
                     .await

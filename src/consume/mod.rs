@@ -33,16 +33,51 @@
 //! handled by one of them; another service with another group gets every event
 //! too. The consumer's filter subjects are derived from the handled types.
 //!
+//! # Rolling deploys
+//!
+//! Instances of different versions of a service may share the group, as they
+//! do during a rolling deploy or a rollback. None of them loses or acks an
+//! event it cannot handle:
+//!
+//! - **The group's filter only widens.** An instance writes the union of the
+//!   filter on the server and its own (and nothing when the server's already
+//!   covers its own), so a newer version adds its types and an older one,
+//!   starting or recovering, never removes them. Each instance looks again
+//!   every 15 s and widens the filter back if something narrowed it.
+//!   Subjects on the server that an instance does not handle are drift,
+//!   reported at `WARN` and in `jetevents.consume.filter_drift`. Narrowing is
+//!   deliberate: [`ConsumerBuilder::replace_group_filter`].
+//! - **Unknown types are left for an instance that handles them**: Naked with
+//!   a growing delay (250 ms up to 5 s), counted in
+//!   `jetevents.consume.unhandled` and never as an attempt. Acking or
+//!   dead-lettering them is a policy with a wait ([`UnhandledPolicy`]).
+//! - **Attempts are failed handler runs**, not deliveries: an event Naked at a
+//!   shutdown, left for another version or redelivered after a lost
+//!   connection keeps its attempts. Instances share the count through the
+//!   KV bucket [`ATTEMPTS_BUCKET`]; the server's `max_deliver` (attempts + 1 +
+//!   [`DELIVERY_MARGIN`] by default) stays as a safety bound above them.
+//!
+//! Events of a type published before any instance of the group asked for it
+//! are not delivered to the group when a new version widens the filter: the
+//! group's cursor has passed them. Rolling back is as safe as rolling
+//! forward: the older version leaves the newer type's events for the newer
+//! instances still running, and if none is left they wait (up to
+//! `max_deliver`, then dead-lettered `undeliverable`) for one to return.
+//!
+//! `tests/consume_deployments.rs` rolls a group from version 1 to version 2
+//! and back while both types are published, and restarts an instance ten
+//! times in the middle of its handler.
+//!
 //! # Acking (the runner owns it)
 //!
 //! | handler result / situation               | settle                                    |
 //! |------------------------------------------|-------------------------------------------|
 //! | `Ok(())`                                 | ack (double ack with [`AckMode::Confirmed`]) |
-//! | transient error or panic, attempts left  | Nak with the [`RetryPolicy`] delay        |
+//! | transient error or panic, attempts left  | failed run recorded, Nak with the [`RetryPolicy`] delay |
 //! | transient error on the last attempt      | dead letter, then Term                    |
 //! | permanent error                          | dead letter, then Term                    |
 //! | undecodable message or data              | dead letter, then Term (first delivery)   |
-//! | type without handler                     | [`UnhandledPolicy`]: ack or dead letter   |
+//! | type without handler                     | [`UnhandledPolicy`]: left for another instance (Nak, 250 ms to 5 s), or ack / dead letter after a set wait |
 //! | still running at ack wait / 3            | in-progress ack (repeated)                |
 //! | still running at the handler timeout     | cancelled; Nak with the [`RetryPolicy`] delay (`error.type=timeout`), dead letter on the last attempt |
 //! | received, waiting for a free handler     | in-progress ack (repeated)                |
@@ -350,6 +385,8 @@ pub struct Consumer<S = ()> {
     /// Subjects of the group's filter this instance does not handle, as
     /// last reported.
     drift: Vec<String>,
+    /// The stream's replicas: the attempts bucket gets as many.
+    replicas: usize,
 }
 
 impl<S> std::fmt::Debug for Consumer<S> {
@@ -849,6 +886,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         let consumer = ensured.consumer;
         Ok(Consumer {
             drift,
+            replicas: stream.cached_info().config.num_replicas,
             client: self.client,
             group: self.group,
             stream: stream_name,

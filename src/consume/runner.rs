@@ -111,8 +111,9 @@ where
         settings,
         consumer: mut pull_consumer,
         mut drift,
+        replicas,
     } = consumer;
-    let failed_runs = FailedRuns::open(&client, &stream, &group).await;
+    let failed_runs = FailedRuns::open(&client, &stream, &group, replicas).await;
     let shared = Arc::new(Runtime {
         failed_runs,
         publisher: client.publisher(),
