@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,7 +126,7 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
 
     phase("let expected = published.place");
     let expected = published.placed.len() + published.shipped.len();
-    eventually("every event handled", Duration::from_secs(120), || async {
+    eventually("every event handled", Duration::from_secs(240), || async {
         let distinct: BTreeSet<String> = handled.items().into_iter().map(|(_, _, id)| id).collect();
         distinct.len() >= expected
     })
@@ -153,13 +153,7 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
         );
     }
     // The group's filter still delivers both types.
-    let stream = world
-        .client
-        .jetstream()
-        .get_stream(&world.stream)
-        .await
-        .unwrap();
-    let info = stream.consumer_info(GROUP).await.unwrap();
+    let info = world.stream().await.consumer_info(GROUP).await.unwrap();
     let env = world.client.subjects().env().to_owned();
     assert_eq!(
         info.config.filter_subjects,
@@ -175,6 +169,62 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
     v1_c.stop().await;
 }
 
+/// The handler of the restart tests: it records each run, then hangs (mode
+/// 0, the default), passes or fails as the test sets `mode`.
+#[derive(Clone, Default)]
+struct Gate {
+    mode: Arc<AtomicU8>,
+    runs: Log<u64>,
+    done: Log<u64>,
+}
+
+const PASS: u8 = 1;
+const FAIL: u8 = 2;
+
+async fn gated(_: OrderPlaced, ctx: Context<Gate>) -> Result<(), HandlerError> {
+    let gate = ctx.state();
+    gate.runs.push(ctx.delivery_count());
+    loop {
+        match gate.mode.load(Ordering::SeqCst) {
+            PASS => {
+                gate.done.push(ctx.delivery_count());
+                return Ok(());
+            }
+            FAIL => return Err(HandlerError::transient("downstream refused")),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// An instance of `group` that stops quickly (100 ms grace) and allows three
+/// attempts, 50 ms apart.
+async fn gated_instance(world: &World, group: &str, gate: &Gate) -> Running {
+    let consumer = world
+        .consumer(group)
+        .retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(3))
+        .shutdown_grace(Duration::from_millis(100))
+        .pull_expiry(Duration::from_millis(500))
+        .with_state(gate.clone())
+        .handle(gated)
+        .build()
+        .await
+        .unwrap();
+    Running::start(consumer)
+}
+
+/// Starts `times` instances one after another, each stopped once the
+/// handler has run once more: its event is Naked by the shutdown grace.
+async fn restart_mid_handler(world: &World, group: &str, gate: &Gate, times: usize) {
+    for restart in 1..=times {
+        let running = gated_instance(world, group, gate).await;
+        eventually("handler started", Duration::from_secs(20), || async {
+            gate.runs.len() >= restart
+        })
+        .await;
+        running.stop().await;
+    }
+}
+
 /// Deliveries cut short by a shutdown are not attempts: an event whose
 /// handler never failed survives ten restarts of its only instance (each
 /// one stops it mid-handler, and the grace Naks it) and is then handled,
@@ -182,46 +232,21 @@ async fn a_rolling_deploy_and_a_rollback_lose_no_event() {
 #[tokio::test]
 async fn ten_restarts_mid_handler_use_up_no_attempt() {
     let world = World::on_shared_server().await;
-    let allowed = Arc::new(AtomicBool::new(false));
-    let runs: Log<u64> = Log::default();
-    let done: Log<u64> = Log::default();
-    let build = || {
-        world
-            .consumer("patient")
-            .retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(3))
-            .shutdown_grace(Duration::from_millis(100))
-            .pull_expiry(Duration::from_millis(500))
-            .with_state((allowed.clone(), runs.clone(), done.clone()))
-            .handle(
-                |_: OrderPlaced, ctx: Context<(Arc<AtomicBool>, Log<u64>, Log<u64>)>| async move {
-                    let (allowed, runs, done) = ctx.state();
-                    runs.push(ctx.delivery_count());
-                    while !allowed.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    done.push(ctx.delivery_count());
-                    Ok::<_, HandlerError>(())
-                },
-            )
-            .build()
-    };
+    let gate = Gate::default();
     world.publish(1).await;
-    for restart in 1..=10usize {
-        let running = Running::start(build().await.unwrap());
-        eventually("handler started", Duration::from_secs(20), || async {
-            runs.len() >= restart
-        })
-        .await;
-        running.stop().await;
-    }
-    allowed.store(true, Ordering::SeqCst);
-    let running = Running::start(build().await.unwrap());
+    restart_mid_handler(&world, "patient", &gate, 10).await;
+    gate.mode.store(PASS, Ordering::SeqCst);
+    let running = gated_instance(&world, "patient", &gate).await;
     eventually("handled", Duration::from_secs(20), || async {
-        done.len() == 1
+        gate.done.len() == 1
     })
     .await;
     world.wait_settled("patient").await;
-    assert!(done.items()[0] >= 11, "deliveries: {:?}", done.items());
+    assert!(
+        gate.done.items()[0] >= 11,
+        "deliveries: {:?}",
+        gate.done.items()
+    );
     assert!(world
         .dead_letter_api()
         .list_for_consumer("patient", 10)
@@ -237,39 +262,11 @@ async fn ten_restarts_mid_handler_use_up_no_attempt() {
 #[tokio::test]
 async fn attempts_count_failed_runs_not_deliveries() {
     let world = World::on_shared_server().await;
-    let failing = Arc::new(AtomicBool::new(false));
-    let runs: Log<u64> = Log::default();
-    let build = || {
-        world
-            .consumer("counted")
-            .retry(RetryPolicy::fixed(Duration::from_millis(50)).max_attempts(3))
-            .shutdown_grace(Duration::from_millis(100))
-            .pull_expiry(Duration::from_millis(500))
-            .with_state((failing.clone(), runs.clone()))
-            .handle(
-                |_: OrderPlaced, ctx: Context<(Arc<AtomicBool>, Log<u64>)>| async move {
-                    let (failing, runs) = ctx.state();
-                    runs.push(ctx.delivery_count());
-                    if failing.load(Ordering::SeqCst) {
-                        return Err(HandlerError::transient("downstream refused"));
-                    }
-                    std::future::pending::<()>().await;
-                    Ok(())
-                },
-            )
-            .build()
-    };
+    let gate = Gate::default();
     world.publish(1).await;
-    for restart in 1..=2usize {
-        let running = Running::start(build().await.unwrap());
-        eventually("handler started", Duration::from_secs(20), || async {
-            runs.len() >= restart
-        })
-        .await;
-        running.stop().await;
-    }
-    failing.store(true, Ordering::SeqCst);
-    let running = Running::start(build().await.unwrap());
+    restart_mid_handler(&world, "counted", &gate, 2).await;
+    gate.mode.store(FAIL, Ordering::SeqCst);
+    let running = gated_instance(&world, "counted", &gate).await;
     let api = world.dead_letter_api();
     eventually("dead-lettered", Duration::from_secs(20), || async {
         api.list_for_consumer("counted", 10)
@@ -285,6 +282,6 @@ async fn attempts_count_failed_runs_not_deliveries() {
     );
     assert_eq!(entries[0].failed_runs, Some(3));
     assert_eq!(entries[0].delivery_count, 5);
-    assert_eq!(runs.items(), [1, 2, 3, 4, 5]);
+    assert_eq!(gate.runs.items(), [1, 2, 3, 4, 5]);
     running.stop().await;
 }

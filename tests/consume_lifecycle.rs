@@ -257,13 +257,12 @@ async fn a_deleted_consumer_is_recreated() {
     })
     .await;
 
-    let stream = world
-        .client
-        .jetstream()
-        .get_stream(&world.stream)
+    world
+        .stream()
+        .await
+        .delete_consumer("phoenix")
         .await
         .unwrap();
-    stream.delete_consumer("phoenix").await.unwrap();
     world.publish(2).await;
 
     eventually(

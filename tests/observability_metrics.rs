@@ -17,8 +17,8 @@ use metrics_reader::{Metrics, Recorder};
 
 const GROUP: &str = "billing";
 
-#[tokio::test]
-async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
+/// A recorder, a client whose metrics it records, and a `shop` stream.
+async fn metered_world() -> (Recorder, jetevents::client::Client, String) {
     let recorder = Recorder::new();
     let url = jetevents_testcontainers::shared().await.url();
     let env = support::unique("obs");
@@ -27,6 +27,12 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
     let stream = support::unique("SHOP");
     let spec = StreamSpec::for_domain(client.subjects(), &stream, "shop").unwrap();
     client.ensure_stream(&spec).await.unwrap();
+    (recorder, client, stream)
+}
+
+#[tokio::test]
+async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
+    let (recorder, client, stream) = metered_world().await;
     let dead_letter_stream = support::unique("DL");
 
     // 1..=3 succeed, 4 fails transiently once then succeeds, 5 fails
@@ -165,14 +171,7 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
 /// ran) is not swallowed: it is counted with `operation=ack`.
 #[tokio::test]
 async fn an_ack_that_cannot_be_sent_is_counted_as_a_settle_failure() {
-    let recorder = Recorder::new();
-    let url = jetevents_testcontainers::shared().await.url();
-    let env = support::unique("obs");
-    let meter = recorder.meter();
-    let client = support::connect(&url, &env, |config| config.meter = Some(meter)).await;
-    let stream = support::unique("SHOP");
-    let spec = StreamSpec::for_domain(client.subjects(), &stream, "shop").unwrap();
-    client.ensure_stream(&spec).await.unwrap();
+    let (recorder, client, stream) = metered_world().await;
 
     let started: Log<u64> = Log::default();
     let (release, released) = tokio::sync::watch::channel(false);

@@ -123,15 +123,20 @@ impl World {
         )
     }
 
-    /// Consumer info of `group`: (pending, ack pending).
-    pub async fn consumer_counts(&self, group: &str) -> (u64, usize) {
-        let stream = self
-            .client
+    /// This world's event stream.
+    pub async fn stream(
+        &self,
+    ) -> async_nats::jetstream::stream::Stream<async_nats::jetstream::stream::Info> {
+        self.client
             .jetstream()
             .get_stream(&self.stream)
             .await
-            .unwrap();
-        let info = stream.consumer_info(group).await.unwrap();
+            .unwrap()
+    }
+
+    /// Consumer info of `group`: (pending, ack pending).
+    pub async fn consumer_counts(&self, group: &str) -> (u64, usize) {
+        let info = self.stream().await.consumer_info(group).await.unwrap();
         (info.num_pending, info.num_ack_pending)
     }
 
