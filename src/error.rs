@@ -99,3 +99,20 @@ impl<Kind> From<Kind> for Error<Kind> {
         Self::new(kind)
     }
 }
+
+/// The error and its causes on one line, `": "`-joined. Many errors (ours,
+/// async-nats's) already print their source in `Display`: a cause whose text
+/// is already there is not repeated.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let next_text = next.to_string();
+        if !text.contains(&next_text) {
+            text.push_str(": ");
+            text.push_str(&next_text);
+        }
+        cause = next.source();
+    }
+    text
+}

@@ -331,7 +331,7 @@ fn is_transient(err: &ProvisionError) -> bool {
         ProvisionErrorKind::JetStreamUnavailable => {
             // No responders: no meta leader (an election), or no JetStream
             // at all, which the retries only delay.
-            chain_text(err)
+            crate::error::error_chain(err)
                 .to_ascii_lowercase()
                 .contains("no responders")
         }
@@ -340,17 +340,6 @@ fn is_transient(err: &ProvisionError) -> bool {
             .any(|code| text.contains(&format!("error code {code})"))),
         _ => false,
     }
-}
-
-fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn request_failed(err: impl std::error::Error + Send + Sync + 'static) -> ProvisionError {

@@ -149,14 +149,7 @@ impl HandlerError {
     /// The error and its causes, `": "`-joined: what goes into the
     /// dead-letter entry and the span.
     pub(crate) fn chain(&self) -> String {
-        let mut text = self.source.to_string();
-        let mut cause = self.source.source();
-        while let Some(next) = cause {
-            text.push_str(": ");
-            text.push_str(&next.to_string());
-            cause = next.source();
-        }
-        text
+        crate::error::error_chain(self.source.as_ref())
     }
 }
 

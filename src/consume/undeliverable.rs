@@ -35,7 +35,8 @@ use crate::client::{Client, Operation};
 use crate::codec::base64;
 
 use super::dead_letter::{self, DeadLetterConfig, DeadLetterReason, Failure};
-use super::runner::{metric_attributes, SettleOperation, SettleReporter};
+use super::metrics::metric_attributes;
+use super::runner::{SettleOperation, SettleReporter};
 
 /// Attempts at reading the stored message or storing its copy: the advisory
 /// is not sent again, so a passing timeout must not lose the dead letter.

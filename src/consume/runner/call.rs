@@ -1,0 +1,113 @@
+//! One handler call, run to its end: result, panic, timeout or shutdown.
+
+use std::any::Any;
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::consume::handler::HandlerError;
+
+use super::progress::ProgressAck;
+use super::settle::{SettleOperation, SettleReporter};
+
+/// How a handler call ended.
+pub(super) enum Ended {
+    Returned(Result<(), HandlerError>),
+    Panicked(Box<dyn Any + Send>),
+    /// Cancelled after running this long.
+    TimedOut(Duration),
+    /// Cancelled by a shutdown.
+    Stopped,
+}
+
+impl From<Result<Result<(), HandlerError>, Box<dyn Any + Send>>> for Ended {
+    fn from(caught: Result<Result<(), HandlerError>, Box<dyn Any + Send>>) -> Self {
+        match caught {
+            Ok(returned) => Self::Returned(returned),
+            Err(panic) => Self::Panicked(panic),
+        }
+    }
+}
+
+/// The in-progress acks of a running handler's event.
+pub(super) struct KeepAlive<'a> {
+    pub(super) message: &'a jetstream::Message,
+    pub(super) interval: Duration,
+    pub(super) reporter: &'a SettleReporter,
+    pub(super) stream_sequence: u64,
+}
+
+/// Runs a handler call to its end: its result, its timeout or shutdown.
+///
+/// Its event gets in-progress acks meanwhile, sent next to the call rather
+/// than before it: an ack waiting for room in the client's queue (a stalled
+/// connection) must not stop the call from being polled. On timeout the
+/// call is dropped, and with it the acks.
+pub(super) async fn run_handler<C>(
+    call: C,
+    timeout: Duration,
+    keep_alive: KeepAlive<'_>,
+    mut stopped: watch::Receiver<bool>,
+) -> Ended
+where
+    C: Future<Output = Result<Result<(), HandlerError>, Box<dyn Any + Send>>>,
+{
+    tokio::pin!(call);
+    // Most handlers finish on their first poll: no timers for them, and the
+    // waiting is boxed, so every delivery's future does not carry its size
+    // (the runner moves each one into its set of running handlers).
+    if let Some(caught) = call.as_mut().now_or_never() {
+        return caught.into();
+    }
+    Box::pin(async {
+        let KeepAlive {
+            message,
+            interval,
+            reporter,
+            stream_sequence,
+        } = keep_alive;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut progress = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut progress_ack = ProgressAck::default();
+        loop {
+            tokio::select! {
+                caught = &mut call => break caught.into(),
+                () = &mut deadline => break Ended::TimedOut(timeout),
+                _ = progress.tick() => progress_ack.start(message),
+                sent = std::future::poll_fn(|cx| progress_ack.poll_sent(cx)),
+                    if progress_ack.is_sending() =>
+                {
+                    if let Err(err) = sent {
+                        reporter.failed(
+                            stream_sequence,
+                            SettleOperation::Progress,
+                            &err,
+                            "the event may be redelivered while its handler runs",
+                        );
+                    }
+                }
+                changed = stopped.changed() => {
+                    if changed.is_err() || *stopped.borrow() {
+                        break Ended::Stopped;
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+pub(super) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

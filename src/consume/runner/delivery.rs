@@ -1,0 +1,321 @@
+//! The life of one delivery: decode, route, handle, decide how to settle.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::FutureExt;
+use opentelemetry::KeyValue;
+use tokio::sync::watch;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::consume::context::Context;
+use crate::consume::dead_letter::DeadLetterReason;
+use crate::consume::metrics::{metric_attributes, InFlight};
+use crate::consume::router::Resolved;
+use crate::error::error_chain;
+
+use super::call::{panic_message, run_handler, Ended, KeepAlive};
+use super::settle::settle;
+use super::unhandled::unhandled;
+use super::Runtime;
+
+/// How a delivery ends.
+pub(super) enum Decision {
+    Ack,
+    /// A handler run failed transiently with attempts left: record the
+    /// failed runs, then Nak with the retry delay.
+    Retry {
+        delay: Duration,
+        failed_runs: u32,
+    },
+    /// Nak without a failed run: shutdown, or a type left for another
+    /// instance.
+    Nak {
+        delay: Duration,
+        reason: &'static str,
+    },
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+        /// Failed handler runs, when they were looked up.
+        failed_runs: Option<u32>,
+    },
+}
+
+/// One delivery, from decoding to settling, inside its process span.
+pub(super) async fn process<S: Clone + Send + Sync + 'static>(
+    message: jetstream::Message,
+    shared: Arc<Runtime<S>>,
+    stopped: watch::Receiver<bool>,
+) {
+    let subject = message.subject.clone();
+    let (delivered, stream, stream_sequence) = match message.info() {
+        Ok(info) => (
+            u64::try_from(info.delivered).unwrap_or(1).max(1),
+            info.stream.to_owned(),
+            info.stream_sequence,
+        ),
+        // Only JetStream messages reach a pull consumer; if the reply subject
+        // is unreadable nothing can be acked either.
+        Err(err) => {
+            tracing::warn!(
+                consumer = %shared.group,
+                subject = %subject,
+                error = %err,
+                "delivery without JetStream metadata cannot be handled or acked; dropped"
+            );
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "process",
+        // Evaluated only for a span someone collects, like every field.
+        otel.name = %format_args!("process {}", crate::subject::destination_template(&subject)),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %subject,
+        messaging.destination.template = %crate::subject::destination_template(&subject),
+        messaging.consumer.group.name = %shared.group,
+        messaging.message.id = tracing::field::Empty,
+        messaging.message.conversation_id = tracing::field::Empty,
+        messaging.nats.stream = %stream,
+        // Signed: tracing-opentelemetry exports u64 fields as strings.
+        messaging.nats.stream.sequence = i64::try_from(stream_sequence).unwrap_or(i64::MAX),
+        messaging.nats.message.delivery_count = i64::try_from(delivered).unwrap_or(i64::MAX),
+        cloudevents.event_id = tracing::field::Empty,
+        cloudevents.event_type = tracing::field::Empty,
+        cloudevents.event_source = tracing::field::Empty,
+        cloudevents.event_spec_version = "1.0",
+        jetevents.settle = tracing::field::Empty,
+        jetevents.nak_delay_ms = tracing::field::Empty,
+        jetevents.dead_letter.reason = tracing::field::Empty,
+        jetevents.terminated = tracing::field::Empty,
+        jetevents.unhandled = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+
+    let envelope = crate::codec::decode(message.headers.as_ref(), &message.payload);
+    let event_type = envelope
+        .as_ref()
+        .map(|envelope| envelope.event_type.clone())
+        .unwrap_or_else(|_| "undecodable".to_owned());
+    // Looked up once: every metric of a successful delivery records these.
+    let attributes = shared.attributes.of(&event_type);
+    shared.client.metrics().consumed.add(1, &attributes);
+    // A disabled span (nobody collects it) has no parent to set: parsing the
+    // trace context would be wasted on every delivery.
+    if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
+        // Before the span is first entered, so it starts as the child.
+        let _ = span.set_parent(crate::trace::extract(envelope));
+        span.record("messaging.message.id", envelope.id.as_str());
+        span.record("cloudevents.event_id", envelope.id.as_str());
+        span.record("cloudevents.event_type", envelope.event_type.as_str());
+        span.record("cloudevents.event_source", envelope.source.as_str());
+        if let Some(id) = envelope.correlation_id() {
+            span.record("messaging.message.conversation_id", id);
+        }
+    }
+
+    let work = async {
+        let decision = match envelope {
+            Err(err) => Decision::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                error: error_chain(&err),
+                failed_runs: None,
+            },
+            Ok(envelope) => {
+                let delivery = Delivery {
+                    subject: &subject,
+                    delivered,
+                    stream_sequence,
+                    event_type: &event_type,
+                    attributes: &attributes,
+                };
+                decide(&shared, envelope, delivery, &message, stopped).await
+            }
+        };
+        let failure_parts = (
+            subject.as_str(),
+            stream.as_str(),
+            stream_sequence,
+            delivered,
+        );
+        settle(
+            &shared,
+            &message,
+            decision,
+            failure_parts,
+            &event_type,
+            &attributes,
+        )
+        .await;
+    };
+    work.instrument(span).await;
+}
+
+/// What `decide` knows of a delivery besides its envelope.
+struct Delivery<'a> {
+    subject: &'a async_nats::Subject,
+    delivered: u64,
+    stream_sequence: u64,
+    event_type: &'a str,
+    /// The metric attributes of a successful delivery of this type.
+    attributes: &'a Arc<[KeyValue]>,
+}
+
+/// Runs the handler (with in-progress acks) and decides how to settle.
+async fn decide<S: Clone + Send + Sync + 'static>(
+    shared: &Runtime<S>,
+    envelope: crate::envelope::Envelope,
+    delivery: Delivery<'_>,
+    message: &jetstream::Message,
+    stopped: watch::Receiver<bool>,
+) -> Decision {
+    let Delivery {
+        subject,
+        delivered,
+        stream_sequence,
+        event_type,
+        attributes,
+    } = delivery;
+    let retry = &shared.settings.retry;
+    let (event, handler) = match shared.router.resolve(&envelope) {
+        Resolved::Handle { event, handler } => (event, handler),
+        Resolved::Undecodable(err) => {
+            return Decision::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                error: error_chain(err.as_ref()),
+                failed_runs: None,
+            }
+        }
+        Resolved::Unhandled => {
+            return unhandled(shared, &envelope.event_type, delivered);
+        }
+    };
+    // Attempts are failed handler runs, not deliveries (see `attempts`).
+    let failed_before = shared.failed_runs.before(stream_sequence, delivered).await;
+    if failed_before >= retry.attempts() {
+        // Its last failed run was recorded but not followed by a dead
+        // letter (a crash in between, or a policy with fewer attempts now).
+        return Decision::DeadLetter {
+            reason: DeadLetterReason::AttemptsExhausted,
+            error: format!(
+                "the handler failed {failed_before} times; the retry policy allows {} attempts",
+                retry.attempts()
+            ),
+            failed_runs: Some(failed_before),
+        };
+    }
+
+    let context = Context::new(
+        envelope,
+        subject.clone(),
+        shared.group.clone(),
+        delivered,
+        Some(stream_sequence),
+        shared.publisher.clone(),
+        shared.state.clone(),
+    );
+    let metrics = shared.client.metrics();
+    let lineage = context.lineage();
+    let timeout = handler
+        .options
+        .handler_timeout()
+        .unwrap_or(shared.settings.handler_timeout);
+    let call = crate::publish::with_lineage(
+        lineage,
+        AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
+    );
+    let started = std::time::Instant::now();
+    let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
+    let keep_alive = KeepAlive {
+        message,
+        interval: shared.progress_interval,
+        reporter: &shared.reporter,
+        stream_sequence,
+    };
+    let result = run_handler(call, timeout, keep_alive, stopped).await;
+    drop(in_flight);
+    let error_type = match &result {
+        Ended::Stopped => Some("shutdown"),
+        Ended::Returned(Ok(())) => None,
+        Ended::Returned(Err(err)) if err.is_permanent() => Some("permanent"),
+        Ended::Returned(Err(_)) => Some("transient"),
+        Ended::Panicked(_) => Some("panic"),
+        Ended::TimedOut(_) => Some("timeout"),
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    match error_type {
+        None => metrics.process_duration.record(elapsed, attributes),
+        Some(error) => metrics.process_duration.record(
+            elapsed,
+            &metric_attributes(&shared.group, event_type, Some(error)),
+        ),
+    }
+
+    let failed_runs = failed_before + 1;
+    let transient = |error: String, asked: Option<Duration>| {
+        if retry.is_last_attempt(u64::from(failed_runs)) {
+            Decision::DeadLetter {
+                reason: DeadLetterReason::AttemptsExhausted,
+                error,
+                failed_runs: Some(failed_runs),
+            }
+        } else {
+            Decision::Retry {
+                delay: asked.unwrap_or_else(|| retry.delay(u64::from(failed_runs))),
+                failed_runs,
+            }
+        }
+    };
+    let decision = match result {
+        // Shutdown: let another instance take it now.
+        Ended::Stopped => Decision::Nak {
+            delay: Duration::ZERO,
+            reason: "shutdown",
+        },
+        Ended::Returned(Ok(())) => Decision::Ack,
+        Ended::Returned(Err(err)) if err.is_permanent() => {
+            tracing::Span::current().record("error.type", "permanent");
+            Decision::DeadLetter {
+                reason: DeadLetterReason::Permanent,
+                error: err.chain(),
+                failed_runs: Some(failed_runs),
+            }
+        }
+        Ended::Returned(Err(err)) => {
+            record_retried_failure("transient", &err.chain());
+            transient(err.chain(), err.retry_delay())
+        }
+        Ended::Panicked(panic) => {
+            let error = format!("handler panicked: {}", panic_message(panic.as_ref()));
+            record_retried_failure("panic", &error);
+            transient(error, None)
+        }
+        Ended::TimedOut(after) => {
+            let error = format!("handler timed out after {after:?}");
+            record_retried_failure("timeout", &error);
+            transient(error, None)
+        }
+    };
+    // An event that ends after failed runs leaves no record behind.
+    if failed_before > 0 && matches!(decision, Decision::Ack | Decision::DeadLetter { .. }) {
+        shared.failed_runs.forget(stream_sequence).await;
+    }
+    decision
+}
+
+/// Records on the process span a handler failure that is retried.
+fn record_retried_failure(error_type: &str, error: &str) {
+    let span = tracing::Span::current();
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", error);
+}

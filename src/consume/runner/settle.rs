@@ -1,0 +1,270 @@
+//! Acking, Naking and dead-lettering a delivery, and reporting what fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::AckKind};
+use chrono::Utc;
+use opentelemetry::KeyValue;
+
+use crate::client::Client;
+use crate::consume::dead_letter::{self, DeadLetterReason, Failure};
+use crate::consume::metrics::metric_attributes;
+use crate::consume::AckMode;
+
+use super::delivery::Decision;
+use super::Runtime;
+
+/// Acks, Naks or dead-letters, and records the outcome on the span.
+pub(super) async fn settle<S>(
+    shared: &Runtime<S>,
+    message: &jetstream::Message,
+    decision: Decision,
+    (subject, stream, stream_sequence, delivered): (&str, &str, u64, u64),
+    event_type: &str,
+    attributes: &[KeyValue],
+) {
+    let span = tracing::Span::current();
+    let metrics = shared.client.metrics();
+    match decision {
+        Decision::Ack => {
+            span.record("jetevents.settle", "ack");
+            let acked = match shared.settings.ack_mode {
+                AckMode::Ack => message.ack().await,
+                AckMode::Confirmed => Box::pin(message.double_ack()).await,
+            };
+            if let Err(err) = acked {
+                span.record("otel.status_code", "ERROR");
+                span.record(
+                    "otel.status_description",
+                    format!("ack failed: {err}").as_str(),
+                );
+                shared.reporter.failed(
+                    stream_sequence,
+                    SettleOperation::Ack,
+                    &err,
+                    "the event will be redelivered",
+                );
+            }
+        }
+        Decision::Retry { delay, failed_runs } => {
+            metrics.consume_retries.add(1, attributes);
+            // Before the Nak: the next delivery, on any instance, reads it.
+            Box::pin(async {
+                shared
+                    .failed_runs
+                    .record(stream_sequence, failed_runs)
+                    .await;
+                nak(shared, &span, message, delay, "transient").await
+            })
+            .await
+        }
+        Decision::Nak { delay, reason } => {
+            Box::pin(nak(shared, &span, message, delay, reason)).await
+        }
+        Decision::DeadLetter {
+            reason,
+            error,
+            failed_runs,
+        } => {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+            span.record("jetevents.dead_letter.reason", reason.as_str());
+            if matches!(
+                reason,
+                DeadLetterReason::Undecodable | DeadLetterReason::Unhandled
+            ) {
+                // Handler failures recorded theirs in `decide`.
+                span.record("error.type", reason.as_str());
+            }
+            let failure = Failure {
+                reason,
+                error: &error,
+                subject,
+                stream,
+                stream_sequence,
+                consumer: &shared.group,
+                delivery_count: delivered,
+                failed_runs,
+            };
+            // Boxed: the copy's publish future is large, and every delivery's
+            // future would carry its size while almost none take this path.
+            match Box::pin(copy_to_dead_letters(shared, message, &failure)).await {
+                Ok(()) => {
+                    span.record("jetevents.settle", "dead_letter");
+                    metrics.dead_lettered.add(
+                        1,
+                        &metric_attributes(
+                            &shared.group,
+                            event_type,
+                            Some(failure.reason.as_str()),
+                        ),
+                    );
+                    tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
+                    match message.ack_with(AckKind::Term).await {
+                        Ok(()) => {
+                            span.record("jetevents.terminated", true);
+                        }
+                        Err(err) => {
+                            span.record("jetevents.terminated", false);
+                            shared.reporter.failed(
+                                stream_sequence,
+                                SettleOperation::Term,
+                                &err,
+                                "the event comes back and its copy is stored once",
+                            );
+                        }
+                    }
+                }
+                Err(err) => {
+                    // Keep the event: it comes back and is dead-lettered then
+                    // (the copy's message id makes a second copy a no-op).
+                    shared.reporter.failed(
+                        stream_sequence,
+                        SettleOperation::DeadLetter,
+                        &err,
+                        "Naking instead",
+                    );
+                    let delay = shared
+                        .settings
+                        .retry
+                        .delay(u64::from(failed_runs.unwrap_or(1)));
+                    nak(shared, &span, message, delay, "dead_letter_failed").await;
+                }
+            }
+        }
+    }
+}
+
+async fn nak<S>(
+    shared: &Runtime<S>,
+    span: &tracing::Span,
+    message: &jetstream::Message,
+    delay: Duration,
+    reason: &str,
+) {
+    span.record("jetevents.settle", "nak");
+    span.record(
+        "jetevents.nak_delay_ms",
+        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+    );
+    tracing::debug!(delay_ms = delay.as_millis() as u64, reason, "event Naked");
+    // Always with a delay (zero only on shutdown): a bare Nak redelivers at
+    // once and a failing handler would spin.
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        shared.reporter.failed(
+            sequence_of(message),
+            SettleOperation::Nak,
+            &err,
+            "the event comes back after the ack wait",
+        );
+    }
+}
+
+async fn copy_to_dead_letters<S>(
+    shared: &Runtime<S>,
+    message: &jetstream::Message,
+    failure: &Failure<'_>,
+) -> Result<(), crate::error::BoxError> {
+    let (subject, headers) = dead_letter::dead_letter_message(
+        &shared.settings.dead_letter,
+        message.headers.as_ref(),
+        failure,
+        Utc::now(),
+    );
+    shared
+        .client
+        .jetstream()
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// The stream sequence of a delivery, for reports (0 if it has none).
+pub(super) fn sequence_of(message: &jetstream::Message) -> u64 {
+    message.info().map_or(0, |info| info.stream_sequence)
+}
+
+/// Naks `message` without delay; a failure is reported with `consequence`.
+pub(super) async fn nak_now(
+    reporter: SettleReporter,
+    message: jetstream::Message,
+    consequence: &'static str,
+) {
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await {
+        reporter.failed(
+            sequence_of(&message),
+            SettleOperation::Nak,
+            &err,
+            consequence,
+        );
+    }
+}
+
+/// What the runner sends about an event, as the settle-failure metric
+/// names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::consume) enum SettleOperation {
+    Ack,
+    Nak,
+    Term,
+    Progress,
+    DeadLetter,
+}
+
+impl SettleOperation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Nak => "nak",
+            Self::Term => "term",
+            Self::Progress => "progress",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// Reports what the runner failed to send about an event: at `WARN` with
+/// the group and the stream sequence, and in
+/// `jetevents.consume.settle_failures`. None may fail silently: each
+/// changes what happens to the event next.
+#[derive(Clone)]
+pub(in crate::consume) struct SettleReporter {
+    metrics: crate::metrics::Metrics,
+    group: Arc<str>,
+}
+
+impl SettleReporter {
+    pub(in crate::consume) fn new(client: &Client, group: &str) -> Self {
+        Self {
+            metrics: client.metrics().clone(),
+            group: Arc::from(group),
+        }
+    }
+
+    pub(in crate::consume) fn failed(
+        &self,
+        stream_sequence: u64,
+        operation: SettleOperation,
+        error: &dyn std::fmt::Display,
+        consequence: &str,
+    ) {
+        let operation = operation.as_str();
+        tracing::warn!(
+            consumer = %self.group,
+            stream_sequence,
+            operation,
+            error = %error,
+            "{operation} failed; {consequence}"
+        );
+        self.metrics.settle_failures.add(
+            1,
+            &[
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.consumer.group.name", self.group.to_string()),
+                KeyValue::new("operation", operation),
+            ],
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! Events of a type this instance has no handler for.
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+
+use crate::consume::dead_letter::DeadLetterReason;
+use crate::consume::metrics::metric_attributes;
+use crate::consume::{RetryPolicy, UnhandledPolicy};
+
+use super::delivery::Decision;
+use super::Runtime;
+
+/// How events left for others wait: delays growing with their deliveries,
+/// short enough to move on soon after the instance that handles them
+/// starts, long enough not to spin while none runs.
+fn unhandled_delays() -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_millis(250), Duration::from_secs(5)).jitter(0.0)
+}
+
+/// How long an event delivered for the `delivered`th time has been left for
+/// others: the delays of its earlier deliveries.
+fn left_for(delivered: u64) -> Duration {
+    let delays = unhandled_delays();
+    (1..delivered).map(|n| delays.delay(n)).sum()
+}
+
+/// What an instance does with an event of a type it has no handler for.
+pub(super) fn unhandled<S>(shared: &Runtime<S>, event_type: &str, delivered: u64) -> Decision {
+    let waited = left_for(delivered);
+    let (decision, action) = match shared.settings.unhandled {
+        UnhandledPolicy::AckAfter(after) if waited >= after => (Decision::Ack, "ack"),
+        UnhandledPolicy::DeadLetterAfter(after) if waited >= after => (
+            Decision::DeadLetter {
+                reason: DeadLetterReason::Unhandled,
+                error: format!(
+                    "no handler for type {event_type}; left for other instances for {}s",
+                    waited.as_secs()
+                ),
+                failed_runs: None,
+            },
+            "dead_letter",
+        ),
+        _ => (
+            Decision::Nak {
+                delay: unhandled_delays().delay(delivered),
+                reason: "unhandled",
+            },
+            "leave",
+        ),
+    };
+    let mut attributes = metric_attributes(&shared.group, event_type, None);
+    attributes.push(KeyValue::new("jetevents.unhandled.action", action));
+    shared.client.metrics().unhandled.add(1, &attributes);
+    tracing::Span::current().record("jetevents.unhandled", action);
+    decision
+}
