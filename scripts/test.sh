@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs format, lint and every
-# test of the workspace (doc tests included) against real NATS servers.
+# The test command: installs what the tests need, then runs format, lint, the
+# release checks (docs, dependencies, semver, publish dry runs) and every test of
+# the workspace (doc tests included) against real NATS servers.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -23,4 +24,16 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+if ! command -v cargo-deny >/dev/null; then
+  cargo install --locked cargo-deny --version 0.20.2
+fi
+# Licences, duplicate and banned crates, sources; no advisories, which would fetch
+# the advisory database.
+cargo deny check licenses bans sources
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
+./scripts/semver-check.sh
+# Packages every crate in dependency order and builds each from its package;
+# --workspace lets jetevents resolve the unpublished harness from the workspace;
+# --allow-dirty lets a local run check the working tree as it is.
+cargo publish --dry-run --workspace --allow-dirty
 cargo test --workspace --all-features --no-fail-fast

@@ -1,22 +1,23 @@
 //! Server options (auth, TLS) and the files and environment a server starts with.
 //!
-//! The harness uses the config files in the repository's `nats/` folder (embedded at
-//! compile time): it writes them next to a small top-level file that `include`s the
-//! ones a server needs, and passes every value (ports, store, credentials, certificate
-//! paths) as environment variables, which nats-server resolves for `$NAME` references.
+//! The harness uses the config files in its own `nats/` folder (embedded at compile
+//! time, so the published crate carries them): it writes them next to a small
+//! top-level file that `include`s the ones a server needs, and passes every value
+//! (ports, store, credentials, certificate paths) as environment variables, which
+//! nats-server resolves for `$NAME` references.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{HarnessError, HarnessErrorKind};
 
-const SINGLE_CONF: &str = include_str!("../../nats/single.conf");
-const CLUSTER_NODE_CONF: &str = include_str!("../../nats/cluster-node.conf");
-const AUTH_TOKEN_CONF: &str = include_str!("../../nats/auth-token.conf");
-const AUTH_USERS_CONF: &str = include_str!("../../nats/auth-users.conf");
-const AUTH_NKEY_CONF: &str = include_str!("../../nats/auth-nkey.conf");
-const TLS_CONF: &str = include_str!("../../nats/tls.conf");
-const MTLS_CONF: &str = include_str!("../../nats/mtls.conf");
+const SINGLE_CONF: &str = include_str!("../nats/single.conf");
+const CLUSTER_NODE_CONF: &str = include_str!("../nats/cluster-node.conf");
+const AUTH_TOKEN_CONF: &str = include_str!("../nats/auth-token.conf");
+const AUTH_USERS_CONF: &str = include_str!("../nats/auth-users.conf");
+const AUTH_NKEY_CONF: &str = include_str!("../nats/auth-nkey.conf");
+const TLS_CONF: &str = include_str!("../nats/tls.conf");
+const MTLS_CONF: &str = include_str!("../nats/mtls.conf");
 
 /// How clients authenticate to the server.
 ///

@@ -35,7 +35,7 @@
 //! process exits; the first server a process starts removes the dirs of processes
 //! that no longer exist (see [`reap_orphaned_dirs`]).
 //!
-//! Servers run with the config files in the repository's `nats/` folder
+//! Servers run with the config files in this crate's `nats/` folder
 //! (`single.conf`, `cluster-node.conf`, `auth-*.conf`, `tls.conf`, `mtls.conf`),
 //! embedded at compile time and filled in through environment variables.
 //! Certificates for TLS are generated at test time with rcgen.
