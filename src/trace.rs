@@ -192,6 +192,22 @@ impl TraceHeaders {
     }
 }
 
+/// Makes `span` (a process span not yet entered) the child of the producer's
+/// context in `envelope` and records the event's identity on it: what the
+/// durable and the ephemeral consumers both do for every delivery.
+pub(crate) fn continue_in_process_span(span: &tracing::Span, envelope: &Envelope) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    // An error here means no OpenTelemetry layer: nothing to parent.
+    let _ = span.set_parent(extract(envelope));
+    span.record("messaging.message.id", envelope.id.as_str());
+    span.record("cloudevents.event_id", envelope.id.as_str());
+    span.record("cloudevents.event_type", envelope.event_type.as_str());
+    span.record("cloudevents.event_source", envelope.source.as_str());
+    if let Some(id) = envelope.correlation_id() {
+        span.record("messaging.message.conversation_id", id);
+    }
+}
+
 /// The producer's context carried by the envelope, to parent a consumer span:
 /// `span.set_parent(jetevents::trace::extract(&envelope))`. An empty context
 /// when the event carries none (or an invalid one).

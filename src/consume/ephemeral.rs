@@ -9,7 +9,6 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::client::{Client, Operation};
 use crate::envelope::Envelope;
@@ -300,14 +299,7 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
             return;
         }
     };
-    let _ = span.set_parent(crate::trace::extract(&envelope));
-    span.record("messaging.message.id", envelope.id.as_str());
-    span.record("cloudevents.event_id", envelope.id.as_str());
-    span.record("cloudevents.event_type", envelope.event_type.as_str());
-    span.record("cloudevents.event_source", envelope.source.as_str());
-    if let Some(id) = envelope.correlation_id() {
-        span.record("messaging.message.conversation_id", id);
-    }
+    crate::trace::continue_in_process_span(&span, &envelope);
 
     let work = async {
         let (event, handler) = match router.resolve(&envelope) {

@@ -9,7 +9,6 @@ use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::consume::context::Context;
 use crate::consume::dead_letter::DeadLetterReason;
@@ -113,14 +112,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static>(
     // trace context would be wasted on every delivery.
     if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
         // Before the span is first entered, so it starts as the child.
-        let _ = span.set_parent(crate::trace::extract(envelope));
-        span.record("messaging.message.id", envelope.id.as_str());
-        span.record("cloudevents.event_id", envelope.id.as_str());
-        span.record("cloudevents.event_type", envelope.event_type.as_str());
-        span.record("cloudevents.event_source", envelope.source.as_str());
-        if let Some(id) = envelope.correlation_id() {
-            span.record("messaging.message.conversation_id", id);
-        }
+        crate::trace::continue_in_process_span(&span, envelope);
     }
 
     let work = async {
