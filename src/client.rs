@@ -13,6 +13,8 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::publish::Publisher;
 use crate::subject::Subjects;
+use crate::transport::nats::NatsTransport;
+use crate::transport::Transport;
 
 /// What went wrong connecting.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +118,7 @@ struct Inner {
     /// after one.
     disconnects: Arc<AtomicU64>,
     metrics: Metrics,
+    transport: Arc<dyn Transport>,
 }
 
 impl std::fmt::Debug for Client {
@@ -236,6 +239,10 @@ impl Client {
         };
         Ok(Client {
             inner: Arc::new(Inner {
+                transport: Arc::new(NatsTransport {
+                    nats: nats.clone(),
+                    jetstream: jetstream.clone(),
+                }),
                 nats,
                 jetstream,
                 config,
@@ -245,6 +252,12 @@ impl Client {
                 metrics,
             }),
         })
+    }
+
+    /// Where messages are stored: the seam the publisher and the consumers
+    /// talk to.
+    pub(crate) fn transport(&self) -> &dyn Transport {
+        self.inner.transport.as_ref()
     }
 
     /// How many times the connection was lost since connecting.

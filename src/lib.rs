@@ -29,6 +29,7 @@ pub mod provision;
 pub mod publish;
 pub mod subject;
 pub mod trace;
+mod transport;
 
 pub use codec::{DecodeError, EncodeError, Encoding};
 pub use envelope::{Envelope, ExtensionValue};

@@ -14,11 +14,8 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind as NatsPublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use opentelemetry::StringValue;
@@ -36,6 +33,7 @@ use crate::client::{Client, Operation, PermissionViolation};
 use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
 use crate::event::{Event, EventType};
+use crate::transport::{PendingStore, StoreFailure, StoreFailureKind, Stored, StreamLookup};
 use error::error_type;
 use outgoing::{KeyAndData, Outgoing, TypedEvent};
 
@@ -190,7 +188,7 @@ struct Pipeline<'a> {
     /// Events to try again, one by one, once the pipeline is empty.
     retry_later: Vec<(usize, Prepared<'a>)>,
     /// Sent events awaiting their ack, oldest first.
-    in_flight: VecDeque<(usize, Prepared<'a>, PublishAckFuture)>,
+    in_flight: VecDeque<(usize, Prepared<'a>, PendingStore)>,
     violations: broadcast::Receiver<PermissionViolation>,
     /// The ack deadline of the oldest event in flight. One timer for the
     /// whole pipeline, moved forward for each ack: deadlines only grow, and
@@ -203,7 +201,7 @@ enum AttemptError {
     /// Worth another attempt with the same id.
     Retryable {
         timed_out: bool,
-        source: async_nats::jetstream::context::PublishError,
+        source: StoreFailure,
     },
     /// Final.
     Final(PublishError),
@@ -406,9 +404,10 @@ impl Publisher {
             Some(outcome) => outcome,
             None => Err(AttemptError::Retryable {
                 timed_out: true,
-                source: async_nats::jetstream::context::PublishError::new(
-                    NatsPublishErrorKind::TimedOut,
-                ),
+                source: StoreFailure {
+                    kind: StoreFailureKind::TimedOut,
+                    source: "no ack within the ack timeout".into(),
+                },
             }),
         };
         self.client.metrics().publish_window.add(-1, &[]);
@@ -595,7 +594,7 @@ impl Publisher {
                     .for_event(outgoing.event_id())
             })?;
         let wire_size = codec::wire_size(&headers, payload.len());
-        let limit = self.client.nats().max_payload();
+        let limit = self.client.transport().max_payload();
         if wire_size > limit {
             return Err(PublishError::new(PublishErrorKind::PayloadTooLarge {
                 size: wire_size,
@@ -634,7 +633,7 @@ impl Publisher {
     async fn attempt_until_settled(
         &self,
         prepared: &mut Prepared<'_>,
-    ) -> Result<PublishAck, PublishError> {
+    ) -> Result<Stored, PublishError> {
         let policy = self.client.config().publish_retry;
         let max_attempts = policy.max_attempts.max(1);
         let mut violations = self.client.permission_violations();
@@ -701,18 +700,11 @@ impl Publisher {
     /// or is its leader being elected? Only a definite "none" counts; a failed
     /// lookup (the cluster is busy electing) means "try again".
     async fn is_missing_stream(&self, subject: &str) -> bool {
-        let lookup = self.client.jetstream().stream_by_subject(subject);
-        match tokio::time::timeout(STREAM_LOOKUP_TIMEOUT, lookup).await {
-            Ok(Err(err)) => matches!(
-                err.kind(),
-                async_nats::jetstream::context::GetStreamByNameErrorKind::NotFound
-            ),
-            _ => false,
-        }
+        self.client.transport().stream_for_subject(subject).await == StreamLookup::NotFound
     }
 
     /// Sends one attempt; the returned future resolves to its ack.
-    async fn send(&self, prepared: &mut Prepared<'_>) -> Result<PublishAckFuture, AttemptError> {
+    async fn send(&self, prepared: &mut Prepared<'_>) -> Result<PendingStore, AttemptError> {
         let (headers, payload) = match prepared.first_attempt.take() {
             Some(first) => first,
             None => prepared
@@ -729,10 +721,9 @@ impl Publisher {
                     ))
                 })?,
         };
-        let message = PublishMessage::build().payload(payload).headers(headers);
         self.client
-            .jetstream()
-            .send_publish(prepared.subject.clone(), message)
+            .transport()
+            .send(prepared.subject.clone(), headers, payload)
             .await
             .map_err(|err| self.classify(prepared, err))
     }
@@ -740,9 +731,9 @@ impl Publisher {
     async fn await_ack(
         &self,
         prepared: &Prepared<'_>,
-        ack: PublishAckFuture,
+        ack: PendingStore,
         violations: &mut broadcast::Receiver<PermissionViolation>,
-    ) -> Result<PublishAck, AttemptError> {
+    ) -> Result<Stored, AttemptError> {
         // A publish the server refuses for permissions never gets an ack: the
         // refusal comes as an asynchronous -ERR naming the subject.
         let subject = prepared.subject.as_str();
@@ -767,24 +758,19 @@ impl Publisher {
         }
     }
 
-    fn classify(
-        &self,
-        prepared: &Prepared<'_>,
-        err: async_nats::jetstream::context::PublishError,
-    ) -> AttemptError {
-        match err.kind() {
-            NatsPublishErrorKind::TimedOut => AttemptError::Retryable {
+    fn classify(&self, prepared: &Prepared<'_>, err: StoreFailure) -> AttemptError {
+        match err.kind {
+            StoreFailureKind::TimedOut => AttemptError::Retryable {
                 timed_out: true,
                 source: err,
             },
             // No responders: no stream captures the subject, or its leader is
             // being elected. `is_missing_stream` tells them apart later.
-            NatsPublishErrorKind::StreamNotFound => AttemptError::Retryable {
+            StoreFailureKind::NoResponders => AttemptError::Retryable {
                 timed_out: false,
                 source: err,
             },
-            NatsPublishErrorKind::WrongLastSequence => {
-                let actual = parse_actual_sequence(&err.to_string());
+            StoreFailureKind::WrongLastSequence { actual } => {
                 AttemptError::Final(PublishError::with_source(
                     PublishErrorKind::Conflict {
                         expected: prepared.expected_last_subject_sequence.unwrap_or_default(),
@@ -793,27 +779,26 @@ impl Publisher {
                     err,
                 ))
             }
-            NatsPublishErrorKind::MaxPayloadExceeded => {
+            StoreFailureKind::MaxPayloadExceeded => {
                 let size = prepared.wire_size;
                 AttemptError::Final(PublishError::with_source(
                     PublishErrorKind::PayloadTooLarge {
                         size,
-                        limit: self.client.nats().max_payload(),
+                        limit: self.client.transport().max_payload(),
                     },
                     err,
                 ))
             }
-            NatsPublishErrorKind::BrokenPipe => AttemptError::Retryable {
+            StoreFailureKind::BrokenPipe => AttemptError::Retryable {
                 timed_out: true,
                 source: err,
             },
-            _ => AttemptError::Final(PublishError::with_source(PublishErrorKind::Rejected, err)),
+            StoreFailureKind::Rejected => {
+                AttemptError::Final(PublishError::with_source(PublishErrorKind::Rejected, err))
+            }
         }
     }
 }
-
-/// How long the missing-stream lookup may take before we count it as unknown.
-const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The type of `E`, parsed.
 fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
@@ -824,7 +809,7 @@ fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
 /// The result of a settled event: its receipt, or the error naming its id.
 fn settled(
     prepared: Prepared<'_>,
-    result: Result<PublishAck, PublishError>,
+    result: Result<Stored, PublishError>,
 ) -> Result<Receipt, PublishError> {
     match result {
         Ok(ack) => Ok(receipt(prepared, ack)),
@@ -833,40 +818,12 @@ fn settled(
 }
 
 /// The receipt of a settled event, taking its id and subject.
-fn receipt(prepared: Prepared<'_>, ack: PublishAck) -> Receipt {
+fn receipt(prepared: Prepared<'_>, ack: Stored) -> Receipt {
     Receipt {
         event_id: prepared.outgoing.into_event_id(),
         subject: prepared.subject,
         stream: ack.stream,
         sequence: ack.sequence,
         duplicate: ack.duplicate,
-    }
-}
-
-/// The server's description is "wrong last sequence: N"; async-nats prefixes
-/// its own kind text, which reads the same, hence the last occurrence.
-fn parse_actual_sequence(text: &str) -> Option<u64> {
-    let rest = &text[text.rfind("wrong last sequence: ")? + "wrong last sequence: ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_actual_sequence_from_server_text() {
-        assert_eq!(
-            parse_actual_sequence("wrong last sequence: 42 (code 400, error code 10071)"),
-            Some(42)
-        );
-        assert_eq!(
-            parse_actual_sequence(
-                "wrong last sequence: wrong last sequence: 7 (code 400, error code 10071)"
-            ),
-            Some(7)
-        );
-        assert_eq!(parse_actual_sequence("something else"), None);
     }
 }

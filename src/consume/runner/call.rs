@@ -4,12 +4,12 @@ use std::any::Any;
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::consume::handler::HandlerError;
+use crate::transport::Delivery;
 
 use super::progress::ProgressAck;
 use super::settle::{SettleOperation, SettleReporter};
@@ -34,8 +34,8 @@ impl From<Result<Result<(), HandlerError>, Box<dyn Any + Send>>> for Ended {
 }
 
 /// The in-progress acks of a running handler's event.
-pub(super) struct KeepAlive<'a> {
-    pub(super) message: &'a jetstream::Message,
+pub(super) struct KeepAlive<'a, D> {
+    pub(super) message: &'a D,
     pub(super) interval: Duration,
     pub(super) reporter: &'a SettleReporter,
     pub(super) stream_sequence: u64,
@@ -47,10 +47,10 @@ pub(super) struct KeepAlive<'a> {
 /// than before it: an ack waiting for room in the client's queue (a stalled
 /// connection) must not stop the call from being polled. On timeout the
 /// call is dropped, and with it the acks.
-pub(super) async fn run_handler<C>(
+pub(super) async fn run_handler<C, D: Delivery>(
     call: C,
     timeout: Duration,
-    keep_alive: KeepAlive<'_>,
+    keep_alive: KeepAlive<'_, D>,
     mut stopped: watch::Receiver<bool>,
 ) -> Ended
 where

@@ -4,7 +4,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
@@ -15,6 +14,7 @@ use crate::consume::dead_letter::DeadLetterReason;
 use crate::consume::metrics::{metric_attributes, InFlight};
 use crate::consume::router::Resolved;
 use crate::error::error_chain;
+use crate::transport::Delivery;
 
 use super::call::{panic_message, run_handler, Ended, KeepAlive};
 use super::settle::settle;
@@ -45,18 +45,14 @@ pub(super) enum Decision {
 }
 
 /// One delivery, from decoding to settling, inside its process span.
-pub(super) async fn process<S: Clone + Send + Sync + 'static>(
-    message: jetstream::Message,
+pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
+    message: D,
     shared: Arc<Runtime<S>>,
     stopped: watch::Receiver<bool>,
 ) {
-    let subject = message.subject.clone();
+    let subject = async_nats::Subject::from(message.subject());
     let (delivered, stream, stream_sequence) = match message.info() {
-        Ok(info) => (
-            u64::try_from(info.delivered).unwrap_or(1).max(1),
-            info.stream.to_owned(),
-            info.stream_sequence,
-        ),
+        Ok(info) => (info.delivered, info.stream, info.stream_sequence),
         // Only JetStream messages reach a pull consumer; if the reply subject
         // is unreadable nothing can be acked either.
         Err(err) => {
@@ -100,7 +96,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static>(
         error.type = tracing::field::Empty,
     );
 
-    let envelope = crate::codec::decode(message.headers.as_ref(), &message.payload);
+    let envelope = crate::codec::decode(message.headers(), message.payload());
     let event_type = envelope
         .as_ref()
         .map(|envelope| envelope.event_type.clone())
@@ -123,7 +119,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static>(
                 failed_runs: None,
             },
             Ok(envelope) => {
-                let delivery = Delivery {
+                let delivery = DeliveryFacts {
                     subject: &subject,
                     delivered,
                     stream_sequence,
@@ -153,7 +149,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static>(
 }
 
 /// What `decide` knows of a delivery besides its envelope.
-struct Delivery<'a> {
+struct DeliveryFacts<'a> {
     subject: &'a async_nats::Subject,
     delivered: u64,
     stream_sequence: u64,
@@ -163,14 +159,14 @@ struct Delivery<'a> {
 }
 
 /// Runs the handler (with in-progress acks) and decides how to settle.
-async fn decide<S: Clone + Send + Sync + 'static>(
+async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
     shared: &Runtime<S>,
     envelope: crate::envelope::Envelope,
-    delivery: Delivery<'_>,
-    message: &jetstream::Message,
+    delivery: DeliveryFacts<'_>,
+    message: &D,
     stopped: watch::Receiver<bool>,
 ) -> Decision {
-    let Delivery {
+    let DeliveryFacts {
         subject,
         delivered,
         stream_sequence,

@@ -163,7 +163,7 @@ impl<S> Recovery<'_, S> {
         &self,
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
-        waiting: &mut VecDeque<Waiting>,
+        waiting: &mut VecDeque<Waiting<jetstream::Message>>,
     ) -> Option<Result<(), ConsumeError>> {
         let recovered = recover(self.client, self.stream, self.group_filter, self.signal);
         match alongside(tasks, waiting, self.shared, recovered).await {
@@ -184,7 +184,7 @@ impl<S> Recovery<'_, S> {
         &self,
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
-        waiting: &mut VecDeque<Waiting>,
+        waiting: &mut VecDeque<Waiting<jetstream::Message>>,
         drift: &mut Vec<String>,
     ) -> Option<Result<(), ConsumeError>> {
         let group = self

@@ -111,7 +111,7 @@ where
     let mut tasks = FuturesUnordered::new();
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
-    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let mut waiting: VecDeque<Waiting<jetstream::Message>> = VecDeque::new();
     let mut health = Health::default();
     let mut received_since_check = 0usize;
     let mut disconnects = client.disconnects();
@@ -336,7 +336,7 @@ where
 /// recovery or a consumer check takes (seconds, when the connection stalls).
 async fn alongside<S, T, F>(
     tasks: &mut FuturesUnordered<T>,
-    waiting: &mut VecDeque<Waiting>,
+    waiting: &mut VecDeque<Waiting<jetstream::Message>>,
     shared: &Runtime<S>,
     work: F,
 ) -> F::Output

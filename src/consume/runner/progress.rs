@@ -2,9 +2,10 @@
 
 use std::task::Poll;
 
-use async_nats::jetstream::{self, message::AckKind};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+
+use crate::error::BoxError;
+use crate::transport::Delivery;
 
 /// One event's in-progress ack on its way into the client. At most one per
 /// event: while the client's queue is full (a stalled or lost connection)
@@ -12,22 +13,16 @@ use futures_util::FutureExt;
 /// for, never awaited on its own, so a full queue holds up nothing else.
 #[derive(Default)]
 pub(super) struct ProgressAck {
-    sending: Option<BoxFuture<'static, Result<(), async_nats::PublishError>>>,
+    sending: Option<BoxFuture<'static, Result<(), BoxError>>>,
 }
 
 impl ProgressAck {
     /// Sends one, unless the last one is still waiting for the client.
-    pub(super) fn start(&mut self, message: &jetstream::Message) {
+    pub(super) fn start(&mut self, delivery: &impl Delivery) {
         if self.sending.is_some() {
             return;
         }
-        // Every JetStream delivery has one: it is how it is acked.
-        let Some(reply) = message.message.reply.clone() else {
-            return;
-        };
-        let client = message.context.client();
-        self.sending =
-            Some(async move { client.publish(reply, AckKind::Progress.into()).await }.boxed());
+        self.sending = Some(delivery.progress());
     }
 
     pub(super) fn is_sending(&self) -> bool {
@@ -38,7 +33,7 @@ impl ProgressAck {
     pub(super) fn poll_sent(
         &mut self,
         context: &mut std::task::Context<'_>,
-    ) -> Poll<Result<(), async_nats::PublishError>> {
+    ) -> Poll<Result<(), BoxError>> {
         let Some(sending) = self.sending.as_mut() else {
             return Poll::Pending;
         };

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::AckKind};
 use chrono::Utc;
 use opentelemetry::KeyValue;
 
@@ -11,14 +10,16 @@ use crate::client::Client;
 use crate::consume::dead_letter::{self, DeadLetterReason, Failure};
 use crate::consume::metrics::metric_attributes;
 use crate::consume::AckMode;
+use crate::transport::delivery::sequence_of;
+use crate::transport::Delivery;
 
 use super::delivery::Decision;
 use super::Runtime;
 
 /// Acks, Naks or dead-letters, and records the outcome on the span.
-pub(super) async fn settle<S>(
+pub(super) async fn settle<S, D: Delivery>(
     shared: &Runtime<S>,
-    message: &jetstream::Message,
+    message: &D,
     decision: Decision,
     (subject, stream, stream_sequence, delivered): (&str, &str, u64, u64),
     event_type: &str,
@@ -29,10 +30,9 @@ pub(super) async fn settle<S>(
     match decision {
         Decision::Ack => {
             span.record("jetevents.settle", "ack");
-            let acked = match shared.settings.ack_mode {
-                AckMode::Ack => message.ack().await,
-                AckMode::Confirmed => Box::pin(message.double_ack()).await,
-            };
+            let acked = message
+                .ack(shared.settings.ack_mode == AckMode::Confirmed)
+                .await;
             if let Err(err) = acked {
                 span.record("otel.status_code", "ERROR");
                 span.record(
@@ -101,7 +101,7 @@ pub(super) async fn settle<S>(
                         ),
                     );
                     tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
-                    match message.ack_with(AckKind::Term).await {
+                    match message.term().await {
                         Ok(()) => {
                             span.record("jetevents.terminated", true);
                         }
@@ -136,10 +136,10 @@ pub(super) async fn settle<S>(
     }
 }
 
-async fn nak<S>(
+async fn nak<S, D: Delivery>(
     shared: &Runtime<S>,
     span: &tracing::Span,
-    message: &jetstream::Message,
+    message: &D,
     delay: Duration,
     reason: &str,
 ) {
@@ -151,7 +151,7 @@ async fn nak<S>(
     tracing::debug!(delay_ms = delay.as_millis() as u64, reason, "event Naked");
     // Always with a delay (zero only on shutdown): a bare Nak redelivers at
     // once and a failing handler would spin.
-    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+    if let Err(err) = message.nak(delay).await {
         shared.reporter.failed(
             sequence_of(message),
             SettleOperation::Nak,
@@ -161,38 +161,33 @@ async fn nak<S>(
     }
 }
 
-async fn copy_to_dead_letters<S>(
+async fn copy_to_dead_letters<S, D: Delivery>(
     shared: &Runtime<S>,
-    message: &jetstream::Message,
+    message: &D,
     failure: &Failure<'_>,
 ) -> Result<(), crate::error::BoxError> {
     let (subject, headers) = dead_letter::dead_letter_message(
         &shared.settings.dead_letter,
-        message.headers.as_ref(),
+        message.headers(),
         failure,
         Utc::now(),
     );
     shared
         .client
-        .jetstream()
-        .publish_with_headers(subject, headers, message.payload.clone())
+        .transport()
+        .send(subject, headers, message.payload().clone())
         .await?
         .await?;
     Ok(())
 }
 
-/// The stream sequence of a delivery, for reports (0 if it has none).
-pub(super) fn sequence_of(message: &jetstream::Message) -> u64 {
-    message.info().map_or(0, |info| info.stream_sequence)
-}
-
 /// Naks `message` without delay; a failure is reported with `consequence`.
-pub(super) async fn nak_now(
+pub(super) async fn nak_now<D: Delivery>(
     reporter: SettleReporter,
-    message: jetstream::Message,
+    message: D,
     consequence: &'static str,
 ) {
-    if let Err(err) = message.ack_with(AckKind::Nak(Some(Duration::ZERO))).await {
+    if let Err(err) = message.nak(Duration::ZERO).await {
         reporter.failed(
             sequence_of(&message),
             SettleOperation::Nak,

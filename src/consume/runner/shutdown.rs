@@ -3,14 +3,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::settle::{nak_now, sequence_of, SettleOperation};
+use super::settle::{nak_now, SettleOperation};
 use super::Runtime;
+use crate::transport::delivery::sequence_of;
+use crate::transport::Delivery;
 
 /// How long handlers get to settle after being told to stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -18,9 +19,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Naks the events received but not started, lets in-flight handlers
 /// finish within the grace period, then tells the rest to Nak and stop,
 /// and flushes the acks.
-pub(super) async fn shutdown<S>(
+pub(super) async fn shutdown<S, D: Delivery>(
     shared: &Runtime<S>,
-    undelivered: Vec<jetstream::Message>,
+    undelivered: Vec<D>,
     mut tasks: FuturesUnordered<impl Future<Output = ()>>,
     stop: watch::Sender<bool>,
 ) {
@@ -66,7 +67,7 @@ pub(super) async fn shutdown<S>(
             );
         }
     }
-    if let Err(err) = shared.client.nats().flush().await {
+    if let Err(err) = shared.client.transport().flush().await {
         tracing::warn!(consumer = %shared.group, error = %err, "flushing acks on shutdown failed");
     }
 }

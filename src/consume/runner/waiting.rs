@@ -3,24 +3,26 @@
 use std::collections::VecDeque;
 use std::task::Poll;
 
-use async_nats::jetstream;
 use tokio::time::Instant;
 
+use crate::transport::delivery::sequence_of;
+use crate::transport::Delivery;
+
 use super::progress::ProgressAck;
-use super::settle::{nak_now, sequence_of, SettleOperation};
+use super::settle::{nak_now, SettleOperation};
 use super::Runtime;
 
 /// An event received and not yet handed to a handler.
-pub(super) struct Waiting {
-    pub(super) message: jetstream::Message,
+pub(super) struct Waiting<D> {
+    pub(super) message: D,
     arrived: Instant,
     /// When it came, or when it last got an in-progress ack.
     since: Instant,
     progress: ProgressAck,
 }
 
-impl Waiting {
-    pub(super) fn new(message: jetstream::Message, arrived: Instant) -> Self {
+impl<D: Delivery> Waiting<D> {
+    pub(super) fn new(message: D, arrived: Instant) -> Self {
         Self {
             message,
             arrived,
@@ -39,7 +41,10 @@ impl Waiting {
 ///
 /// Awaits nothing: the loop calls it, and while the loop waits no handler
 /// is polled.
-pub(super) fn keep_waiting_alive<S>(waiting: &mut VecDeque<Waiting>, shared: &Runtime<S>) {
+pub(super) fn keep_waiting_alive<S, D: Delivery>(
+    waiting: &mut VecDeque<Waiting<D>>,
+    shared: &Runtime<S>,
+) {
     let now = Instant::now();
     // The queue is in order of arrival: the overdue ones are in front.
     while let Some(event) = waiting.pop_front() {

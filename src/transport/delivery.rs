@@ -1,0 +1,43 @@
+//! One message handed to a consumer, and the ways to settle it.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::error::BoxError;
+
+/// Where a delivery comes from and how often it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DeliveryInfo {
+    pub(crate) stream: String,
+    pub(crate) stream_sequence: u64,
+    /// 1 on the first delivery.
+    pub(crate) delivered: u64,
+}
+
+/// A message delivered to a consumer. Settling it is the transport's:
+/// each call sends one acknowledgement and says whether it went out.
+pub(crate) trait Delivery: Send + Sync + 'static {
+    fn subject(&self) -> &str;
+    fn headers(&self) -> Option<&HeaderMap>;
+    fn payload(&self) -> &Bytes;
+    /// Its stream position and delivery count; an error when the
+    /// transport cannot tell (and so cannot settle it either).
+    fn info(&self) -> Result<DeliveryInfo, BoxError>;
+    /// Done. `confirmed`: wait until the server says it took the ack.
+    fn ack(&self, confirmed: bool) -> BoxFuture<'_, Result<(), BoxError>>;
+    /// Deliver it again after `delay`.
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BoxError>>;
+    /// Never deliver it again.
+    fn term(&self) -> BoxFuture<'_, Result<(), BoxError>>;
+    /// Still working on it: restart its ack wait. `'static` so it can be
+    /// polled on its own while the handler runs.
+    fn progress(&self) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+/// The stream sequence of a delivery, for reports (0 if it has none).
+pub(crate) fn sequence_of(delivery: &impl Delivery) -> u64 {
+    delivery.info().map_or(0, |info| info.stream_sequence)
+}

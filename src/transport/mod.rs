@@ -1,0 +1,104 @@
+//! The seam between jetevents and a JetStream.
+//!
+//! The publisher and the consumer runtime reach the server only through
+//! these traits: [`Transport`] stores messages and says what the stream
+//! answered; [`Delivery`] is one message handed to a consumer, with the
+//! ways to settle it. They are implemented for NATS JetStream ([`nats`])
+//! and, behind the `testing` feature, for the in-memory JetStream of the
+//! test kit. What only JetStream has (its pull inbox, the watchdog, the
+//! advisories) stays on its side of the seam.
+
+pub(crate) mod delivery;
+pub(crate) mod nats;
+
+use std::fmt;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::error::BoxError;
+
+pub(crate) use delivery::{Delivery, DeliveryInfo};
+
+/// The stream's answer to a stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) stream: String,
+    pub(crate) sequence: u64,
+    /// The message id was seen within the duplicate window: not stored
+    /// again, and `sequence` is the first copy's.
+    pub(crate) duplicate: bool,
+}
+
+/// Why a message was not stored, as the publisher tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreFailureKind {
+    /// No answer in time: it may or may not be stored.
+    TimedOut,
+    /// Nobody answered: no stream captures the subject, or its leader is
+    /// being elected.
+    NoResponders,
+    /// An expected last sequence did not hold; the stream's is `actual`.
+    WrongLastSequence { actual: Option<u64> },
+    /// Headers and payload are over the server's maximum.
+    MaxPayloadExceeded,
+    /// The connection broke while sending.
+    BrokenPipe,
+    /// Refused for another reason.
+    Rejected,
+}
+
+/// A message the stream did not store, with the transport's own error.
+#[derive(Debug)]
+pub(crate) struct StoreFailure {
+    pub(crate) kind: StoreFailureKind,
+    pub(crate) source: BoxError,
+}
+
+impl fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+/// Transparent: it reads as the transport's error and its causes.
+impl std::error::Error for StoreFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
+}
+
+/// The stream's answer to a message sent, still to come.
+pub(crate) type PendingStore = BoxFuture<'static, Result<Stored, StoreFailure>>;
+
+/// Whether a stream captures a subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamLookup {
+    Found,
+    NotFound,
+    /// The lookup failed (a busy cluster electing a leader): try again.
+    Unknown,
+}
+
+/// Storing messages in streams.
+pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Sends a message to be stored. Returns once the transport took it;
+    /// the returned future resolves to the stream's answer, so many can be
+    /// in flight at once.
+    fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>>;
+
+    /// The largest message (headers and payload) the server takes.
+    fn max_payload(&self) -> usize;
+
+    /// Whether a stream captures `subject`.
+    fn stream_for_subject<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, StreamLookup>;
+
+    /// Waits until everything sent so far (acks included) has left.
+    fn flush(&self) -> BoxFuture<'_, Result<(), BoxError>>;
+}

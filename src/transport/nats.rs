@@ -1,0 +1,186 @@
+//! The transport over NATS JetStream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::{
+    Delivery, DeliveryInfo, PendingStore, StoreFailure, StoreFailureKind, Stored, StreamLookup,
+    Transport,
+};
+use crate::error::BoxError;
+
+/// How long the stream lookup may take before it counts as unknown.
+const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// JetStream on a NATS connection.
+#[derive(Clone, Debug)]
+pub(crate) struct NatsTransport {
+    pub(crate) nats: async_nats::Client,
+    pub(crate) jetstream: jetstream::Context,
+}
+
+impl Transport for NatsTransport {
+    fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>> {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .headers(headers);
+        async move {
+            let ack = self
+                .jetstream
+                .send_publish(subject, message)
+                .await
+                .map_err(store_failure)?;
+            let pending: PendingStore = async move {
+                let ack = ack.await.map_err(store_failure)?;
+                Ok(Stored {
+                    stream: ack.stream,
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                })
+            }
+            .boxed();
+            Ok(pending)
+        }
+        .boxed()
+    }
+
+    fn max_payload(&self) -> usize {
+        self.nats.server_info().max_payload
+    }
+
+    fn stream_for_subject<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, StreamLookup> {
+        async move {
+            let lookup = self.jetstream.stream_by_subject(subject);
+            match tokio::time::timeout(STREAM_LOOKUP_TIMEOUT, lookup).await {
+                Ok(Ok(_)) => StreamLookup::Found,
+                Ok(Err(err))
+                    if matches!(
+                        err.kind(),
+                        jetstream::context::GetStreamByNameErrorKind::NotFound
+                    ) =>
+                {
+                    StreamLookup::NotFound
+                }
+                _ => StreamLookup::Unknown,
+            }
+        }
+        .boxed()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        async move { self.nats.flush().await.map_err(BoxError::from) }.boxed()
+    }
+}
+
+fn store_failure(err: jetstream::context::PublishError) -> StoreFailure {
+    let kind = match err.kind() {
+        PublishErrorKind::TimedOut => StoreFailureKind::TimedOut,
+        PublishErrorKind::StreamNotFound => StoreFailureKind::NoResponders,
+        PublishErrorKind::WrongLastSequence => StoreFailureKind::WrongLastSequence {
+            actual: parse_actual_sequence(&err.to_string()),
+        },
+        PublishErrorKind::MaxPayloadExceeded => StoreFailureKind::MaxPayloadExceeded,
+        PublishErrorKind::BrokenPipe => StoreFailureKind::BrokenPipe,
+        _ => StoreFailureKind::Rejected,
+    };
+    StoreFailure {
+        kind,
+        source: Box::new(err),
+    }
+}
+
+/// The server's description is "wrong last sequence: N"; async-nats prefixes
+/// its own kind text, which reads the same, hence the last occurrence.
+pub(crate) fn parse_actual_sequence(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind("wrong last sequence: ")? + "wrong last sequence: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+impl Delivery for jetstream::Message {
+    fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    fn headers(&self) -> Option<&HeaderMap> {
+        self.message.headers.as_ref()
+    }
+
+    fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    fn info(&self) -> Result<DeliveryInfo, BoxError> {
+        let info = jetstream::Message::info(self)?;
+        Ok(DeliveryInfo {
+            stream: info.stream.to_owned(),
+            stream_sequence: info.stream_sequence,
+            delivered: u64::try_from(info.delivered).unwrap_or(1).max(1),
+        })
+    }
+
+    fn ack(&self, confirmed: bool) -> BoxFuture<'_, Result<(), BoxError>> {
+        async move {
+            if confirmed {
+                self.double_ack().await
+            } else {
+                jetstream::Message::ack(self).await
+            }
+        }
+        .boxed()
+    }
+
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
+        self.ack_with(AckKind::Nak(Some(delay))).boxed()
+    }
+
+    fn term(&self) -> BoxFuture<'_, Result<(), BoxError>> {
+        self.ack_with(AckKind::Term).boxed()
+    }
+
+    fn progress(&self) -> BoxFuture<'static, Result<(), BoxError>> {
+        // Every JetStream delivery has a reply subject: it is how it is acked.
+        let reply = self.message.reply.clone();
+        let client = self.context.client();
+        async move {
+            let Some(reply) = reply else {
+                return Ok(());
+            };
+            client
+                .publish(reply, AckKind::Progress.into())
+                .await
+                .map_err(BoxError::from)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_actual_sequence;
+
+    #[test]
+    fn reads_actual_sequence_from_server_text() {
+        assert_eq!(
+            parse_actual_sequence("wrong last sequence: 42 (code 400, error code 10071)"),
+            Some(42)
+        );
+        assert_eq!(
+            parse_actual_sequence(
+                "wrong last sequence: wrong last sequence: 7 (code 400, error code 10071)"
+            ),
+            Some(7)
+        );
+        assert_eq!(parse_actual_sequence("something else"), None);
+    }
+}
