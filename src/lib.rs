@@ -15,7 +15,11 @@
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
 //! - [`trace`]: W3C trace context in and out of events;
-//! - [`metrics`]: OpenTelemetry messaging metrics.
+//! - [`metrics`]: OpenTelemetry messaging metrics;
+//! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
+//!   for a service's own unit tests.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod client;
 pub mod codec;
@@ -30,6 +34,10 @@ pub mod publish;
 pub mod subject;
 pub mod trace;
 mod transport;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use codec::{DecodeError, EncodeError, Encoding};
 pub use envelope::{Envelope, ExtensionValue};

@@ -1,0 +1,1 @@
+//! Unit tests of the engine, on paused tokio time.
