@@ -109,8 +109,7 @@ pub struct Client {
 }
 
 struct Inner {
-    nats: async_nats::Client,
-    jetstream: jetstream::Context,
+    backend: Backend,
     config: Config,
     subjects: Subjects,
     violations: broadcast::Sender<PermissionViolation>,
@@ -120,6 +119,18 @@ struct Inner {
     metrics: Metrics,
     transport: Arc<dyn Transport>,
 }
+
+/// What the client's events are stored in.
+enum Backend {
+    Nats(Arc<NatsTransport>),
+    #[cfg(feature = "testing")]
+    Memory(crate::testing::MemoryJetStream),
+}
+
+/// A NATS-only operation asked of a client on the in-memory JetStream.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("{0} needs a NATS connection; this client runs on the in-memory JetStream")]
+pub(crate) struct NeedsNats(pub(crate) &'static str);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -233,25 +244,99 @@ impl Client {
             .timeout(config.ack_timeout)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(nats.clone());
+        let transport = Arc::new(NatsTransport { nats, jetstream });
+        Ok(Client::assemble(
+            Backend::Nats(transport.clone()),
+            transport,
+            config,
+            subjects,
+            violations,
+            disconnects,
+        ))
+    }
+
+    fn assemble(
+        backend: Backend,
+        transport: Arc<dyn Transport>,
+        config: Config,
+        subjects: Subjects,
+        violations: broadcast::Sender<PermissionViolation>,
+        disconnects: Arc<AtomicU64>,
+    ) -> Client {
         let metrics = match &config.meter {
             Some(meter) => Metrics::new(meter),
             None => Metrics::global(),
         };
-        Ok(Client {
+        Client {
             inner: Arc::new(Inner {
-                transport: Arc::new(NatsTransport {
-                    nats: nats.clone(),
-                    jetstream: jetstream.clone(),
-                }),
-                nats,
-                jetstream,
+                backend,
+                transport,
                 config,
                 subjects,
                 violations,
                 disconnects,
                 metrics,
             }),
-        })
+        }
+    }
+
+    /// A client whose events are stored in `jetstream`, an in-memory
+    /// JetStream: for a service's unit tests (see [`crate::testing`]).
+    /// `config` gives the environment, the source and the publish settings;
+    /// its servers and credentials are not used.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn in_memory(
+        config: Config,
+        jetstream: &crate::testing::MemoryJetStream,
+    ) -> Result<Client, ConnectError> {
+        let subjects = Subjects::new(config.env.clone()).map_err(|err| {
+            Error::with_source(
+                ConnectErrorKind::InvalidConfig(
+                    "JETEVENTS_ENV / env is not a valid subject token".into(),
+                ),
+                err,
+            )
+        })?;
+        Ok(Client::in_memory_with(config, subjects, jetstream))
+    }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn in_memory_with(
+        config: Config,
+        subjects: Subjects,
+        jetstream: &crate::testing::MemoryJetStream,
+    ) -> Client {
+        // Nothing reports permission violations in memory.
+        let (violations, _) = broadcast::channel(1);
+        Client::assemble(
+            Backend::Memory(jetstream.clone()),
+            Arc::new(jetstream.clone()),
+            config,
+            subjects,
+            violations,
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    /// The NATS side of this client, or `NeedsNats` naming `what` was
+    /// asked of an in-memory one.
+    #[cfg_attr(not(feature = "testing"), allow(unused_variables))]
+    pub(crate) fn nats_transport(&self, what: &'static str) -> Result<&NatsTransport, NeedsNats> {
+        match &self.inner.backend {
+            Backend::Nats(nats) => Ok(nats),
+            #[cfg(feature = "testing")]
+            Backend::Memory(_) => Err(NeedsNats(what)),
+        }
+    }
+
+    /// The in-memory JetStream this client runs on, if it does.
+    #[cfg(feature = "testing")]
+    pub(crate) fn memory(&self) -> Option<&crate::testing::MemoryJetStream> {
+        match &self.inner.backend {
+            Backend::Memory(memory) => Some(memory),
+            Backend::Nats(_) => None,
+        }
     }
 
     /// Where messages are stored: the seam the publisher and the consumers
@@ -265,14 +350,18 @@ impl Client {
         self.inner.disconnects.load(Ordering::Relaxed)
     }
 
-    /// The underlying async-nats client, for what jetevents does not wrap.
-    pub fn nats(&self) -> &async_nats::Client {
-        &self.inner.nats
+    /// The underlying async-nats client, for what jetevents does not wrap
+    /// (`None` for a client on the in-memory JetStream).
+    pub fn nats(&self) -> Option<&async_nats::Client> {
+        self.nats_transport("the async-nats client").ok().map(|nats| &nats.nats)
     }
 
-    /// The JetStream context (its timeout is the configured ack timeout).
-    pub fn jetstream(&self) -> &jetstream::Context {
-        &self.inner.jetstream
+    /// The JetStream context (its timeout is the configured ack timeout;
+    /// `None` for a client on the in-memory JetStream).
+    pub fn jetstream(&self) -> Option<&jetstream::Context> {
+        self.nats_transport("the JetStream context")
+            .ok()
+            .map(|nats| &nats.jetstream)
     }
 
     /// The configuration this client was made from.
@@ -341,8 +430,10 @@ impl Client {
     /// Flushes what is buffered and closes the connection.
     pub async fn close(self) {
         // Errors here mean the connection is gone already: nothing to flush.
-        let _ = self.inner.nats.flush().await;
-        let _ = self.inner.nats.drain().await;
+        if let Ok(nats) = self.nats_transport("closing") {
+            let _ = nats.nats.flush().await;
+            let _ = nats.nats.drain().await;
+        }
     }
 }
 

@@ -224,8 +224,15 @@ impl Client {
                 spec.name
             ))));
         }
+        #[cfg(feature = "testing")]
+        if let Some(memory) = self.memory() {
+            return ensure_in_memory(memory, spec);
+        }
+        let jetstream = self
+            .jetstream()
+            .ok_or_else(|| Error::new(ProvisionErrorKind::JetStreamUnavailable))?;
         let wanted = spec.to_config();
-        let existing = match self.jetstream().get_stream(&spec.name).await {
+        let existing = match jetstream.get_stream(&spec.name).await {
             Ok(mut stream) => Some(stream.info().await.map_err(request_failed)?.config.clone()),
             Err(err) => match err.kind() {
                 async_nats::jetstream::context::GetStreamErrorKind::JetStream(js)
@@ -237,7 +244,7 @@ impl Client {
             },
         };
         let Some(actual) = existing else {
-            self.jetstream()
+            jetstream
                 .create_stream(wanted)
                 .await
                 .map_err(request_failed)?;
@@ -295,7 +302,7 @@ impl Client {
             updated.push("description");
         }
         if !updated.is_empty() {
-            self.jetstream()
+            jetstream
                 .update_stream(next)
                 .await
                 .map_err(request_failed)?;
@@ -326,6 +333,49 @@ const TRANSIENT_CODES: [u16; 6] = [10008, 10009, 10006, 10005, 10023, 10118];
 /// Whether repeating the request can help. Timeouts are not repeated: a
 /// request the account may not make also times out, and each try would cost
 /// the whole timeout again.
+/// Declares `spec` on the in-memory JetStream: what it keeps of a stream is
+/// its subjects and duplicate window; the rest is the server's business.
+#[cfg(feature = "testing")]
+fn ensure_in_memory(
+    memory: &crate::testing::MemoryJetStream,
+    spec: &StreamSpec,
+) -> Result<StreamReport, ProvisionError> {
+    let mut config = crate::testing::StreamConfig::new(spec.name.clone(), spec.subjects.clone());
+    config.duplicate_window = spec.duplicate_window;
+    let refused = |err: crate::testing::MemoryError| {
+        let text = err.to_string();
+        Error::with_source(ProvisionErrorKind::Refused(text), err)
+    };
+    let Some(existing) = memory.stream_info(&spec.name) else {
+        memory.create_stream(config).map_err(refused)?;
+        return Ok(StreamReport {
+            created: true,
+            updated: Vec::new(),
+            drift: Vec::new(),
+        });
+    };
+    let mut updated = Vec::new();
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    if sorted(&existing.config.subjects) != sorted(&config.subjects) {
+        updated.push("subjects");
+    }
+    if existing.config.duplicate_window != config.duplicate_window {
+        updated.push("duplicate_window");
+    }
+    if !updated.is_empty() {
+        memory.update_stream(config).map_err(refused)?;
+    }
+    Ok(StreamReport {
+        created: false,
+        updated,
+        drift: Vec::new(),
+    })
+}
+
 fn is_transient(err: &ProvisionError) -> bool {
     match err.kind() {
         ProvisionErrorKind::JetStreamUnavailable => {

@@ -329,6 +329,14 @@ impl Subjects {
         Ok(Subjects { env })
     }
 
+    /// Subjects of the test kit's environment, `test`, a valid token.
+    #[cfg(feature = "testing")]
+    pub(crate) fn for_tests() -> Subjects {
+        Subjects {
+            env: "test".to_owned(),
+        }
+    }
+
     /// The environment token.
     pub fn env(&self) -> &str {
         &self.env

@@ -82,8 +82,8 @@ async fn own_server() -> (NatsServer, Client) {
 async fn hostile_keys_reach_the_wire_as_one_safe_token_or_not_at_all() {
     let (server, client) = own_server().await;
     // Everything published on the event subjects, as the server routes it.
-    let mut spy = client.nats().subscribe("dev.>").await.unwrap();
-    client.nats().flush().await.unwrap();
+    let mut spy = client.nats().unwrap().subscribe("dev.>").await.unwrap();
+    client.nats().unwrap().flush().await.unwrap();
     let publisher = client.publisher();
 
     let mut sent = 0;
@@ -135,7 +135,7 @@ async fn hostile_keys_reach_the_wire_as_one_safe_token_or_not_at_all() {
             message.subject
         );
     }
-    client.nats().flush().await.unwrap();
+    client.nats().unwrap().flush().await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(200), spy.next())
             .await
@@ -186,7 +186,7 @@ async fn hostile_metadata_and_oversized_events_are_refused_before_the_wire() {
     assert_eq!(err.kind(), &PublishErrorKind::InvalidEvent);
 
     // Oversized, in both encodings, and as a raw envelope.
-    let limit = client.nats().max_payload();
+    let limit = client.nats().unwrap().max_payload();
     let big = op("big", 0, limit);
     for encoding in [Encoding::Binary, Encoding::Structured] {
         let err = publisher
@@ -256,7 +256,7 @@ async fn headers_over_the_jetstream_limit_are_a_typed_error_and_not_stored() {
         before,
         "the refused publish reached the server"
     );
-    let mut stream = client.jetstream().get_stream("CHAOS").await.unwrap();
+    let mut stream = client.jetstream().unwrap().get_stream("CHAOS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
     // Just under the limit is stored.
     client

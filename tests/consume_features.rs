@@ -245,12 +245,12 @@ async fn ephemeral_events_are_shared_by_a_queue_group() {
         let (headers, payload) = codec::encode(&envelope, Encoding::Binary).unwrap();
         world
             .client
-            .nats()
+            .nats().unwrap()
             .publish_with_headers(world.subject_of(n), headers, payload)
             .await
             .unwrap();
     }
-    world.client.nats().flush().await.unwrap();
+    world.client.nats().unwrap().flush().await.unwrap();
     eventually(
         "ephemeral events handled",
         Duration::from_secs(20),

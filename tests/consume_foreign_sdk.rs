@@ -33,7 +33,7 @@ async fn js_sdk_events_are_handled_with_their_raw_attribute_values() {
     let running = Running::start(consumer);
 
     // Published as the other SDK's service would: plain NATS headers.
-    let jetstream = world.client.jetstream();
+    let jetstream = world.client.jetstream().unwrap();
     for n in 0..JS_SDK_SUBJECTS.len() {
         let (headers, body) = js_sdk_message(n);
         let subject = world.subject_of(n as u64);

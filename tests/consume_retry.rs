@@ -183,7 +183,7 @@ async fn undecodable_messages_are_dead_lettered_on_first_delivery() {
         .await
         .unwrap();
     let running = Running::start(consumer);
-    let jetstream = world.client.jetstream();
+    let jetstream = world.client.jetstream().unwrap();
 
     // Not a CloudEvent at all.
     let mut headers = HeaderMap::new();

@@ -172,7 +172,7 @@ async fn handlers_finish_while_the_connection_is_stalled() {
     eventually(
         "the client sees the stall",
         Duration::from_secs(10),
-        || async { proxied.nats().connection_state() != State::Connected },
+        || async { proxied.nats().unwrap().connection_state() != State::Connected },
     )
     .await;
     // The client's queue is full now: whatever the runner sends next waits
@@ -180,7 +180,7 @@ async fn handlers_finish_while_the_connection_is_stalled() {
     let mut queued = 0;
     // Unconstrained: tokio's cooperative budget would make a send pending
     // after a hundred or so, with room still in the queue.
-    while tokio::task::unconstrained(proxied.nats().publish("stalled.filler", "".into()))
+    while tokio::task::unconstrained(proxied.nats().unwrap().publish("stalled.filler", "".into()))
         .now_or_never()
         .is_some()
     {
@@ -196,7 +196,7 @@ async fn handlers_finish_while_the_connection_is_stalled() {
     )
     .await;
     assert_ne!(
-        proxied.nats().connection_state(),
+        proxied.nats().unwrap().connection_state(),
         State::Connected,
         "the handlers finished while the connection was still stalled"
     );

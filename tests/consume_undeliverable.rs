@@ -75,12 +75,12 @@ async fn an_advisory_dead_letters_the_stored_event_or_skips_a_deleted_one() {
             "deliveries": deliveries,
         });
         client
-            .nats()
+            .nats().unwrap()
             .publish(advisory.clone(), serde_json::to_vec(&body).unwrap().into())
             .await
             .unwrap();
     }
-    client.nats().flush().await.unwrap();
+    client.nats().unwrap().flush().await.unwrap();
 
     let dead_letters = jetevents::consume::DeadLetters::with_config(
         &client,
@@ -105,7 +105,7 @@ async fn an_advisory_dead_letters_the_stored_event_or_skips_a_deleted_one() {
     // A readable block travels whole as headers: the event decodes.
     let envelope = entry.envelope().unwrap();
     assert_eq!(envelope.id.as_str(), receipt.event_id);
-    let events = client.jetstream().get_stream(&stream).await.unwrap();
+    let events = client.jetstream().unwrap().get_stream(&stream).await.unwrap();
     let original = events.get_raw_message(receipt.sequence).await.unwrap();
     assert_eq!(entry.payload, original.payload);
     assert!(entry.original_header_block.is_some());

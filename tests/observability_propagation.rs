@@ -295,7 +295,7 @@ struct Wire {
 /// members of the JSON document (structured).
 async fn stored(client: &Client, receipt: &Receipt, encoding: Encoding) -> Wire {
     let message = client
-        .jetstream()
+        .jetstream().unwrap()
         .get_stream(&receipt.stream)
         .await
         .unwrap()

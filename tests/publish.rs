@@ -56,7 +56,7 @@ async fn client_with_stream() -> (Client, String) {
 /// The event stored at `sequence`, and its `Nats-Msg-Id`.
 async fn stored_event(client: &Client, stream: &str, sequence: u64) -> (Envelope, Option<String>) {
     let raw = client
-        .jetstream()
+        .jetstream().unwrap()
         .get_stream(stream)
         .await
         .unwrap()
@@ -72,7 +72,7 @@ async fn stored_event(client: &Client, stream: &str, sequence: u64) -> (Envelope
 }
 
 async fn stored_count(client: &Client, stream: &str) -> u64 {
-    let mut stream = client.jetstream().get_stream(stream).await.unwrap();
+    let mut stream = client.jetstream().unwrap().get_stream(stream).await.unwrap();
     stream.info().await.unwrap().state.messages
 }
 
@@ -167,7 +167,7 @@ async fn expected_subject_sequence_conflicts_carry_the_actual_sequence() {
 #[tokio::test]
 async fn an_oversized_event_is_refused_before_it_is_sent() {
     let (client, stream) = client_with_stream().await;
-    let limit = client.nats().max_payload();
+    let limit = client.nats().unwrap().max_payload();
     let mut event = opened("acc-big");
     event.note = "x".repeat(limit);
     let err = client.publisher().publish(&event).await.unwrap_err();
@@ -354,7 +354,7 @@ async fn pipelined_publish_stores_ten_thousand_events_once_in_order() {
 
     // Read the stream back: every event once, in input order.
     let consumer = client
-        .jetstream()
+        .jetstream().unwrap()
         .get_stream(&stream)
         .await
         .unwrap()
@@ -392,7 +392,7 @@ async fn provisioning_is_idempotent_and_reports_drift() {
     let drifted = client.ensure_stream(&memory).await.unwrap();
     assert!(!drifted.is_in_sync());
     assert_eq!(drifted.drift[0].field, "storage");
-    let mut info = client.jetstream().get_stream(&name).await.unwrap();
+    let mut info = client.jetstream().unwrap().get_stream(&name).await.unwrap();
     assert_eq!(info.info().await.unwrap().config.storage, StorageType::File);
 }
 

@@ -26,7 +26,7 @@ const PREFETCH: usize = 32;
 
 /// Whether the stream has a leader and two current, online followers.
 async fn replicas_current(client: &jetevents::client::Client, stream: &str) -> bool {
-    let Ok(mut stream) = client.jetstream().get_stream(stream).await else {
+    let Ok(mut stream) = client.jetstream().unwrap().get_stream(stream).await else {
         return false;
     };
     let Ok(info) = stream.info().await else {

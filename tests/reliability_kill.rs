@@ -20,7 +20,7 @@ use checker::{eventually, op, read_back, scaled, Bounds, Checker};
 const WINDOW: usize = 256;
 
 async fn stored(client: &jetevents::client::Client, stream: &str) -> u64 {
-    match client.jetstream().get_stream(stream).await {
+    match client.jetstream().unwrap().get_stream(stream).await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
         Err(_) => 0,
     }

@@ -131,7 +131,7 @@ async fn wait_disconnected(client: &Client) {
     eventually(
         "the client sees the disconnect",
         Duration::from_secs(10),
-        || async { client.nats().connection_state() != State::Connected },
+        || async { client.nats().unwrap().connection_state() != State::Connected },
     )
     .await;
 }
@@ -186,7 +186,7 @@ async fn a_dropped_connection_is_detected_and_reconnected_without_loss() {
         wait_disconnected(&setup.client).await;
         setup.proxy.set_mode(FaultMode::Pass);
         eventually("the client reconnects", Duration::from_secs(30), || async {
-            setup.client.nats().connection_state() == State::Connected
+            setup.client.nats().unwrap().connection_state() == State::Connected
         })
         .await;
     }
@@ -219,8 +219,8 @@ async fn a_black_holed_connection_loses_no_acked_event() {
             "both clients connected",
             Duration::from_secs(30),
             || async {
-                setup.client.nats().connection_state() == State::Connected
-                    && setup.probe.nats().connection_state() == State::Connected
+                setup.client.nats().unwrap().connection_state() == State::Connected
+                    && setup.probe.nats().unwrap().connection_state() == State::Connected
             },
         )
         .await;

@@ -39,8 +39,8 @@ async fn refused(config: Config) -> ConnectErrorKind {
 
 /// The client works: a round trip to the server succeeds.
 async fn assert_usable(client: Client) {
-    client.nats().flush().await.unwrap();
-    client.jetstream().query_account().await.unwrap();
+    client.nats().unwrap().flush().await.unwrap();
+    client.jetstream().unwrap().query_account().await.unwrap();
 }
 
 #[tokio::test]

@@ -195,7 +195,7 @@ async fn run(settings: Settings) {
     // code-path differences.
     let raw = if env("JE_BENCH_RAW_ON_JETEVENTS_CONNECTION", 0u8) == 1 {
         common::Raw {
-            js: je.jetstream().clone(),
+            js: je.jetstream().unwrap().clone(),
         }
     } else {
         common::Raw::connect(&url).await

@@ -42,7 +42,16 @@ impl FailedRuns {
     /// survives what the stream survives) the bucket. Never fails: without
     /// it, deliveries are counted instead.
     pub(crate) async fn open(client: &Client, stream: &str, group: &str, replicas: usize) -> Self {
-        let jetstream = client.jetstream();
+        let prefix = format!("{}.{}.", key_token(group), key_token(stream));
+        // On the in-memory JetStream, deliveries are counted (see
+        // `crate::testing`).
+        let Ok(nats) = client.nats_transport("the attempts bucket") else {
+            return Self {
+                store: None,
+                prefix,
+            };
+        };
+        let jetstream = &nats.jetstream;
         let store = match jetstream.get_key_value(BUCKET).await {
             Ok(store) => Ok(store),
             Err(_) => {
@@ -71,10 +80,7 @@ impl FailedRuns {
                 None
             }
         };
-        Self {
-            store,
-            prefix: format!("{}.{}.", key_token(group), key_token(stream)),
-        }
+        Self { store, prefix }
     }
 
     /// Failed handler runs before this delivery.

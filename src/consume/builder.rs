@@ -382,7 +382,24 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         filters.extend(self.settings.extra_filters.iter().cloned());
         let filters = router::minimal_filters(filters);
 
-        let jetstream = self.client.jetstream();
+        #[cfg(feature = "testing")]
+        if let Some(memory) = self.client.memory() {
+            return runner::in_memory::build(
+                memory.clone(),
+                self.client.clone(),
+                self.group,
+                self.stream,
+                filters,
+                self.router,
+                self.state,
+                self.settings,
+            );
+        }
+        let jetstream = &self
+            .client
+            .nats_transport("a durable consumer")
+            .map_err(|err| Error::with_source(ConsumeErrorKind::Unavailable, err))?
+            .jetstream;
         let stream_name = match self.stream {
             Some(stream) => stream,
             None => {
@@ -412,10 +429,13 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
             &[],
             &self.client.metrics().filter_drift,
         );
-        let consumer = ensured.consumer;
-        Ok(Consumer {
+        let source = super::Source::Nats {
+            consumer: Box::new(ensured.consumer),
             drift,
             replicas: stream.cached_info().config.num_replicas,
+        };
+        Ok(Consumer {
+            source,
             client: self.client,
             group: self.group,
             stream: stream_name,
@@ -423,7 +443,6 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
             router: self.router,
             state: self.state,
             settings: self.settings,
-            consumer,
         })
     }
 }

@@ -151,19 +151,20 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         self.router.validate(subjects).map_err(invalid)?;
         let filters = router::minimal_filters(self.router.filters(subjects));
         let mut violations = self.client.permission_violations();
+        let connection = self
+            .client
+            .nats_transport("an ephemeral consumer")
+            .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
+        let nats = &connection.nats;
         let mut subscriptions = Vec::new();
         for filter in &filters {
-            let subscription = self
-                .client
-                .nats()
+            let subscription = nats
                 .queue_subscribe(filter.clone(), self.group.clone())
                 .await
                 .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
             subscriptions.push(subscription);
         }
-        self.client
-            .nats()
-            .flush()
+        nats.flush()
             .await
             .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
         // A round trip proves the server has processed the subscriptions (it
@@ -173,7 +174,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         // is a round trip too.
         let _ = tokio::time::timeout(
             self.client.config().ack_timeout,
-            self.client.jetstream().query_account(),
+            connection.jetstream.query_account(),
         )
         .await;
         // The refusal reaches us through the connection's event task, which

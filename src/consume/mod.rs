@@ -148,12 +148,22 @@ pub struct Consumer<S = ()> {
     router: Router<S>,
     state: S,
     settings: Settings,
-    consumer: async_nats::jetstream::consumer::PullConsumer,
-    /// Subjects of the group's filter this instance does not handle, as
-    /// last reported.
-    drift: Vec<String>,
-    /// The stream's replicas: the attempts bucket gets as many.
-    replicas: usize,
+    source: Source,
+}
+
+/// Where a consumer's deliveries come from.
+enum Source {
+    Nats {
+        consumer: Box<async_nats::jetstream::consumer::PullConsumer>,
+        /// Subjects of the group's filter this instance does not handle, as
+        /// last reported.
+        drift: Vec<String>,
+        /// The stream's replicas: the attempts bucket gets as many.
+        replicas: usize,
+    },
+    /// The durable consumer of the same name on the in-memory JetStream.
+    #[cfg(feature = "testing")]
+    Memory(crate::testing::MemoryJetStream),
 }
 
 impl<S> std::fmt::Debug for Consumer<S> {

@@ -128,7 +128,10 @@ impl Watcher {
         );
         // Before subscribing, so a refusal cannot slip past.
         let mut violations = self.client.permission_violations();
-        let mut advisories = match self.client.nats().subscribe(subject.clone()).await {
+        let Some(nats) = self.client.nats() else {
+            return;
+        };
+        let mut advisories = match nats.subscribe(subject.clone()).await {
             Ok(subscription) => subscription,
             Err(err) => {
                 tracing::warn!(
@@ -305,11 +308,11 @@ impl Watcher {
             if attempt > 0 {
                 tokio::time::sleep(FIRST_RETRY_DELAY * 2u32.pow(attempt - 1)).await;
             }
-            let response: Result<Response<MsgGet>, _> = self
-                .client
-                .jetstream()
-                .request(subject.clone(), &request)
-                .await;
+            let Some(jetstream) = self.client.jetstream() else {
+                return Err(Skip::Failed("no NATS connection".to_owned()));
+            };
+            let response: Result<Response<MsgGet>, _> =
+                jetstream.request(subject.clone(), &request).await;
             match response {
                 Ok(Response::Ok(found)) => return Ok(found.message),
                 Ok(Response::Err { error })
@@ -340,9 +343,10 @@ impl Watcher {
             }
             // Same message id on every attempt: a retry after a lost ack is
             // stored once.
-            let published = self
-                .client
-                .jetstream()
+            let Some(jetstream) = self.client.jetstream() else {
+                return Err(Skip::Failed("no NATS connection".to_owned()));
+            };
+            let published = jetstream
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await;
             let ack = match published {

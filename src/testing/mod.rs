@@ -57,5 +57,8 @@
 //!   the server purges on a timer, so an id may live slightly longer there.
 
 mod jetstream;
+mod kit;
+mod transport;
 
 pub use jetstream::*;
+pub use kit::{NotIdle, RunningConsumer, TestKit, DEFAULT_IDLE_LIMIT};

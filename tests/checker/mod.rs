@@ -514,7 +514,7 @@ pub async fn read_back(client: &Client, stream: &str, checker: &Checker) -> usiz
     let deadline = Instant::now() + Duration::from_secs(60);
     let (total, mut messages) = loop {
         let setup = async {
-            let mut handle = client.jetstream().get_stream(stream).await.ok()?;
+            let mut handle = client.jetstream().unwrap().get_stream(stream).await.ok()?;
             let total = handle.info().await.ok()?.state.messages;
             let consumer = handle
                 .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())

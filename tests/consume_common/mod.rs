@@ -128,7 +128,7 @@ impl World {
         &self,
     ) -> async_nats::jetstream::stream::Stream<async_nats::jetstream::stream::Info> {
         self.client
-            .jetstream()
+            .jetstream().unwrap()
             .get_stream(&self.stream)
             .await
             .unwrap()

@@ -15,18 +15,38 @@ use super::{
     OUR_HEADERS, REASON, TIME,
 };
 
+/// The dead-letter stream's: a copy repeated within it is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 /// Creates the dead-letter stream unless it exists.
 pub(crate) async fn ensure_stream(
     client: &Client,
     config: &DeadLetterConfig,
 ) -> Result<(), DeadLetterError> {
+    #[cfg(feature = "testing")]
+    if let Some(memory) = client.memory() {
+        if memory.stream_info(&config.stream).is_some() {
+            return Ok(());
+        }
+        let mut spec = crate::testing::StreamConfig::new(
+            config.stream.clone(),
+            [format!("{}.>", config.subject_prefix)],
+        );
+        spec.duplicate_window = DUPLICATE_WINDOW;
+        return memory
+            .create_stream(spec)
+            .map(|_| ())
+            .map_err(|err| Error::with_source(DeadLetterErrorKind::Stream, err));
+    }
     client
-        .jetstream()
+        .nats_transport("the dead-letter stream")
+        .map_err(|err| Error::with_source(DeadLetterErrorKind::Stream, err))?
+        .jetstream
         .get_or_create_stream(stream::Config {
             name: config.stream.clone(),
             subjects: vec![format!("{}.>", config.subject_prefix)],
             storage: StorageType::File,
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: DUPLICATE_WINDOW,
             description: Some("jetevents: events no handler could handle".to_owned()),
             ..Default::default()
         })

@@ -156,8 +156,7 @@ impl DeadLetters {
             format!("redrive:{}:{}", self.config.stream, sequence),
         );
         let ack = self
-            .client
-            .jetstream()
+            .jetstream()?
             .publish_with_headers(
                 entry.original_subject.clone(),
                 headers,
@@ -186,9 +185,16 @@ impl DeadLetters {
         }
     }
 
-    async fn stream(&self) -> Result<stream::Stream<stream::Info>, DeadLetterError> {
+    /// The JetStream context: reading and changing entries needs NATS.
+    fn jetstream(&self) -> Result<&async_nats::jetstream::Context, DeadLetterError> {
         self.client
-            .jetstream()
+            .nats_transport("the dead-letter API")
+            .map(|nats| &nats.jetstream)
+            .map_err(|err| Error::with_source(DeadLetterErrorKind::Stream, err))
+    }
+
+    async fn stream(&self) -> Result<stream::Stream<stream::Info>, DeadLetterError> {
+        self.jetstream()?
             .get_stream(&self.config.stream)
             .await
             .map_err(|err| {

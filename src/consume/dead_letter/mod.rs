@@ -232,7 +232,7 @@ impl DeadLetter {
         Self::from_parts(message.sequence, &message.headers, message.payload)
     }
 
-    fn from_parts(
+    pub(crate) fn from_parts(
         sequence: u64,
         headers: &HeaderMap,
         payload: Bytes,

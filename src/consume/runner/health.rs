@@ -31,7 +31,10 @@ pub(in crate::consume) async fn get_stream(
     client: &Client,
     name: &str,
 ) -> Result<stream::Stream<stream::Info>, ConsumeError> {
-    client.jetstream().get_stream(name).await.map_err(|err| {
+    let nats = client
+        .nats_transport("a durable consumer's stream")
+        .map_err(|err| Error::with_source(ConsumeErrorKind::Unavailable, err))?;
+    nats.jetstream.get_stream(name).await.map_err(|err| {
         let missing = matches!(
             err.kind(),
             jetstream::context::GetStreamErrorKind::JetStream(ref js)

@@ -5,6 +5,8 @@
 mod call;
 mod delivery;
 mod health;
+#[cfg(feature = "testing")]
+pub(super) mod in_memory;
 mod progress;
 mod pulls;
 mod settle;
@@ -31,7 +33,7 @@ use super::attempts::FailedRuns;
 use super::group_filter;
 use super::metrics::AttributeCache;
 use super::router::Router;
-use super::{ConsumeError, Consumer, Settings};
+use super::{ConsumeError, Consumer, Settings, Source};
 use delivery::process;
 use health::{watchdog, Health, Recovery};
 use pulls::{classify, connected, Inbox, Incoming, PullStatus, Pulls};
@@ -82,10 +84,13 @@ where
         router,
         state,
         settings,
-        consumer: mut pull_consumer,
-        mut drift,
-        replicas,
+        source,
     } = consumer;
+    let replicas = match &source {
+        Source::Nats { replicas, .. } => *replicas,
+        #[cfg(feature = "testing")]
+        Source::Memory(_) => 1,
+    };
     let failed_runs = FailedRuns::open(&client, &stream, &group, replicas).await;
     let shared = Arc::new(Runtime {
         failed_runs,
@@ -99,6 +104,58 @@ where
         reporter: SettleReporter::new(&client, &group),
         settings,
     });
+    match source {
+        Source::Nats {
+            consumer, drift, ..
+        } => {
+            let pulling = Pulling {
+                client,
+                group,
+                stream,
+                filters,
+                consumer: *consumer,
+                drift,
+            };
+            pull_loop(shared, pulling, signal).await
+        }
+        #[cfg(feature = "testing")]
+        Source::Memory(memory) => in_memory::run(shared, memory, stream, signal).await,
+    }
+}
+
+/// What the pull loop works with besides the shared runtime.
+struct Pulling {
+    client: Client,
+    group: String,
+    stream: String,
+    filters: Vec<String>,
+    consumer: jetstream::consumer::PullConsumer,
+    drift: Vec<String>,
+}
+
+/// Keeps pulls open on the durable consumer and hands what arrives to
+/// handlers, until `signal`.
+async fn pull_loop<S>(
+    shared: Arc<Runtime<S>>,
+    pulling: Pulling,
+    signal: Signal,
+) -> Result<(), ConsumeError>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let Pulling {
+        client,
+        group,
+        stream,
+        filters,
+        consumer: mut pull_consumer,
+        mut drift,
+    } = pulling;
+    let Some(jetstream) = client.jetstream().cloned() else {
+        return Err(crate::error::Error::new(
+            super::ConsumeErrorKind::Unavailable,
+        ));
+    };
     let group_filter = super::settings::group_filter(&group, &filters, &shared.settings);
     let mut filter_check = Instant::now() + group_filter::CHECK_INTERVAL;
     let _watch =
@@ -260,7 +317,7 @@ where
                             Err(err) => break 'pulling Err(err),
                         }
                     };
-                    match classify(incoming, client.jetstream()) {
+                    match classify(incoming, &jetstream) {
                         Incoming::Event(message) => {
                             pulls.received();
                             received_since_check += 1;
@@ -321,7 +378,7 @@ where
     let mut undelivered: Vec<jetstream::Message> =
         waiting.into_iter().map(|waiting| waiting.message).collect();
     while let Some(Some(incoming)) = inbox.subscription.next().now_or_never() {
-        if let Incoming::Event(message) = classify(incoming, client.jetstream()) {
+        if let Incoming::Event(message) = classify(incoming, &jetstream) {
             undelivered.push(message);
         }
     }

@@ -91,10 +91,14 @@ pub(super) struct Inbox {
 
 impl Inbox {
     pub(super) async fn subscribe(client: &Client) -> Result<Self, ConsumeError> {
-        let prefix = client.nats().new_inbox();
+        let nats = &client
+            .nats_transport("a pull inbox")
+            .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?
+            .nats;
+        let prefix = nats.new_inbox();
         let subscription = tokio::time::timeout(
             SUBSCRIBE_TIMEOUT,
-            client.nats().subscribe(format!("{prefix}.*")),
+            nats.subscribe(format!("{prefix}.*")),
         )
         .await
         .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?
@@ -164,7 +168,10 @@ pub(super) fn connected(
     disconnected_since: &mut Option<Instant>,
 ) -> bool {
     use async_nats::connection::State;
-    if client.nats().connection_state() == State::Connected {
+    if client
+        .nats()
+        .is_some_and(|nats| nats.connection_state() == State::Connected)
+    {
         *disconnected_since = None;
         return true;
     }
