@@ -353,7 +353,9 @@ impl Client {
     /// The underlying async-nats client, for what jetevents does not wrap
     /// (`None` for a client on the in-memory JetStream).
     pub fn nats(&self) -> Option<&async_nats::Client> {
-        self.nats_transport("the async-nats client").ok().map(|nats| &nats.nats)
+        self.nats_transport("the async-nats client")
+            .ok()
+            .map(|nats| &nats.nats)
     }
 
     /// The JetStream context (its timeout is the configured ack timeout;

@@ -156,12 +156,14 @@ async fn malformed_events_are_dead_lettered_with_a_reason_and_good_ones_flow() {
     for (n, (name, headers, payload)) in cases.iter().enumerate() {
         let ack = match headers {
             Some(headers) => client
-                .jetstream().unwrap()
+                .jetstream()
+                .unwrap()
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                 .await
                 .unwrap(),
             None => client
-                .jetstream().unwrap()
+                .jetstream()
+                .unwrap()
                 .publish(subject.clone(), payload.clone())
                 .await
                 .unwrap(),
@@ -243,7 +245,8 @@ async fn huge_headers_neither_stall_nor_crash_the_runner() {
     ];
     for (name, headers, op_id) in &cases {
         let stored = client
-            .jetstream().unwrap()
+            .jetstream()
+            .unwrap()
             .publish_with_headers(subject.clone(), headers.clone(), good_payload(op_id))
             .await
             .unwrap()
@@ -378,7 +381,12 @@ async fn unreadable_header_block_is_dead_lettered(
     let payload = good_payload("raw");
     raw_hpub(server.client_port(), &subject, header_block, &payload).await;
     // The stream is new: the raw message is its first.
-    let events = observer.jetstream().unwrap().get_stream(&stream).await.unwrap();
+    let events = observer
+        .jetstream()
+        .unwrap()
+        .get_stream(&stream)
+        .await
+        .unwrap();
     eventually("the raw message stored", Duration::from_secs(10), || {
         let mut events = events.clone();
         async move {

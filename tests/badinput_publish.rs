@@ -256,7 +256,12 @@ async fn headers_over_the_jetstream_limit_are_a_typed_error_and_not_stored() {
         before,
         "the refused publish reached the server"
     );
-    let mut stream = client.jetstream().unwrap().get_stream("CHAOS").await.unwrap();
+    let mut stream = client
+        .jetstream()
+        .unwrap()
+        .get_stream("CHAOS")
+        .await
+        .unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
     // Just under the limit is stored.
     client

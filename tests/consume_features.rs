@@ -245,7 +245,8 @@ async fn ephemeral_events_are_shared_by_a_queue_group() {
         let (headers, payload) = codec::encode(&envelope, Encoding::Binary).unwrap();
         world
             .client
-            .nats().unwrap()
+            .nats()
+            .unwrap()
             .publish_with_headers(world.subject_of(n), headers, payload)
             .await
             .unwrap();

@@ -41,7 +41,8 @@ async fn publish_three_follow_ups<S>(
 async fn stored_follow_ups(world: &World) -> Vec<Envelope> {
     let mut stream = world
         .client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(&world.stream)
         .await
         .unwrap();

@@ -288,7 +288,8 @@ async fn a_deleted_stream_ends_the_runner_with_a_clear_error() {
     let task = tokio::spawn(consumer.run_until(std::future::pending()));
     world
         .client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .delete_stream(&world.stream)
         .await
         .unwrap();

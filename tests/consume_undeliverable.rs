@@ -75,7 +75,8 @@ async fn an_advisory_dead_letters_the_stored_event_or_skips_a_deleted_one() {
             "deliveries": deliveries,
         });
         client
-            .nats().unwrap()
+            .nats()
+            .unwrap()
             .publish(advisory.clone(), serde_json::to_vec(&body).unwrap().into())
             .await
             .unwrap();
@@ -105,7 +106,12 @@ async fn an_advisory_dead_letters_the_stored_event_or_skips_a_deleted_one() {
     // A readable block travels whole as headers: the event decodes.
     let envelope = entry.envelope().unwrap();
     assert_eq!(envelope.id.as_str(), receipt.event_id);
-    let events = client.jetstream().unwrap().get_stream(&stream).await.unwrap();
+    let events = client
+        .jetstream()
+        .unwrap()
+        .get_stream(&stream)
+        .await
+        .unwrap();
     let original = events.get_raw_message(receipt.sequence).await.unwrap();
     assert_eq!(entry.payload, original.payload);
     assert!(entry.original_header_block.is_some());

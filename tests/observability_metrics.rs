@@ -76,7 +76,8 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
     // Metrics of a delivery are recorded before it is settled.
     eventually("consumer settled", Duration::from_secs(20), || async {
         let info = client
-            .jetstream().unwrap()
+            .jetstream()
+            .unwrap()
             .get_stream(&stream)
             .await
             .unwrap()
@@ -207,7 +208,8 @@ async fn an_ack_that_cannot_be_sent_is_counted_as_a_settle_failure() {
     client.clone().close().await;
     eventually("client closed", Duration::from_secs(20), || async {
         client
-            .nats().unwrap()
+            .nats()
+            .unwrap()
             .publish("closed.probe", "".into())
             .await
             .is_err()

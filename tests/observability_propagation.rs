@@ -295,7 +295,8 @@ struct Wire {
 /// members of the JSON document (structured).
 async fn stored(client: &Client, receipt: &Receipt, encoding: Encoding) -> Wire {
     let message = client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(&receipt.stream)
         .await
         .unwrap()

@@ -98,7 +98,8 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     // Not a CloudEvent at all.
     let garbage_subject = format!("{env}.shop.order.placed.v1.garbage");
     let garbage = client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .publish(garbage_subject.clone(), "not a cloudevent".into())
         .await
         .unwrap()
@@ -119,7 +120,8 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     .await;
     eventually("consumer settled", Duration::from_secs(20), || async {
         let info = client
-            .jetstream().unwrap()
+            .jetstream()
+            .unwrap()
             .get_stream(&stream)
             .await
             .unwrap()
@@ -163,7 +165,8 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     ephemeral_task.await.unwrap();
 
     let dead_letters = client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(&dead_letter_stream)
         .await
         .unwrap()

@@ -56,7 +56,8 @@ async fn client_with_stream() -> (Client, String) {
 /// The event stored at `sequence`, and its `Nats-Msg-Id`.
 async fn stored_event(client: &Client, stream: &str, sequence: u64) -> (Envelope, Option<String>) {
     let raw = client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(stream)
         .await
         .unwrap()
@@ -72,7 +73,12 @@ async fn stored_event(client: &Client, stream: &str, sequence: u64) -> (Envelope
 }
 
 async fn stored_count(client: &Client, stream: &str) -> u64 {
-    let mut stream = client.jetstream().unwrap().get_stream(stream).await.unwrap();
+    let mut stream = client
+        .jetstream()
+        .unwrap()
+        .get_stream(stream)
+        .await
+        .unwrap();
     stream.info().await.unwrap().state.messages
 }
 
@@ -354,7 +360,8 @@ async fn pipelined_publish_stores_ten_thousand_events_once_in_order() {
 
     // Read the stream back: every event once, in input order.
     let consumer = client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(&stream)
         .await
         .unwrap()

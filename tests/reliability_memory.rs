@@ -83,7 +83,12 @@ async fn a_slow_handler_under_a_fast_producer_keeps_memory_bounded() {
             .unwrap(),
     );
     let consumer_info = || async {
-        let stream = client.jetstream().unwrap().get_stream(&stream).await.unwrap();
+        let stream = client
+            .jetstream()
+            .unwrap()
+            .get_stream(&stream)
+            .await
+            .unwrap();
         stream.consumer_info("slow").await.unwrap()
     };
 
@@ -158,7 +163,8 @@ async fn a_slow_handler_under_a_fast_producer_keeps_memory_bounded() {
     // either handled (and acked) or still waiting for the group. Nothing
     // handled twice: no event was redelivered.
     let stored = client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(&stream)
         .await
         .unwrap()

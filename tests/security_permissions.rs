@@ -52,7 +52,12 @@ async fn restricted() -> (NatsServer, Client) {
 async fn a_subscription_outside_permissions_is_reported_as_a_typed_violation() {
     let (_server, client) = restricted().await;
     let mut violations = client.permission_violations();
-    let _subscription = client.nats().unwrap().subscribe("dev.chaos.>").await.unwrap();
+    let _subscription = client
+        .nats()
+        .unwrap()
+        .subscribe("dev.chaos.>")
+        .await
+        .unwrap();
     client.nats().unwrap().flush().await.unwrap();
     let violation = tokio::time::timeout(Duration::from_secs(30), violations.recv())
         .await

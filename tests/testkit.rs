@@ -36,6 +36,10 @@ async fn kit_with_stream() -> TestKit {
 /// hours of retries, run on tokio's paused clock.
 #[tokio::test(start_paused = true)]
 async fn a_ten_attempt_schedule_capped_at_an_hour_ends_in_a_dead_letter() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let wall = std::time::Instant::now();
     let kit = kit_with_stream().await;
     let runs: Arc<Mutex<Vec<Instant>>> = Arc::default();

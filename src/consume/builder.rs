@@ -393,7 +393,8 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
                 self.router,
                 self.state,
                 self.settings,
-            );
+            )
+            .await;
         }
         let jetstream = &self
             .client

@@ -128,7 +128,8 @@ impl World {
         &self,
     ) -> async_nats::jetstream::stream::Stream<async_nats::jetstream::stream::Info> {
         self.client
-            .jetstream().unwrap()
+            .jetstream()
+            .unwrap()
             .get_stream(&self.stream)
             .await
             .unwrap()

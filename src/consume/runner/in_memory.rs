@@ -28,7 +28,7 @@ use super::Runtime;
 /// Creates (or widens, like on NATS) the group's durable consumer on the
 /// in-memory JetStream.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::consume) fn build<S>(
+pub(in crate::consume) async fn build<S>(
     memory: MemoryJetStream,
     client: Client,
     group: String,
@@ -52,6 +52,9 @@ pub(in crate::consume) fn build<S>(
     if memory.stream_info(&stream).is_none() {
         return Err(Error::new(ConsumeErrorKind::StreamNotFound(stream)));
     }
+    crate::consume::dead_letter::ensure_stream(&client, &settings.dead_letter)
+        .await
+        .map_err(|err| Error::with_source(ConsumeErrorKind::DeadLetterStream, err))?;
     let wanted = settings::consumer_config(&group, &filters, &settings);
     // The group's filter only widens, as on NATS (see `group_filter`).
     let mut group_filters = filters.clone();

@@ -96,13 +96,11 @@ impl Inbox {
             .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?
             .nats;
         let prefix = nats.new_inbox();
-        let subscription = tokio::time::timeout(
-            SUBSCRIBE_TIMEOUT,
-            nats.subscribe(format!("{prefix}.*")),
-        )
-        .await
-        .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?
-        .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
+        let subscription =
+            tokio::time::timeout(SUBSCRIBE_TIMEOUT, nats.subscribe(format!("{prefix}.*")))
+                .await
+                .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?
+                .map_err(|err| Error::with_source(ConsumeErrorKind::Subscribe, err))?;
         Ok(Self {
             prefix,
             subscription,
