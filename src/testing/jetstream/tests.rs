@@ -291,6 +291,7 @@ async fn an_unacked_delivery_is_redelivered_after_the_ack_wait_before_new_ones()
     advance(Duration::from_secs(29)).await;
     assert_eq!(next_sequence(&js), Some((2, 1)), "not due yet: the new one");
     advance(Duration::from_secs(1)).await;
+    publish(&js, "orders.c");
     let again = next_now(&js).unwrap();
     assert_eq!(
         (again.info().stream_sequence, again.info().delivered),
@@ -298,6 +299,7 @@ async fn an_unacked_delivery_is_redelivered_after_the_ack_wait_before_new_ones()
     );
     assert!(again.info().consumer_sequence > first.info().consumer_sequence);
     assert_eq!(info(&js).num_redelivered, 1);
+    assert_eq!(next_sequence(&js), Some((3, 1)), "then the new one");
 }
 
 #[tokio::test(start_paused = true)]
