@@ -259,10 +259,10 @@ impl Consumer {
                 continue;
             }
             match self.due(sequence) {
-                Some(due) if due <= now => {
-                    if !self.has_max_deliveries(sequence, stream, advisories) {
-                        expired.push((due, sequence));
-                    }
+                Some(due)
+                    if due <= now && !self.has_max_deliveries(sequence, stream, advisories) =>
+                {
+                    expired.push((due, sequence));
                 }
                 _ => {}
             }

@@ -1,6 +1,8 @@
 //! Unit tests of the engine, on paused tokio time: each checks one rule the
 //! real server has.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use async_nats::header::{
