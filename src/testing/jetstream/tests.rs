@@ -359,6 +359,24 @@ async fn backoff_sets_the_wait_after_each_delivery_and_repeats_its_last_step() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_nak_delay_under_backoff_counts_from_the_current_step_like_the_server() {
+    let mut config = ConsumerConfig::new(DURABLE);
+    config.backoff = vec![Duration::from_secs(1), Duration::from_secs(10)];
+    let js = engine_with_consumer(config);
+    publish(&js, "orders.a");
+    next_now(&js).unwrap().nak(None).unwrap();
+    // Second delivery: the step is 10 s, ack wait (backoff[0]) 1 s.
+    next_now(&js)
+        .unwrap()
+        .nak(Some(Duration::from_secs(5)))
+        .unwrap();
+    advance(Duration::from_secs(13)).await;
+    assert_eq!(next_sequence(&js), None);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(next_sequence(&js), Some((1, 3)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn after_max_deliver_the_message_stops_with_an_advisory_and_leaves_pending() {
     let mut config = ConsumerConfig::new(DURABLE);
     config.max_deliver = 2;
