@@ -7,6 +7,29 @@
 //! `#[tokio::test(start_paused = true)]`) an ack wait of 30 seconds or a
 //! backoff schedule up to an hour passes in microseconds.
 //!
+//! ```
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use jetevents::testing::{ConsumerConfig, MemoryJetStream, StreamConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let js = MemoryJetStream::new();
+//! js.create_stream(StreamConfig::new("ORDERS", ["orders.>"]))?;
+//! js.create_consumer("ORDERS", ConsumerConfig::new("billing"))?;
+//! js.publish("orders.created", None, Bytes::from_static(b"{}"))?;
+//!
+//! let first = js.next("ORDERS", "billing").await?;
+//! first.nak(Some(Duration::from_secs(3600)))?;
+//! // An hour later on tokio's paused clock: no real waiting.
+//! let again = js.next("ORDERS", "billing").await?;
+//! assert_eq!(again.info().delivered, 2);
+//! again.ack()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! It follows nats-server 2.15's rules where it implements something; the
 //! server's function names are cited in the code. What it implements:
 //! - streams with wildcard subjects, the overlap check between streams,

@@ -44,7 +44,10 @@ pub struct ConsumerConfig {
     /// Deliveries per message at most; -1 (or 0) means unlimited.
     pub max_deliver: i64,
     /// Waits before redelivery after the 1st, 2nd, ... delivery when a delivery
-    /// is not acknowledged (the last one repeats). Not used for a Nak with a delay.
+    /// is not acknowledged (the last one repeats). A Nak with a delay is
+    /// measured as the server measures it: from `now + delay - ack_wait`
+    /// against the current step, so after the n-th delivery it waits
+    /// `delay + backoff[n-1] - backoff[0]`.
     pub backoff: Vec<Duration>,
     /// Unacknowledged deliveries at most before new messages stop flowing
     /// (redeliveries still flow); 0 means the default of 1000, -1 unlimited.
