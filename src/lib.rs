@@ -12,6 +12,7 @@
 //! - [`subject`]: subject names and consumer filters built from validated tokens;
 //! - [`config`] and [`client`]: connecting, from code or the environment;
 //! - [`provision`]: declaring streams idempotently;
+//! - [`lineage`]: the event a handler handles, the cause of what it publishes;
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
 //! - [`trace`]: W3C trace context in and out of events;
@@ -24,6 +25,7 @@ pub mod consume;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod lineage;
 pub mod metrics;
 pub mod provision;
 pub mod publish;

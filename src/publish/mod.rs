@@ -10,21 +10,19 @@
 //!
 //! Events published while a handler runs get ids derived from the handled
 //! event, so a handler run again after a failure publishes its follow-ups
-//! under the same ids and they are stored once: see [`Lineage`].
+//! under the same ids and they are stored once: see [`Lineage`](crate::lineage::Lineage).
 
 use opentelemetry::StringValue;
 use tracing::Instrument;
 
 mod attempt;
 mod error;
-mod lineage;
 mod options;
 mod outgoing;
 mod pipeline;
 mod prepare;
 
 pub use error::{PublishError, PublishErrorKind};
-pub use lineage::{with_lineage, Lineage};
 pub use options::{PublishOptions, Receipt};
 
 use crate::client::Client;

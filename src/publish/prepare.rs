@@ -8,12 +8,12 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use opentelemetry::StringValue;
 
-use super::lineage;
 use super::outgoing::{self, KeyAndData, Outgoing, TypedEvent};
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher};
 use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
 use crate::event::{Event, EventType};
+use crate::lineage;
 
 /// JetStream stores a header block of at most this many bytes (its length
 /// is kept in 16 bits).
