@@ -10,6 +10,7 @@
 //! - [`envelope`]: CloudEvents 1.0 attributes and extensions around the data;
 //! - [`codec`]: the CloudEvents NATS protocol binding, binary and structured;
 //! - [`subject`]: subject names and consumer filters built from validated tokens;
+//! - [`backoff`]: the one schedule of delays every retry uses;
 //! - [`config`] and [`client`]: connecting, from code or the environment;
 //! - [`provision`]: declaring streams idempotently;
 //! - [`lineage`]: the event a handler handles, the cause of what it publishes;
@@ -18,6 +19,7 @@
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics.
 
+pub mod backoff;
 pub mod client;
 pub mod codec;
 pub mod config;
