@@ -55,10 +55,16 @@ pub struct Publisher {
     client: Client,
 }
 
-impl Publisher {
-    pub(crate) fn new(client: Client) -> Self {
-        Self { client }
+/// Defined here rather than in [`client`](crate::client), so the client
+/// does not import the publisher built on it.
+impl Client {
+    /// A publisher on this connection.
+    pub fn publisher(&self) -> Publisher {
+        Publisher { client: self.clone() }
     }
+}
+
+impl Publisher {
 
     /// The client this publisher uses.
     pub fn client(&self) -> &Client {

@@ -39,7 +39,7 @@ use shutdown::shutdown;
 use waiting::{keep_waiting_alive, Waiting};
 
 pub(super) use health::get_stream;
-pub(super) use settle::{SettleOperation, SettleReporter};
+use crate::consume::settle_report::SettleReporter;
 
 /// How long after its expiry a pull may stay open before the watchdog drops it.
 const PULL_GRACE: Duration = Duration::from_secs(2);

@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::settle::{nak_now, SettleOperation};
+use super::settle::nak_now;
+use crate::consume::settle_report::SettleOperation;
 use super::Runtime;
 use crate::transport::delivery::sequence_of;
 use crate::transport::Delivery;

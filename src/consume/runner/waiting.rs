@@ -9,7 +9,8 @@ use crate::transport::delivery::sequence_of;
 use crate::transport::Delivery;
 
 use super::progress::ProgressAck;
-use super::settle::{nak_now, SettleOperation};
+use super::settle::nak_now;
+use crate::consume::settle_report::SettleOperation;
 use super::Runtime;
 
 /// An event received and not yet handed to a handler.
