@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod provision;
 pub mod publish;
 pub mod subject;
+mod token;
 pub mod trace;
 mod transport;
 

@@ -60,12 +60,13 @@ pub struct Publisher {
 impl Client {
     /// A publisher on this connection.
     pub fn publisher(&self) -> Publisher {
-        Publisher { client: self.clone() }
+        Publisher {
+            client: self.clone(),
+        }
     }
 }
 
 impl Publisher {
-
     /// The client this publisher uses.
     pub fn client(&self) -> &Client {
         &self.client

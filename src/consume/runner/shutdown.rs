@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::settle::nak_now;
-use crate::consume::settle_report::SettleOperation;
 use super::Runtime;
+use crate::consume::settle_report::SettleOperation;
 use crate::transport::delivery::sequence_of;
 use crate::transport::Delivery;
 

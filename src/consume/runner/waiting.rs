@@ -10,8 +10,8 @@ use crate::transport::Delivery;
 
 use super::progress::ProgressAck;
 use super::settle::nak_now;
-use crate::consume::settle_report::SettleOperation;
 use super::Runtime;
+use crate::consume::settle_report::SettleOperation;
 
 /// An event received and not yet handed to a handler.
 pub(super) struct Waiting<D> {
