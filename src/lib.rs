@@ -31,6 +31,7 @@ pub mod lineage;
 pub mod metrics;
 pub mod provision;
 pub mod publish;
+mod semconv;
 pub mod subject;
 mod token;
 pub mod trace;

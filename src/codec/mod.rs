@@ -42,7 +42,6 @@ mod percent;
 mod sdk;
 mod structured;
 
-
 use async_nats::HeaderMap;
 use bytes::Bytes;
 

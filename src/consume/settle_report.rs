@@ -7,6 +7,7 @@ use std::sync::Arc;
 use opentelemetry::KeyValue;
 
 use crate::client::Client;
+use crate::semconv::{MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_SYSTEM, NATS, SETTLE_OPERATION};
 
 /// What the runner sends about an event, as the settle-failure metric
 /// names it.
@@ -67,9 +68,9 @@ impl SettleReporter {
         self.metrics.settle_failures.add(
             1,
             &[
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.consumer.group.name", self.group.to_string()),
-                KeyValue::new("operation", operation),
+                KeyValue::new(MESSAGING_SYSTEM, NATS),
+                KeyValue::new(MESSAGING_CONSUMER_GROUP_NAME, self.group.to_string()),
+                KeyValue::new(SETTLE_OPERATION, operation),
             ],
         );
     }

@@ -7,6 +7,9 @@ use tokio::sync::broadcast;
 use super::prepare::Prepared;
 use super::{error_type, PublishError, PublishErrorKind, Publisher, Receipt};
 use crate::client::{Operation, PermissionViolation};
+use crate::semconv::{
+    ERROR_TYPE, MESSAGING_NATS_STREAM_SEQUENCE, OTEL_STATUS_CODE, OTEL_STATUS_DESCRIPTION,
+};
 use crate::transport::{PendingStore, StoreFailure, StoreFailureKind, Stored, StreamLookup};
 
 pub(super) enum AttemptError {
@@ -25,11 +28,11 @@ impl Publisher {
         let metrics = self.client.metrics();
         let error_type = error.map(|err| error_type(err.kind()));
         if let (Some(error_type), Some(err)) = (error_type, error) {
-            prepared.span.record("error.type", error_type);
+            prepared.span.record(ERROR_TYPE, error_type);
             if !prepared.span.is_disabled() {
                 prepared
                     .span
-                    .record("otel.status_description", err.to_string().as_str());
+                    .record(OTEL_STATUS_DESCRIPTION, err.to_string().as_str());
             }
         }
         let attributes =
@@ -76,18 +79,18 @@ impl Publisher {
             match outcome {
                 Ok(ack) => {
                     prepared.span.record(
-                        "messaging.nats.stream.sequence",
+                        MESSAGING_NATS_STREAM_SEQUENCE,
                         i64::try_from(ack.sequence).unwrap_or(i64::MAX),
                     );
                     return Ok(ack);
                 }
                 Err(AttemptError::Final(err)) => {
-                    prepared.span.record("otel.status_code", "ERROR");
+                    prepared.span.record(OTEL_STATUS_CODE, "ERROR");
                     return Err(err);
                 }
                 Err(AttemptError::Retryable { timed_out, source }) => {
                     if !timed_out && self.is_missing_stream(&prepared.subject).await {
-                        prepared.span.record("otel.status_code", "ERROR");
+                        prepared.span.record(OTEL_STATUS_CODE, "ERROR");
                         return Err(PublishError::with_source(
                             PublishErrorKind::NoStream {
                                 subject: prepared.subject.clone(),
@@ -100,7 +103,7 @@ impl Publisher {
                 }
             }
         }
-        prepared.span.record("otel.status_code", "ERROR");
+        prepared.span.record(OTEL_STATUS_CODE, "ERROR");
         let kind = if any_timeout {
             PublishErrorKind::OutcomeUnknown {
                 attempts: max_attempts,

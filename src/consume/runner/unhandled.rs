@@ -11,6 +11,7 @@ use crate::consume::UnhandledPolicy;
 
 use super::delivery::Decision;
 use super::Runtime;
+use crate::semconv::UNHANDLED_ACTION;
 
 /// How events left for others wait: delays growing with their deliveries,
 /// short enough to move on soon after the instance that handles them
@@ -49,7 +50,7 @@ pub(super) fn unhandled<S>(shared: &Runtime<S>, event_type: &str, delivered: u64
         ),
     };
     let mut attributes = metric_attributes(&shared.group, event_type, None);
-    attributes.push(KeyValue::new("jetevents.unhandled.action", action));
+    attributes.push(KeyValue::new(UNHANDLED_ACTION, action));
     shared.client.metrics().unhandled.add(1, &attributes);
     tracing::Span::current().record("jetevents.unhandled", action);
     decision
