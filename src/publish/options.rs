@@ -52,11 +52,11 @@ impl PublishOptions {
     /// Sets the event's id (also its `Nats-Msg-Id`) instead of a new UUIDv7
     /// or a derived follow-up id: the server stores one event per id within
     /// the stream's duplicate window. Use it to publish again after
-    /// [`OutcomeUnknown`](PublishErrorKind::OutcomeUnknown), with the
-    /// error's [`event_id`](PublishError::event_id), or to key an event by a
+    /// [`OutcomeUnknown`](super::PublishErrorKind::OutcomeUnknown), with the
+    /// error's [`event_id`](super::PublishError::event_id), or to key an event by a
     /// business id. It must be non-empty and free of control characters,
-    /// otherwise the publish fails with [`PublishErrorKind::InvalidEvent`]
-    /// and nothing is sent. For [`Publisher::publish_envelope`] it replaces
+    /// otherwise the publish fails with [`PublishErrorKind::InvalidEvent`](super::PublishErrorKind::InvalidEvent)
+    /// and nothing is sent. For [`Publisher::publish_envelope`](super::Publisher::publish_envelope) it replaces
     /// the envelope's id.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
