@@ -11,7 +11,6 @@ use tokio::sync::broadcast;
 use crate::config::{Auth, Config};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
 use crate::subject::Subjects;
 use crate::transport::nats::NatsTransport;
 use crate::transport::Transport;
@@ -379,11 +378,6 @@ impl Client {
     /// The metrics instruments of this client.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
-    }
-
-    /// A publisher on this connection.
-    pub fn publisher(&self) -> Publisher {
-        Publisher::new(self.clone())
     }
 
     /// Permission violations the server reports from now on. The publisher

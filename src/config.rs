@@ -20,6 +20,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::codec::Encoding;
 use crate::error::Error;
 
@@ -116,13 +117,13 @@ impl PublishRetry {
     /// assert_eq!(retry.delay(30), Duration::from_secs(2));
     /// ```
     pub fn delay(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_delay
-            .checked_mul(factor)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay)
+        self.backoff().delay(u64::from(retry))
+    }
+
+    /// The schedule of delays between attempts: doubling from
+    /// `initial_delay`, capped at `max_delay`, without jitter.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::exponential(self.initial_delay, self.max_delay)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::subject::{validate_name_token, SubjectError, SubjectErrorKind};
+use crate::token::{validate_name_token, SubjectError, SubjectErrorKind};
 use crate::Error;
 
 /// A serde type that can be published and consumed as a CloudEvent.

@@ -10,8 +10,10 @@
 //! - [`envelope`]: CloudEvents 1.0 attributes and extensions around the data;
 //! - [`codec`]: the CloudEvents NATS protocol binding, binary and structured;
 //! - [`subject`]: subject names and consumer filters built from validated tokens;
+//! - [`backoff`]: the one schedule of delays every retry uses;
 //! - [`config`] and [`client`]: connecting, from code or the environment;
 //! - [`provision`]: declaring streams idempotently;
+//! - [`lineage`]: the event a handler handles, the cause of what it publishes;
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
 //! - [`trace`]: W3C trace context in and out of events;
@@ -21,6 +23,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -28,10 +31,13 @@ pub mod consume;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod lineage;
 pub mod metrics;
 pub mod provision;
 pub mod publish;
+mod semconv;
 pub mod subject;
+mod token;
 pub mod trace;
 mod transport;
 

@@ -11,6 +11,9 @@
 //! Attributes stay low-cardinality on purpose: the event type and the consumer
 //! group, never a subject (subjects carry keys) or an event id.
 
+use crate::semconv::{
+    CLOUDEVENTS_EVENT_TYPE, ERROR_TYPE, MESSAGING_OPERATION_NAME, MESSAGING_SYSTEM, NATS,
+};
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use opentelemetry::{KeyValue, StringValue};
 
@@ -155,10 +158,10 @@ pub(crate) fn publish_attributes(
 ) -> PublishAttributes {
     PublishAttributes {
         attributes: [
-            KeyValue::new("messaging.system", "nats"),
-            KeyValue::new("messaging.operation.name", "publish"),
-            KeyValue::new("cloudevents.event_type", event_type.into()),
-            KeyValue::new("error.type", error.unwrap_or_default()),
+            KeyValue::new(MESSAGING_SYSTEM, NATS),
+            KeyValue::new(MESSAGING_OPERATION_NAME, "publish"),
+            KeyValue::new(CLOUDEVENTS_EVENT_TYPE, event_type.into()),
+            KeyValue::new(ERROR_TYPE, error.unwrap_or_default()),
         ],
         len: if error.is_some() { 4 } else { 3 },
     }

@@ -16,6 +16,10 @@ use opentelemetry::Context;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::envelope::Envelope;
+use crate::semconv::{
+    CLOUDEVENTS_EVENT_ID, CLOUDEVENTS_EVENT_SOURCE, CLOUDEVENTS_EVENT_TYPE,
+    MESSAGING_MESSAGE_CONVERSATION_ID, MESSAGING_MESSAGE_ID,
+};
 
 /// The OpenTelemetry context of the current `tracing` span, falling back to the
 /// OpenTelemetry current context when the span is not exported through a
@@ -199,12 +203,12 @@ pub(crate) fn continue_in_process_span(span: &tracing::Span, envelope: &Envelope
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     // An error here means no OpenTelemetry layer: nothing to parent.
     let _ = span.set_parent(extract(envelope));
-    span.record("messaging.message.id", envelope.id.as_str());
-    span.record("cloudevents.event_id", envelope.id.as_str());
-    span.record("cloudevents.event_type", envelope.event_type.as_str());
-    span.record("cloudevents.event_source", envelope.source.as_str());
+    span.record(MESSAGING_MESSAGE_ID, envelope.id.as_str());
+    span.record(CLOUDEVENTS_EVENT_ID, envelope.id.as_str());
+    span.record(CLOUDEVENTS_EVENT_TYPE, envelope.event_type.as_str());
+    span.record(CLOUDEVENTS_EVENT_SOURCE, envelope.source.as_str());
     if let Some(id) = envelope.correlation_id() {
-        span.record("messaging.message.conversation_id", id);
+        span.record(MESSAGING_MESSAGE_CONVERSATION_ID, id);
     }
 }
 

@@ -39,18 +39,18 @@
 pub(crate) mod base64;
 pub(crate) mod binary;
 mod percent;
+mod sdk;
 mod structured;
-
-use std::fmt;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+pub use crate::envelope::content_type::APPLICATION_JSON;
+use crate::envelope::content_type::{is_json_content_type, media_type, starts_with_ignore_case};
+pub use crate::envelope::error::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind};
 use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
 use crate::Error;
 
-/// The media type of JSON data.
-pub const APPLICATION_JSON: &str = "application/json";
 /// The media type of the structured mode's JSON event format.
 pub const APPLICATION_CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 /// The only CloudEvents spec version this codec reads and writes.
@@ -58,100 +58,6 @@ pub const SPEC_VERSION: &str = "1.0";
 
 const CONTENT_TYPE: async_nats::header::HeaderName =
     async_nats::header::HeaderName::from_static("Content-Type");
-
-/// Error of encoding an envelope.
-pub type EncodeError = Error<EncodeErrorKind>;
-/// Error of decoding a message (or an envelope's data).
-pub type DecodeError = Error<DecodeErrorKind>;
-
-/// Why an envelope could not be encoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EncodeErrorKind {
-    /// An extension name is not lower-case ASCII letters and digits, or is a
-    /// core attribute name.
-    InvalidExtensionName(String),
-    /// The event data did not serialize to JSON.
-    Serialize,
-    /// An attribute value is not allowed (empty required attribute, control
-    /// characters, time outside years 0..=9999).
-    InvalidAttribute {
-        /// Attribute name.
-        name: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-}
-
-impl fmt::Display for EncodeErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidExtensionName(name) => write!(f, "invalid extension name {name:?}"),
-            Self::Serialize => f.write_str("event data did not serialize to JSON"),
-            Self::InvalidAttribute { name, reason } => {
-                write!(f, "invalid attribute {name}: {reason}")
-            }
-        }
-    }
-}
-
-/// Why a message could not be decoded into an envelope, or an envelope's
-/// data into an event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DecodeErrorKind {
-    /// A required attribute (`specversion`, `id`, `source`, `type`) is absent.
-    MissingAttribute(&'static str),
-    /// `specversion` is not `1.0`.
-    UnsupportedSpecVersion(String),
-    /// A header value is not valid UTF-8 after percent-decoding (overlong
-    /// forms included) or contains control characters.
-    InvalidHeaderValue {
-        /// Header name as received.
-        header: String,
-    },
-    /// The structured payload is not a JSON object.
-    InvalidJson,
-    /// An attribute is present but invalid (empty id, bad time, duplicate,
-    /// wrong JSON type, invalid extension name, ...).
-    InvalidAttribute {
-        /// Attribute name.
-        name: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// The data did not deserialize into the requested event type.
-    InvalidData,
-    /// The content type cannot be handled: a structured event format other
-    /// than JSON, or non-JSON data asked for as a typed event.
-    UnsupportedContentType(String),
-    /// The envelope's `type` is not the requested event type's `TYPE`.
-    TypeMismatch {
-        /// The requested type.
-        expected: String,
-        /// The envelope's type.
-        actual: String,
-    },
-}
-
-impl fmt::Display for DecodeErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::MissingAttribute(name) => write!(f, "missing required attribute {name}"),
-            Self::UnsupportedSpecVersion(v) => write!(f, "unsupported specversion {v:?}"),
-            Self::InvalidHeaderValue { header } => write!(f, "invalid value in header {header}"),
-            Self::InvalidJson => f.write_str("payload is not a CloudEvents JSON object"),
-            Self::InvalidAttribute { name, reason } => {
-                write!(f, "invalid attribute {name}: {reason}")
-            }
-            Self::InvalidData => f.write_str("event data did not deserialize"),
-            Self::UnsupportedContentType(ct) => write!(f, "unsupported content type {ct:?}"),
-            Self::TypeMismatch { expected, actual } => {
-                write!(f, "event type is {actual:?}, expected {expected:?}")
-            }
-        }
-    }
-}
 
 /// How an envelope is laid out in a NATS message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -283,30 +189,6 @@ pub fn wire_size(headers: &HeaderMap, payload_len: usize) -> usize {
         }
     }
     len + payload_len
-}
-
-/// Whether data of content type `ct` is JSON; no content type counts as JSON,
-/// as the JSON event format says.
-pub(crate) fn is_json_content_type(ct: Option<&str>) -> bool {
-    let Some(ct) = ct else { return true };
-    let media_type = media_type(ct);
-    media_type.eq_ignore_ascii_case(APPLICATION_JSON)
-        || media_type.eq_ignore_ascii_case("text/json")
-        || ends_with_ignore_case(media_type, "+json")
-}
-
-/// The media type of a content type, without parameters.
-fn media_type(ct: &str) -> &str {
-    ct.split(';').next().unwrap_or("").trim()
-}
-
-fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
-    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-}
-
-fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    s.len() >= suffix.len()
-        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// Whether `s` has a character CloudEvents forbids in string values

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::envelope::Envelope;
 use crate::event::Event;
-use crate::publish::{Lineage, PublishError, PublishOptions, Publisher, Receipt};
+use crate::lineage::Lineage;
+use crate::publish::{PublishError, PublishOptions, Publisher, Receipt};
 
 /// The second argument of every handler: the event's metadata, the shared
 /// state and a publisher for follow-up events.
@@ -174,7 +175,7 @@ impl<S> Context<S> {
     ) -> Result<Receipt, PublishError> {
         let lineage = self.lineage();
         let publish = self.meta.publisher.publish_with(event, options);
-        crate::publish::with_lineage(lineage, publish).await
+        crate::lineage::with_lineage(lineage, publish).await
     }
 
     /// The same event with other state.

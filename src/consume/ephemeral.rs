@@ -316,7 +316,7 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
         };
         let context = Context::new(envelope, subject.clone(), group, 1, None, publisher, state);
         let lineage = context.lineage();
-        let call = crate::publish::with_lineage(
+        let call = crate::lineage::with_lineage(
             lineage,
             AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
         );

@@ -40,6 +40,7 @@ use crate::error::Error;
 
 use super::router::{covers, minimal_filters};
 use super::{ConsumeError, ConsumeErrorKind};
+use crate::semconv::MESSAGING_CONSUMER_GROUP_NAME;
 
 /// How often a running instance looks at the group's filter.
 pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -145,7 +146,7 @@ pub(crate) fn report_drift(
         counter.add(
             1,
             &[KeyValue::new(
-                "messaging.consumer.group.name",
+                MESSAGING_CONSUMER_GROUP_NAME,
                 group.to_owned(),
             )],
         );

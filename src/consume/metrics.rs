@@ -3,6 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::semconv::{
+    CLOUDEVENTS_EVENT_TYPE, ERROR_TYPE, MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_OPERATION_NAME,
+    MESSAGING_SYSTEM, NATS,
+};
 use opentelemetry::KeyValue;
 
 /// One running handler in the in-flight gauge, taken out again when dropped
@@ -75,13 +79,13 @@ pub(super) fn metric_attributes(
     error: Option<&str>,
 ) -> Vec<KeyValue> {
     let mut attributes = vec![
-        KeyValue::new("messaging.system", "nats"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.consumer.group.name", group.to_owned()),
-        KeyValue::new("cloudevents.event_type", event_type.to_owned()),
+        KeyValue::new(MESSAGING_SYSTEM, NATS),
+        KeyValue::new(MESSAGING_OPERATION_NAME, "process"),
+        KeyValue::new(MESSAGING_CONSUMER_GROUP_NAME, group.to_owned()),
+        KeyValue::new(CLOUDEVENTS_EVENT_TYPE, event_type.to_owned()),
     ];
     if let Some(error) = error {
-        attributes.push(KeyValue::new("error.type", error.to_owned()));
+        attributes.push(KeyValue::new(ERROR_TYPE, error.to_owned()));
     }
     attributes
 }

@@ -116,6 +116,7 @@ mod retry;
 mod router;
 mod runner;
 mod settings;
+mod settle_report;
 mod undeliverable;
 
 use std::future::Future;

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+
 /// Attempts and backoff for events whose handler fails transiently.
 ///
 /// The delay before attempt `n + 1` (after attempt `n` failed) is
@@ -37,10 +39,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     max_attempts: u32,
-    initial_delay: Duration,
-    multiplier: f64,
-    max_delay: Duration,
-    jitter: f64,
+    backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
@@ -49,23 +48,23 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 5,
-            initial_delay: Duration::from_secs(1),
-            multiplier: 2.0,
-            max_delay: Duration::from_secs(60),
-            jitter: 0.2,
+            backoff: Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60))
+                .jitter(DEFAULT_JITTER),
         }
     }
 }
+
+/// The share of a delay the default policies may take off it.
+const DEFAULT_JITTER: f64 = 0.2;
 
 impl RetryPolicy {
     /// Exponential backoff (factor 2) from `initial_delay` up to `max_delay`,
     /// with the default attempts (5) and jitter (20 %).
     pub fn exponential(initial_delay: Duration, max_delay: Duration) -> Self {
-        Self {
-            initial_delay,
-            max_delay: max_delay.max(initial_delay),
-            ..Self::default()
-        }
+        Self::default().with_backoff(
+            Backoff::exponential(initial_delay, max_delay.max(initial_delay))
+                .jitter(DEFAULT_JITTER),
+        )
     }
 
     /// The same delay before every retry.
@@ -76,12 +75,7 @@ impl RetryPolicy {
     /// assert_eq!(policy.delay(1), policy.delay(4));
     /// ```
     pub fn fixed(delay: Duration) -> Self {
-        Self {
-            initial_delay: delay,
-            multiplier: 1.0,
-            max_delay: delay,
-            ..Self::default()
-        }
+        Self::default().with_backoff(Backoff::fixed(delay).jitter(DEFAULT_JITTER))
     }
 
     /// No retries: the first failure of any kind dead-letters the event.
@@ -96,6 +90,22 @@ impl RetryPolicy {
         }
     }
 
+    /// Replaces the schedule of delays, keeping the attempts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use jetevents::backoff::Backoff;
+    /// use jetevents::consume::RetryPolicy;
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(30));
+    /// let policy = RetryPolicy::default().with_backoff(backoff).max_attempts(8);
+    /// assert_eq!(policy.backoff(), backoff);
+    /// ```
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
     /// Attempts in all, the first included (at least 1). After the last one
     /// fails the event goes to the dead-letter stream.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
@@ -105,23 +115,20 @@ impl RetryPolicy {
 
     /// Growth factor between consecutive delays (at least 1).
     pub fn multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier.is_finite() {
-            multiplier.max(1.0)
-        } else {
-            1.0
-        };
+        self.backoff = self.backoff.multiplier(multiplier);
         self
     }
 
     /// Share of each delay (0.0 to 1.0) that may be randomly taken off it.
     /// `0.0` makes the schedule deterministic; `1.0` is "full jitter".
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        self.backoff = self.backoff.jitter(jitter);
         self
+    }
+
+    /// The schedule of delays between attempts.
+    pub fn backoff(&self) -> Backoff {
+        self.backoff
     }
 
     /// Attempts in all, the first included.
@@ -131,12 +138,12 @@ impl RetryPolicy {
 
     /// The delay before the first retry, without jitter.
     pub fn initial_delay(&self) -> Duration {
-        self.initial_delay
+        self.backoff.initial_delay()
     }
 
     /// The cap of every delay.
     pub fn max_delay(&self) -> Duration {
-        self.max_delay
+        self.backoff.max_delay()
     }
 
     /// Whether attempt number `attempt` (1 = the first handler run) is the
@@ -156,15 +163,7 @@ impl RetryPolicy {
     /// assert_eq!(policy.base_delay(100), Duration::from_secs(60));
     /// ```
     pub fn base_delay(&self, attempt: u64) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(i32::MAX as u64) as i32;
-        let factor = self.multiplier.powi(exponent);
-        let seconds = self.initial_delay.as_secs_f64() * factor;
-        if !seconds.is_finite() || seconds >= self.max_delay.as_secs_f64() {
-            return self.max_delay;
-        }
-        Duration::try_from_secs_f64(seconds)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay)
+        self.backoff.base_delay(attempt)
     }
 
     /// The delay before the next attempt after attempt `attempt` (1-based)
@@ -178,17 +177,12 @@ impl RetryPolicy {
     /// assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(2));
     /// ```
     pub fn delay(&self, attempt: u64) -> Duration {
-        let base = self.base_delay(attempt);
-        if self.jitter <= 0.0 {
-            return base;
-        }
-        let cut = self.jitter * fastrand::f64();
-        scale(base, 1.0 - cut)
+        self.backoff.delay(attempt)
     }
 
     /// The shortest delay [`delay`](Self::delay) can return for `attempt`.
     pub fn min_delay(&self, attempt: u64) -> Duration {
-        scale(self.base_delay(attempt), 1.0 - self.jitter)
+        self.backoff.min_delay(attempt)
     }
 
     /// The server-side backoff derived from this policy for a consumer with
@@ -216,58 +210,10 @@ impl RetryPolicy {
     }
 }
 
-/// `duration * factor` for a factor in `0.0..=1.0`, without the panic of
-/// `Duration::mul_f64` when rounding pushes a huge duration past the maximum.
-fn scale(duration: Duration, factor: f64) -> Duration {
-    Duration::try_from_secs_f64(duration.as_secs_f64() * factor)
-        .unwrap_or(duration)
-        .min(duration)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-
-    #[test]
-    fn delays_grow_exponentially_up_to_the_cap() {
-        let policy =
-            RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(100))
-                .jitter(0.0);
-        let delays: Vec<_> = (1..=6).map(|attempt| policy.delay(attempt)).collect();
-        assert_eq!(
-            delays,
-            [10, 20, 40, 80, 100, 100]
-                .map(Duration::from_millis)
-                .to_vec()
-        );
-    }
-
-    #[test]
-    fn jitter_only_shortens_within_bounds() {
-        let policy =
-            RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(10)).jitter(0.25);
-        let mut seen_shorter = false;
-        for _ in 0..1000 {
-            let delay = policy.delay(2);
-            assert!(delay <= Duration::from_secs(2), "{delay:?}");
-            assert!(delay >= Duration::from_millis(1500), "{delay:?}");
-            assert!(delay >= policy.min_delay(2));
-            seen_shorter |= delay < Duration::from_secs(2);
-        }
-        assert!(seen_shorter, "jitter never applied");
-    }
-
-    #[test]
-    fn extreme_attempts_do_not_overflow() {
-        let policy = RetryPolicy::default().multiplier(10.0);
-        assert_eq!(policy.base_delay(u64::MAX), Duration::from_secs(60));
-        assert_eq!(policy.base_delay(0), Duration::from_secs(1));
-        let huge = RetryPolicy::exponential(Duration::MAX, Duration::MAX);
-        assert_eq!(huge.base_delay(3), Duration::MAX);
-        assert!(huge.delay(3) <= Duration::MAX);
-        assert!(huge.min_delay(3) <= Duration::MAX);
-    }
 
     #[test]
     fn settings_are_clamped() {

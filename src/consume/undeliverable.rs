@@ -36,7 +36,7 @@ use crate::codec::base64;
 
 use super::dead_letter::{self, DeadLetterConfig, DeadLetterReason, Failure};
 use super::metrics::metric_attributes;
-use super::runner::{SettleOperation, SettleReporter};
+use super::settle_report::{SettleOperation, SettleReporter};
 
 /// Attempts at reading the stored message or storing its copy: the advisory
 /// is not sent again, so a passing timeout must not lose the dead letter.

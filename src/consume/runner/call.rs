@@ -12,7 +12,7 @@ use crate::consume::handler::HandlerError;
 use crate::transport::Delivery;
 
 use super::progress::ProgressAck;
-use super::settle::{SettleOperation, SettleReporter};
+use crate::consume::settle_report::{SettleOperation, SettleReporter};
 
 /// How a handler call ended.
 pub(super) enum Ended {

@@ -217,7 +217,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         .options
         .handler_timeout()
         .unwrap_or(shared.settings.handler_timeout);
-    let call = crate::publish::with_lineage(
+    let call = crate::lineage::with_lineage(
         lineage,
         AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
     );

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream, ErrorCode};
 use futures_util::stream::FuturesUnordered;
 
+use crate::backoff::Backoff;
 use crate::client::Client;
 use crate::consume::group_filter::{self, GroupFilter};
 use crate::consume::{ConsumeError, ConsumeErrorKind};
@@ -16,8 +17,9 @@ use crate::error::Error;
 use super::waiting::Waiting;
 use super::{alongside, Runtime, Signal};
 
-/// Longest pause between attempts to get the consumer back.
-const MAX_RECOVERY_DELAY: Duration = Duration::from_secs(5);
+/// Pauses between attempts to get the consumer back.
+const RECOVERY_DELAYS: Backoff =
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5));
 /// Bound on loading the consumer's state in the watchdog (the request has
 /// its own timeout, but not while the client's queue is full).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -240,10 +242,10 @@ async fn recover(
     group_filter: &GroupFilter,
     signal: &Signal,
 ) -> Result<Option<jetstream::consumer::PullConsumer>, ConsumeError> {
-    let mut delay = Duration::from_millis(100);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        let delay = RECOVERY_DELAYS.delay(u64::from(attempt));
         let result = match get_stream(client, stream_name).await {
             Ok(stream) => group_filter.ensure(&stream).await,
             Err(err) => Err(err),
@@ -277,6 +279,5 @@ async fn recover(
             () = signal.clone() => return Ok(None),
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(MAX_RECOVERY_DELAY);
     }
 }

@@ -40,8 +40,8 @@ use pulls::{classify, connected, Inbox, Incoming, PullStatus, Pulls};
 use shutdown::shutdown;
 use waiting::{keep_waiting_alive, Waiting};
 
+use crate::consume::settle_report::SettleReporter;
 pub(super) use health::get_stream;
-pub(super) use settle::{SettleOperation, SettleReporter};
 
 /// How long after its expiry a pull may stay open before the watchdog drops it.
 const PULL_GRACE: Duration = Duration::from_secs(2);

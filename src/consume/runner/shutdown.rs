@@ -8,8 +8,9 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::settle::{nak_now, SettleOperation};
+use super::settle::nak_now;
 use super::Runtime;
+use crate::consume::settle_report::SettleOperation;
 use crate::transport::delivery::sequence_of;
 use crate::transport::Delivery;
 

@@ -4,25 +4,25 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 
+use crate::backoff::Backoff;
 use crate::consume::dead_letter::DeadLetterReason;
 use crate::consume::metrics::metric_attributes;
-use crate::consume::{RetryPolicy, UnhandledPolicy};
+use crate::consume::UnhandledPolicy;
 
 use super::delivery::Decision;
 use super::Runtime;
+use crate::semconv::UNHANDLED_ACTION;
 
 /// How events left for others wait: delays growing with their deliveries,
 /// short enough to move on soon after the instance that handles them
 /// starts, long enough not to spin while none runs.
-fn unhandled_delays() -> RetryPolicy {
-    RetryPolicy::exponential(Duration::from_millis(250), Duration::from_secs(5)).jitter(0.0)
-}
+const UNHANDLED_DELAYS: Backoff =
+    Backoff::exponential(Duration::from_millis(250), Duration::from_secs(5));
 
 /// How long an event delivered for the `delivered`th time has been left for
 /// others: the delays of its earlier deliveries.
 fn left_for(delivered: u64) -> Duration {
-    let delays = unhandled_delays();
-    (1..delivered).map(|n| delays.delay(n)).sum()
+    (1..delivered).map(|n| UNHANDLED_DELAYS.delay(n)).sum()
 }
 
 /// What an instance does with an event of a type it has no handler for.
@@ -43,14 +43,14 @@ pub(super) fn unhandled<S>(shared: &Runtime<S>, event_type: &str, delivered: u64
         ),
         _ => (
             Decision::Nak {
-                delay: unhandled_delays().delay(delivered),
+                delay: UNHANDLED_DELAYS.delay(delivered),
                 reason: "unhandled",
             },
             "leave",
         ),
     };
     let mut attributes = metric_attributes(&shared.group, event_type, None);
-    attributes.push(KeyValue::new("jetevents.unhandled.action", action));
+    attributes.push(KeyValue::new(UNHANDLED_ACTION, action));
     shared.client.metrics().unhandled.add(1, &attributes);
     tracing::Span::current().record("jetevents.unhandled", action);
     decision

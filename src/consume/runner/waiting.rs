@@ -9,8 +9,9 @@ use crate::transport::delivery::sequence_of;
 use crate::transport::Delivery;
 
 use super::progress::ProgressAck;
-use super::settle::{nak_now, SettleOperation};
+use super::settle::nak_now;
 use super::Runtime;
+use crate::consume::settle_report::SettleOperation;
 
 /// An event received and not yet handed to a handler.
 pub(super) struct Waiting<D> {

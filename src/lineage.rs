@@ -4,7 +4,7 @@
 //! The consumer runtime runs every handler call inside [`with_lineage`].
 //! What is published there, through the handler's
 //! [`Context`](crate::consume::Context) or through any
-//! [`Publisher`](super::Publisher) awaited on the handler's own task, gets
+//! [`Publisher`](crate::publish::Publisher) awaited on the handler's own task, gets
 //! `causationid` and `correlationid` from the handled event, and a derived id
 //! instead of a fresh UUIDv7 (see [`Lineage`]).
 
@@ -49,7 +49,7 @@ const FOLLOW_UP_NAMESPACE: Uuid = Uuid::from_u128(0x9092_9b7d_5f52_461a_82db_474
 ///
 /// Typed publishes get a derived id: `publish`, `publish_with` and each event
 /// of `publish_many`. An id set with
-/// [`PublishOptions::id`](super::PublishOptions::id) wins and takes no
+/// [`PublishOptions::id`](crate::publish::PublishOptions::id) wins and takes no
 /// ordinal. `publish_envelope` keeps the envelope's id (relays and redrives
 /// must keep theirs) and takes no ordinal either.
 ///
@@ -136,13 +136,13 @@ pub fn with_lineage<F: Future>(lineage: Lineage, future: F) -> impl Future<Outpu
 }
 
 /// `f` of the event being handled on this task, if any.
-pub(super) fn handled<T>(f: impl FnOnce(&Lineage) -> T) -> Option<T> {
+pub(crate) fn handled<T>(f: impl FnOnce(&Lineage) -> T) -> Option<T> {
     HANDLING.try_with(f).ok()
 }
 
 /// The id of the next follow-up of `event_type`, when a handler is running
 /// on this task.
-pub(super) fn next_follow_up_id(event_type: &'static str) -> Option<String> {
+pub(crate) fn next_follow_up_id(event_type: &'static str) -> Option<String> {
     handled(|lineage| lineage.next_follow_up_id(event_type))
 }
 

@@ -1,0 +1,245 @@
+//! Preparing an event to send: its id, subject and lineage, its publish
+//! span and trace context, its encoding, and the size checks that fail
+//! before anything is sent.
+
+use std::time::Instant;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use opentelemetry::StringValue;
+
+use super::outgoing::{self, KeyAndData, Outgoing, TypedEvent};
+use super::{PublishError, PublishErrorKind, PublishOptions, Publisher};
+use crate::codec::{self, Encoding};
+use crate::envelope::Envelope;
+use crate::event::{Event, EventType};
+use crate::lineage;
+
+/// JetStream stores a header block of at most this many bytes (its length
+/// is kept in 16 bits).
+const MAX_JETSTREAM_HEADER_BYTES: usize = 65_535;
+
+/// An event encoded and ready to send, kept until it settles.
+pub(super) struct Prepared<'a> {
+    pub(super) subject: String,
+    pub(super) outgoing: Outgoing<'a>,
+    /// The `cloudevents.event_type` metric attribute: a typed event's static
+    /// type, so recording it allocates nothing.
+    pub(super) metric_type: StringValue,
+    /// The headers and payload of the first attempt, moved into it. A retry
+    /// encodes them again from `outgoing` (same bytes): cheaper than cloning
+    /// them for every attempt when almost every publish has only one.
+    pub(super) first_attempt: Option<(HeaderMap, Bytes)>,
+    pub(super) wire_size: usize,
+    pub(super) started: Instant,
+    pub(super) expected_last_subject_sequence: Option<u64>,
+    pub(super) span: tracing::Span,
+}
+
+impl Publisher {
+    /// Prepares a typed event: without an envelope in binary mode when no
+    /// free-form metadata is asked for (see [`outgoing`]), through one
+    /// otherwise.
+    pub(super) fn prepare_event<'a, E: Event>(
+        &self,
+        event_type: &EventType,
+        event: &'a E,
+        options: &'a PublishOptions,
+    ) -> Result<Prepared<'a>, PublishError> {
+        // Asked before anything can fail, so a failure takes an ordinal in
+        // every run alike.
+        let chosen_id = match &options.id {
+            Some(id) => Some(id.clone()),
+            None => lineage::next_follow_up_id(E::TYPE),
+        };
+        let encoding = options.encoding.unwrap_or(self.client.config().encoding);
+        if encoding != Encoding::Binary || !options.metadata.is_empty() {
+            let (subject, mut envelope) =
+                self.envelope_for(event_type, event, options)
+                    .map_err(|err| match &chosen_id {
+                        Some(id) => err.for_event(id),
+                        None => err,
+                    })?;
+            if let Some(id) = chosen_id {
+                envelope.id = id;
+            }
+            let outgoing = Outgoing::Envelope { envelope, encoding };
+            return self.prepare(subject, outgoing, options, StringValue::from(E::TYPE), None);
+        }
+        let typed = TypedEvent {
+            event,
+            key_option: options.key.as_deref(),
+            id: chosen_id.unwrap_or_else(crate::envelope::new_id),
+            event_type: E::TYPE,
+            data_schema: E::data_schema(),
+            time: chrono::Utc::now(),
+            correlation_id: None,
+            causation_id: None,
+            trace: None,
+        };
+        let key = typed.key();
+        let subject = self
+            .subject_for(event_type, key.as_deref())
+            .map_err(|err| err.for_event(&typed.id))?;
+        let data = outgoing::Serialized::json(event).map_err(|err| {
+            PublishError::with_source(PublishErrorKind::InvalidEvent, err).for_event(&typed.id)
+        })?;
+        let first = KeyAndData {
+            key,
+            data: Bytes::from(data),
+        };
+        let outgoing = Outgoing::Typed(typed);
+        self.prepare(
+            subject,
+            outgoing,
+            options,
+            StringValue::from(E::TYPE),
+            Some(first),
+        )
+    }
+
+    /// The subject of an event of `event_type` with `key`.
+    fn subject_for(
+        &self,
+        event_type: &EventType,
+        key: Option<&str>,
+    ) -> Result<String, PublishError> {
+        self.client
+            .subjects()
+            .event(event_type, key)
+            .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidSubject, err))
+    }
+
+    /// Builds the subject and envelope of a typed event.
+    fn envelope_for<E: Event>(
+        &self,
+        event_type: &EventType,
+        event: &E,
+        options: &PublishOptions,
+    ) -> Result<(String, Envelope), PublishError> {
+        // The option overrides the event's own key, for the subject and the
+        // `partitionkey` alike.
+        let key = match &options.key {
+            Some(key) => Some(key.clone()),
+            None => event.key(),
+        };
+        let subject = self.subject_for(event_type, key.as_deref())?;
+        let envelope =
+            Envelope::from_event_with_key(self.client.config().source.clone(), event, key)
+                .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidEvent, err))?;
+        Ok((subject, envelope))
+    }
+
+    /// Fills lineage, metadata and trace context, encodes, checks the size.
+    /// `typed`: a typed event's key and JSON, already made for its subject
+    /// and size.
+    pub(super) fn prepare<'a>(
+        &self,
+        subject: String,
+        mut outgoing: Outgoing<'a>,
+        options: &PublishOptions,
+        metric_type: StringValue,
+        typed: Option<KeyAndData>,
+    ) -> Result<Prepared<'a>, PublishError> {
+        let causation_id = match &options.causation_id {
+            Some(id) => Some(id.clone()),
+            None => lineage::handled(|lineage| lineage.event_id().to_owned()),
+        };
+        if let Some(id) = causation_id {
+            outgoing.set_causation_id(id);
+        }
+        let correlation_id = match &options.correlation_id {
+            Some(id) => Some(id.clone()),
+            None => lineage::handled(|lineage| lineage.correlation_id().to_owned()),
+        };
+        if let Some(id) = correlation_id {
+            outgoing.set_correlation_id(id);
+        }
+        // `prepare_event` sends events with metadata through an envelope.
+        if let Outgoing::Envelope { envelope, .. } = &mut outgoing {
+            for (name, value) in &options.metadata {
+                envelope
+                    .set_extension(name, value.as_str())
+                    .map_err(|err| {
+                        PublishError::with_source(PublishErrorKind::InvalidEvent, err)
+                            .for_event(&envelope.id)
+                    })?;
+            }
+        }
+        let source = self.client.config().source.as_str();
+
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {}", crate::subject::destination_template(&subject)),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %subject,
+            messaging.destination.template = %crate::subject::destination_template(&subject),
+            messaging.message.id = outgoing.event_id(),
+            messaging.message.conversation_id = outgoing.correlation_id(),
+            cloudevents.event_id = outgoing.event_id(),
+            cloudevents.event_type = outgoing.event_type(),
+            cloudevents.event_source = outgoing.source(source),
+            cloudevents.event_spec_version = "1.0",
+            messaging.nats.stream.sequence = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        // The trace context sent is the publish span's own, so a consumer's
+        // process span becomes its child.
+        let context = if span.is_disabled() {
+            crate::trace::current_context()
+        } else {
+            let _entered = span.enter();
+            crate::trace::current_context()
+        };
+        if let Some(trace) = crate::trace::TraceHeaders::of(&context) {
+            outgoing.set_trace(trace);
+        }
+
+        let (headers, payload) = outgoing
+            .encode(source, options.expected_last_subject_sequence, typed)
+            .map_err(|err| {
+                PublishError::with_source(PublishErrorKind::InvalidEvent, err)
+                    .for_event(outgoing.event_id())
+            })?;
+        let wire_size = codec::wire_size(&headers, payload.len());
+        let limit = self.client.transport().max_payload();
+        if wire_size > limit {
+            return Err(PublishError::new(PublishErrorKind::PayloadTooLarge {
+                size: wire_size,
+                limit,
+            })
+            .for_event(outgoing.event_id()));
+        }
+        let header_size = wire_size - payload.len();
+        if header_size > MAX_JETSTREAM_HEADER_BYTES {
+            // The server would refuse it only after the round trip (error
+            // 10097), as a bare rejection.
+            return Err(PublishError::new(PublishErrorKind::HeadersTooLarge {
+                size: header_size,
+                limit: MAX_JETSTREAM_HEADER_BYTES,
+            })
+            .for_event(outgoing.event_id()));
+        }
+        Ok(Prepared {
+            subject,
+            outgoing,
+            metric_type,
+            first_attempt: Some((headers, payload)),
+            wire_size,
+            started: Instant::now(),
+            expected_last_subject_sequence: options.expected_last_subject_sequence,
+            span,
+        })
+    }
+}
+
+/// The type of `E`, parsed.
+pub(super) fn event_type_of<E: Event>() -> Result<EventType, PublishError> {
+    EventType::of::<E>()
+        .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidSubject, err))
+}
