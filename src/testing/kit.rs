@@ -176,7 +176,7 @@ impl TestKit {
             let info = self.jetstream.consumer_info(stream, group);
             let seen = info
                 .as_ref()
-                .map(|info| (info.delivered.clone(), info.ack_floor.clone()));
+                .map(|info| (info.delivered, info.ack_floor));
             poll = if seen == last_seen {
                 (poll * 2).min(MAX_IDLE_POLL)
             } else {
