@@ -102,6 +102,9 @@
 //! counted in `jetevents.consume.settle_failures` (attribute `operation`:
 //! `ack`, `nak`, `term`, `progress` or `dead_letter`).
 
+#[macro_use]
+mod route_methods;
+
 mod attempts;
 mod builder;
 mod context;
@@ -111,11 +114,13 @@ mod error;
 mod group_filter;
 mod handler;
 mod metrics;
+mod outcome;
 mod policy;
 mod retry;
 mod router;
 mod runner;
 mod settings;
+mod stack;
 mod undeliverable;
 
 use std::future::Future;
@@ -132,11 +137,13 @@ pub use dead_letter::{
 pub use ephemeral::{EphemeralBuilder, EphemeralConsumer};
 pub use error::{ConsumeError, ConsumeErrorKind};
 pub use handler::{HandlerError, HandlerErrorKind, HandlerOptions, ResultExt};
+pub use outcome::{IntoOutcome, Outcome};
 pub use policy::{AckMode, ServerBackoff, UnhandledPolicy, DELIVERY_MARGIN};
 pub use retry::RetryPolicy;
+pub use stack::{BoxError, Delivery, HandlerService};
 
-use router::Router;
 use settings::Settings;
+use stack::Handlers;
 
 /// Namespace of the durable consumer runtime: start with
 /// [`Consumer::builder`].
@@ -145,7 +152,7 @@ pub struct Consumer<S = ()> {
     group: String,
     stream: String,
     filters: Vec<String>,
-    router: Router<S>,
+    handlers: Handlers<S>,
     state: S,
     settings: Settings,
     consumer: async_nats::jetstream::consumer::PullConsumer,
