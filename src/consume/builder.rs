@@ -1,20 +1,17 @@
 //! Configuring and building a durable [`Consumer`].
 
-use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 
 use crate::client::Client;
-use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::event::Event;
 
 use super::router::{self, Router};
 use super::settings::{self, Settings};
 use super::{
-    dead_letter, group_filter, runner, AckMode, ConsumeError, ConsumeErrorKind, Consumer, Context,
-    DeadLetterConfig, HandlerError, HandlerOptions, RetryPolicy, ServerBackoff, UnhandledPolicy,
+    dead_letter, group_filter, runner, AckMode, ConsumeError, ConsumeErrorKind, Consumer,
+    DeadLetterConfig, RetryPolicy, ServerBackoff, UnhandledPolicy,
 };
 
 #[cfg(doc)]
@@ -96,114 +93,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
-    /// Routes events of type `E::TYPE` to `handler`, a plain
-    /// `async fn(E, Context<S>) -> Result<(), HandlerError>`.
-    pub fn handle<E, F, Fut>(mut self, handler: F) -> Self
-    where
-        E: Event,
-        F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        self.router
-            .handle::<E, F, Fut>(handler, HandlerOptions::default());
-        self
-    }
-
-    /// Like [`handle`](Self::handle), with settings of this route that
-    /// override the consumer's (a longer or shorter timeout).
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use jetevents::consume::{Consumer, Context, HandlerError, HandlerOptions};
-    /// # use serde::{Deserialize, Serialize};
-    /// # #[derive(Serialize, Deserialize)] struct Placed { id: String }
-    /// # impl jetevents::Event for Placed { const TYPE: &'static str = "shop.order.placed.v1"; }
-    /// # #[derive(Serialize, Deserialize)] struct Closed { day: String }
-    /// # impl jetevents::Event for Closed { const TYPE: &'static str = "shop.day.closed.v1"; }
-    ///
-    /// async fn on_placed(_: Placed, _: Context) -> Result<(), HandlerError> { Ok(()) }
-    /// async fn build_daily_report(_: Closed, _: Context) -> Result<(), HandlerError> { Ok(()) }
-    ///
-    /// # fn f(client: jetevents::client::Client) {
-    /// let builder = Consumer::builder(&client, "shop-reports")
-    ///     .handler_timeout(Duration::from_secs(30))
-    ///     .handle(on_placed)
-    ///     .handle_with(
-    ///         build_daily_report,
-    ///         HandlerOptions::new().timeout(Duration::from_secs(20 * 60)),
-    ///     );
-    /// # }
-    /// ```
-    pub fn handle_with<E, F, Fut>(mut self, handler: F, options: HandlerOptions) -> Self
-    where
-        E: Event,
-        F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        self.router.handle::<E, F, Fut>(handler, options);
-        self
-    }
-
-    /// Accepts events of an older version `Old` too: they are converted with
-    /// `upcast` and handled by the handler of `New` (which must be added with
-    /// [`handle`](Self::handle), before or after).
-    ///
-    /// ```no_run
-    /// use jetevents::consume::{Consumer, Context, HandlerError};
-    /// # use serde::{Deserialize, Serialize};
-    /// #[derive(Serialize, Deserialize)]
-    /// struct BookedV1 { id: String }
-    /// impl jetevents::Event for BookedV1 { const TYPE: &'static str = "booking.appointment.booked.v1"; }
-    /// #[derive(Serialize, Deserialize)]
-    /// struct BookedV2 { id: String, channel: String }
-    /// impl jetevents::Event for BookedV2 { const TYPE: &'static str = "booking.appointment.booked.v2"; }
-    ///
-    /// async fn on_booked(event: BookedV2, _: Context) -> Result<(), HandlerError> { Ok(()) }
-    ///
-    /// # fn f(client: jetevents::client::Client) {
-    /// let builder = Consumer::builder(&client, "calendar")
-    ///     .handle(on_booked)
-    ///     .upcast(|old: BookedV1| BookedV2 { id: old.id, channel: "unknown".into() });
-    /// # }
-    /// ```
-    pub fn upcast<Old, New, F>(mut self, upcast: F) -> Self
-    where
-        Old: Event,
-        New: Event,
-        F: Fn(Old) -> New + Send + Sync + 'static,
-    {
-        self.router.upcast::<Old, New, F>(upcast);
-        self
-    }
-
-    /// Routes every event whose type matches `pattern` (a glob over the four
-    /// type tokens: `booking.appointment.*`, `booking.>`) and has no typed
-    /// handler to `handler`, which gets the raw [`Envelope`].
-    pub fn handle_pattern<F, Fut>(mut self, pattern: &str, handler: F) -> Self
-    where
-        F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        self.router
-            .handle_pattern(pattern, handler, HandlerOptions::default());
-        self
-    }
-
-    /// Like [`handle_pattern`](Self::handle_pattern), with settings of this
-    /// route that override the consumer's.
-    pub fn handle_pattern_with<F, Fut>(
-        mut self,
-        pattern: &str,
-        handler: F,
-        options: HandlerOptions,
-    ) -> Self
-    where
-        F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        self.router.handle_pattern(pattern, handler, options);
-        self
-    }
+    route_methods!();
 
     /// An additional filter subject (beyond those derived from the handlers).
     pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
@@ -377,10 +267,10 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         crate::subject::validate_token(&self.group)
             .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
         let subjects = self.client.subjects();
-        self.router.validate(subjects).map_err(invalid)?;
         let mut filters = self.router.filters(subjects);
         filters.extend(self.settings.extra_filters.iter().cloned());
         let filters = router::minimal_filters(filters);
+        let handlers = self.router.build(subjects).map_err(invalid)?;
 
         #[cfg(feature = "testing")]
         if let Some(memory) = self.client.memory() {
@@ -390,7 +280,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
                 self.group,
                 self.stream,
                 filters,
-                self.router,
+                handlers,
                 self.state,
                 self.settings,
             )
@@ -441,7 +331,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
             group: self.group,
             stream: stream_name,
             filters,
-            router: self.router,
+            handlers,
             state: self.state,
             settings: self.settings,
         })

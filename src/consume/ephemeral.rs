@@ -2,22 +2,21 @@
 //! retried. Same handler shape as the durable consumer.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::client::{Client, Operation};
-use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::event::Event;
 
 use super::context::Context;
-use super::router::{self, Resolved, Router};
-use super::{ConsumeError, ConsumeErrorKind, HandlerError, HandlerOptions};
+use super::outcome::Outcome;
+use super::router::{self, Router};
+use super::stack::{Delivery, Handlers};
+use super::{ConsumeError, ConsumeErrorKind};
 
 /// Handles ephemeral events (published with core NATS, not stored) in a
 /// queue group: each event goes to one member of the group.
@@ -49,7 +48,7 @@ use super::{ConsumeError, ConsumeErrorKind, HandlerError, HandlerOptions};
 pub struct EphemeralConsumer<S = ()> {
     client: Client,
     group: String,
-    router: Arc<Router<S>>,
+    handlers: Arc<Handlers<S>>,
     state: S,
     concurrency: usize,
     subscriptions: Vec<async_nats::Subscriber>,
@@ -108,29 +107,7 @@ impl EphemeralBuilder<()> {
 }
 
 impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
-    /// Routes events of type `E::TYPE` to `handler`.
-    pub fn handle<E, F, Fut>(mut self, handler: F) -> Self
-    where
-        E: Event,
-        F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        self.router
-            .handle::<E, F, Fut>(handler, HandlerOptions::default());
-        self
-    }
-
-    /// Routes every event whose type matches `pattern` and has no typed
-    /// handler to `handler`, which gets the raw envelope.
-    pub fn handle_pattern<F, Fut>(mut self, pattern: &str, handler: F) -> Self
-    where
-        F: Fn(Envelope, Context<S>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-    {
-        self.router
-            .handle_pattern(pattern, handler, HandlerOptions::default());
-        self
-    }
+    route_methods!();
 
     /// Handlers running at once (default 64). While all are busy, events
     /// queue in the subscription (and core NATS drops them if it overflows).
@@ -148,8 +125,8 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         crate::subject::validate_token(&self.group)
             .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
         let subjects = self.client.subjects();
-        self.router.validate(subjects).map_err(invalid)?;
         let filters = router::minimal_filters(self.router.filters(subjects));
+        let handlers = self.router.build(subjects).map_err(invalid)?;
         let mut violations = self.client.permission_violations();
         let connection = self
             .client
@@ -201,7 +178,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         Ok(EphemeralConsumer {
             client: self.client,
             group: self.group,
-            router: Arc::new(self.router),
+            handlers: Arc::new(handlers),
             state: self.state,
             concurrency: self.concurrency,
             subscriptions,
@@ -220,7 +197,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
         let EphemeralConsumer {
             client,
             group,
-            router,
+            handlers,
             state,
             concurrency,
             subscriptions,
@@ -249,13 +226,13 @@ impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
                     None => break,
                 },
             };
-            let router = router.clone();
+            let handlers = handlers.clone();
             let state = state.clone();
             let publisher = publisher.clone();
             let group = group.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                handle_one(message, &router, state, publisher, group).await;
+                handle_one(message, &handlers, state, publisher, group).await;
             });
         }
         drop(messages);
@@ -265,7 +242,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralConsumer<S> {
 
 async fn handle_one<S: Clone + Send + Sync + 'static>(
     message: async_nats::Message,
-    router: &Router<S>,
+    handlers: &Handlers<S>,
     state: S,
     publisher: crate::publish::Publisher,
     group: Arc<str>,
@@ -303,39 +280,21 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
     crate::trace::continue_in_process_span(&span, &envelope);
 
     let work = async {
-        let (event, handler) = match router.resolve(&envelope) {
-            Resolved::Handle { event, handler } => (event, handler),
-            Resolved::Undecodable(err) => {
-                let span = tracing::Span::current();
-                span.record("otel.status_code", "ERROR");
-                span.record("error.type", "undecodable");
-                tracing::warn!(error = %err, "undecodable ephemeral event dropped");
-                return;
-            }
-            Resolved::Unhandled => return,
-        };
+        if handlers.routes().find(&envelope.event_type).is_none() {
+            return;
+        }
         let context = Context::new(envelope, subject.clone(), group, 1, None, publisher, state);
-        let lineage = context.lineage();
-        let call = crate::lineage::with_lineage(
-            lineage,
-            AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
-        );
-        let outcome = match call.await {
-            Ok(Ok(())) => None,
-            Ok(Err(err)) => Some((
-                if err.is_permanent() {
-                    "permanent"
-                } else {
-                    "transient"
-                },
-                err.chain(),
-            )),
-            Err(_) => Some(("panic", "handler panicked".to_owned())),
+        // The same stack as the durable consumer's; only the settling
+        // differs: nothing to settle, a failure is recorded and dropped.
+        let outcome = match handlers.call(Delivery::new(context)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(err)) => Outcome::from_stack_error(err),
+            Err(_) => Outcome::failed_run("panic", "handler panicked".to_owned()),
         };
-        if let Some((kind, error)) = outcome {
+        if let Some((kind, error)) = outcome.failure() {
             let span = tracing::Span::current();
             span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", error.as_str());
+            span.record("otel.status_description", error);
             span.record("error.type", kind);
             tracing::warn!(error = %error, kind, "ephemeral event handler failed; event dropped");
         }

@@ -1,21 +1,15 @@
-//! What a handler returns, and how plain async functions become routes.
+//! What a handler's failure says, and the options of a route.
 //!
 //! A handler is any `async fn(E, Context<S>) -> Result<(), HandlerError>`
-//! (or a closure of that shape). The consumer decodes the event, calls the
-//! function and turns its result into an ack decision; handlers never ack.
+//! (or a closure of that shape, or another return type that is
+//! [`IntoOutcome`](super::IntoOutcome)). The consumer decodes the event,
+//! calls the function and turns its result into an ack decision; handlers
+//! never ack.
 
-use std::any::Any;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::envelope::Envelope;
 use crate::error::BoxError;
-use crate::event::Event;
-
-use super::context::Context;
 
 /// Why a handler did not handle an event, and whether trying again can help.
 ///
@@ -243,84 +237,6 @@ impl HandlerOptions {
     pub fn handler_timeout(&self) -> Option<Duration> {
         self.timeout
     }
-}
-
-/// The result of a handler call as the runner needs it.
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
-
-/// A decoded event whose type only the route knows.
-pub(crate) type AnyEvent = Box<dyn Any + Send>;
-
-/// Decodes an envelope's data into the route's event type (after upcasting,
-/// for an upcast route).
-pub(crate) type Decoder = Arc<dyn Fn(&Envelope) -> Result<AnyEvent, BoxError> + Send + Sync>;
-
-/// A handler with its event type erased, so routes of different types live in
-/// one table.
-pub(crate) type ErasedHandler<S> = Arc<dyn Fn(AnyEvent, Context<S>) -> HandlerFuture + Send + Sync>;
-
-/// A route's handler with the options it was added with.
-pub(crate) struct RoutedHandler<S> {
-    pub(crate) call: ErasedHandler<S>,
-    pub(crate) options: HandlerOptions,
-}
-
-// Not derived: that would require `S: Clone` for an `Arc`.
-impl<S> Clone for RoutedHandler<S> {
-    fn clone(&self) -> Self {
-        Self {
-            call: self.call.clone(),
-            options: self.options,
-        }
-    }
-}
-
-/// Erases `handler`, a function of one event type.
-pub(crate) fn erase<E, S, F, Fut>(handler: F) -> ErasedHandler<S>
-where
-    E: Event,
-    S: Clone + Send + Sync + 'static,
-    F: Fn(E, Context<S>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
-{
-    Arc::new(
-        move |event: AnyEvent, context: Context<S>| -> HandlerFuture {
-            match event.downcast::<E>() {
-                Ok(event) => Box::pin(handler(*event, context)),
-                // The router pairs every decoder with the handler of its type, so
-                // this is a bug of ours; fail the event loudly, never the process.
-                Err(_) => Box::pin(std::future::ready(Err(HandlerError::permanent(format!(
-                    "jetevents bug: route of {} received another type",
-                    E::TYPE
-                ))))),
-            }
-        },
-    )
-}
-
-/// The decoder of events of type `E`.
-pub(crate) fn decoder<E: Event>() -> Decoder {
-    Arc::new(|envelope: &Envelope| {
-        envelope
-            .decode_data::<E>()
-            .map(|event| Box::new(event) as AnyEvent)
-            .map_err(BoxError::from)
-    })
-}
-
-/// The decoder of events of type `Old`, converted to `New` by `upcast`.
-pub(crate) fn upcast_decoder<Old, New, F>(upcast: F) -> Decoder
-where
-    Old: Event,
-    New: Event,
-    F: Fn(Old) -> New + Send + Sync + 'static,
-{
-    Arc::new(move |envelope: &Envelope| {
-        envelope
-            .decode_data::<Old>()
-            .map(|old| Box::new(upcast(old)) as AnyEvent)
-            .map_err(BoxError::from)
-    })
 }
 
 #[cfg(test)]

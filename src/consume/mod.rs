@@ -71,14 +71,72 @@
 //! instance ten times in the middle of its handler), the last such event was
 //! handled 4 to 73 s after it was published.
 //!
+//! # Middleware
+//!
+//! A delivery goes through a stack of tower layers to the router and comes
+//! back as an [`Outcome`]; the runner settles it. The request is a
+//! [`Delivery`], the error [`BoxError`], so any tower layer composes
+//! (`tower::timeout`, `tower::limit`, yours). The consumer's own concerns
+//! come in this order, outermost first (as in axum's docs, a layer above
+//! wraps the ones below):
+//!
+//! | # | layer | what it does |
+//! |---|-------|--------------|
+//! | 1 | trace | the `process` span, continuing the producer's trace; in the runner's entry function, since it needs the decoded envelope |
+//! | 2 | dead letter / settle | ack, Nak with a delay, or copy to the dead-letter stream and Term (the table below) |
+//! | 3 | retry decision | attempts so far (shared by the group), the [`RetryPolicy`] delay or the one asked for, dead letter after the last attempt; before the call: an event whose attempts are used up is dead-lettered without a run |
+//! | 4 | metrics | handler duration and in-flight gauge, by `error.type` |
+//! | 5 | timeout | the [handler timeout](ConsumerBuilder::handler_timeout) of the route |
+//! | 6 | progress acks, shutdown | in-progress acks while the call runs; shutdown cancels it |
+//! | 7 | catch panic | a panic anywhere below is a failed run |
+//! | 8 | lineage | follow-ups published by the handler get ids derived from this event |
+//! | 9 | [`ConsumerBuilder::layer`] | yours, for every route (the last added runs first) |
+//! | 10 | router | finds the route by CloudEvents type |
+//! | 11 | [`ConsumerBuilder::route_layer`] | yours, for one route (and the types upcast to it) |
+//! | 12 | handler | decodes the event (undecodable: dead letter) and calls it; its return value becomes an [`Outcome`] |
+//!
+//! Your layers sit inside the timeout and the progress acks, so one that
+//! waits (a rate limit, a concurrency limit) neither lets the event's ack
+//! wait run out nor escapes the timeout, and inside the panic catching. Types
+//! no instance route handles never reach them ([`UnhandledPolicy`]).
+//! Layers 1 to 8 are one generic future in the runner, not boxed services:
+//! a delivery with no layers of yours costs one boxed future. The
+//! [`EphemeralConsumer`] runs the same stack from the panic catching in
+//! (no settling, retry, timeout or progress acks: its events are not stored).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use jetevents::consume::{Consumer, Context, HandlerError};
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Paid;
+//! # impl jetevents::Event for Paid { const TYPE: &'static str = "billing.invoice.paid.v1"; }
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Refunded;
+//! # impl jetevents::Event for Refunded { const TYPE: &'static str = "billing.invoice.refunded.v1"; }
+//! # async fn on_paid(_: Paid, _: Context) -> Result<(), HandlerError> { Ok(()) }
+//! # async fn on_refunded(_: Refunded, _: Context) -> Result<(), HandlerError> { Ok(()) }
+//! # fn f(client: jetevents::client::Client) {
+//! let builder = Consumer::builder(&client, "ledger")
+//!     .handle(on_paid)
+//!     // The refund API allows 2 calls at once: this route only.
+//!     .handle(on_refunded)
+//!     .route_layer(tower::limit::ConcurrencyLimitLayer::new(2))
+//!     // Every route.
+//!     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)));
+//! # }
+//! ```
+//!
 //! # Acking (the runner owns it)
+//!
+//! A handler returns `Result<(), HandlerError>`, `()` or an [`Outcome`]
+//! ([`IntoOutcome`]); a layer's error counts as a transient error (a
+//! [`HandlerError`] in it keeps its kind).
 //!
 //! | handler result / situation               | settle                                    |
 //! |------------------------------------------|-------------------------------------------|
-//! | `Ok(())`                                 | ack (double ack with [`AckMode::Confirmed`]) |
-//! | transient error or panic, attempts left  | failed run recorded, Nak with the [`RetryPolicy`] delay |
+//! | `Ok(())`, `()`, [`Outcome::ack`]         | ack (double ack with [`AckMode::Confirmed`]) |
+//! | transient error, [`Outcome::retry`], an error out of a layer, or a panic (handler or layer), attempts left | failed run recorded, Nak with the [`RetryPolicy`] delay |
+//! | [`Outcome::retry_after`] or [`HandlerError::retry_after`], attempts left | failed run recorded, Nak with the delay asked for |
 //! | transient error on the last attempt      | dead letter, then Term                    |
-//! | permanent error                          | dead letter, then Term                    |
+//! | permanent error, [`Outcome::dead_letter`] | dead letter, then Term                   |
 //! | undecodable message or data              | dead letter, then Term (first delivery)   |
 //! | type without handler                     | [`UnhandledPolicy`]: left for another instance (Nak, 250 ms to 5 s), or ack / dead letter after a set wait |
 //! | still running at ack wait / 3            | in-progress ack (repeated)                |
@@ -102,6 +160,9 @@
 //! counted in `jetevents.consume.settle_failures` (attribute `operation`:
 //! `ack`, `nak`, `term`, `progress` or `dead_letter`).
 
+#[macro_use]
+mod route_methods;
+
 mod attempts;
 mod builder;
 mod context;
@@ -111,12 +172,14 @@ mod error;
 mod group_filter;
 mod handler;
 mod metrics;
+mod outcome;
 mod policy;
 mod retry;
 mod router;
 mod runner;
 mod settings;
 mod settle_report;
+mod stack;
 mod undeliverable;
 
 use std::future::Future;
@@ -133,11 +196,13 @@ pub use dead_letter::{
 pub use ephemeral::{EphemeralBuilder, EphemeralConsumer};
 pub use error::{ConsumeError, ConsumeErrorKind};
 pub use handler::{HandlerError, HandlerErrorKind, HandlerOptions, ResultExt};
+pub use outcome::{IntoOutcome, Outcome};
 pub use policy::{AckMode, ServerBackoff, UnhandledPolicy, DELIVERY_MARGIN};
 pub use retry::RetryPolicy;
+pub use stack::{BoxError, Delivery, HandlerService};
 
-use router::Router;
 use settings::Settings;
+use stack::Handlers;
 
 /// Namespace of the durable consumer runtime: start with
 /// [`Consumer::builder`].
@@ -146,7 +211,7 @@ pub struct Consumer<S = ()> {
     group: String,
     stream: String,
     filters: Vec<String>,
-    router: Router<S>,
+    handlers: Handlers<S>,
     state: S,
     settings: Settings,
     source: Source,

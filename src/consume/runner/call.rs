@@ -1,4 +1,5 @@
-//! One handler call, run to its end: result, panic, timeout or shutdown.
+//! One call of the handler stack, run to its end: outcome, panic, timeout
+//! or shutdown. Around it: the timeout and the in-progress acks.
 
 use std::any::Any;
 use std::future::Future;
@@ -8,7 +9,8 @@ use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::consume::handler::HandlerError;
+use crate::consume::outcome::Outcome;
+use crate::error::BoxError;
 use crate::transport::Delivery;
 
 use super::progress::ProgressAck;
@@ -16,20 +18,25 @@ use crate::consume::settle_report::{SettleOperation, SettleReporter};
 
 /// How a handler call ended.
 pub(super) enum Ended {
-    Returned(Result<(), HandlerError>),
-    Panicked(Box<dyn Any + Send>),
-    /// Cancelled after running this long.
-    TimedOut(Duration),
+    /// Returned, failed, panicked or timed out.
+    Finished(Outcome),
     /// Cancelled by a shutdown.
     Stopped,
 }
 
-impl From<Result<Result<(), HandlerError>, Box<dyn Any + Send>>> for Ended {
-    fn from(caught: Result<Result<(), HandlerError>, Box<dyn Any + Send>>) -> Self {
-        match caught {
-            Ok(returned) => Self::Returned(returned),
-            Err(panic) => Self::Panicked(panic),
-        }
+/// What the stack's call gave: its outcome, its error or its panic.
+type Caught = Result<Result<Outcome, BoxError>, Box<dyn Any + Send>>;
+
+impl From<Caught> for Ended {
+    fn from(caught: Caught) -> Self {
+        Self::Finished(match caught {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(err)) => Outcome::from_stack_error(err),
+            Err(panic) => Outcome::failed_run(
+                "panic",
+                format!("handler panicked: {}", panic_message(panic.as_ref())),
+            ),
+        })
     }
 }
 
@@ -54,7 +61,7 @@ pub(super) async fn run_handler<C, D: Delivery>(
     mut stopped: watch::Receiver<bool>,
 ) -> Ended
 where
-    C: Future<Output = Result<Result<(), HandlerError>, Box<dyn Any + Send>>>,
+    C: Future<Output = Caught>,
 {
     tokio::pin!(call);
     // Most handlers finish on their first poll: no timers for them, and the
@@ -77,7 +84,10 @@ where
         loop {
             tokio::select! {
                 caught = &mut call => break caught.into(),
-                () = &mut deadline => break Ended::TimedOut(timeout),
+                () = &mut deadline => break Ended::Finished(Outcome::failed_run(
+                    "timeout",
+                    format!("handler timed out after {timeout:?}"),
+                )),
                 _ = progress.tick() => progress_ack.start(message),
                 sent = std::future::poll_fn(|cx| progress_ack.poll_sent(cx)),
                     if progress_ack.is_sending() =>
@@ -102,7 +112,7 @@ where
     .await
 }
 
-pub(super) fn panic_message(panic: &(dyn Any + Send)) -> String {
+fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = panic.downcast_ref::<String>() {

@@ -1,10 +1,8 @@
 //! The life of one delivery: decode, route, handle, decide how to settle.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -12,11 +10,12 @@ use tracing::Instrument;
 use crate::consume::context::Context;
 use crate::consume::dead_letter::DeadLetterReason;
 use crate::consume::metrics::{metric_attributes, InFlight};
-use crate::consume::router::Resolved;
+use crate::consume::outcome::Settle;
+use crate::consume::stack::Delivery as StackDelivery;
 use crate::error::error_chain;
 use crate::transport::Delivery;
 
-use super::call::{panic_message, run_handler, Ended, KeepAlive};
+use super::call::{run_handler, Ended, KeepAlive};
 use super::settle::settle;
 use super::unhandled::unhandled;
 use super::Runtime;
@@ -174,19 +173,13 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         attributes,
     } = delivery;
     let retry = &shared.settings.retry;
-    let (event, handler) = match shared.router.resolve(&envelope) {
-        Resolved::Handle { event, handler } => (event, handler),
-        Resolved::Undecodable(err) => {
-            return Decision::DeadLetter {
-                reason: DeadLetterReason::Undecodable,
-                error: error_chain(err.as_ref()),
-                failed_runs: None,
-            }
-        }
-        Resolved::Unhandled => {
-            return unhandled(shared, &envelope.event_type, delivered);
-        }
+    let Some(route) = shared.handlers.routes().find(&envelope.event_type) else {
+        return unhandled(shared, &envelope.event_type, delivered);
     };
+    let timeout = route
+        .options
+        .handler_timeout()
+        .unwrap_or(shared.settings.handler_timeout);
     // Attempts are failed handler runs, not deliveries (see `attempts`).
     let failed_before = shared.failed_runs.before(stream_sequence, delivered).await;
     if failed_before >= retry.attempts() {
@@ -212,15 +205,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         shared.state.clone(),
     );
     let metrics = shared.client.metrics();
-    let lineage = context.lineage();
-    let timeout = handler
-        .options
-        .handler_timeout()
-        .unwrap_or(shared.settings.handler_timeout);
-    let call = crate::lineage::with_lineage(
-        lineage,
-        AssertUnwindSafe((handler.call)(event, context)).catch_unwind(),
-    );
+    let call = shared.handlers.call(StackDelivery::new(context));
     let started = std::time::Instant::now();
     let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
     let keep_alive = KeepAlive {
@@ -229,15 +214,11 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         reporter: &shared.reporter,
         stream_sequence,
     };
-    let result = run_handler(call, timeout, keep_alive, stopped).await;
+    let ended = run_handler(call, timeout, keep_alive, stopped).await;
     drop(in_flight);
-    let error_type = match &result {
+    let error_type = match &ended {
         Ended::Stopped => Some("shutdown"),
-        Ended::Returned(Ok(())) => None,
-        Ended::Returned(Err(err)) if err.is_permanent() => Some("permanent"),
-        Ended::Returned(Err(_)) => Some("transient"),
-        Ended::Panicked(_) => Some("panic"),
-        Ended::TimedOut(_) => Some("timeout"),
+        Ended::Finished(outcome) => outcome.failure().map(|(error_type, _)| error_type),
     };
     let elapsed = started.elapsed().as_secs_f64();
     match error_type {
@@ -247,50 +228,50 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
             &metric_attributes(&shared.group, event_type, Some(error)),
         ),
     }
+    let outcome = match ended {
+        // Shutdown: let another instance take it now.
+        Ended::Stopped => {
+            return Decision::Nak {
+                delay: Duration::ZERO,
+                reason: "shutdown",
+            }
+        }
+        Ended::Finished(outcome) => outcome,
+    };
 
     let failed_runs = failed_before + 1;
-    let transient = |error: String, asked: Option<Duration>| {
-        if retry.is_last_attempt(u64::from(failed_runs)) {
+    let decision = match outcome.0 {
+        Settle::Ack => Decision::Ack,
+        Settle::DeadLetter { reason, error } => {
+            // Undecodable data is not a failed run; settle records it.
+            let failed_runs = (reason == DeadLetterReason::Permanent).then(|| {
+                tracing::Span::current().record("error.type", "permanent");
+                failed_runs
+            });
             Decision::DeadLetter {
-                reason: DeadLetterReason::AttemptsExhausted,
+                reason,
                 error,
-                failed_runs: Some(failed_runs),
-            }
-        } else {
-            Decision::Retry {
-                delay: asked.unwrap_or_else(|| retry.delay(u64::from(failed_runs))),
                 failed_runs,
             }
         }
-    };
-    let decision = match result {
-        // Shutdown: let another instance take it now.
-        Ended::Stopped => Decision::Nak {
-            delay: Duration::ZERO,
-            reason: "shutdown",
-        },
-        Ended::Returned(Ok(())) => Decision::Ack,
-        Ended::Returned(Err(err)) if err.is_permanent() => {
-            tracing::Span::current().record("error.type", "permanent");
-            Decision::DeadLetter {
-                reason: DeadLetterReason::Permanent,
-                error: err.chain(),
-                failed_runs: Some(failed_runs),
+        Settle::Retry {
+            after,
+            error_type,
+            error,
+        } => {
+            record_retried_failure(error_type, &error);
+            if retry.is_last_attempt(u64::from(failed_runs)) {
+                Decision::DeadLetter {
+                    reason: DeadLetterReason::AttemptsExhausted,
+                    error,
+                    failed_runs: Some(failed_runs),
+                }
+            } else {
+                Decision::Retry {
+                    delay: after.unwrap_or_else(|| retry.delay(u64::from(failed_runs))),
+                    failed_runs,
+                }
             }
-        }
-        Ended::Returned(Err(err)) => {
-            record_retried_failure("transient", &err.chain());
-            transient(err.chain(), err.retry_delay())
-        }
-        Ended::Panicked(panic) => {
-            let error = format!("handler panicked: {}", panic_message(panic.as_ref()));
-            record_retried_failure("panic", &error);
-            transient(error, None)
-        }
-        Ended::TimedOut(after) => {
-            let error = format!("handler timed out after {after:?}");
-            record_retried_failure("timeout", &error);
-            transient(error, None)
         }
     };
     // An event that ends after failed runs leaves no record behind.

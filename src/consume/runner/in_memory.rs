@@ -15,7 +15,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::client::Client;
-use crate::consume::router::{self, Router};
+use crate::consume::router;
+use crate::consume::stack::Handlers;
 use crate::consume::settings::{self, Settings};
 use crate::consume::{ConsumeError, ConsumeErrorKind, Consumer, Source};
 use crate::error::Error;
@@ -34,7 +35,7 @@ pub(in crate::consume) async fn build<S>(
     group: String,
     stream: Option<String>,
     filters: Vec<String>,
-    router: Router<S>,
+    handlers: Handlers<S>,
     state: S,
     settings: Settings,
 ) -> Result<Consumer<S>, ConsumeError> {
@@ -85,7 +86,7 @@ pub(in crate::consume) async fn build<S>(
         group,
         stream,
         filters,
-        router,
+        handlers,
         state,
         settings,
         source: Source::Memory(memory),

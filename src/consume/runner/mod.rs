@@ -32,7 +32,7 @@ use crate::publish::Publisher;
 use super::attempts::FailedRuns;
 use super::group_filter;
 use super::metrics::AttributeCache;
-use super::router::Router;
+use super::stack::Handlers;
 use super::{ConsumeError, Consumer, Settings, Source};
 use delivery::process;
 use health::{watchdog, Health, Recovery};
@@ -61,7 +61,7 @@ struct Runtime<S> {
     client: Client,
     publisher: Publisher,
     group: Arc<str>,
-    router: Router<S>,
+    handlers: Handlers<S>,
     state: S,
     settings: Settings,
     progress_interval: Duration,
@@ -81,7 +81,7 @@ where
         group,
         stream,
         filters,
-        router,
+        handlers,
         state,
         settings,
         source,
@@ -97,7 +97,7 @@ where
         publisher: client.publisher(),
         client: client.clone(),
         group: Arc::from(group.as_str()),
-        router,
+        handlers,
         state,
         progress_interval: settings.progress_interval(),
         attributes: AttributeCache::new(&group),

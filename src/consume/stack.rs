@@ -1,0 +1,191 @@
+//! The handler stack: a delivery goes through tower layers to the router
+//! and comes back as an [`Outcome`].
+//!
+//! The request is a [`Delivery`]; the stack's error type is [`BoxError`],
+//! so off-the-shelf tower layers (`tower::timeout`,
+//! `tower::limit::ConcurrencyLimit`) compose. An error out of the stack is a
+//! transient failure, unless it carries a
+//! [`HandlerError`](super::HandlerError), which keeps its kind. The order of
+//! the consumer's own concerns around it is in the
+//! [module docs](super#middleware).
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::envelope::Envelope;
+pub use crate::error::BoxError;
+
+use super::context::Context;
+use super::outcome::Outcome;
+use super::router::Routes;
+
+/// One event on its way through the handler stack: the decoded envelope
+/// and the handler's [`Context`] (delivery count, stream sequence, subject,
+/// group, publisher, state). What tower layers see as their request.
+///
+/// ```
+/// use std::task::{Context as TaskContext, Poll};
+/// use jetevents::consume::{BoxError, Delivery, Outcome};
+///
+/// /// Acks events of a test source without running the handler.
+/// #[derive(Clone)]
+/// struct SkipTestEvents<Inner>(Inner);
+///
+/// impl<S, Inner> tower::Service<Delivery<S>> for SkipTestEvents<Inner>
+/// where
+///     Inner: tower::Service<Delivery<S>, Response = Outcome, Error = BoxError>,
+///     Inner::Future: Send + 'static,
+/// {
+///     type Response = Outcome;
+///     type Error = BoxError;
+///     type Future = futures_util::future::BoxFuture<'static, Result<Outcome, BoxError>>;
+///
+///     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+///         self.0.poll_ready(cx)
+///     }
+///
+///     fn call(&mut self, delivery: Delivery<S>) -> Self::Future {
+///         if delivery.envelope().source == "/test" {
+///             return Box::pin(async { Ok(Outcome::ack()) });
+///         }
+///         Box::pin(self.0.call(delivery))
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Delivery<S = ()> {
+    context: Context<S>,
+}
+
+impl<S> Delivery<S> {
+    pub(crate) fn new(context: Context<S>) -> Self {
+        Self { context }
+    }
+
+    /// The event's envelope: every attribute and extension, and the raw data.
+    pub fn envelope(&self) -> &Envelope {
+        self.context.envelope()
+    }
+
+    /// What the handler gets with the event.
+    pub fn context(&self) -> &Context<S> {
+        &self.context
+    }
+
+    /// The handler's context, giving up the delivery.
+    pub fn into_context(self) -> Context<S> {
+        self.context
+    }
+
+    /// The same delivery with other state.
+    pub(crate) fn map_state<S2>(self, f: impl FnOnce(S) -> S2) -> Delivery<S2> {
+        Delivery {
+            context: self.context.map_state(f),
+        }
+    }
+}
+
+/// The future of a route: the one boxed future of a delivery.
+pub(crate) type RouteFuture = BoxFuture<'static, Result<Outcome, BoxError>>;
+
+/// The service a consumer's layer wraps: the routes and the layers inside
+/// it, boxed (the consumer boxes a stack once, at its end).
+pub type HandlerService<S> = BoxCloneSyncService<Delivery<S>, Outcome, BoxError>;
+
+/// A user's layer, applied when the consumer is built.
+pub(crate) type LayerFn<S> = Arc<dyn Fn(HandlerService<S>) -> HandlerService<S> + Send + Sync>;
+
+/// Erases `layer`: any tower layer whose service takes a [`Delivery`],
+/// gives an [`Outcome`] and fails with an error convertible to
+/// [`BoxError`].
+pub(crate) fn layer_fn<S, L>(layer: L) -> LayerFn<S>
+where
+    S: Send + Sync + 'static,
+    L: Layer<HandlerService<S>> + Send + Sync + 'static,
+    L::Service: Service<Delivery<S>, Response = Outcome> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Delivery<S>>>::Error: Into<BoxError>,
+    <L::Service as Service<Delivery<S>>>::Future: Send + 'static,
+{
+    Arc::new(move |inner: HandlerService<S>| {
+        BoxCloneSyncService::new(layer.layer(inner).map_err(Into::into))
+    })
+}
+
+/// The router behind the consumer's layers: what every delivery of a
+/// consumer, durable or ephemeral, is handed to.
+pub(crate) struct Handlers<S> {
+    routes: Arc<Routes<S>>,
+    /// The consumer's layers around the router; `None` without any, so a
+    /// delivery costs the route's boxed future and nothing more.
+    layered: Option<HandlerService<S>>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Handlers<S> {
+    pub(crate) fn new(routes: Routes<S>, layers: &[LayerFn<S>]) -> Self {
+        let routes = Arc::new(routes);
+        let layered = (!layers.is_empty()).then(|| {
+            let router = BoxCloneSyncService::new(RouterService(routes.clone()));
+            // Like axum's: a layer added later wraps those added before.
+            layers.iter().fold(router, |stack, layer| layer(stack))
+        });
+        Self { routes, layered }
+    }
+
+    /// The route table, to look up a type's options.
+    pub(crate) fn routes(&self) -> &Routes<S> {
+        &self.routes
+    }
+
+    /// Runs `delivery` through the stack, in the lineage of its event, with
+    /// a panic anywhere in it (a layer's `call`, a handler's first poll)
+    /// caught.
+    pub(crate) fn call(
+        &self,
+        delivery: Delivery<S>,
+    ) -> impl Future<Output = Result<Result<Outcome, BoxError>, Box<dyn Any + Send>>> + Send + 'static
+    {
+        let lineage = delivery.context().lineage();
+        let routes = self.routes.clone();
+        let layered = self.layered.clone();
+        let call = async move {
+            match layered {
+                None => routes.dispatch(delivery).await,
+                Some(stack) => stack.oneshot(delivery).await,
+            }
+        };
+        crate::lineage::with_lineage(lineage, AssertUnwindSafe(call).catch_unwind())
+    }
+}
+
+/// The router as the innermost service of the consumer's layers.
+pub(crate) struct RouterService<S>(pub(crate) Arc<Routes<S>>);
+
+impl<S> Clone for RouterService<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Service<Delivery<S>> for RouterService<S> {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = RouteFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, delivery: Delivery<S>) -> RouteFuture {
+        self.0.dispatch(delivery)
+    }
+}
