@@ -79,7 +79,9 @@ impl Selection {
 
     fn matches(&self, entry: &DeadLetter) -> bool {
         self.reason.as_ref().is_none_or(|r| *r == entry.reason)
-            && self.since.is_none_or(|since| entry.time.is_some_and(|t| t >= since))
+            && self
+                .since
+                .is_none_or(|since| entry.time.is_some_and(|t| t >= since))
             && self.type_glob.as_ref().is_none_or(|glob| {
                 entry
                     .envelope()
@@ -129,7 +131,14 @@ pub async fn list(dead_letters: &DeadLetters, args: DlqListArgs) -> Result<ExitC
         }
         OutputFormat::Table => {
             let mut table = Table::new(vec![
-                "SEQ", "TIME", "REASON", "CONSUMER", "TYPE", "SUBJECT", "DELIVERIES", "ERROR",
+                "SEQ",
+                "TIME",
+                "REASON",
+                "CONSUMER",
+                "TYPE",
+                "SUBJECT",
+                "DELIVERIES",
+                "ERROR",
             ]);
             for entry in entries {
                 table.push(vec![
@@ -205,13 +214,19 @@ pub async fn redrive(dead_letters: &DeadLetters, args: DlqSelectArgs) -> Result<
             Err(err) if matches!(err.kind(), DeadLetterErrorKind::NotFound(_)) => skipped += 1,
             Err(err) => {
                 progress.abandon();
-                return Err(Failure::during(&format!("redriving dead letter {sequence}"), err));
+                return Err(Failure::during(
+                    &format!("redriving dead letter {sequence}"),
+                    err,
+                ));
             }
         }
         progress.inc(1);
     }
     progress.finish_and_clear();
-    println!("redriven: {}, not found: {skipped}", sequences.len() - skipped);
+    println!(
+        "redriven: {}, not found: {skipped}",
+        sequences.len() - skipped
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -225,13 +240,19 @@ pub async fn delete(dead_letters: &DeadLetters, args: DlqSelectArgs) -> Result<E
             Err(err) if matches!(err.kind(), DeadLetterErrorKind::NotFound(_)) => skipped += 1,
             Err(err) => {
                 progress.abandon();
-                return Err(Failure::during(&format!("deleting dead letter {sequence}"), err));
+                return Err(Failure::during(
+                    &format!("deleting dead letter {sequence}"),
+                    err,
+                ));
             }
         }
         progress.inc(1);
     }
     progress.finish_and_clear();
-    println!("deleted: {}, not found: {skipped}", sequences.len() - skipped);
+    println!(
+        "deleted: {}, not found: {skipped}",
+        sequences.len() - skipped
+    );
     Ok(ExitCode::SUCCESS)
 }
 

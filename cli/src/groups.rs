@@ -52,13 +52,20 @@ pub async fn run(client: &Client, args: GroupsArgs) -> Result<ExitCode, Failure>
             .try_collect()
             .await
             .map_err(|err| Failure::during(&format!("listing the groups of {name}"), err))?;
-        for info in infos.into_iter().filter(|i| i.config.durable_name.is_some()) {
+        for info in infos
+            .into_iter()
+            .filter(|i| i.config.durable_name.is_some())
+        {
             let last_activity = last_activity(&info);
             groups.push(GroupHealth {
                 stream: name.clone(),
                 verdict: verdict(&info, last_activity, args.lag_threshold, args.stall_after),
-                dead_letters_last_hour: crate::dlq::count_since(&dead_letters, &info.name, hour_ago)
-                    .await?,
+                dead_letters_last_hour: crate::dlq::count_since(
+                    &dead_letters,
+                    &info.name,
+                    hour_ago,
+                )
+                .await?,
                 group: info.name,
                 pending: info.num_pending,
                 ack_pending: info.num_ack_pending,
@@ -68,6 +75,7 @@ pub async fn run(client: &Client, args: GroupsArgs) -> Result<ExitCode, Failure>
             });
         }
     }
+    groups.sort_by(|a, b| (&a.stream, &a.group).cmp(&(&b.stream, &b.group)));
     match args.output {
         OutputFormat::Json => {
             for group in &groups {
@@ -144,7 +152,12 @@ fn print_table(groups: &[GroupHealth]) -> Result<(), Failure> {
         let ago = group
             .last_activity
             .and_then(|t| (Utc::now() - t).to_std().ok())
-            .map(|idle| format!("{} ago", crate::duration::format(Duration::from_secs(idle.as_secs()))))
+            .map(|idle| {
+                format!(
+                    "{} ago",
+                    crate::duration::format(Duration::from_secs(idle.as_secs()))
+                )
+            })
             .unwrap_or_else(|| "never".to_owned());
         table.push(vec![
             group.stream.clone(),

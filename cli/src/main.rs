@@ -50,7 +50,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let connection = cli.connection;
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "jetevents", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "jetevents",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => tail::run(&connection.connect().await?, args).await,

@@ -35,9 +35,9 @@ pub fn chrono_time(time: time::OffsetDateTime) -> Option<chrono::DateTime<chrono
 
 /// A chrono timestamp as `time`'s.
 pub fn offset_time(time: chrono::DateTime<chrono::Utc>) -> Result<time::OffsetDateTime, Failure> {
-    let nanos = time
-        .timestamp_nanos_opt()
-        .ok_or_else(|| Failure::new(format!("time {time} out of range")))?;
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
-        .map_err(|err| Failure::during("time out of range", err))
+    time::OffsetDateTime::from_unix_timestamp(time.timestamp())
+        .map(|seconds| {
+            seconds + time::Duration::nanoseconds(i64::from(time.timestamp_subsec_nanos()))
+        })
+        .map_err(|err| Failure::during(&format!("time {time}"), err))
 }

@@ -88,7 +88,11 @@ struct Printer {
 impl Printer {
     fn header(&self) {
         if self.output == OutputFormat::Table {
-            let trace = if self.trace_url.is_some() { "TRACE  " } else { "" };
+            let trace = if self.trace_url.is_some() {
+                "TRACE  "
+            } else {
+                ""
+            };
             println!(
                 "{:>6}  {:<20}  {:<34}  {:<18}  {:<44}  {:<36}  {trace}DATA",
                 "SEQ", "TIME", "TYPE", "SOURCE", "SUBJECT", "ID"
@@ -98,7 +102,12 @@ impl Printer {
 
     /// Prints the message if it passes the filter; undecodable messages are
     /// shown as such (unless a filter needs their attributes).
-    fn show(&self, message: &Message, sequence: u64, filter: &EventFilter) -> Result<bool, Failure> {
+    fn show(
+        &self,
+        message: &Message,
+        sequence: u64,
+        filter: &EventFilter,
+    ) -> Result<bool, Failure> {
         match codec::decode(message.headers.as_ref(), &message.payload) {
             Ok(envelope) if filter.matches(&envelope) => {
                 self.event(sequence, &message.subject, &envelope)?;

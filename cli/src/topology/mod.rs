@@ -54,7 +54,13 @@ pub struct Diff {
 impl Diff {
     /// Records `field` if the declared value (shown the same way as the
     /// actual one) differs.
-    pub fn compare(&mut self, field: &'static str, actual: String, declared: String, in_place: bool) {
+    pub fn compare(
+        &mut self,
+        field: &'static str,
+        actual: String,
+        declared: String,
+        in_place: bool,
+    ) {
         if actual != declared {
             let change = FieldChange {
                 field,
@@ -87,7 +93,11 @@ fn resources(topology: &Topology) -> Vec<Resource<'_>> {
     let dead_letters = topology.dead_letters.iter().map(Resource::DeadLetters);
     let kv = topology.kv.iter().map(Resource::Kv);
     let groups = topology.groups.iter().map(Resource::Group);
-    streams.chain(dead_letters).chain(kv).chain(groups).collect()
+    streams
+        .chain(dead_letters)
+        .chain(kv)
+        .chain(groups)
+        .collect()
 }
 
 async fn planned<'a>(

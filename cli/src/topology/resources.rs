@@ -61,7 +61,9 @@ impl Resource<'_> {
             };
             return match group_config(&stream, &group.name).await? {
                 None => Ok(Some(Action::Create)),
-                Some(actual) => Ok(group_diff(&actual, &group_wanted(group, actual.clone())).action()),
+                Some(actual) => {
+                    Ok(group_diff(&actual, &group_wanted(group, actual.clone())).action())
+                }
             };
         }
         let Some(mut stream) = stream else {
@@ -135,7 +137,9 @@ impl Resource<'_> {
                     stream: decl.stream.clone(),
                     subject_prefix: decl.subject_prefix.clone(),
                 };
-                DeadLetters::with_config(client, config).ensure_stream().await?;
+                DeadLetters::with_config(client, config)
+                    .ensure_stream()
+                    .await?;
                 Ok(())
             }
             (Self::Kv(decl), _) => {
@@ -159,19 +163,54 @@ impl Resource<'_> {
 fn stream_diff(actual: &stream::Config, wanted: &stream::Config) -> Diff {
     let mut diff = Diff::default();
     let mut compare = |field, a: String, w: String, in_place| diff.compare(field, a, w, in_place);
-    compare("subjects", shown(&actual.subjects), shown(&wanted.subjects), IN_PLACE);
-    compare("storage", shown(&actual.storage), shown(&wanted.storage), RECREATE);
-    compare("retention", shown(&actual.retention), shown(&wanted.retention), RECREATE);
-    compare("replicas", shown(&actual.num_replicas), shown(&wanted.num_replicas), IN_PLACE);
-    compare("max_age", shown_duration(&actual.max_age), shown_duration(&wanted.max_age), IN_PLACE);
+    compare(
+        "subjects",
+        shown(&actual.subjects),
+        shown(&wanted.subjects),
+        IN_PLACE,
+    );
+    compare(
+        "storage",
+        shown(&actual.storage),
+        shown(&wanted.storage),
+        RECREATE,
+    );
+    compare(
+        "retention",
+        shown(&actual.retention),
+        shown(&wanted.retention),
+        RECREATE,
+    );
+    compare(
+        "replicas",
+        shown(&actual.num_replicas),
+        shown(&wanted.num_replicas),
+        IN_PLACE,
+    );
+    compare(
+        "max_age",
+        shown_duration(&actual.max_age),
+        shown_duration(&wanted.max_age),
+        IN_PLACE,
+    );
     compare(
         "duplicate_window",
         shown_duration(&actual.duplicate_window),
         shown_duration(&wanted.duplicate_window),
         IN_PLACE,
     );
-    compare("max_messages", shown(&actual.max_messages), shown(&wanted.max_messages), IN_PLACE);
-    compare("max_bytes", shown(&actual.max_bytes), shown(&wanted.max_bytes), IN_PLACE);
+    compare(
+        "max_messages",
+        shown(&actual.max_messages),
+        shown(&wanted.max_messages),
+        IN_PLACE,
+    );
+    compare(
+        "max_bytes",
+        shown(&actual.max_bytes),
+        shown(&wanted.max_bytes),
+        IN_PLACE,
+    );
     compare(
         "history",
         shown(&actual.max_messages_per_subject),
@@ -184,7 +223,12 @@ fn stream_diff(actual: &stream::Config, wanted: &stream::Config) -> Diff {
         shown(&wanted.max_message_size),
         IN_PLACE,
     );
-    compare("description", shown(&actual.description), shown(&wanted.description), IN_PLACE);
+    compare(
+        "description",
+        shown(&actual.description),
+        shown(&wanted.description),
+        IN_PLACE,
+    );
     diff
 }
 
@@ -229,9 +273,24 @@ fn group_wanted(decl: &GroupDecl, mut config: consumer::Config) -> consumer::Con
 fn group_diff(actual: &consumer::Config, wanted: &consumer::Config) -> Diff {
     let mut diff = Diff::default();
     let mut compare = |field, a: String, w: String, in_place| diff.compare(field, a, w, in_place);
-    compare("filter_subjects", shown(&filters(actual)), shown(&filters(wanted)), IN_PLACE);
-    compare("max_deliver", shown(&actual.max_deliver), shown(&wanted.max_deliver), IN_PLACE);
-    compare("ack_wait", shown_duration(&actual.ack_wait), shown_duration(&wanted.ack_wait), IN_PLACE);
+    compare(
+        "filter_subjects",
+        shown(&filters(actual)),
+        shown(&filters(wanted)),
+        IN_PLACE,
+    );
+    compare(
+        "max_deliver",
+        shown(&actual.max_deliver),
+        shown(&wanted.max_deliver),
+        IN_PLACE,
+    );
+    compare(
+        "ack_wait",
+        shown_duration(&actual.ack_wait),
+        shown_duration(&wanted.ack_wait),
+        IN_PLACE,
+    );
     compare(
         "max_ack_pending",
         shown(&actual.max_ack_pending),
@@ -244,8 +303,18 @@ fn group_diff(actual: &consumer::Config, wanted: &consumer::Config) -> Diff {
         shown(&wanted.deliver_policy),
         RECREATE,
     );
-    compare("ack_policy", shown(&actual.ack_policy), shown(&wanted.ack_policy), RECREATE);
-    compare("description", shown(&actual.description), shown(&wanted.description), IN_PLACE);
+    compare(
+        "ack_policy",
+        shown(&actual.ack_policy),
+        shown(&wanted.ack_policy),
+        RECREATE,
+    );
+    compare(
+        "description",
+        shown(&actual.description),
+        shown(&wanted.description),
+        IN_PLACE,
+    );
     diff
 }
 
