@@ -81,6 +81,7 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
