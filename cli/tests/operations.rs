@@ -1,0 +1,285 @@
+//! `topology`, connection settings and bad input, through the built binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::{assert_one_line_failure, text, unique, World};
+
+fn topology_file(world: &World, body: &str) -> String {
+    let path = world
+        .home
+        .path()
+        .join(format!("{}.toml", unique("topology")));
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Runs `topology ARGS`; its exit code and stdout.
+fn topology(world: &World, args: &[&str]) -> (i32, String) {
+    let output = world
+        .command(&[&["topology"], args].concat())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        text(&output.stdout) + &text(&output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn topology_plan_apply_is_idempotent_and_reports_drift() {
+    let world = World::new().await;
+    let (stream, bucket, dlq) = (unique("T"), unique("kv"), unique("DL"));
+    // Subjects of their own: the world's stream captures `{world.env}.>`.
+    let file = topology_file(
+        &world,
+        &format!(
+            r#"
+[[stream]]
+name = "{stream}"
+subjects = ["{env}.topology.>"]
+storage = "file"
+max_age = "7d"
+
+[[group]]
+stream = "{stream}"
+name = "billing"
+filter_subjects = ["{env}.topology.>"]
+max_deliver = 5
+ack_wait = "30s"
+deliver_policy = "all"
+
+[[dead_letters]]
+stream = "{dlq}"
+subject_prefix = "{dlq}"
+
+[[kv]]
+bucket = "{bucket}"
+history = 3
+max_age = "1h"
+"#,
+            env = unique("t")
+        ),
+    );
+
+    let (code, plan) = topology(&world, &["plan", &file]);
+    assert_eq!(code, 2, "{plan}");
+    assert_eq!(
+        plan.lines().filter(|l| l.starts_with("+ create")).count(),
+        4,
+        "{plan}"
+    );
+    let (code, applied) = topology(&world, &["apply", &file]);
+    assert_eq!(code, 0, "{applied}");
+    let (code, plan) = topology(&world, &["plan", &file]);
+    assert_eq!(
+        (code, plan.trim()),
+        (0, "No changes: the server matches the topology.")
+    );
+    let (code, again) = topology(&world, &["apply", &file]);
+    assert_eq!(
+        (code, again.trim()),
+        (0, "No changes: the server matches the topology.")
+    );
+
+    // Drift made behind the file's back: one setting that changes in place,
+    // one group setting that cannot.
+    let js = world.client.jetstream();
+    let mut info = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    let info_subject = info.subjects[0].clone();
+    info.max_age = std::time::Duration::from_secs(3600);
+    js.update_stream(info).await.unwrap();
+    let group_stream = js.get_stream(&stream).await.unwrap();
+    group_stream.delete_consumer("billing").await.unwrap();
+    group_stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("billing".into()),
+            filter_subject: info_subject.clone(),
+            max_deliver: 5,
+            ack_wait: std::time::Duration::from_secs(30),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let (code, plan) = topology(&world, &["plan", &file]);
+    assert_eq!(code, 2, "{plan}");
+    assert!(
+        plan.contains(&format!("~ update stream {stream}: max_age 1h -> 7d")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "! recreate group {stream}/billing: deliver_policy New -> All"
+        )),
+        "{plan}"
+    );
+    let (code, refused) = topology(&world, &["apply", &file]);
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused.contains("refused without --allow-recreate"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!("update stream {stream}: max_age 1h -> 7d: done")),
+        "{refused}"
+    );
+    let (code, plan) = topology(&world, &["plan", &file]);
+    assert_eq!(code, 2);
+    assert_eq!(plan.lines().count(), 2, "only the group is left: {plan}");
+    let (code, applied) = topology(&world, &["apply", "--allow-recreate", &file]);
+    assert_eq!(code, 0, "{applied}");
+    assert_eq!(topology(&world, &["plan", &file]).0, 0);
+}
+
+#[tokio::test]
+async fn topology_plan_reports_storage_drift_as_a_recreate() {
+    let world = World::new().await;
+    let stream = unique("M");
+    let subject = format!("{}.memory.>", unique("m"));
+    world
+        .client
+        .jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![subject.clone()],
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let file = topology_file(
+        &world,
+        &format!(
+            "[[stream]]\nname = \"{stream}\"\nsubjects = [\"{subject}\"]\nstorage = \"file\"\n"
+        ),
+    );
+    let (code, plan) = topology(&world, &["plan", &file]);
+    assert_eq!(code, 2, "{plan}");
+    assert!(
+        plan.contains(&format!(
+            "! recreate stream {stream}: storage Memory -> File"
+        )),
+        "{plan}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_fails_with_one_clear_line() {
+    let world = World::new().await;
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["tail", "NO_SUCH_STREAM"],
+            "stream NO_SUCH_STREAM not found",
+        ),
+        (
+            &[
+                "publish",
+                "--type",
+                "booking.appointment.confirmed.v1",
+                "{not json",
+            ],
+            "not valid JSON",
+        ),
+        (
+            &["tail", &world.stream, "--subject", "a..b"],
+            "invalid subject filter",
+        ),
+        (
+            &["tail", &world.stream, "--type", "with space"],
+            "invalid type filter",
+        ),
+        (
+            &["tail", &world.stream, "--since", "yesterday"],
+            "expected an RFC 3339 time",
+        ),
+        (&["dlq", "list", "--reason", "sad"], "unknown reason"),
+        (
+            &["tail", &world.stream, "--server", "nats://127.0.0.1:1"],
+            "server unreachable",
+        ),
+        (
+            &["tail", &world.stream, "--context", "missing"],
+            "context \"missing\"",
+        ),
+    ];
+    for (args, expected) in cases {
+        assert_one_line_failure(&world.command(args).output().unwrap(), expected);
+    }
+    let bad_toml = world.home.path().join("bad.toml");
+    std::fs::write(&bad_toml, "[[stream]]\nname = 1\n").unwrap();
+    let output = world
+        .command(&["topology", "plan", bad_toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "bad.toml");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_with_one_clear_line() {
+    let server = jetevents_testcontainers::NatsServer::builder()
+        .auth(jetevents_testcontainers::Auth::Token("right".into()))
+        .start()
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let output = support::jetevents(&server.url(), "dev", home.path())
+        .args(["groups", "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "authentication failed");
+    let output = support::jetevents(&server.url(), "dev", home.path())
+        .args(["groups", "--token", "right"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
+async fn nats_contexts_are_used_by_name_and_when_selected() {
+    let world = World::new().await;
+    let contexts = world.home.path().join("nats").join("context");
+    std::fs::create_dir_all(&contexts).unwrap();
+    let context = format!(r#"{{"description": "tests", "url": "{}"}}"#, world.url);
+    std::fs::write(contexts.join("tests.json"), context).unwrap();
+    let tail = || {
+        let mut command = world.command(&["tail", &world.stream]);
+        command.env_remove("NATS_URL");
+        command
+    };
+
+    let output = tail().args(["--context", "tests"]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    std::fs::write(
+        world.home.path().join("nats").join("context.txt"),
+        "tests\n",
+    )
+    .unwrap();
+    let output = tail().output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
+async fn completions_and_help_are_printed() {
+    let world = World::new().await;
+    let bash = world.ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("jetevents") && bash.contains("redrive"),
+        "{}",
+        &bash[..200]
+    );
+    let help = world.ok(&["tail", "--help"]);
+    assert!(
+        help.contains("Examples:") && help.contains("--follow"),
+        "{help}"
+    );
+}
