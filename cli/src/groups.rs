@@ -89,8 +89,7 @@ pub async fn run(client: &Client, args: GroupsArgs) -> Result<ExitCode, Failure>
 
 /// Every stream but the dead-letter one and the KV and object stores'.
 async fn event_streams(client: &Client, dlq_stream: &str) -> Result<Vec<String>, Failure> {
-    let names: Vec<String> = client
-        .jetstream()
+    let names: Vec<String> = crate::stream::jetstream(client)?
         .stream_names()
         .try_collect()
         .await

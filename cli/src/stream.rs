@@ -7,9 +7,17 @@ use jetevents::client::Client;
 
 use crate::failure::Failure;
 
+/// The client's JetStream context: the command line always connects to a
+/// server.
+pub fn jetstream(client: &Client) -> Result<&async_nats::jetstream::Context, Failure> {
+    client
+        .jetstream()
+        .ok_or_else(|| Failure::new("not connected to a NATS server"))
+}
+
 /// The stream `name`; `Ok(None)` when it does not exist.
 pub async fn find(client: &Client, name: &str) -> Result<Option<Stream>, Failure> {
-    match client.jetstream().get_stream(name).await {
+    match jetstream(client)?.get_stream(name).await {
         Ok(stream) => Ok(Some(stream)),
         Err(err) => match err.kind() {
             GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {

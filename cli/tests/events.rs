@@ -26,7 +26,7 @@ async fn tail_decodes_binary_and_structured_events_and_shows_undecodable_ones() 
     // Not a CloudEvent: no ce- headers, not structured JSON.
     world
         .client
-        .jetstream()
+        .jetstream().unwrap()
         .publish(format!("{}.garbage", world.env), "not an event".into())
         .await
         .unwrap()
@@ -187,7 +187,7 @@ async fn dead_letter(world: &World, dlq: &str, consumer: &str, reason: &str, key
     }
     world
         .client
-        .jetstream()
+        .jetstream().unwrap()
         .publish_with_headers(format!("{dlq}.{consumer}.{subject}"), headers, payload)
         .await
         .unwrap()
@@ -337,7 +337,7 @@ async fn groups_reports_backlog_and_verdicts() {
     }
     let stream = world
         .client
-        .jetstream()
+        .jetstream().unwrap()
         .get_stream(&world.stream)
         .await
         .unwrap();

@@ -84,7 +84,7 @@ max_age = "1h"
 
     // Drift made behind the file's back: one setting that changes in place,
     // one group setting that cannot.
-    let js = world.client.jetstream();
+    let js = world.client.jetstream().unwrap();
     let mut info = js
         .get_stream(&stream)
         .await
@@ -148,7 +148,7 @@ async fn topology_plan_reports_storage_drift_as_a_recreate() {
     let subject = format!("{}.memory.>", unique("m"));
     world
         .client
-        .jetstream()
+        .jetstream().unwrap()
         .create_stream(async_nats::jetstream::stream::Config {
             name: stream.clone(),
             subjects: vec![subject.clone()],

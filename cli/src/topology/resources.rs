@@ -109,7 +109,7 @@ impl Resource<'_> {
     }
 
     pub async fn apply(&self, client: &Client, action: &Action) -> Result<(), Failure> {
-        let js = client.jetstream();
+        let js = crate::stream::jetstream(client)?;
         // A group is recreated on its own, its stream stays.
         if matches!(action, Action::Recreate(_)) && !matches!(self, Self::Group(_)) {
             js.delete_stream(self.stream_name())
