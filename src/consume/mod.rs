@@ -199,7 +199,7 @@ pub use handler::{HandlerError, HandlerErrorKind, HandlerOptions, ResultExt};
 pub use outcome::{IntoOutcome, Outcome};
 pub use policy::{AckMode, ServerBackoff, UnhandledPolicy, DELIVERY_MARGIN};
 pub use retry::RetryPolicy;
-pub use stack::{BoxError, Delivery, HandlerService};
+pub use stack::{BoxError, Delivery, HandlerLayer, HandlerService};
 
 use settings::Settings;
 use stack::Handlers;

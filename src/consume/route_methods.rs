@@ -156,21 +156,8 @@ macro_rules! route_methods {
         ///     .layer(tower::limit::ConcurrencyLimitLayer::new(4));
         /// # }
         /// ```
-        pub fn layer<L>(mut self, layer: L) -> Self
-        where
-            L: tower::Layer<crate::consume::stack::HandlerService<S>> + Send + Sync + 'static,
-            L::Service: tower::Service<
-                    crate::consume::Delivery<S>,
-                    Response = crate::consume::Outcome,
-                > + Clone
-                + Send
-                + Sync
-                + 'static,
-            <L::Service as tower::Service<crate::consume::Delivery<S>>>::Error:
-                Into<crate::consume::BoxError>,
-            <L::Service as tower::Service<crate::consume::Delivery<S>>>::Future: Send + 'static,
-        {
-            self.router.layer(crate::consume::stack::layer_fn(layer));
+        pub fn layer<L: crate::consume::HandlerLayer<S>>(mut self, layer: L) -> Self {
+            self.router.layer(layer.into_layer_fn());
             self
         }
 
@@ -178,21 +165,8 @@ macro_rules! route_methods {
         /// `handle_with`, `handle_pattern` or `handle_pattern_with`), and
         /// the types upcast to it: inside the consumer's [`layer`](Self::layer)s.
         /// Called again, the new layer wraps the earlier one.
-        pub fn route_layer<L>(mut self, layer: L) -> Self
-        where
-            L: tower::Layer<crate::consume::stack::HandlerService<S>> + Send + Sync + 'static,
-            L::Service: tower::Service<
-                    crate::consume::Delivery<S>,
-                    Response = crate::consume::Outcome,
-                > + Clone
-                + Send
-                + Sync
-                + 'static,
-            <L::Service as tower::Service<crate::consume::Delivery<S>>>::Error:
-                Into<crate::consume::BoxError>,
-            <L::Service as tower::Service<crate::consume::Delivery<S>>>::Future: Send + 'static,
-        {
-            self.router.route_layer(crate::consume::stack::layer_fn(layer));
+        pub fn route_layer<L: crate::consume::HandlerLayer<S>>(mut self, layer: L) -> Self {
+            self.router.route_layer(layer.into_layer_fn());
             self
         }
     };

@@ -100,12 +100,20 @@ pub(crate) type RouteFuture = BoxFuture<'static, Result<Outcome, BoxError>>;
 pub type HandlerService<S> = BoxCloneSyncService<Delivery<S>, Outcome, BoxError>;
 
 /// A user's layer, applied when the consumer is built.
-pub(crate) type LayerFn<S> = Arc<dyn Fn(HandlerService<S>) -> HandlerService<S> + Send + Sync>;
+#[doc(hidden)]
+pub type LayerFn<S> = Arc<dyn Fn(HandlerService<S>) -> HandlerService<S> + Send + Sync>;
 
-/// Erases `layer`: any tower layer whose service takes a [`Delivery`],
-/// gives an [`Outcome`] and fails with an error convertible to
-/// [`BoxError`].
-pub(crate) fn layer_fn<S, L>(layer: L) -> LayerFn<S>
+/// A tower layer a consumer takes: its service takes a [`Delivery`], gives
+/// an [`Outcome`] and fails with an error convertible to [`BoxError`].
+/// Implemented for every such layer; named so the builders' bounds are
+/// written once.
+pub trait HandlerLayer<S>: Layer<HandlerService<S>> + Send + Sync + 'static {
+    /// The layer as the router keeps it.
+    #[doc(hidden)]
+    fn into_layer_fn(self) -> LayerFn<S>;
+}
+
+impl<S, L> HandlerLayer<S> for L
 where
     S: Send + Sync + 'static,
     L: Layer<HandlerService<S>> + Send + Sync + 'static,
@@ -113,9 +121,11 @@ where
     <L::Service as Service<Delivery<S>>>::Error: Into<BoxError>,
     <L::Service as Service<Delivery<S>>>::Future: Send + 'static,
 {
-    Arc::new(move |inner: HandlerService<S>| {
-        BoxCloneSyncService::new(layer.layer(inner).map_err(Into::into))
-    })
+    fn into_layer_fn(self) -> LayerFn<S> {
+        Arc::new(move |inner: HandlerService<S>| {
+            BoxCloneSyncService::new(self.layer(inner).map_err(Into::into))
+        })
+    }
 }
 
 /// The router behind the consumer's layers: what every delivery of a
