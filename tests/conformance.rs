@@ -60,6 +60,8 @@ macro_rules! conformance {
             in_progress_extends,
             backoff_schedule,
             max_deliver_stops_redelivery,
+            max_deliver_of_one_ends_at_the_ack_wait,
+            nak_delay_counts_against_backoff,
             max_ack_pending_holds_new_messages,
             redeliveries_before_new_messages,
             term_ends_delivery,

@@ -90,8 +90,10 @@ pub async fn backoff_schedule<E: Engine>(mut engine: E) {
     assert!(since_first[2] >= steps[0] + steps[1], "{since_first:?}");
 }
 
-/// After `max_deliver` deliveries a message is not delivered again and
-/// leaves the pending deliveries.
+/// After `max_deliver` deliveries a message is not delivered again. The
+/// server notices when the message is next in line for redelivery and a
+/// pull is waiting: until then it stays pending. Unacked, it leaves the
+/// ack floor behind.
 pub async fn max_deliver_stops_redelivery<E: Engine>(mut engine: E) {
     engine
         .create_consumer(Settings {
@@ -103,11 +105,72 @@ pub async fn max_deliver_stops_redelivery<E: Engine>(mut engine: E) {
     let first = engine.next(EXPECTED).await.unwrap();
     let second = engine.next(EXPECTED).await.unwrap();
     assert_eq!((first.delivered, second.delivered), (1, 2));
-    assert!(
-        engine.next(ACK_WAIT * 2).await.is_none(),
-        "delivered a third time"
+    // Nobody pulls while the second ack wait runs out.
+    tokio::time::sleep(ACK_WAIT * 2).await;
+    let unnoticed = engine.consumer_info().await;
+    assert_eq!(
+        (
+            unnoticed.num_ack_pending,
+            unnoticed.ack_floor_stream_sequence
+        ),
+        (1, 0)
     );
-    assert_eq!(engine.consumer_info().await.num_ack_pending, 0);
+    assert!(engine.next(QUIET).await.is_none(), "delivered a third time");
+    let info = engine.consumer_info().await;
+    assert_eq!(
+        (info.num_ack_pending, info.ack_floor_stream_sequence),
+        (0, 0)
+    );
+}
+
+/// With `max_deliver` 1 the message leaves pending when its ack wait runs
+/// out, even with nobody pulling; unacked, it leaves the ack floor behind.
+pub async fn max_deliver_of_one_ends_at_the_ack_wait<E: Engine>(mut engine: E) {
+    engine
+        .create_consumer(Settings {
+            max_deliver: 1,
+            ..ack_wait(ACK_WAIT)
+        })
+        .await;
+    engine.publish("a").await;
+    engine.next(EXPECTED).await.unwrap();
+    // Nobody pulls while the ack wait runs out.
+    tokio::time::sleep(ACK_WAIT * 2).await;
+    let info = engine.consumer_info().await;
+    assert_eq!(
+        (info.num_ack_pending, info.ack_floor_stream_sequence),
+        (0, 0)
+    );
+    assert!(
+        engine.next(QUIET).await.is_none(),
+        "delivered a second time"
+    );
+}
+
+/// A Nak's delay is counted against the current backoff step: after the
+/// n-th delivery it waits `delay + backoff[n-1] - backoff[0]`.
+pub async fn nak_delay_counts_against_backoff<E: Engine>(mut engine: E) {
+    let steps = [Duration::from_millis(300), Duration::from_millis(1300)];
+    engine
+        .create_consumer(Settings {
+            backoff: steps.to_vec(),
+            ..Settings::default()
+        })
+        .await;
+    engine.publish("a").await;
+    let delay = Duration::from_millis(500);
+    let pulled = Instant::now();
+    let first = engine.next(EXPECTED).await.unwrap();
+    engine.nak(&first.message, Some(delay)).await;
+    let second = engine.next(EXPECTED).await.unwrap();
+    let second_after = pulled.elapsed();
+    engine.nak(&second.message, Some(delay)).await;
+    let third = engine.next(EXPECTED).await.unwrap();
+    let third_after = pulled.elapsed();
+    assert_eq!((second.delivered, third.delivered), (2, 3));
+    assert!(second_after >= delay, "{second_after:?}");
+    let step_two = delay + steps[1] - steps[0];
+    assert!(third_after >= delay + step_two, "{third_after:?}");
 }
 
 /// At `max_ack_pending` unacked deliveries, new messages wait for an ack.

@@ -277,7 +277,6 @@ impl Consumer {
             .extend(expired.into_iter().map(|(_, sequence)| sequence));
         if self.pending.is_empty() {
             self.redeliver_queue.clear();
-            self.ack_floor = self.delivered();
         }
     }
 
@@ -309,9 +308,9 @@ impl Consumer {
                         max_deliver,
                     ));
                 }
-                if let Some(pending) = self.pending.remove(&sequence) {
-                    self.move_ack_floor(pending.consumer_sequence, sequence);
-                }
+                // Out of pending, but not acked: the server leaves the ack
+                // floor where it is (seen on 2.15.1 in tests/conformance).
+                self.pending.remove(&sequence);
                 continue;
             }
             let message = message_at(stream.messages, sequence)?.clone();
@@ -493,9 +492,8 @@ impl Consumer {
         if deliveries == max_deliver {
             advisories.push(self.max_deliveries_advisory(stream, sequence, deliveries));
         }
-        if let Some(pending) = self.pending.remove(&sequence) {
-            self.move_ack_floor(pending.consumer_sequence, sequence);
-        }
+        // As in `take_next`: the ack floor stays.
+        self.pending.remove(&sequence);
         self.redelivered.insert(sequence, deliveries);
         true
     }
