@@ -14,11 +14,27 @@
 //!
 //! # Where the in-memory JetStream differs
 //!
-//! (`jetevents::testing`'s "Where it differs from nats-server" lists every
-//! difference; these are the ones the suite meets.)
-//! - Time is tokio's paused clock: a wait passes as soon as nothing else
-//!   can run, so the in-memory half measures the same lower bounds exactly.
-//! - TODO
+//! The one place the suite states it; `jetevents::testing`'s "Where it
+//! differs from nats-server" lists every difference of the engine. No case
+//! is skipped on either transport; these adapt:
+//! - **Time** is tokio's paused clock on the in-memory side: a wait passes as
+//!   soon as nothing else can run. Cases assert lower bounds measured from
+//!   before the pull that starts the clock (the server's timer fires a
+//!   little after a deadline, the engine exactly at it), never upper ones.
+//! - **No background timers**: the engine applies an ack wait running out
+//!   when the consumer is looked at. The cases that let time pass with
+//!   nobody pulling (`max_deliver_*`) look through consumer info, which
+//!   does that, so they see what the server's timer did.
+//! - **Dead letters and consumer counts** are read through the engine
+//!   (`TestKit::dead_letters_in`, `MemoryJetStream::consumer_info`): the
+//!   admin API of dead letters (`DeadLetters::list`) reads the stream
+//!   through NATS only.
+//! - **No responders**: the engine answers a subject no stream captures
+//!   with `NoStream` itself; the server does not answer and the publisher
+//!   maps the client's "no responders" to the same `NoStream`
+//!   (`missing_stream`).
+//! - **Publishing never times out** in memory, so no case covers
+//!   `OutcomeUnknown` or publish retries (tests/publish*.rs do, on NATS).
 #![cfg(feature = "testing")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -153,7 +153,9 @@ pub struct ConsumerInfo {
     pub config: ConsumerConfig,
     /// The last delivery, and the stream sequence the consumer has looked at.
     pub delivered: SequencePair,
-    /// Everything at or below it is acknowledged (or past max deliver).
+    /// Everything at or below it is acknowledged or terminated (a message
+    /// past max deliver leaves pending but not the floor behind it, as on
+    /// the server).
     pub ack_floor: SequencePair,
     /// Deliveries waiting for an ack.
     pub num_ack_pending: usize,
