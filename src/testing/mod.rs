@@ -46,6 +46,11 @@
 //!
 //! # Where it differs from nats-server
 //!
+//! `tests/conformance.rs` runs the same cases against nats-server 2.15.1 and
+//! this engine, and says there which of the differences below its cases
+//! adapt to. Outside the engine, [`DeadLetters`](crate::consume::DeadLetters)
+//! reads through NATS only: use [`TestKit::dead_letters`].
+//!
 //! - **No background timers.** Time-driven changes (an ack wait running out,
 //!   a `max_deliver == 1` message leaving pending) happen when the consumer is
 //!   looked at: by [`next`](MemoryJetStream::next) (which sleeps until the next
@@ -54,7 +59,8 @@
 //!   deadline; here a redelivery is due exactly at it.
 //! - **Max deliveries** above 1 are detected, as on the server, when the
 //!   exhausted message is next in line for redelivery and a caller is pulling;
-//!   with nobody in `next`/`try_next` its advisory waits.
+//!   with nobody in `next`/`try_next` its advisory waits. As on the
+//!   server, such a message leaves pending without moving the ack floor.
 //! - **Only what is listed above.** No retention other than limits without
 //!   limits (messages are never removed: no max age, max messages, max bytes,
 //!   per-subject limits, discard, purge, rollup or message TTL), no mirrors or

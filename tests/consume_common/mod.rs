@@ -78,6 +78,13 @@ impl World {
     }
 
     pub async fn on(url: &str) -> World {
+        let env = unique("env");
+        World::provision(connect(url, &env).await).await
+    }
+
+    /// A world on `client` (a connected one or the test kit's): its own
+    /// event stream and dead-letter names.
+    pub async fn provision(client: Client) -> World {
         // Runner warnings show with a failing test's output (RUST_LOG to
         // see more). A test that installed its own subscriber keeps it.
         let _ = tracing_subscriber::fmt()
@@ -87,8 +94,6 @@ impl World {
             )
             .with_test_writer()
             .try_init();
-        let env = unique("env");
-        let client = connect(url, &env).await;
         let stream = unique("SHOP");
         let spec = StreamSpec::for_domain(client.subjects(), &stream, "shop").unwrap();
         client.ensure_stream(&spec).await.unwrap();

@@ -153,7 +153,9 @@ pub struct ConsumerInfo {
     pub config: ConsumerConfig,
     /// The last delivery, and the stream sequence the consumer has looked at.
     pub delivered: SequencePair,
-    /// Everything at or below it is acknowledged (or past max deliver).
+    /// Everything at or below it is acknowledged or terminated (a message
+    /// past max deliver leaves pending but not the floor behind it, as on
+    /// the server).
     pub ack_floor: SequencePair,
     /// Deliveries waiting for an ack.
     pub num_ack_pending: usize,
@@ -277,7 +279,6 @@ impl Consumer {
             .extend(expired.into_iter().map(|(_, sequence)| sequence));
         if self.pending.is_empty() {
             self.redeliver_queue.clear();
-            self.ack_floor = self.delivered();
         }
     }
 
@@ -309,9 +310,9 @@ impl Consumer {
                         max_deliver,
                     ));
                 }
-                if let Some(pending) = self.pending.remove(&sequence) {
-                    self.move_ack_floor(pending.consumer_sequence, sequence);
-                }
+                // Out of pending, but not acked: the server leaves the ack
+                // floor where it is (seen on 2.15.1 in tests/conformance).
+                self.pending.remove(&sequence);
                 continue;
             }
             let message = message_at(stream.messages, sequence)?.clone();
@@ -493,9 +494,8 @@ impl Consumer {
         if deliveries == max_deliver {
             advisories.push(self.max_deliveries_advisory(stream, sequence, deliveries));
         }
-        if let Some(pending) = self.pending.remove(&sequence) {
-            self.move_ack_floor(pending.consumer_sequence, sequence);
-        }
+        // As in `take_next`: the ack floor stays.
+        self.pending.remove(&sequence);
         self.redelivered.insert(sequence, deliveries);
         true
     }
