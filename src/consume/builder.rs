@@ -50,7 +50,7 @@ impl ConsumerBuilder<()> {
         }
     }
 
-    /// State every handler gets through [`Context::state`] (a database pool,
+    /// State every handler gets through [`Context::state`](super::Context::state) (a database pool,
     /// a client, an `Arc` of anything). Handlers added before see `()`.
     ///
     /// ```no_run
