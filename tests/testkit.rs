@@ -97,3 +97,57 @@ async fn a_ten_attempt_schedule_capped_at_an_hour_ends_in_a_dead_letter() {
         wall.elapsed()
     );
 }
+
+/// Polls `found` every second of tokio's clock until it gives something,
+/// for an hour at most (milliseconds of wall time under a paused clock).
+async fn eventually<T>(what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        if let Some(value) = found() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// An event whose instance dies while handling it, on each of its
+/// `max_deliver` deliveries (the dying instance is a raw pull dropped
+/// unsettled): the running consumer's next pull finds it exhausted, the
+/// engine emits the max-deliveries advisory, and the same watcher as on
+/// NATS dead-letters it `undeliverable`.
+#[tokio::test(start_paused = true)]
+async fn an_event_never_settled_within_max_deliver_is_dead_lettered_undeliverable() {
+    let kit = kit_with_stream().await;
+    let consumer = Consumer::builder(kit.client(), "payments")
+        .stream("BILLING")
+        .max_deliver(2)
+        .handle(|_: PaymentRequested, _: Context<()>| async { Ok::<(), HandlerError>(()) })
+        .build()
+        .await
+        .unwrap();
+    let published = kit
+        .client()
+        .publisher()
+        .publish(&PaymentRequested {
+            payment: "p-crash".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let dying_instance = kit.jetstream().next("BILLING", "payments").await.unwrap();
+        drop(dying_instance);
+    }
+
+    let running = kit.run(consumer);
+    let dead = eventually("the dead letter", || kit.dead_letters().pop()).await;
+    running.stop().await.unwrap();
+
+    assert_eq!(dead.reason, DeadLetterReason::Undeliverable);
+    assert_eq!(dead.delivery_count, 2);
+    assert_eq!(dead.failed_runs, None);
+    assert_eq!(dead.original_stream, "BILLING");
+    assert_eq!(dead.consumer, "payments");
+    assert_eq!(dead.envelope().unwrap().id, published.event_id);
+    assert!(dead.original_header_block.is_some());
+}
