@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jetevents::consume::{Consumer, Context, DeadLetterReason, HandlerError, RetryPolicy};
 use jetevents::provision::StreamSpec;
-use jetevents::testing::TestKit;
+use jetevents::testing::{Retry, TestKit};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -21,6 +21,24 @@ impl jetevents::Event for PaymentRequested {
     const TYPE: &'static str = "billing.payment.requested.v1";
     fn key(&self) -> Option<String> {
         Some(self.payment.clone())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct PaymentCompleted {
+    payment: String,
+}
+
+impl jetevents::Event for PaymentCompleted {
+    const TYPE: &'static str = "billing.payment.completed.v1";
+    fn key(&self) -> Option<String> {
+        Some(self.payment.clone())
+    }
+}
+
+fn payment(id: &str) -> PaymentRequested {
+    PaymentRequested {
+        payment: id.to_owned(),
     }
 }
 
@@ -150,4 +168,78 @@ async fn an_event_never_settled_within_max_deliver_is_dead_lettered_undeliverabl
     assert_eq!(dead.consumer, "payments");
     assert_eq!(dead.envelope().unwrap().id, published.event_id);
     assert!(dead.original_header_block.is_some());
+}
+
+/// A payment service as its own unit test would check it: each payment
+/// handled publishes `PaymentCompleted`; "flaky" fails once with a
+/// transient error and is retried after the policy's 5 s; "bad" fails for
+/// good and is dead-lettered. Everything is asserted through the report.
+#[tokio::test(start_paused = true)]
+async fn the_report_shows_follow_ups_a_retry_and_a_dead_letter() {
+    let kit = kit_with_stream().await;
+    let consumer = Consumer::builder(kit.client(), "payments")
+        .stream("BILLING")
+        .retry(RetryPolicy::fixed(Duration::from_secs(5)).jitter(0.0))
+        .handle(|request: PaymentRequested, ctx: Context<()>| async move {
+            match request.payment.as_str() {
+                "flaky" if ctx.delivery_count() == 1 => {
+                    return Err(HandlerError::transient("provider timed out"));
+                }
+                "bad" => return Err(HandlerError::permanent("card refused")),
+                _ => {}
+            }
+            let completed = PaymentCompleted {
+                payment: request.payment,
+            };
+            ctx.publisher()
+                .publish(&completed)
+                .await
+                .map_err(HandlerError::transient)?;
+            Ok(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let running = kit.run(consumer);
+    let publisher = kit.client().publisher();
+    let ok = publisher.publish(&payment("ok")).await.unwrap().event_id;
+    let flaky = publisher.publish(&payment("flaky")).await.unwrap().event_id;
+    let bad = publisher.publish(&payment("bad")).await.unwrap().event_id;
+    kit.wait_idle("BILLING", "payments").await.unwrap();
+    running.stop().await.unwrap();
+
+    let report = kit.report("BILLING", "payments");
+    assert_eq!(
+        report.handled::<PaymentRequested>(),
+        [payment("ok"), payment("flaky")]
+    );
+    assert!(!report.was_handled(&bad));
+    let once_after_5s = Retry {
+        delivery: 1,
+        delay: Some(Duration::from_secs(5)),
+    };
+    assert_eq!(report.retries_of(&flaky), [once_after_5s]);
+    assert!(report.retries_of(&ok).is_empty());
+    assert_eq!(report.retried.len(), 1);
+
+    let dead = report.dead_letter_of(&bad).expect("a dead letter for bad");
+    assert_eq!(dead.reason, DeadLetterReason::Permanent);
+    assert_eq!(dead.failed_runs, Some(1));
+    assert_eq!(report.dead_letters.len(), 1);
+    let terminated: Vec<&str> = report.terminated.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(terminated, [bad.as_str()]);
+
+    let completed = |id: &str| PaymentCompleted {
+        payment: id.to_owned(),
+    };
+    assert_eq!(
+        report.follow_ups::<PaymentCompleted>(),
+        [completed("ok"), completed("flaky")]
+    );
+    assert_eq!(report.follow_ups_of(&flaky).len(), 1);
+    assert!(report.follow_ups_of(&bad).is_empty());
+    assert_eq!(
+        kit.published::<PaymentCompleted>(),
+        report.follow_ups::<PaymentCompleted>()
+    );
 }
