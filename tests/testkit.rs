@@ -242,4 +242,9 @@ async fn the_report_shows_follow_ups_a_retry_and_a_dead_letter() {
         kit.published::<PaymentCompleted>(),
         report.follow_ups::<PaymentCompleted>()
     );
+    // The dead letter's copy of "bad" is not a publication.
+    assert_eq!(
+        kit.published::<PaymentRequested>(),
+        [payment("ok"), payment("flaky"), payment("bad")]
+    );
 }
