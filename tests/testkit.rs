@@ -50,7 +50,7 @@ async fn kit_with_stream() -> TestKit {
 }
 
 /// A payment provider that is down for good: ten attempts on a schedule
-/// that grows from 30 s and is capped at one hour, then a dead letter. Six
+/// that grows from 30 s and is capped at one hour, then a dead letter. Three
 /// hours of retries, run on tokio's paused clock.
 #[tokio::test(start_paused = true)]
 async fn a_ten_attempt_schedule_capped_at_an_hour_ends_in_a_dead_letter() {
