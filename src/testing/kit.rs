@@ -12,6 +12,7 @@ use crate::envelope::Envelope;
 use crate::event::Event;
 
 use super::jetstream::{ConsumerInfo, MemoryJetStream};
+use super::report::{self, Report};
 
 /// How long (on tokio's clock) [`TestKit::wait_idle`] waits by default: a
 /// day of virtual time, microseconds of wall time under a paused clock.
@@ -128,13 +129,22 @@ impl TestKit {
             .collect()
     }
 
+    /// The events of type `E` published to any stream, as `E`, in the
+    /// order they were stored (dead-letter copies left out).
+    pub fn published<E: Event>(&self) -> Vec<E> {
+        report::decode_all(&report::published_events(&self.jetstream))
+    }
+
     /// The events of type `E` stored in `stream`, as `E`, in stream order.
-    pub fn published<E: Event>(&self, stream: &str) -> Vec<E> {
-        self.events(stream)
-            .into_iter()
-            .filter(|envelope| envelope.event_type == E::TYPE)
-            .filter_map(|envelope| envelope.decode_data::<E>().ok())
-            .collect()
+    pub fn published_in<E: Event>(&self, stream: &str) -> Vec<E> {
+        report::decode_all(&self.events(stream))
+    }
+
+    /// What `group` did with the events of `stream` so far: handled,
+    /// retried, dead-lettered, terminated, and what its handlers published.
+    /// See [`Report`] for an example.
+    pub fn report(&self, stream: &str, group: &str) -> Report {
+        Report::read(&self.jetstream, stream, group)
     }
 
     /// The entries of the default dead-letter stream.
@@ -144,14 +154,7 @@ impl TestKit {
 
     /// The entries of the dead-letter stream `config` names.
     pub fn dead_letters_in(&self, config: &DeadLetterConfig) -> Vec<DeadLetter> {
-        self.jetstream
-            .messages(&config.stream)
-            .into_iter()
-            .filter_map(|message| {
-                let headers = message.headers?;
-                DeadLetter::from_parts(message.sequence, &headers, message.payload).ok()
-            })
-            .collect()
+        dead_letters_in(&self.jetstream, config)
     }
 
     /// Waits until `group` on `stream` has nothing left to deliver and
@@ -197,6 +200,21 @@ impl TestKit {
             tokio::time::sleep(poll).await;
         }
     }
+}
+
+/// The entries of the dead-letter stream `config` names, decoded.
+pub(super) fn dead_letters_in(
+    jetstream: &MemoryJetStream,
+    config: &DeadLetterConfig,
+) -> Vec<DeadLetter> {
+    jetstream
+        .messages(&config.stream)
+        .into_iter()
+        .filter_map(|message| {
+            let headers = message.headers?;
+            DeadLetter::from_parts(message.sequence, &headers, message.payload).ok()
+        })
+        .collect()
 }
 
 /// A consumer running on a task of the test.

@@ -87,7 +87,9 @@
 
 mod jetstream;
 mod kit;
+mod report;
 mod transport;
 
 pub use jetstream::*;
 pub use kit::{NotIdle, RunningConsumer, TestKit, DEFAULT_IDLE_LIMIT};
+pub use report::{Report, Retried, Retry};

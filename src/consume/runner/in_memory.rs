@@ -105,6 +105,13 @@ where
     S: Clone + Send + Sync + 'static,
 {
     let group = shared.group.clone();
+    // Subscribed before the first pull, which may already emit an advisory.
+    let _watch = crate::consume::undeliverable::watch(
+        &shared.client,
+        &stream,
+        &group,
+        &shared.settings.dead_letter,
+    );
     let concurrency = shared.settings.concurrency.max(1);
     let (stop, stopped) = watch::channel(false);
     let mut tasks = FuturesUnordered::new();

@@ -3,6 +3,7 @@
 
 mod consumer;
 mod error;
+mod history;
 mod message;
 mod stream;
 mod subject;
@@ -23,12 +24,14 @@ pub use consumer::{ConsumerConfig, ConsumerInfo, DeliverPolicy, SequencePair};
 pub use error::{
     AckError, AckErrorKind, MemoryError, MemoryErrorKind, PublishError, PublishErrorKind,
 };
+pub use history::{Action, HistoryEntry};
 pub use message::{Advisory, Delivery, DeliveryInfo, StoredMessage};
 pub use stream::{
     PublishAck, StreamConfig, StreamInfo, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
 };
 
 use consumer::{Consumer, StreamView};
+use history::History;
 use message::Settlement;
 use stream::{Incoming, Stream};
 
@@ -70,6 +73,7 @@ struct Shared {
     /// Woken on every change a waiting caller may care about.
     changed: Notify,
     advisories: broadcast::Sender<Advisory>,
+    history: History,
     max_payload: usize,
     /// Maps the tokio clock to wall-clock time for `published`.
     started: (Instant, SystemTime),
@@ -100,6 +104,7 @@ impl MemoryJetStream {
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
                 advisories,
+                history: History::default(),
                 max_payload: bytes,
                 started: (Instant::now(), SystemTime::now()),
             }),
@@ -161,6 +166,11 @@ impl MemoryJetStream {
         removed
             .map(drop)
             .ok_or_else(|| MemoryErrorKind::StreamNotFound.into())
+    }
+
+    /// The names of every stream, sorted.
+    pub fn stream_names(&self) -> Vec<String> {
+        self.state().streams.keys().cloned().collect()
     }
 
     /// A stream's configuration and state.
@@ -336,10 +346,13 @@ impl MemoryJetStream {
         });
         self.emit(advisories);
         let (next, next_due) = polled?;
-        let delivery = next.map(|(message, info)| Delivery {
-            engine: self.clone(),
-            message,
-            info,
+        let delivery = next.map(|(message, info)| {
+            self.shared.history.delivered(&info);
+            Delivery {
+                engine: self.clone(),
+                message,
+                info,
+            }
         });
         Ok((delivery, next_due))
     }
@@ -357,6 +370,7 @@ impl MemoryJetStream {
             consumer.settle(now, delivery, settlement, &mut advisories);
         })
         .map_err(ack_error)?;
+        self.shared.history.settled(delivery, settlement);
         self.emit(advisories);
         self.shared.changed.notify_waiters();
         Ok(())
@@ -369,6 +383,7 @@ impl MemoryJetStream {
                 consumer.terminate(delivery, reason)
             })
             .map_err(ack_error)?;
+        self.shared.history.terminated(delivery, reason);
         self.emit(vec![advisory]);
         self.shared.changed.notify_waiters();
         Ok(())
@@ -398,6 +413,7 @@ impl MemoryJetStream {
 
     fn emit(&self, advisories: Vec<Advisory>) {
         for advisory in advisories {
+            self.shared.history.advised(&advisory);
             // No receiver is fine: nobody listens to the advisory subjects.
             let _ = self.shared.advisories.send(advisory);
         }
