@@ -50,6 +50,11 @@
 //! this engine, and says there which of the differences below its cases
 //! adapt to. Outside the engine, [`DeadLetters`](crate::consume::DeadLetters)
 //! reads through NATS only: use [`TestKit::dead_letters`].
+//! [`EphemeralConsumer`](crate::consume::EphemeralConsumer)s (core NATS queue
+//! subscriptions) need a NATS connection: building one on an in-memory
+//! client fails with `ConsumeErrorKind::Subscribe`. Attempts are counted by
+//! deliveries (there is no attempts bucket), which is the same count unless
+//! an event is redelivered without a failed handler run.
 //!
 //! - **No background timers.** Time-driven changes (an ack wait running out,
 //!   a `max_deliver == 1` message leaving pending) happen when the consumer is
