@@ -248,3 +248,17 @@ async fn the_report_shows_follow_ups_a_retry_and_a_dead_letter() {
         [payment("ok"), payment("flaky"), payment("bad")]
     );
 }
+
+/// Ephemeral consumers are core NATS queue subscriptions: the in-memory
+/// client refuses them with a typed error instead of running without events.
+#[tokio::test(start_paused = true)]
+async fn an_ephemeral_consumer_on_the_in_memory_client_is_refused() {
+    let kit = kit_with_stream().await;
+    let built = jetevents::consume::EphemeralConsumer::builder(kit.client(), "presence")
+        .handle(|_: PaymentRequested, _: Context<()>| async { Ok(()) })
+        .build()
+        .await;
+    let err = built.err().expect("an ephemeral consumer needs NATS");
+    assert_eq!(*err.kind(), jetevents::consume::ConsumeErrorKind::Subscribe);
+    assert!(err.to_string().contains("in-memory"), "{err}");
+}
