@@ -106,6 +106,8 @@ pub struct StoreStream {
     pub domain: String,
     /// Replicas (1 for a single server).
     pub replicas: usize,
+    /// File (the default) or memory.
+    pub storage: async_nats::jetstream::stream::StorageType,
     /// Window in which a repeated event id is refused as a duplicate: an
     /// append retried later than this would be stored twice.
     pub duplicate_window: Duration,
@@ -119,6 +121,7 @@ impl StoreStream {
             name: name.into(),
             domain: domain.into(),
             replicas: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
         }
     }
@@ -201,6 +204,7 @@ impl EventStore {
                 name: stream.name.clone(),
                 subjects: vec![subjects],
                 num_replicas: stream.replicas,
+                storage: stream.storage,
                 duplicate_window: stream.duplicate_window,
                 allow_atomic_publish: true,
                 allow_direct: true,

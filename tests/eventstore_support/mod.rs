@@ -1,6 +1,7 @@
 //! The aggregate and the store the event store tests share.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use async_nats::jetstream::stream::StorageType;
 use jetevents::client::Client;
 use jetevents::eventstore::{Aggregate, EventStore, StoreStream};
 use serde::{Deserialize, Serialize};
@@ -79,11 +80,16 @@ pub fn deposits(amounts: impl IntoIterator<Item = u64>) -> Vec<AccountEvent> {
 
 /// A client in a fresh environment and a store on a fresh stream for it.
 pub async fn fresh_store() -> (Client, EventStore) {
+    fresh_store_in(StorageType::File).await
+}
+
+/// [`fresh_store`] on `storage`.
+pub async fn fresh_store_in(storage: StorageType) -> (Client, EventStore) {
     let server = shared_server().await;
     let client = connect(&server.url(), &unique("es"), |_| {}).await;
-    let store = EventStore::provision(&client, StoreStream::new(unique("ES"), "bank"))
-        .await
-        .unwrap();
+    let mut stream = StoreStream::new(unique("ES"), "bank");
+    stream.storage = storage;
+    let store = EventStore::provision(&client, stream).await.unwrap();
     (client, store)
 }
 
