@@ -131,7 +131,7 @@ impl StoreStream {
 ///
 /// ```no_run
 /// # use jetevents::eventstore::*;
-/// # #[derive(Default)] struct Account;
+/// # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Account;
 /// # #[derive(serde::Serialize, serde::Deserialize)] enum AccountEvent {
 /// #     #[serde(rename = "opened.v1")] Opened }
 /// # #[derive(Debug, thiserror::Error)] #[error("no")] struct No;
