@@ -16,6 +16,8 @@
 //! - [`lineage`]: the event a handler handles, the cause of what it publishes;
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
+//! - [`eventstore`]: event sourcing: aggregates appended atomically with an
+//!   expected version, loaded from snapshots and their events;
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
@@ -31,6 +33,7 @@ pub mod consume;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod eventstore;
 pub mod lineage;
 pub mod metrics;
 pub mod provision;

@@ -8,6 +8,7 @@
 //! test kit. What only JetStream has (its pull inbox, the watchdog, the
 //! advisories) stays on its side of the seam.
 
+pub(crate) mod atomic_batch;
 pub(crate) mod delivery;
 pub(crate) mod nats;
 
@@ -19,6 +20,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::BoxError;
 
+pub(crate) use atomic_batch::{BatchFailure, BatchFailureKind, BatchMessage, StoredBatch};
 pub(crate) use delivery::{Delivery, DeliveryInfo};
 
 /// The stream's answer to a stored message.
@@ -101,4 +103,17 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
 
     /// Waits until everything sent so far (acks included) has left.
     fn flush(&self) -> BoxFuture<'_, Result<(), BoxError>>;
+
+    /// Stores `messages` atomically, contiguously and in order, or none of
+    /// them, and resolves to the stream's answer for the whole batch.
+    ///
+    /// Without an override only a single message can be stored (through
+    /// [`Transport::send`]); a transport without atomic batches answers
+    /// [`BatchFailureKind::Unsupported`] to more.
+    fn send_batch(
+        &self,
+        messages: Vec<BatchMessage>,
+    ) -> BoxFuture<'_, Result<StoredBatch, BatchFailure>> {
+        atomic_batch::send_single(self, messages)
+    }
 }

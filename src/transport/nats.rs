@@ -9,8 +9,8 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::{
-    Delivery, DeliveryInfo, PendingStore, StoreFailure, StoreFailureKind, Stored, StreamLookup,
-    Transport,
+    atomic_batch, BatchFailure, BatchMessage, Delivery, DeliveryInfo, PendingStore, StoreFailure,
+    StoreFailureKind, Stored, StoredBatch, StreamLookup, Transport,
 };
 use crate::error::BoxError;
 
@@ -79,6 +79,18 @@ impl Transport for NatsTransport {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         async move { self.nats.flush().await.map_err(BoxError::from) }.boxed()
+    }
+
+    fn send_batch(
+        &self,
+        messages: Vec<BatchMessage>,
+    ) -> BoxFuture<'_, Result<StoredBatch, BatchFailure>> {
+        // One message is atomic already, and a plain publish also works on
+        // streams that do not allow atomic publish.
+        if messages.len() == 1 {
+            return atomic_batch::send_single(self, messages);
+        }
+        async move { atomic_batch::send_atomic(&self.nats, messages).await }.boxed()
     }
 }
 

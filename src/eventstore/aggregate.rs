@@ -1,0 +1,202 @@
+//! The [`Aggregate`] trait, and how its events become CloudEvents and back.
+//!
+//! An aggregate's events are one serde enum, externally tagged (serde's
+//! default), each variant renamed to its `{action}.{version}`:
+//!
+//! ```
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! enum AccountEvent {
+//!     #[serde(rename = "opened.v1")]
+//!     Opened { owner: String },
+//!     #[serde(rename = "deposited.v1")]
+//!     Deposited { amount: u64 },
+//!     #[serde(rename = "closed.v1")]
+//!     Closed,
+//! }
+//! ```
+//!
+//! With [`Aggregate::KIND`] `bank.account`, `Deposited` is stored as the
+//! CloudEvents type `bank.account.deposited.v1` whose data is the variant's
+//! content (`{"amount":5}`); a unit variant has no data. A variant may also
+//! be renamed to a full type; one of another `{domain}.{entity}` is refused.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::{AppendError, AppendErrorKind, LoadError, LoadErrorKind};
+use crate::event::EventType;
+use crate::Error;
+
+/// State rebuilt from its own events, and the decisions taken on it.
+///
+/// `apply` folds one event into the state (it must not fail: the event
+/// happened); `handle` decides which events a command causes, or refuses it.
+///
+/// ```
+/// use jetevents::eventstore::Aggregate;
+///
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// struct Account { open: bool, balance: u64 }
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// enum AccountEvent {
+///     #[serde(rename = "opened.v1")]
+///     Opened,
+///     #[serde(rename = "deposited.v1")]
+///     Deposited { amount: u64 },
+/// }
+///
+/// enum AccountCommand { Open, Deposit(u64) }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("account is not open")]
+/// struct NotOpen;
+///
+/// impl Aggregate for Account {
+///     const KIND: &'static str = "bank.account";
+///     type Event = AccountEvent;
+///     type Command = AccountCommand;
+///     type Error = NotOpen;
+///
+///     fn apply(&mut self, event: &AccountEvent) {
+///         match event {
+///             AccountEvent::Opened => self.open = true,
+///             AccountEvent::Deposited { amount } => self.balance += amount,
+///         }
+///     }
+///
+///     fn handle(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, NotOpen> {
+///         match command {
+///             AccountCommand::Open if self.open => Ok(vec![]),
+///             AccountCommand::Open => Ok(vec![AccountEvent::Opened]),
+///             AccountCommand::Deposit(_) if !self.open => Err(NotOpen),
+///             AccountCommand::Deposit(amount) => {
+///                 Ok(vec![AccountEvent::Deposited { amount: *amount }])
+///             }
+///         }
+///     }
+/// }
+/// ```
+pub trait Aggregate: Default + Send + Sync + 'static {
+    /// `{domain}.{entity}`, e.g. `bank.account`: the first two tokens of
+    /// its events' types.
+    const KIND: &'static str;
+
+    /// The version of this type's snapshot shape. Raise it when the state's
+    /// serialized form changes: snapshots of another version are ignored
+    /// and the state is replayed from the events instead.
+    const SNAPSHOT_SCHEMA: u32 = 1;
+
+    /// The events, one serde enum (see the [module docs](self)).
+    type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// What can be asked of it.
+    type Command: Send + Sync;
+
+    /// Why a command is refused.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Folds one event into the state.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// The events `command` causes in this state, or why it is refused.
+    fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+}
+
+/// An aggregate event as a CloudEvents type and JSON data.
+#[derive(Debug)]
+pub(crate) struct EncodedEvent {
+    pub(crate) event_type: EventType,
+    pub(crate) data: Option<Bytes>,
+}
+
+/// Splits an event into its type and data (see the [module docs](self)).
+pub(crate) fn encode_event<A: Aggregate>(event: &A::Event) -> Result<EncodedEvent, AppendError> {
+    let invalid = |reason: String| Error::new(AppendErrorKind::InvalidEvent { reason });
+    let value = serde_json::to_value(event).map_err(|err| {
+        Error::with_source(
+            AppendErrorKind::InvalidEvent {
+                reason: "does not serialize".into(),
+            },
+            err,
+        )
+    })?;
+    let (name, data) = match value {
+        serde_json::Value::String(name) => (name, None),
+        serde_json::Value::Object(map) if map.len() == 1 => {
+            let Some((name, content)) = map.into_iter().next() else {
+                return Err(invalid("an empty object".into()));
+            };
+            let data = serde_json::to_vec(&content).map_err(|err| {
+                Error::with_source(
+                    AppendErrorKind::InvalidEvent {
+                        reason: "does not serialize".into(),
+                    },
+                    err,
+                )
+            })?;
+            (name, Some(Bytes::from(data)))
+        }
+        _ => {
+            return Err(invalid(
+                "not an externally tagged enum variant (serde's default enum form)".into(),
+            ))
+        }
+    };
+    let full = if name.matches('.').count() == 3 {
+        if !name.starts_with(A::KIND) || name.as_bytes().get(A::KIND.len()) != Some(&b'.') {
+            return Err(Error::new(AppendErrorKind::WrongAggregate {
+                event_type: name,
+                aggregate: A::KIND,
+            }));
+        }
+        name
+    } else {
+        format!("{}.{name}", A::KIND)
+    };
+    let event_type = EventType::parse(&full).map_err(|err| {
+        Error::with_source(
+            AppendErrorKind::InvalidEvent {
+                reason: format!("variant {full:?} is not {{action}}.{{version}}"),
+            },
+            err,
+        )
+    })?;
+    Ok(EncodedEvent { event_type, data })
+}
+
+/// Rebuilds an event from its CloudEvents type and data.
+pub(crate) fn decode_event<A: Aggregate>(
+    event_type: &str,
+    data: Option<&[u8]>,
+    sequence: u64,
+) -> Result<A::Event, LoadError> {
+    let undecodable = |reason: &str| LoadErrorKind::Undecodable {
+        sequence,
+        reason: reason.to_owned(),
+    };
+    let Some(short) = event_type
+        .strip_prefix(A::KIND)
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return Err(Error::new(undecodable("a type of another aggregate")));
+    };
+    let content = match data {
+        None | Some([]) => None,
+        Some(bytes) => Some(
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .map_err(|err| Error::with_source(undecodable("data is not JSON"), err))?,
+        ),
+    };
+    let tagged = |name: &str| match &content {
+        None => serde_json::Value::String(name.to_owned()),
+        Some(content) => serde_json::Value::Object(serde_json::Map::from_iter([(
+            name.to_owned(),
+            content.clone(),
+        )])),
+    };
+    serde_json::from_value(tagged(short))
+        .or_else(|_| serde_json::from_value(tagged(event_type)))
+        .map_err(|err| Error::with_source(undecodable("no variant takes it"), err))
+}

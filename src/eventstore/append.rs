@@ -1,0 +1,469 @@
+//! Appending events to an aggregate with an expected version.
+
+use std::time::Duration;
+
+use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use super::aggregate::{encode_event, EncodedEvent};
+use super::error::{AppendError, AppendErrorKind, LoadError};
+use super::read::Tip;
+use super::{Aggregate, EventStore, Expected, Position, MAX_APPEND, VERSION_HEADER};
+use crate::envelope::Envelope;
+use crate::transport::{BatchFailure, BatchFailureKind, BatchMessage, StoredBatch};
+
+use crate::Error;
+
+/// Names the subject `Nats-Expected-Last-Subject-Sequence` is checked on
+/// (the aggregate's filter instead of the message's own subject).
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// Attempts after an unanswered send or a busy stream, with the same ids.
+const SEND_ATTEMPTS: u32 = 4;
+
+/// Attempts of an `Any` or `Exists` append that other writers overtook.
+const OVERTAKEN_ATTEMPTS: u32 = 16;
+
+/// Event ids are UUIDv5 of the append id and the event's index in it.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5b1d_0c3e_8a44_4f0e_9d6a_2f61_7c0e_aa15);
+
+/// Options of one append.
+#[derive(Clone, Debug, Default)]
+pub struct AppendOptions {
+    id: Option<String>,
+}
+
+impl AppendOptions {
+    /// The append's id, from which its events' ids derive: appending again
+    /// with the same id and events stores them once. Without it, an append
+    /// made while a handler runs takes an id derived from the handled event
+    /// (so a redelivered handler appends once); otherwise a new UUIDv7.
+    pub fn id(mut self, id: impl Into<String>) -> AppendOptions {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// Where an append stored its events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The append's id (see [`AppendOptions::id`]).
+    pub append_id: String,
+    /// The stream.
+    pub stream: String,
+    /// Version of the first event appended.
+    pub first_version: u64,
+    /// The aggregate's version now: that of the last event appended.
+    pub version: u64,
+    /// Stream sequence of the first event appended.
+    pub first_sequence: u64,
+    /// Stream sequence of the last event appended.
+    pub sequence: u64,
+}
+
+/// The events of one append, encoded once for every attempt.
+struct Batch {
+    append_id: String,
+    /// The caller chose the id: a conflict may be its own earlier attempt.
+    id_given: bool,
+    filter: String,
+    events: Vec<PreparedEvent>,
+}
+
+/// One event of an append, encoded.
+struct PreparedEvent {
+    subject: String,
+    /// Without the version and the expectation, which depend on the attempt.
+    headers: HeaderMap,
+    payload: Bytes,
+    /// What identifies it when read back: id, type and data.
+    identity: EventIdentity,
+}
+
+/// An event's id, type and data: a stored event with the same id but
+/// another type or data is another append's.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct EventIdentity {
+    pub(crate) id: String,
+    pub(crate) event_type: String,
+    pub(crate) data: Option<Bytes>,
+}
+
+impl EventStore {
+    /// Appends `events` to the instance `key` of `A` if it is as `expected`.
+    /// All of them are stored, one after the other with no other event
+    /// between them, or none.
+    pub async fn append<A: Aggregate>(
+        &self,
+        key: &str,
+        events: Vec<A::Event>,
+        expected: Expected,
+    ) -> Result<Appended, AppendError> {
+        self.append_with::<A>(key, events, expected, AppendOptions::default())
+            .await
+    }
+
+    /// [`EventStore::append`] with options.
+    pub async fn append_with<A: Aggregate>(
+        &self,
+        key: &str,
+        events: Vec<A::Event>,
+        expected: Expected,
+        options: AppendOptions,
+    ) -> Result<Appended, AppendError> {
+        let batch = self.prepare::<A>(key, &events, options)?;
+        let tip = match expected {
+            Expected::NoStream | Expected::Version(0) => Tip::default(),
+            Expected::Any | Expected::Exists | Expected::Version(_) => {
+                self.tip(&batch.filter).await.map_err(other)?
+            }
+        };
+        let holds = match expected {
+            Expected::Any => true,
+            Expected::Exists => tip.version > 0,
+            Expected::NoStream => true,
+            Expected::Version(version) => tip.version == version,
+        };
+        if !holds {
+            // A retry of an append that was stored after all.
+            if batch.id_given {
+                if let Some(appended) = self.find_stored(&batch, tip).await? {
+                    return Ok(appended);
+                }
+            }
+            return Err(Error::new(AppendErrorKind::Conflict {
+                expected,
+                actual: tip.version,
+            }));
+        }
+        self.append_batch(&batch, tip, expected).await
+    }
+
+    /// Appends `events` right after `position` (from
+    /// [`Loaded::position`](super::Loaded::position)): as
+    /// `Expected::Version(position.version)`, but checked by the server
+    /// alone, without reading the aggregate's last event first.
+    pub async fn append_at<A: Aggregate>(
+        &self,
+        key: &str,
+        events: &[A::Event],
+        position: Position,
+    ) -> Result<Appended, AppendError> {
+        let batch = self.prepare::<A>(key, events, AppendOptions::default())?;
+        self.append_batch(&batch, position, Expected::Version(position.version))
+            .await
+    }
+
+    fn prepare<A: Aggregate>(
+        &self,
+        key: &str,
+        events: &[A::Event],
+        options: AppendOptions,
+    ) -> Result<Batch, AppendError> {
+        if events.is_empty() {
+            return Err(Error::new(AppendErrorKind::Empty));
+        }
+        if events.len() > MAX_APPEND {
+            return Err(Error::new(AppendErrorKind::TooMany {
+                count: events.len(),
+                limit: MAX_APPEND,
+            }));
+        }
+        let encoded = events
+            .iter()
+            .map(encode_event::<A>)
+            .collect::<Result<Vec<_>, _>>()?;
+        let filter = self.aggregate_filter::<A>(key).map_err(|err| {
+            Error::with_source(
+                AppendErrorKind::InvalidEvent {
+                    reason: "invalid aggregate kind or key".into(),
+                },
+                err,
+            )
+        })?;
+        let id_given = options.id.is_some();
+        let append_id = options
+            .id
+            .or_else(|| crate::lineage::next_follow_up_id(A::KIND))
+            .unwrap_or_else(|| Uuid::now_v7().to_string());
+        let events = encoded
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| self.encode(key, &append_id, index, event))
+            .collect::<Result<_, _>>()?;
+        Ok(Batch {
+            append_id,
+            id_given,
+            filter,
+            events,
+        })
+    }
+
+    /// One event's subject, headers (its id), payload and id.
+    fn encode(
+        &self,
+        key: &str,
+        append_id: &str,
+        index: usize,
+        event: EncodedEvent,
+    ) -> Result<PreparedEvent, AppendError> {
+        let invalid = |reason: &str| AppendErrorKind::InvalidEvent {
+            reason: reason.to_owned(),
+        };
+        let subject = self
+            .client
+            .subjects()
+            .event(&event.event_type, Some(key))
+            .map_err(|err| Error::with_source(invalid("invalid key"), err))?;
+        let config = self.client.config();
+        let mut envelope = Envelope::new(config.source.clone(), event.event_type.as_str());
+        envelope.id = event_id(append_id, index);
+        if event.data.is_some() {
+            envelope.data_content_type =
+                Some(crate::envelope::content_type::APPLICATION_JSON.to_owned());
+        }
+        envelope.data = event.data;
+        envelope.set_partition_key(key);
+        if let Some((cause, correlation)) = crate::lineage::handled(|lineage| {
+            (
+                lineage.event_id().to_owned(),
+                lineage.correlation_id().to_owned(),
+            )
+        }) {
+            envelope.set_causation_id(cause);
+            envelope.set_correlation_id(correlation);
+        }
+        crate::trace::inject(&mut envelope);
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, envelope.id.as_str());
+        let payload = crate::codec::encode_into(&envelope, config.encoding, &mut headers)
+            .map_err(|err| Error::with_source(invalid("does not encode"), err))?;
+        let size = crate::codec::wire_size(&headers, payload.len());
+        let limit = self.client.transport().max_payload();
+        if size > limit {
+            return Err(Error::new(invalid(&format!(
+                "{size} bytes, the server takes {limit}"
+            ))));
+        }
+        Ok(PreparedEvent {
+            subject,
+            headers,
+            payload,
+            identity: EventIdentity {
+                id: envelope.id,
+                event_type: envelope.event_type,
+                data: envelope.data,
+            },
+        })
+    }
+
+    /// The messages of `batch` appended after `tip`.
+    fn messages(batch: &Batch, tip: Tip) -> Vec<BatchMessage> {
+        batch
+            .events
+            .iter()
+            .zip(tip.version + 1..)
+            .enumerate()
+            .map(|(index, (event, version))| {
+                let mut headers = event.headers.clone();
+                headers.insert(VERSION_HEADER, version.to_string().as_str());
+                if index == 0 {
+                    headers.insert(
+                        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                        tip.sequence.to_string().as_str(),
+                    );
+                    headers.insert(
+                        EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                        batch.filter.as_str(),
+                    );
+                }
+                BatchMessage {
+                    subject: event.subject.clone(),
+                    headers,
+                    payload: event.payload.clone(),
+                }
+            })
+            .collect()
+    }
+
+    async fn append_batch(
+        &self,
+        batch: &Batch,
+        mut tip: Tip,
+        expected: Expected,
+    ) -> Result<Appended, AppendError> {
+        let overtaken_may_retry = matches!(expected, Expected::Any | Expected::Exists);
+        let mut unanswered = 0;
+        let mut overtaken = 0;
+        loop {
+            let sent = self
+                .client
+                .transport()
+                .send_batch(Self::messages(batch, tip))
+                .await;
+            let failure = match sent {
+                Ok(stored) => return Ok(appended(batch, tip, stored)),
+                Err(failure) => failure,
+            };
+            match failure.kind {
+                BatchFailureKind::Duplicate => return self.read_back(batch, tip, failure).await,
+                BatchFailureKind::WrongLastSequence { .. } => {
+                    let now = self.tip(&batch.filter).await.map_err(other)?;
+                    overtaken += 1;
+                    if !overtaken_may_retry || overtaken >= OVERTAKEN_ATTEMPTS {
+                        return Err(Error::with_source(
+                            AppendErrorKind::Conflict {
+                                expected,
+                                actual: now.version,
+                            },
+                            failure,
+                        ));
+                    }
+                    tip = now;
+                }
+                BatchFailureKind::TimedOut
+                | BatchFailureKind::NoResponders
+                | BatchFailureKind::Busy => {
+                    unanswered += 1;
+                    if unanswered >= SEND_ATTEMPTS {
+                        let kind = match failure.kind {
+                            BatchFailureKind::TimedOut => AppendErrorKind::OutcomeUnknown {
+                                append_id: batch.append_id.clone(),
+                            },
+                            BatchFailureKind::NoResponders => AppendErrorKind::NoStream,
+                            _ => AppendErrorKind::Conflict {
+                                expected,
+                                actual: self.tip(&batch.filter).await.map_err(other)?.version,
+                            },
+                        };
+                        return Err(Error::with_source(kind, failure));
+                    }
+                    tokio::time::sleep(Duration::from_millis(25) * unanswered).await;
+                }
+                BatchFailureKind::AtomicPublishDisabled => {
+                    return Err(Error::with_source(
+                        AppendErrorKind::AtomicPublishDisabled {
+                            stream: self.stream.clone(),
+                        },
+                        failure,
+                    ))
+                }
+                BatchFailureKind::TooLarge => {
+                    return Err(Error::with_source(
+                        AppendErrorKind::TooMany {
+                            count: batch.events.len(),
+                            limit: MAX_APPEND,
+                        },
+                        failure,
+                    ))
+                }
+                BatchFailureKind::Unsupported | BatchFailureKind::Rejected => {
+                    return Err(Error::with_source(AppendErrorKind::Other, failure))
+                }
+            }
+        }
+    }
+
+    /// The server refused `batch` as a duplicate: an earlier attempt stored
+    /// it. Reads it back to be sure it is this append's and where it is.
+    async fn read_back(
+        &self,
+        batch: &Batch,
+        tip: Tip,
+        failure: BatchFailure,
+    ) -> Result<Appended, AppendError> {
+        match self.find_stored(batch, tip).await? {
+            Some(appended) => Ok(appended),
+            None => Err(Error::with_source(
+                AppendErrorKind::IdReused {
+                    append_id: batch.append_id.clone(),
+                },
+                failure,
+            )),
+        }
+    }
+
+    /// Where `batch` is stored, if it is: right after `tip` when an attempt
+    /// guarded by `tip` stored it (the usual case, a few direct gets), else
+    /// anywhere in the aggregate (a full scan, for retries after others
+    /// appended).
+    async fn find_stored(&self, batch: &Batch, tip: Tip) -> Result<Option<Appended>, AppendError> {
+        let count = batch.events.len();
+        let ids: Vec<&EventIdentity> = batch.events.iter().map(|event| &event.identity).collect();
+        let after_tip = self
+            .read_few(&batch.filter, tip.sequence, count)
+            .await
+            .map_err(other)?;
+        let mut found = matching(&after_tip, &ids);
+        if found.is_none() {
+            let mut window = std::collections::VecDeque::with_capacity(count);
+            let until = self.tip(&batch.filter).await.map_err(other)?;
+            self.replay(&batch.filter, 0, until.sequence, |stored| {
+                if found.is_none() {
+                    if window.len() == count {
+                        window.pop_front();
+                    }
+                    window.push_back(stored);
+                    found = matching(window.make_contiguous(), &ids);
+                }
+                Ok(())
+            })
+            .await
+            .map_err(other)?;
+        }
+        Ok(found.map(|(first, last)| Appended {
+            append_id: batch.append_id.clone(),
+            stream: self.stream.clone(),
+            first_version: first.version,
+            version: last.version,
+            first_sequence: first.sequence,
+            sequence: last.sequence,
+        }))
+    }
+}
+
+/// The first and last of `stored` (version, sequence) when they are
+/// exactly the events `ids`.
+fn matching(stored: &[super::read::StoredEvent], ids: &[&EventIdentity]) -> Option<(Tip, Tip)> {
+    let all = stored.len() == ids.len()
+        && stored
+            .iter()
+            .zip(ids)
+            .all(|(stored, id)| stored.identity().as_ref() == Some(*id));
+    let tip = |stored: &super::read::StoredEvent| Tip {
+        version: stored.version,
+        sequence: stored.sequence,
+    };
+    match (all, stored.first(), stored.last()) {
+        (true, Some(first), Some(last)) => Some((tip(first), tip(last))),
+        _ => None,
+    }
+}
+
+fn appended(batch: &Batch, tip: Tip, stored: StoredBatch) -> Appended {
+    let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
+    Appended {
+        append_id: batch.append_id.clone(),
+        stream: stored.stream,
+        first_version: tip.version + 1,
+        version: tip.version + count,
+        first_sequence: stored.first_sequence,
+        sequence: stored.last_sequence,
+    }
+}
+
+fn other(err: LoadError) -> AppendError {
+    Error::with_source(AppendErrorKind::Other, err)
+}
+
+/// The id of the event at `index` of the append `append_id`. Parts are
+/// length-prefixed so no two different inputs make the same name.
+fn event_id(append_id: &str, index: usize) -> String {
+    let mut name = Vec::with_capacity(append_id.len() + 16);
+    name.extend_from_slice(&(append_id.len() as u64).to_be_bytes());
+    name.extend_from_slice(append_id.as_bytes());
+    name.extend_from_slice(&(index as u64).to_be_bytes());
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name).to_string()
+}

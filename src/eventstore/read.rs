@@ -1,0 +1,191 @@
+//! Reading an aggregate's events: its last one (where it stands) and the
+//! ones after a stream sequence.
+//!
+//! A replay reads through an ordered pull consumer filtered on the
+//! aggregate: the server streams the events in batches, where a direct get
+//! costs one round trip per event.
+
+use async_nats::jetstream::{self, consumer, stream::DirectGetErrorKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::append::EventIdentity;
+use super::error::{LoadError, LoadErrorKind};
+use super::{Aggregate, EventStore, VERSION_HEADER};
+use crate::event::EventType;
+use crate::subject::escape_key;
+use crate::Error;
+
+/// Where an aggregate stands, as the store reads it.
+pub(crate) use super::Position as Tip;
+
+/// One stored event of an aggregate, not decoded yet.
+#[derive(Debug)]
+pub(crate) struct StoredEvent {
+    pub(crate) sequence: u64,
+    pub(crate) version: u64,
+    pub(crate) headers: Option<HeaderMap>,
+    pub(crate) payload: Bytes,
+}
+
+impl StoredEvent {
+    fn new(sequence: u64, headers: Option<HeaderMap>, payload: Bytes) -> StoredEvent {
+        let version = headers
+            .as_ref()
+            .and_then(|headers| headers.get(VERSION_HEADER))
+            .and_then(|value| value.as_str().parse().ok())
+            .unwrap_or(0);
+        StoredEvent {
+            sequence,
+            version,
+            headers,
+            payload,
+        }
+    }
+
+    /// The event's id, type and data.
+    pub(crate) fn identity(&self) -> Option<EventIdentity> {
+        crate::codec::decode(self.headers.as_ref(), &self.payload)
+            .ok()
+            .map(|envelope| EventIdentity {
+                id: envelope.id,
+                event_type: envelope.event_type,
+                data: envelope.data,
+            })
+    }
+
+    /// Decodes it as one of `A`'s events.
+    pub(crate) fn decode<A: Aggregate>(&self) -> Result<A::Event, LoadError> {
+        let envelope =
+            crate::codec::decode(self.headers.as_ref(), &self.payload).map_err(|err| {
+                Error::with_source(
+                    LoadErrorKind::Undecodable {
+                        sequence: self.sequence,
+                        reason: "not a CloudEvent".into(),
+                    },
+                    err,
+                )
+            })?;
+        super::aggregate::decode_event::<A>(
+            &envelope.event_type,
+            envelope.data.as_deref(),
+            self.sequence,
+        )
+    }
+}
+
+fn read_error(err: impl Into<crate::error::BoxError>) -> LoadError {
+    Error::with_source(LoadErrorKind::Read, err)
+}
+
+impl EventStore {
+    /// The filter selecting every event of `A`'s instance `key`.
+    pub(crate) fn aggregate_filter<A: Aggregate>(
+        &self,
+        key: &str,
+    ) -> Result<String, crate::subject::SubjectError> {
+        // KIND must be two tokens of a valid type.
+        EventType::parse(&format!("{}.any.v1", A::KIND))?;
+        let key = escape_key(key)?;
+        Ok(format!(
+            "{}.{}.*.*.{key}",
+            self.client.subjects().env(),
+            A::KIND
+        ))
+    }
+
+    async fn js_stream(&self) -> Result<jetstream::stream::Stream<()>, LoadError> {
+        let nats = self
+            .client
+            .nats_transport("the event store")
+            .map_err(read_error)?;
+        nats.jetstream
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(read_error)
+    }
+
+    /// Where the aggregate selected by `filter` stands now.
+    pub(crate) async fn tip(&self, filter: &str) -> Result<Tip, LoadError> {
+        let stream = self.js_stream().await?;
+        match stream.direct_get_last_for_subject(filter).await {
+            Ok(message) => {
+                let last =
+                    StoredEvent::new(message.sequence, Some(message.headers), message.payload);
+                Ok(Tip {
+                    version: last.version,
+                    sequence: last.sequence,
+                })
+            }
+            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(Tip::default()),
+            Err(err) => Err(read_error(err)),
+        }
+    }
+
+    /// Up to `limit` events of `filter` after stream sequence `after`, one
+    /// direct get each (for short reads).
+    pub(crate) async fn read_few(
+        &self,
+        filter: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LoadError> {
+        let stream = self.js_stream().await?;
+        let mut events = Vec::with_capacity(limit);
+        let mut from = after + 1;
+        while events.len() < limit {
+            match stream.direct_get_next_for_subject(filter, Some(from)).await {
+                Ok(message) => {
+                    from = message.sequence + 1;
+                    events.push(StoredEvent::new(
+                        message.sequence,
+                        Some(message.headers),
+                        message.payload,
+                    ));
+                }
+                Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => break,
+                Err(err) => return Err(read_error(err)),
+            }
+        }
+        Ok(events)
+    }
+
+    /// Calls `each` on every event of `filter` after stream sequence `after`
+    /// up to and including `until`, in order.
+    pub(crate) async fn replay(
+        &self,
+        filter: &str,
+        after: u64,
+        until: u64,
+        mut each: impl FnMut(StoredEvent) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        if after >= until {
+            return Ok(());
+        }
+        let stream = self.js_stream().await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(read_error)?;
+        let mut messages = consumer.messages().await.map_err(read_error)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(read_error)?;
+            let sequence = message.info().map_err(read_error)?.stream_sequence;
+            let message = message.message;
+            each(StoredEvent::new(sequence, message.headers, message.payload))?;
+            if sequence >= until {
+                return Ok(());
+            }
+        }
+        Err(read_error(
+            "the replay ended before the aggregate's last event",
+        ))
+    }
+}

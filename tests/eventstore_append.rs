@@ -1,0 +1,304 @@
+//! Appending to aggregates against a real nats-server: versions, expected
+//! versions, atomic multi-event appends, retried appends, bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use jetevents::eventstore::{
+    Aggregate, AppendErrorKind, AppendOptions, EventStore, Expected, MAX_APPEND,
+};
+use serde::{Deserialize, Serialize};
+
+mod eventstore_support;
+use eventstore_support::{
+    connect, deposits, fresh_store, shared_server, stored_messages, unique, Account, AccountEvent,
+};
+
+fn conflict_actual(kind: &AppendErrorKind) -> u64 {
+    match kind {
+        AppendErrorKind::Conflict { actual, .. } => *actual,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_append_stores_consecutive_versions_on_the_aggregates_subjects() {
+    let (client, store) = fresh_store().await;
+    let opened = AccountEvent::Opened {
+        owner: "ada".into(),
+    };
+    let first = store
+        .append::<Account>("a-1", vec![opened], Expected::NoStream)
+        .await
+        .unwrap();
+    assert_eq!((first.first_version, first.version), (1, 1));
+    let second = store
+        .append::<Account>("a-1", deposits([5, 7, 9]), Expected::Version(1))
+        .await
+        .unwrap();
+    assert_eq!((second.first_version, second.version), (2, 4));
+    assert_eq!(second.sequence - second.first_sequence, 2);
+    // Another aggregate's events are not this one's.
+    store
+        .append::<Account>("a-2", deposits([1]), Expected::Any)
+        .await
+        .unwrap();
+
+    let env = client.subjects().env().to_owned();
+    let stored = stored_messages(&client, &store, "a-1").await;
+    let subjects: Vec<_> = stored.iter().map(|(_, s, v)| (s.clone(), *v)).collect();
+    assert_eq!(
+        subjects,
+        [
+            (format!("{env}.bank.account.opened.v1.a-1"), 1),
+            (format!("{env}.bank.account.deposited.v1.a-1"), 2),
+            (format!("{env}.bank.account.deposited.v1.a-1"), 3),
+            (format!("{env}.bank.account.deposited.v1.a-1"), 4),
+        ]
+    );
+    let loaded = store.load::<Account>("a-1").await.unwrap();
+    assert_eq!(loaded.version, 4);
+    assert_eq!(loaded.sequence, second.sequence);
+    assert_eq!(loaded.state.amounts, [5, 7, 9]);
+    assert!(loaded.state.open);
+}
+
+#[tokio::test]
+async fn each_expectation_is_checked_and_a_conflict_says_the_actual_version() {
+    let (client, store) = fresh_store().await;
+    let err = store
+        .append::<Account>("b", deposits([1]), Expected::Exists)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err.kind()), 0);
+    store
+        .append::<Account>("b", deposits([1, 2]), Expected::Any)
+        .await
+        .unwrap();
+    for expected in [
+        Expected::NoStream,
+        Expected::Version(0),
+        Expected::Version(1),
+        Expected::Version(3),
+    ] {
+        let err = store
+            .append::<Account>("b", deposits([3, 4, 5]), expected)
+            .await
+            .unwrap_err();
+        assert_eq!(conflict_actual(err.kind()), 2, "{expected:?}");
+    }
+    // The refused multi-event appends stored nothing.
+    assert_eq!(stored_messages(&client, &store, "b").await.len(), 2);
+    let appended = store
+        .append::<Account>("b", deposits([3]), Expected::Exists)
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 3);
+    let appended = store
+        .append::<Account>("b", deposits([4, 5]), Expected::Version(3))
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 5);
+}
+
+#[tokio::test]
+async fn the_server_refuses_a_stale_multi_event_append_as_a_whole() {
+    // Two writers loaded version 1; the slower one's guarded batch must be
+    // refused by the server, not by a check in the client.
+    let (client, store) = fresh_store().await;
+    store
+        .append::<Account>("c", deposits([1]), Expected::NoStream)
+        .await
+        .unwrap();
+    let loaded = store.load::<Account>("c").await.unwrap();
+    store
+        .append::<Account>("c", deposits([2]), Expected::Version(1))
+        .await
+        .unwrap();
+    let err = store
+        .append_at::<Account>("c", &deposits([10, 11, 12]), loaded.position())
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err.kind()), 2);
+    assert_eq!(stored_messages(&client, &store, "c").await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_append_retried_with_its_id_is_stored_once() {
+    let (client, store) = fresh_store().await;
+    let options = AppendOptions::default().id("append-1");
+    let first = store
+        .append_with::<Account>(
+            "d",
+            deposits([1, 2, 3]),
+            Expected::NoStream,
+            options.clone(),
+        )
+        .await
+        .unwrap();
+    // The same append again, as after a lost ack: with its expectation
+    // (refused as a duplicate batch, then read back) ...
+    let again = store
+        .append_with::<Account>(
+            "d",
+            deposits([1, 2, 3]),
+            Expected::NoStream,
+            options.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    // ... and after another writer appended (found by scanning).
+    store
+        .append::<Account>("d", deposits([4]), Expected::Any)
+        .await
+        .unwrap();
+    let late = store
+        .append_with::<Account>("d", deposits([1, 2, 3]), Expected::Version(0), options)
+        .await
+        .unwrap();
+    assert_eq!(late, first);
+    let versions: Vec<u64> = stored_messages(&client, &store, "d")
+        .await
+        .iter()
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4]);
+    // A single event too (a plain publish, deduplicated by its id).
+    let options = AppendOptions::default().id("append-2");
+    let one = store
+        .append_with::<Account>("d", deposits([5]), Expected::Version(4), options.clone())
+        .await
+        .unwrap();
+    let one_again = store
+        .append_with::<Account>("d", deposits([5]), Expected::Version(4), options)
+        .await
+        .unwrap();
+    assert_eq!(one_again, one);
+    assert_eq!(store.load::<Account>("d").await.unwrap().version, 5);
+}
+
+#[tokio::test]
+async fn an_id_reused_for_other_events_is_refused() {
+    let (_client, store) = fresh_store().await;
+    let options = AppendOptions::default().id("append-x");
+    store
+        .append_with::<Account>("e", deposits([1, 2]), Expected::NoStream, options.clone())
+        .await
+        .unwrap();
+    let err = store
+        .append_with::<Account>("e", deposits([3, 4]), Expected::Version(2), options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), AppendErrorKind::IdReused { append_id } if append_id == "append-x"),
+        "{err:?}"
+    );
+}
+
+/// Events whose type names another aggregate.
+#[derive(Default)]
+struct Mislabelled;
+
+#[derive(Serialize, Deserialize)]
+enum MislabelledEvent {
+    #[serde(rename = "bank.loan.granted.v1")]
+    Granted,
+    #[serde(rename = "granted")]
+    NoVersion,
+    Plain(u64, u64),
+}
+
+impl Aggregate for Mislabelled {
+    const KIND: &'static str = "bank.account";
+    type Event = MislabelledEvent;
+    type Command = ();
+    type Error = std::convert::Infallible;
+    fn apply(&mut self, _: &MislabelledEvent) {}
+    fn handle(&self, _: &()) -> Result<Vec<MislabelledEvent>, Self::Error> {
+        Ok(vec![])
+    }
+}
+
+#[tokio::test]
+async fn bad_appends_get_typed_errors_and_store_nothing() {
+    let (client, store) = fresh_store().await;
+    let err = store
+        .append::<Account>("f", vec![], Expected::Any)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &AppendErrorKind::Empty);
+
+    let err = store
+        .append::<Account>("f", deposits(0..=MAX_APPEND as u64), Expected::Any)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &AppendErrorKind::TooMany {
+            count: MAX_APPEND + 1,
+            limit: MAX_APPEND
+        }
+    );
+    // The limit itself is one atomic batch.
+    let full = store
+        .append::<Account>("g", deposits(1..=MAX_APPEND as u64), Expected::NoStream)
+        .await
+        .unwrap();
+    assert_eq!(full.version, MAX_APPEND as u64);
+    assert_eq!(full.sequence - full.first_sequence, MAX_APPEND as u64 - 1);
+
+    let err = store
+        .append::<Mislabelled>("f", vec![MislabelledEvent::Granted], Expected::Any)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), AppendErrorKind::WrongAggregate { event_type, .. } if event_type == "bank.loan.granted.v1"),
+        "{err:?}"
+    );
+    for event in [MislabelledEvent::NoVersion, MislabelledEvent::Plain(1, 2)] {
+        let err = store
+            .append::<Mislabelled>("f", vec![event], Expected::Any)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), AppendErrorKind::InvalidEvent { .. }),
+            "{err:?}"
+        );
+    }
+    assert!(stored_messages(&client, &store, "f").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_without_atomic_publish_refuses_multi_event_appends_and_says_how_to_fix() {
+    let server = shared_server().await;
+    let client = connect(&server.url(), &unique("es"), |_| {}).await;
+    let name = unique("PLAIN");
+    client
+        .jetstream()
+        .unwrap()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.bank.>", client.subjects().env())],
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = EventStore::new(client.clone(), name.clone());
+    let err = store
+        .append::<Account>("h", deposits([1, 2]), Expected::NoStream)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &AppendErrorKind::AtomicPublishDisabled {
+            stream: name.clone()
+        }
+    );
+    assert!(err.to_string().contains("allow_atomic_publish"), "{err}");
+    assert!(stored_messages(&client, &store, "h").await.is_empty());
+    // One event needs no batch.
+    store
+        .append::<Account>("h", deposits([1]), Expected::NoStream)
+        .await
+        .unwrap();
+}

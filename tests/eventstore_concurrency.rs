@@ -1,0 +1,184 @@
+//! Concurrent writers on one aggregate against a real nats-server, and
+//! command handling that retries when overtaken.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::stream::StorageType;
+use jetevents::eventstore::{
+    AppendErrorKind, Appended, CommandErrorKind, Expected, SnapshotPolicy, Snapshots,
+};
+
+mod eventstore_support;
+use eventstore_support::{
+    deposits, fresh_store, fresh_store_in, stored_messages, unique, Account, AccountCommand,
+};
+
+const WRITERS: u64 = 4;
+const APPENDS: usize = 1_000;
+const EVENTS_PER_APPEND: u64 = 10;
+
+/// The amount of event `index` of a writer's `append`: each event names
+/// who wrote it, in which append and where in it.
+fn amount(writer: u64, append: u64, index: u64) -> u64 {
+    writer * 1_000_000_000 + append * 100 + index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_win_each_version_once_without_gaps_or_interleaving() {
+    // In memory: a thousand file-staged batches take long on a busy machine,
+    // and the atomicity under test is the server's either way.
+    let (client, store) = fresh_store_in(StorageType::Memory).await;
+    let won = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        let won = won.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine: Vec<(u64, Appended)> = Vec::new();
+            let mut conflicts = 0u64;
+            let mut expected = 0;
+            let mut append = 0;
+            while won.load(std::sync::atomic::Ordering::Relaxed) < APPENDS {
+                let events = deposits((0..EVENTS_PER_APPEND).map(|i| amount(writer, append, i)));
+                match store
+                    .append::<Account>("shared", events, Expected::Version(expected))
+                    .await
+                {
+                    Ok(appended) => {
+                        assert_eq!(appended.first_version, expected + 1);
+                        expected = appended.version;
+                        mine.push((append, appended));
+                        append += 1;
+                        won.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(err) => match err.kind() {
+                        AppendErrorKind::Conflict { actual, .. } => {
+                            assert!(*actual > expected, "a conflict moves forward");
+                            conflicts += 1;
+                            expected = *actual;
+                        }
+                        other => panic!("writer {writer}: {other:?}: {err}"),
+                    },
+                }
+            }
+            (writer, mine, conflicts)
+        }));
+    }
+    let mut by_version = BTreeMap::new();
+    let mut conflicts = 0;
+    for task in tasks {
+        let (writer, mine, lost) = task.await.unwrap();
+        conflicts += lost;
+        for (append, appended) in mine {
+            // Exactly one writer won each version.
+            let previous = by_version.insert(appended.first_version, (writer, append, appended));
+            assert!(previous.is_none());
+        }
+    }
+    assert!(by_version.len() >= APPENDS);
+    assert!(conflicts > 0, "the writers never raced: nothing was tested");
+
+    let stored = stored_messages(&client, &store, "shared").await;
+    let total = by_version.len() as u64 * EVENTS_PER_APPEND;
+    let versions: Vec<u64> = stored.iter().map(|(_, _, version)| *version).collect();
+    assert_eq!(
+        versions,
+        (1..=total).collect::<Vec<_>>(),
+        "versions have gaps"
+    );
+    let loaded = store.load::<Account>("shared").await.unwrap();
+    assert_eq!(loaded.version, total);
+    // Each append's ten events sit together, in order, where its ack said.
+    let mut next_version = 1;
+    for (first_version, (writer, append, appended)) in &by_version {
+        assert_eq!(*first_version, next_version);
+        let at = (*first_version - 1) as usize;
+        let written: Vec<u64> = (0..EVENTS_PER_APPEND)
+            .map(|i| amount(*writer, *append, i))
+            .collect();
+        assert_eq!(
+            loaded.state.amounts[at..at + EVENTS_PER_APPEND as usize],
+            written[..]
+        );
+        assert_eq!(stored[at].0, appended.first_sequence);
+        assert_eq!(
+            stored[at + EVENTS_PER_APPEND as usize - 1].0,
+            appended.sequence
+        );
+        next_version = appended.version + 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_retry_when_overtaken_and_every_deposit_lands_once() {
+    let (client, store) = fresh_store().await;
+    let bucket = client
+        .jetstream()
+        .unwrap()
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: unique("snap"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let store = store.with_snapshots(Snapshots::new(bucket, SnapshotPolicy::EveryEvents(10)));
+    let err = store
+        .execute::<Account>("acc", &AccountCommand::Deposit(vec![1]), 5)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), CommandErrorKind::Refused(_)),
+        "{err:?}"
+    );
+    let opened = store
+        .execute::<Account>("acc", &AccountCommand::Open, 5)
+        .await
+        .unwrap();
+    assert_eq!(opened.version, 1);
+    // Opening again decides nothing.
+    let again = store
+        .execute::<Account>("acc", &AccountCommand::Open, 5)
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.appended), (1, None));
+
+    let mut tasks = Vec::new();
+    for writer in 0..4u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut retried = 0;
+            for n in 0..25u64 {
+                let command = AccountCommand::Deposit(vec![writer * 100 + n, 1]);
+                let executed = store
+                    .execute::<Account>("acc", &command, 100)
+                    .await
+                    .unwrap();
+                retried += executed.attempts - 1;
+            }
+            retried
+        }));
+    }
+    let mut retried = 0;
+    for task in tasks {
+        retried += task.await.unwrap();
+    }
+    assert!(retried > 0, "the commands never raced: nothing was tested");
+    let loaded = store.load::<Account>("acc").await.unwrap();
+    assert_eq!(loaded.version, 1 + 4 * 25 * 2);
+    let mut amounts = loaded.state.amounts.clone();
+    amounts.sort_unstable();
+    let mut expected: Vec<u64> = (0..4u64)
+        .flat_map(|w| (0..25u64).flat_map(move |n| [w * 100 + n, 1]))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(amounts, expected);
+    // Snapshots were taken: the load replayed fewer than 10 events.
+    assert!(loaded.replayed < 10, "replayed {}", loaded.replayed);
+    let all = stored_messages(&client, &store, "acc").await;
+    assert_eq!(all.len() as u64, loaded.version);
+    assert!(matches!(
+        all.first(),
+        Some((_, subject, 1)) if subject.contains(".bank.account.opened.v1.")
+    ));
+}
