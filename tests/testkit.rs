@@ -258,7 +258,9 @@ async fn an_ephemeral_consumer_on_the_in_memory_client_is_refused() {
         .handle(|_: PaymentRequested, _: Context<()>| async { Ok(()) })
         .build()
         .await;
-    let err = built.err().expect("an ephemeral consumer needs NATS");
+    let Err(err) = built else {
+        panic!("an ephemeral consumer needs NATS");
+    };
     assert_eq!(*err.kind(), jetevents::consume::ConsumeErrorKind::Subscribe);
     assert!(err.to_string().contains("in-memory"), "{err}");
 }
