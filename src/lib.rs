@@ -16,6 +16,7 @@
 //! - [`lineage`]: the event a handler handles, the cause of what it publishes;
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
+//! - [`service`]: typed request-reply on the NATS services framework;
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod provision;
 pub mod publish;
 mod semconv;
+pub mod service;
 pub mod subject;
 mod token;
 pub mod trace;

@@ -26,7 +26,8 @@ async fn tail_decodes_binary_and_structured_events_and_shows_undecodable_ones() 
     // Not a CloudEvent: no ce- headers, not structured JSON.
     world
         .client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .publish(format!("{}.garbage", world.env), "not an event".into())
         .await
         .unwrap()
@@ -187,7 +188,8 @@ async fn dead_letter(world: &World, dlq: &str, consumer: &str, reason: &str, key
     }
     world
         .client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .publish_with_headers(format!("{dlq}.{consumer}.{subject}"), headers, payload)
         .await
         .unwrap()
@@ -337,7 +339,8 @@ async fn groups_reports_backlog_and_verdicts() {
     }
     let stream = world
         .client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .get_stream(&world.stream)
         .await
         .unwrap();

@@ -148,7 +148,8 @@ async fn topology_plan_reports_storage_drift_as_a_recreate() {
     let subject = format!("{}.memory.>", unique("m"));
     world
         .client
-        .jetstream().unwrap()
+        .jetstream()
+        .unwrap()
         .create_stream(async_nats::jetstream::stream::Config {
             name: stream.clone(),
             subjects: vec![subject.clone()],

@@ -174,9 +174,7 @@ impl TestKit {
         let mut last_seen = None;
         loop {
             let info = self.jetstream.consumer_info(stream, group);
-            let seen = info
-                .as_ref()
-                .map(|info| (info.delivered, info.ack_floor));
+            let seen = info.as_ref().map(|info| (info.delivered, info.ack_floor));
             poll = if seen == last_seen {
                 (poll * 2).min(MAX_IDLE_POLL)
             } else {

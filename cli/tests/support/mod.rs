@@ -63,7 +63,8 @@ impl World {
         .await
         .unwrap();
         client
-            .jetstream().unwrap()
+            .jetstream()
+            .unwrap()
             .create_stream(async_nats::jetstream::stream::Config {
                 name: stream.clone(),
                 subjects: vec![format!("{env}.>")],
@@ -138,7 +139,13 @@ impl World {
 
     /// Messages in `stream` now.
     pub async fn stream_messages(&self, stream: &str) -> u64 {
-        let mut stream = self.client.jetstream().unwrap().get_stream(stream).await.unwrap();
+        let mut stream = self
+            .client
+            .jetstream()
+            .unwrap()
+            .get_stream(stream)
+            .await
+            .unwrap();
         stream.info().await.unwrap().state.messages
     }
 }

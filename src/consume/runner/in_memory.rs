@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::consume::router;
-use crate::consume::stack::Handlers;
 use crate::consume::settings::{self, Settings};
+use crate::consume::stack::Handlers;
 use crate::consume::{ConsumeError, ConsumeErrorKind, Consumer, Source};
 use crate::error::Error;
 use crate::testing::{ConsumerConfig, DeliverPolicy, MemoryErrorKind, MemoryJetStream};
