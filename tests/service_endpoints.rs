@@ -207,28 +207,36 @@ async fn an_answer_of_another_type_is_undecodable() {
 }
 
 #[tokio::test]
-async fn two_instances_share_the_requests() {
+async fn two_instances_share_the_requests_each_handled_once() {
     let client = client().await;
     let name = unique("pricing");
+    let handled_by = Arc::new(Mutex::new(Vec::new()));
     let mut instances = Vec::new();
     for label in ["first", "second"] {
+        let log = handled_by.clone();
         let running = client
             .service(&name, "1.0.0")
-            .with_state(label.to_owned())
-            .endpoint(price)
+            .endpoint(move |_: QuoteRequested, _: Context| {
+                log.lock().unwrap().push(label);
+                std::future::ready(Ok::<_, EndpointError>(QuoteGiven {
+                    cents: 1,
+                    instance: label.to_owned(),
+                }))
+            })
             .start()
             .await
             .unwrap();
         instances.push(running);
     }
-    let mut answered_by = Vec::new();
     for n in 0..40 {
-        let answer: QuoteGiven = client.call(&quote(&format!("sku{n}"))).await.unwrap();
-        answered_by.push(answer.instance);
+        let _: QuoteGiven = client.call(&quote(&format!("sku{n}"))).await.unwrap();
     }
-    let distinct: HashSet<_> = answered_by.iter().collect();
-    assert_eq!(distinct.len(), 2, "{answered_by:?}");
     for running in instances {
         running.stop().await;
     }
+    let handled_by = handled_by.lock().unwrap().clone();
+    // Every request handled by exactly one instance, both taking some.
+    assert_eq!(handled_by.len(), 40, "{handled_by:?}");
+    let distinct: HashSet<_> = handled_by.iter().collect();
+    assert_eq!(distinct.len(), 2, "{handled_by:?}");
 }

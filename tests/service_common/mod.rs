@@ -1,5 +1,5 @@
 //! Helpers of the request-reply tests (`tests/service_*.rs`).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub use crate::support::{eventually, unique};
 
