@@ -191,7 +191,7 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 tokio::spawn(serve_endpoint(requests, runtime, self.max_in_flight))
             })
             .collect();
-        Ok(RunningService::new(service, endpoints))
+        Ok(RunningService::new(service, nats.clone(), endpoints).await)
     }
 
     /// The subject of every endpoint, checking each request type is valid

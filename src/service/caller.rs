@@ -124,12 +124,12 @@ impl Caller {
                 .send_request(subject.clone(), sent)
                 .await
                 .map_err(|err| {
-                    let kind = match err.kind() {
-                        RequestErrorKind::NoResponders => CallErrorKind::NoResponders,
-                        RequestErrorKind::TimedOut => CallErrorKind::TimedOut,
-                        _ => CallErrorKind::Request,
-                    };
-                    Error::with_source(kind, err)
+                    // The first two say all there is; the others keep the cause.
+                    match err.kind() {
+                        RequestErrorKind::NoResponders => Error::new(CallErrorKind::NoResponders),
+                        RequestErrorKind::TimedOut => Error::new(CallErrorKind::TimedOut),
+                        _ => Error::with_source(CallErrorKind::Request, err),
+                    }
                 })?;
             decode_answer(reply)
         }
