@@ -63,8 +63,8 @@ mod schema;
 mod serve;
 mod wire;
 
-pub use builder::ServiceBuilder;
-pub use caller::Caller;
+pub use builder::{ServiceBuilder, DEFAULT_ENDPOINT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
+pub use caller::{Caller, DEFAULT_CALL_TIMEOUT};
 pub use context::Context;
 pub use endpoint_error::EndpointError;
 pub use error::{CallError, CallErrorKind, StartError, StartErrorKind};

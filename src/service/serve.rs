@@ -51,8 +51,8 @@ pub(crate) async fn serve_endpoint<S: Clone + Send + Sync + 'static>(
     let slots = Arc::new(Semaphore::new(max_in_flight));
     let mut in_flight = JoinSet::new();
     while let Some(request) = requests.next().await {
-        // Waiting for a slot here keeps further requests with the server,
-        // where another instance of the queue group may take them.
+        // Bounds the handlers running at once; further requests wait in
+        // the subscription's buffer.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
