@@ -18,6 +18,7 @@
 //! - [`consume`]: the consumer runtime;
 //! - [`eventstore`]: event sourcing: aggregates appended atomically with an
 //!   expected version, loaded from snapshots and their events;
+//! - [`service`]: typed request-reply on the NATS services framework;
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod provision;
 pub mod publish;
 mod semconv;
+pub mod service;
 pub mod subject;
 mod token;
 pub mod trace;

@@ -1,0 +1,91 @@
+//! Adapting a typed `async fn(Req, Context<S>) -> Result<Resp, E>` into the
+//! one boxed shape the endpoint stack calls.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::envelope::Envelope;
+use crate::event::Event;
+
+use super::context::Context;
+use super::endpoint_error::EndpointError;
+
+/// An endpoint with its types erased: the request envelope in, the response
+/// envelope (or the error to answer) out.
+pub(crate) type ErasedHandler<S> =
+    Arc<dyn Fn(&Envelope, Context<S>) -> BoxFuture<'static, Answer> + Send + Sync>;
+
+/// What an endpoint answers.
+pub(crate) type Answer = Result<Envelope, EndpointError>;
+
+/// Erases `handler`; its responses get `source` as CloudEvents `source`.
+pub(crate) fn erase<Req, Resp, E, F, Fut, S>(handler: F, source: Arc<str>) -> ErasedHandler<S>
+where
+    Req: Event,
+    Resp: Event,
+    E: Into<EndpointError>,
+    F: Fn(Req, Context<S>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    S: Send + 'static,
+{
+    Arc::new(move |request_envelope: &Envelope, context: Context<S>| {
+        let request = match request_envelope.decode_data::<Req>() {
+            Ok(request) => request,
+            Err(err) => {
+                let answer = Err(EndpointError::new(
+                    EndpointError::BAD_REQUEST,
+                    format!("undecodable request: {err}"),
+                ));
+                return Box::pin(std::future::ready(answer));
+            }
+        };
+        let response = handler(request, context);
+        let source = source.clone();
+        let lineage = AnsweredRequest::of(request_envelope);
+        Box::pin(async move {
+            let response = response.await.map_err(Into::into)?;
+            let mut envelope = Envelope::from_event(&*source, &response).map_err(|err| {
+                EndpointError::new(
+                    EndpointError::INTERNAL,
+                    format!("unencodable response: {err}"),
+                )
+            })?;
+            lineage.write_into(&mut envelope);
+            Ok(envelope)
+        })
+    })
+}
+
+/// `handler`, taking the context of a builder with other state.
+pub(crate) fn without_state<S2: Send + 'static>(handler: ErasedHandler<()>) -> ErasedHandler<S2> {
+    Arc::new(move |request: &Envelope, context: Context<S2>| {
+        handler(request, context.map_state(|_| ()))
+    })
+}
+
+/// The request a response answers: its causation and correlation.
+struct AnsweredRequest {
+    request_id: String,
+    correlation_id: Option<String>,
+}
+
+impl AnsweredRequest {
+    fn of(request: &Envelope) -> Self {
+        Self {
+            request_id: request.id.clone(),
+            correlation_id: request.correlation_id().map(str::to_owned),
+        }
+    }
+
+    /// The response is caused by the request and shares its correlation
+    /// (the request's id when it has none).
+    fn write_into(self, response: &mut Envelope) {
+        response.set_correlation_id(
+            self.correlation_id
+                .unwrap_or_else(|| self.request_id.clone()),
+        );
+        response.set_causation_id(self.request_id);
+    }
+}

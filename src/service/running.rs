@@ -1,0 +1,73 @@
+//! [`RunningService`]: a started service, until stopped or dropped.
+
+use async_nats::service::{Info, Service};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::task::JoinHandle;
+
+use crate::Error;
+
+use super::error::{CallError, CallErrorKind};
+
+/// A service instance answering requests. Dropping it stops answering at
+/// once (requests in flight are abandoned); [`stop`](Self::stop) drains them.
+#[derive(Debug)]
+pub struct RunningService {
+    /// `None` only once stopping began.
+    service: Option<Service>,
+    /// `$SRV.INFO.{name}.{id}`: this instance's discovery subject.
+    info_subject: String,
+    nats: async_nats::Client,
+    endpoints: Vec<JoinHandle<()>>,
+}
+
+impl RunningService {
+    pub(crate) async fn new(
+        service: Service,
+        nats: async_nats::Client,
+        endpoints: Vec<JoinHandle<()>>,
+    ) -> Self {
+        let own = service.info().await;
+        Self {
+            info_subject: format!("$SRV.INFO.{}.{}", own.name, own.id),
+            service: Some(service),
+            nats,
+            endpoints,
+        }
+    }
+
+    /// What `$SRV.INFO` answers for this instance: its id, name, version and
+    /// endpoints with their metadata. Asks the server, as any client would.
+    pub async fn info(&self) -> Result<Info, CallError> {
+        let reply = self
+            .nats
+            .request(self.info_subject.clone(), Bytes::new())
+            .await
+            .map_err(|err| Error::with_source(CallErrorKind::Request, err))?;
+        serde_json::from_slice(&reply.payload)
+            .map_err(|err| Error::with_source(CallErrorKind::Undecodable, err))
+    }
+
+    /// Stops taking requests, lets those in flight answer, then returns.
+    pub async fn stop(mut self) {
+        if let Some(service) = self.service.take() {
+            // Unsubscribes every endpoint: their request streams end.
+            let _ = service.stop().await;
+        }
+        for endpoint in self.endpoints.drain(..) {
+            let _ = endpoint.await;
+        }
+    }
+}
+
+impl Drop for RunningService {
+    fn drop(&mut self) {
+        if let Some(service) = self.service.take() {
+            // `Service::stop` does all its work before its first await point.
+            let _ = service.stop().now_or_never();
+        }
+        for endpoint in &self.endpoints {
+            endpoint.abort();
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Serving one endpoint: every request through the endpoint's stack (span,
+//! metrics, lineage, timeout, panic catch, handler) to its answer.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::{self, Request};
+use futures_util::{FutureExt, StreamExt};
+use opentelemetry::KeyValue;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::codec::{self, Encoding};
+use crate::envelope::Envelope;
+use crate::lineage::Lineage;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+use crate::semconv::{
+    CLOUDEVENTS_EVENT_TYPE, ERROR_TYPE, MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_OPERATION_NAME,
+    MESSAGING_SYSTEM, NATS,
+};
+use crate::trace::TraceHeaders;
+
+use super::context::Context;
+use super::endpoint_error::EndpointError;
+use super::handler::{Answer, ErasedHandler};
+use super::wire::read_budget;
+
+/// What every request of one endpoint shares.
+pub(crate) struct EndpointRuntime<S> {
+    pub(crate) service: Arc<str>,
+    pub(crate) request_type: &'static str,
+    pub(crate) handler: ErasedHandler<S>,
+    pub(crate) timeout: Duration,
+    pub(crate) publisher: Publisher,
+    pub(crate) metrics: Metrics,
+    pub(crate) state: S,
+}
+
+/// Serves `requests` with at most `max_in_flight` handlers at once, until the
+/// endpoint is stopped; then waits for the requests in flight.
+pub(crate) async fn serve_endpoint<S: Clone + Send + Sync + 'static>(
+    mut requests: service::endpoint::Endpoint,
+    runtime: Arc<EndpointRuntime<S>>,
+    max_in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let mut in_flight = JoinSet::new();
+    while let Some(request) = requests.next().await {
+        // Bounds the handlers running at once; further requests wait in
+        // the subscription's buffer.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let runtime = runtime.clone();
+        in_flight.spawn(async move {
+            serve_request(&runtime, request).await;
+            drop(slot);
+        });
+        // Reap finished requests so the set does not grow.
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// One request through the stack, answered.
+async fn serve_request<S: Clone + Send + Sync + 'static>(
+    runtime: &EndpointRuntime<S>,
+    request: Request,
+) {
+    let received = Instant::now();
+    let subject = request.message.subject.as_str();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format_args!("process {subject}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = %runtime.service,
+        messaging.message.id = tracing::field::Empty,
+        messaging.message.conversation_id = tracing::field::Empty,
+        cloudevents.event_id = tracing::field::Empty,
+        cloudevents.event_type = tracing::field::Empty,
+        cloudevents.event_source = tracing::field::Empty,
+        cloudevents.event_spec_version = "1.0",
+        error.type = tracing::field::Empty,
+    );
+    let headers = request.message.headers.as_ref();
+    let deadline = read_budget(headers).map(|budget| received + budget);
+    let answer = match codec::decode(headers, &request.message.payload) {
+        Err(err) => Err(EndpointError::new(
+            EndpointError::BAD_REQUEST,
+            format!("request is not a CloudEvent: {err}"),
+        )),
+        Ok(envelope) => {
+            crate::trace::continue_in_process_span(&span, &envelope);
+            run_handler(runtime, envelope, deadline)
+                .instrument(span.clone())
+                .await
+        }
+    };
+    let error_type = answer.as_ref().err().map(error_type);
+    if let Some(error_type) = error_type {
+        span.record(ERROR_TYPE, error_type);
+        span.record("otel.status_code", "ERROR");
+    }
+    runtime.metrics.process_duration.record(
+        received.elapsed().as_secs_f64(),
+        &metric_attributes(runtime, error_type),
+    );
+    respond(request, answer, &span).await;
+}
+
+/// The handler in the request's lineage, under the deadline, its panics
+/// caught.
+async fn run_handler<S: Clone + Send + Sync + 'static>(
+    runtime: &EndpointRuntime<S>,
+    envelope: Envelope,
+    caller_deadline: Option<Instant>,
+) -> Answer {
+    let own_deadline = Instant::now() + runtime.timeout;
+    let deadline = caller_deadline.map_or(own_deadline, |caller| caller.min(own_deadline));
+    let envelope = Arc::new(envelope);
+    let lineage = Lineage::new(
+        envelope.id.clone(),
+        envelope
+            .correlation_id()
+            .unwrap_or(envelope.id.as_str())
+            .to_owned(),
+        runtime.service.clone(),
+    );
+    let context = Context::new(
+        envelope.clone(),
+        caller_deadline,
+        lineage.clone(),
+        runtime.publisher.clone(),
+        runtime.state.clone(),
+    );
+    let handled = crate::lineage::with_lineage(
+        lineage,
+        AssertUnwindSafe((runtime.handler)(&envelope, context)).catch_unwind(),
+    );
+    match tokio::time::timeout_at(deadline, handled).await {
+        Err(_elapsed) => Err(EndpointError::new(
+            EndpointError::TIMED_OUT,
+            "deadline exceeded",
+        )),
+        Ok(Err(_panic)) => Err(EndpointError::new(
+            EndpointError::INTERNAL,
+            "endpoint panicked",
+        )),
+        Ok(Ok(answer)) => answer,
+    }
+}
+
+/// Sends the answer: the response as a binary-mode CloudEvent carrying the
+/// endpoint span's trace context, or the error in the protocol's headers
+/// (which `$SRV.STATS` counts).
+async fn respond(request: Request, answer: Answer, span: &tracing::Span) {
+    let reply = match answer {
+        Ok(mut response) => {
+            if let Some(trace) = TraceHeaders::of(&span.context()) {
+                trace.write_into(&mut response);
+            }
+            match codec::encode(&response, Encoding::Binary) {
+                Ok((headers, payload)) => request.respond_with_headers(Ok(payload), headers).await,
+                Err(err) => {
+                    let error = service_error(&EndpointError::new(
+                        EndpointError::INTERNAL,
+                        format!("unencodable response: {err}"),
+                    ));
+                    request.respond(Err(error)).await
+                }
+            }
+        }
+        Err(err) => request.respond(Err(service_error(&err))).await,
+    };
+    if let Err(err) = reply {
+        // The caller may be gone; nothing else to do.
+        tracing::debug!(parent: span, error = %err, "answer not sent");
+    }
+}
+
+fn service_error(err: &EndpointError) -> service::error::Error {
+    service::error::Error {
+        status: err.message().to_owned(),
+        code: usize::from(err.code()),
+    }
+}
+
+/// The low-cardinality `error.type` of an answer.
+fn error_type(err: &EndpointError) -> &'static str {
+    match err.code() {
+        EndpointError::BAD_REQUEST => "bad_request",
+        EndpointError::TIMED_OUT => "timeout",
+        EndpointError::INTERNAL => "internal",
+        _ => "endpoint_error",
+    }
+}
+
+fn metric_attributes<S>(
+    runtime: &EndpointRuntime<S>,
+    error: Option<&'static str>,
+) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new(MESSAGING_SYSTEM, NATS),
+        KeyValue::new(MESSAGING_OPERATION_NAME, "process"),
+        KeyValue::new(MESSAGING_CONSUMER_GROUP_NAME, runtime.service.to_string()),
+        KeyValue::new(CLOUDEVENTS_EVENT_TYPE, runtime.request_type),
+    ];
+    if let Some(error) = error {
+        attributes.push(KeyValue::new(ERROR_TYPE, error));
+    }
+    attributes
+}

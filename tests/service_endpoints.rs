@@ -1,0 +1,242 @@
+//! Typed request-reply against a real server: discovery, statistics, typed
+//! errors, deadlines, queue groups.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::service::{Info, Stats};
+use jetevents::service::{
+    CallErrorKind, Context, EndpointError, REQUEST_SCHEMA, REQUEST_TYPE, RESPONSE_SCHEMA,
+};
+
+mod service_common;
+mod support;
+use service_common::{ask_service, client, eventually, quote, unique, QuoteGiven, QuoteRequested};
+
+/// Quotes 100 cents per character of the sku; `missing` is not found.
+async fn price(request: QuoteRequested, ctx: Context<String>) -> Result<QuoteGiven, EndpointError> {
+    if request.sku == "missing" {
+        return Err(EndpointError::new(404, "no such sku"));
+    }
+    Ok(QuoteGiven {
+        cents: 100 * request.sku.len() as u64,
+        instance: ctx.state().clone(),
+    })
+}
+
+/// The endpoint statistics of `service`'s one instance: (requests, errors).
+async fn endpoint_counts(client: &jetevents::client::Client, service: &str) -> (usize, usize) {
+    let stats: Stats = ask_service(client, "STATS", service).await;
+    let endpoint = &stats.endpoints[0];
+    (endpoint.requests, endpoint.errors)
+}
+
+#[tokio::test]
+async fn discovery_lists_the_endpoints_with_their_schemas() {
+    let client = client().await;
+    let name = unique("pricing");
+    let running = client
+        .service(&name, "1.2.3")
+        .description("quotes")
+        .with_state("a".to_owned())
+        .endpoint(price)
+        .start()
+        .await
+        .unwrap();
+
+    let info: Info = ask_service(&client, "INFO", &name).await;
+    assert_eq!(
+        (info.name.as_str(), info.version.as_str()),
+        (name.as_str(), "1.2.3")
+    );
+    assert_eq!(info.description, "quotes");
+    assert_eq!(info.endpoints.len(), 1);
+    let endpoint = &info.endpoints[0];
+    assert_eq!(
+        endpoint.subject,
+        format!("rpc.{}.pricing.quote.requested.v1", client.subjects().env())
+    );
+    assert_eq!(
+        endpoint.metadata[REQUEST_TYPE],
+        "pricing.quote.requested.v1"
+    );
+    let request: serde_json::Value =
+        serde_json::from_str(&endpoint.metadata[REQUEST_SCHEMA]).unwrap();
+    assert_eq!(request["properties"]["sku"]["type"], "string");
+    let response: serde_json::Value =
+        serde_json::from_str(&endpoint.metadata[RESPONSE_SCHEMA]).unwrap();
+    assert_eq!(response["properties"]["cents"]["type"], "integer");
+    assert_eq!(running.info().await.unwrap().endpoints, info.endpoints);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn stats_count_requests_and_errors_and_remote_errors_arrive_typed() {
+    let client = client().await;
+    let name = unique("pricing");
+    let running = client
+        .service(&name, "1.0.0")
+        .with_state("a".to_owned())
+        .endpoint(price)
+        .start()
+        .await
+        .unwrap();
+
+    for sku in ["a", "bb", "ccc"] {
+        let answer: QuoteGiven = client.call(&quote(sku)).await.unwrap();
+        assert_eq!(answer.cents, 100 * sku.len() as u64);
+    }
+    let err = client
+        .call::<_, QuoteGiven>(&quote("missing"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &CallErrorKind::Remote {
+            code: 404,
+            message: "no such sku".to_owned()
+        }
+    );
+    assert_eq!(endpoint_counts(&client, &name).await, (4, 1));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_gives_a_typed_timeout_and_stops_at_the_callers_deadline() {
+    let client = client().await;
+    let name = unique("pricing");
+    let budgets = Arc::new(Mutex::new(Vec::new()));
+    let running = client
+        .service(&name, "1.0.0")
+        .with_state(budgets.clone())
+        .endpoint(
+            |_: QuoteRequested, ctx: Context<Arc<Mutex<Vec<Option<Duration>>>>>| async move {
+                ctx.state().lock().unwrap().push(ctx.remaining());
+                std::future::pending::<Result<QuoteGiven, EndpointError>>().await
+            },
+        )
+        .start()
+        .await
+        .unwrap();
+
+    let budget = Duration::from_millis(300);
+    let err = client
+        .caller()
+        .timeout(budget)
+        .call::<_, QuoteGiven>(&quote("a"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &CallErrorKind::TimedOut);
+    let seen = budgets.lock().unwrap().clone();
+    let remaining = seen[0].expect("the endpoint sees the caller's deadline");
+    assert!(remaining <= budget, "{remaining:?}");
+    // The endpoint gave up at the caller's deadline, not its own 30 s timeout.
+    eventually(
+        "the endpoint answered 504",
+        Duration::from_secs(10),
+        || async { endpoint_counts(&client, &name).await == (1, 1) },
+    )
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn no_instance_gives_no_responders_without_waiting_for_the_timeout() {
+    let client = client().await;
+    let err = client
+        .caller()
+        // Were the caller waiting, this would end the test as a timeout.
+        .timeout(Duration::from_secs(120))
+        .call::<_, QuoteGiven>(&quote("a"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), &CallErrorKind::NoResponders);
+}
+
+#[tokio::test]
+async fn a_panicking_endpoint_answers_an_internal_error() {
+    let client = client().await;
+    let running = client
+        .service(unique("pricing"), "1.0.0")
+        .endpoint(|request: QuoteRequested, _: Context| async move {
+            assert_ne!(request.sku, "boom", "the handler panics");
+            Ok::<_, EndpointError>(QuoteGiven {
+                cents: 1,
+                instance: String::new(),
+            })
+        })
+        .start()
+        .await
+        .unwrap();
+    let err = client
+        .call::<_, QuoteGiven>(&quote("boom"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), CallErrorKind::Remote { code: 500, .. }),
+        "{err}"
+    );
+    // The instance survives its handler's panic.
+    let answer: QuoteGiven = client.call(&quote("fine")).await.unwrap();
+    assert_eq!(answer.cents, 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_of_another_type_is_undecodable() {
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Refund {
+        cents: u64,
+    }
+    impl jetevents::Event for Refund {
+        const TYPE: &'static str = "pricing.refund.given.v1";
+    }
+    let client = client().await;
+    let running = client
+        .service(unique("pricing"), "1.0.0")
+        .with_state("a".to_owned())
+        .endpoint(price)
+        .start()
+        .await
+        .unwrap();
+    let err = client.call::<_, Refund>(&quote("a")).await.unwrap_err();
+    assert_eq!(err.kind(), &CallErrorKind::Undecodable);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_share_the_requests_each_handled_once() {
+    let client = client().await;
+    let name = unique("pricing");
+    let handled_by = Arc::new(Mutex::new(Vec::new()));
+    let mut instances = Vec::new();
+    for label in ["first", "second"] {
+        let log = handled_by.clone();
+        let running = client
+            .service(&name, "1.0.0")
+            .endpoint(move |_: QuoteRequested, _: Context| {
+                log.lock().unwrap().push(label);
+                std::future::ready(Ok::<_, EndpointError>(QuoteGiven {
+                    cents: 1,
+                    instance: label.to_owned(),
+                }))
+            })
+            .start()
+            .await
+            .unwrap();
+        instances.push(running);
+    }
+    for n in 0..40 {
+        let _: QuoteGiven = client.call(&quote(&format!("sku{n}"))).await.unwrap();
+    }
+    for running in instances {
+        running.stop().await;
+    }
+    let handled_by = handled_by.lock().unwrap().clone();
+    // Every request handled by exactly one instance, both taking some.
+    assert_eq!(handled_by.len(), 40, "{handled_by:?}");
+    let distinct: HashSet<_> = handled_by.iter().collect();
+    assert_eq!(distinct.len(), 2, "{handled_by:?}");
+}
