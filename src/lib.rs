@@ -18,6 +18,7 @@
 //! - [`consume`]: the consumer runtime;
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
+//! - `encryption` (feature `encryption`): envelope encryption of event data;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
 //!   for a service's own unit tests.
 
@@ -28,6 +29,9 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod consume;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub mod encryption;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -53,6 +53,8 @@ use prepare::event_type_of;
 #[derive(Clone, Debug)]
 pub struct Publisher {
     client: Client,
+    #[cfg(feature = "encryption")]
+    encryption: Option<crate::encryption::Encryption>,
 }
 
 /// Defined here rather than in [`client`](crate::client), so the client
@@ -62,6 +64,8 @@ impl Client {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             client: self.clone(),
+            #[cfg(feature = "encryption")]
+            encryption: None,
         }
     }
 }
@@ -70,6 +74,16 @@ impl Publisher {
     /// The client this publisher uses.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// This publisher, encrypting the data of the events `encryption`
+    /// applies to (see [`encryption`](crate::encryption)). Those events go
+    /// through an envelope whatever the encoding.
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn with_encryption(mut self, encryption: crate::encryption::Encryption) -> Self {
+        self.encryption = Some(encryption);
+        self
     }
 
     /// Publishes `event` and awaits the server's ack.

@@ -118,6 +118,9 @@ pub enum DeadLetterReason {
     /// from the stream with its original header block
     /// ([`DeadLetter::original_header_block`]).
     Undeliverable,
+    /// The event's data is encrypted and could not be decrypted: tampered
+    /// with, or its key is unknown (feature `encryption`).
+    Undecryptable,
     /// A reason written by a newer version.
     Other(String),
 }
@@ -137,6 +140,7 @@ impl DeadLetterReason {
             Self::Undecodable => "undecodable",
             Self::Unhandled => "unhandled",
             Self::Undeliverable => "undeliverable",
+            Self::Undecryptable => "undecryptable",
             Self::Other(other) => other,
         }
     }
@@ -158,6 +162,7 @@ impl FromStr for DeadLetterReason {
             "undecodable" => Self::Undecodable,
             "unhandled" => Self::Unhandled,
             "undeliverable" => Self::Undeliverable,
+            "undecryptable" => Self::Undecryptable,
             other => Self::Other(other.to_owned()),
         })
     }
