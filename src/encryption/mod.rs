@@ -214,3 +214,90 @@ fn associated_data(envelope: &Envelope) -> Vec<u8> {
     }
     aad
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn sealed(encryption: &Encryption) -> Envelope {
+        let mut envelope = Envelope::new("/billing", "billing.card.added.v1");
+        envelope.subject = Some("customer-1".to_owned());
+        envelope.data_content_type = Some("application/json".to_owned());
+        envelope.data = Some(Bytes::from_static(br#"{"pan":"4111"}"#));
+        encryption.seal(&mut envelope).unwrap();
+        envelope
+    }
+
+    fn kind(result: Result<(), EncryptionError>) -> EncryptionErrorKind {
+        result.unwrap_err().into_kind()
+    }
+
+    #[test]
+    fn opening_restores_data_and_content_type_and_drops_the_extensions() {
+        let encryption = Encryption::new(Keyring::new().with_key("k1", [1; 32]));
+        let mut envelope = sealed(&encryption);
+        encryption.open(&mut envelope).unwrap();
+        assert_eq!(envelope.data.as_deref(), Some(&br#"{"pan":"4111"}"#[..]));
+        assert_eq!(
+            envelope.data_content_type.as_deref(),
+            Some("application/json")
+        );
+        assert!(envelope.extensions.is_empty());
+    }
+
+    #[test]
+    fn ciphertext_moved_to_another_event_does_not_open() {
+        let encryption = Encryption::new(Keyring::new().with_key("k1", [1; 32]));
+        for change in [
+            |e: &mut Envelope| e.id = "another".to_owned(),
+            |e: &mut Envelope| e.event_type = "billing.card.removed.v1".to_owned(),
+            |e: &mut Envelope| e.source = "/other".to_owned(),
+            |e: &mut Envelope| e.subject = None,
+        ] {
+            let mut envelope = sealed(&encryption);
+            change(&mut envelope);
+            assert_eq!(
+                kind(encryption.open(&mut envelope)),
+                EncryptionErrorKind::Tampered
+            );
+        }
+    }
+
+    #[test]
+    fn a_removed_key_is_unknown_and_an_old_one_still_opens() {
+        let old = Keyring::new().with_key("k1", [1; 32]);
+        let rotated = old.clone().with_key("k2", [2; 32]);
+        let from_old = sealed(&Encryption::new(old));
+        let from_rotated = sealed(&Encryption::new(rotated.clone()));
+        assert_eq!(from_rotated.extension(KEY_ID).unwrap().to_string(), "k2");
+        assert!(Encryption::new(rotated.clone())
+            .open(&mut from_old.clone())
+            .is_ok());
+        let retired = Encryption::new(rotated.without_key("k1"));
+        assert_eq!(
+            kind(retired.open(&mut from_old.clone())),
+            EncryptionErrorKind::UnknownKey {
+                key_id: "k1".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn keyring_entries_are_checked_without_echoing_them() {
+        for (text, entry) in [
+            ("", 0),
+            ("k1", 1),
+            ("# comment\nk1=c2hvcnQ=", 2),
+            ("k1=not base64!", 1),
+        ] {
+            let err = Keyring::parse(text).unwrap_err();
+            assert!(
+                matches!(err.kind(), EncryptionErrorKind::InvalidKeyring { entry: e, .. } if *e == entry),
+                "{text}: {err}"
+            );
+            assert!(!err.to_string().contains("c2hvcnQ"));
+        }
+    }
+}
