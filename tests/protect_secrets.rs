@@ -85,7 +85,7 @@ async fn keys_and_plaintext_never_reach_trace_logs_spans_or_debug_output() {
     world.wait_settled("wallet").await;
     running.stop().await;
 
-    let error = decryption.open(&mut tampered).unwrap_err();
+    let error = decryption.open(&mut tampered).await.unwrap_err();
     let keyring_error = Keyring::parse("bad=bm90IDMyIGJ5dGVz").unwrap_err();
     for (what, text) in [
         ("the keyring's Debug", format!("{:?}", rotated_keyring())),

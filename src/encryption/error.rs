@@ -37,6 +37,14 @@ pub enum EncryptionErrorKind {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// Encrypting per aggregate: the aggregate's key was not loaded first
+    /// ([`Encryption::load`](super::Encryption::load)), or decrypting an
+    /// aggregate's event without [`AggregateKeys`](super::AggregateKeys).
+    NotLoaded,
+    /// The aggregate's data key was deleted: its events are shredded.
+    Shredded,
+    /// The KV bucket of aggregate keys could not be read or written.
+    KeyStore(String),
     /// The keyring's source (file or environment variable) could not be read.
     KeyringSource(String),
 }
@@ -54,6 +62,9 @@ impl fmt::Display for EncryptionErrorKind {
             Self::InvalidKeyring { entry, reason } => {
                 write!(f, "invalid keyring entry {entry}: {reason}")
             }
+            Self::NotLoaded => f.write_str("no aggregate data key loaded for this event"),
+            Self::Shredded => f.write_str("the aggregate's data key was deleted (shredded)"),
+            Self::KeyStore(what) => write!(f, "aggregate key store {what} unavailable"),
             Self::KeyringSource(what) => write!(f, "cannot read the keyring from {what}"),
         }
     }

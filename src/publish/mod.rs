@@ -98,6 +98,12 @@ impl Publisher {
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
         let event_type = event_type_of::<E>()?;
+        #[cfg(feature = "encryption")]
+        self.load_keys(
+            E::TYPE,
+            options.key.clone().or_else(|| event.key()).as_deref(),
+        )
+        .await?;
         let prepared = self.prepare_event(&event_type, event, &options)?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
@@ -115,6 +121,9 @@ impl Publisher {
         if let Some(id) = &options.id {
             envelope.id.clone_from(id);
         }
+        #[cfg(feature = "encryption")]
+        self.load_keys(&envelope.event_type, envelope.partition_key())
+            .await?;
         let metric_type = StringValue::from(envelope.event_type.clone());
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         let outgoing = Outgoing::Envelope { envelope, encoding };

@@ -107,6 +107,23 @@ impl Publisher {
         false
     }
 
+    /// Loads the aggregate data key an event of `event_type` with
+    /// `partition_key` is encrypted with, before it is prepared.
+    #[cfg(feature = "encryption")]
+    pub(super) async fn load_keys(
+        &self,
+        event_type: &str,
+        partition_key: Option<&str>,
+    ) -> Result<(), PublishError> {
+        if let Some(encryption) = &self.encryption {
+            encryption
+                .load(event_type, partition_key)
+                .await
+                .map_err(|err| PublishError::with_source(PublishErrorKind::Encryption, err))?;
+        }
+        Ok(())
+    }
+
     /// Encrypts an envelope's data when this publisher encrypts its type.
     #[cfg(feature = "encryption")]
     fn seal(&self, outgoing: &mut Outgoing<'_>) -> Result<(), PublishError> {

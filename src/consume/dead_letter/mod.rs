@@ -121,6 +121,9 @@ pub enum DeadLetterReason {
     /// The event's data is encrypted and could not be decrypted: tampered
     /// with, or its key is unknown (feature `encryption`).
     Undecryptable,
+    /// The event's data is encrypted with its aggregate's data key, which
+    /// was deleted (crypto-shredding; feature `encryption`).
+    Shredded,
     /// A reason written by a newer version.
     Other(String),
 }
@@ -141,6 +144,7 @@ impl DeadLetterReason {
             Self::Unhandled => "unhandled",
             Self::Undeliverable => "undeliverable",
             Self::Undecryptable => "undecryptable",
+            Self::Shredded => "shredded",
             Self::Other(other) => other,
         }
     }
@@ -163,6 +167,7 @@ impl FromStr for DeadLetterReason {
             "unhandled" => Self::Unhandled,
             "undeliverable" => Self::Undeliverable,
             "undecryptable" => Self::Undecryptable,
+            "shredded" => Self::Shredded,
             other => Self::Other(other.to_owned()),
         })
     }

@@ -12,6 +12,8 @@ use crate::consume::dead_letter::DeadLetterReason;
 use crate::consume::metrics::{metric_attributes, InFlight};
 use crate::consume::outcome::Settle;
 use crate::consume::stack::Delivery as StackDelivery;
+#[cfg(feature = "encryption")]
+use crate::encryption::EncryptionErrorKind;
 use crate::error::error_chain;
 use crate::transport::Delivery;
 
@@ -117,7 +119,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
                 error: error_chain(&err),
                 failed_runs: None,
             },
-            Ok(envelope) => match readable(&shared.settings, envelope) {
+            Ok(envelope) => match readable(&shared.settings, envelope).await {
                 Err(decision) => decision,
                 Ok(envelope) => {
                     let delivery = DeliveryFacts {
@@ -295,17 +297,20 @@ fn record_retried_failure(error_type: &str, error: &str) {
 /// The envelope with its data decrypted when the consumer decrypts, or the
 /// dead letter of an event it cannot decrypt.
 #[cfg(feature = "encryption")]
-fn readable(
+async fn readable(
     settings: &crate::consume::Settings,
     mut envelope: crate::envelope::Envelope,
 ) -> Result<crate::envelope::Envelope, Decision> {
     let Some(decryption) = &settings.decryption else {
         return Ok(envelope);
     };
-    match decryption.open(&mut envelope) {
+    match decryption.open(&mut envelope).await {
         Ok(()) => Ok(envelope),
         Err(err) => Err(Decision::DeadLetter {
-            reason: DeadLetterReason::Undecryptable,
+            reason: match err.kind() {
+                EncryptionErrorKind::Shredded => DeadLetterReason::Shredded,
+                _ => DeadLetterReason::Undecryptable,
+            },
             error: error_chain(&err),
             failed_runs: None,
         }),
@@ -314,7 +319,7 @@ fn readable(
 
 /// Without the `encryption` feature every envelope is readable as it is.
 #[cfg(not(feature = "encryption"))]
-fn readable(
+async fn readable(
     _settings: &crate::consume::Settings,
     envelope: crate::envelope::Envelope,
 ) -> Result<crate::envelope::Envelope, Decision> {

@@ -74,6 +74,7 @@ pub(super) async fn settle<S, D: Delivery>(
                 DeadLetterReason::Undecodable
                     | DeadLetterReason::Unhandled
                     | DeadLetterReason::Undecryptable
+                    | DeadLetterReason::Shredded
             ) {
                 // Handler failures recorded theirs in `decide`.
                 span.record("error.type", reason.as_str());
