@@ -21,6 +21,7 @@
 //! - [`service`]: typed request-reply on the NATS services framework;
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
+//! - `encryption` (feature `encryption`): envelope encryption of event data;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
 //!   for a service's own unit tests.
 
@@ -31,6 +32,9 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod consume;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub mod encryption;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -101,6 +101,17 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
+    /// Decrypts encrypted events before the handler stack (see
+    /// [`encryption`](crate::encryption)); one that cannot be decrypted is
+    /// dead-lettered with [`DeadLetterReason::Undecryptable`](super::DeadLetterReason::Undecryptable),
+    /// still encrypted. Events in plaintext pass as they are.
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn decrypt_with(mut self, encryption: crate::encryption::Encryption) -> Self {
+        self.settings.decryption = Some(encryption);
+        self
+    }
+
     /// Attempts and delays for transient failures.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.settings.retry = policy;

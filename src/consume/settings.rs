@@ -43,6 +43,8 @@ pub(super) struct Settings {
     pub deliver_policy: DeliverPolicy,
     pub extra_filters: Vec<String>,
     pub replace_group_filter: bool,
+    #[cfg(feature = "encryption")]
+    pub decryption: Option<crate::encryption::Encryption>,
 }
 
 impl Default for Settings {
@@ -64,6 +66,8 @@ impl Default for Settings {
             deliver_policy: DeliverPolicy::All,
             extra_filters: Vec::new(),
             replace_group_filter: false,
+            #[cfg(feature = "encryption")]
+            decryption: None,
         }
     }
 }

@@ -32,6 +32,10 @@ pub enum PublishErrorKind {
         /// JetStream's limit.
         limit: usize,
     },
+    /// The event's data could not be encrypted (feature `encryption`).
+    /// Nothing was sent.
+    #[error("event data could not be encrypted")]
+    Encryption,
     /// The connection's user may not publish to this subject.
     #[error("permission denied to publish to {subject}")]
     PermissionDenied {
@@ -186,6 +190,7 @@ pub(super) fn error_type(kind: &PublishErrorKind) -> &'static str {
         PublishErrorKind::InvalidEvent => "invalid_event",
         PublishErrorKind::PayloadTooLarge { .. } => "payload_too_large",
         PublishErrorKind::HeadersTooLarge { .. } => "headers_too_large",
+        PublishErrorKind::Encryption => "encryption",
         PublishErrorKind::PermissionDenied { .. } => "permission_denied",
         PublishErrorKind::NoStream { .. } => "no_stream",
         PublishErrorKind::Conflict { .. } => "conflict",

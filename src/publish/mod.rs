@@ -53,6 +53,8 @@ use prepare::event_type_of;
 #[derive(Clone, Debug)]
 pub struct Publisher {
     client: Client,
+    #[cfg(feature = "encryption")]
+    encryption: Option<crate::encryption::Encryption>,
 }
 
 /// Defined here rather than in [`client`](crate::client), so the client
@@ -62,6 +64,8 @@ impl Client {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             client: self.clone(),
+            #[cfg(feature = "encryption")]
+            encryption: None,
         }
     }
 }
@@ -70,6 +74,16 @@ impl Publisher {
     /// The client this publisher uses.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// This publisher, encrypting the data of the events `encryption`
+    /// applies to (see [`encryption`](crate::encryption)). Those events go
+    /// through an envelope whatever the encoding.
+    #[cfg(feature = "encryption")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+    pub fn with_encryption(mut self, encryption: crate::encryption::Encryption) -> Self {
+        self.encryption = Some(encryption);
+        self
     }
 
     /// Publishes `event` and awaits the server's ack.
@@ -84,6 +98,12 @@ impl Publisher {
         options: PublishOptions,
     ) -> Result<Receipt, PublishError> {
         let event_type = event_type_of::<E>()?;
+        #[cfg(feature = "encryption")]
+        self.load_keys(
+            E::TYPE,
+            options.key.clone().or_else(|| event.key()).as_deref(),
+        )
+        .await?;
         let prepared = self.prepare_event(&event_type, event, &options)?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
@@ -101,6 +121,9 @@ impl Publisher {
         if let Some(id) = &options.id {
             envelope.id.clone_from(id);
         }
+        #[cfg(feature = "encryption")]
+        self.load_keys(&envelope.event_type, envelope.partition_key())
+            .await?;
         let metric_type = StringValue::from(envelope.event_type.clone());
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         let outgoing = Outgoing::Envelope { envelope, encoding };

@@ -75,6 +75,11 @@ impl Publisher {
             if pipeline.in_flight.len() >= window {
                 self.settle_oldest(&mut pipeline).await;
             }
+            #[cfg(feature = "encryption")]
+            if let Err(err) = self.load_keys(E::TYPE, event.key().as_deref()).await {
+                pipeline.results[index] = Some(Err(err));
+                continue;
+            }
             let prepared = match &event_type {
                 Ok(event_type) => self.prepare_event(event_type, event, &options),
                 Err(_) => event_type_of::<E>()

@@ -53,7 +53,7 @@ impl Publisher {
             None => lineage::next_follow_up_id(E::TYPE),
         };
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
-        if encoding != Encoding::Binary || !options.metadata.is_empty() {
+        if encoding != Encoding::Binary || !options.metadata.is_empty() || self.encrypts(E::TYPE) {
             let (subject, mut envelope) =
                 self.envelope_for(event_type, event, options)
                     .map_err(|err| match &chosen_id {
@@ -96,6 +96,48 @@ impl Publisher {
             StringValue::from(E::TYPE),
             Some(first),
         )
+    }
+
+    /// Whether events of `event_type` are encrypted, so sent through an envelope.
+    fn encrypts(&self, _event_type: &str) -> bool {
+        #[cfg(feature = "encryption")]
+        if let Some(encryption) = &self.encryption {
+            return encryption.applies_to(_event_type);
+        }
+        false
+    }
+
+    /// Loads the aggregate data key an event of `event_type` with
+    /// `partition_key` is encrypted with, before it is prepared.
+    #[cfg(feature = "encryption")]
+    pub(super) async fn load_keys(
+        &self,
+        event_type: &str,
+        partition_key: Option<&str>,
+    ) -> Result<(), PublishError> {
+        if let Some(encryption) = &self.encryption {
+            encryption
+                .load(event_type, partition_key)
+                .await
+                .map_err(|err| PublishError::with_source(PublishErrorKind::Encryption, err))?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts an envelope's data when this publisher encrypts its type.
+    #[cfg(feature = "encryption")]
+    fn seal(&self, outgoing: &mut Outgoing<'_>) -> Result<(), PublishError> {
+        if let (Some(encryption), Outgoing::Envelope { envelope, .. }) =
+            (&self.encryption, outgoing)
+        {
+            if encryption.applies_to(&envelope.event_type) {
+                encryption.seal(envelope).map_err(|err| {
+                    PublishError::with_source(PublishErrorKind::Encryption, err)
+                        .for_event(&envelope.id)
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The subject of an event of `event_type` with `key`.
@@ -200,6 +242,8 @@ impl Publisher {
             outgoing.set_trace(trace);
         }
 
+        #[cfg(feature = "encryption")]
+        self.seal(&mut outgoing)?;
         let (headers, payload) = outgoing
             .encode(source, options.expected_last_subject_sequence, typed)
             .map_err(|err| {

@@ -118,6 +118,12 @@ pub enum DeadLetterReason {
     /// from the stream with its original header block
     /// ([`DeadLetter::original_header_block`]).
     Undeliverable,
+    /// The event's data is encrypted and could not be decrypted: tampered
+    /// with, or its key is unknown (feature `encryption`).
+    Undecryptable,
+    /// The event's data is encrypted with its aggregate's data key, which
+    /// was deleted (crypto-shredding; feature `encryption`).
+    Shredded,
     /// A reason written by a newer version.
     Other(String),
 }
@@ -137,6 +143,8 @@ impl DeadLetterReason {
             Self::Undecodable => "undecodable",
             Self::Unhandled => "unhandled",
             Self::Undeliverable => "undeliverable",
+            Self::Undecryptable => "undecryptable",
+            Self::Shredded => "shredded",
             Self::Other(other) => other,
         }
     }
@@ -158,6 +166,8 @@ impl FromStr for DeadLetterReason {
             "undecodable" => Self::Undecodable,
             "unhandled" => Self::Unhandled,
             "undeliverable" => Self::Undeliverable,
+            "undecryptable" => Self::Undecryptable,
+            "shredded" => Self::Shredded,
             other => Self::Other(other.to_owned()),
         })
     }

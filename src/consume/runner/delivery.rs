@@ -12,6 +12,8 @@ use crate::consume::dead_letter::DeadLetterReason;
 use crate::consume::metrics::{metric_attributes, InFlight};
 use crate::consume::outcome::Settle;
 use crate::consume::stack::Delivery as StackDelivery;
+#[cfg(feature = "encryption")]
+use crate::encryption::EncryptionErrorKind;
 use crate::error::error_chain;
 use crate::transport::Delivery;
 
@@ -117,16 +119,19 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
                 error: error_chain(&err),
                 failed_runs: None,
             },
-            Ok(envelope) => {
-                let delivery = DeliveryFacts {
-                    subject: &subject,
-                    delivered,
-                    stream_sequence,
-                    event_type: &event_type,
-                    attributes: &attributes,
-                };
-                decide(&shared, envelope, delivery, &message, stopped).await
-            }
+            Ok(envelope) => match readable(&shared.settings, envelope).await {
+                Err(decision) => decision,
+                Ok(envelope) => {
+                    let delivery = DeliveryFacts {
+                        subject: &subject,
+                        delivered,
+                        stream_sequence,
+                        event_type: &event_type,
+                        attributes: &attributes,
+                    };
+                    decide(&shared, envelope, delivery, &message, stopped).await
+                }
+            },
         };
         let failure_parts = (
             subject.as_str(),
@@ -287,4 +292,36 @@ fn record_retried_failure(error_type: &str, error: &str) {
     span.record("error.type", error_type);
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", error);
+}
+
+/// The envelope with its data decrypted when the consumer decrypts, or the
+/// dead letter of an event it cannot decrypt.
+#[cfg(feature = "encryption")]
+async fn readable(
+    settings: &crate::consume::Settings,
+    mut envelope: crate::envelope::Envelope,
+) -> Result<crate::envelope::Envelope, Decision> {
+    let Some(decryption) = &settings.decryption else {
+        return Ok(envelope);
+    };
+    match decryption.open(&mut envelope).await {
+        Ok(()) => Ok(envelope),
+        Err(err) => Err(Decision::DeadLetter {
+            reason: match err.kind() {
+                EncryptionErrorKind::Shredded => DeadLetterReason::Shredded,
+                _ => DeadLetterReason::Undecryptable,
+            },
+            error: error_chain(&err),
+            failed_runs: None,
+        }),
+    }
+}
+
+/// Without the `encryption` feature every envelope is readable as it is.
+#[cfg(not(feature = "encryption"))]
+async fn readable(
+    _settings: &crate::consume::Settings,
+    envelope: crate::envelope::Envelope,
+) -> Result<crate::envelope::Envelope, Decision> {
+    Ok(envelope)
 }

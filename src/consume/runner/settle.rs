@@ -71,7 +71,10 @@ pub(super) async fn settle<S, D: Delivery>(
             span.record("jetevents.dead_letter.reason", reason.as_str());
             if matches!(
                 reason,
-                DeadLetterReason::Undecodable | DeadLetterReason::Unhandled
+                DeadLetterReason::Undecodable
+                    | DeadLetterReason::Unhandled
+                    | DeadLetterReason::Undecryptable
+                    | DeadLetterReason::Shredded
             ) {
                 // Handler failures recorded theirs in `decide`.
                 span.record("error.type", reason.as_str());
