@@ -1,6 +1,6 @@
 //! An order saga: reserve stock, charge payment, ship; a payment failure or
 //! a payment timeout releases the stock. Run against a local server
-//! (`NATS_URL`, default `nats://127.0.0.1:4222`, nats-server 2.12+):
+//! (nats-server 2.12+; `Config::from_env` picks it):
 //!
 //! ```text
 //! cargo run --example order_saga
@@ -85,9 +85,8 @@ async fn timed_out(_: PaymentTimedOut, step: Step<Order>) -> Result<Transition<O
 
 #[tokio::main]
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let mut config = Config::default();
-    config.servers = vec![url];
+    // The server from the environment (see `Config::from_env`), localhost by default.
+    let mut config = Config::from_env()?;
     config.env = "demo".into();
     config.source = "/order-saga".into();
     let client = Client::connect(config).await?;

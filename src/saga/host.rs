@@ -98,7 +98,7 @@ where
                 self.settle(&key, record, revision).await?;
                 continue;
             }
-            if record.applied.iter().any(|id| *id == envelope.id) {
+            if record.applied.contains(&envelope.id) {
                 return Ok(());
             }
             if let Some(timer) = &fired_timer {
@@ -241,36 +241,36 @@ where
                 self.publisher
                     .publish_envelope(&subject, envelope, PublishOptions::new())
                     .await
-                    .map_err(|err| send_error(err))?;
+                    .map_err(send_error)?;
             }
             Pending::Schedule { timer, at, event } => {
                 let (target, mut envelope) = self.envelope(event, correlation_id)?;
                 envelope
                     .set_extension(TIMER_EXTENSION, timer.as_str())
-                    .map_err(|err| send_error(err))?;
+                    .map_err(send_error)?;
                 let (mut headers, payload) =
                     crate::codec::encode(&envelope, crate::codec::Encoding::Binary)
-                        .map_err(|err| send_error(err))?;
+                        .map_err(send_error)?;
                 Schedule::at(*at, target).add_to(&mut headers);
                 // No `Nats-Msg-Id`: sent again, the schedule replaces itself.
                 self.jetstream
                     .publish_with_headers(self.timer_subject(key, timer), headers, payload)
                     .await
-                    .map_err(|err| send_error(err))?
+                    .map_err(send_error)?
                     .await
-                    .map_err(|err| send_error(err))?;
+                    .map_err(send_error)?;
             }
             Pending::Cancel { timer } => {
                 let stream = self
                     .jetstream
                     .get_stream_no_info(&self.stream)
                     .await
-                    .map_err(|err| send_error(err))?;
+                    .map_err(send_error)?;
                 stream
                     .purge()
                     .filter(self.timer_subject(key, timer))
                     .await
-                    .map_err(|err| send_error(err))?;
+                    .map_err(send_error)?;
             }
         }
         Ok(())
@@ -285,14 +285,14 @@ where
         event: &StoredEvent,
         correlation_id: &str,
     ) -> Result<(String, Envelope), SagaError> {
-        let event_type = EventType::parse(&event.event_type).map_err(|err| send_error(err))?;
+        let event_type = EventType::parse(&event.event_type).map_err(send_error)?;
         let subject = self
             .publisher
             .client()
             .subjects()
             .event(&event_type, event.key.as_deref())
-            .map_err(|err| send_error(err))?;
-        let data = serde_json::to_vec(&event.data).map_err(|err| send_error(err))?;
+            .map_err(send_error)?;
+        let data = serde_json::to_vec(&event.data).map_err(send_error)?;
         let mut envelope = Envelope::new(
             self.publisher.client().config().source.clone(),
             event.event_type.clone(),
