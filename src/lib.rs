@@ -43,6 +43,7 @@ pub mod lineage;
 pub mod metrics;
 pub mod provision;
 pub mod publish;
+pub mod saga;
 mod semconv;
 pub mod service;
 pub mod subject;

@@ -1,0 +1,165 @@
+//! A saga definition: its name, the event that starts it and the events
+//! that move it on, hosted as a consumer group.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::error::{SagaError, SagaErrorKind};
+use super::host::{Host, Route, SagaHandler};
+use super::store::Store;
+use super::stream::allow_schedules;
+use super::transition::{Step, Transition};
+use crate::client::Client;
+use crate::consume::{Consumer, ConsumerBuilder, HandlerError};
+use crate::event::Event;
+
+/// A saga (process manager): state of type `S` keyed by correlation id,
+/// started by one event type and moved on by others.
+///
+/// ```no_run
+/// use jetevents::consume::HandlerError;
+/// use jetevents::saga::{Saga, Step, Transition};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { order: String }
+/// # impl jetevents::Event for OrderPlaced { const TYPE: &'static str = "shop.order.placed.v1"; }
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderShipped { order: String }
+/// # impl jetevents::Event for OrderShipped { const TYPE: &'static str = "shop.order.shipped.v1"; }
+///
+/// async fn placed(event: OrderPlaced, step: Step<u32>) -> Result<Transition<u32>, HandlerError> {
+///     Ok(Transition::to(step.into_state() + 1))
+/// }
+/// async fn shipped(_: OrderShipped, step: Step<u32>) -> Result<Transition<u32>, HandlerError> {
+///     Ok(Transition::to(step.into_state() + 1).complete())
+/// }
+///
+/// # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// Saga::new("order")
+///     .start(placed)
+///     .on(shipped)
+///     .consumer(&client, "order-saga", "SHOP")
+///     .await?
+///     .build()
+///     .await?
+///     .run()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Saga<S> {
+    name: String,
+    routes: HashMap<&'static str, Route<S>>,
+}
+
+impl<S> std::fmt::Debug for Saga<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saga")
+            .field("name", &self.name)
+            .field("events", &self.routes.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<S> Saga<S>
+where
+    S: Serialize + DeserializeOwned + Default + Clone + Send + Sync + 'static,
+{
+    /// A saga named `name` (letters, digits, `-` and `_`): its buckets are
+    /// `SAGA_{name}` (running) and `SAGA_{name}_DONE` (finished).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            routes: HashMap::new(),
+        }
+    }
+
+    /// Events of type `E` start a saga (keyed by their correlation id, or
+    /// their id when they have none) with `S::default()`; one arriving for a
+    /// running or finished saga is applied like any [`on`](Self::on) event
+    /// (or ignored when finished).
+    pub fn start<E, F, Fut>(self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Step<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Transition<S>, HandlerError>> + Send + 'static,
+    {
+        self.route(true, handler)
+    }
+
+    /// Events of type `E` move a running saga on; for a saga not running
+    /// (never started, or finished) they are acked and ignored.
+    pub fn on<E, F, Fut>(self, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Step<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Transition<S>, HandlerError>> + Send + 'static,
+    {
+        self.route(false, handler)
+    }
+
+    fn route<E, F, Fut>(mut self, starts: bool, handler: F) -> Self
+    where
+        E: Event,
+        F: Fn(E, Step<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Transition<S>, HandlerError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let handler: SagaHandler<S> = Arc::new(move |envelope, step| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                // Undecodable data will not decode on a retry either.
+                let event = envelope
+                    .decode_data::<E>()
+                    .map_err(HandlerError::permanent)?;
+                handler(event, step).await
+            })
+        });
+        self.routes.insert(E::TYPE, Route { starts, handler });
+        self
+    }
+
+    /// The consumer of group `group` on `stream` that runs this saga, to
+    /// configure further (concurrency, retry, layers) and run. Opens (or
+    /// creates) the saga's buckets, and lets `stream` hold the saga's timers:
+    /// message schedules allowed, subjects `{env}.sagatimer.{name}.>` added.
+    pub async fn consumer(
+        self,
+        client: &Client,
+        group: impl Into<String>,
+        stream: impl Into<String>,
+    ) -> Result<ConsumerBuilder<()>, SagaError> {
+        let stream = stream.into();
+        if !self.routes.values().any(|route| route.starts) || !is_name(&self.name) {
+            return Err(SagaError::new(SagaErrorKind::InvalidDefinition));
+        }
+        let jetstream = client
+            .jetstream()
+            .ok_or_else(|| SagaError::new(SagaErrorKind::NeedsNats))?
+            .clone();
+        let timer_prefix = format!("{}.sagatimer.{}", client.subjects().env(), self.name);
+        allow_schedules(&jetstream, &stream, &format!("{timer_prefix}.>")).await?;
+        let host = Arc::new(Host {
+            store: Store::open(&jetstream, &self.name).await?,
+            publisher: client.publisher(),
+            jetstream,
+            stream: stream.clone(),
+            timer_prefix,
+            name: self.name,
+            routes: self.routes,
+        });
+        let types: Vec<&'static str> = host.routes.keys().copied().collect();
+        let mut builder = Consumer::builder(client, group).stream(stream);
+        for event_type in types {
+            let host = host.clone();
+            builder = builder.handle_pattern(event_type, move |envelope, _| {
+                let host = host.clone();
+                async move { host.handle(envelope).await }
+            });
+        }
+        Ok(builder)
+    }
+}
+
+pub(crate) fn is_name(name: &str) -> bool {
+    super::transition::is_timer_name(name)
+}

@@ -1,0 +1,249 @@
+//! The order saga of the saga tests, and a world that runs it against the
+//! shared server while the test plays stock and payment services.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use jetevents::client::Client;
+use jetevents::consume::{Consumer, Context, HandlerError};
+use jetevents::provision::StreamSpec;
+use jetevents::publish::PublishOptions;
+use jetevents::saga::{Saga, SagaSummary, Sagas, Step, Transition};
+use serde::{Deserialize, Serialize};
+
+use crate::consume_common::Log;
+use crate::support::{connect, eventually, shared_server, unique, Running};
+
+macro_rules! events {
+    ($($name:ident = $ty:literal),* $(,)?) => {$(
+        #[derive(Clone, Debug, Serialize, Deserialize)]
+        pub struct $name { pub order: String }
+        impl jetevents::Event for $name { const TYPE: &'static str = $ty; }
+    )*};
+}
+
+events! {
+    ReserveStock = "shop.stock.reserve.v1",
+    StockReserved = "shop.stock.reserved.v1",
+    ReleaseStock = "shop.stock.release.v1",
+    ChargePayment = "shop.payment.charge.v1",
+    PaymentCharged = "shop.payment.charged.v1",
+    PaymentFailed = "shop.payment.failed.v1",
+    VoidPayment = "shop.payment.void.v1",
+    PaymentTimedOut = "shop.payment.timedout.v1",
+    ShipOrder = "shop.shipping.ship.v1",
+    OrderNoted = "shop.order.noted.v1",
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order: String,
+    /// How long payment may take before the saga compensates.
+    pub payment_seconds: i64,
+}
+impl jetevents::Event for OrderPlaced {
+    const TYPE: &'static str = "shop.order.placed.v1";
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OrderState {
+    pub order: String,
+    pub payment_seconds: i64,
+    pub stage: String,
+    pub notes: u64,
+}
+
+async fn placed(
+    event: OrderPlaced,
+    _: Step<OrderState>,
+) -> Result<Transition<OrderState>, HandlerError> {
+    let state = OrderState {
+        order: event.order.clone(),
+        payment_seconds: event.payment_seconds,
+        stage: "reserving".into(),
+        notes: 0,
+    };
+    let order = event.order;
+    Transition::to(state)
+        .send(&ReserveStock {
+            order: order.clone(),
+        })?
+        .compensate_with(&ReleaseStock { order })
+}
+
+async fn reserved(
+    _: StockReserved,
+    step: Step<OrderState>,
+) -> Result<Transition<OrderState>, HandlerError> {
+    let mut state = step.into_state();
+    state.stage = "paying".into();
+    let order = state.order.clone();
+    let due = chrono::Utc::now() + chrono::Duration::seconds(state.payment_seconds);
+    Transition::to(state)
+        .send(&ChargePayment {
+            order: order.clone(),
+        })?
+        .compensate_with(&VoidPayment {
+            order: order.clone(),
+        })?
+        .timeout("payment", due, &PaymentTimedOut { order })
+}
+
+async fn charged(
+    _: PaymentCharged,
+    step: Step<OrderState>,
+) -> Result<Transition<OrderState>, HandlerError> {
+    let mut state = step.into_state();
+    state.stage = "shipping".into();
+    let order = state.order.clone();
+    Ok(Transition::to(state)
+        .cancel_timeout("payment")
+        .send(&ShipOrder { order })?
+        .complete())
+}
+
+async fn failed(
+    _: PaymentFailed,
+    step: Step<OrderState>,
+) -> Result<Transition<OrderState>, HandlerError> {
+    Ok(Transition::to(step.into_state()).fail("payment failed"))
+}
+
+async fn timed_out(
+    _: PaymentTimedOut,
+    step: Step<OrderState>,
+) -> Result<Transition<OrderState>, HandlerError> {
+    Ok(Transition::to(step.into_state()).fail("payment timed out"))
+}
+
+async fn noted(
+    _: OrderNoted,
+    step: Step<OrderState>,
+) -> Result<Transition<OrderState>, HandlerError> {
+    let mut state = step.into_state();
+    state.notes += 1;
+    Ok(Transition::to(state))
+}
+
+pub fn order_saga(name: &str) -> Saga<OrderState> {
+    Saga::new(name)
+        .start(placed)
+        .on(reserved)
+        .on(charged)
+        .on(failed)
+        .on(timed_out)
+        .on(noted)
+}
+
+/// A stream, the saga's name, and a recorder of the commands it sends (in
+/// stream order: one handler at a time).
+pub struct World {
+    pub client: Client,
+    pub stream: String,
+    pub saga: String,
+    pub commands: Log<(String, String)>,
+    recorder: Running,
+}
+
+impl World {
+    pub async fn new() -> World {
+        let env = unique("saga");
+        let client = connect(&shared_server().await.url(), &env, |_| {}).await;
+        let stream = unique("SAGA_TEST");
+        client
+            .ensure_stream(&StreamSpec::new(&stream, vec![format!("{env}.shop.>")]))
+            .await
+            .unwrap();
+        let commands = Log::default();
+        let mut recorder = Consumer::builder(&client, unique("recorder")).stream(&stream);
+        for pattern in [
+            "shop.stock.reserve.v1",
+            "shop.stock.release.v1",
+            "shop.payment.charge.v1",
+            "shop.payment.void.v1",
+            "shop.shipping.ship.v1",
+        ] {
+            let log = commands.clone();
+            recorder = recorder.handle_pattern(pattern, move |envelope, ctx: Context| {
+                let log = log.clone();
+                async move {
+                    let correlation = ctx.correlation_id().unwrap_or_default().to_owned();
+                    log.push((envelope.event_type, correlation));
+                }
+            });
+        }
+        let recorder = Running::start(recorder.concurrency(1).build().await.unwrap());
+        World {
+            client,
+            stream,
+            saga: unique("order"),
+            commands,
+            recorder,
+        }
+    }
+
+    /// A saga host instance.
+    pub async fn host(&self, concurrency: usize) -> Running {
+        let consumer = order_saga(&self.saga)
+            .consumer(&self.client, format!("{}-host", self.saga), &self.stream)
+            .await
+            .unwrap()
+            .concurrency(concurrency)
+            .build()
+            .await
+            .unwrap();
+        Running::start(consumer)
+    }
+
+    /// Publishes `event` in the conversation of `order`.
+    pub async fn publish<E: jetevents::Event>(&self, order: &str, event: &E) {
+        self.client
+            .publisher()
+            .publish_with(event, PublishOptions::new().correlation_id(order))
+            .await
+            .unwrap();
+    }
+
+    /// The commands sent for `order`, in stream order.
+    pub fn commands_of(&self, order: &str) -> Vec<String> {
+        self.commands
+            .items()
+            .into_iter()
+            .filter(|(_, correlation)| correlation == order)
+            .map(|(event_type, _)| event_type)
+            .collect()
+    }
+
+    pub async fn wait_commands(&self, order: &str, count: usize) {
+        eventually(
+            &format!("{count} commands of {order}"),
+            Duration::from_secs(60),
+            || async { self.commands_of(order).len() >= count },
+        )
+        .await;
+    }
+
+    pub async fn sagas(&self) -> Sagas<OrderState> {
+        Sagas::open(&self.client, &self.saga).await.unwrap()
+    }
+
+    /// Waits until the saga of `order` is stored and `done` holds for it.
+    pub async fn wait_saga(
+        &self,
+        order: &str,
+        done: impl Fn(&SagaSummary<OrderState>) -> bool,
+    ) -> SagaSummary<OrderState> {
+        let sagas = self.sagas().await;
+        eventually(
+            &format!("saga {order}"),
+            Duration::from_secs(60),
+            || async { matches!(sagas.get(order).await.unwrap(), Some(saga) if done(&saga)) },
+        )
+        .await;
+        sagas.get(order).await.unwrap().unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.recorder.stop().await;
+    }
+}
