@@ -40,6 +40,10 @@ pub use lease::Lease;
 pub use runner::{Progress, ProjectionRunner};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteCheckpoints;
+/// The `sqlx` these checkpoints are built on, so a projection writes its
+/// rows with the same version.
+#[cfg(feature = "sqlite")]
+pub use sqlx;
 
 use super::Aggregate;
 use crate::error::BoxError;
@@ -56,6 +60,23 @@ pub struct Projected<A: Aggregate> {
     pub version: u64,
     /// The event.
     pub event: A::Event,
+}
+
+impl<A: Aggregate> Projected<A> {
+    /// Event `event` of instance `key` at `version`, stored at `sequence`.
+    pub fn new(
+        sequence: u64,
+        key: impl Into<String>,
+        version: u64,
+        event: A::Event,
+    ) -> Projected<A> {
+        Projected {
+            sequence,
+            key: key.into(),
+            version,
+            event,
+        }
+    }
 }
 
 /// A read model of one aggregate type.
