@@ -18,10 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod eventstore_support;
-#[path = "support/mod.rs"]
-mod support;
+use eventstore_support::support::eventually;
 use eventstore_support::{deposits, fresh_store, unique, Account, AccountEvent};
-use support::eventually;
 
 const WAIT: Duration = Duration::from_secs(20);
 
