@@ -21,6 +21,9 @@
 //! - [`EventStore::execute`] loads, decides and appends, retrying a bounded
 //!   number of times when another writer got there first.
 //!
+//! - [`projection`]: read models fed by an aggregate type's events, each
+//!   applied once, with a checkpoint, a lease and rebuilds.
+//!
 //! The stream must allow atomic publish and direct gets:
 //! [`EventStore::provision`] creates it so.
 
@@ -29,6 +32,7 @@ mod append;
 mod command;
 mod error;
 mod load;
+pub mod projection;
 mod read;
 mod snapshot;
 

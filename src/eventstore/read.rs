@@ -30,7 +30,7 @@ pub(crate) struct StoredEvent {
 }
 
 impl StoredEvent {
-    fn new(sequence: u64, headers: Option<HeaderMap>, payload: Bytes) -> StoredEvent {
+    pub(crate) fn new(sequence: u64, headers: Option<HeaderMap>, payload: Bytes) -> StoredEvent {
         let version = headers
             .as_ref()
             .and_then(|headers| headers.get(VERSION_HEADER))

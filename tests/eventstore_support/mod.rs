@@ -7,7 +7,7 @@ use jetevents::eventstore::{Aggregate, EventStore, StoreStream};
 use serde::{Deserialize, Serialize};
 
 #[path = "../support/mod.rs"]
-mod support;
+pub mod support;
 pub use support::{connect, shared_server, unique};
 
 /// A bank account: its state records every amount, in order, so two

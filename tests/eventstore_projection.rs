@@ -1,0 +1,369 @@
+//! Projections against a real nats-server: a SQLite read model gets every
+//! event exactly once across aborted runners, one runner of two applies at
+//! a time, a rebuild reproduces the model, the KV checkpoint moves by
+//! compare-and-set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jetevents::error::BoxError;
+use jetevents::eventstore::projection::sqlx::{self, sqlite::SqliteConnectOptions, SqlitePool};
+use jetevents::eventstore::projection::{
+    Checkpoints, KvCheckpoints, Lease, Projected, Projection, ProjectionErrorKind,
+    ProjectionRunner, SqliteCheckpoints,
+};
+use jetevents::eventstore::{EventStore, Expected};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+mod eventstore_support;
+use eventstore_support::support::eventually;
+use eventstore_support::{deposits, fresh_store, unique, Account, AccountEvent};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+/// One row per applied event, tagged with the runner that applied it. No
+/// unique key: an event applied twice is two rows.
+struct Ledger {
+    runner: &'static str,
+    /// Hangs on this apply call of the run (1-based) after saying so, so
+    /// the test aborts the runner in the middle of a batch.
+    hang_at: Option<(usize, mpsc::UnboundedSender<()>)>,
+    applied: usize,
+}
+
+impl Ledger {
+    fn new(runner: &'static str) -> Ledger {
+        Ledger {
+            runner,
+            hang_at: None,
+            applied: 0,
+        }
+    }
+}
+
+impl Projection for Ledger {
+    type Aggregate = Account;
+    type Model = sqlx::SqliteConnection;
+
+    async fn apply(
+        &mut self,
+        model: &mut sqlx::SqliteConnection,
+        event: &Projected<Account>,
+    ) -> Result<(), BoxError> {
+        let amount = match event.event {
+            AccountEvent::Deposited { amount } => amount as i64,
+            _ => 0,
+        };
+        sqlx::query("INSERT INTO ledger (sequence, account, amount, runner) VALUES (?, ?, ?, ?)")
+            .bind(event.sequence as i64)
+            .bind(&event.key)
+            .bind(amount)
+            .bind(self.runner)
+            .execute(&mut *model)
+            .await?;
+        self.applied += 1;
+        if let Some((at, hung)) = &self.hang_at {
+            if self.applied == *at {
+                hung.send(()).unwrap();
+                std::future::pending::<()>().await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(&mut self, model: &mut sqlx::SqliteConnection) -> Result<(), BoxError> {
+        sqlx::query("DELETE FROM ledger").execute(model).await?;
+        Ok(())
+    }
+}
+
+async fn database(dir: &tempfile::TempDir) -> SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("read.db"))
+        .create_if_missing(true);
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS ledger \
+         (sequence INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL, runner TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
+/// Every row as (sequence, account, amount, runner), by sequence.
+async fn rows(pool: &SqlitePool) -> Vec<(i64, String, i64, String)> {
+    sqlx::query_as("SELECT sequence, account, amount, runner FROM ledger ORDER BY sequence, rowid")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Opens `accounts` accounts and deposits `per_account` amounts in each,
+/// ten per append; returns how many events that stored.
+async fn write_events(store: &EventStore, accounts: usize, per_account: u64) -> usize {
+    let mut stored = 0;
+    for account in 0..accounts {
+        let key = format!("acc-{account}");
+        let opened = AccountEvent::Opened {
+            owner: "ada".into(),
+        };
+        store
+            .append::<Account>(&key, vec![opened], Expected::Any)
+            .await
+            .unwrap();
+        stored += 1;
+        let amounts: Vec<u64> = (1..=per_account).collect();
+        for chunk in amounts.chunks(10) {
+            store
+                .append::<Account>(&key, deposits(chunk.iter().copied()), Expected::Any)
+                .await
+                .unwrap();
+            stored += chunk.len();
+        }
+    }
+    stored
+}
+
+type Runner = ProjectionRunner<Ledger, SqliteCheckpoints>;
+
+/// Runs `runner` in a task until the sender is dropped or sent to.
+fn spawn(mut runner: Runner) -> (JoinHandle<Runner>, oneshot::Sender<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        runner
+    });
+    (task, stop)
+}
+
+async fn sqlite_runner(store: &EventStore, pool: &SqlitePool, ledger: Ledger) -> Runner {
+    let checkpoints = SqliteCheckpoints::new(pool.clone(), "ledger")
+        .await
+        .unwrap();
+    ProjectionRunner::new(store.clone(), ledger, checkpoints).batch_size(7)
+}
+
+async fn wait_for_rows(pool: &SqlitePool, count: usize) {
+    eventually("the read model to catch up", WAIT, || async {
+        rows(pool).await.len() >= count
+    })
+    .await;
+}
+
+/// Each event exactly once (one row per stream sequence).
+fn assert_exactly_once(rows: &[(i64, String, i64, String)], events: usize) {
+    let mut sequences: Vec<i64> = rows.iter().map(|row| row.0).collect();
+    sequences.dedup();
+    assert_eq!(sequences.len(), rows.len(), "an event was applied twice");
+    assert_eq!(rows.len(), events, "rows vs events");
+}
+
+#[tokio::test]
+async fn sqlite_read_model_gets_each_event_once_across_aborted_runners() {
+    let (_client, store) = fresh_store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = database(&dir).await;
+    let events = write_events(&store, 6, 40).await;
+
+    // Abort the runner in the middle of a batch, at a different place each
+    // time: its uncommitted rows must vanish with the checkpoint unmoved.
+    for round in 0..8 {
+        let (hung, mut hangs) = mpsc::unbounded_channel();
+        let mut ledger = Ledger::new("a");
+        ledger.hang_at = Some((3 + round * 5, hung));
+        let (task, _stop) = spawn(sqlite_runner(&store, &pool, ledger).await);
+        tokio::time::timeout(WAIT, hangs.recv()).await.unwrap();
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_exactly_once(&rows(&pool).await, rows(&pool).await.len());
+    }
+
+    let (task, stop) = spawn(sqlite_runner(&store, &pool, Ledger::new("a")).await);
+    wait_for_rows(&pool, events).await;
+    stop.send(()).unwrap();
+    let mut runner = task.await.unwrap();
+    assert_exactly_once(&rows(&pool).await, events);
+    let progress = runner.lag().await.unwrap();
+    assert_eq!(progress.lag(), 0);
+    assert_eq!(progress.checkpoint, progress.last_sequence);
+}
+
+#[tokio::test]
+async fn one_of_two_runners_applies_and_the_standby_takes_over() {
+    let (client, store) = fresh_store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = database(&dir).await;
+    let leases = unique("lease");
+    let ttl = Duration::from_secs(1);
+    let client = &client;
+    let lease = |name| async move { Lease::provision(client, name, "ledger", ttl).await.unwrap() };
+
+    let first = sqlite_runner(&store, &pool, Ledger::new("a"))
+        .await
+        .with_lease(lease(&leases).await);
+    let first_progress = first.progress();
+    let (first_task, _first_stop) = spawn(first);
+    eventually("the first runner to hold the lease", WAIT, || async {
+        first_progress.borrow().active
+    })
+    .await;
+    let second = sqlite_runner(&store, &pool, Ledger::new("b"))
+        .await
+        .with_lease(lease(&leases).await);
+    let second_progress = second.progress();
+    let (second_task, second_stop) = spawn(second);
+
+    let mut events = write_events(&store, 3, 20).await;
+    wait_for_rows(&pool, events).await;
+    let before = rows(&pool).await;
+    assert!(
+        before.iter().all(|row| row.3 == "a"),
+        "the standby applied events"
+    );
+    assert!(!second_progress.borrow().active);
+
+    // The active runner dies without releasing its lease.
+    first_task.abort();
+    let _ = first_task.await;
+    eventually("the standby to take over", WAIT, || async {
+        second_progress.borrow().active
+    })
+    .await;
+    events += write_events(&store, 2, 20).await;
+    wait_for_rows(&pool, events).await;
+    let after = rows(&pool).await;
+    assert_exactly_once(&after, events);
+    assert!(after[before.len()..].iter().all(|row| row.3 == "b"));
+    second_stop.send(()).unwrap();
+    second_task.await.unwrap();
+}
+
+#[tokio::test]
+async fn rebuild_reproduces_the_read_model() {
+    let (_client, store) = fresh_store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = database(&dir).await;
+    let events = write_events(&store, 4, 25).await;
+
+    let mut runner = sqlite_runner(&store, &pool, Ledger::new("a")).await;
+    assert_eq!(runner.lag().await.unwrap().lag() as usize, events);
+    let (task, stop) = spawn(runner);
+    wait_for_rows(&pool, events).await;
+    stop.send(()).unwrap();
+    let mut runner = task.await.unwrap();
+    let built = rows(&pool).await;
+
+    runner.rebuild().await.unwrap();
+    assert!(rows(&pool).await.is_empty());
+    let progress = runner.lag().await.unwrap();
+    assert_eq!((progress.checkpoint, progress.lag() as usize), (0, events));
+
+    let (task, stop) = spawn(runner);
+    wait_for_rows(&pool, events).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(rows(&pool).await, built);
+}
+
+/// Deposits per account, in memory.
+#[derive(Debug)]
+struct Totals;
+
+impl Projection for Totals {
+    type Aggregate = Account;
+    type Model = HashMap<String, u64>;
+
+    async fn apply(
+        &mut self,
+        model: &mut HashMap<String, u64>,
+        event: &Projected<Account>,
+    ) -> Result<(), BoxError> {
+        if let AccountEvent::Deposited { amount } = event.event {
+            *model.entry(event.key.clone()).or_default() += amount;
+        }
+        Ok(())
+    }
+
+    async fn clear(&mut self, model: &mut HashMap<String, u64>) -> Result<(), BoxError> {
+        model.clear();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
+    let (client, store) = fresh_store().await;
+    write_events(&store, 2, 10).await;
+    let bucket = client
+        .jetstream()
+        .unwrap()
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: unique("checkpoints"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let checkpoints = KvCheckpoints::new(bucket.clone(), "totals", HashMap::new());
+    let mut runner = ProjectionRunner::new(store.clone(), Totals, checkpoints);
+    let progress = runner.progress();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        runner
+    });
+    eventually("the totals to catch up", WAIT, || async {
+        let progress = *progress.borrow();
+        progress.checkpoint > 0 && progress.lag() == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    let runner = task.await.unwrap();
+    let expected: u64 = (1..=10).sum();
+    assert_eq!(runner.checkpoints().model().get("acc-0"), Some(&expected));
+    assert_eq!(runner.checkpoints().model().get("acc-1"), Some(&expected));
+
+    // A writer that read the checkpoint before another moved it is refused;
+    // events at or below the checkpoint are skipped.
+    let at = progress.borrow().checkpoint;
+    let mut stale = KvCheckpoints::new(bucket.clone(), "totals", HashMap::new());
+    let mut fresh = KvCheckpoints::new(bucket, "totals", HashMap::new());
+    assert_eq!(
+        Checkpoints::<Totals>::checkpoint(&mut stale).await.unwrap(),
+        at
+    );
+    assert_eq!(
+        Checkpoints::<Totals>::checkpoint(&mut fresh).await.unwrap(),
+        at
+    );
+    let old = deposit_at(at, "acc-0", 1_000);
+    let new = deposit_at(at + 1, "acc-0", 5);
+    assert_eq!(
+        fresh
+            .commit(&mut Totals, &[old.clone(), new.clone()])
+            .await
+            .unwrap(),
+        at + 1
+    );
+    assert_eq!(fresh.model().get("acc-0"), Some(&5));
+    let refused = stale.commit(&mut Totals, &[new]).await.unwrap_err();
+    assert_eq!(refused.kind(), &ProjectionErrorKind::CheckpointMoved);
+}
+
+fn deposit_at(sequence: u64, key: &str, amount: u64) -> Projected<Account> {
+    Projected::new(sequence, key, 1, AccountEvent::Deposited { amount })
+}
