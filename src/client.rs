@@ -44,6 +44,7 @@ pub type ConnectError = Error<ConnectErrorKind>;
 
 /// Which operation the server refused for lack of permission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Operation {
     /// Publishing to a subject.
     Publish,
@@ -53,6 +54,7 @@ pub enum Operation {
 
 /// A permission violation the server reported on this connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PermissionViolation {
     /// What was refused.
     pub operation: Operation,

@@ -20,6 +20,7 @@ use crate::subject::{SubjectError, Subjects};
 /// assert_eq!(spec.subjects, vec!["dev.booking.>".to_string()]);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct StreamSpec {
     /// Stream name (no `.`, `*`, `>` or whitespace).
     pub name: String,
@@ -122,6 +123,7 @@ impl StreamSpec {
 /// A setting on the server that differs from the declaration and that
 /// provisioning did not change (the server forbids it).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Drift {
     /// Which setting.
     pub field: &'static str,

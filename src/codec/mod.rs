@@ -61,6 +61,7 @@ const CONTENT_TYPE: async_nats::header::HeaderName =
 
 /// How an envelope is laid out in a NATS message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Encoding {
     /// Attributes as `ce-*` headers, data as payload.
     #[default]

@@ -52,6 +52,7 @@ pub const MAX_APPEND: usize = 1_000;
 
 /// What an append expects of the aggregate it appends to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Expected {
     /// Whatever its version: append after its last event.
     Any,
@@ -75,6 +76,7 @@ pub struct Position {
 
 /// An aggregate's state and where it stands.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Loaded<A> {
     /// The state after every event.
     pub state: A,
@@ -99,6 +101,7 @@ impl<A> Loaded<A> {
 
 /// Settings of a stream made for aggregates.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct StoreStream {
     /// Stream name.
     pub name: String,

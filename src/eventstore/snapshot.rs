@@ -19,6 +19,7 @@ use crate::error::BoxError;
 
 /// When [`EventStore::execute`](super::EventStore::execute) saves a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SnapshotPolicy {
     /// Only when asked ([`Snapshots::save`]).
     Manual,
