@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream;
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::nats::jetstream::stream::{RetentionPolicy, StorageType};
 use crate::subject::{SubjectError, Subjects};
 
 /// A stream as a service declares it.

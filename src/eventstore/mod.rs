@@ -110,7 +110,7 @@ pub struct StoreStream {
     /// Replicas (1 for a single server).
     pub replicas: usize,
     /// File (the default) or memory.
-    pub storage: async_nats::jetstream::stream::StorageType,
+    pub storage: crate::nats::jetstream::stream::StorageType,
     /// Window in which a repeated event id is refused as a duplicate: an
     /// append retried later than this would be stored twice.
     pub duplicate_window: Duration,

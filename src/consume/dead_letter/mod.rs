@@ -38,13 +38,13 @@ mod dead_letters;
 use std::fmt;
 use std::str::FromStr;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::codec::DecodeError;
 use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::nats::HeaderMap;
 
 pub use dead_letters::{DeadLetters, Redriven};
 

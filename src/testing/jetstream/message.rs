@@ -3,8 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
+
+use crate::nats::HeaderMap;
 
 use super::error::AckError;
 use super::MemoryJetStream;
