@@ -19,6 +19,16 @@
 //! let mut config = Config::default();
 //! config.name = Some("booking-1".into());
 //! ```
+//!
+//! A struct literal does not compile outside the crate, which is what lets a
+//! release add settings:
+//!
+//! ```compile_fail
+//! let config = jetevents::config::Config {
+//!     env: "dev".into(),
+//!     ..Default::default()
+//! };
+//! ```
 
 use std::fmt;
 use std::path::PathBuf;
