@@ -60,12 +60,12 @@ async fn main() {
         .start()
         .await
         .expect("start nats-server (binary backend)");
-    let client = Client::connect(Config {
-        servers: vec![server.url()],
-        env: "bench".into(),
-        source: "/bench".into(),
-        ..Config::default()
-    })
+    let client = Client::connect(
+        Config::default()
+            .with_servers([server.url()])
+            .with_env("bench")
+            .with_source("/bench"),
+    )
     .await
     .unwrap();
     let running = client

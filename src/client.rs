@@ -44,6 +44,7 @@ pub type ConnectError = Error<ConnectErrorKind>;
 
 /// Which operation the server refused for lack of permission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Operation {
     /// Publishing to a subject.
     Publish,
@@ -53,6 +54,7 @@ pub enum Operation {
 
 /// A permission violation the server reported on this connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PermissionViolation {
     /// What was refused.
     pub operation: Operation,
@@ -351,7 +353,7 @@ impl Client {
 
     /// The underlying async-nats client, for what jetevents does not wrap
     /// (`None` for a client on the in-memory JetStream).
-    pub fn nats(&self) -> Option<&async_nats::Client> {
+    pub fn nats(&self) -> Option<&crate::nats::Client> {
         self.nats_transport("the async-nats client")
             .ok()
             .map(|nats| &nats.nats)
@@ -359,7 +361,7 @@ impl Client {
 
     /// The JetStream context (its timeout is the configured ack timeout;
     /// `None` for a client on the in-memory JetStream).
-    pub fn jetstream(&self) -> Option<&jetstream::Context> {
+    pub fn jetstream(&self) -> Option<&crate::nats::jetstream::Context> {
         self.nats_transport("the JetStream context")
             .ok()
             .map(|nats| &nats.jetstream)

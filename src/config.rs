@@ -4,16 +4,30 @@
 //! use std::time::Duration;
 //! use jetevents::config::{Auth, Config, Secret};
 //!
-//! let config = Config {
-//!     servers: vec!["nats://127.0.0.1:4222".into()],
-//!     source: "/booking-service".into(),
-//!     env: "dev".into(),
-//!     auth: Auth::Token(Secret::new("s3cret")),
-//!     ack_timeout: Duration::from_secs(2),
-//!     ..Config::default()
-//! };
+//! let config = Config::default()
+//!     .with_servers(["nats://127.0.0.1:4222"])
+//!     .with_source("/booking-service")
+//!     .with_env("dev")
+//!     .with_auth(Auth::Token(Secret::new("s3cret")))
+//!     .with_ack_timeout(Duration::from_secs(2));
 //! // Secrets never show in Debug output.
 //! assert!(!format!("{config:?}").contains("s3cret"));
+//!
+//! // Fields can be set one by one too. `Config` is `#[non_exhaustive]`, so new
+//! // settings are not a breaking change: build it from `Config::default()`,
+//! // not with a struct literal.
+//! let mut config = Config::default();
+//! config.name = Some("booking-1".into());
+//! ```
+//!
+//! A struct literal does not compile outside the crate, which is what lets a
+//! release add settings:
+//!
+//! ```compile_fail
+//! let config = jetevents::config::Config {
+//!     env: "dev".into(),
+//!     ..Default::default()
+//! };
 //! ```
 
 use std::fmt;
@@ -26,6 +40,7 @@ use crate::error::Error;
 
 /// Everything needed to connect and publish.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Config {
     /// Server URLs, tried in order (`nats://host:port`, `tls://host:port`).
     pub servers: Vec<String>,
@@ -83,10 +98,65 @@ impl Default for Config {
     }
 }
 
+/// Chainable setters `with_<field>(value)` for a `#[non_exhaustive]` settings
+/// struct, which users cannot build with a struct literal.
+macro_rules! with_setters {
+    ($($(#[$doc:meta])* $setter:ident => $field:ident: $ty:ty),+ $(,)?) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $setter(mut self, value: impl Into<$ty>) -> Self {
+                self.$field = value.into();
+                self
+            }
+        )+
+    };
+}
+
+impl Config {
+    with_setters! {
+        /// Sets [`Config::source`].
+        with_source => source: String,
+        /// Sets [`Config::env`].
+        with_env => env: String,
+        /// Sets [`Config::auth`].
+        with_auth => auth: Auth,
+        /// Sets [`Config::tls`].
+        with_tls => tls: TlsConfig,
+        /// Sets [`Config::connect_timeout`].
+        with_connect_timeout => connect_timeout: Duration,
+        /// Sets [`Config::ack_timeout`].
+        with_ack_timeout => ack_timeout: Duration,
+        /// Sets [`Config::ping_interval`].
+        with_ping_interval => ping_interval: Duration,
+        /// Sets [`Config::publish_retry`].
+        with_publish_retry => publish_retry: PublishRetry,
+        /// Sets [`Config::encoding`].
+        with_encoding => encoding: Encoding,
+        /// Sets [`Config::meter`].
+        with_meter => meter: Option<opentelemetry::metrics::Meter>,
+    }
+
+    /// Sets [`Config::name`].
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets [`Config::servers`].
+    #[must_use]
+    pub fn with_servers(mut self, servers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.servers = servers.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
 /// The retry budget of one publish. Every attempt reuses the event id as
 /// `Nats-Msg-Id`, so the server stores the event once however often it is sent
 /// (within the stream's duplicate window).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PublishRetry {
     /// Attempts in all, the first included. `1` disables retries.
     pub max_attempts: u32,
@@ -107,6 +177,16 @@ impl Default for PublishRetry {
 }
 
 impl PublishRetry {
+    /// `max_attempts` in all (the first included), waiting `initial_delay`
+    /// before the first retry, doubled up to `max_delay`.
+    pub fn new(max_attempts: u32, initial_delay: Duration, max_delay: Duration) -> Self {
+        Self {
+            max_attempts,
+            initial_delay,
+            max_delay,
+        }
+    }
+
     /// Delay before retry number `retry` (1 = the first retry).
     ///
     /// ```
@@ -187,6 +267,7 @@ pub enum Auth {
 /// TLS settings. With none of the files set, TLS is still used for `tls://`
 /// URLs and when `required` is set, verified against the system roots.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsConfig {
     /// Refuse to talk to the server without TLS.
     pub required: bool,
@@ -196,6 +277,32 @@ pub struct TlsConfig {
     pub client_cert: Option<PathBuf>,
     /// Client private key (PEM), for mutual TLS.
     pub client_key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    with_setters! {
+        /// Sets [`TlsConfig::required`].
+        with_required => required: bool,
+    }
+
+    /// Verifies the server against the CA certificate in `ca_file` (PEM).
+    #[must_use]
+    pub fn with_ca_file(mut self, ca_file: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(ca_file.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM), for mutual TLS.
+    #[must_use]
+    pub fn with_client_identity(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
 }
 
 /// What went wrong reading a configuration.

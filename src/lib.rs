@@ -21,6 +21,7 @@
 //! - [`service`]: typed request-reply on the NATS services framework;
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
+//! - [`nats`]: the async-nats types the API uses, and their version policy;
 //! - `encryption` (feature `encryption`): envelope encryption of event data;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
 //!   for a service's own unit tests.
@@ -41,6 +42,7 @@ pub mod event;
 pub mod eventstore;
 pub mod lineage;
 pub mod metrics;
+pub mod nats;
 pub mod provision;
 pub mod publish;
 pub mod saga;

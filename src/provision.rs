@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream;
 
 use crate::client::Client;
 use crate::error::Error;
+use crate::nats::jetstream::stream::{RetentionPolicy, StorageType};
 use crate::subject::{SubjectError, Subjects};
 
 /// A stream as a service declares it.
@@ -20,6 +21,7 @@ use crate::subject::{SubjectError, Subjects};
 /// assert_eq!(spec.subjects, vec!["dev.booking.>".to_string()]);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct StreamSpec {
     /// Stream name (no `.`, `*`, `>` or whitespace).
     pub name: String,
@@ -122,6 +124,7 @@ impl StreamSpec {
 /// A setting on the server that differs from the declaration and that
 /// provisioning did not change (the server forbids it).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Drift {
     /// Which setting.
     pub field: &'static str,

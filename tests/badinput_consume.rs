@@ -131,10 +131,10 @@ type Checker_ = std::sync::Arc<Checker>;
 fn dead_letters_of(client: &Client, stream: &str) -> DeadLetters {
     DeadLetters::with_config(
         client,
-        DeadLetterConfig {
-            stream: format!("{stream}_DL"),
-            subject_prefix: format!("dl{}", stream.to_ascii_lowercase()),
-        },
+        DeadLetterConfig::new(
+            format!("{stream}_DL"),
+            format!("dl{}", stream.to_ascii_lowercase()),
+        ),
     )
 }
 

@@ -280,11 +280,7 @@ async fn hostile_names_for_environment_and_group_are_refused_before_the_wire() {
     let (server, client) = own_server().await;
     let before = server_in_msgs(&server).await;
     for env in ["dev.prod", "*", ">", "", " ", "dev prod", "dev\r\n", "dév"] {
-        let config = Config {
-            servers: vec![server.url()],
-            env: env.to_owned(),
-            ..Config::default()
-        };
+        let config = Config::default().with_servers([server.url()]).with_env(env);
         let err = Client::connect(config).await.unwrap_err();
         assert!(
             matches!(err.kind(), ConnectErrorKind::InvalidConfig(_)),
@@ -330,11 +326,9 @@ async fn hostile_names_for_environment_and_group_are_refused_before_the_wire() {
 #[tokio::test]
 async fn a_ten_kilobyte_environment_is_refused() {
     let (server, _client) = own_server().await;
-    let config = Config {
-        servers: vec![server.url()],
-        env: "e".repeat(10_000),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_servers([server.url()])
+        .with_env("e".repeat(10_000));
     match Client::connect(config).await {
         Err(err) => assert!(
             matches!(err.kind(), ConnectErrorKind::InvalidConfig(_)),

@@ -150,7 +150,16 @@ prop_compose! {
         extensions in proptest::collection::btree_map(extension_name(), extension_value(), 0..6),
         (data_content_type, data) in content_and_data(),
     ) -> Envelope {
-        Envelope { id, source, event_type, subject, time, data_content_type, data_schema, extensions, data }
+        // `Envelope` is non_exhaustive: start from `new` and set every field.
+        let mut envelope = Envelope::new(source, event_type);
+        envelope.id = id;
+        envelope.subject = subject;
+        envelope.time = time;
+        envelope.data_content_type = data_content_type;
+        envelope.data_schema = data_schema;
+        envelope.extensions = extensions;
+        envelope.data = data;
+        envelope
     }
 }
 

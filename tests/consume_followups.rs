@@ -141,10 +141,7 @@ async fn child_instance_publishing_follow_ups() {
     let world = World {
         client: consume_common::connect(&url, &env).await,
         stream,
-        dead_letters: DeadLetterConfig {
-            stream: dead_letters,
-            subject_prefix: prefix,
-        },
+        dead_letters: DeadLetterConfig::new(dead_letters, prefix),
     };
     let hang = then == "hang";
     let consumer = world

@@ -85,10 +85,10 @@ async fn an_advisory_dead_letters_the_stored_event_or_skips_a_deleted_one() {
 
     let dead_letters = jetevents::consume::DeadLetters::with_config(
         &client,
-        jetevents::consume::DeadLetterConfig {
-            stream: format!("{stream}_DL"),
-            subject_prefix: format!("dl{}", stream.to_ascii_lowercase()),
-        },
+        jetevents::consume::DeadLetterConfig::new(
+            format!("{stream}_DL"),
+            format!("dl{}", stream.to_ascii_lowercase()),
+        ),
     );
     let entries = support::dead_lettered(
         "the stored event dead-lettered",

@@ -40,10 +40,10 @@ async fn counters_and_histograms_after_successes_a_retry_and_a_dead_letter() {
     let calls: Log<(u64, u64)> = Log::default();
     let consumer = Consumer::builder(&client, GROUP)
         .stream(&stream)
-        .dead_letter(DeadLetterConfig {
-            stream: dead_letter_stream.clone(),
-            subject_prefix: support::unique("dl"),
-        })
+        .dead_letter(DeadLetterConfig::new(
+            dead_letter_stream.clone(),
+            support::unique("dl"),
+        ))
         .retry(RetryPolicy::fixed(Duration::from_millis(100)).max_attempts(3))
         .with_state(calls.clone())
         .handle(
@@ -179,10 +179,10 @@ async fn an_ack_that_cannot_be_sent_is_counted_as_a_settle_failure() {
     let consumer =
         Consumer::builder(&client, "settling")
             .stream(&stream)
-            .dead_letter(DeadLetterConfig {
-                stream: support::unique("DL"),
-                subject_prefix: support::unique("dl"),
-            })
+            .dead_letter(DeadLetterConfig::new(
+                support::unique("DL"),
+                support::unique("dl"),
+            ))
             .with_state((started.clone(), released))
             .handle(
                 |event: OrderPlaced,

@@ -82,10 +82,7 @@ async fn two_hops(
     let stream = support::unique("SHOP");
     let spec = StreamSpec::for_domain(checkout.subjects(), &stream, "shop").unwrap();
     checkout.ensure_stream(&spec).await.unwrap();
-    let dead_letters = DeadLetterConfig {
-        stream: support::unique("DL"),
-        subject_prefix: support::unique("dl"),
-    };
+    let dead_letters = DeadLetterConfig::new(support::unique("DL"), support::unique("dl"));
 
     // Consumer A (billing) publishes a follow-up from its handler.
     let follow_ups: Log<Receipt> = Log::default();
@@ -334,6 +331,8 @@ async fn stored(client: &Client, receipt: &Receipt, encoding: Encoding) -> Wire 
                 member("tracestate"),
             )
         }
+        // `Encoding` is non_exhaustive: a new mode needs its own reading here.
+        other => panic!("no reader for {other:?}"),
     };
     let envelope = jetevents::codec::decode(Some(&message.headers), &message.payload).unwrap();
     assert_eq!(envelope.traceparent(), Some(traceparent.as_str()));

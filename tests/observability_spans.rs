@@ -64,10 +64,10 @@ async fn spans_follow_the_messaging_conventions_and_record_every_outcome() {
     let calls: Log<(u64, u64)> = Log::default();
     let consumer = Consumer::builder(&client, GROUP)
         .stream(&stream)
-        .dead_letter(DeadLetterConfig {
-            stream: dead_letter_stream.clone(),
-            subject_prefix: support::unique("dl"),
-        })
+        .dead_letter(DeadLetterConfig::new(
+            dead_letter_stream.clone(),
+            support::unique("dl"),
+        ))
         .retry(retry.clone())
         .with_state(calls.clone())
         .handle(

@@ -454,18 +454,14 @@ async fn wrong_credentials_fail_fast_with_a_typed_error() {
         .start()
         .await
         .unwrap();
-    let config = Config {
-        servers: vec![server.url()],
-        auth: Auth::Token(Secret::new("wrong-token")),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_servers([server.url()])
+        .with_auth(Auth::Token(Secret::new("wrong-token")));
     let err = Client::connect(config).await.unwrap_err();
     assert_eq!(err.kind(), &ConnectErrorKind::AuthenticationFailed);
 
-    let config = Config {
-        servers: vec![server.url()],
-        auth: Auth::Token(Secret::new("right-token")),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_servers([server.url()])
+        .with_auth(Auth::Token(Secret::new("right-token")));
     Client::connect(config).await.unwrap();
 }

@@ -44,10 +44,10 @@ async fn child_instance_that_never_acks() {
     // Same group settings as the survivor's, with a handler that hangs.
     let hanging = jetevents::consume::Consumer::builder(&client, "workers")
         .stream(&stream)
-        .dead_letter(jetevents::consume::DeadLetterConfig {
-            stream: format!("{stream}_DL"),
-            subject_prefix: format!("dl{}", stream.to_ascii_lowercase()),
-        })
+        .dead_letter(jetevents::consume::DeadLetterConfig::new(
+            format!("{stream}_DL"),
+            format!("dl{}", stream.to_ascii_lowercase()),
+        ))
         .ack_wait(ACK_WAIT)
         .pull_expiry(Duration::from_millis(500))
         .concurrency(4)

@@ -47,22 +47,19 @@ async fn secrets_never_reach_logs_or_debug_output() {
     // holds this one test so nothing else installs a subscriber.
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let config = Config {
-        servers: vec![server.url()],
-        env: "dev".into(),
-        auth: Auth::Token(Secret::new("tok-7f3a9c-secret")),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_servers([server.url()])
+        .with_env("dev")
+        .with_auth(Auth::Token(Secret::new("tok-7f3a9c-secret")));
     let client = Client::connect(config.clone()).await.unwrap();
     client
         .ensure_stream(&StreamSpec::new("BANK", vec!["dev.bank.>".into()]))
         .await
         .unwrap();
     client.publisher().publish(&opened("acc-s")).await.unwrap();
-    let wrong = Config {
-        auth: Auth::Token(Secret::new("tok-wrong-secret")),
-        ..config.clone()
-    };
+    let wrong = config
+        .clone()
+        .with_auth(Auth::Token(Secret::new("tok-wrong-secret")));
     let err = Client::connect(wrong).await.unwrap_err();
 
     let logs = captured.contents();

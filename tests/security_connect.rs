@@ -16,14 +16,12 @@ use jetevents_testcontainers::{NatsServer, NkeyUser, Tls};
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
 fn config(url: String, auth: Auth, tls: TlsConfig) -> Config {
-    Config {
-        servers: vec![url],
-        auth,
-        tls,
-        // A short connect timeout would turn a slow failure into TimedOut;
-        // the default keeps the error the server's.
-        ..Config::default()
-    }
+    // A short connect timeout would turn a slow failure into TimedOut; the
+    // default keeps the error the server's.
+    Config::default()
+        .with_servers([url])
+        .with_auth(auth)
+        .with_tls(tls)
 }
 
 async fn connect(config: Config) -> Result<Client, ConnectError> {
@@ -142,16 +140,14 @@ async fn a_malformed_nkey_seed_is_refused_without_reaching_the_server() {
 }
 
 fn tls_with(ca: Option<PathBuf>, cert: Option<(PathBuf, PathBuf)>) -> TlsConfig {
-    let (client_cert, client_key) = match cert {
-        Some((cert, key)) => (Some(cert), Some(key)),
-        None => (None, None),
-    };
-    TlsConfig {
-        required: true,
-        ca_file: ca,
-        client_cert,
-        client_key,
+    let mut tls = TlsConfig::default().with_required(true);
+    if let Some(ca) = ca {
+        tls = tls.with_ca_file(ca);
     }
+    if let Some((cert, key)) = cert {
+        tls = tls.with_client_identity(cert, key);
+    }
+    tls
 }
 
 /// A TLS server, and client settings that must each be refused.

@@ -47,21 +47,17 @@ async fn passwords_and_nkey_seeds_never_reach_logs_spans_or_debug_output() {
         .await
         .unwrap();
 
-    let password_config = Config {
-        servers: vec![user_server.url()],
-        env: "dev".into(),
-        auth: Auth::UserPassword {
+    let password_config = Config::default()
+        .with_servers([user_server.url()])
+        .with_env("dev")
+        .with_auth(Auth::UserPassword {
             user: "svc".into(),
             password: Secret::new(PASSWORD),
-        },
-        ..Config::default()
-    };
-    let nkey_config = Config {
-        servers: vec![nkey_server.url()],
-        env: "dev".into(),
-        auth: Auth::NkeySeed(Secret::new(nkey_user.seed())),
-        ..Config::default()
-    };
+        });
+    let nkey_config = Config::default()
+        .with_servers([nkey_server.url()])
+        .with_env("dev")
+        .with_auth(Auth::NkeySeed(Secret::new(nkey_user.seed())));
     let mut texts = vec![format!("{password_config:?}"), format!("{nkey_config:?}")];
 
     // Publish and consume on both connections: publish and process spans.
@@ -87,17 +83,13 @@ async fn passwords_and_nkey_seeds_never_reach_logs_spans_or_debug_output() {
     }
 
     // Wrong secrets: the errors, their sources and Debug.
-    let wrong_password = Config {
-        auth: Auth::UserPassword {
-            user: "svc".into(),
-            password: Secret::new(WRONG_PASSWORD),
-        },
-        ..password_config.clone()
-    };
-    let wrong_seed = Config {
-        auth: Auth::NkeySeed(Secret::new(wrong_nkey.seed())),
-        ..nkey_config.clone()
-    };
+    let wrong_password = password_config.clone().with_auth(Auth::UserPassword {
+        user: "svc".into(),
+        password: Secret::new(WRONG_PASSWORD),
+    });
+    let wrong_seed = nkey_config
+        .clone()
+        .with_auth(Auth::NkeySeed(Secret::new(wrong_nkey.seed())));
     for config in [wrong_password, wrong_seed] {
         texts.push(format!("{config:?}"));
         let err = Client::connect(config).await.unwrap_err();

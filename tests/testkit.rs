@@ -214,10 +214,7 @@ async fn the_report_shows_follow_ups_a_retry_and_a_dead_letter() {
         [payment("ok"), payment("flaky")]
     );
     assert!(!report.was_handled(&bad));
-    let once_after_5s = Retry {
-        delivery: 1,
-        delay: Some(Duration::from_secs(5)),
-    };
+    let once_after_5s = Retry::new(1, Some(Duration::from_secs(5)));
     assert_eq!(report.retries_of(&flaky), [once_after_5s]);
     assert!(report.retries_of(&ok).is_empty());
     assert_eq!(report.retried.len(), 1);

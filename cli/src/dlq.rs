@@ -32,10 +32,7 @@ impl DeadLetterLocation {
     pub fn dead_letters(&self, client: &Client) -> DeadLetters {
         DeadLetters::with_config(
             client,
-            DeadLetterConfig {
-                stream: self.dlq_stream.clone(),
-                subject_prefix: self.dlq_prefix.clone(),
-            },
+            DeadLetterConfig::new(self.dlq_stream.clone(), self.dlq_prefix.clone()),
         )
     }
 }

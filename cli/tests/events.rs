@@ -202,10 +202,7 @@ async fn dead_letter_stream(world: &World) -> (String, String) {
     let (stream, prefix) = (support::unique("DL"), support::unique("dl"));
     jetevents::consume::DeadLetters::with_config(
         &world.client,
-        jetevents::consume::DeadLetterConfig {
-            stream: stream.clone(),
-            subject_prefix: prefix.clone(),
-        },
+        jetevents::consume::DeadLetterConfig::new(stream.clone(), prefix.clone()),
     )
     .ensure_stream()
     .await

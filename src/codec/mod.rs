@@ -42,13 +42,13 @@ mod percent;
 mod sdk;
 mod structured;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 
 pub use crate::envelope::content_type::APPLICATION_JSON;
 use crate::envelope::content_type::{is_json_content_type, media_type, starts_with_ignore_case};
 pub use crate::envelope::error::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind};
 use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::nats::HeaderMap;
 use crate::Error;
 
 /// The media type of the structured mode's JSON event format.
@@ -61,6 +61,7 @@ const CONTENT_TYPE: async_nats::header::HeaderName =
 
 /// How an envelope is laid out in a NATS message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Encoding {
     /// Attributes as `ce-*` headers, data as payload.
     #[default]
@@ -97,7 +98,7 @@ pub fn encode(envelope: &Envelope, encoding: Encoding) -> Result<(HeaderMap, Byt
 /// ```
 /// # use jetevents::{codec::{self, Encoding}, envelope::Envelope};
 /// let envelope = Envelope::new("/iam", "iam.user.created.v1");
-/// let mut headers = async_nats::HeaderMap::new();
+/// let mut headers = jetevents::nats::HeaderMap::new();
 /// headers.insert("Nats-Msg-Id", envelope.id.as_str());
 /// let payload = codec::encode_into(&envelope, Encoding::Binary, &mut headers).unwrap();
 /// assert_eq!(headers.get("ce-id").unwrap().as_str(), envelope.id);
@@ -123,7 +124,7 @@ pub fn encode_into(
 ///
 /// ```
 /// # use jetevents::codec;
-/// let mut headers = async_nats::HeaderMap::new();
+/// let mut headers = jetevents::nats::HeaderMap::new();
 /// headers.insert("CE-SpecVersion", "1.0");
 /// headers.insert("ce-id", "1234-1234-1234");
 /// headers.insert("ce-source", "/mycontext/subcontext");
@@ -172,7 +173,7 @@ pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, 
 /// Empty headers are not sent at all, so they count zero.
 ///
 /// ```
-/// let mut headers = async_nats::HeaderMap::new();
+/// let mut headers = jetevents::nats::HeaderMap::new();
 /// assert_eq!(jetevents::codec::wire_size(&headers, 5), 5);
 /// headers.insert("ce-id", "1");
 /// assert_eq!(jetevents::codec::wire_size(&headers, 5), 10 + 10 + 2 + 5);

@@ -9,6 +9,7 @@ use super::error::{EncryptionError, EncryptionErrorKind};
 
 /// A data key wrapped by a key-encryption key, and that key's id.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WrappedKey {
     /// Id of the key-encryption key that wrapped it.
     pub key_id: String,

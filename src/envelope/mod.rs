@@ -91,6 +91,7 @@ fn is_reserved_name(name: &str) -> bool {
 /// mode keeps JSON booleans and integers. Compare by `to_string()` (its
 /// `Display`) or use [`ExtensionValue::as_str`] when the mode is not known.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ExtensionValue {
     /// A string.
     String(String),
@@ -166,6 +167,7 @@ pub(crate) fn new_id() -> String {
 /// assert!(envelope.set_extension("Bad-Name", "x").is_err());
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Envelope {
     /// `id`: unique per event from one source; a UUIDv7 by default.
     pub id: String,

@@ -48,6 +48,7 @@ impl AppendOptions {
 
 /// Where an append stored its events.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Appended {
     /// The append's id (see [`AppendOptions::id`]).
     pub append_id: String,

@@ -12,6 +12,7 @@ use crate::Error;
 
 /// What a command did.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Executed<A> {
     /// The state after the command's events.
     pub state: A,

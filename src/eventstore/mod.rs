@@ -56,6 +56,7 @@ pub const MAX_APPEND: usize = 1_000;
 
 /// What an append expects of the aggregate it appends to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Expected {
     /// Whatever its version: append after its last event.
     Any,
@@ -79,6 +80,7 @@ pub struct Position {
 
 /// An aggregate's state and where it stands.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Loaded<A> {
     /// The state after every event.
     pub state: A,
@@ -103,6 +105,7 @@ impl<A> Loaded<A> {
 
 /// Settings of a stream made for aggregates.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct StoreStream {
     /// Stream name.
     pub name: String,
@@ -111,7 +114,7 @@ pub struct StoreStream {
     /// Replicas (1 for a single server).
     pub replicas: usize,
     /// File (the default) or memory.
-    pub storage: async_nats::jetstream::stream::StorageType,
+    pub storage: crate::nats::jetstream::stream::StorageType,
     /// Window in which a repeated event id is refused as a duplicate: an
     /// append retried later than this would be stored twice.
     pub duplicate_window: Duration,

@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 
-use async_nats::jetstream::kv;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,9 +15,11 @@ use serde::Serialize;
 use super::read::Tip;
 use super::Aggregate;
 use crate::error::BoxError;
+use crate::nats::jetstream::kv;
 
 /// When [`EventStore::execute`](super::EventStore::execute) saves a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SnapshotPolicy {
     /// Only when asked ([`Snapshots::save`]).
     Manual,

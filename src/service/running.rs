@@ -1,10 +1,11 @@
 //! [`RunningService`]: a started service, until stopped or dropped.
 
-use async_nats::service::{Info, Service};
+use async_nats::service::Service;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 
+use crate::nats::service::Info;
 use crate::Error;
 
 use super::error::{CallError, CallErrorKind};

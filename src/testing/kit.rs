@@ -241,6 +241,7 @@ impl RunningConsumer {
 /// [`TestKit::wait_idle`] ran out of time.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("consumer {group} on {stream} not idle after {limit:?}: {last:?}")]
+#[non_exhaustive]
 pub struct NotIdle {
     /// The stream.
     pub stream: String,

@@ -47,7 +47,7 @@ use super::jetstream::{Action, HistoryEntry, MemoryJetStream, StoredMessage};
 ///
 /// let report = kit.report("SHOP", "billing");
 /// assert_eq!(report.handled::<OrderPlaced>(), [order]);
-/// let retry = Retry { delivery: 1, delay: Some(Duration::from_secs(20)) };
+/// let retry = Retry::new(1, Some(Duration::from_secs(20)));
 /// assert_eq!(report.retries_of(&receipt.event_id), [retry]);
 /// assert!(report.dead_letters.is_empty());
 /// # Ok(()) }
@@ -78,6 +78,7 @@ pub struct Report {
 
 /// An event negatively acknowledged at least once.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Retried {
     /// The event.
     pub event: Envelope,
@@ -87,11 +88,20 @@ pub struct Retried {
 
 /// One negative acknowledgement of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Retry {
     /// The delivery count of the delivery Nak'ed (1 for the first).
     pub delivery: u64,
     /// The delay asked for before redelivery (`None`: at once).
     pub delay: Option<Duration>,
+}
+
+impl Retry {
+    /// A Nak of delivery number `delivery` asking for `delay`, to compare
+    /// with [`Report::retries_of`].
+    pub fn new(delivery: u64, delay: Option<Duration>) -> Self {
+        Self { delivery, delay }
+    }
 }
 
 impl Report {

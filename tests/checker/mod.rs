@@ -577,10 +577,10 @@ pub fn consumer(
     checker: &Arc<Checker>,
     delay: Duration,
 ) -> jetevents::consume::ConsumerBuilder<Handling> {
-    let dead_letters = jetevents::consume::DeadLetterConfig {
-        stream: format!("{stream}_DL"),
-        subject_prefix: format!("dl{}", stream.to_ascii_lowercase()),
-    };
+    let dead_letters = jetevents::consume::DeadLetterConfig::new(
+        format!("{stream}_DL"),
+        format!("dl{}", stream.to_ascii_lowercase()),
+    );
     jetevents::consume::Consumer::builder(client, group)
         .stream(stream)
         .dead_letter(dead_letters)

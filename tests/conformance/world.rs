@@ -31,11 +31,11 @@ impl Setup {
 
     /// A world on a new in-memory JetStream.
     pub async fn memory() -> Setup {
-        let kit = TestKit::with_config(Config {
-            env: unique("env"),
-            source: "/consume-tests".to_owned(),
-            ..Config::default()
-        })
+        let kit = TestKit::with_config(
+            Config::default()
+                .with_env(unique("env"))
+                .with_source("/consume-tests"),
+        )
         .unwrap();
         Setup {
             world: World::provision(kit.client().clone()).await,

@@ -97,10 +97,7 @@ impl World {
         let stream = unique("SHOP");
         let spec = StreamSpec::for_domain(client.subjects(), &stream, "shop").unwrap();
         client.ensure_stream(&spec).await.unwrap();
-        let dead_letters = DeadLetterConfig {
-            stream: unique("DL"),
-            subject_prefix: unique("dl"),
-        };
+        let dead_letters = DeadLetterConfig::new(unique("DL"), unique("dl"));
         World {
             client,
             stream,

@@ -27,12 +27,10 @@ pub fn unique(prefix: &str) -> String {
 /// Connects to `url` with subject environment `env`, after `adjust` edits the
 /// configuration.
 pub async fn connect(url: &str, env: &str, adjust: impl FnOnce(&mut Config)) -> Client {
-    let mut config = Config {
-        servers: vec![url.to_owned()],
-        env: env.to_owned(),
-        source: "/tests".to_owned(),
-        ..Config::default()
-    };
+    let mut config = Config::default()
+        .with_servers([url])
+        .with_env(env)
+        .with_source("/tests");
     adjust(&mut config);
     Client::connect(config).await.unwrap()
 }

@@ -133,10 +133,8 @@ impl Resource<'_> {
                 Ok(())
             }
             (Self::DeadLetters(decl), _) => {
-                let config = DeadLetterConfig {
-                    stream: decl.stream.clone(),
-                    subject_prefix: decl.subject_prefix.clone(),
-                };
+                let config =
+                    DeadLetterConfig::new(decl.stream.clone(), decl.subject_prefix.clone());
                 DeadLetters::with_config(client, config)
                     .ensure_stream()
                     .await?;

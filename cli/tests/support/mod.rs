@@ -54,12 +54,12 @@ impl World {
         let url = server_url().await;
         let env = unique("e");
         let stream = unique("S");
-        let client = Client::connect(Config {
-            servers: vec![url.clone()],
-            env: env.clone(),
-            source: "/cli-tests".into(),
-            ..Config::default()
-        })
+        let client = Client::connect(
+            Config::default()
+                .with_servers([url.clone()])
+                .with_env(env.clone())
+                .with_source("/cli-tests"),
+        )
         .await
         .unwrap();
         client

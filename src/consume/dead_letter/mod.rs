@@ -38,13 +38,13 @@ mod dead_letters;
 use std::fmt;
 use std::str::FromStr;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::codec::DecodeError;
 use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::nats::HeaderMap;
 
 pub use dead_letters::{DeadLetters, Redriven};
 
@@ -175,6 +175,7 @@ impl FromStr for DeadLetterReason {
 
 /// Where dead-lettered events go: stream name and subject prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetterConfig {
     /// Stream name (default [`DEFAULT_STREAM`]).
     pub stream: String,
@@ -183,12 +184,19 @@ pub struct DeadLetterConfig {
     pub subject_prefix: String,
 }
 
+impl DeadLetterConfig {
+    /// Dead letters go to `stream`, on subjects under `subject_prefix`.
+    pub fn new(stream: impl Into<String>, subject_prefix: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            subject_prefix: subject_prefix.into(),
+        }
+    }
+}
+
 impl Default for DeadLetterConfig {
     fn default() -> Self {
-        Self {
-            stream: DEFAULT_STREAM.to_owned(),
-            subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
-        }
+        Self::new(DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX)
     }
 }
 

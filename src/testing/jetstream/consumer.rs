@@ -19,6 +19,7 @@ const DEFAULT_MAX_ACK_PENDING: i64 = 1000;
 
 /// Where a new consumer starts in its stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliverPolicy {
     /// From the first message.
     #[default]
@@ -32,6 +33,7 @@ pub enum DeliverPolicy {
 /// A durable pull consumer's configuration (the part of async-nats's
 /// `consumer::pull::Config` the engine implements; acks are always explicit).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// The durable name, shared by every caller of [`next`](super::MemoryJetStream::next).
     pub durable_name: String,
@@ -135,6 +137,7 @@ impl Default for ConsumerConfig {
 
 /// A consumer sequence and the stream sequence that goes with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SequencePair {
     /// The consumer's sequence (one per delivery).
     pub consumer_sequence: u64,
@@ -144,6 +147,7 @@ pub struct SequencePair {
 
 /// A consumer's configuration and state, as the server's consumer info.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerInfo {
     /// The stream.
     pub stream: String,

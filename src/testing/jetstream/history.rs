@@ -11,6 +11,7 @@ use super::MemoryJetStream;
 
 /// One thing that happened to a message in a durable consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HistoryEntry {
     /// When, on tokio's clock.
     pub at: Instant,

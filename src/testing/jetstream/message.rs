@@ -3,14 +3,16 @@
 
 use std::time::{Duration, SystemTime};
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
+
+use crate::nats::HeaderMap;
 
 use super::error::AckError;
 use super::MemoryJetStream;
 
 /// A message as a stream stores it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct StoredMessage {
     /// The subject it was published to.
     pub subject: String,
@@ -27,6 +29,7 @@ pub struct StoredMessage {
 
 /// Where a delivery stands, as the server's ack reply subject encodes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeliveryInfo {
     /// The stream.
     pub stream: String,

@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
+
+use crate::nats::HeaderMap;
 
 pub use consumer::{ConsumerConfig, ConsumerInfo, DeliverPolicy, SequencePair};
 pub use error::{

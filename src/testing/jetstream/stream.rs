@@ -30,6 +30,7 @@ const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// A stream's configuration, as in async-nats's `stream::Config` (the part the
 /// engine implements).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamConfig {
     /// The stream's name.
     pub name: String,
@@ -97,6 +98,7 @@ impl Default for StreamConfig {
 
 /// A stream's configuration and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamInfo {
     /// The configuration, defaults filled in.
     pub config: StreamConfig,
@@ -112,6 +114,7 @@ pub struct StreamInfo {
 
 /// The answer to a stored (or deduplicated) publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PublishAck {
     /// The stream that stored the message.
     pub stream: String,
