@@ -88,7 +88,7 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// and the state is replayed from the events instead.
     const SNAPSHOT_SCHEMA: u32 = 1;
 
-    /// The events, one serde enum (see the [module docs](self)).
+    /// The events, one serde enum (see the [event store docs](crate::eventstore)).
     type Event: Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// What can be asked of it.
