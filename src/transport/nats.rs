@@ -55,7 +55,9 @@ impl Transport for NatsTransport {
     }
 
     fn max_payload(&self) -> usize {
-        self.nats.server_info().max_payload
+        // An atomic read; `server_info()` would clone the whole INFO on
+        // every publish.
+        self.nats.max_payload()
     }
 
     fn stream_for_subject<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, StreamLookup> {
