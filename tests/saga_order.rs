@@ -17,12 +17,9 @@ fn placed(order: &str, payment_seconds: i64) -> OrderPlaced {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn happy_path_reserves_charges_ships_and_archives() {
-    let world = World::new().await;
-    let host = world.host(4).await;
-    let order = "o-happy";
-    world.publish(order, &placed(order, 600)).await;
+/// Starts the saga of `order` and answers its stock reservation.
+async fn reserve_stock(world: &World, order: &str, payment_seconds: i64) {
+    world.publish(order, &placed(order, payment_seconds)).await;
     world.wait_commands(order, 1).await;
     world
         .publish(
@@ -32,6 +29,14 @@ async fn happy_path_reserves_charges_ships_and_archives() {
             },
         )
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_reserves_charges_ships_and_archives() {
+    let world = World::new().await;
+    let host = world.host(4).await;
+    let order = "o-happy";
+    reserve_stock(&world, order, 600).await;
     world.wait_commands(order, 2).await;
     let running = world.sagas().await.running().await.unwrap();
     let saga = running
@@ -93,16 +98,7 @@ async fn payment_failure_compensates_in_reverse_order() {
     let world = World::new().await;
     let host = world.host(4).await;
     let order = "o-fails";
-    world.publish(order, &placed(order, 600)).await;
-    world.wait_commands(order, 1).await;
-    world
-        .publish(
-            order,
-            &StockReserved {
-                order: order.into(),
-            },
-        )
-        .await;
+    reserve_stock(&world, order, 600).await;
     world.wait_commands(order, 2).await;
     world
         .publish(
@@ -140,16 +136,7 @@ async fn a_payment_timeout_fires_and_compensates() {
     let world = World::new().await;
     let host = world.host(4).await;
     let order = "o-slow";
-    world.publish(order, &placed(order, 2)).await;
-    world.wait_commands(order, 1).await;
-    world
-        .publish(
-            order,
-            &StockReserved {
-                order: order.into(),
-            },
-        )
-        .await;
+    reserve_stock(&world, order, 2).await;
     let done = world
         .wait_saga(order, |s| s.status != SagaStatus::Running)
         .await;
