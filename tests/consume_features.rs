@@ -185,14 +185,7 @@ async fn pattern_routes_take_the_types_without_a_typed_handler() {
         .unwrap();
     let running = Running::start(consumer);
     world.publish(1).await;
-    world
-        .client
-        .publisher()
-        .publish(&OrderShipped {
-            order: "o-1".into(),
-        })
-        .await
-        .unwrap();
+    world.publish_shipped("o-1").await;
     eventually("both handled", Duration::from_secs(20), || async {
         seen.len() == 2
     })

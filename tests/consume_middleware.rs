@@ -319,14 +319,7 @@ async fn a_route_layer_runs_for_its_route_only() {
         .unwrap();
     let running = Running::start(consumer);
     world.publish(1).await;
-    world
-        .client
-        .publisher()
-        .publish(&OrderShipped {
-            order: "o-1".into(),
-        })
-        .await
-        .unwrap();
+    world.publish_shipped("o-1").await;
     eventually("both handled", Duration::from_secs(20), || async {
         handled.len() == 2
     })

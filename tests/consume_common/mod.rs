@@ -118,6 +118,17 @@ impl World {
             .event_id
     }
 
+    /// Publishes the follow-up type `shop.order.shipped.v1` of `order`.
+    pub async fn publish_shipped(&self, order: &str) {
+        self.client
+            .publisher()
+            .publish(&OrderShipped {
+                order: order.to_owned(),
+            })
+            .await
+            .unwrap();
+    }
+
     pub fn subject_of(&self, n: u64) -> String {
         format!(
             "{}.shop.order.placed.v1.o-{n}",
