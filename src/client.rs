@@ -245,7 +245,7 @@ impl Client {
             .timeout(config.ack_timeout)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(nats.clone());
-        let transport = Arc::new(NatsTransport { nats, jetstream });
+        let transport = Arc::new(NatsTransport::new(nats, jetstream, config.ack_timeout));
         Ok(Client::assemble(
             Backend::Nats(transport.clone()),
             transport,

@@ -11,6 +11,7 @@
 pub(crate) mod atomic_batch;
 pub(crate) mod delivery;
 pub(crate) mod nats;
+mod publish_acks;
 
 use std::fmt;
 

@@ -1,5 +1,6 @@
 //! The transport over NATS JetStream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, message::AckKind};
@@ -7,7 +8,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use tokio::sync::OnceCell;
 
+use super::publish_acks::PublishAcks;
 use super::{
     atomic_batch, BatchFailure, BatchMessage, Delivery, DeliveryInfo, PendingStore, StoreFailure,
     StoreFailureKind, Stored, StoredBatch, StreamLookup, Transport,
@@ -22,6 +25,24 @@ const STREAM_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct NatsTransport {
     pub(crate) nats: async_nats::Client,
     pub(crate) jetstream: jetstream::Context,
+    /// Publish acks, subscribed on the first publish.
+    acks: Arc<OnceCell<PublishAcks>>,
+    ack_timeout: Duration,
+}
+
+impl NatsTransport {
+    pub(crate) fn new(
+        nats: async_nats::Client,
+        jetstream: jetstream::Context,
+        ack_timeout: Duration,
+    ) -> NatsTransport {
+        NatsTransport {
+            nats,
+            jetstream,
+            acks: Arc::new(OnceCell::new()),
+            ack_timeout,
+        }
+    }
 }
 
 impl Transport for NatsTransport {
@@ -31,13 +52,18 @@ impl Transport for NatsTransport {
         headers: HeaderMap,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>> {
-        let message = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .headers(headers);
         async move {
-            let ack = self
-                .jetstream
-                .send_publish(subject, message)
+            let acks = self
+                .acks
+                .get_or_try_init(|| PublishAcks::start(self.nats.clone(), self.ack_timeout))
+                .await
+                .map_err(|err| StoreFailure {
+                    // Only a connection being closed refuses a subscription.
+                    kind: StoreFailureKind::BrokenPipe,
+                    source: Box::new(err),
+                })?;
+            let ack = acks
+                .send(subject, headers, payload)
                 .await
                 .map_err(store_failure)?;
             let pending: PendingStore = async move {
