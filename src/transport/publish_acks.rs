@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
-use async_nats::jetstream::response::Response;
 use async_nats::jetstream::ErrorCode;
 use async_nats::{HeaderMap, Message, StatusCode};
 use bytes::Bytes;
@@ -224,16 +223,31 @@ fn send_failure(err: async_nats::PublishError) -> PublishError {
     PublishError::with_source(kind, err)
 }
 
-/// The stream's answer, read as async-nats reads it.
+/// The stream's answer: an ack or an API error, in one pass (async-nats'
+/// untagged `Response` buffers the whole reply to try each form in turn).
+#[derive(serde::Deserialize)]
+struct AckReply {
+    #[serde(default)]
+    error: Option<async_nats::jetstream::Error>,
+    #[serde(default)]
+    stream: String,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+/// The stream's answer, with the error kinds async-nats gives it.
 fn read_ack(message: &Message) -> Result<PublishAck, PublishError> {
     if message.status == Some(StatusCode::NO_RESPONDERS) {
         return Err(PublishError::new(PublishErrorKind::StreamNotFound));
     }
-    let response: Response<PublishAck> = serde_json::from_slice(&message.payload)
+    let reply: AckReply = serde_json::from_slice(&message.payload)
         .map_err(|err| PublishError::with_source(PublishErrorKind::Other, err))?;
-    match response {
-        Response::Ok(ack) => Ok(ack),
-        Response::Err { error } => Err(match error.error_code() {
+    if let Some(error) = reply.error {
+        return Err(match error.error_code() {
             ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => {
                 PublishError::with_source(PublishErrorKind::WrongLastMessageId, error)
             }
@@ -241,8 +255,15 @@ fn read_ack(message: &Message) -> Result<PublishAck, PublishError> {
                 PublishError::with_source(PublishErrorKind::WrongLastSequence, error)
             }
             _ => PublishError::with_source(PublishErrorKind::Other, error),
-        }),
+        });
     }
+    Ok(PublishAck {
+        stream: reply.stream,
+        sequence: reply.seq,
+        domain: reply.domain,
+        duplicate: reply.duplicate,
+        ..PublishAck::default()
+    })
 }
 
 /// Hands each ack to its waiting sender and sweeps the overdue ones, until
@@ -282,6 +303,7 @@ async fn demultiplex(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn waiting_with(dues: &[u64]) -> (Waiting, Vec<oneshot::Receiver<Answer>>) {
@@ -312,6 +334,45 @@ mod tests {
         assert!(waiting.take(0).is_some());
         assert_eq!(waiting.first, 2, "answered front slots are dropped");
         assert!(waiting.take(7).is_none(), "a number never sent");
+    }
+
+    fn reply(payload: &'static str) -> Message {
+        Message {
+            subject: "_INBOX.x.1".into(),
+            reply: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+            headers: None,
+            status: None,
+            description: None,
+            length: payload.len(),
+        }
+    }
+
+    #[test]
+    fn reads_acks_and_errors_as_async_nats_does() {
+        let ack =
+            read_ack(&reply(r#"{"stream":"ORDERS","seq":42,"duplicate":true}"#)).expect("ack");
+        assert_eq!(
+            (ack.stream.as_str(), ack.sequence, ack.duplicate),
+            ("ORDERS", 42, true)
+        );
+        let err = read_ack(&reply(
+            r#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 7"}}"#,
+        ))
+        .expect_err("wrong last sequence");
+        assert_eq!(err.kind(), PublishErrorKind::WrongLastSequence);
+        assert!(err.to_string().contains("wrong last sequence: 7"), "{err}");
+        let err = read_ack(&reply(
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+        ))
+        .expect_err("other error");
+        assert_eq!(err.kind(), PublishErrorKind::Other);
+        let mut no_responders = reply("");
+        no_responders.status = Some(StatusCode::NO_RESPONDERS);
+        assert_eq!(
+            read_ack(&no_responders).expect_err("no stream").kind(),
+            PublishErrorKind::StreamNotFound
+        );
     }
 
     #[test]
