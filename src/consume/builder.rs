@@ -118,6 +118,31 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
+    /// Guards every route with `breaker` and stops pulling while it is
+    /// open: while a downstream is down, events stay held or on the
+    /// server, spending neither attempts nor deliveries (see
+    /// [`CircuitBreaker`](super::CircuitBreaker)). Like [`layer`](Self::layer),
+    /// it wraps the layers added before.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use jetevents::consume::{BreakerConfig, CircuitBreaker, Consumer, Context, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Paid;
+    /// # impl jetevents::Event for Paid { const TYPE: &'static str = "billing.invoice.paid.v1"; }
+    /// # async fn on_paid(_: Paid, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # fn f(client: jetevents::client::Client) {
+    /// let breaker = CircuitBreaker::new("ledger-api", BreakerConfig::default());
+    /// let builder = Consumer::builder(&client, "ledger")
+    ///     .handle(on_paid)
+    ///     .circuit_breaker(&breaker);
+    /// # }
+    /// ```
+    pub fn circuit_breaker(mut self, breaker: &super::CircuitBreaker) -> Self {
+        breaker.bind_metrics(self.client.metrics());
+        self.settings.breakers.push(breaker.clone());
+        self.layer(breaker.layer())
+    }
+
     /// How many handlers run at once in this instance (default 8).
     ///
     /// Handlers run concurrently on the consumer's own task, as futures: a

@@ -164,6 +164,7 @@
 mod route_methods;
 
 mod attempts;
+mod breaker;
 mod builder;
 mod context;
 pub mod dead_letter;
@@ -187,6 +188,10 @@ use std::future::Future;
 use crate::client::Client;
 
 pub use attempts::BUCKET as ATTEMPTS_BUCKET;
+pub use breaker::{
+    BreakerConfig, BreakerState, BreakerWindow, CircuitBreaker, CircuitBreakerLayer,
+    CircuitBreakerService,
+};
 pub use builder::ConsumerBuilder;
 pub use context::Context;
 pub use dead_letter::{

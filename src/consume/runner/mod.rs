@@ -220,7 +220,10 @@ where
         }
         let careful = careful_until.is_some();
 
-        let batch = if careful {
+        let batch = if shared.settings.pulling_paused(tasks.len()) {
+            // An open breaker: what is not pulled keeps its delivery count.
+            0
+        } else if careful {
             usize::from(pulls.outstanding() == 0 && waiting.len() < prefetch)
         } else {
             let room = prefetch.saturating_sub(waiting.len() + pulls.outstanding());
