@@ -21,8 +21,8 @@ use metrics_reader::{Metrics, Recorder};
 const GROUP: &str = "ledger";
 const EVENTS: u64 = 12;
 const ATTEMPTS: u32 = 4;
-/// Failed probes the outage lasts for: with the open duration below, many
-/// times the handler timeout, and more failed probes than attempts.
+/// Failed probes the outage lasts for: with the open duration below, over
+/// ten times the handler timeout, and more failed probes than attempts.
 const FAILED_PROBES: u64 = 12;
 
 /// A downstream that is down until told otherwise, and every call it got:
@@ -90,7 +90,7 @@ async fn an_outage_trips_the_breaker_without_spending_attempts_and_consumption_r
         .concurrency(2)
         .prefetch(2)
         // Far shorter than the outage: a held event must not time out.
-        .handler_timeout(Duration::from_secs(1))
+        .handler_timeout(Duration::from_millis(250))
         .with_state(downstream.clone())
         .handle(call_downstream)
         .circuit_breaker(&breaker)
