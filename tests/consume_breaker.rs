@@ -19,10 +19,11 @@ use consume_common::{eventually, Log, OrderPlaced, Running, World};
 use metrics_reader::{Metrics, Recorder};
 
 const GROUP: &str = "ledger";
-const EVENTS: u64 = 12;
+const EVENTS: u64 = 3;
 const ATTEMPTS: u32 = 4;
 /// Failed probes the outage lasts for: with the open duration below, over
-/// ten times the handler timeout, and more failed probes than attempts.
+/// ten times the handler timeout, and more failed probes than the events
+/// have attempts between them.
 const FAILED_PROBES: u64 = 12;
 
 /// A downstream that is down until told otherwise, and every call it got:
