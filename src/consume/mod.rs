@@ -175,6 +175,7 @@ mod handler;
 mod metrics;
 mod outcome;
 mod policy;
+pub mod priority;
 mod retry;
 mod router;
 mod runner;
@@ -203,6 +204,7 @@ pub use error::{ConsumeError, ConsumeErrorKind};
 pub use handler::{HandlerError, HandlerErrorKind, HandlerOptions, ResultExt};
 pub use outcome::{IntoOutcome, Outcome};
 pub use policy::{AckMode, ServerBackoff, UnhandledPolicy, DELIVERY_MARGIN};
+pub use priority::Priority;
 pub use retry::RetryPolicy;
 pub use stack::{BoxError, Delivery, HandlerLayer, HandlerService};
 

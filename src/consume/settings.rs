@@ -43,6 +43,8 @@ pub(super) struct Settings {
     pub deliver_policy: DeliverPolicy,
     pub extra_filters: Vec<String>,
     pub replace_group_filter: bool,
+    /// This instance's place in the group's priority group.
+    pub priority: Option<super::Priority>,
     /// Breakers around every route that pause the pulling while open.
     pub breakers: Vec<super::CircuitBreaker>,
     #[cfg(feature = "encryption")]
@@ -68,6 +70,7 @@ impl Default for Settings {
             deliver_policy: DeliverPolicy::All,
             extra_filters: Vec::new(),
             replace_group_filter: false,
+            priority: None,
             breakers: Vec::new(),
             #[cfg(feature = "encryption")]
             decryption: None,
@@ -182,6 +185,9 @@ pub(super) fn consumer_config(
         ..Default::default()
     };
     group_filter::set_filters(&mut config, filters);
+    if let Some(priority) = &settings.priority {
+        priority.configure(&mut config);
+    }
     config
 }
 
