@@ -271,7 +271,7 @@ impl CircuitBreaker {
             let name = self.name_attribute();
             metrics
                 .breaker_state
-                .record(state.gauge_value(), &[name.clone()]);
+                .record(state.gauge_value(), std::slice::from_ref(&name));
             metrics
                 .breaker_transitions
                 .add(1, &[name, KeyValue::new(BREAKER_STATE, state.as_str())]);
