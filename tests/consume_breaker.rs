@@ -1,6 +1,9 @@
 //! The circuit breaker against a real server: a downstream that fails for
 //! a while trips it; while it is open the events wait (no attempts spent,
 //! no dead letters, delivery counts low) and consumption resumes after.
+//!
+//! Alone in its binary: it installs a global subscriber, to read the
+//! breaker's state on the `process` spans.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +13,10 @@ use std::time::Duration;
 use jetevents::consume::{
     BreakerConfig, BreakerWindow, CircuitBreaker, Context, HandlerError, RetryPolicy,
 };
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing_subscriber::layer::SubscriberExt;
 
 mod consume_common;
 mod metrics_reader;
@@ -64,8 +70,37 @@ fn transitions_into(recorder: &Recorder, state: &'static str) -> u64 {
     })
 }
 
+/// Collects the spans of this test binary.
+fn export_spans() -> InMemorySpanExporter {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("breaker-tests")));
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    exporter
+}
+
+/// The `process` spans whose call the breaker let through in `state`.
+fn processed_in<'a>(spans: &'a [SpanData], state: &str) -> Vec<&'a SpanData> {
+    spans
+        .iter()
+        .filter(|span| {
+            span.attributes.iter().any(|kv| {
+                kv.key.as_str() == "jetevents.breaker.state" && kv.value.to_string() == state
+            })
+        })
+        .collect()
+}
+
+fn has_event(span: &SpanData, name: &str) -> bool {
+    span.events.iter().any(|event| event.name == name)
+}
+
 #[tokio::test]
 async fn an_outage_trips_the_breaker_without_spending_attempts_and_consumption_resumes() {
+    let spans = export_spans();
     let recorder = Recorder::new();
     let url = jetevents_testcontainers::shared().await.url();
     let meter = recorder.meter();
@@ -152,4 +187,16 @@ async fn an_outage_trips_the_breaker_without_spending_attempts_and_consumption_r
     let highest_delivery = downstream.calls.items().iter().map(|call| call.1).max();
     assert!(highest_delivery <= Some(u64::from(ATTEMPTS)));
     running.stop().await;
+
+    // The probe that closed it, held before it ran, and the calls after.
+    let spans = spans.get_finished_spans().unwrap();
+    let probes = processed_in(&spans, "half_open");
+    assert!(probes
+        .iter()
+        .any(|span| has_event(span, "held by an open circuit breaker")
+            && has_event(span, "circuit breaker closed")));
+    assert!(!processed_in(&spans, "closed").is_empty());
+    assert!(spans
+        .iter()
+        .any(|span| has_event(span, "circuit breaker opened")));
 }

@@ -74,6 +74,14 @@ where
                 if probe && transition == Some(BreakerState::Open) {
                     continue;
                 }
+                // Once per delivery: a span field recorded twice is
+                // exported twice.
+                let admitted_in = if probe {
+                    BreakerState::HalfOpen
+                } else {
+                    BreakerState::Closed
+                };
+                tracing::Span::current().record("jetevents.breaker.state", admitted_in.as_str());
                 return result;
             }
         })

@@ -219,12 +219,6 @@ impl CircuitBreaker {
             }
             let wake_at = match admission {
                 Admission::Admitted(ticket) => {
-                    let state = if ticket.probe {
-                        BreakerState::HalfOpen
-                    } else {
-                        BreakerState::Closed
-                    };
-                    tracing::Span::current().record("jetevents.breaker.state", state.as_str());
                     return Permit {
                         breaker: self.clone(),
                         ticket: Some(ticket),
