@@ -21,7 +21,7 @@ use tracing_subscriber::layer::SubscriberExt;
 mod consume_common;
 mod metrics_reader;
 mod support;
-use consume_common::{eventually, Log, OrderPlaced, Running, World};
+use consume_common::{eventually, Log, OrderPlaced, OrderShipped, Running, World};
 use metrics_reader::{Metrics, Recorder};
 
 const GROUP: &str = "ledger";
@@ -41,6 +41,13 @@ struct Downstream {
 }
 
 async fn call_downstream(event: OrderPlaced, ctx: Context<Downstream>) -> Result<(), HandlerError> {
+    // Published before the downstream call: every run of the event, a
+    // failed probe's too, must publish it with the same id.
+    ctx.publish(&OrderShipped {
+        order: event.order.clone(),
+    })
+    .await
+    .unwrap();
     let downstream = ctx.state();
     let up = !downstream.down.load(Ordering::SeqCst);
     downstream.calls.push((event.n, ctx.delivery_count(), up));
@@ -177,6 +184,8 @@ async fn an_outage_trips_the_breaker_without_spending_attempts_and_consumption_r
     .await;
     world.wait_settled(GROUP).await;
     assert!(dead_letters.list(50).await.unwrap().is_empty());
+    let stored = world.stream().await.info().await.unwrap().state.messages;
+    assert_eq!(stored, 2 * EVENTS, "each event and one follow-up of it");
     eventually("the breaker closed", Duration::from_secs(10), || async {
         state_gauge(&recorder) == Some(0)
     })

@@ -72,6 +72,7 @@ where
                 // A failed probe: the downstream is still down. Held for
                 // the next probe rather than spending one of its attempts.
                 if probe && transition == Some(BreakerState::Open) {
+                    delivery.context().lineage().restart();
                     continue;
                 }
                 // Once per delivery: a span field recorded twice is
