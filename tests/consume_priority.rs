@@ -114,3 +114,52 @@ async fn a_standby_gets_events_only_once_the_primary_is_min_pending_behind() {
     primary_run.stop().await;
     standby_run.stop().await;
 }
+
+#[tokio::test]
+async fn a_lower_level_gets_events_only_while_no_higher_level_pull_waits() {
+    let world = World::on_shared_server().await;
+    // Level 0 holds what it gets: one running, one prefetched, then it
+    // has no pull left open.
+    let first = Instance::new(0);
+    let second = Instance::new(usize::MAX >> 4);
+    let first_run = start(&world, &first, Priority::prioritized(PRIORITY_GROUP, 0), 1).await;
+    let second_run = start(&world, &second, Priority::prioritized(PRIORITY_GROUP, 1), 8).await;
+
+    // Both levels wait with a pull each: the events go to level 0.
+    for n in 0..2 {
+        let waiting_pulls = || async {
+            let info = world.stream().await.consumer_info(GROUP).await.unwrap();
+            info.num_waiting >= 2
+        };
+        eventually(
+            "both levels pulling",
+            Duration::from_secs(20),
+            waiting_pulls,
+        )
+        .await;
+        world.publish(n).await;
+        // Level 1 would ack at once, and never leave these counts.
+        eventually("level 0 holds it", Duration::from_secs(20), || async {
+            world.consumer_counts(GROUP).await == (0, n as usize + 1)
+        })
+        .await;
+    }
+    assert!(second.handled.items().is_empty());
+
+    // Level 0 has no pull open: level 1 takes the rest.
+    for n in 2..7 {
+        world.publish(n).await;
+    }
+    eventually("level 1 took the rest", Duration::from_secs(20), || async {
+        second.handled.len() == 5
+    })
+    .await;
+    let mut taken = second.handled.items();
+    taken.sort_unstable();
+    assert_eq!(taken, (2..7).collect::<Vec<_>>());
+
+    first.permits.add_permits(2);
+    world.wait_settled(GROUP).await;
+    first_run.stop().await;
+    second_run.stop().await;
+}
