@@ -39,6 +39,9 @@
 //!
 //! # Observability
 //!
+//! A held delivery counts as in flight, and its wait is part of its
+//! `messaging.process.duration`.
+//!
 //! - Metric `jetevents.consume.breaker.state` (gauge: 0 closed, 1 open, 2
 //!   half-open) and `jetevents.consume.breaker.transitions` (counter, by the
 //!   state entered), both with `jetevents.breaker.name`.
