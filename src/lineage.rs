@@ -100,6 +100,17 @@ impl Lineage {
         &self.run.correlation_id
     }
 
+    /// Ordinals back to 0: the handler runs again within the same call (a
+    /// breaker's failed probe), and its follow-ups must get the ids they got
+    /// the first time, as on a redelivery.
+    pub(crate) fn restart(&self) {
+        self.run
+            .next_ordinals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
     /// The id of the next follow-up of `event_type` in this run.
     fn next_follow_up_id(&self, event_type: &'static str) -> String {
         let ordinal = {

@@ -14,7 +14,7 @@
 use crate::semconv::{
     CLOUDEVENTS_EVENT_TYPE, ERROR_TYPE, MESSAGING_OPERATION_NAME, MESSAGING_SYSTEM, NATS,
 };
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry::{KeyValue, StringValue};
 
 /// Name of the instrumentation scope.
@@ -41,6 +41,8 @@ pub struct Metrics {
     pub(crate) filter_drift: Counter<u64>,
     pub(crate) handlers_in_flight: UpDownCounter<i64>,
     pub(crate) settle_failures: Counter<u64>,
+    pub(crate) breaker_state: Gauge<i64>,
+    pub(crate) breaker_transitions: Counter<u64>,
 }
 
 impl Metrics {
@@ -127,6 +129,21 @@ impl Metrics {
                      (attribute operation)",
                 )
                 .with_unit("{operation}")
+                .build(),
+            breaker_state: meter
+                .i64_gauge("jetevents.consume.breaker.state")
+                .with_description(
+                    "State of a circuit breaker: 0 closed, 1 open, 2 half-open \
+                     (attribute jetevents.breaker.name)",
+                )
+                .with_unit("{state}")
+                .build(),
+            breaker_transitions: meter
+                .u64_counter("jetevents.consume.breaker.transitions")
+                .with_description(
+                    "Circuit breaker transitions, by the state entered (jetevents.breaker.state)",
+                )
+                .with_unit("{transition}")
                 .build(),
         }
     }

@@ -118,6 +118,40 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         self
     }
 
+    /// This instance's place in a priority group of the group (ADR-42):
+    /// a primary or standby of the overflow policy, or a level of the
+    /// prioritized one (see [`priority`](super::priority)). Every instance
+    /// of the group must set one, with the same group name and policy.
+    pub fn priority(mut self, priority: super::Priority) -> Self {
+        self.settings.priority = Some(priority);
+        self
+    }
+
+    /// Guards every route with `breaker` and stops pulling while it is
+    /// open: while a downstream is down, events stay held or on the
+    /// server, spending neither attempts nor deliveries (see
+    /// [`CircuitBreaker`](super::CircuitBreaker)). Like [`layer`](Self::layer),
+    /// it wraps the layers added before.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use jetevents::consume::{BreakerConfig, CircuitBreaker, Consumer, Context, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Paid;
+    /// # impl jetevents::Event for Paid { const TYPE: &'static str = "billing.invoice.paid.v1"; }
+    /// # async fn on_paid(_: Paid, _: Context) -> Result<(), HandlerError> { Ok(()) }
+    /// # fn f(client: jetevents::client::Client) {
+    /// let breaker = CircuitBreaker::new("ledger-api", BreakerConfig::default());
+    /// let builder = Consumer::builder(&client, "ledger")
+    ///     .handle(on_paid)
+    ///     .circuit_breaker(&breaker);
+    /// # }
+    /// ```
+    pub fn circuit_breaker(mut self, breaker: &super::CircuitBreaker) -> Self {
+        breaker.bind_metrics(self.client.metrics());
+        self.settings.breakers.push(breaker.clone());
+        self.layer(breaker.layer())
+    }
+
     /// How many handlers run at once in this instance (default 8).
     ///
     /// Handlers run concurrently on the consumer's own task, as futures: a
@@ -282,6 +316,14 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         filters.extend(self.settings.extra_filters.iter().cloned());
         let filters = router::minimal_filters(filters);
         let handlers = self.router.build(subjects).map_err(invalid)?;
+        if let Some(reason) = self
+            .settings
+            .priority
+            .as_ref()
+            .and_then(|p| p.invalid_group())
+        {
+            return Err(invalid(reason));
+        }
 
         #[cfg(feature = "testing")]
         if let Some(memory) = self.client.memory() {

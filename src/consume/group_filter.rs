@@ -199,6 +199,8 @@ fn same_settings(
         && server.max_deliver == desired.max_deliver
         && server.backoff == desired.backoff
         && (desired.max_ack_pending == 0 || server.max_ack_pending == desired.max_ack_pending)
+        && server.priority_policy == desired.priority_policy
+        && server.priority_groups == desired.priority_groups
 }
 
 fn classify_create_error(

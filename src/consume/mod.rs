@@ -97,8 +97,10 @@
 //!
 //! Your layers sit inside the timeout and the progress acks, so one that
 //! waits (a rate limit, a concurrency limit) neither lets the event's ack
-//! wait run out nor escapes the timeout, and inside the panic catching. Types
-//! no instance route handles never reach them ([`UnhandledPolicy`]).
+//! wait run out nor escapes the timeout, and inside the panic catching.
+//! A [`CircuitBreaker`] holding a delivery stops its timeout: held is not
+//! running (see [`breaker`]). Types no instance route handles never reach
+//! them ([`UnhandledPolicy`]).
 //! Layers 1 to 8 are one generic future in the runner, not boxed services:
 //! a delivery with no layers of yours costs one boxed future. The
 //! [`EphemeralConsumer`] runs the same stack from the panic catching in
@@ -123,6 +125,16 @@
 //!     .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)));
 //! # }
 //! ```
+//!
+//! # Priorities and circuit breaking
+//!
+//! - Some event types first: give them their own consumer (their own
+//!   group, filter and concurrency); a consumer takes its events in stream
+//!   order and cannot move one ahead of its backlog.
+//! - Which instances consume: [`priority`] groups (overflow standby pools,
+//!   prioritized levels), [`ConsumerBuilder::priority`].
+//! - A downstream that is down: a [`CircuitBreaker`] holds the deliveries
+//!   instead of spending their attempts, [`ConsumerBuilder::circuit_breaker`].
 //!
 //! # Acking (the runner owns it)
 //!
@@ -164,6 +176,7 @@
 mod route_methods;
 
 mod attempts;
+pub mod breaker;
 mod builder;
 mod context;
 pub mod dead_letter;
@@ -174,6 +187,7 @@ mod handler;
 mod metrics;
 mod outcome;
 mod policy;
+pub mod priority;
 mod retry;
 mod router;
 mod runner;
@@ -187,6 +201,10 @@ use std::future::Future;
 use crate::client::Client;
 
 pub use attempts::BUCKET as ATTEMPTS_BUCKET;
+pub use breaker::{
+    BreakerConfig, BreakerState, BreakerWindow, CircuitBreaker, CircuitBreakerLayer,
+    CircuitBreakerService,
+};
 pub use builder::ConsumerBuilder;
 pub use context::Context;
 pub use dead_letter::{
@@ -198,6 +216,7 @@ pub use error::{ConsumeError, ConsumeErrorKind};
 pub use handler::{HandlerError, HandlerErrorKind, HandlerOptions, ResultExt};
 pub use outcome::{IntoOutcome, Outcome};
 pub use policy::{AckMode, ServerBackoff, UnhandledPolicy, DELIVERY_MARGIN};
+pub use priority::Priority;
 pub use retry::RetryPolicy;
 pub use stack::{BoxError, Delivery, HandlerLayer, HandlerService};
 

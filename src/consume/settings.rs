@@ -43,6 +43,10 @@ pub(super) struct Settings {
     pub deliver_policy: DeliverPolicy,
     pub extra_filters: Vec<String>,
     pub replace_group_filter: bool,
+    /// This instance's place in the group's priority group.
+    pub priority: Option<super::Priority>,
+    /// Breakers around every route that pause the pulling while open.
+    pub breakers: Vec<super::CircuitBreaker>,
     #[cfg(feature = "encryption")]
     pub decryption: Option<crate::encryption::Encryption>,
 }
@@ -66,6 +70,8 @@ impl Default for Settings {
             deliver_policy: DeliverPolicy::All,
             extra_filters: Vec::new(),
             replace_group_filter: false,
+            priority: None,
+            breakers: Vec::new(),
             #[cfg(feature = "encryption")]
             decryption: None,
         }
@@ -98,6 +104,20 @@ impl Settings {
             backoff.truncate(usize::try_from(max_deliver - 1).unwrap_or(0));
         }
         backoff
+    }
+
+    /// Whether a consumer-wide breaker stops the pulling, with `running`
+    /// handler calls.
+    pub(crate) fn pulling_paused(&self, running: usize) -> bool {
+        self.breakers
+            .iter()
+            .any(|breaker| breaker.pauses_pulling(running))
+    }
+
+    /// Whether a consumer-wide breaker holds calls: received events wait
+    /// for it, not for hung handlers.
+    pub(crate) fn breaker_holding(&self) -> bool {
+        self.breakers.iter().any(super::CircuitBreaker::is_holding)
     }
 
     /// Events the runner keeps requested or received beyond its running
@@ -165,6 +185,9 @@ pub(super) fn consumer_config(
         ..Default::default()
     };
     group_filter::set_filters(&mut config, filters);
+    if let Some(priority) = &settings.priority {
+        priority.configure(&mut config);
+    }
     config
 }
 

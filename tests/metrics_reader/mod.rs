@@ -79,6 +79,18 @@ impl Metrics<'_> {
         }
     }
 
+    /// The last value of an `i64` gauge at the data point having all of
+    /// `with`, if it was recorded.
+    pub fn gauge_i64(&self, name: &str, with: &[KeyValue]) -> Option<i64> {
+        match self.find(name)?.data() {
+            AggregatedMetrics::I64(MetricData::Gauge(gauge)) => gauge
+                .data_points()
+                .find(|point| has_all(point.attributes(), with))
+                .map(|point| point.value()),
+            other => panic!("{name}: not an i64 gauge: {other:?}"),
+        }
+    }
+
     pub fn has_attribute(&self, name: &str, key: &str) -> bool {
         match self.get(name).data() {
             AggregatedMetrics::U64(MetricData::Sum(sum)) => sum

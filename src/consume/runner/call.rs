@@ -49,6 +49,8 @@ pub(super) struct KeepAlive<'a, D> {
 }
 
 /// Runs a handler call to its end: its result, its timeout or shutdown.
+/// The timeout does not run while a layer holds the call (`held`): it
+/// starts again, whole, when the hold ends.
 ///
 /// Its event gets in-progress acks meanwhile, sent next to the call rather
 /// than before it: an ack waiting for room in the client's queue (a stalled
@@ -59,6 +61,7 @@ pub(super) async fn run_handler<C, D: Delivery>(
     timeout: Duration,
     keep_alive: KeepAlive<'_, D>,
     mut stopped: watch::Receiver<bool>,
+    mut held: watch::Receiver<bool>,
 ) -> Ended
 where
     C: Future<Output = Caught>,
@@ -81,10 +84,20 @@ where
         tokio::pin!(deadline);
         let mut progress = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut progress_ack = ProgressAck::default();
+        let mut holding = *held.borrow_and_update();
+        let mut hold_reported = true;
         loop {
             tokio::select! {
                 caught = &mut call => break caught.into(),
-                () = &mut deadline => break Ended::Finished(Outcome::failed_run(
+                changed = held.changed(), if hold_reported => match changed {
+                    Ok(()) => {
+                        holding = *held.borrow_and_update();
+                        deadline.as_mut().reset(Instant::now() + timeout);
+                    }
+                    // The call is over: its scope went with it.
+                    Err(_) => hold_reported = false,
+                },
+                () = &mut deadline, if !holding => break Ended::Finished(Outcome::failed_run(
                     "timeout",
                     format!("handler timed out after {timeout:?}"),
                 )),

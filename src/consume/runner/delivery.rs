@@ -7,6 +7,7 @@ use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::consume::breaker::hold;
 use crate::consume::context::Context;
 use crate::consume::dead_letter::DeadLetterReason;
 use crate::consume::metrics::{metric_attributes, InFlight};
@@ -94,6 +95,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         jetevents.dead_letter.reason = tracing::field::Empty,
         jetevents.terminated = tracing::field::Empty,
         jetevents.unhandled = tracing::field::Empty,
+        jetevents.breaker.state = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
 
@@ -210,7 +212,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         shared.state.clone(),
     );
     let metrics = shared.client.metrics();
-    let call = shared.handlers.call(StackDelivery::new(context));
+    let (call, held) = hold::scoped(shared.handlers.call(StackDelivery::new(context)));
     let started = std::time::Instant::now();
     let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
     let keep_alive = KeepAlive {
@@ -219,7 +221,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         reporter: &shared.reporter,
         stream_sequence,
     };
-    let ended = run_handler(call, timeout, keep_alive, stopped).await;
+    let ended = run_handler(call, timeout, keep_alive, stopped, held).await;
     drop(in_flight);
     let error_type = match &ended {
         Ended::Stopped => Some("shutdown"),

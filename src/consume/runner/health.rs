@@ -117,6 +117,7 @@ pub(super) enum Watchdog {
 pub(super) async fn watchdog(
     consumer: &mut jetstream::consumer::PullConsumer,
     group: &str,
+    priority: Option<&crate::consume::Priority>,
 ) -> Watchdog {
     let info = match tokio::time::timeout(CHECK_TIMEOUT, consumer.info()).await {
         Ok(info) => info,
@@ -127,7 +128,12 @@ pub(super) async fn watchdog(
             let max_ack_pending =
                 usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX);
             let room = max_ack_pending == 0 || info.num_ack_pending < max_ack_pending;
-            if info.num_pending > 0 && room {
+            // A standby below its thresholds, or a lower priority level,
+            // is meant to get nothing.
+            let expected = priority.is_some_and(|priority| {
+                priority.explains_empty_pull(info.num_pending, info.num_ack_pending)
+            });
+            if info.num_pending > 0 && room && !expected {
                 Watchdog::PendingButEmpty(info.num_pending)
             } else {
                 Watchdog::Healthy

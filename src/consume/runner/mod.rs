@@ -220,7 +220,10 @@ where
         }
         let careful = careful_until.is_some();
 
-        let batch = if careful {
+        let batch = if shared.settings.pulling_paused(tasks.len()) {
+            // An open breaker: what is not pulled keeps its delivery count.
+            0
+        } else if careful {
             usize::from(pulls.outstanding() == 0 && waiting.len() < prefetch)
         } else {
             let room = prefetch.saturating_sub(waiting.len() + pulls.outstanding());
@@ -237,11 +240,14 @@ where
             // housekeeping tick looks again.
         } else if batch > 0 {
             let reply = inbox.next_reply();
-            let request = pull::BatchConfig {
+            let mut request = pull::BatchConfig {
                 batch,
                 expires: Some(expiry),
                 ..Default::default()
             };
+            if let Some(priority) = &shared.settings.priority {
+                priority.apply(&mut request);
+            }
             let request = tokio::time::timeout(
                 expiry + PULL_GRACE,
                 pull_consumer.request_batch(request, reply.clone().into()),
@@ -360,7 +366,7 @@ where
         let check = tokio::select! {
             biased;
             () = signal.clone() => break 'pulling Ok(()),
-            check = alongside(&mut tasks, &mut waiting, &shared, watchdog(&mut pull_consumer, &group)) => check,
+            check = alongside(&mut tasks, &mut waiting, &shared, watchdog(&mut pull_consumer, &group, shared.settings.priority.as_ref())) => check,
         };
         if health.recreate_after(check, &group) {
             health = Health::default();

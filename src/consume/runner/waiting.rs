@@ -38,7 +38,9 @@ impl<D: Delivery> Waiting<D> {
 /// handler must not let the prefetched events behind it be redelivered to
 /// another instance), but not without bound: an event that waited longer
 /// than the handler timeout sits behind handlers that are slow or hung, and
-/// is Naked without delay so another instance of the group takes it.
+/// is Naked without delay so another instance of the group takes it
+/// (unless a consumer-wide breaker holds calls: then it waits for the
+/// breaker, as the running ones do).
 ///
 /// Awaits nothing: the loop calls it, and while the loop waits no handler
 /// is polled.
@@ -49,7 +51,9 @@ pub(super) fn keep_waiting_alive<S, D: Delivery>(
     let now = Instant::now();
     // The queue is in order of arrival: the overdue ones are in front.
     while let Some(event) = waiting.pop_front() {
-        if now.duration_since(event.arrived) < shared.settings.handler_timeout {
+        if now.duration_since(event.arrived) < shared.settings.handler_timeout
+            || shared.settings.breaker_holding()
+        {
             waiting.push_front(event);
             break;
         }
