@@ -80,6 +80,7 @@ pub struct World {
     pub client: Client,
     pub stream: String,
     pub gateway: Gateway,
+    gateway_config: GatewayConfig,
     pub addr: SocketAddr,
     serve: tokio::task::JoinHandle<()>,
 }
@@ -109,13 +110,16 @@ impl World {
             .await
             .unwrap();
         let keys = KeySet::new().with_hs256(None, SECRET.to_vec());
-        let gateway = Gateway::new(&client, keys, gateway_config).await.unwrap();
+        let gateway = Gateway::new(&client, keys, gateway_config.clone())
+            .await
+            .unwrap();
         let (addr, serve) = serve(gateway.clone(), None).await;
         World {
             server,
             client,
             stream,
             gateway,
+            gateway_config,
             addr,
             serve,
         }
@@ -140,6 +144,22 @@ impl World {
     /// Stops serving (after a shutdown, open streams end first).
     pub async fn stop_serving(&mut self) {
         (&mut self.serve).await.unwrap();
+    }
+
+    /// Shuts the gateway down and waits until its server stopped.
+    pub async fn stop_gateway(&mut self) {
+        self.gateway.shutdown();
+        self.stop_serving().await;
+    }
+
+    /// A new gateway (as a restarted process would be) on the same address.
+    pub async fn start_gateway(&mut self) {
+        let keys = KeySet::new().with_hs256(None, SECRET.to_vec());
+        self.gateway = Gateway::new(&self.client, keys, self.gateway_config.clone())
+            .await
+            .unwrap();
+        let (_, serve) = serve(self.gateway.clone(), Some(self.addr)).await;
+        self.serve = serve;
     }
 }
 
@@ -232,6 +252,19 @@ impl SseClient {
             body: Some(response.into_body()),
             text: String::new(),
         }
+    }
+
+    /// The whole body of a plain (not SSE) response.
+    pub async fn body_text(mut self) -> String {
+        let body = self
+            .body
+            .take()
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
     }
 
     /// The next event (heartbeat comments skipped); `None` at the end of the stream.
