@@ -277,3 +277,45 @@ async fn clients_of_one_filter_share_one_live_subscription() {
         assert_eq!(client.next_within(WAIT).await.unwrap().n(), Some(1));
     }
 }
+
+#[tokio::test]
+async fn websocket_streams_events_and_resumes_from_a_token() {
+    let world = World::start(|_, _| {}).await;
+    let token = demo_token();
+    let url = |resume: &str| format!("ws://{}/ws?types={TICK}&token={token}{resume}", world.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url("")).await.unwrap();
+    world.publish(1).await;
+    world.publish(2).await;
+    assert_eq!(next_event(&mut socket).await.1, 1);
+    let (resume, n) = next_event(&mut socket).await;
+    assert_eq!(n, 2);
+    drop(socket);
+    world.publish(3).await;
+    world.publish(4).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(url(&format!("&resume={resume}")))
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut socket).await.1, 3);
+    assert_eq!(next_event(&mut socket).await.1, 4);
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next event of a WebSocket stream: its id and tick number.
+async fn next_event(socket: &mut Socket) -> (String, u64) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let n = json["event"]["data"]["n"].as_u64().unwrap();
+            return (json["id"].as_str().unwrap().to_owned(), n);
+        }
+    }
+}
