@@ -272,6 +272,10 @@ async fn clients_of_one_filter_share_one_live_subscription() {
     let _other =
         SseClient::connect(world.addr, &format!("/events?types={TOCK}"), &headers, None).await;
     assert_eq!(world.gateway.live_subscriptions(), 2);
+    // On the server: one consumer per filter, not per client.
+    let jetstream = world.client.jetstream().unwrap();
+    let mut stream = jetstream.get_stream(&world.stream).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.consumer_count, 2);
     world.publish(1).await;
     for client in &mut clients {
         assert_eq!(client.next_within(WAIT).await.unwrap().n(), Some(1));
