@@ -285,6 +285,7 @@ pub(crate) fn token_of<'a>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use ring::signature::KeyPair;
 

@@ -7,7 +7,7 @@
 //! (`Runtime.evaluate`), polled with a deadline: that waits for the page's
 //! JavaScript, whatever the timing. `JETEVENTS_CHROMIUM` names the browser
 //! (default `chromium`, which scripts/test.sh installs).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 

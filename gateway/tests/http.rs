@@ -1,6 +1,6 @@
 //! The gateway over HTTP against a real nats-server: authorization, resume,
 //! resets, token expiry, slow clients, shutdown, shared live subscriptions.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
