@@ -164,7 +164,7 @@ async fn open(
 
 fn start(session: Session, buffer: usize) -> mpsc::Receiver<Frame> {
     let (out, frames) = mpsc::channel(buffer.max(1));
-    tokio::spawn(session.run(out));
+    session.spawn(out);
     frames
 }
 

@@ -75,8 +75,8 @@ impl Hubs {
     async fn run(self, subjects: Vec<String>, sender: Sender, started: watch::Sender<bool>) {
         if let Err(error) = self.forward(&subjects, &sender, started).await {
             tracing::warn!(%error, ?subjects, "live subscription ended");
+            self.remove(&subjects, &sender);
         }
-        self.remove(&subjects);
     }
 
     async fn forward(
@@ -121,15 +121,15 @@ impl Hubs {
     fn retire_if_unused(&self, subjects: &[String], sender: &Sender) -> bool {
         let mut hubs = self.hubs.lock().unwrap_or_else(PoisonError::into_inner);
         if sender.receiver_count() == 0 {
-            hubs.remove(subjects);
+            remove_own(&mut hubs, subjects, sender);
             return true;
         }
         false
     }
 
-    fn remove(&self, subjects: &[String]) {
+    fn remove(&self, subjects: &[String], sender: &Sender) {
         let mut hubs = self.hubs.lock().unwrap_or_else(PoisonError::into_inner);
-        hubs.remove(subjects);
+        remove_own(&mut hubs, subjects, sender);
     }
 
     /// How many live subscriptions are open (one per distinct filter).
@@ -138,5 +138,16 @@ impl Hubs {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// Removes the hub of `subjects` only if it is still the one of `sender`: a
+/// newer hub for the same filter may have replaced it.
+fn remove_own(hubs: &mut HashMap<Vec<String>, Hub>, subjects: &[String], sender: &Sender) {
+    if hubs
+        .get(subjects)
+        .is_some_and(|hub| hub.sender.same_channel(sender))
+    {
+        hubs.remove(subjects);
     }
 }

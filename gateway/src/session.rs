@@ -88,10 +88,17 @@ pub(crate) struct Framer {
 type Out = mpsc::Sender<Frame>;
 
 impl Session {
-    /// Runs until the client leaves or the gateway ends the stream.
-    pub(crate) async fn run(mut self, out: Out) {
+    /// Counts the connection open (before the response, so that a client
+    /// that got its headers is counted), then runs it in a task.
+    pub(crate) fn spawn(self, out: Out) {
         let attributes = [KeyValue::new("transport", self.framer.transport)];
         self.framer.metrics.connections.add(1, &attributes);
+        tokio::spawn(self.run(out));
+    }
+
+    /// Runs until the client leaves or the gateway ends the stream.
+    async fn run(mut self, out: Out) {
+        let attributes = [KeyValue::new("transport", self.framer.transport)];
         let end = self.stream_frames(&out).await;
         if let Some(end) = end {
             self.framer.metrics.dropped.add(1, &reason(end.as_str()));
