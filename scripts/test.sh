@@ -9,6 +9,19 @@ cd "$root"
 nats_bin="$(./nats/install-nats-server.sh | tail -1)"
 export JETEVENTS_NATS_SERVER_BIN="$nats_bin"
 
+# The gateway's browser test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing chromium (Debian) for the gateway's browser test" >&2
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null 2>&1; then
+      apt-get update >/dev/null 2>&1
+      DEBIAN_FRONTEND=noninteractive apt-get install -y chromium >/dev/null
+    fi
+  else
+    echo "WARNING: no chromium and not root: the gateway's browser test will fail" >&2
+  fi
+fi
+
 cleanup() { ./nats/docker-engine.sh stop || true; }
 trap cleanup EXIT
 
