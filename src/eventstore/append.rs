@@ -401,7 +401,7 @@ impl EventStore {
         if found.is_none() {
             let mut window = std::collections::VecDeque::with_capacity(count);
             let until = self.tip(&batch.filter).await.map_err(other)?;
-            self.replay(&batch.filter, 0, until.sequence, |stored| {
+            self.replay_range(&batch.filter, 0, until.sequence, |stored| {
                 if found.is_none() {
                     if window.len() == count {
                         window.pop_front();

@@ -93,6 +93,19 @@ pub async fn fresh_store_in(storage: StorageType) -> (Client, EventStore) {
     (client, store)
 }
 
+/// A fresh KV bucket named after `prefix`.
+pub async fn kv_bucket(client: &Client, prefix: &str) -> async_nats::jetstream::kv::Store {
+    client
+        .jetstream()
+        .unwrap()
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: unique(prefix),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 /// Every message of the aggregate `key` as (subject, version header).
 pub async fn stored_messages(
     client: &Client,

@@ -8,11 +8,9 @@ use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{Checkpoints, Lease, Projected, Projection, ProjectionError, ProjectionErrorKind};
-use crate::event::EventType;
+use super::{Checkpoints, Lease, Projection, ProjectionError, ProjectionErrorKind};
 use crate::eventstore::read::StoredEvent;
 use crate::eventstore::{Aggregate, EventStore};
-use crate::subject::unescape_key;
 use crate::Error;
 
 /// Where a projection stands.
@@ -65,30 +63,6 @@ pub struct ProjectionRunner<P, C> {
 
 fn read_error(err: impl Into<crate::error::BoxError>) -> ProjectionError {
     Error::with_source(ProjectionErrorKind::Read, err)
-}
-
-/// The event of `stored`, with the key its subject ends in.
-fn projected<A: Aggregate>(
-    stored: &StoredEvent,
-    subject: &str,
-) -> Result<Projected<A>, ProjectionError> {
-    let undecodable = |err: crate::error::BoxError| {
-        Error::with_source(
-            ProjectionErrorKind::Undecodable {
-                sequence: stored.sequence,
-            },
-            err,
-        )
-    };
-    let token = subject.rsplit('.').next().unwrap_or_default();
-    Ok(Projected {
-        sequence: stored.sequence,
-        key: unescape_key(token).map_err(|err| undecodable(err.into()))?,
-        version: stored.version,
-        event: stored
-            .decode::<A>()
-            .map_err(|err| undecodable(err.into()))?,
-    })
 }
 
 impl<P, C> ProjectionRunner<P, C>
@@ -200,13 +174,7 @@ where
 
     /// The filter selecting every instance of the aggregate type.
     fn filter(&self) -> Result<String, ProjectionError> {
-        let kind = <P::Aggregate as Aggregate>::KIND;
-        // KIND must be the first two tokens of a valid type.
-        EventType::parse(&format!("{kind}.any.v1")).map_err(read_error)?;
-        Ok(format!(
-            "{}.{kind}.*.*.*",
-            self.store.client().subjects().env()
-        ))
+        self.store.type_filter::<P::Aggregate>().map_err(read_error)
     }
 
     async fn report(&mut self, checkpoint: u64) -> Result<(), ProjectionError> {
@@ -243,6 +211,7 @@ where
             })
             .await
             .map_err(read_error)?;
+        let upcasts = <P::Aggregate as Aggregate>::upcasts();
         let mut batches = consumer
             .messages()
             .await
@@ -255,7 +224,12 @@ where
                 let sequence = message.info().map_err(read_error)?.stream_sequence;
                 let message = message.message;
                 let stored = StoredEvent::new(sequence, message.headers, message.payload);
-                events.push(projected::<P::Aggregate>(&stored, &message.subject)?);
+                let event = stored
+                    .project::<P::Aggregate>(&message.subject, &upcasts)
+                    .map_err(|err| {
+                        Error::with_source(ProjectionErrorKind::Undecodable { sequence }, err)
+                    })?;
+                events.push(event);
             }
             let checkpoint = self
                 .checkpoints
