@@ -14,7 +14,7 @@
 use crate::semconv::{
     CLOUDEVENTS_EVENT_TYPE, ERROR_TYPE, MESSAGING_OPERATION_NAME, MESSAGING_SYSTEM, NATS,
 };
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 use opentelemetry::{KeyValue, StringValue};
 
 /// Name of the instrumentation scope.
@@ -41,6 +41,7 @@ pub struct Metrics {
     pub(crate) filter_drift: Counter<u64>,
     pub(crate) handlers_in_flight: UpDownCounter<i64>,
     pub(crate) settle_failures: Counter<u64>,
+    pub(crate) projection_lag: Gauge<u64>,
 }
 
 impl Metrics {
@@ -127,6 +128,14 @@ impl Metrics {
                      (attribute operation)",
                 )
                 .with_unit("{operation}")
+                .build(),
+            projection_lag: meter
+                .u64_gauge("jetevents.projection.lag")
+                .with_description(
+                    "Stream sequences a projection's read model is behind its aggregate type's \
+                     last event (attribute jetevents.projection.name)",
+                )
+                .with_unit("{message}")
                 .build(),
         }
     }

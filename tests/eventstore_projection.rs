@@ -18,8 +18,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod eventstore_support;
+mod metrics_reader;
 use eventstore_support::support::eventually;
-use eventstore_support::{deposits, fresh_store, unique, Account, AccountEvent};
+use eventstore_support::{
+    deposits, fresh_store, fresh_store_with, kv_bucket, run_until_caught_up, unique, Account,
+    AccountEvent,
+};
+use metrics_reader::{Metrics, Recorder};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -304,35 +309,11 @@ impl Projection for Totals {
 async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
     let (client, store) = fresh_store().await;
     write_events(&store, 2, 10).await;
-    let bucket = client
-        .jetstream()
-        .unwrap()
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: unique("checkpoints"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let bucket = kv_bucket(&client, "checkpoints").await;
     let checkpoints = KvCheckpoints::new(bucket.clone(), "totals", HashMap::new());
-    let mut runner = ProjectionRunner::new(store.clone(), Totals, checkpoints);
+    let runner = ProjectionRunner::new(store.clone(), Totals, checkpoints);
     let progress = runner.progress();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        runner
-    });
-    eventually("the totals to catch up", WAIT, || async {
-        let progress = *progress.borrow();
-        progress.checkpoint > 0 && progress.lag() == 0
-    })
-    .await;
-    stop.send(()).unwrap();
-    let runner = task.await.unwrap();
+    let runner = run_until_caught_up(runner).await;
     let expected: u64 = (1..=10).sum();
     assert_eq!(runner.checkpoints().model().get("acc-0"), Some(&expected));
     assert_eq!(runner.checkpoints().model().get("acc-1"), Some(&expected));
@@ -366,4 +347,35 @@ async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
 
 fn deposit_at(sequence: u64, key: &str, amount: u64) -> Projected<Account> {
     Projected::new(sequence, key, 1, AccountEvent::Deposited { amount })
+}
+
+/// The `jetevents.projection.lag` gauge of projection `name`.
+fn exported_lag(recorder: &Recorder, name: &str) -> Option<u64> {
+    let totals = recorder.totals();
+    let with = [opentelemetry::KeyValue::new(
+        "jetevents.projection.name",
+        name.to_owned(),
+    )];
+    Metrics(&totals).gauge_u64("jetevents.projection.lag", &with)
+}
+
+#[tokio::test]
+async fn the_lag_is_exported_as_a_gauge_per_projection() {
+    let recorder = Recorder::new();
+    let meter = recorder.meter();
+    let (client, store) =
+        fresh_store_with(Default::default(), |config| config.meter = Some(meter)).await;
+    let stored = write_events(&store, 1, 5).await as u64;
+    let runner_of = |name: &str, bucket| {
+        let checkpoints = KvCheckpoints::new(bucket, name, HashMap::new());
+        ProjectionRunner::new(store.clone(), Totals, checkpoints).name(name)
+    };
+    let mut behind = runner_of("behind", kv_bucket(&client, "checkpoints").await);
+    assert_eq!(behind.lag().await.unwrap().lag(), stored);
+    assert_eq!(exported_lag(&recorder, "behind"), Some(stored));
+
+    let current = runner_of("current", kv_bucket(&client, "checkpoints").await);
+    run_until_caught_up(current).await;
+    assert_eq!(exported_lag(&recorder, "current"), Some(0));
+    assert_eq!(exported_lag(&recorder, "behind"), Some(stored));
 }

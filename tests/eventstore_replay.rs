@@ -14,11 +14,11 @@ use jetevents::eventstore::{
     Aggregate, EventStore, Expected, LoadError, Replay, ReplayFrom, Upcasts,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 mod eventstore_support;
-use eventstore_support::support::eventually;
-use eventstore_support::{deposits, fresh_store, kv_bucket, Account, AccountEvent};
+use eventstore_support::{
+    deposits, fresh_store, kv_bucket, run_until_caught_up, Account, AccountEvent,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -172,23 +172,8 @@ async fn old_event_versions_load_replay_and_project_as_the_current_one() {
 
     let bucket = kv_bucket(&client, "checkpoints").await;
     let checkpoints = KvCheckpoints::new(bucket, "cents", HashMap::new());
-    let mut runner = ProjectionRunner::new(store.clone(), CentsPerAccount, checkpoints);
-    let progress = runner.progress();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let outcome = runner.run(async {
-            let _ = stopped.await;
-        });
-        outcome.await.unwrap();
-        runner
-    });
-    eventually("the projection to catch up", WAIT, || async {
-        let progress = *progress.borrow();
-        progress.checkpoint > 0 && progress.lag() == 0
-    })
-    .await;
-    stop.send(()).unwrap();
-    let runner = task.await.unwrap();
+    let runner = ProjectionRunner::new(store.clone(), CentsPerAccount, checkpoints);
+    let runner = run_until_caught_up(runner).await;
     assert_eq!(runner.checkpoints().model().get("k"), Some(&1_200));
 }
 

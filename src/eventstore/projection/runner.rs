@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
+use opentelemetry::KeyValue;
 use tokio::sync::watch;
 
 use super::{Checkpoints, Lease, Projection, ProjectionError, ProjectionErrorKind};
 use crate::eventstore::read::StoredEvent;
 use crate::eventstore::{Aggregate, EventStore};
+use crate::semconv::PROJECTION_NAME;
 use crate::Error;
 
 /// Where a projection stands.
@@ -54,11 +56,23 @@ impl Progress {
 #[derive(Debug)]
 pub struct ProjectionRunner<P, C> {
     store: EventStore,
+    name: String,
     projection: P,
     checkpoints: C,
     lease: Option<Lease>,
     batch: usize,
     progress: watch::Sender<Progress>,
+}
+
+/// The last segment of `P`'s type path (`Totals` for `my_app::Totals`).
+fn default_name<P>() -> String {
+    let path = std::any::type_name::<P>();
+    let before_generics = path.split('<').next().unwrap_or(path);
+    before_generics
+        .rsplit("::")
+        .next()
+        .unwrap_or(before_generics)
+        .to_owned()
 }
 
 fn read_error(err: impl Into<crate::error::BoxError>) -> ProjectionError {
@@ -75,12 +89,20 @@ where
     pub fn new(store: EventStore, projection: P, checkpoints: C) -> ProjectionRunner<P, C> {
         ProjectionRunner {
             store,
+            name: default_name::<P>(),
             projection,
             checkpoints,
             lease: None,
             batch: 100,
             progress: watch::Sender::new(Progress::default()),
         }
+    }
+
+    /// Names it in its metrics (`jetevents.projection.name`); by default the
+    /// projection's Rust type name.
+    pub fn name(mut self, name: impl Into<String>) -> ProjectionRunner<P, C> {
+        self.name = name.into();
+        self
     }
 
     /// Applies events only while holding `lease`, standing by otherwise.
@@ -183,6 +205,12 @@ where
             progress.checkpoint = checkpoint;
             progress.last_sequence = last.sequence;
         });
+        let lag = self.progress.borrow().lag();
+        self.store
+            .client()
+            .metrics()
+            .projection_lag
+            .record(lag, &[KeyValue::new(PROJECTION_NAME, self.name.clone())]);
         Ok(())
     }
 
