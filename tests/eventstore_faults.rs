@@ -244,7 +244,39 @@ async fn child_projection_runner() {
             .unwrap();
         runner = runner.with_lease(lease);
     }
+    // Tells the parent when it starts and stops applying.
+    let mut progress = runner.progress();
+    let name = var(CHILD_RUNNER);
+    tokio::spawn(async move {
+        let mut active = false;
+        while progress.changed().await.is_ok() {
+            let now = progress.borrow_and_update().active;
+            if now != active {
+                active = now;
+                println!("ACTIVE {name} {now}");
+            }
+        }
+    });
     runner.run(std::future::pending()).await.unwrap();
+}
+
+/// What runner processes said about themselves, in order: `a true`.
+type Activity = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Collects the `ACTIVE` lines of `child` into `activity`.
+fn watch_activity(child: &mut Child, activity: &Activity) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let stdout = child.stdout.take().unwrap();
+    let activity = activity.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // The harness's own output may share the line.
+            if let Some((_, said)) = line.split_once("ACTIVE ") {
+                activity.lock().unwrap().push(said.trim().to_owned());
+            }
+        }
+    });
 }
 
 /// Starts a runner process named `runner` on `store`'s events.
@@ -262,6 +294,7 @@ fn spawn_runner(
             "--exact",
             "child_projection_runner",
             "--ignored",
+            "--nocapture",
             "--test-threads=1",
         ])
         .env(CHILD_URL, url)
@@ -269,7 +302,7 @@ fn spawn_runner(
         .env(CHILD_STREAM, store.stream())
         .env(CHILD_DB, db)
         .env(CHILD_RUNNER, runner)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .kill_on_drop(true);
     if let Some(leases) = leases {
         command.env(CHILD_LEASES, leases);
@@ -328,35 +361,39 @@ async fn of_two_runner_processes_one_applies_and_the_standby_takes_over_its_kill
     let pool = database(dir.path()).await;
     let leases = unique("leases");
     let events = write_events(&store, 3, 100).await;
-    let mut a = Some(spawn_runner(
-        &url,
-        &client,
-        &store,
-        dir.path(),
-        "a",
-        Some(&leases),
-    ));
-    let mut b = Some(spawn_runner(
-        &url,
-        &client,
-        &store,
-        dir.path(),
-        "b",
-        Some(&leases),
-    ));
+    let activity = Activity::default();
+    let runner = |name| {
+        let mut child = spawn_runner(&url, &client, &store, dir.path(), name, Some(&leases));
+        watch_activity(&mut child, &activity);
+        Some(child)
+    };
+    let (mut a, mut b) = (runner("a"), runner("b"));
 
     eventually("the active runner to apply", WAIT, || async {
         rows(&pool).await.len() >= 50
     })
     .await;
     let active = rows(&pool).await[0].3.clone();
+    let standby = if active == "a" { "b" } else { "a" };
     let killed = if active == "a" { a.take() } else { b.take() };
     sigkill(killed.unwrap()).await;
     assert!(
         rows(&pool).await.len() < events,
         "the active runner finished before its kill"
     );
+    assert_eq!(
+        *activity.lock().unwrap(),
+        [format!("{active} true")],
+        "only one runner was active"
+    );
 
+    eventually("the standby to take over", WAIT, || async {
+        activity
+            .lock()
+            .unwrap()
+            .contains(&format!("{standby} true"))
+    })
+    .await;
     eventually("the standby to finish", WAIT, || async {
         rows(&pool).await.len() >= events
     })
@@ -369,6 +406,5 @@ async fn of_two_runner_processes_one_applies_and_the_standby_takes_over_its_kill
     // never interleaved.
     let mut runners: Vec<&str> = rows.iter().map(|row| row.3.as_str()).collect();
     runners.dedup();
-    let standby = if active == "a" { "b" } else { "a" };
     assert_eq!(runners, [active.as_str(), standby]);
 }
