@@ -131,6 +131,9 @@ async fn an_append_whose_ack_died_with_the_server_is_stored_once_when_retried() 
     assert_eq!(loaded.state.amounts, [1, 2]);
 }
 
+/// Every acked append: its aggregate, its amounts and its ack.
+type Acked = Arc<Mutex<Vec<(String, Vec<u64>, Appended)>>>;
+
 /// Appends of three events by `writers` writers to two shared aggregates,
 /// `per_writer` each; every append retried with its id until answered.
 /// Returns each answer with its amounts.
@@ -138,7 +141,7 @@ fn write_concurrently(
     store: &EventStore,
     writers: u64,
     per_writer: u64,
-    acked: &Arc<Mutex<Vec<(String, Vec<u64>, Appended)>>>,
+    acked: &Acked,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..writers)
         .map(|writer| {
@@ -174,7 +177,7 @@ async fn a_stream_leader_killed_during_appends_keeps_versions_and_acked_events()
     let leader = cluster.stream_leader("ES_CLUSTER").await.unwrap();
 
     let (writers, per_writer) = (4, 40);
-    let acked = Arc::new(Mutex::new(Vec::new()));
+    let acked = Acked::default();
     let tasks = write_concurrently(&store, writers, per_writer, &acked);
     eventually("a third of the appends acked", WAIT, || async {
         acked.lock().await.len() as u64 >= writers * per_writer / 3
