@@ -215,12 +215,10 @@ async fn a_catch_up_replay_ends_at_the_last_event_and_a_live_one_continues() {
     assert_eq!(sequences(&only_opened), [stored[0], stored[3]]);
 
     // Live: the stored events, then one stored after the replay started.
-    let mut live = Box::pin(
-        store
-            .replay::<Account>(Replay::every().live())
-            .await
-            .unwrap(),
-    );
+    let mut live = store
+        .replay::<Account>(Replay::every().live())
+        .await
+        .unwrap();
     let caught_up = next_items(&mut live, 6).await;
     assert_eq!(sequences(&caught_up), stored);
     let later = store

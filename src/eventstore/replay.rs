@@ -131,8 +131,10 @@ impl EventStore {
     pub async fn replay<A: Aggregate>(
         &self,
         replay: Replay,
-    ) -> Result<impl Stream<Item = Result<Projected<A>, LoadError>> + Send + 'static, LoadError>
-    {
+    ) -> Result<
+        impl Stream<Item = Result<Projected<A>, LoadError>> + Send + Unpin + 'static,
+        LoadError,
+    > {
         let filter = match replay.selection {
             Selection::Every => self.type_filter::<A>(),
             Selection::Instance(key) => self.aggregate_filter::<A>(&key),
@@ -181,6 +183,8 @@ impl EventStore {
                 let done = until.is_some_and(|until| sequence >= until);
                 Some((event, (messages, upcasts, done)))
             },
-        ))
+        )
+        // Boxed, so callers can poll it without pinning it first.
+        .boxed())
     }
 }
