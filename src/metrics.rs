@@ -43,6 +43,7 @@ pub struct Metrics {
     pub(crate) settle_failures: Counter<u64>,
     pub(crate) breaker_state: Gauge<i64>,
     pub(crate) breaker_transitions: Counter<u64>,
+    pub(crate) projection_lag: Gauge<u64>,
 }
 
 impl Metrics {
@@ -144,6 +145,14 @@ impl Metrics {
                     "Circuit breaker transitions, by the state entered (jetevents.breaker.state)",
                 )
                 .with_unit("{transition}")
+                .build(),
+            projection_lag: meter
+                .u64_gauge("jetevents.projection.lag")
+                .with_description(
+                    "Stream sequences a projection's read model is behind its aggregate type's \
+                     last event (attribute jetevents.projection.name)",
+                )
+                .with_unit("{message}")
                 .build(),
         }
     }

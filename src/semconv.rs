@@ -34,3 +34,5 @@ pub(crate) const SETTLE_OPERATION: &str = "operation";
 /// `jetevents.unhandled.action`: what an instance did with an event it has
 /// no handler for.
 pub(crate) const UNHANDLED_ACTION: &str = "jetevents.unhandled.action";
+/// The projection a projection metric is about (its runner's name).
+pub(crate) const PROJECTION_NAME: &str = "jetevents.projection.name";

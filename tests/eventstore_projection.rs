@@ -8,128 +8,28 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use jetevents::error::BoxError;
-use jetevents::eventstore::projection::sqlx::{self, sqlite::SqliteConnectOptions, SqlitePool};
 use jetevents::eventstore::projection::{
-    Checkpoints, KvCheckpoints, Lease, Projected, Projection, ProjectionErrorKind,
-    ProjectionRunner, SqliteCheckpoints,
+    Checkpoints, KvCheckpoints, Lease, Projected, Projection, ProjectionErrorKind, ProjectionRunner,
 };
-use jetevents::eventstore::{EventStore, Expected};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+mod eventstore_ledger;
 mod eventstore_support;
+mod metrics_reader;
+use eventstore_ledger::{
+    assert_exactly_once, database, rows, sqlite_runner, wait_for_rows, write_events, Ledger,
+    LedgerRunner,
+};
 use eventstore_support::support::eventually;
-use eventstore_support::{deposits, fresh_store, unique, Account, AccountEvent};
+use eventstore_support::{
+    fresh_store, fresh_store_with, kv_bucket, run_until_caught_up, unique, Account, AccountEvent,
+};
+use metrics_reader::{Metrics, Recorder};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[derive(Debug)]
-/// One row per applied event, tagged with the runner that applied it. No
-/// unique key: an event applied twice is two rows.
-struct Ledger {
-    runner: &'static str,
-    /// Hangs on this apply call of the run (1-based) after saying so, so
-    /// the test aborts the runner in the middle of a batch.
-    hang_at: Option<(usize, mpsc::UnboundedSender<()>)>,
-    applied: usize,
-}
-
-impl Ledger {
-    fn new(runner: &'static str) -> Ledger {
-        Ledger {
-            runner,
-            hang_at: None,
-            applied: 0,
-        }
-    }
-}
-
-impl Projection for Ledger {
-    type Aggregate = Account;
-    type Model = sqlx::SqliteConnection;
-
-    async fn apply(
-        &mut self,
-        model: &mut sqlx::SqliteConnection,
-        event: &Projected<Account>,
-    ) -> Result<(), BoxError> {
-        let amount = match event.event {
-            AccountEvent::Deposited { amount } => amount as i64,
-            _ => 0,
-        };
-        sqlx::query("INSERT INTO ledger (sequence, account, amount, runner) VALUES (?, ?, ?, ?)")
-            .bind(event.sequence as i64)
-            .bind(&event.key)
-            .bind(amount)
-            .bind(self.runner)
-            .execute(&mut *model)
-            .await?;
-        self.applied += 1;
-        if let Some((at, hung)) = &self.hang_at {
-            if self.applied == *at {
-                hung.send(()).unwrap();
-                std::future::pending::<()>().await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn clear(&mut self, model: &mut sqlx::SqliteConnection) -> Result<(), BoxError> {
-        sqlx::query("DELETE FROM ledger").execute(model).await?;
-        Ok(())
-    }
-}
-
-async fn database(dir: &tempfile::TempDir) -> SqlitePool {
-    let options = SqliteConnectOptions::new()
-        .filename(dir.path().join("read.db"))
-        .create_if_missing(true);
-    let pool = SqlitePool::connect_with(options).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS ledger \
-         (sequence INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL, runner TEXT NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool
-}
-
-/// Every row as (sequence, account, amount, runner), by sequence.
-async fn rows(pool: &SqlitePool) -> Vec<(i64, String, i64, String)> {
-    sqlx::query_as("SELECT sequence, account, amount, runner FROM ledger ORDER BY sequence, rowid")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
-/// Opens `accounts` accounts and deposits `per_account` amounts in each,
-/// ten per append; returns how many events that stored.
-async fn write_events(store: &EventStore, accounts: usize, per_account: u64) -> usize {
-    let mut stored = 0;
-    for account in 0..accounts {
-        let key = format!("acc-{account}");
-        let opened = AccountEvent::Opened {
-            owner: "ada".into(),
-        };
-        store
-            .append::<Account>(&key, vec![opened], Expected::Any)
-            .await
-            .unwrap();
-        stored += 1;
-        let amounts: Vec<u64> = (1..=per_account).collect();
-        for chunk in amounts.chunks(10) {
-            store
-                .append::<Account>(&key, deposits(chunk.iter().copied()), Expected::Any)
-                .await
-                .unwrap();
-            stored += chunk.len();
-        }
-    }
-    stored
-}
-
-type Runner = ProjectionRunner<Ledger, SqliteCheckpoints>;
+type Runner = LedgerRunner;
 
 /// Runs `runner` in a task until the sender is dropped or sent to.
 fn spawn(mut runner: Runner) -> (JoinHandle<Runner>, oneshot::Sender<()>) {
@@ -146,33 +46,11 @@ fn spawn(mut runner: Runner) -> (JoinHandle<Runner>, oneshot::Sender<()>) {
     (task, stop)
 }
 
-async fn sqlite_runner(store: &EventStore, pool: &SqlitePool, ledger: Ledger) -> Runner {
-    let checkpoints = SqliteCheckpoints::new(pool.clone(), "ledger")
-        .await
-        .unwrap();
-    ProjectionRunner::new(store.clone(), ledger, checkpoints).batch_size(7)
-}
-
-async fn wait_for_rows(pool: &SqlitePool, count: usize) {
-    eventually("the read model to catch up", WAIT, || async {
-        rows(pool).await.len() >= count
-    })
-    .await;
-}
-
-/// Each event exactly once (one row per stream sequence).
-fn assert_exactly_once(rows: &[(i64, String, i64, String)], events: usize) {
-    let mut sequences: Vec<i64> = rows.iter().map(|row| row.0).collect();
-    sequences.dedup();
-    assert_eq!(sequences.len(), rows.len(), "an event was applied twice");
-    assert_eq!(rows.len(), events, "rows vs events");
-}
-
 #[tokio::test]
 async fn sqlite_read_model_gets_each_event_once_across_aborted_runners() {
     let (_client, store) = fresh_store().await;
     let dir = tempfile::tempdir().unwrap();
-    let pool = database(&dir).await;
+    let pool = database(dir.path()).await;
     let events = write_events(&store, 6, 40).await;
 
     // Abort the runner in the middle of a batch, at a different place each
@@ -202,7 +80,7 @@ async fn sqlite_read_model_gets_each_event_once_across_aborted_runners() {
 async fn one_of_two_runners_applies_and_the_standby_takes_over() {
     let (client, store) = fresh_store().await;
     let dir = tempfile::tempdir().unwrap();
-    let pool = database(&dir).await;
+    let pool = database(dir.path()).await;
     let leases = unique("lease");
     let ttl = Duration::from_secs(1);
     let client = &client;
@@ -252,7 +130,7 @@ async fn one_of_two_runners_applies_and_the_standby_takes_over() {
 async fn rebuild_reproduces_the_read_model() {
     let (_client, store) = fresh_store().await;
     let dir = tempfile::tempdir().unwrap();
-    let pool = database(&dir).await;
+    let pool = database(dir.path()).await;
     let events = write_events(&store, 4, 25).await;
 
     let mut runner = sqlite_runner(&store, &pool, Ledger::new("a")).await;
@@ -304,35 +182,11 @@ impl Projection for Totals {
 async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
     let (client, store) = fresh_store().await;
     write_events(&store, 2, 10).await;
-    let bucket = client
-        .jetstream()
-        .unwrap()
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: unique("checkpoints"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let bucket = kv_bucket(&client, "checkpoints").await;
     let checkpoints = KvCheckpoints::new(bucket.clone(), "totals", HashMap::new());
-    let mut runner = ProjectionRunner::new(store.clone(), Totals, checkpoints);
+    let runner = ProjectionRunner::new(store.clone(), Totals, checkpoints);
     let progress = runner.progress();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        runner
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        runner
-    });
-    eventually("the totals to catch up", WAIT, || async {
-        let progress = *progress.borrow();
-        progress.checkpoint > 0 && progress.lag() == 0
-    })
-    .await;
-    stop.send(()).unwrap();
-    let runner = task.await.unwrap();
+    let runner = run_until_caught_up(runner).await;
     let expected: u64 = (1..=10).sum();
     assert_eq!(runner.checkpoints().model().get("acc-0"), Some(&expected));
     assert_eq!(runner.checkpoints().model().get("acc-1"), Some(&expected));
@@ -366,4 +220,35 @@ async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
 
 fn deposit_at(sequence: u64, key: &str, amount: u64) -> Projected<Account> {
     Projected::new(sequence, key, 1, AccountEvent::Deposited { amount })
+}
+
+/// The `jetevents.projection.lag` gauge of projection `name`.
+fn exported_lag(recorder: &Recorder, name: &str) -> Option<u64> {
+    let totals = recorder.totals();
+    let with = [opentelemetry::KeyValue::new(
+        "jetevents.projection.name",
+        name.to_owned(),
+    )];
+    Metrics(&totals).gauge_u64("jetevents.projection.lag", &with)
+}
+
+#[tokio::test]
+async fn the_lag_is_exported_as_a_gauge_per_projection() {
+    let recorder = Recorder::new();
+    let meter = recorder.meter();
+    let (client, store) =
+        fresh_store_with(Default::default(), |config| config.meter = Some(meter)).await;
+    let stored = write_events(&store, 1, 5).await as u64;
+    let runner_of = |name: &str, bucket| {
+        let checkpoints = KvCheckpoints::new(bucket, name, HashMap::new());
+        ProjectionRunner::new(store.clone(), Totals, checkpoints).name(name)
+    };
+    let mut behind = runner_of("behind", kv_bucket(&client, "checkpoints").await);
+    assert_eq!(behind.lag().await.unwrap().lag(), stored);
+    assert_eq!(exported_lag(&recorder, "behind"), Some(stored));
+
+    let current = runner_of("current", kv_bucket(&client, "checkpoints").await);
+    run_until_caught_up(current).await;
+    assert_eq!(exported_lag(&recorder, "current"), Some(0));
+    assert_eq!(exported_lag(&recorder, "behind"), Some(stored));
 }

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::{AppendError, AppendErrorKind, LoadError, LoadErrorKind};
+use super::upcast::Upcasts;
 use crate::event::EventType;
 use crate::Error;
 
@@ -102,6 +103,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
 
     /// The events `command` causes in this state, or why it is refused.
     fn handle(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// How events stored in older versions read as current ones (see
+    /// [`Upcasts`]); none by default. Called once per load, projection
+    /// run or replay.
+    fn upcasts() -> Upcasts {
+        Upcasts::new()
+    }
 }
 
 /// An aggregate event as a CloudEvents type and JSON data.
@@ -166,8 +174,10 @@ pub(crate) fn encode_event<A: Aggregate>(event: &A::Event) -> Result<EncodedEven
     Ok(EncodedEvent { event_type, data })
 }
 
-/// Rebuilds an event from its CloudEvents type and data.
+/// Rebuilds an event from its CloudEvents type and data, upcast to the
+/// current version first.
 pub(crate) fn decode_event<A: Aggregate>(
+    upcasts: &Upcasts,
     event_type: &str,
     data: Option<&[u8]>,
     sequence: u64,
@@ -176,18 +186,22 @@ pub(crate) fn decode_event<A: Aggregate>(
         sequence,
         reason: reason.to_owned(),
     };
-    let Some(short) = event_type
-        .strip_prefix(A::KIND)
-        .and_then(|rest| rest.strip_prefix('.'))
-    else {
-        return Err(Error::new(undecodable("a type of another aggregate")));
-    };
     let content = match data {
         None | Some([]) => None,
         Some(bytes) => Some(
             serde_json::from_slice::<serde_json::Value>(bytes)
                 .map_err(|err| Error::with_source(undecodable("data is not JSON"), err))?,
         ),
+    };
+    let (upcast_type, content) = upcasts
+        .apply(event_type, content)
+        .map_err(|err| Error::with_source(undecodable("an upcast failed"), err))?;
+    let event_type = upcast_type.as_deref().unwrap_or(event_type);
+    let Some(short) = event_type
+        .strip_prefix(A::KIND)
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return Err(Error::new(undecodable("a type of another aggregate")));
     };
     let tagged = |name: &str| match &content {
         None => serde_json::Value::String(name.to_owned()),

@@ -311,6 +311,13 @@ impl EventStore {
             match failure.kind {
                 BatchFailureKind::Duplicate => return self.read_back(batch, tip, failure).await,
                 BatchFailureKind::WrongLastSequence { .. } => {
+                    // A retry of an append whose ack was lost: the server may
+                    // check the expectation before the ids (single events).
+                    if batch.id_given {
+                        if let Some(appended) = self.find_stored(batch, tip).await? {
+                            return Ok(appended);
+                        }
+                    }
                     let now = self.tip(&batch.filter).await.map_err(other)?;
                     overtaken += 1;
                     if !overtaken_may_retry || overtaken >= OVERTAKEN_ATTEMPTS {
@@ -401,7 +408,7 @@ impl EventStore {
         if found.is_none() {
             let mut window = std::collections::VecDeque::with_capacity(count);
             let until = self.tip(&batch.filter).await.map_err(other)?;
-            self.replay(&batch.filter, 0, until.sequence, |stored| {
+            self.replay_range(&batch.filter, 0, until.sequence, |stored| {
                 if found.is_none() {
                     if window.len() == count {
                         window.pop_front();

@@ -39,7 +39,8 @@ impl EventStore {
         let until = self.tip(&filter).await?;
         let mut at = from;
         let mut replayed = 0;
-        self.replay(&filter, from.sequence, until.sequence, |stored| {
+        let upcasts = A::upcasts();
+        self.replay_range(&filter, from.sequence, until.sequence, |stored| {
             if stored.version != at.version + 1 {
                 return Err(Error::new(LoadErrorKind::VersionGap {
                     sequence: stored.sequence,
@@ -47,7 +48,7 @@ impl EventStore {
                     expected: at.version + 1,
                 }));
             }
-            state.apply(&stored.decode::<A>()?);
+            state.apply(&stored.decode::<A>(&upcasts)?);
             at = Tip {
                 version: stored.version,
                 sequence: stored.sequence,

@@ -18,6 +18,10 @@
 //!   twice.
 //! - [`EventStore::load`] rebuilds the state from the latest
 //!   [snapshot](Snapshots) and the events after it.
+//! - [`Upcasts`] read events stored in an older version as the current
+//!   one, on load, in projections and in replays.
+//! - [`EventStore::replay`] streams an aggregate type's events from the
+//!   start, a stream sequence or a point in time, catching up or live.
 //! - [`EventStore::execute`] loads, decides and appends, retrying a bounded
 //!   number of times when another writer got there first.
 //!
@@ -34,7 +38,9 @@ mod error;
 mod load;
 pub mod projection;
 mod read;
+mod replay;
 mod snapshot;
+mod upcast;
 
 use std::time::Duration;
 
@@ -44,7 +50,9 @@ pub use command::Executed;
 pub use error::{
     AppendError, AppendErrorKind, CommandError, CommandErrorKind, LoadError, LoadErrorKind,
 };
+pub use replay::{Replay, ReplayFrom};
 pub use snapshot::{SnapshotPolicy, Snapshots};
+pub use upcast::Upcasts;
 
 use crate::client::Client;
 

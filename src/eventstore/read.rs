@@ -12,9 +12,11 @@ use futures_util::StreamExt;
 
 use super::append::EventIdentity;
 use super::error::{LoadError, LoadErrorKind};
+use super::projection::Projected;
+use super::upcast::Upcasts;
 use super::{Aggregate, EventStore, VERSION_HEADER};
 use crate::event::EventType;
-use crate::subject::escape_key;
+use crate::subject::{escape_key, unescape_key};
 use crate::Error;
 
 /// Where an aggregate stands, as the store reads it.
@@ -55,8 +57,33 @@ impl StoredEvent {
             })
     }
 
-    /// Decodes it as one of `A`'s events.
-    pub(crate) fn decode<A: Aggregate>(&self) -> Result<A::Event, LoadError> {
+    /// The event as a projection or a replay sees it, with the key its
+    /// `subject` ends in.
+    pub(crate) fn project<A: Aggregate>(
+        &self,
+        subject: &str,
+        upcasts: &Upcasts,
+    ) -> Result<Projected<A>, LoadError> {
+        let token = subject.rsplit('.').next().unwrap_or_default();
+        let key = unescape_key(token).map_err(|err| {
+            Error::with_source(
+                LoadErrorKind::Undecodable {
+                    sequence: self.sequence,
+                    reason: "its subject does not end in a key".into(),
+                },
+                err,
+            )
+        })?;
+        Ok(Projected::new(
+            self.sequence,
+            key,
+            self.version,
+            self.decode::<A>(upcasts)?,
+        ))
+    }
+
+    /// Decodes it as one of `A`'s events, upcast by `upcasts`.
+    pub(crate) fn decode<A: Aggregate>(&self, upcasts: &Upcasts) -> Result<A::Event, LoadError> {
         let envelope =
             crate::codec::decode(self.headers.as_ref(), &self.payload).map_err(|err| {
                 Error::with_source(
@@ -68,6 +95,7 @@ impl StoredEvent {
                 )
             })?;
         super::aggregate::decode_event::<A>(
+            upcasts,
             &envelope.event_type,
             envelope.data.as_deref(),
             self.sequence,
@@ -75,7 +103,7 @@ impl StoredEvent {
     }
 }
 
-fn read_error(err: impl Into<crate::error::BoxError>) -> LoadError {
+pub(crate) fn read_error(err: impl Into<crate::error::BoxError>) -> LoadError {
     Error::with_source(LoadErrorKind::Read, err)
 }
 
@@ -95,7 +123,18 @@ impl EventStore {
         ))
     }
 
-    async fn js_stream(&self) -> Result<jetstream::stream::Stream<()>, LoadError> {
+    /// The filter selecting every instance of `A`.
+    pub(crate) fn type_filter<A: Aggregate>(&self) -> Result<String, crate::subject::SubjectError> {
+        // KIND must be two tokens of a valid type.
+        EventType::parse(&format!("{}.any.v1", A::KIND))?;
+        Ok(format!(
+            "{}.{}.*.*.*",
+            self.client.subjects().env(),
+            A::KIND
+        ))
+    }
+
+    pub(crate) async fn js_stream(&self) -> Result<jetstream::stream::Stream<()>, LoadError> {
         let nats = self
             .client
             .nats_transport("the event store")
@@ -153,7 +192,7 @@ impl EventStore {
 
     /// Calls `each` on every event of `filter` after stream sequence `after`
     /// up to and including `until`, in order.
-    pub(crate) async fn replay(
+    pub(crate) async fn replay_range(
         &self,
         filter: &str,
         after: u64,

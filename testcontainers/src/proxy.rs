@@ -46,6 +46,34 @@ pub enum FaultMode {
     /// Close every open connection and close new ones right after accepting
     /// them, until the mode changes.
     Close,
+    /// Forward the client's bytes to the server, discard the server's: the
+    /// server acts on every request and its answers are lost (a crash
+    /// between storing and acking, seen from the client).
+    DropReplies,
+}
+
+/// What one direction of a connection does under a [`FaultMode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Pass,
+    Stall,
+    Drop,
+    Close,
+}
+
+impl FaultMode {
+    /// What the direction towards the client (`to_client`) or the server
+    /// does in this mode.
+    fn flow(self, to_client: bool) -> Flow {
+        match self {
+            FaultMode::Pass => Flow::Pass,
+            FaultMode::Stall => Flow::Stall,
+            FaultMode::Drop => Flow::Drop,
+            FaultMode::Close => Flow::Close,
+            FaultMode::DropReplies if to_client => Flow::Drop,
+            FaultMode::DropReplies => Flow::Pass,
+        }
+    }
 }
 
 /// Counters shared between the proxy handle and its tasks.
@@ -287,8 +315,8 @@ async fn proxy_connection(
     // Ends at the first direction that must stop the whole connection; a
     // clean EOF only half-closes, so the other direction keeps flowing.
     let _ = tokio::try_join!(
-        pump(client_read, server_write, mode.clone(), &stats),
-        pump(server_read, client_write, mode, &stats),
+        pump(client_read, server_write, mode.clone(), &stats, false),
+        pump(server_read, client_write, mode, &stats, true),
     );
     // Both sockets close here as their halves drop.
 }
@@ -311,6 +339,7 @@ async fn pump<R, W>(
     mut writer: W,
     mut mode: watch::Receiver<FaultMode>,
     stats: &Stats,
+    to_client: bool,
 ) -> Result<(), Stop>
 where
     R: AsyncRead + Unpin,
@@ -318,11 +347,11 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let current = *mode.borrow_and_update();
+        let current = mode.borrow_and_update().flow(to_client);
         match current {
-            FaultMode::Close => return Err(Stop::Closed),
-            FaultMode::Stall => mode.changed().await.map_err(|_| Stop::Closed)?,
-            FaultMode::Pass | FaultMode::Drop => {
+            Flow::Close => return Err(Stop::Closed),
+            Flow::Stall => mode.changed().await.map_err(|_| Stop::Closed)?,
+            Flow::Pass | Flow::Drop => {
                 let read = tokio::select! {
                     // A mode change wins over data so that bytes sent after
                     // `set_mode` returns are always handled in the new mode.
@@ -337,7 +366,7 @@ where
                     let _ = writer.shutdown().await;
                     return Ok(());
                 }
-                deliver(&buf[..read], &mut writer, &mut mode, stats).await?;
+                deliver(&buf[..read], &mut writer, &mut mode, stats, to_client).await?;
             }
         }
     }
@@ -350,22 +379,23 @@ async fn deliver<W>(
     writer: &mut W,
     mode: &mut watch::Receiver<FaultMode>,
     stats: &Stats,
+    to_client: bool,
 ) -> Result<(), Stop>
 where
     W: AsyncWrite + Unpin,
 {
     loop {
-        let current = *mode.borrow_and_update();
+        let current = mode.borrow_and_update().flow(to_client);
         match current {
-            FaultMode::Close => return Err(Stop::Closed),
-            FaultMode::Stall => mode.changed().await.map_err(|_| Stop::Closed)?,
-            FaultMode::Drop => {
+            Flow::Close => return Err(Stop::Closed),
+            Flow::Stall => mode.changed().await.map_err(|_| Stop::Closed)?,
+            Flow::Drop => {
                 stats
                     .discarded_bytes
                     .fetch_add(bytes.len() as u64, Ordering::SeqCst);
                 return Ok(());
             }
-            FaultMode::Pass => {
+            Flow::Pass => {
                 // Only Close interrupts a write in progress: a peer that stops
                 // reading must not keep the connection alive past Close.
                 return tokio::select! {

@@ -133,6 +133,54 @@ async fn drop_discards_bytes_for_good() {
     assert_nothing_arrives(&mut stream).await;
 }
 
+#[tokio::test]
+async fn drop_replies_forwards_requests_and_discards_answers() {
+    let (upstream, talk, heard) = recording_talker_server().await;
+    let proxy = FaultProxy::start(upstream).await.unwrap();
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+
+    proxy.set_mode(FaultMode::DropReplies);
+    stream.write_all(b"request").await.unwrap();
+    wait_until("the request forwarded", || {
+        heard.lock().unwrap().as_slice() == b"request"
+    })
+    .await;
+    talk.send(b"answer").unwrap();
+    wait_until("the answer discarded", || proxy.discarded_bytes() == 6).await;
+    assert_nothing_arrives(&mut stream).await;
+
+    proxy.set_mode(FaultMode::Pass);
+    talk.send(b"kept").unwrap();
+    assert_eq!(read_exactly(&mut stream, 4).await, b"kept");
+}
+
+/// A [`talker_server`] that also keeps every byte its client sends.
+async fn recording_talker_server() -> (
+    SocketAddr,
+    mpsc::UnboundedSender<&'static [u8]>,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<&'static [u8]>();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = heard.clone();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok(read @ 1..) = reader.read(&mut buf).await {
+                log.lock().unwrap().extend_from_slice(&buf[..read]);
+            }
+        });
+        while let Some(bytes) = rx.recv().await {
+            writer.write_all(bytes).await.unwrap();
+        }
+    });
+    (addr, tx, heard)
+}
+
 /// A loopback server that accepts one connection and writes whatever the test
 /// sends on the returned channel, so faults can be checked server-to-client.
 async fn talker_server() -> (SocketAddr, mpsc::UnboundedSender<&'static [u8]>) {

@@ -85,12 +85,33 @@ pub async fn fresh_store() -> (Client, EventStore) {
 
 /// [`fresh_store`] on `storage`.
 pub async fn fresh_store_in(storage: StorageType) -> (Client, EventStore) {
+    fresh_store_with(storage, |_| {}).await
+}
+
+/// [`fresh_store`] on `storage`, the client's config changed by `adjust`.
+pub async fn fresh_store_with(
+    storage: StorageType,
+    adjust: impl FnOnce(&mut jetevents::config::Config),
+) -> (Client, EventStore) {
     let server = shared_server().await;
-    let client = connect(&server.url(), &unique("es"), |_| {}).await;
+    let client = connect(&server.url(), &unique("es"), adjust).await;
     let mut stream = StoreStream::new(unique("ES"), "bank");
     stream.storage = storage;
     let store = EventStore::provision(&client, stream).await.unwrap();
     (client, store)
+}
+
+/// A fresh KV bucket named after `prefix`.
+pub async fn kv_bucket(client: &Client, prefix: &str) -> async_nats::jetstream::kv::Store {
+    client
+        .jetstream()
+        .unwrap()
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: unique(prefix),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
 }
 
 /// Every message of the aggregate `key` as (subject, version header).
@@ -132,4 +153,35 @@ pub async fn stored_messages(
         }
     }
     out
+}
+
+/// Runs `runner` until its checkpoint has reached the stream's last event,
+/// then stops it and gives it back.
+pub async fn run_until_caught_up<P, C>(
+    mut runner: jetevents::eventstore::projection::ProjectionRunner<P, C>,
+) -> jetevents::eventstore::projection::ProjectionRunner<P, C>
+where
+    P: jetevents::eventstore::projection::Projection + Sync,
+    C: jetevents::eventstore::projection::Checkpoints<P> + Sync + 'static,
+{
+    let progress = runner.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let outcome = runner.run(async {
+            let _ = stopped.await;
+        });
+        outcome.await.unwrap();
+        runner
+    });
+    support::eventually(
+        "the projection to catch up",
+        std::time::Duration::from_secs(20),
+        || async {
+            let progress = *progress.borrow();
+            progress.checkpoint > 0 && progress.lag() == 0
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap()
 }

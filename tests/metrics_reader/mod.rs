@@ -91,6 +91,17 @@ impl Metrics<'_> {
         }
     }
 
+    /// Last value of a `u64` gauge on the data point having all of `with`.
+    pub fn gauge_u64(&self, name: &str, with: &[KeyValue]) -> Option<u64> {
+        match self.get(name).data() {
+            AggregatedMetrics::U64(MetricData::Gauge(gauge)) => gauge
+                .data_points()
+                .find(|point| has_all(point.attributes(), with))
+                .map(|point| point.value()),
+            other => panic!("{name}: not a u64 gauge: {other:?}"),
+        }
+    }
+
     pub fn has_attribute(&self, name: &str, key: &str) -> bool {
         match self.get(name).data() {
             AggregatedMetrics::U64(MetricData::Sum(sum)) => sum

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
+use opentelemetry::KeyValue;
 use tokio::sync::watch;
 
-use super::{Checkpoints, Lease, Projected, Projection, ProjectionError, ProjectionErrorKind};
-use crate::event::EventType;
+use super::{Checkpoints, Lease, Projection, ProjectionError, ProjectionErrorKind};
 use crate::eventstore::read::StoredEvent;
 use crate::eventstore::{Aggregate, EventStore};
-use crate::subject::unescape_key;
+use crate::semconv::PROJECTION_NAME;
 use crate::Error;
 
 /// Where a projection stands.
@@ -56,6 +56,7 @@ impl Progress {
 #[derive(Debug)]
 pub struct ProjectionRunner<P, C> {
     store: EventStore,
+    name: String,
     projection: P,
     checkpoints: C,
     lease: Option<Lease>,
@@ -63,32 +64,19 @@ pub struct ProjectionRunner<P, C> {
     progress: watch::Sender<Progress>,
 }
 
-fn read_error(err: impl Into<crate::error::BoxError>) -> ProjectionError {
-    Error::with_source(ProjectionErrorKind::Read, err)
+/// The last segment of `P`'s type path (`Totals` for `my_app::Totals`).
+fn default_name<P>() -> String {
+    let path = std::any::type_name::<P>();
+    let before_generics = path.split('<').next().unwrap_or(path);
+    before_generics
+        .rsplit("::")
+        .next()
+        .unwrap_or(before_generics)
+        .to_owned()
 }
 
-/// The event of `stored`, with the key its subject ends in.
-fn projected<A: Aggregate>(
-    stored: &StoredEvent,
-    subject: &str,
-) -> Result<Projected<A>, ProjectionError> {
-    let undecodable = |err: crate::error::BoxError| {
-        Error::with_source(
-            ProjectionErrorKind::Undecodable {
-                sequence: stored.sequence,
-            },
-            err,
-        )
-    };
-    let token = subject.rsplit('.').next().unwrap_or_default();
-    Ok(Projected {
-        sequence: stored.sequence,
-        key: unescape_key(token).map_err(|err| undecodable(err.into()))?,
-        version: stored.version,
-        event: stored
-            .decode::<A>()
-            .map_err(|err| undecodable(err.into()))?,
-    })
+fn read_error(err: impl Into<crate::error::BoxError>) -> ProjectionError {
+    Error::with_source(ProjectionErrorKind::Read, err)
 }
 
 impl<P, C> ProjectionRunner<P, C>
@@ -101,12 +89,20 @@ where
     pub fn new(store: EventStore, projection: P, checkpoints: C) -> ProjectionRunner<P, C> {
         ProjectionRunner {
             store,
+            name: default_name::<P>(),
             projection,
             checkpoints,
             lease: None,
             batch: 100,
             progress: watch::Sender::new(Progress::default()),
         }
+    }
+
+    /// Names it in its metrics (`jetevents.projection.name`); by default the
+    /// projection's Rust type name.
+    pub fn name(mut self, name: impl Into<String>) -> ProjectionRunner<P, C> {
+        self.name = name.into();
+        self
     }
 
     /// Applies events only while holding `lease`, standing by otherwise.
@@ -200,13 +196,7 @@ where
 
     /// The filter selecting every instance of the aggregate type.
     fn filter(&self) -> Result<String, ProjectionError> {
-        let kind = <P::Aggregate as Aggregate>::KIND;
-        // KIND must be the first two tokens of a valid type.
-        EventType::parse(&format!("{kind}.any.v1")).map_err(read_error)?;
-        Ok(format!(
-            "{}.{kind}.*.*.*",
-            self.store.client().subjects().env()
-        ))
+        self.store.type_filter::<P::Aggregate>().map_err(read_error)
     }
 
     async fn report(&mut self, checkpoint: u64) -> Result<(), ProjectionError> {
@@ -215,6 +205,12 @@ where
             progress.checkpoint = checkpoint;
             progress.last_sequence = last.sequence;
         });
+        let lag = self.progress.borrow().lag();
+        self.store
+            .client()
+            .metrics()
+            .projection_lag
+            .record(lag, &[KeyValue::new(PROJECTION_NAME, self.name.clone())]);
         Ok(())
     }
 
@@ -243,6 +239,7 @@ where
             })
             .await
             .map_err(read_error)?;
+        let upcasts = <P::Aggregate as Aggregate>::upcasts();
         let mut batches = consumer
             .messages()
             .await
@@ -255,7 +252,12 @@ where
                 let sequence = message.info().map_err(read_error)?.stream_sequence;
                 let message = message.message;
                 let stored = StoredEvent::new(sequence, message.headers, message.payload);
-                events.push(projected::<P::Aggregate>(&stored, &message.subject)?);
+                let event = stored
+                    .project::<P::Aggregate>(&message.subject, &upcasts)
+                    .map_err(|err| {
+                        Error::with_source(ProjectionErrorKind::Undecodable { sequence }, err)
+                    })?;
+                events.push(event);
             }
             let checkpoint = self
                 .checkpoints
