@@ -65,7 +65,7 @@ Examples:
   jetevents groups
   jetevents groups BOOKING --lag-threshold 10000 --stall-after 10m --output json")]
     Groups(GroupsArgs),
-    /// Compare a declared topology (TOML) with the server, or apply it.
+    /// Compare a declared topology (TOML or YAML) with the server, or apply it.
     #[command(subcommand)]
     Topology(TopologyCommand),
     /// Print a shell completion script.
@@ -271,13 +271,13 @@ Example:\n  jetevents topology apply topology.toml")]
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The topology file (TOML).
+    /// The topology file: `.toml`, `.yaml` or `.yml`.
     pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The topology file (TOML).
+    /// The topology file: `.toml`, `.yaml` or `.yml`.
     pub file: PathBuf,
     /// Delete and recreate resources whose drift cannot be changed in place.
     #[arg(long)]

@@ -1,6 +1,6 @@
-//! The topology file: streams, consumer groups, dead-letter streams and KV
-//! buckets, in TOML. A field left out is not managed: the server keeps its
-//! value.
+//! The topology file: streams, consumer groups, dead-letter streams, KV
+//! buckets and services, in TOML or YAML (one model, picked by the file's
+//! extension). A field left out is not managed: the server keeps its value.
 
 use std::path::Path;
 use std::time::Duration;
@@ -106,10 +106,35 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
         .map_err(serde::de::Error::custom)
 }
 
+/// The file formats a topology is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    fn of(path: &Path) -> Result<Format, Failure> {
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some("toml") => Ok(Format::Toml),
+            Some("yaml" | "yml") => Ok(Format::Yaml),
+            _ => Err(Failure::new(format!(
+                "{}: a topology file ends in .toml, .yaml or .yml",
+                path.display()
+            ))),
+        }
+    }
+}
+
 impl Topology {
     pub fn read(path: &Path) -> Result<Topology, Failure> {
+        let format = Format::of(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|err| Failure::during(&format!("reading {}", path.display()), err))?;
-        toml::from_str(&text).map_err(|err| Failure::during(&path.display().to_string(), err))
+        let parsed = match format {
+            Format::Toml => toml::from_str(&text).map_err(|err| err.to_string()),
+            Format::Yaml => serde_saphyr::from_str(&text).map_err(|err| err.to_string()),
+        };
+        parsed.map_err(|err| Failure::during(&path.display().to_string(), err))
     }
 }
