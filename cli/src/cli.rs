@@ -267,12 +267,49 @@ its data or position: they are refused unless --allow-recreate is given.
 
 Example:\n  jetevents topology apply topology.toml")]
     Apply(ApplyArgs),
+    /// Print the NATS permissions of a declared service, as a user entry
+    /// for the server's config (or JSON).
+    #[command(after_help = "\
+The service publishes only its declared event types and reads only its
+declared groups; the JetStream API calls its groups, dead letters and
+streams need are allowed, nothing else.
+
+Example (topology.toml):
+  [[service]]
+  name = \"billing\"
+  publishes = [\"billing.invoice.issued.v1\"]
+  groups = [\"billing\"]          # names of [[group]] entries
+  streams = [\"BILLING\"]         # streams it creates itself
+  dead_letters = \"DEAD_LETTERS\" # a [[dead_letters]] stream
+
+  jetevents topology permissions topology.toml --service billing
+  jetevents topology permissions topology.toml --service billing --nkey UA...")]
+    Permissions(PermissionsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// The topology file: `.toml`, `.yaml` or `.yml`.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PermissionsArgs {
+    /// The topology file: `.toml`, `.yaml` or `.yml`.
+    pub file: PathBuf,
+    /// The declared service.
+    #[arg(long)]
+    pub service: String,
+    /// User name (default: the service's name); the password is read by
+    /// the server from `$<USER>_PASSWORD`.
+    #[arg(long, conflicts_with = "nkey")]
+    pub user: Option<String>,
+    /// An nkey user (its public key, `U...`) instead of user and password.
+    #[arg(long)]
+    pub nkey: Option<String>,
+    /// `table`: the config entry; `json`: the subject lists.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]

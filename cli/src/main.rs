@@ -76,6 +76,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let declared = topology::Topology::read(&args.file)?;
             topology::plan(&connection.connect().await?, &declared).await
         }
+        Command::Topology(TopologyCommand::Permissions(args)) => {
+            // The subjects' environment, no server: the same settings as
+            // every command.
+            let env = connection.config()?.env;
+            let declared = topology::Topology::read(&args.file)?;
+            topology::permissions::run(&declared, &env, &args)
+        }
         Command::Topology(TopologyCommand::Apply(args)) => {
             let declared = topology::Topology::read(&args.file)?;
             topology::apply(&connection.connect().await?, &declared, &args).await

@@ -203,7 +203,10 @@ kv:
     assert_eq!(code, 0, "{applied}");
     assert_eq!(
         topology(&world, &["plan", &yaml]),
-        (0, "No changes: the server matches the topology.\n".to_owned())
+        (
+            0,
+            "No changes: the server matches the topology.\n".to_owned()
+        )
     );
     // A drift the YAML file declares away is reported like the TOML one's.
     let drifted = yaml.replace(".yaml", "-drift.yml");
@@ -217,9 +220,106 @@ kv:
     let (code, plan) = topology(&world, &["plan", &drifted]);
     assert_eq!(code, 2, "{plan}");
     assert!(
-        plan.contains(&format!("~ update group {stream}/billing: max_deliver 5 -> 7")),
+        plan.contains(&format!(
+            "~ update group {stream}/billing: max_deliver 5 -> 7"
+        )),
         "{plan}"
     );
+}
+
+/// `topology permissions`: the declared service's subjects, as a config
+/// entry the server accepts and as JSON.
+#[tokio::test]
+async fn topology_permissions_of_a_declared_service() {
+    let world = World::new().await;
+    let file = topology_file_as(
+        &world,
+        "yml",
+        r#"
+group:
+  - { stream: BOOKING, name: billing }
+  - { stream: BOOKING, name: auditors }
+dead_letters:
+  - { stream: BILLING_DL, subject_prefix: dlbilling }
+service:
+  - name: billing
+    publishes: [billing.invoice.issued.v1]
+    groups: [billing]
+    streams: [BILLING]
+    dead_letters: BILLING_DL
+"#,
+    );
+    let json = world.ok(&[
+        "topology",
+        "permissions",
+        &file,
+        "--service",
+        "billing",
+        "-o",
+        "json",
+    ]);
+    let permissions: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let publish: Vec<&str> = permissions["publish"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let env = &world.env;
+    for subject in [
+        format!("{env}.billing.invoice.issued.v1"),
+        format!("{env}.billing.invoice.issued.v1.*"),
+        "$JS.API.CONSUMER.MSG.NEXT.BOOKING.billing".to_owned(),
+        "$JS.ACK.BOOKING.billing.>".to_owned(),
+        "dlbilling.billing.>".to_owned(),
+        "$JS.API.STREAM.CREATE.BILLING".to_owned(),
+    ] {
+        assert!(
+            publish.contains(&subject.as_str()),
+            "{subject}: {publish:?}"
+        );
+    }
+    assert!(
+        !publish.iter().any(|s| s.contains("auditors")),
+        "{publish:?}"
+    );
+
+    let entry = world.ok(&["topology", "permissions", &file, "--service", "billing"]);
+    assert!(
+        entry.contains("user: \"billing\"\n  password: $BILLING_PASSWORD\n"),
+        "{entry}"
+    );
+    let nkey = world.ok(&[
+        "topology",
+        "permissions",
+        &file,
+        "--service",
+        "billing",
+        "--nkey",
+        "UABC",
+    ]);
+    assert!(nkey.contains("nkey: \"UABC\""), "{nkey}");
+    // The server itself accepts the entry (`-t`: check the config, exit).
+    if let Some(server) = std::env::var_os("JETEVENTS_NATS_SERVER_BIN") {
+        let config = world.home.path().join("users.conf");
+        std::fs::write(
+            &config,
+            format!("authorization {{\n  users: [\n{entry}\n  ]\n}}\n"),
+        )
+        .unwrap();
+        let checked = std::process::Command::new(server)
+            .args(["-t", "-c", config.to_str().unwrap()])
+            .env("BILLING_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        assert!(checked.status.success(), "{}", text(&checked.stderr));
+    }
+
+    let output = world
+        .command(&["topology", "permissions", &file, "--service", "shipping"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "no service \"shipping\"");
 }
 
 #[tokio::test]

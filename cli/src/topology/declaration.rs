@@ -22,6 +22,8 @@ pub struct Topology {
     pub dead_letters: Vec<DeadLettersDecl>,
     #[serde(default)]
     pub kv: Vec<KvDecl>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceDecl>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +99,26 @@ pub struct KvDecl {
     pub replicas: Option<usize>,
     pub max_value_size: Option<i32>,
     pub description: Option<String>,
+}
+
+/// A service: what it publishes, reads and provisions. Not applied to the
+/// server: its NATS permissions are generated from it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDecl {
+    pub name: String,
+    /// The event types it publishes.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+    /// The declared groups it reads, by name.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The streams it creates and updates itself.
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// The declared dead-letter stream its groups use (default: the
+    /// library's `DEAD_LETTERS`).
+    pub dead_letters: Option<String>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
