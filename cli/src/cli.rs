@@ -68,6 +68,12 @@ Examples:
     /// Compare a declared topology (TOML or YAML) with the server, or apply it.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Projections: their checkpoints and lag, and rebuilding them.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Sagas: the running ones and one by correlation id.
+    #[command(subcommand)]
+    Sagas(SagasCommand),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  jetevents completions zsh > ~/.zfunc/_jetevents")]
     Completions {
@@ -250,6 +256,91 @@ pub struct GroupsArgs {
     pub stall_after: std::time::Duration,
     #[command(flatten)]
     pub location: DeadLetterLocation,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's checkpoint, the store's last event and the lag.
+    #[command(after_help = "\
+Examples:
+  jetevents projections status --bucket projections --store BANK --kind bank.account
+  jetevents projections status totals --bucket projections --store BANK -o json")]
+    Status(ProjectionsStatusArgs),
+    /// Reset a projection's checkpoint to 0, so its runners apply every event
+    /// again.
+    #[command(after_help = "\
+Stop the projection's runners first. This resets the checkpoint only: a
+read model kept in memory is rebuilt when the runners start again; clear a
+stored one first (or call ProjectionRunner::rebuild from the service, which
+does both).
+
+Example:
+  jetevents projections rebuild totals --bucket projections")]
+    Rebuild(RebuildArgs),
+}
+
+/// Where projections keep their checkpoints.
+#[derive(Debug, Args)]
+pub struct ProjectionLocation {
+    /// The KV bucket of the checkpoints (`KvCheckpoints`; key: projection).
+    #[arg(long)]
+    pub bucket: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionsStatusArgs {
+    /// Only this projection (default: every one in the bucket).
+    pub projection: Option<String>,
+    #[command(flatten)]
+    pub location: ProjectionLocation,
+    /// The event store's stream.
+    #[arg(long)]
+    pub store: String,
+    /// The aggregate type the projections read (`domain.entity`); without
+    /// it the lag counts every event of the store.
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The projection.
+    pub projection: String,
+    #[command(flatten)]
+    pub location: ProjectionLocation,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagasCommand {
+    /// The running sagas: state, pending timeouts, age.
+    #[command(after_help = "\
+Examples:
+  jetevents sagas list
+  jetevents sagas list order -o json")]
+    List(SagasListArgs),
+    /// One saga, running or finished, by correlation id.
+    #[command(after_help = "Example:\n  jetevents sagas show order o-42")]
+    Show(SagaShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SagasListArgs {
+    /// Only the sagas of this definition (default: every one).
+    pub saga: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SagaShowArgs {
+    /// The saga definition's name.
+    pub saga: String,
+    /// The saga's correlation id.
+    pub correlation_id: String,
     #[arg(long, short, value_enum, default_value_t)]
     pub output: OutputFormat,
 }

@@ -12,8 +12,10 @@ mod duration;
 mod failure;
 mod filter;
 mod groups;
+mod projections;
 mod publish;
 mod render;
+mod sagas;
 mod stream;
 mod tail;
 mod topology;
@@ -22,7 +24,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, DlqCommand, TopologyCommand};
+use cli::{Cli, Command, DlqCommand, ProjectionsCommand, SagasCommand, TopologyCommand};
 use failure::Failure;
 
 fn main() -> ExitCode {
@@ -69,6 +71,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 DlqCommand::Redrive(args) => dlq::redrive(&dead_letters, args).await,
                 DlqCommand::Delete(args) => dlq::delete(&dead_letters, args).await,
             }
+        }
+        Command::Projections(ProjectionsCommand::Status(args)) => {
+            projections::status(&connection.connect().await?, args).await
+        }
+        Command::Projections(ProjectionsCommand::Rebuild(args)) => {
+            projections::rebuild(&connection.connect().await?, args).await
+        }
+        Command::Sagas(SagasCommand::List(args)) => {
+            sagas::list(&connection.connect().await?, args).await
+        }
+        Command::Sagas(SagasCommand::Show(args)) => {
+            sagas::show(&connection.connect().await?, args).await
         }
         Command::Groups(args) => groups::run(&connection.connect().await?, args).await,
         Command::Topology(TopologyCommand::Plan(args)) => {
