@@ -31,6 +31,9 @@ Examples:
   jetevents dlq redrive --all --consumer billing
   jetevents groups --output json
   jetevents topology plan topology.toml   # exit 0: in sync, 2: changes, 1: error
+  jetevents topology permissions topology.yaml --service billing
+  jetevents projections status --bucket projections --store BANK --kind bank.account
+  jetevents sagas show order o-42
   jetevents completions bash > /etc/bash_completion.d/jetevents";
 
 #[derive(Debug, Subcommand)]

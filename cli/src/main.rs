@@ -1,7 +1,8 @@
 //! `jetevents`: the operator's command for services built on jetevents.
 //!
 //! It speaks events, not bytes: decoded CloudEvents, dead letters with their
-//! reasons, consumer-group health and a declared topology. Streams, raw
+//! reasons, consumer-group health, a declared topology (and the permissions
+//! of its services), projections and sagas. Streams, raw
 //! messages and KV browsing stay with the `nats` CLI.
 
 mod cli;
