@@ -82,7 +82,7 @@ pub async fn list(client: &Client, args: SagasListArgs) -> Result<ExitCode, Fail
     let mut views = Vec::new();
     for name in &names {
         let mut running = open(client, name).await?.running().await?;
-        running.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        running.sort_by_key(|saga| saga.started_at);
         views.extend(
             running
                 .into_iter()
