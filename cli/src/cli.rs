@@ -269,7 +269,8 @@ pub enum ProjectionsCommand {
     #[command(after_help = "\
 Examples:
   jetevents projections status --bucket projections --store BANK --kind bank.account
-  jetevents projections status totals --bucket projections --store BANK -o json")]
+  jetevents projections status totals --bucket projections --store BANK -o json
+  jetevents projections status --sqlite read-model.db --store BANK")]
     Status(ProjectionsStatusArgs),
     /// Reset a projection's checkpoint to 0, so its runners apply every event
     /// again.
@@ -284,12 +285,17 @@ Example:
     Rebuild(RebuildArgs),
 }
 
-/// Where projections keep their checkpoints.
+/// Where projections keep their checkpoints: a KV bucket or a SQLite file.
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 pub struct ProjectionLocation {
     /// The KV bucket of the checkpoints (`KvCheckpoints`; key: projection).
     #[arg(long)]
-    pub bucket: String,
+    pub bucket: Option<String>,
+    /// The SQLite database of the read model (`SqliteCheckpoints`: table
+    /// `jetevents_checkpoints`).
+    #[arg(long)]
+    pub sqlite: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

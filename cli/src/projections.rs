@@ -3,9 +3,12 @@
 //! every event again.
 //!
 //! The checkpoints are read and reset through the library's
-//! `KvCheckpoints`, which is generic over the projection: the command
-//! names a placeholder projection that never applies an event.
+//! `KvCheckpoints` and `SqliteCheckpoints`, which are generic over the
+//! projection: the command names a placeholder projection that never
+//! applies an event.
 
+use std::marker::PhantomData;
+use std::path::Path;
 use std::process::ExitCode;
 
 use async_nats::jetstream::kv;
@@ -13,7 +16,11 @@ use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures_util::TryStreamExt;
 use jetevents::client::Client;
 use jetevents::error::BoxError;
-use jetevents::eventstore::projection::{Checkpoints, KvCheckpoints, Projected, Projection};
+use jetevents::eventstore::projection::sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use jetevents::eventstore::projection::sqlx::{self, SqliteConnection};
+use jetevents::eventstore::projection::{
+    Checkpoints, KvCheckpoints, Projected, Projection, SqliteCheckpoints,
+};
 use jetevents::eventstore::Aggregate;
 use serde::Serialize;
 
@@ -21,9 +28,16 @@ use crate::cli::{OutputFormat, ProjectionLocation, ProjectionsStatusArgs, Rebuil
 use crate::failure::Failure;
 use crate::render::{json_line, Table};
 
-/// Stands in for the service's projection: the command only reads and
-/// resets checkpoints, it never applies events or touches the model.
-struct Placeholder;
+/// Stands in for the service's projection (whose model is `M`): the
+/// command only reads and resets checkpoints, it never applies events or
+/// touches the model.
+struct Placeholder<M: ?Sized>(PhantomData<fn(&M)>);
+
+impl<M: ?Sized> Placeholder<M> {
+    fn new() -> Self {
+        Self(PhantomData)
+    }
+}
 
 #[derive(Default)]
 struct NoAggregate;
@@ -50,17 +64,17 @@ impl Aggregate for NoAggregate {
     }
 }
 
-impl Projection for Placeholder {
+impl<M: ?Sized + Send + 'static> Projection for Placeholder<M> {
     type Aggregate = NoAggregate;
-    type Model = ();
+    type Model = M;
 
-    async fn apply(&mut self, _: &mut (), _: &Projected<NoAggregate>) -> Result<(), BoxError> {
+    async fn apply(&mut self, _: &mut M, _: &Projected<NoAggregate>) -> Result<(), BoxError> {
         Err("the command line does not apply events".into())
     }
 
     /// The model is the service's: a rebuild from here resets the
     /// checkpoint only.
-    async fn clear(&mut self, _: &mut ()) -> Result<(), BoxError> {
+    async fn clear(&mut self, _: &mut M) -> Result<(), BoxError> {
         Ok(())
     }
 }
@@ -73,44 +87,110 @@ struct ProjectionStatus {
     lag: u64,
 }
 
-async fn bucket(client: &Client, location: &ProjectionLocation) -> Result<kv::Store, Failure> {
-    crate::stream::jetstream(client)?
-        .get_key_value(&location.bucket)
-        .await
-        .map_err(|err| Failure::during(&format!("checkpoint bucket {}", location.bucket), err))
+/// Where the checkpoints are.
+enum CheckpointStore {
+    Kv { bucket: kv::Store, name: String },
+    Sqlite { pool: SqlitePool, path: String },
 }
 
-/// The projections with a checkpoint in the bucket, sorted.
-async fn names(bucket: &kv::Store, location: &ProjectionLocation) -> Result<Vec<String>, Failure> {
-    let mut names: Vec<String> = bucket
-        .keys()
-        .await
-        .map_err(|err| Failure::during(&format!("listing {}", location.bucket), err))?
-        .try_collect()
-        .await
-        .map_err(|err| Failure::during(&format!("listing {}", location.bucket), err))?;
-    names.sort();
-    Ok(names)
-}
-
-/// Projection `name`'s checkpoint store; an unknown name is an error (the
-/// library would read it as a projection that applied nothing yet).
-async fn checkpoints(
-    bucket: &kv::Store,
-    location: &ProjectionLocation,
-    name: &str,
-) -> Result<KvCheckpoints<()>, Failure> {
-    if !names(bucket, location)
-        .await?
-        .iter()
-        .any(|known| known == name)
-    {
-        return Err(Failure::new(format!(
-            "no projection {name:?} in checkpoint bucket {}",
-            location.bucket
-        )));
+impl CheckpointStore {
+    async fn open(client: &Client, location: &ProjectionLocation) -> Result<Self, Failure> {
+        match (&location.bucket, &location.sqlite) {
+            (Some(bucket), _) => Ok(Self::Kv {
+                bucket: crate::stream::jetstream(client)?
+                    .get_key_value(bucket)
+                    .await
+                    .map_err(|err| Failure::during(&format!("checkpoint bucket {bucket}"), err))?,
+                name: bucket.clone(),
+            }),
+            (None, Some(path)) => Self::sqlite(path).await,
+            (None, None) => Err(Failure::new("give --bucket or --sqlite")),
+        }
     }
-    Ok(KvCheckpoints::new(bucket.clone(), name, ()))
+
+    async fn sqlite(path: &Path) -> Result<Self, Failure> {
+        let shown = path.display().to_string();
+        // Never create a database: a wrong path is an error, not an empty one.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false);
+        let pool = SqlitePool::connect_with(options)
+            .await
+            .map_err(|err| Failure::during(&format!("database {shown}"), err))?;
+        Ok(Self::Sqlite { pool, path: shown })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Kv { name, .. } => format!("checkpoint bucket {name}"),
+            Self::Sqlite { path, .. } => format!("database {path}"),
+        }
+    }
+
+    /// The projections with a checkpoint, sorted.
+    async fn names(&self) -> Result<Vec<String>, Failure> {
+        let listing = |err| Failure::during(&format!("listing {}", self.describe()), err);
+        let mut names: Vec<String> = match self {
+            Self::Kv { bucket, .. } => bucket
+                .keys()
+                .await
+                .map_err(|err| listing(err.to_string()))?
+                .try_collect()
+                .await
+                .map_err(|err| listing(err.to_string()))?,
+            Self::Sqlite { pool, .. } => {
+                sqlx::query_scalar("SELECT projection FROM jetevents_checkpoints")
+                    .fetch_all(pool)
+                    .await
+                    .map_err(|err| listing(err.to_string()))?
+            }
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    /// Projection `name`'s checkpoint; an unknown name is an error (the
+    /// library would read it as a projection that applied nothing yet).
+    async fn checkpoint(&self, name: &str) -> Result<u64, Failure> {
+        self.known(name).await?;
+        Ok(match self {
+            Self::Kv { bucket, .. } => {
+                let mut store = KvCheckpoints::new(bucket.clone(), name, ());
+                Checkpoints::<Placeholder<()>>::checkpoint(&mut store).await?
+            }
+            Self::Sqlite { pool, .. } => {
+                let mut store = SqliteCheckpoints::new(pool.clone(), name).await?;
+                Checkpoints::<Placeholder<SqliteConnection>>::checkpoint(&mut store).await?
+            }
+        })
+    }
+
+    /// Sets projection `name`'s checkpoint back to 0.
+    async fn reset(&self, name: &str) -> Result<(), Failure> {
+        self.known(name).await?;
+        match self {
+            Self::Kv { bucket, .. } => {
+                let mut store = KvCheckpoints::new(bucket.clone(), name, ());
+                Checkpoints::reset(&mut store, &mut Placeholder::<()>::new()).await?;
+            }
+            Self::Sqlite { pool, .. } => {
+                let mut store = SqliteCheckpoints::new(pool.clone(), name).await?;
+                Checkpoints::reset(&mut store, &mut Placeholder::<SqliteConnection>::new()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn known(&self, name: &str) -> Result<(), Failure> {
+        if self.names().await?.iter().any(|known| known == name) {
+            Ok(())
+        } else {
+            Err(Failure::new(format!(
+                "no projection {name:?} in {}",
+                self.describe()
+            )))
+        }
+    }
 }
 
 /// The stream sequence of the last event the projections read: of the
@@ -131,16 +211,15 @@ async fn last_sequence(client: &Client, args: &ProjectionsStatusArgs) -> Result<
 }
 
 pub async fn status(client: &Client, args: ProjectionsStatusArgs) -> Result<ExitCode, Failure> {
-    let bucket = bucket(client, &args.location).await?;
+    let store = CheckpointStore::open(client, &args.location).await?;
     let names = match &args.projection {
         Some(name) => vec![name.clone()],
-        None => names(&bucket, &args.location).await?,
+        None => store.names().await?,
     };
     let last_sequence = last_sequence(client, &args).await?;
     let mut statuses = Vec::new();
     for name in names {
-        let mut store = checkpoints(&bucket, &args.location, &name).await?;
-        let checkpoint = Checkpoints::<Placeholder>::checkpoint(&mut store).await?;
+        let checkpoint = store.checkpoint(&name).await?;
         statuses.push(ProjectionStatus {
             projection: name,
             checkpoint,
@@ -171,10 +250,9 @@ pub async fn status(client: &Client, args: ProjectionsStatusArgs) -> Result<Exit
 }
 
 pub async fn rebuild(client: &Client, args: RebuildArgs) -> Result<ExitCode, Failure> {
-    let bucket = bucket(client, &args.location).await?;
-    let mut store = checkpoints(&bucket, &args.location, &args.projection).await?;
-    let before = Checkpoints::<Placeholder>::checkpoint(&mut store).await?;
-    Checkpoints::<Placeholder>::reset(&mut store, &mut Placeholder).await?;
+    let store = CheckpointStore::open(client, &args.location).await?;
+    let before = store.checkpoint(&args.projection).await?;
+    store.reset(&args.projection).await?;
     println!(
         "Projection {}: checkpoint {before} -> 0; its runners apply every event again.",
         args.projection

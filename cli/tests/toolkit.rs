@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use jetevents::consume::HandlerError;
 use jetevents::error::BoxError;
+use jetevents::eventstore::projection::sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use jetevents::eventstore::projection::sqlx::{self, SqliteConnection};
 use jetevents::eventstore::projection::{
-    Checkpoints, KvCheckpoints, Projected, Projection, ProjectionRunner,
+    Checkpoints, KvCheckpoints, Projected, Projection, ProjectionRunner, SqliteCheckpoints,
 };
 use jetevents::eventstore::{Aggregate, EventStore, Expected, StoreStream};
 use jetevents::publish::PublishOptions;
@@ -87,40 +89,38 @@ async fn world_without_its_stream() -> World {
     world
 }
 
-async fn mark(store: &EventStore, key: &str, times: usize) {
-    let events = (0..times).map(|_| TallyEvent::Marked).collect();
-    store
-        .append::<Tally>(key, events, Expected::Any)
-        .await
-        .unwrap();
+/// Marks as rows of a SQLite read model.
+struct MarkRows;
+
+impl Projection for MarkRows {
+    type Aggregate = Tally;
+    type Model = SqliteConnection;
+
+    async fn apply(
+        &mut self,
+        model: &mut SqliteConnection,
+        event: &Projected<Tally>,
+    ) -> Result<(), BoxError> {
+        sqlx::query("INSERT INTO marks (instance) VALUES (?)")
+            .bind(&event.key)
+            .execute(model)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&mut self, model: &mut SqliteConnection) -> Result<(), BoxError> {
+        sqlx::query("DELETE FROM marks").execute(model).await?;
+        Ok(())
+    }
 }
 
-#[tokio::test]
-async fn projections_status_and_rebuild_on_a_kv_checkpoint() {
-    let world = world_without_its_stream().await;
-    let store = EventStore::provision(&world.client, StoreStream::new(unique("ES"), "cli"))
-        .await
-        .unwrap();
-    let bucket_name = unique("checkpoints");
-    let bucket = world
-        .client
-        .jetstream()
-        .unwrap()
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: bucket_name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    mark(&store, "a", 3).await;
-    mark(&store, "b", 2).await;
-
-    // The projection catches up, then stops; two more events arrive.
-    let mut runner = ProjectionRunner::new(
-        store.clone(),
-        Marks,
-        KvCheckpoints::new(bucket.clone(), "marks", HashMap::new()),
-    );
+/// Runs `runner` until its projection has caught up with the store; its
+/// checkpoint then.
+async fn catch_up<P, C>(mut runner: ProjectionRunner<P, C>) -> u64
+where
+    P: Projection,
+    C: Checkpoints<P> + 'static,
+{
     let progress = runner.progress();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move {
@@ -142,6 +142,49 @@ async fn projections_status_and_rebuild_on_a_kv_checkpoint() {
     stop.send(()).unwrap();
     running.await.unwrap();
     let checkpoint = progress.borrow().checkpoint;
+    checkpoint
+}
+
+/// A fresh event store with five marks, and its world.
+async fn store_with_marks() -> (World, EventStore) {
+    let world = world_without_its_stream().await;
+    let store = EventStore::provision(&world.client, StoreStream::new(unique("ES"), "cli"))
+        .await
+        .unwrap();
+    mark(&store, "a", 3).await;
+    mark(&store, "b", 2).await;
+    (world, store)
+}
+
+async fn mark(store: &EventStore, key: &str, times: usize) {
+    let events = (0..times).map(|_| TallyEvent::Marked).collect();
+    store
+        .append::<Tally>(key, events, Expected::Any)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn projections_status_and_rebuild_on_a_kv_checkpoint() {
+    let (world, store) = store_with_marks().await;
+    let bucket_name = unique("checkpoints");
+    let bucket = world
+        .client
+        .jetstream()
+        .unwrap()
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket_name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The projection catches up, then stops; two more events arrive.
+    let checkpoint = catch_up(ProjectionRunner::new(
+        store.clone(),
+        Marks,
+        KvCheckpoints::new(bucket.clone(), "marks", HashMap::new()),
+    ))
+    .await;
     mark(&store, "a", 2).await;
 
     let status_args = [
@@ -212,6 +255,74 @@ async fn projections_status_and_rebuild_on_a_kv_checkpoint() {
         .output()
         .unwrap();
     assert_one_line_failure(&output, "checkpoint bucket no-such-bucket");
+}
+
+#[tokio::test]
+async fn projections_status_and_rebuild_on_a_sqlite_checkpoint() {
+    let (world, store) = store_with_marks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read.db");
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE marks (instance TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let checkpoints = SqliteCheckpoints::new(pool.clone(), "mark-rows")
+        .await
+        .unwrap();
+    let checkpoint = catch_up(ProjectionRunner::new(store.clone(), MarkRows, checkpoints)).await;
+    mark(&store, "b", 1).await;
+
+    let path = path.to_str().unwrap();
+    let json = json_lines(&world.ok(&[
+        "projections",
+        "status",
+        "--sqlite",
+        path,
+        "--store",
+        store.stream(),
+        "--kind",
+        "cli.tally",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(json.len(), 1, "{json:?}");
+    assert_eq!(json[0]["projection"], "mark-rows");
+    assert_eq!(json[0]["checkpoint"], checkpoint);
+    assert_eq!(json[0]["lag"], 1);
+    let rebuilt = world.ok(&["projections", "rebuild", "mark-rows", "--sqlite", path]);
+    assert!(
+        rebuilt.contains(&format!("checkpoint {checkpoint} -> 0")),
+        "{rebuilt}"
+    );
+    let mut read = SqliteCheckpoints::new(pool, "mark-rows").await.unwrap();
+    assert_eq!(
+        Checkpoints::<MarkRows>::checkpoint(&mut read)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let missing = dir.path().join("missing.db");
+    let output = world
+        .command(&[
+            "projections",
+            "status",
+            "--sqlite",
+            missing.to_str().unwrap(),
+            "--store",
+            store.stream(),
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "missing.db");
+    assert!(!missing.exists(), "the command created a database");
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
