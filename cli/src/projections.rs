@@ -89,18 +89,29 @@ struct ProjectionStatus {
 
 /// Where the checkpoints are.
 enum CheckpointStore {
-    Kv { bucket: kv::Store, name: String },
-    Sqlite { pool: SqlitePool, path: String },
+    // Boxed: a KV handle is large next to a pool.
+    Kv {
+        bucket: Box<kv::Store>,
+        name: String,
+    },
+    Sqlite {
+        pool: SqlitePool,
+        path: String,
+    },
 }
 
 impl CheckpointStore {
     async fn open(client: &Client, location: &ProjectionLocation) -> Result<Self, Failure> {
         match (&location.bucket, &location.sqlite) {
             (Some(bucket), _) => Ok(Self::Kv {
-                bucket: crate::stream::jetstream(client)?
-                    .get_key_value(bucket)
-                    .await
-                    .map_err(|err| Failure::during(&format!("checkpoint bucket {bucket}"), err))?,
+                bucket: Box::new(
+                    crate::stream::jetstream(client)?
+                        .get_key_value(bucket)
+                        .await
+                        .map_err(|err| {
+                            Failure::during(&format!("checkpoint bucket {bucket}"), err)
+                        })?,
+                ),
                 name: bucket.clone(),
             }),
             (None, Some(path)) => Self::sqlite(path).await,
@@ -155,7 +166,7 @@ impl CheckpointStore {
         self.known(name).await?;
         Ok(match self {
             Self::Kv { bucket, .. } => {
-                let mut store = KvCheckpoints::new(bucket.clone(), name, ());
+                let mut store = KvCheckpoints::new(bucket.as_ref().clone(), name, ());
                 Checkpoints::<Placeholder<()>>::checkpoint(&mut store).await?
             }
             Self::Sqlite { pool, .. } => {
@@ -170,7 +181,7 @@ impl CheckpointStore {
         self.known(name).await?;
         match self {
             Self::Kv { bucket, .. } => {
-                let mut store = KvCheckpoints::new(bucket.clone(), name, ());
+                let mut store = KvCheckpoints::new(bucket.as_ref().clone(), name, ());
                 Checkpoints::reset(&mut store, &mut Placeholder::<()>::new()).await?;
             }
             Self::Sqlite { pool, .. } => {
