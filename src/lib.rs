@@ -22,6 +22,7 @@
 //! - [`trace`]: W3C trace context in and out of events;
 //! - [`metrics`]: OpenTelemetry messaging metrics;
 //! - [`nats`]: the async-nats types the API uses, and their version policy;
+//! - [`permissions`]: the NATS permissions a service needs, from what it declares;
 //! - `encryption` (feature `encryption`): envelope encryption of event data;
 //! - `testing` (feature `testing`): an in-memory JetStream on tokio's clock
 //!   for a service's own unit tests.
@@ -43,6 +44,7 @@ pub mod eventstore;
 pub mod lineage;
 pub mod metrics;
 pub mod nats;
+pub mod permissions;
 pub mod provision;
 pub mod publish;
 pub mod saga;

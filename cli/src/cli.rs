@@ -31,6 +31,9 @@ Examples:
   jetevents dlq redrive --all --consumer billing
   jetevents groups --output json
   jetevents topology plan topology.toml   # exit 0: in sync, 2: changes, 1: error
+  jetevents topology permissions topology.yaml --service billing
+  jetevents projections status --bucket projections --store BANK --kind bank.account
+  jetevents sagas show order o-42
   jetevents completions bash > /etc/bash_completion.d/jetevents";
 
 #[derive(Debug, Subcommand)]
@@ -65,9 +68,15 @@ Examples:
   jetevents groups
   jetevents groups BOOKING --lag-threshold 10000 --stall-after 10m --output json")]
     Groups(GroupsArgs),
-    /// Compare a declared topology (TOML) with the server, or apply it.
+    /// Compare a declared topology (TOML or YAML) with the server, or apply it.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Projections: their checkpoints and lag, and rebuilding them.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// Sagas: the running ones and one by correlation id.
+    #[command(subcommand)]
+    Sagas(SagasCommand),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  jetevents completions zsh > ~/.zfunc/_jetevents")]
     Completions {
@@ -255,6 +264,97 @@ pub struct GroupsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's checkpoint, the store's last event and the lag.
+    #[command(after_help = "\
+Examples:
+  jetevents projections status --bucket projections --store BANK --kind bank.account
+  jetevents projections status totals --bucket projections --store BANK -o json
+  jetevents projections status --sqlite read-model.db --store BANK")]
+    Status(ProjectionsStatusArgs),
+    /// Reset a projection's checkpoint to 0, so its runners apply every event
+    /// again.
+    #[command(after_help = "\
+Stop the projection's runners first. This resets the checkpoint only: a
+read model kept in memory is rebuilt when the runners start again; clear a
+stored one first (or call ProjectionRunner::rebuild from the service, which
+does both).
+
+Example:
+  jetevents projections rebuild totals --bucket projections")]
+    Rebuild(RebuildArgs),
+}
+
+/// Where projections keep their checkpoints: a KV bucket or a SQLite file.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ProjectionLocation {
+    /// The KV bucket of the checkpoints (`KvCheckpoints`; key: projection).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// The SQLite database of the read model (`SqliteCheckpoints`: table
+    /// `jetevents_checkpoints`).
+    #[arg(long)]
+    pub sqlite: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionsStatusArgs {
+    /// Only this projection (default: every one in the bucket).
+    pub projection: Option<String>,
+    #[command(flatten)]
+    pub location: ProjectionLocation,
+    /// The event store's stream.
+    #[arg(long)]
+    pub store: String,
+    /// The aggregate type the projections read (`domain.entity`); without
+    /// it the lag counts every event of the store.
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The projection.
+    pub projection: String,
+    #[command(flatten)]
+    pub location: ProjectionLocation,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagasCommand {
+    /// The running sagas: state, pending timeouts, age.
+    #[command(after_help = "\
+Examples:
+  jetevents sagas list
+  jetevents sagas list order -o json")]
+    List(SagasListArgs),
+    /// One saga, running or finished, by correlation id.
+    #[command(after_help = "Example:\n  jetevents sagas show order o-42")]
+    Show(SagaShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SagasListArgs {
+    /// Only the sagas of this definition (default: every one).
+    pub saga: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct SagaShowArgs {
+    /// The saga definition's name.
+    pub saga: String,
+    /// The saga's correlation id.
+    pub correlation_id: String,
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TopologyCommand {
     /// Show what apply would change. Exit 0: in sync, 2: changes, 1: error.
     #[command(after_help = "Example:\n  jetevents topology plan topology.toml || test $? -eq 2")]
@@ -267,17 +367,54 @@ its data or position: they are refused unless --allow-recreate is given.
 
 Example:\n  jetevents topology apply topology.toml")]
     Apply(ApplyArgs),
+    /// Print the NATS permissions of a declared service, as a user entry
+    /// for the server's config (or JSON).
+    #[command(after_help = "\
+The service publishes only its declared event types and reads only its
+declared groups; the JetStream API calls its groups, dead letters and
+streams need are allowed, nothing else.
+
+Example (topology.toml):
+  [[service]]
+  name = \"billing\"
+  publishes = [\"billing.invoice.issued.v1\"]
+  groups = [\"billing\"]          # names of [[group]] entries
+  streams = [\"BILLING\"]         # streams it creates itself
+  dead_letters = \"DEAD_LETTERS\" # a [[dead_letters]] stream
+
+  jetevents topology permissions topology.toml --service billing
+  jetevents topology permissions topology.toml --service billing --nkey UA...")]
+    Permissions(PermissionsArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// The topology file (TOML).
+    /// The topology file: `.toml`, `.yaml` or `.yml`.
     pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
+pub struct PermissionsArgs {
+    /// The topology file: `.toml`, `.yaml` or `.yml`.
+    pub file: PathBuf,
+    /// The declared service.
+    #[arg(long)]
+    pub service: String,
+    /// User name (default: the service's name); the password is read by
+    /// the server from `$<USER>_PASSWORD`.
+    #[arg(long, conflicts_with = "nkey")]
+    pub user: Option<String>,
+    /// An nkey user (its public key, `U...`) instead of user and password.
+    #[arg(long)]
+    pub nkey: Option<String>,
+    /// `table`: the config entry; `json`: the subject lists.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The topology file (TOML).
+    /// The topology file: `.toml`, `.yaml` or `.yml`.
     pub file: PathBuf,
     /// Delete and recreate resources whose drift cannot be changed in place.
     #[arg(long)]

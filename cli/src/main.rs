@@ -1,7 +1,8 @@
 //! `jetevents`: the operator's command for services built on jetevents.
 //!
 //! It speaks events, not bytes: decoded CloudEvents, dead letters with their
-//! reasons, consumer-group health and a declared topology. Streams, raw
+//! reasons, consumer-group health, a declared topology (and the permissions
+//! of its services), projections and sagas. Streams, raw
 //! messages and KV browsing stay with the `nats` CLI.
 
 mod cli;
@@ -12,8 +13,10 @@ mod duration;
 mod failure;
 mod filter;
 mod groups;
+mod projections;
 mod publish;
 mod render;
+mod sagas;
 mod stream;
 mod tail;
 mod topology;
@@ -22,7 +25,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, DlqCommand, TopologyCommand};
+use cli::{Cli, Command, DlqCommand, ProjectionsCommand, SagasCommand, TopologyCommand};
 use failure::Failure;
 
 fn main() -> ExitCode {
@@ -70,11 +73,30 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 DlqCommand::Delete(args) => dlq::delete(&dead_letters, args).await,
             }
         }
+        Command::Projections(ProjectionsCommand::Status(args)) => {
+            projections::status(&connection.connect().await?, args).await
+        }
+        Command::Projections(ProjectionsCommand::Rebuild(args)) => {
+            projections::rebuild(&connection.connect().await?, args).await
+        }
+        Command::Sagas(SagasCommand::List(args)) => {
+            sagas::list(&connection.connect().await?, args).await
+        }
+        Command::Sagas(SagasCommand::Show(args)) => {
+            sagas::show(&connection.connect().await?, args).await
+        }
         Command::Groups(args) => groups::run(&connection.connect().await?, args).await,
         Command::Topology(TopologyCommand::Plan(args)) => {
             // Read the file before connecting: a typo should not wait for a server.
             let declared = topology::Topology::read(&args.file)?;
             topology::plan(&connection.connect().await?, &declared).await
+        }
+        Command::Topology(TopologyCommand::Permissions(args)) => {
+            // The subjects' environment, no server: the same settings as
+            // every command.
+            let env = connection.config()?.env;
+            let declared = topology::Topology::read(&args.file)?;
+            topology::permissions::run(&declared, &env, &args)
         }
         Command::Topology(TopologyCommand::Apply(args)) => {
             let declared = topology::Topology::read(&args.file)?;

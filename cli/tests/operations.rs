@@ -6,10 +6,14 @@ mod support;
 use support::{assert_one_line_failure, text, unique, World};
 
 fn topology_file(world: &World, body: &str) -> String {
+    topology_file_as(world, "toml", body)
+}
+
+fn topology_file_as(world: &World, extension: &str, body: &str) -> String {
     let path = world
         .home
         .path()
-        .join(format!("{}.toml", unique("topology")));
+        .join(format!("{}.{extension}", unique("topology")));
     std::fs::write(&path, body).unwrap();
     path.to_str().unwrap().to_owned()
 }
@@ -141,6 +145,183 @@ max_age = "1h"
     assert_eq!(topology(&world, &["plan", &file]).0, 0);
 }
 
+/// One model, two formats: the same topology written in TOML and in YAML
+/// plans the same changes, and once applied from one, the other is in sync.
+#[tokio::test]
+async fn topology_in_yaml_plans_like_the_same_in_toml() {
+    let world = World::new().await;
+    let (stream, bucket, subject) = (unique("Y"), unique("kv"), format!("{}.yaml.>", unique("y")));
+    let toml = topology_file(
+        &world,
+        &format!(
+            r#"
+[[stream]]
+name = "{stream}"
+subjects = ["{subject}"]
+storage = "memory"
+max_age = "7d"
+
+[[group]]
+stream = "{stream}"
+name = "billing"
+max_deliver = 5
+ack_wait = "30s"
+deliver_policy = "new"
+
+[[kv]]
+bucket = "{bucket}"
+history = 3
+"#
+        ),
+    );
+    let yaml = topology_file_as(
+        &world,
+        "yaml",
+        &format!(
+            r#"
+stream:
+  - name: {stream}
+    subjects: ["{subject}"]
+    storage: memory
+    max_age: 7d
+group:
+  - stream: {stream}
+    name: billing
+    max_deliver: 5
+    ack_wait: 30s
+    deliver_policy: new
+kv:
+  - bucket: {bucket}
+    history: 3
+"#
+        ),
+    );
+    let from_toml = topology(&world, &["plan", &toml]);
+    assert_eq!(from_toml.0, 2, "{}", from_toml.1);
+    assert_eq!(topology(&world, &["plan", &yaml]), from_toml);
+    let (code, applied) = topology(&world, &["apply", &toml]);
+    assert_eq!(code, 0, "{applied}");
+    assert_eq!(
+        topology(&world, &["plan", &yaml]),
+        (
+            0,
+            "No changes: the server matches the topology.\n".to_owned()
+        )
+    );
+    // A drift the YAML file declares away is reported like the TOML one's.
+    let drifted = yaml.replace(".yaml", "-drift.yml");
+    std::fs::write(
+        &drifted,
+        std::fs::read_to_string(&yaml)
+            .unwrap()
+            .replace("max_deliver: 5", "max_deliver: 7"),
+    )
+    .unwrap();
+    let (code, plan) = topology(&world, &["plan", &drifted]);
+    assert_eq!(code, 2, "{plan}");
+    assert!(
+        plan.contains(&format!(
+            "~ update group {stream}/billing: max_deliver 5 -> 7"
+        )),
+        "{plan}"
+    );
+}
+
+/// `topology permissions`: the declared service's subjects, as a config
+/// entry the server accepts and as JSON.
+#[tokio::test]
+async fn topology_permissions_of_a_declared_service() {
+    let world = World::new().await;
+    let file = topology_file_as(
+        &world,
+        "yml",
+        r#"
+group:
+  - { stream: BOOKING, name: billing }
+  - { stream: BOOKING, name: auditors }
+dead_letters:
+  - { stream: BILLING_DL, subject_prefix: dlbilling }
+service:
+  - name: billing
+    publishes: [billing.invoice.issued.v1]
+    groups: [billing]
+    streams: [BILLING]
+    dead_letters: BILLING_DL
+"#,
+    );
+    let json = world.ok(&[
+        "topology",
+        "permissions",
+        &file,
+        "--service",
+        "billing",
+        "-o",
+        "json",
+    ]);
+    let permissions: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let publish: Vec<&str> = permissions["publish"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let env = &world.env;
+    for subject in [
+        format!("{env}.billing.invoice.issued.v1"),
+        format!("{env}.billing.invoice.issued.v1.*"),
+        "$JS.API.CONSUMER.MSG.NEXT.BOOKING.billing".to_owned(),
+        "$JS.ACK.BOOKING.billing.>".to_owned(),
+        "dlbilling.billing.>".to_owned(),
+        "$JS.API.STREAM.CREATE.BILLING".to_owned(),
+    ] {
+        assert!(
+            publish.contains(&subject.as_str()),
+            "{subject}: {publish:?}"
+        );
+    }
+    assert!(
+        !publish.iter().any(|s| s.contains("auditors")),
+        "{publish:?}"
+    );
+
+    let entry = world.ok(&["topology", "permissions", &file, "--service", "billing"]);
+    assert!(
+        entry.contains("user: \"billing\"\n  password: $BILLING_PASSWORD\n"),
+        "{entry}"
+    );
+    let nkey = world.ok(&[
+        "topology",
+        "permissions",
+        &file,
+        "--service",
+        "billing",
+        "--nkey",
+        "UABC",
+    ]);
+    assert!(nkey.contains("nkey: \"UABC\""), "{nkey}");
+    // The server itself accepts the entry (`-t`: check the config, exit).
+    if let Some(server) = std::env::var_os("JETEVENTS_NATS_SERVER_BIN") {
+        let config = world.home.path().join("users.conf");
+        std::fs::write(
+            &config,
+            format!("authorization {{\n  users: [\n{entry}\n  ]\n}}\n"),
+        )
+        .unwrap();
+        let checked = std::process::Command::new(server)
+            .args(["-t", "-c", config.to_str().unwrap()])
+            .env("BILLING_PASSWORD", "pw")
+            .output()
+            .unwrap();
+        assert!(checked.status.success(), "{}", text(&checked.stderr));
+    }
+
+    let output = world
+        .command(&["topology", "permissions", &file, "--service", "shipping"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "no service \"shipping\"");
+}
+
 #[tokio::test]
 async fn topology_plan_reports_storage_drift_as_a_recreate() {
     let world = World::new().await;
@@ -223,6 +404,18 @@ async fn bad_input_fails_with_one_clear_line() {
         .output()
         .unwrap();
     assert_one_line_failure(&output, "bad.toml");
+    let bad_yaml = world.home.path().join("bad.yaml");
+    std::fs::write(&bad_yaml, "stream:\n  - name: [unclosed\n").unwrap();
+    let output = world
+        .command(&["topology", "plan", bad_yaml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "bad.yaml");
+    let output = world
+        .command(&["topology", "plan", "topology.json"])
+        .output()
+        .unwrap();
+    assert_one_line_failure(&output, "ends in .toml, .yaml or .yml");
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! The topology file: streams, consumer groups, dead-letter streams and KV
-//! buckets, in TOML. A field left out is not managed: the server keeps its
-//! value.
+//! The topology file: streams, consumer groups, dead-letter streams, KV
+//! buckets and services, in TOML or YAML (one model, picked by the file's
+//! extension). A field left out is not managed: the server keeps its value.
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +22,8 @@ pub struct Topology {
     pub dead_letters: Vec<DeadLettersDecl>,
     #[serde(default)]
     pub kv: Vec<KvDecl>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceDecl>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +101,26 @@ pub struct KvDecl {
     pub description: Option<String>,
 }
 
+/// A service: what it publishes, reads and provisions. Not applied to the
+/// server: its NATS permissions are generated from it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDecl {
+    pub name: String,
+    /// The event types it publishes.
+    #[serde(default)]
+    pub publishes: Vec<String>,
+    /// The declared groups it reads, by name.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The streams it creates and updates itself.
+    #[serde(default)]
+    pub streams: Vec<String>,
+    /// The declared dead-letter stream its groups use (default: the
+    /// library's `DEAD_LETTERS`).
+    pub dead_letters: Option<String>,
+}
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(deserializer)?;
     crate::duration::parse(&text)
@@ -106,10 +128,35 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
         .map_err(serde::de::Error::custom)
 }
 
+/// The file formats a topology is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    fn of(path: &Path) -> Result<Format, Failure> {
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some("toml") => Ok(Format::Toml),
+            Some("yaml" | "yml") => Ok(Format::Yaml),
+            _ => Err(Failure::new(format!(
+                "{}: a topology file ends in .toml, .yaml or .yml",
+                path.display()
+            ))),
+        }
+    }
+}
+
 impl Topology {
     pub fn read(path: &Path) -> Result<Topology, Failure> {
+        let format = Format::of(path)?;
         let text = std::fs::read_to_string(path)
             .map_err(|err| Failure::during(&format!("reading {}", path.display()), err))?;
-        toml::from_str(&text).map_err(|err| Failure::during(&path.display().to_string(), err))
+        let parsed = match format {
+            Format::Toml => toml::from_str(&text).map_err(|err| err.to_string()),
+            Format::Yaml => serde_saphyr::from_str(&text).map_err(|err| err.to_string()),
+        };
+        parsed.map_err(|err| Failure::during(&path.display().to_string(), err))
     }
 }

@@ -6,6 +6,7 @@
 //! `--allow-recreate`).
 
 mod declaration;
+pub mod permissions;
 mod resources;
 
 use std::fmt;
