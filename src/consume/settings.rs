@@ -43,8 +43,20 @@ pub(super) struct Settings {
     pub deliver_policy: DeliverPolicy,
     pub extra_filters: Vec<String>,
     pub replace_group_filter: bool,
+    /// Set for the consumer of one partition of a partitioned group.
+    pub pinned: Option<Pinned>,
     #[cfg(feature = "encryption")]
     pub decryption: Option<crate::encryption::Encryption>,
+}
+
+/// A consumer one client at a time receives from: a pinned-client priority
+/// group (ADR-42), as the partitions of a partitioned group use.
+#[derive(Clone, Debug)]
+pub(crate) struct Pinned {
+    /// The priority group pull requests name.
+    pub group: String,
+    /// How long the server keeps the pin of a client that stopped pulling.
+    pub ttl: Duration,
 }
 
 impl Default for Settings {
@@ -66,6 +78,7 @@ impl Default for Settings {
             deliver_policy: DeliverPolicy::All,
             extra_filters: Vec::new(),
             replace_group_filter: false,
+            pinned: None,
             #[cfg(feature = "encryption")]
             decryption: None,
         }
@@ -164,6 +177,11 @@ pub(super) fn consumer_config(
         backoff: settings.backoff(),
         ..Default::default()
     };
+    if let Some(pinned) = &settings.pinned {
+        config.priority_policy = async_nats::jetstream::consumer::PriorityPolicy::PinnedClient;
+        config.priority_groups = vec![pinned.group.clone()];
+        config.priority_timeout = pinned.ttl;
+    }
     group_filter::set_filters(&mut config, filters);
     config
 }
