@@ -173,6 +173,7 @@ mod group_filter;
 mod handler;
 mod metrics;
 mod outcome;
+pub mod partitioned;
 mod policy;
 mod retry;
 mod router;
