@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jetevents::consume::partitioned::PartitionedConsumer;
 use jetevents::consume::{
@@ -15,10 +15,8 @@ use jetevents::consume::{
 mod checker;
 mod partitioned_common;
 mod support;
-use checker::{eventually, read_back, Bounds, Checker};
-use partitioned_common::{
-    assert_publish_order, config, keyed, overlaps, publish_rounds, Keyed, Members,
-};
+use checker::eventually;
+use partitioned_common::{config, keyed, Keyed, Scenario};
 
 const KEYS: usize = 200;
 const PER_KEY: u32 = 50;
@@ -33,76 +31,22 @@ async fn child_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_keep_publish_order_while_members_are_killed_and_added() {
-    let started = Instant::now();
     let server = support::shared_server().await;
     let env = support::unique("pcg");
     let client = support::connect(&server.url(), &env, |_| {}).await;
     let stream = support::unique("PCG");
     partitioned_common::stream(&client, &stream, PARTITIONS, 1).await;
-    let checker = Checker::new("partitioned-members-killed");
-    let mut members = Members::new(
-        "child_member",
-        &[server.url()],
-        &env,
-        &stream,
-        PARTITIONS,
-        5,
-        &checker,
-    );
-    for name in ["m1", "m2", "m3"] {
-        members.start(name);
-    }
-    let publishing = publish_rounds(&client, &checker, KEYS, PER_KEY);
-    let total = KEYS * PER_KEY as usize;
-
-    // Kill one member and add another, three times, spread over the run.
-    let mut kills = 0;
-    for (round, (victim, newcomer)) in [("m1", "m4"), ("m2", "m5"), ("m4", "m6")]
-        .into_iter()
-        .enumerate()
-    {
-        let target = (round + 1) * total / 4;
-        eventually(
-            "members handle events",
-            Duration::from_secs(300),
-            || async { members.handled_ends() >= target },
-        )
-        .await;
-        members.kill(victim).await;
-        kills += 1;
-        members.start(newcomer);
-    }
-    tokio::time::timeout(Duration::from_secs(300), publishing)
-        .await
-        .unwrap()
-        .unwrap();
-    eventually("every event handled", Duration::from_secs(300), || async {
-        checker.all_acked_handled()
-    })
-    .await;
-    let lines = members.kill_all().await;
-    read_back(&client, &stream, &checker).await;
-
-    let overlapping = overlaps(&lines);
-    assert!(
-        overlapping.is_empty(),
-        "{} overlapping runs of a key, e.g. {:?}",
-        overlapping.len(),
-        &overlapping[..overlapping.len().min(5)]
-    );
-    assert_publish_order(&lines, KEYS, PER_KEY);
-    checker.report().assert_holds(&Bounds {
-        faults: format!("member SIGKILL x{kills}, members added x{kills}"),
-        // A killed member's event handled and not yet acked comes back: one
-        // per partition it owned.
-        extra_handlings: u64::from(PARTITIONS) * kills as u64,
-        unknown: 0,
-        refused: 0,
-    });
-    println!(
-        "{KEYS} keys x {PER_KEY} events over {PARTITIONS} partitions in {:?}",
-        started.elapsed()
-    );
+    let run = Scenario {
+        name: "partitioned-members-killed",
+        child_test: "child_member",
+        urls: vec![server.url()],
+        env,
+        stream,
+        partitions: PARTITIONS,
+        keys: KEYS,
+        per_key: PER_KEY,
+    };
+    run.members_killed_and_added(&client, None).await;
 }
 
 /// Partition 0 of 1: every key in one partition, so what a failing event

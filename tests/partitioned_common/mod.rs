@@ -14,7 +14,9 @@ use jetevents::consume::{Consumer, Context, DeadLetterConfig, HandlerError, Retr
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::checker::Checker;
+use jetevents_testcontainers::NatsCluster;
+
+use crate::checker::{eventually, read_back, Bounds, Checker};
 
 /// Read by a child member: servers (comma-separated), subject environment,
 /// stream, partitions, transient failure rate in percent.
@@ -28,8 +30,8 @@ pub const CHILD_FAIL_PERCENT: &str = "PARTITIONED_CHILD_FAIL_PERCENT";
 pub const GROUP: &str = "ledger";
 pub const ACK_WAIT: Duration = Duration::from_secs(2);
 
-/// Event `seq` of `key`. Its `op` and `pad` make it readable as the
-/// checker's [`Op`](crate::checker::Op) (for `read_back`).
+/// Event `seq` of `key`. Its type, `op` and `pad` are the checker's
+/// [`Op`](crate::checker::Op)'s, so `read_back` reads it; its key is its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Keyed {
     pub op: String,
@@ -39,7 +41,7 @@ pub struct Keyed {
 }
 
 impl jetevents::Event for Keyed {
-    const TYPE: &'static str = "chaos.keyed.recorded.v1";
+    const TYPE: &'static str = <crate::checker::Op as jetevents::Event>::TYPE;
     fn key(&self) -> Option<String> {
         Some(self.key.clone())
     }
@@ -390,4 +392,121 @@ pub fn assert_publish_order(lines: &[Line], keys: usize, per_key: u32) {
         wrong.len(),
         &wrong[..wrong.len().min(3)]
     );
+}
+
+/// The run of "Done when": members as child processes, events published in
+/// rounds, transient failures at 5 %, three members SIGKILLed and three
+/// added while events flow (and, on a cluster, the stream leader killed
+/// after the first); then per key publish order, no overlap, nothing lost.
+pub struct Scenario {
+    pub name: &'static str,
+    pub child_test: &'static str,
+    pub urls: Vec<String>,
+    pub env: String,
+    pub stream: String,
+    pub partitions: u16,
+    pub keys: usize,
+    pub per_key: u32,
+}
+
+impl Scenario {
+    pub async fn members_killed_and_added(
+        &self,
+        client: &Client,
+        mut cluster: Option<&mut NatsCluster>,
+    ) {
+        let started = std::time::Instant::now();
+        let checker = Checker::new(self.name);
+        let mut members = Members::new(
+            self.child_test,
+            &self.urls,
+            &self.env,
+            &self.stream,
+            self.partitions,
+            5,
+            &checker,
+        );
+        for name in ["m1", "m2", "m3"] {
+            members.start(name);
+        }
+        let publishing = publish_rounds(client, &checker, self.keys, self.per_key);
+        let total = self.keys * self.per_key as usize;
+        let mut faults = Vec::new();
+        for (round, (victim, newcomer)) in [("m1", "m4"), ("m2", "m5"), ("m4", "m6")]
+            .into_iter()
+            .enumerate()
+        {
+            let target = (round + 1) * total / 4;
+            eventually(
+                "members handle events",
+                Duration::from_secs(600),
+                || async { members.handled_ends() >= target },
+            )
+            .await;
+            members.kill(victim).await;
+            members.start(newcomer);
+            faults.push(format!("SIGKILL {victim}, add {newcomer}"));
+            if let (0, Some(cluster)) = (round, cluster.as_deref_mut()) {
+                let leader = cluster.stream_leader(&self.stream).await.unwrap();
+                cluster.kill(leader).await.unwrap();
+                cluster
+                    .wait_for_new_stream_leader(&self.stream, leader)
+                    .await
+                    .unwrap();
+                cluster.restart(leader).await.unwrap();
+                cluster.wait_for_cluster_ready().await.unwrap();
+                faults.push("stream leader SIGKILL".to_owned());
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(600), publishing)
+            .await
+            .unwrap()
+            .unwrap();
+        eventually("every event handled", Duration::from_secs(600), || async {
+            checker.all_acked_handled()
+        })
+        .await;
+        let lines = members.kill_all().await;
+        read_back(client, &self.stream, &checker).await;
+
+        let mut by_member: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in lines.iter().filter(|line| line.kind == "END") {
+            *by_member.entry(line.member.as_str()).or_default() += 1;
+        }
+        println!("{}: handled by member {by_member:?}", self.name);
+        // Each kill hit a member that was consuming.
+        for victim in ["m1", "m2", "m4"] {
+            assert!(
+                by_member.get(victim).is_some_and(|n| *n > 0),
+                "{victim} handled nothing: {by_member:?}"
+            );
+        }
+
+        let overlapping = overlaps(&lines);
+        assert!(
+            overlapping.is_empty(),
+            "{} overlapping runs of a key, e.g. {:?}",
+            overlapping.len(),
+            &overlapping[..overlapping.len().min(5)]
+        );
+        assert_publish_order(&lines, self.keys, self.per_key);
+        let kills = 3 + u64::from(cluster.is_some());
+        checker.report().assert_holds(&Bounds {
+            faults: faults.join(", "),
+            // Per kill, an event handled and not yet acked comes back: one
+            // per partition (a member's or, at a leader kill, any whose ack
+            // the old leader had not replicated).
+            extra_handlings: u64::from(self.partitions) * kills,
+            unknown: usize::from(cluster.is_some()),
+            refused: 0,
+        });
+        println!(
+            "{}: {} keys x {} events over {} partitions in {:?}",
+            self.name,
+            self.keys,
+            self.per_key,
+            self.partitions,
+            started.elapsed()
+        );
+    }
 }
