@@ -2,10 +2,8 @@
 //! docs): keep the membership alive, compute the partitions it owns, start
 //! consuming those it gains and release those it gives away.
 
+use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;
-use std::future::Future;
-
-use futures_util::FutureExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -21,13 +19,13 @@ struct Owned {
     runner: JoinHandle<Result<(), ConsumeError>>,
 }
 
-pub(super) async fn run<S, F>(group: PartitionedConsumer<S>, membership: Membership, signal: F)
-where
+pub(super) async fn run<S>(
+    group: PartitionedConsumer<S>,
+    membership: Membership,
+    mut signal: BoxFuture<'static, ()>,
+) where
     S: Clone + Send + Sync + 'static,
-    F: Future<Output = ()> + Send + 'static,
 {
-    let signal = signal.fuse();
-    tokio::pin!(signal);
     let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
     let mut heartbeat = tokio::time::interval(group.config.heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -50,6 +50,8 @@ impl Membership {
             .nats_transport("a partitioned group's membership")
             .map_err(|err| unavailable(err.into()))?
             .jetstream;
+        // Another member may be creating it: its get then succeeds on the
+        // caller's next attempt.
         let store = match jetstream.get_key_value(&bucket).await {
             Ok(store) => store,
             Err(_) => jetstream

@@ -99,6 +99,8 @@ mod stream;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use crate::error::Error;
 
 use super::builder::Prepared;
@@ -111,6 +113,10 @@ pub use stream::partitioned_stream;
 
 /// The priority group every partition consumer's pulls name.
 const PIN_GROUP: &str = "owner";
+/// Delays between attempts to join while the membership bucket is
+/// unavailable.
+const JOIN_RETRY_FIRST: Duration = Duration::from_millis(100);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A member of a partitioned group: start one per instance of the service
 /// with the same handlers and group name.
@@ -177,18 +183,39 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
 
     /// Joins the group and consumes the partitions this member is assigned
     /// until `signal` completes; then releases them (in-flight events
-    /// finished) and leaves.
+    /// finished) and leaves. While the membership bucket is unavailable
+    /// (a cluster electing its leaders) it keeps trying to join; the error
+    /// is for a group name no bucket can have.
     pub async fn run_until<F>(self, signal: F) -> Result<(), PartitionedError>
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let membership = membership::Membership::join(
-            &self.prepared.client,
-            &self.group,
-            self.config.member_ttl,
-            self.replicas,
-        )
-        .await?;
+        let mut signal = signal.boxed();
+        let mut retry_in = JOIN_RETRY_FIRST;
+        let membership = loop {
+            let joining = membership::Membership::join(
+                &self.prepared.client,
+                &self.group,
+                self.config.member_ttl,
+                self.replicas,
+            );
+            match joining.await {
+                Ok(membership) => break membership,
+                Err(err) if matches!(err.kind(), PartitionedErrorKind::InvalidConfig(_)) => {
+                    return Err(err)
+                }
+                // A cluster electing leaders or placing the new bucket:
+                // wait for it rather than give up.
+                Err(err) => {
+                    tracing::warn!(consumer = %self.group, error = %err, "cannot join the partitioned group yet; retrying");
+                    tokio::select! {
+                        () = &mut signal => return Ok(()),
+                        () = tokio::time::sleep(retry_in) => {}
+                    }
+                    retry_in = (retry_in * 2).min(JOIN_RETRY_MAX);
+                }
+            }
+        };
         member::run(self, membership, signal).await;
         Ok(())
     }
