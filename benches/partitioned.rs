@@ -142,7 +142,7 @@ async fn main() {
         if partitions == 16 {
             let count = Arc::new(AtomicUsize::new(0));
             let consumer = counting(&client, "unordered", &stream, &count, work)
-                .filter_subject(format!("*.bench.>"))
+                .filter_subject("*.bench.>")
                 .build()
                 .await
                 .unwrap();
