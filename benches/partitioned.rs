@@ -85,7 +85,12 @@ async fn backlog(client: &Client, stream: &str, partitions: u16, events: usize, 
     }
 }
 
+/// From the first event handled to the last: joining the group and
+/// creating the partitions' consumers is not consumption.
 async fn wait_for(count: &AtomicUsize, events: usize) -> Duration {
+    while count.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let started = Instant::now();
     while count.load(Ordering::SeqCst) < events {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -158,5 +163,12 @@ async fn main() {
                 events as f64 / elapsed.as_secs_f64()
             );
         }
+        // The next stream captures the same subjects.
+        client
+            .jetstream()
+            .unwrap()
+            .delete_stream(&stream)
+            .await
+            .unwrap();
     }
 }
