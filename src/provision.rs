@@ -41,6 +41,12 @@ pub struct StreamSpec {
     pub max_age: Option<Duration>,
     /// Free text shown in the server's monitoring.
     pub description: Option<String>,
+    /// Rewrites subjects as they are stored, e.g. to add the partition token
+    /// of a [partitioned group](crate::consume::partitioned). Set once: a
+    /// stream whose transform differs is reported as drift, not changed,
+    /// since a new transform would move keys to other partitions with events
+    /// still queued in the old ones.
+    pub subject_transform: Option<stream::SubjectTransform>,
 }
 
 impl StreamSpec {
@@ -57,6 +63,7 @@ impl StreamSpec {
             max_message_size: None,
             max_age: None,
             description: None,
+            subject_transform: None,
         }
     }
 
@@ -105,6 +112,19 @@ impl StreamSpec {
         self
     }
 
+    /// Sets the subject transform applied to stored events.
+    pub fn subject_transform(
+        mut self,
+        source: impl Into<String>,
+        destination: impl Into<String>,
+    ) -> Self {
+        self.subject_transform = Some(stream::SubjectTransform {
+            source: source.into(),
+            destination: destination.into(),
+        });
+        self
+    }
+
     fn to_config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
@@ -116,6 +136,7 @@ impl StreamSpec {
             max_message_size: self.max_message_size.unwrap_or(-1),
             max_age: self.max_age.unwrap_or_default(),
             description: self.description.clone(),
+            subject_transform: self.subject_transform.clone(),
             ..Default::default()
         }
     }
@@ -273,6 +294,21 @@ impl Client {
                 actual: format!("{:?}", actual.retention),
             });
         }
+        if wanted.subject_transform.is_some()
+            && actual.subject_transform != wanted.subject_transform
+        {
+            let shown = |transform: &Option<stream::SubjectTransform>| {
+                transform.as_ref().map_or_else(
+                    || "none".to_owned(),
+                    |t| format!("{} -> {}", t.source, t.destination),
+                )
+            };
+            drift.push(Drift {
+                field: "subject_transform",
+                declared: shown(&wanted.subject_transform),
+                actual: shown(&actual.subject_transform),
+            });
+        }
         let mut updated = Vec::new();
         let mut next = actual.clone();
         let sorted = |v: &[String]| {
@@ -343,6 +379,11 @@ fn ensure_in_memory(
     memory: &crate::testing::MemoryJetStream,
     spec: &StreamSpec,
 ) -> Result<StreamReport, ProvisionError> {
+    if spec.subject_transform.is_some() {
+        return Err(Error::new(ProvisionErrorKind::InvalidSpec(
+            "subject transforms need a NATS server; the in-memory JetStream has none".to_owned(),
+        )));
+    }
     let mut config = crate::testing::StreamConfig::new(spec.name.clone(), spec.subjects.clone());
     config.duplicate_window = spec.duplicate_window;
     let refused = |err: crate::testing::MemoryError| {

@@ -308,6 +308,27 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
     }
 
     async fn build_unguarded(self) -> Result<Consumer<S>, ConsumeError> {
+        let prepared = self.prepare()?;
+        #[cfg(feature = "testing")]
+        if let Some(memory) = prepared.client.memory() {
+            return runner::in_memory::build(
+                memory.clone(),
+                prepared.client.clone(),
+                prepared.group,
+                prepared.stream,
+                prepared.filters,
+                prepared.handlers,
+                prepared.state,
+                prepared.settings,
+            )
+            .await;
+        }
+        prepared.attach().await
+    }
+
+    /// Validates the group and builds the handler stack and the filters:
+    /// everything but the server's side.
+    pub(super) fn prepare(self) -> Result<Prepared<S>, ConsumeError> {
         let invalid = |reason: String| Error::new(ConsumeErrorKind::InvalidConfig(reason));
         crate::subject::validate_token(&self.group)
             .map_err(|err| invalid(format!("group {:?}: {err}", self.group)))?;
@@ -324,26 +345,41 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
         {
             return Err(invalid(reason));
         }
+        Ok(Prepared {
+            client: self.client,
+            group: self.group,
+            stream: self.stream,
+            filters,
+            handlers,
+            state: self.state,
+            settings: self.settings,
+        })
+    }
+}
 
-        #[cfg(feature = "testing")]
-        if let Some(memory) = self.client.memory() {
-            return runner::in_memory::build(
-                memory.clone(),
-                self.client.clone(),
-                self.group,
-                self.stream,
-                filters,
-                handlers,
-                self.state,
-                self.settings,
-            )
-            .await;
-        }
+/// A consumer's handlers, filters and settings before its durable consumer
+/// exists on the server; partitioned groups attach one per partition.
+#[derive(Clone)]
+pub(super) struct Prepared<S> {
+    pub(super) client: Client,
+    pub(super) group: String,
+    pub(super) stream: Option<String>,
+    pub(super) filters: Vec<String>,
+    pub(super) handlers: super::stack::Handlers<S>,
+    pub(super) state: S,
+    pub(super) settings: Settings,
+}
+
+impl<S: Clone + Send + Sync + 'static> Prepared<S> {
+    /// Creates the dead-letter stream if missing and creates (or updates)
+    /// the durable consumer on the NATS server.
+    pub(super) async fn attach(self) -> Result<Consumer<S>, ConsumeError> {
         let jetstream = &self
             .client
             .nats_transport("a durable consumer")
             .map_err(|err| Error::with_source(ConsumeErrorKind::Unavailable, err))?
             .jetstream;
+        let filters = self.filters;
         let stream_name = match self.stream {
             Some(stream) => stream,
             None => {
@@ -384,7 +420,7 @@ impl<S: Clone + Send + Sync + 'static> ConsumerBuilder<S> {
             group: self.group,
             stream: stream_name,
             filters,
-            handlers,
+            handlers: self.handlers,
             state: self.state,
             settings: self.settings,
         })

@@ -186,6 +186,7 @@ mod group_filter;
 mod handler;
 mod metrics;
 mod outcome;
+pub mod partitioned;
 mod policy;
 pub mod priority;
 mod retry;

@@ -47,8 +47,20 @@ pub(super) struct Settings {
     pub priority: Option<super::Priority>,
     /// Breakers around every route that pause the pulling while open.
     pub breakers: Vec<super::CircuitBreaker>,
+    /// Set for the consumer of one partition of a partitioned group.
+    pub pinned: Option<Pinned>,
     #[cfg(feature = "encryption")]
     pub decryption: Option<crate::encryption::Encryption>,
+}
+
+/// A consumer one client at a time receives from: a pinned-client priority
+/// group (ADR-42), as the partitions of a partitioned group use.
+#[derive(Clone, Debug)]
+pub(crate) struct Pinned {
+    /// The priority group pull requests name.
+    pub group: String,
+    /// How long the server keeps the pin of a client that stopped pulling.
+    pub ttl: Duration,
 }
 
 impl Default for Settings {
@@ -72,6 +84,7 @@ impl Default for Settings {
             replace_group_filter: false,
             priority: None,
             breakers: Vec::new(),
+            pinned: None,
             #[cfg(feature = "encryption")]
             decryption: None,
         }
@@ -184,6 +197,11 @@ pub(super) fn consumer_config(
         backoff: settings.backoff(),
         ..Default::default()
     };
+    if let Some(pinned) = &settings.pinned {
+        config.priority_policy = async_nats::jetstream::consumer::PriorityPolicy::PinnedClient;
+        config.priority_groups = vec![pinned.group.clone()];
+        config.priority_timeout = pinned.ttl;
+    }
     group_filter::set_filters(&mut config, filters);
     if let Some(priority) = &settings.priority {
         priority.configure(&mut config);

@@ -137,6 +137,16 @@ pub(crate) struct Handlers<S> {
     layered: Option<HandlerService<S>>,
 }
 
+// By hand: a derive would ask `S: Clone` of the handle, not of the state.
+impl<S> Clone for Handlers<S> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            layered: self.layered.clone(),
+        }
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> Handlers<S> {
     pub(crate) fn new(routes: Routes<S>, layers: &[LayerFn<S>]) -> Self {
         let routes = Arc::new(routes);

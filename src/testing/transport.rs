@@ -94,6 +94,7 @@ impl transport::Delivery for Delivery {
             stream: info.stream,
             stream_sequence: info.stream_sequence,
             delivered: info.delivered,
+            pending: info.pending,
         })
     }
 

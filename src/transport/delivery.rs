@@ -15,6 +15,8 @@ pub(crate) struct DeliveryInfo {
     pub(crate) stream_sequence: u64,
     /// 1 on the first delivery.
     pub(crate) delivered: u64,
+    /// Events of the consumer's filter not delivered yet, behind this one.
+    pub(crate) pending: u64,
 }
 
 /// A message delivered to a consumer. Settling it is the transport's:

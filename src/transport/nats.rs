@@ -166,6 +166,7 @@ impl Delivery for jetstream::Message {
             stream: info.stream.to_owned(),
             stream_sequence: info.stream_sequence,
             delivered: u64::try_from(info.delivered).unwrap_or(1).max(1),
+            pending: info.pending,
         })
     }
 

@@ -11,8 +11,8 @@ use crate::error::Error;
 
 use super::{
     DeadLetterConfig, DeadLetterError, DeadLetterErrorKind, DeadLetterReason, CONSUMER, DELIVERIES,
-    ERROR, FAILED_RUNS, MAX_ERROR_LEN, ORIGINAL_SEQUENCE, ORIGINAL_STREAM, ORIGINAL_SUBJECT,
-    OUR_HEADERS, REASON, TIME,
+    ERROR, FAILED_RUNS, HELD_BEHIND, MAX_ERROR_LEN, ORIGINAL_SEQUENCE, ORIGINAL_STREAM,
+    ORIGINAL_SUBJECT, OUR_HEADERS, REASON, TIME,
 };
 
 /// The dead-letter stream's: a copy repeated within it is stored once.
@@ -65,6 +65,8 @@ pub(crate) struct Failure<'a> {
     pub consumer: &'a str,
     pub delivery_count: u64,
     pub failed_runs: Option<u32>,
+    /// Events of the partition waiting behind it (partitioned groups only).
+    pub held_behind: Option<u64>,
 }
 
 /// The subject and headers of the dead-letter copy of a message.
@@ -101,6 +103,9 @@ pub(crate) fn dead_letter_message(
     headers.insert(DELIVERIES, failure.delivery_count.to_string());
     if let Some(runs) = failure.failed_runs {
         headers.insert(FAILED_RUNS, runs.to_string());
+    }
+    if let Some(held) = failure.held_behind {
+        headers.insert(HELD_BEHIND, held.to_string());
     }
     headers.insert(TIME, now.to_rfc3339_opts(SecondsFormat::Millis, true));
     headers.insert(
@@ -149,6 +154,7 @@ mod tests {
             consumer: "billing",
             delivery_count: 3,
             failed_runs: Some(2),
+            held_behind: None,
         }
     }
 

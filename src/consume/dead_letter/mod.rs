@@ -14,6 +14,7 @@
 //! | `Jetevents-DL-Consumer`    | the consumer (group) that gave up            |
 //! | `Jetevents-DL-Deliveries`  | deliveries so far                            |
 //! | `Jetevents-DL-Time`        | when it was dead-lettered (RFC 3339, UTC)    |
+//! | `Jetevents-DL-Held-Behind` | [partitioned groups](crate::consume::partitioned) only: events of its partition waiting behind it when it was dead-lettered |
 //! | `Jetevents-DL-Original-Headers` | `undeliverable` entries only: the original header block, byte for byte, base64 (standard alphabet, padded) |
 //!
 //! An `undeliverable` entry is one the client could not even receive (a
@@ -79,8 +80,13 @@ pub const TIME: &str = "Jetevents-DL-Time";
 /// The block may be neither UTF-8 nor parseable, which is why it is kept
 /// encoded rather than as headers.
 pub const ORIGINAL_HEADERS: &str = "Jetevents-DL-Original-Headers";
+/// Header of entries from a [partitioned group](crate::consume::partitioned):
+/// how many later events of the event's partition were held behind it (the
+/// partition's pending count when it was dead-lettered); they are handled
+/// next, in order.
+pub const HELD_BEHIND: &str = "Jetevents-DL-Held-Behind";
 
-const OUR_HEADERS: [&str; 10] = [
+const OUR_HEADERS: [&str; 11] = [
     REASON,
     ERROR,
     ORIGINAL_SUBJECT,
@@ -91,6 +97,7 @@ const OUR_HEADERS: [&str; 10] = [
     FAILED_RUNS,
     TIME,
     ORIGINAL_HEADERS,
+    HELD_BEHIND,
 ];
 
 /// Longest error text kept in an entry, in bytes.
@@ -225,6 +232,9 @@ pub struct DeadLetter {
     pub delivery_count: u64,
     /// How many of its handler runs failed, when known.
     pub failed_runs: Option<u32>,
+    /// Entries of a partitioned group: how many later events of its
+    /// partition were held behind it ([`HELD_BEHIND`]).
+    pub held_behind: Option<u64>,
     /// When it was dead-lettered.
     pub time: Option<DateTime<Utc>>,
     /// The original headers (without the dead-letter ones). For
@@ -293,6 +303,7 @@ impl DeadLetter {
             consumer: get(CONSUMER).unwrap_or_default(),
             delivery_count: number(DELIVERIES)?,
             failed_runs: get(FAILED_RUNS).and_then(|runs| runs.parse().ok()),
+            held_behind: get(HELD_BEHIND).and_then(|held| held.parse().ok()),
             time: get(TIME)
                 .and_then(|time| DateTime::parse_from_rfc3339(&time).ok())
                 .map(|time| time.with_timezone(&Utc)),

@@ -174,6 +174,13 @@ where
     let mut disconnects = client.disconnects();
     let mut careful_until: Option<Instant> = None;
     let mut disconnected_since: Option<Instant> = None;
+    // Pinned consumers: the priority group, and the pin the server gave.
+    let pin_group = shared
+        .settings
+        .pinned
+        .as_ref()
+        .map(|pinned| pinned.group.clone());
+    let mut pin: Option<String> = None;
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -243,6 +250,7 @@ where
             let mut request = pull::BatchConfig {
                 batch,
                 expires: Some(expiry),
+                group: pin_group.clone(),
                 ..Default::default()
             };
             if let Some(priority) = &shared.settings.priority {
@@ -250,7 +258,13 @@ where
             }
             let request = tokio::time::timeout(
                 expiry + PULL_GRACE,
-                pull_consumer.request_batch(request, reply.clone().into()),
+                pulls::request(
+                    &client,
+                    &pull_consumer,
+                    request,
+                    pin.as_deref(),
+                    reply.clone(),
+                ),
             );
             let sent = tokio::select! {
                 biased;
@@ -325,6 +339,11 @@ where
                     };
                     match classify(incoming, &jetstream) {
                         Incoming::Event(message) => {
+                            if pin_group.is_some() {
+                                if let Some(given) = pulls::pin_of(&message) {
+                                    pin = Some(given);
+                                }
+                            }
                             pulls.received();
                             received_since_check += 1;
                             waiting.push_back(Waiting::new(message, arrived));
@@ -335,6 +354,11 @@ where
                                 pull_over = true;
                             }
                             PullStatus::Heartbeat => {}
+                            PullStatus::Unpinned => {
+                                pin = None;
+                                pulls.end(&reply);
+                                pull_over = true;
+                            }
                             PullStatus::Refused(status) => {
                                 tracing::warn!(consumer = %group, status, "pull refused; recovering the consumer");
                                 pulls.forget();

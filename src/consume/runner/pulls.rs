@@ -132,6 +132,9 @@ pub(super) enum PullStatus {
     /// The pull is over: expired, or nothing to deliver.
     Ended,
     Heartbeat,
+    /// The pull named a pin the server no longer holds for this client
+    /// (pinned consumers): the pull is over, the next goes without a pin.
+    Unpinned,
     /// The server refused the pull (consumer gone, leader change, no
     /// responders).
     Refused(String),
@@ -148,6 +151,7 @@ pub(super) fn classify(message: async_nats::Message, context: &jetstream::Contex
         }
         Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => PullStatus::Ended,
         Some(StatusCode::IDLE_HEARTBEAT) => PullStatus::Heartbeat,
+        Some(StatusCode::PIN_ID_MISMATCH) => PullStatus::Unpinned,
         Some(status) => PullStatus::Refused(match &message.description {
             Some(description) => format!("{status} {description}"),
             None => status.to_string(),
@@ -186,4 +190,41 @@ pub(super) fn connected(
         Some(_) => {}
     }
     false
+}
+
+/// Sends a pull request of `consumer`, answered on `reply`. A pinned
+/// consumer's requests name its priority group and the pin this client
+/// holds (async-nats's `request_batch` sends neither).
+pub(super) async fn request(
+    client: &Client,
+    consumer: &jetstream::consumer::PullConsumer,
+    batch: jetstream::consumer::pull::BatchConfig,
+    pin: Option<&str>,
+    reply: String,
+) -> Result<(), crate::error::BoxError> {
+    if batch.group.is_none() {
+        return Ok(consumer.request_batch(batch, reply.into()).await?);
+    }
+    let mut request = serde_json::to_value(&batch)?;
+    if let (Some(pin), Some(fields)) = (pin, request.as_object_mut()) {
+        fields.insert("id".to_owned(), pin.into());
+    }
+    let info = consumer.cached_info();
+    let subject = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        info.stream_name, info.name
+    );
+    let nats = &client.nats_transport("a pull request")?.nats;
+    nats.publish_with_reply(subject, reply, serde_json::to_vec(&request)?.into())
+        .await?;
+    Ok(())
+}
+
+/// The pin a pinned consumer's event carries (`Nats-Pin-Id`).
+pub(super) fn pin_of(message: &jetstream::Message) -> Option<String> {
+    message
+        .headers
+        .as_ref()?
+        .get("Nats-Pin-Id")
+        .map(|pin| pin.as_str().to_owned())
 }

@@ -88,6 +88,14 @@ pub(super) async fn settle<S, D: Delivery>(
                 consumer: &shared.group,
                 delivery_count: delivered,
                 failed_runs,
+                // A partition consumes in order: what waits behind this
+                // event is its partition's backlog, which the copy records.
+                held_behind: shared
+                    .settings
+                    .pinned
+                    .as_ref()
+                    .and_then(|_| message.info().ok())
+                    .map(|info| info.pending),
             };
             // Boxed: the copy's publish future is large, and every delivery's
             // future would carry its size while almost none take this path.

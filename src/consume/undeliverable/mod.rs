@@ -199,6 +199,7 @@ impl Watcher {
             consumer: &self.group,
             delivery_count: advisory.deliveries,
             failed_runs: None,
+            held_behind: None,
         };
         let (subject, mut headers) = dead_letter::dead_letter_message(
             &self.dead_letter,

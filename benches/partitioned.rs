@@ -1,0 +1,174 @@
+//! Ordered partitioned consumption at P = 1, 4 and 16 against the unordered
+//! group, on the same backlog: events per second from the first delivery to
+//! the last ack, one member (one process), same server.
+//!
+//! ```text
+//! JETEVENTS_NATS_SERVER_BIN=/path/to/nats-server cargo bench --bench partitioned
+//! ```
+//!
+//! `JE_BENCH_PCG_EVENTS` (default 20000) events over `JE_BENCH_PCG_KEYS`
+//! (default 1000) keys; `JE_BENCH_PCG_HANDLER_US` (default 0) microseconds
+//! of simulated work per event. The unordered group runs with the default
+//! concurrency (8); a partition runs one event at a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jetevents::client::Client;
+use jetevents::config::Config;
+use jetevents::consume::partitioned::{partitioned_stream, PartitionedConfig, PartitionedConsumer};
+use jetevents::consume::{Consumer, ConsumerBuilder, Context, HandlerError};
+use jetevents_testcontainers::{Backend, NatsServer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct Recorded {
+    key: String,
+    n: usize,
+}
+
+impl jetevents::Event for Recorded {
+    const TYPE: &'static str = "bench.entry.recorded.v1";
+    fn key(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A builder whose handler counts events (after the simulated work).
+fn counting(
+    client: &Client,
+    group: &str,
+    stream: &str,
+    count: &Arc<AtomicUsize>,
+    work: Duration,
+) -> ConsumerBuilder<Arc<AtomicUsize>> {
+    Consumer::builder(client, group)
+        .stream(stream)
+        .with_state(count.clone())
+        .handle(
+            move |_: Recorded, ctx: Context<Arc<AtomicUsize>>| async move {
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
+                ctx.state().fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            },
+        )
+}
+
+/// Fills `stream` with the backlog.
+async fn backlog(client: &Client, stream: &str, partitions: u16, events: usize, keys: usize) {
+    client
+        .ensure_stream(&partitioned_stream(client.subjects(), stream, "bench", partitions).unwrap())
+        .await
+        .unwrap();
+    let all: Vec<Recorded> = (0..events)
+        .map(|n| Recorded {
+            key: format!("k{}", n % keys),
+            n,
+        })
+        .collect();
+    for chunk in all.chunks(1000) {
+        for result in client.publisher().publish_many(chunk, 256).await {
+            result.unwrap();
+        }
+    }
+}
+
+/// From the first event handled to the last: joining the group and
+/// creating the partitions' consumers is not consumption.
+async fn wait_for(count: &AtomicUsize, events: usize) -> Duration {
+    while count.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    while count.load(Ordering::SeqCst) < events {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let events = env("JE_BENCH_PCG_EVENTS", 20_000);
+    let keys = env("JE_BENCH_PCG_KEYS", 1000);
+    let work = Duration::from_micros(env("JE_BENCH_PCG_HANDLER_US", 0) as u64);
+    let server = NatsServer::builder()
+        .backend(Backend::Binary)
+        .start()
+        .await
+        .expect("start nats-server (binary backend)");
+    let client = Client::connect(
+        Config::default()
+            .with_servers([server.url()])
+            .with_env("bench")
+            .with_source("/bench"),
+    )
+    .await
+    .unwrap();
+
+    // The unordered group reads the P = 16 stream: the same stored backlog.
+    for partitions in [16u16, 1, 4] {
+        let stream = format!("PCG{partitions}");
+        backlog(&client, &stream, partitions, events, keys).await;
+        let count = Arc::new(AtomicUsize::new(0));
+        let builder = counting(
+            &client,
+            &format!("ordered{partitions}"),
+            &stream,
+            &count,
+            work,
+        );
+        let member = PartitionedConsumer::build(builder, PartitionedConfig::new(partitions))
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(member.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let elapsed = wait_for(&count, events).await;
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+        println!(
+            "ordered   P={partitions:<2}  {events} events  {elapsed:>10.2?}  {:>8.0} ev/s",
+            events as f64 / elapsed.as_secs_f64()
+        );
+
+        if partitions == 16 {
+            let count = Arc::new(AtomicUsize::new(0));
+            let consumer = counting(&client, "unordered", &stream, &count, work)
+                .filter_subject("*.bench.>")
+                .build()
+                .await
+                .unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let running = tokio::spawn(consumer.run_until(async move {
+                let _ = stopped.await;
+            }));
+            let elapsed = wait_for(&count, events).await;
+            let _ = stop.send(());
+            running.await.unwrap().unwrap();
+            println!(
+                "unordered (group)  {events} events  {elapsed:>10.2?}  {:>8.0} ev/s",
+                events as f64 / elapsed.as_secs_f64()
+            );
+        }
+        // The next stream captures the same subjects.
+        client
+            .jetstream()
+            .unwrap()
+            .delete_stream(&stream)
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,146 @@
+//! One member's side of the rebalancing protocol (see the [module](super)
+//! docs): keep the membership alive, compute the partitions it owns, start
+//! consuming those it gains and release those it gives away.
+
+use futures_util::future::BoxFuture;
+use std::collections::BTreeMap;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::consume::ConsumeError;
+
+use super::assignment::owned_by;
+use super::membership::Membership;
+use super::PartitionedConsumer;
+
+/// A partition this member consumes: its runner and how to stop it.
+struct Owned {
+    stop: oneshot::Sender<()>,
+    runner: JoinHandle<Result<(), ConsumeError>>,
+}
+
+pub(super) async fn run<S>(
+    group: PartitionedConsumer<S>,
+    membership: Membership,
+    mut signal: BoxFuture<'static, ()>,
+) where
+    S: Clone + Send + Sync + 'static,
+{
+    let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
+    let mut heartbeat = tokio::time::interval(group.config.heartbeat());
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut signal => break,
+            _ = heartbeat.tick() => {}
+        }
+        // A runner ends by itself only when it cannot go on (its stream
+        // gone): started again below if the partition is still ours.
+        let ended: Vec<u16> = owned
+            .iter()
+            .filter(|(_, partition)| partition.runner.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in ended {
+            if let Some(gone) = owned.remove(&partition) {
+                report_end(&group.group, partition, gone.runner.await);
+            }
+        }
+        if let Err(err) = membership.beat().await {
+            tracing::warn!(consumer = %group.group, error = %err, "partitioned group heartbeat failed");
+        }
+        let members = match membership.live().await {
+            Ok(members) => members,
+            Err(err) => {
+                // Keep what is owned: the pins and max_ack_pending 1 keep a
+                // partition to one event at a time if others move meanwhile.
+                tracing::warn!(consumer = %group.group, error = %err, "partitioned group members unknown; keeping the current partitions");
+                continue;
+            }
+        };
+        let wanted = owned_by(&members, membership.me(), group.config.partitions);
+        let given_away: Vec<u16> = owned
+            .keys()
+            .filter(|partition| !wanted.contains(partition))
+            .copied()
+            .collect();
+        if !given_away.is_empty() || wanted.iter().any(|p| !owned.contains_key(p)) {
+            tracing::info!(
+                consumer = %group.group,
+                member = %membership.me(),
+                members = members.len(),
+                partitions = ?wanted,
+                "partitioned group rebalanced"
+            );
+        }
+        release(&group, &mut owned, &given_away).await;
+        for partition in wanted {
+            if owned.contains_key(&partition) {
+                continue;
+            }
+            match group.partition(partition).attach().await {
+                Ok(consumer) => {
+                    let (stop, stopped) = oneshot::channel::<()>();
+                    let runner = tokio::spawn(consumer.run_until(async move {
+                        let _ = stopped.await;
+                    }));
+                    owned.insert(partition, Owned { stop, runner });
+                }
+                // Tried again at the next heartbeat.
+                Err(err) => {
+                    tracing::warn!(consumer = %group.group, partition, error = %err, "could not start consuming a partition");
+                }
+            }
+        }
+    }
+    let all: Vec<u16> = owned.keys().copied().collect();
+    release(&group, &mut owned, &all).await;
+    membership.leave().await;
+}
+
+/// Stops consuming `partitions`: each runner finishes its in-flight event
+/// (acked, or Naked after the shutdown grace), then the pin is released so
+/// the new owner is served at once instead of after the pinned TTL.
+async fn release<S: Clone + Send + Sync + 'static>(
+    group: &PartitionedConsumer<S>,
+    owned: &mut BTreeMap<u16, Owned>,
+    partitions: &[u16],
+) {
+    let mut stopping = Vec::new();
+    for partition in partitions {
+        if let Some(Owned { stop, runner }) = owned.remove(partition) {
+            let _ = stop.send(());
+            stopping.push((*partition, runner));
+        }
+    }
+    for (partition, runner) in stopping {
+        report_end(&group.group, partition, runner.await);
+        if let Err(err) = group.unpin(partition).await {
+            // Not pinned (it never received), or the server is away: the
+            // pin then lapses after the pinned TTL.
+            tracing::debug!(consumer = %group.group, partition, error = %err, "partition not unpinned");
+        }
+    }
+}
+
+fn report_end(
+    group: &str,
+    partition: u16,
+    ended: Result<Result<(), ConsumeError>, tokio::task::JoinError>,
+) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(consumer = %group, partition, error = %err, "partition consumer stopped")
+        }
+        Err(err) => {
+            tracing::warn!(consumer = %group, partition, error = %err, "partition consumer task failed")
+        }
+    }
+}
+
+/// The names a partition's consumer is known by on the server.
+pub(super) fn partition_group(group: &str, partition: u16) -> String {
+    format!("{group}-p{partition}")
+}

@@ -1,0 +1,112 @@
+//! Who is in the group: one KV entry per live member, renewed by its
+//! heartbeat and removed by the bucket's age limit when the member dies.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::TryStreamExt;
+
+use crate::client::Client;
+use crate::error::{BoxError, Error};
+
+use super::{PartitionedError, PartitionedErrorKind};
+
+/// Bound on one membership request: a member that cannot reach the bucket
+/// keeps its partitions and tries again at the next heartbeat.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This member's entry in its group's bucket.
+pub(super) struct Membership {
+    store: kv::Store,
+    me: String,
+}
+
+/// The group's bucket: its entries live as long as the member TTL.
+pub(super) fn bucket(group: &str) -> Result<String, PartitionedError> {
+    if group
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(format!("jetevents-pcg-{group}"))
+    } else {
+        Err(Error::new(PartitionedErrorKind::InvalidConfig(format!(
+            "group {group:?}: a partitioned group's name has letters, digits, '-' and '_' only"
+        ))))
+    }
+}
+
+impl Membership {
+    /// Opens (or creates) the group's bucket and enters this member.
+    pub(super) async fn join(
+        client: &Client,
+        group: &str,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Self, PartitionedError> {
+        let unavailable = |err: BoxError| Error::with_source(PartitionedErrorKind::Membership, err);
+        let bucket = bucket(group)?;
+        let jetstream = &client
+            .nats_transport("a partitioned group's membership")
+            .map_err(|err| unavailable(err.into()))?
+            .jetstream;
+        // Another member may be creating it: its get then succeeds on the
+        // caller's next attempt.
+        let store = match jetstream.get_key_value(&bucket).await {
+            Ok(store) => store,
+            Err(_) => jetstream
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: format!("jetevents: live members of partitioned group {group}"),
+                    max_age: ttl,
+                    history: 1,
+                    num_replicas: replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| unavailable(err.into()))?,
+        };
+        let membership = Self {
+            store,
+            // Time-ordered: the sorted member list is in order of joining.
+            me: uuid::Uuid::now_v7().simple().to_string(),
+        };
+        membership.beat().await.map_err(unavailable)?;
+        Ok(membership)
+    }
+
+    pub(super) fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Renews this member's entry.
+    pub(super) async fn beat(&self) -> Result<(), BoxError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.store.put(&self.me, "alive".into())).await??;
+        Ok(())
+    }
+
+    /// The live members, this one included.
+    pub(super) async fn live(&self) -> Result<BTreeSet<String>, BoxError> {
+        let listing = async {
+            let keys = self.store.keys().await?;
+            keys.try_collect::<BTreeSet<String>>()
+                .await
+                .map_err(BoxError::from)
+        };
+        let mut members = tokio::time::timeout(REQUEST_TIMEOUT, listing).await??;
+        members.insert(self.me.clone());
+        Ok(members)
+    }
+
+    /// Leaves the group: the others take its partitions at their next
+    /// heartbeat instead of after the TTL.
+    pub(super) async fn leave(&self) {
+        if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, self.store.purge(&self.me))
+            .await
+            .map_err(BoxError::from)
+            .and_then(|purged| purged.map_err(BoxError::from))
+        {
+            tracing::warn!(member = %self.me, error = %err, "could not leave the partitioned group; the others wait for its TTL");
+        }
+    }
+}
