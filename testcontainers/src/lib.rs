@@ -57,6 +57,7 @@ mod config;
 mod docker;
 mod error;
 mod http;
+mod partition;
 mod process;
 pub mod proxy;
 mod server;
