@@ -139,9 +139,10 @@ impl NatsCluster {
     }
 
     /// Cuts node `i` off from the others (a 1/2 split): every route between
-    /// it and them black-holes its traffic ([`FaultMode::Drop`], as a network
+    /// it and them stops carrying traffic ([`FaultMode::Stall`], as a network
     /// that drops packets: nothing is reset, the nodes notice by their own
-    /// timeouts). Clients connected to any node stay connected.
+    /// timeouts, and TCP delivers what was held back once healed). Clients
+    /// connected to any node stay connected.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), jetevents_testcontainers::HarnessError> {
@@ -159,15 +160,17 @@ impl NatsCluster {
     }
 
     /// Splits the cluster into `sides` (each node on exactly one side, e.g.
-    /// `&[&[0], &[1, 2]]`): routes between sides black-hole their traffic
-    /// ([`FaultMode::Drop`]), routes within a side carry it.
+    /// `&[&[0], &[1, 2]]`): routes between sides stall ([`FaultMode::Stall`]),
+    /// routes within a side carry traffic.
     pub fn partition(&self, sides: &[&[usize]]) -> Result<(), HarnessError> {
-        self.partition_with(sides, FaultMode::Drop)
+        self.partition_with(sides, FaultMode::Stall)
     }
 
     /// [`NatsCluster::partition`] with the routes between sides in `mode`:
     /// [`FaultMode::Close`] resets them at once (a network that refuses
-    /// connections), [`FaultMode::Stall`] holds their bytes until healed.
+    /// connections). [`FaultMode::Drop`] discards bytes in the middle of a
+    /// TCP stream, which no real network does (the nodes read a corrupt
+    /// stream once healed): use it to test that, not as a partition.
     pub fn partition_with(&self, sides: &[&[usize]], mode: FaultMode) -> Result<(), HarnessError> {
         self.links.split(self.nodes.len(), sides, mode)
     }
