@@ -176,6 +176,7 @@ async fn partitions_of_leader_and_followers_lose_no_acked_event() {
             || async { checker.acked_count() >= acked_before + ACKS_DURING_PARTITION },
         )
         .await;
+        let acked_after = started.elapsed();
         cluster.heal();
         cluster.wait_for_cluster_ready().await.unwrap();
         eventually("all replicas current", Duration::from_secs(60), || async {
@@ -185,7 +186,7 @@ async fn partitions_of_leader_and_followers_lose_no_acked_event() {
         leader_cuts += usize::from(target == Target::Leader);
         elections += usize::from(leader_during != leader);
         println!(
-            "cycle {cycle}: n{} ({target:?}, {mode:?}) cut off; leader n{} -> n{} after {elected_after:?}; healed after {:?}",
+            "cycle {cycle}: n{} ({target:?}, {mode:?}) cut off; leader n{} -> n{} after {elected_after:?}; {ACKS_DURING_PARTITION} acks after {acked_after:?}; healed and current after {:?}",
             cut_off + 1,
             leader + 1,
             leader_during + 1,
