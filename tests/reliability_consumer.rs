@@ -291,9 +291,9 @@ const CRASH_PREFETCH: usize = 4;
 const CRASH_HELD: usize = CRASH_CONCURRENCY + CRASH_PREFETCH;
 /// Long enough that a killed instance is always mid-handler.
 const CRASH_HANDLER_DELAY: Duration = Duration::from_millis(50);
-/// Kills per unit of `JETEVENTS_FAULT_SCALE` (`10` gives 100, plus the two
-/// instances still running at the end).
-const KILLS_PER_SCALE: usize = 10;
+/// Kills per unit of `JETEVENTS_FAULT_SCALE`, plus the two instances still
+/// running at the end: 102 at the default scale.
+const KILLS_PER_SCALE: usize = 100;
 /// Events per kill: more than two instances handle meanwhile, so every
 /// kill finds work in flight.
 const EVENTS_PER_KILL: usize = 200;
