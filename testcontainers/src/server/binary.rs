@@ -77,6 +77,33 @@ impl BinaryServer {
         }
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) the process and waits until
+    /// the kernel reports it so: a signal is only queued when `kill` returns,
+    /// and a test must not see the server answer after `pause`.
+    pub(super) async fn set_stopped(&self, stopped: bool) -> Result<(), HarnessError> {
+        let signal = if stopped {
+            libc::SIGSTOP
+        } else {
+            libc::SIGCONT
+        };
+        self.signal_running(signal)?;
+        let pid = self.pid().unwrap_or_default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while process::is_stopped(pid) != stopped {
+            if std::time::Instant::now() >= deadline {
+                return Err(HarnessError::new(
+                    HarnessErrorKind::Io,
+                    format!(
+                        "process {pid} not {} after 5 s",
+                        if stopped { "stopped" } else { "continued" }
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
     pub(super) fn kill(&mut self) {
         if let Some(mut c) = self.child.get_mut().ok().and_then(Option::take) {
             kill_child(&mut c);

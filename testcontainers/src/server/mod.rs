@@ -322,9 +322,9 @@ impl NatsServer {
         }
     }
 
-    /// Pauses the server process (SIGSTOP / `docker pause`): it keeps its
-    /// sockets open but answers nothing, as a process stalled by a long GC,
-    /// swapping or a frozen VM. Peers and clients notice only through their
+    /// Pauses the server process (SIGSTOP / `docker pause`) and returns once
+    /// it is stopped: it keeps its sockets open but answers nothing, as a
+    /// process stalled by a long GC, swapping or a frozen VM. Peers and clients notice only through their
     /// own timeouts. [`NatsServer::resume`] lets it carry on where it stopped.
     ///
     /// ```no_run
@@ -337,7 +337,7 @@ impl NatsServer {
     /// ```
     pub async fn pause(&self) -> Result<(), HarnessError> {
         match &self.runner {
-            Runner::Binary(binary) => binary.signal_running(libc::SIGSTOP),
+            Runner::Binary(binary) => binary.set_stopped(true).await,
             Runner::Docker(container) => container.cli("pause").await,
             Runner::External(_) => Err(self.unsupported("pause")),
         }
@@ -346,7 +346,7 @@ impl NatsServer {
     /// Resumes a server paused by [`NatsServer::pause`] (SIGCONT / `docker unpause`).
     pub async fn resume(&self) -> Result<(), HarnessError> {
         match &self.runner {
-            Runner::Binary(binary) => binary.signal_running(libc::SIGCONT),
+            Runner::Binary(binary) => binary.set_stopped(false).await,
             Runner::Docker(container) => container.cli("unpause").await,
             Runner::External(_) => Err(self.unsupported("resume")),
         }
