@@ -52,7 +52,7 @@ enum Target {
 /// cluster takes 30 to 70 s to be whole again after one (RELIABILITY.md),
 /// which would keep the default run far above three minutes.
 fn cut_of(cycle: usize) -> (Target, FaultMode) {
-    let target = if cycle % 2 == 0 {
+    let target = if cycle.is_multiple_of(2) {
         Target::Leader
     } else {
         Target::Follower

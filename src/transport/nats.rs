@@ -191,6 +191,7 @@ impl Delivery for jetstream::Message {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::{parse_actual_sequence, store_failure};
     use crate::transport::StoreFailureKind;
 

@@ -127,8 +127,8 @@ fn bad_sides(nodes: usize, sides: &[&[usize]]) -> HarnessError {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::side_of_each;
 
     #[test]
