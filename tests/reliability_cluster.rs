@@ -16,31 +16,13 @@ use jetevents_testcontainers::NatsCluster;
 mod checker;
 mod support;
 use checker::{
-    chaos_stream, consumer, drain, eventually, publish_in_background, read_back, scaled, Bounds,
-    Checker, Running,
+    chaos_stream, consumer, drain, eventually, publish_in_background, read_back, replicas_current,
+    scaled, Bounds, Checker, Running,
 };
 
 const CONCURRENCY: usize = 16;
 /// Small, so the duplicates a kill can explain are few.
 const PREFETCH: usize = 32;
-
-/// Whether the stream has a leader and two current, online followers.
-async fn replicas_current(client: &jetevents::client::Client, stream: &str) -> bool {
-    let Ok(mut stream) = client.jetstream().unwrap().get_stream(stream).await else {
-        return false;
-    };
-    let Ok(info) = stream.info().await else {
-        return false;
-    };
-    match &info.cluster {
-        Some(cluster) => {
-            cluster.leader.is_some()
-                && cluster.replicas.len() == 2
-                && cluster.replicas.iter().all(|r| r.current && !r.offline)
-        }
-        None => false,
-    }
-}
 
 /// How the publishing client is configured.
 #[derive(Clone, Copy, PartialEq)]

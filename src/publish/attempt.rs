@@ -215,10 +215,15 @@ impl Publisher {
                     err,
                 ))
             }
-            StoreFailureKind::BrokenPipe => AttemptError::Retryable {
-                timed_out: true,
-                source: err,
-            },
+            // An attempt with this id is still being stored: its outcome
+            // is as unknown as after a timeout; the retry (same id) gets
+            // the dedup ack once it is stored, or stores it.
+            StoreFailureKind::BrokenPipe | StoreFailureKind::DuplicateInProcess => {
+                AttemptError::Retryable {
+                    timed_out: true,
+                    source: err,
+                }
+            }
             StoreFailureKind::Rejected => {
                 AttemptError::Final(PublishError::with_source(PublishErrorKind::Rejected, err))
             }

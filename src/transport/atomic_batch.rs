@@ -112,9 +112,9 @@ pub(crate) fn send_single<T: Transport + ?Sized>(
         .await
         .map_err(|failure| {
             let kind = match failure.kind {
-                StoreFailureKind::TimedOut | StoreFailureKind::BrokenPipe => {
-                    BatchFailureKind::TimedOut
-                }
+                StoreFailureKind::TimedOut
+                | StoreFailureKind::BrokenPipe
+                | StoreFailureKind::DuplicateInProcess => BatchFailureKind::TimedOut,
                 StoreFailureKind::NoResponders => BatchFailureKind::NoResponders,
                 StoreFailureKind::WrongLastSequence { actual } => {
                     BatchFailureKind::WrongLastSequence { actual }

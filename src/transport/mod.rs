@@ -48,6 +48,10 @@ pub(crate) enum StoreFailureKind {
     MaxPayloadExceeded,
     /// The connection broke while sending.
     BrokenPipe,
+    /// The stream is still storing an earlier attempt with the same message
+    /// id (JetStream error 10158, seen while a partition delays its
+    /// replication): that attempt may or may not end up stored.
+    DuplicateInProcess,
     /// Refused for another reason.
     Rejected,
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::AckKind};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::AckKind, ErrorCode};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -131,12 +131,22 @@ fn store_failure(err: jetstream::context::PublishError) -> StoreFailure {
         },
         PublishErrorKind::MaxPayloadExceeded => StoreFailureKind::MaxPayloadExceeded,
         PublishErrorKind::BrokenPipe => StoreFailureKind::BrokenPipe,
+        _ if jetstream_code(&err) == Some(ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT) => {
+            StoreFailureKind::DuplicateInProcess
+        }
         _ => StoreFailureKind::Rejected,
     };
     StoreFailure {
         kind,
         source: Box::new(err),
     }
+}
+
+/// The JetStream error code behind a publish error, when the server sent one.
+fn jetstream_code(err: &jetstream::context::PublishError) -> Option<ErrorCode> {
+    std::error::Error::source(err)?
+        .downcast_ref::<jetstream::Error>()
+        .map(jetstream::Error::error_code)
 }
 
 /// The server's description is "wrong last sequence: N"; async-nats prefixes
@@ -208,7 +218,27 @@ impl Delivery for jetstream::Message {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_actual_sequence;
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::{parse_actual_sequence, store_failure};
+    use crate::transport::StoreFailureKind;
+
+    /// Error 10158: an attempt with the same message id is still being
+    /// stored (seen through partitions); not a refusal.
+    #[test]
+    fn duplicate_in_process_is_not_a_refusal() {
+        let in_process: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code":409,"err_code":10158,"description":"duplicate message id is in process"}"#,
+        )
+        .unwrap();
+        let err = async_nats::jetstream::context::PublishError::with_source(
+            async_nats::jetstream::context::PublishErrorKind::Other,
+            in_process,
+        );
+        assert!(matches!(
+            store_failure(err).kind,
+            StoreFailureKind::DuplicateInProcess
+        ));
+    }
 
     #[test]
     fn reads_actual_sequence_from_server_text() {

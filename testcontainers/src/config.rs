@@ -252,7 +252,10 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
 pub(crate) struct ClusterNode {
     pub(crate) cluster_name: String,
     pub(crate) cluster_port: u16,
+    /// Ports on 127.0.0.1 this node dials to reach its peers.
     pub(crate) routes: Vec<u16>,
+    /// The route port on 127.0.0.1 this node tells its peers to dial.
+    pub(crate) advertise_port: u16,
 }
 
 /// Everything a server process/container starts with.
@@ -313,6 +316,10 @@ pub(crate) fn prepare(p: &LaunchParams<'_>) -> Result<Launch, HarnessError> {
             .map(|port| format!("nats://127.0.0.1:{port}"))
             .collect();
         env.push(("NATS_ROUTES".into(), quoted_list(&routes)));
+        env.push((
+            "NATS_CLUSTER_ADVERTISE".into(),
+            format!("127.0.0.1:{}", node.advertise_port),
+        ));
     } else {
         top.push_str("include ./single.conf\n");
     }

@@ -40,6 +40,15 @@
 //! embedded at compile time and filled in through environment variables.
 //! Certificates for TLS are generated at test time with rcgen.
 //!
+//! # Clusters and faults
+//!
+//! [`NatsCluster`] starts three routed JetStream nodes. Every route
+//! connection goes through a [`FaultProxy`] of its own pair of nodes, so
+//! [`NatsCluster::isolate`] and [`NatsCluster::partition`] cut the cluster
+//! into sides (clients stay connected to their node) until
+//! [`NatsCluster::heal`]; [`NatsServer::pause`] stops a node's process
+//! (SIGSTOP, or `docker pause`) until [`NatsServer::resume`]. Loopback only.
+//!
 //! # Environment variables
 //!
 //! | Variable | Meaning |
@@ -57,6 +66,7 @@ mod config;
 mod docker;
 mod error;
 mod http;
+mod partition;
 mod process;
 pub mod proxy;
 mod server;

@@ -208,6 +208,17 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether the process is stopped by a signal (state `T` in `/proc/{pid}/stat`).
+pub(crate) fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.trim_start().chars().next()
+        })
+        == Some('T')
+}
+
 /// The last lines of the server log, for error messages.
 pub(crate) fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();

@@ -655,3 +655,21 @@ pub async fn chaos_stream(client: &Client, name: &str, replicas: usize) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Whether the stream has a leader and two current, online followers.
+pub async fn replicas_current(client: &jetevents::client::Client, stream: &str) -> bool {
+    let Ok(mut stream) = client.jetstream().unwrap().get_stream(stream).await else {
+        return false;
+    };
+    let Ok(info) = stream.info().await else {
+        return false;
+    };
+    match &info.cluster {
+        Some(cluster) => {
+            cluster.leader.is_some()
+                && cluster.replicas.len() == 2
+                && cluster.replicas.iter().all(|r| r.current && !r.offline)
+        }
+        None => false,
+    }
+}
