@@ -41,6 +41,9 @@ pub struct StreamSpec {
     pub max_age: Option<Duration>,
     /// Free text shown in the server's monitoring.
     pub description: Option<String>,
+    /// Whether the stream runs message schedules (nats-server 2.12+): what
+    /// saga timeouts are. Once on, the server keeps it on.
+    pub allow_message_schedules: bool,
 }
 
 impl StreamSpec {
@@ -57,6 +60,7 @@ impl StreamSpec {
             max_message_size: None,
             max_age: None,
             description: None,
+            allow_message_schedules: false,
         }
     }
 
@@ -105,6 +109,13 @@ impl StreamSpec {
         self
     }
 
+    /// Lets the stream run message schedules (see
+    /// [`allow_message_schedules`](Self::allow_message_schedules)).
+    pub fn allow_message_schedules(mut self, allow: bool) -> Self {
+        self.allow_message_schedules = allow;
+        self
+    }
+
     fn to_config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
@@ -116,6 +127,7 @@ impl StreamSpec {
             max_message_size: self.max_message_size.unwrap_or(-1),
             max_age: self.max_age.unwrap_or_default(),
             description: self.description.clone(),
+            allow_message_schedules: self.allow_message_schedules,
             ..Default::default()
         }
     }
@@ -178,7 +190,8 @@ pub type ProvisionError = Error<ProvisionErrorKind>;
 impl Client {
     /// Creates the stream if missing, otherwise updates the settings that may
     /// change (subjects, replicas, duplicate window, size and age limits,
-    /// description) and reports the ones that may not (storage, retention) as
+    /// description, turning message schedules on) and reports the ones that
+    /// may not (storage, retention, turning message schedules off) as
     /// drift. Safe to call at every start of every instance.
     ///
     /// ```no_run
@@ -273,8 +286,20 @@ impl Client {
                 actual: format!("{:?}", actual.retention),
             });
         }
+        // The server turns schedules on in place but never off again.
+        if actual.allow_message_schedules && !wanted.allow_message_schedules {
+            drift.push(Drift {
+                field: "allow_message_schedules",
+                declared: "false".to_owned(),
+                actual: "true".to_owned(),
+            });
+        }
         let mut updated = Vec::new();
         let mut next = actual.clone();
+        if wanted.allow_message_schedules && !actual.allow_message_schedules {
+            next.allow_message_schedules = true;
+            updated.push("allow_message_schedules");
+        }
         let sorted = |v: &[String]| {
             let mut v = v.to_vec();
             v.sort();

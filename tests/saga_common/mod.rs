@@ -139,6 +139,7 @@ pub fn order_saga(name: &str) -> Saga<OrderState> {
 /// stream order: one handler at a time).
 pub struct World {
     pub client: Client,
+    pub spec: StreamSpec,
     pub stream: String,
     pub saga: String,
     pub commands: Log<(String, String)>,
@@ -149,11 +150,9 @@ impl World {
     pub async fn new() -> World {
         let env = unique("saga");
         let client = connect(&shared_server().await.url(), &env, |_| {}).await;
-        let stream = unique("SAGA_TEST");
-        client
-            .ensure_stream(&StreamSpec::new(&stream, vec![format!("{env}.shop.>")]))
-            .await
-            .unwrap();
+        let spec = StreamSpec::new(unique("SAGA_TEST"), vec![format!("{env}.shop.>")]);
+        client.ensure_stream(&spec).await.unwrap();
+        let stream = spec.name.clone();
         let commands = Log::default();
         let mut recorder = Consumer::builder(&client, unique("recorder")).stream(&stream);
         for pattern in [
@@ -175,6 +174,7 @@ impl World {
         let recorder = Running::start(recorder.concurrency(1).build().await.unwrap());
         World {
             client,
+            spec,
             stream,
             saga: unique("order"),
             commands,
@@ -185,7 +185,7 @@ impl World {
     /// A saga host instance.
     pub async fn host(&self, concurrency: usize) -> Running {
         let consumer = order_saga(&self.saga)
-            .consumer(&self.client, format!("{}-host", self.saga), &self.stream)
+            .consumer(&self.client, format!("{}-host", self.saga), &self.spec)
             .await
             .unwrap()
             .concurrency(concurrency)
