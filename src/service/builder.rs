@@ -18,7 +18,7 @@ use super::error::{StartError, StartErrorKind};
 use super::handler::{erase, without_state, ErasedHandler};
 use super::running::RunningService;
 use super::schema::endpoint_metadata;
-use super::serve::{serve_endpoint, EndpointRuntime};
+use super::serve::{answered_attributes, serve_endpoint, EndpointRuntime};
 use super::wire::endpoint_subject;
 
 /// How long a handler may run when the caller sent no shorter budget.
@@ -175,8 +175,8 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 }
             };
             let runtime = Arc::new(EndpointRuntime {
+                answered_attributes: answered_attributes(&service_name, endpoint.request_type),
                 service: service_name.clone(),
-                request_type: endpoint.request_type,
                 handler: endpoint.handler,
                 timeout: self.timeout,
                 publisher: self.client.publisher(),
