@@ -148,8 +148,13 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        World::on(&shared_server().await.url()).await
+    }
+
+    /// A world on the server at `url` (one a test restarts, say).
+    pub async fn on(url: &str) -> World {
         let env = unique("saga");
-        let client = connect(&shared_server().await.url(), &env, |_| {}).await;
+        let client = connect(url, &env, |_| {}).await;
         let spec = StreamSpec::new(unique("SAGA_TEST"), vec![format!("{env}.shop.>")]);
         client.ensure_stream(&spec).await.unwrap();
         let stream = spec.name.clone();
@@ -219,6 +224,31 @@ impl World {
             &format!("{count} commands of {order}"),
             Duration::from_secs(60),
             || async { self.commands_of(order).len() >= count },
+        )
+        .await;
+    }
+
+    /// Waits until the schedule of the timer `timer` of `order` is stored
+    /// in the saga's stream.
+    pub async fn wait_schedule(&self, order: &str, timer: &str) {
+        let subject = format!(
+            "{}.sagatimer.{}.{order}.{timer}",
+            self.client.subjects().env(),
+            self.saga
+        );
+        let jetstream = self.client.jetstream().unwrap();
+        eventually(
+            &format!("the schedule on {subject}"),
+            Duration::from_secs(60),
+            || async {
+                let Ok(stream) = jetstream.get_stream_no_info(&self.stream).await else {
+                    return false;
+                };
+                stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .is_ok()
+            },
         )
         .await;
     }
