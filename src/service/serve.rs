@@ -1,5 +1,6 @@
 //! Serving one endpoint: every request through the endpoint's stack (span,
-//! metrics, lineage, timeout, panic catch, handler) to its answer.
+//! metrics, lineage, timeout, panic catch, the user's layers, handler) to
+//! its answer.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,13 +28,14 @@ use crate::trace::TraceHeaders;
 
 use super::context::Context;
 use super::endpoint_error::EndpointError;
-use super::handler::{Answer, ErasedHandler};
+use super::handler::Answer;
+use super::stack::Stack;
 use super::wire::read_budget;
 
 /// What every request of one endpoint shares.
 pub(crate) struct EndpointRuntime<S> {
     pub(crate) service: Arc<str>,
-    pub(crate) handler: ErasedHandler<S>,
+    pub(crate) stack: Stack<S>,
     pub(crate) timeout: Duration,
     pub(crate) publisher: Publisher,
     pub(crate) metrics: Metrics,
@@ -161,7 +163,7 @@ async fn run_handler<S: Clone + Send + Sync + 'static>(
     );
     let handled = crate::lineage::with_lineage(
         lineage,
-        AssertUnwindSafe((runtime.handler)(&envelope, context)).catch_unwind(),
+        AssertUnwindSafe(runtime.stack.call(context)).catch_unwind(),
     );
     match tokio::time::timeout_at(deadline, handled).await {
         Err(_elapsed) => Err(EndpointError::new(
