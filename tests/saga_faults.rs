@@ -63,7 +63,7 @@ async fn host_consumer(client: &Client, saga: &str, stream: &str) -> Consumer<()
 
 /// Whether the payment of order `n` fails (the saga compensates).
 fn payment_fails(n: usize) -> bool {
-    n % 5 == 0
+    n.is_multiple_of(5)
 }
 
 fn order_name(n: usize) -> String {
