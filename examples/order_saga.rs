@@ -90,9 +90,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     config.env = "demo".into();
     config.source = "/order-saga".into();
     let client = Client::connect(config).await?;
-    client
-        .ensure_stream(&StreamSpec::new("SHOP", vec!["demo.shop.>".into()]))
-        .await?;
+    // The saga declares its stream, with its timers' subjects added.
+    let stream = StreamSpec::new("SHOP", vec!["demo.shop.>".into()]);
 
     let consumer = Saga::new("order")
         .start(placed)
@@ -100,7 +99,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .on(charged)
         .on(failed)
         .on(timed_out)
-        .consumer(&client, "order-saga", "SHOP")
+        .consumer(&client, "order-saga", &stream)
         .await?
         .build()
         .await?;

@@ -47,6 +47,9 @@ pub struct StreamSpec {
     /// since a new transform would move keys to other partitions with events
     /// still queued in the old ones.
     pub subject_transform: Option<stream::SubjectTransform>,
+    /// Whether the stream runs message schedules (nats-server 2.12+): what
+    /// saga timeouts are. Once on, the server keeps it on.
+    pub allow_message_schedules: bool,
 }
 
 impl StreamSpec {
@@ -64,6 +67,7 @@ impl StreamSpec {
             max_age: None,
             description: None,
             subject_transform: None,
+            allow_message_schedules: false,
         }
     }
 
@@ -125,6 +129,13 @@ impl StreamSpec {
         self
     }
 
+    /// Lets the stream run message schedules (see
+    /// [`allow_message_schedules`](Self::allow_message_schedules)).
+    pub fn allow_message_schedules(mut self, allow: bool) -> Self {
+        self.allow_message_schedules = allow;
+        self
+    }
+
     fn to_config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
@@ -137,6 +148,7 @@ impl StreamSpec {
             max_age: self.max_age.unwrap_or_default(),
             description: self.description.clone(),
             subject_transform: self.subject_transform.clone(),
+            allow_message_schedules: self.allow_message_schedules,
             ..Default::default()
         }
     }
@@ -199,7 +211,8 @@ pub type ProvisionError = Error<ProvisionErrorKind>;
 impl Client {
     /// Creates the stream if missing, otherwise updates the settings that may
     /// change (subjects, replicas, duplicate window, size and age limits,
-    /// description) and reports the ones that may not (storage, retention) as
+    /// description, turning message schedules on) and reports the ones that
+    /// may not (storage, retention, turning message schedules off) as
     /// drift. Safe to call at every start of every instance.
     ///
     /// ```no_run
@@ -309,8 +322,20 @@ impl Client {
                 actual: shown(&actual.subject_transform),
             });
         }
+        // The server turns schedules on in place but never off again.
+        if actual.allow_message_schedules && !wanted.allow_message_schedules {
+            drift.push(Drift {
+                field: "allow_message_schedules",
+                declared: "false".to_owned(),
+                actual: "true".to_owned(),
+            });
+        }
         let mut updated = Vec::new();
         let mut next = actual.clone();
+        if wanted.allow_message_schedules && !actual.allow_message_schedules {
+            next.allow_message_schedules = true;
+            updated.push("allow_message_schedules");
+        }
         let sorted = |v: &[String]| {
             let mut v = v.to_vec();
             v.sort();

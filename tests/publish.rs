@@ -404,6 +404,34 @@ async fn provisioning_is_idempotent_and_reports_drift() {
 }
 
 #[tokio::test]
+async fn message_schedules_turn_on_in_place_and_turning_them_off_is_drift() {
+    let server = shared_server().await;
+    let client = connect(&server.url(), &unique("sched"), |_| {}).await;
+    let name = unique("SCHED");
+    let spec = StreamSpec::for_domain(client.subjects(), &name, "bank").unwrap();
+    let allows_schedules = || async {
+        let mut stream = client.jetstream().unwrap().get_stream(&name).await.unwrap();
+        stream.info().await.unwrap().config.allow_message_schedules
+    };
+    client.ensure_stream(&spec).await.unwrap();
+    assert!(!allows_schedules().await);
+
+    let scheduling = spec.clone().allow_message_schedules(true);
+    let turned_on = client.ensure_stream(&scheduling).await.unwrap();
+    assert_eq!(turned_on.updated, vec!["allow_message_schedules"]);
+    assert!(turned_on.is_in_sync());
+    assert!(allows_schedules().await);
+    let again = client.ensure_stream(&scheduling).await.unwrap();
+    assert!(again.updated.is_empty() && again.is_in_sync());
+
+    let without = client.ensure_stream(&spec).await.unwrap();
+    assert!(without.updated.is_empty());
+    assert_eq!(without.drift.len(), 1);
+    assert_eq!(without.drift[0].field, "allow_message_schedules");
+    assert!(allows_schedules().await, "the server keeps schedules on");
+}
+
+#[tokio::test]
 async fn publish_outside_permissions_is_permission_denied() {
     let server = NatsServer::builder()
         .auth(jetevents_testcontainers::Auth::UserPassword {

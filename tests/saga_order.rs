@@ -1,6 +1,6 @@
 //! The order saga against a real nats-server: happy path, compensation in
-//! reverse order, a timeout by server message schedule, and two instances
-//! racing on one saga.
+//! reverse order, a timeout by server message schedule (also across a server
+//! restart), and two instances racing on one saga.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod consume_common;
@@ -8,6 +8,7 @@ mod saga_common;
 mod support;
 
 use jetevents::saga::SagaStatus;
+use jetevents_testcontainers::NatsServer;
 use saga_common::*;
 
 fn placed(order: &str, payment_seconds: i64) -> OrderPlaced {
@@ -162,6 +163,34 @@ async fn a_payment_timeout_fires_and_compensates() {
         .await;
     host.stop().await;
     assert_eq!(world.commands_of(order).len(), 4);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_scheduled_before_a_server_restart_fires_after_it_and_compensates() {
+    // A server of its own: the test restarts it, keeping its file store.
+    let mut server = NatsServer::start().await.unwrap();
+    let world = World::on(&server.url()).await;
+    let host = world.host(4).await;
+    let order = "o-restart";
+    reserve_stock(&world, order, 4).await;
+    world.wait_schedule(order, "payment").await;
+    server.restart().await.unwrap();
+    let done = world
+        .wait_saga(order, |s| s.status != SagaStatus::Running)
+        .await;
+    assert_eq!(
+        done.status,
+        SagaStatus::Compensated {
+            reason: "payment timed out".into()
+        }
+    );
+    world.wait_commands(order, 4).await;
+    assert_eq!(
+        world.commands_of(order)[2..],
+        ["shop.payment.void.v1", "shop.stock.release.v1"]
+    );
+    host.stop().await;
     world.stop().await;
 }
 

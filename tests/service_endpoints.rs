@@ -1,14 +1,17 @@
 //! Typed request-reply against a real server: discovery, statistics, typed
-//! errors, deadlines, queue groups.
+//! errors, deadlines, queue groups, user layers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::service::{Info, Stats};
+use jetevents::envelope::Envelope;
 use jetevents::service::{
-    CallErrorKind, Context, EndpointError, REQUEST_SCHEMA, REQUEST_TYPE, RESPONSE_SCHEMA,
+    BoxError, CallErrorKind, Context, EndpointError, EndpointRequest, StartErrorKind,
+    REQUEST_SCHEMA, REQUEST_TYPE, RESPONSE_SCHEMA,
 };
 
 mod service_common;
@@ -239,4 +242,97 @@ async fn two_instances_share_the_requests_each_handled_once() {
     assert_eq!(handled_by.len(), 40, "{handled_by:?}");
     let distinct: HashSet<_> = handled_by.iter().collect();
     assert_eq!(distinct.len(), 2, "{handled_by:?}");
+}
+
+/// An auth layer: only requests from `allowed` reach the handler; the
+/// others are answered 403.
+#[derive(Clone)]
+struct RequireSource<Inner> {
+    inner: Inner,
+    allowed: &'static str,
+}
+
+impl<S, Inner> tower::Service<EndpointRequest<S>> for RequireSource<Inner>
+where
+    Inner: tower::Service<EndpointRequest<S>, Response = Envelope, Error = BoxError>,
+    Inner::Future: Send + 'static,
+{
+    type Response = Envelope;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Envelope, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: EndpointRequest<S>) -> Self::Future {
+        if request.envelope().source != self.allowed {
+            let refused = EndpointError::new(
+                403,
+                format!("{} may not ask for quotes", request.envelope().source),
+            );
+            return Box::pin(async move { Err(refused.into()) });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+fn require_source<Inner>(
+    allowed: &'static str,
+) -> impl tower::Layer<Inner, Service = RequireSource<Inner>> + Clone {
+    tower::layer::layer_fn(move |inner| RequireSource { inner, allowed })
+}
+
+#[tokio::test]
+async fn a_user_layer_rejects_requests_before_the_handler_with_its_code() {
+    let client = client().await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let running = client
+        .service(unique("pricing"), "1.0.0")
+        .with_state("a".to_owned())
+        .endpoint({
+            let handled = handled.clone();
+            move |request: QuoteRequested, ctx: Context<String>| {
+                handled.fetch_add(1, Ordering::SeqCst);
+                price(request, ctx)
+            }
+        })
+        .layer(require_source("/trusted"))
+        .start()
+        .await
+        .unwrap();
+
+    let err = client.call::<_, QuoteGiven>(&quote("a")).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &CallErrorKind::Remote {
+            code: 403,
+            message: "/service-tests may not ask for quotes".to_owned()
+        }
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 0, "the handler never ran");
+
+    let server = support::shared_server().await;
+    let trusted = support::connect(&server.url(), client.subjects().env(), |config| {
+        config.source = "/trusted".to_owned();
+    })
+    .await;
+    let answer: QuoteGiven = trusted.call(&quote("bb")).await.unwrap();
+    assert_eq!(answer.cents, 200);
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    running.stop().await;
+
+    // Layers are typed by the state: one before `with_state` is refused.
+    let misordered = client
+        .service(unique("pricing"), "1.0.0")
+        .layer(require_source("/trusted"))
+        .with_state("a".to_owned())
+        .endpoint(price)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(misordered.kind(), &StartErrorKind::InvalidSpec);
 }

@@ -10,11 +10,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::error::{SagaError, SagaErrorKind};
 use super::host::{Host, Route, SagaHandler};
 use super::store::Store;
-use super::stream::allow_schedules;
 use super::transition::{Step, Transition};
 use crate::client::Client;
 use crate::consume::{Consumer, ConsumerBuilder, HandlerError};
 use crate::event::Event;
+use crate::provision::StreamSpec;
 
 /// A saga (process manager): state of type `S` keyed by correlation id,
 /// started by one event type and moved on by others.
@@ -35,10 +35,11 @@ use crate::event::Event;
 /// }
 ///
 /// # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let stream = jetevents::provision::StreamSpec::for_domain(client.subjects(), "SHOP", "shop")?;
 /// Saga::new("order")
 ///     .start(placed)
 ///     .on(shipped)
-///     .consumer(&client, "order-saga", "SHOP")
+///     .consumer(&client, "order-saga", &stream)
 ///     .await?
 ///     .build()
 ///     .await?
@@ -118,17 +119,20 @@ where
         self
     }
 
-    /// The consumer of group `group` on `stream` that runs this saga, to
-    /// configure further (concurrency, retry, layers) and run. Opens (or
-    /// creates) the saga's buckets, and lets `stream` hold the saga's timers:
+    /// The consumer of group `group` on the stream `stream` declares that
+    /// runs this saga, to configure further (concurrency, retry, layers) and
+    /// run. Opens (or creates) the saga's buckets, and declares `stream`
+    /// (with [`Client::ensure_stream`]) holding the saga's timers as well:
     /// message schedules allowed, subjects `{env}.sagatimer.{name}.>` added.
+    /// Other declarations of the same stream should come from
+    /// [`timer_stream`](Self::timer_stream), or they undo each other's
+    /// subjects.
     pub async fn consumer(
         self,
         client: &Client,
         group: impl Into<String>,
-        stream: impl Into<String>,
+        stream: &StreamSpec,
     ) -> Result<ConsumerBuilder<()>, SagaError> {
-        let stream = stream.into();
         if !self.routes.values().any(|route| route.starts) || !is_name(&self.name) {
             return Err(SagaError::new(SagaErrorKind::InvalidDefinition));
         }
@@ -136,8 +140,12 @@ where
             .jetstream()
             .ok_or_else(|| SagaError::new(SagaErrorKind::NeedsNats))?
             .clone();
-        let timer_prefix = format!("{}.sagatimer.{}", client.subjects().env(), self.name);
-        allow_schedules(&jetstream, &stream, &format!("{timer_prefix}.>")).await?;
+        let timer_prefix = timer_prefix(client, &self.name);
+        client
+            .ensure_stream(&self.timer_stream(client, stream.clone()))
+            .await
+            .map_err(|err| SagaError::with_source(SagaErrorKind::Stream, err))?;
+        let stream = stream.name.clone();
         let host = Arc::new(Host {
             store: Store::open(&jetstream, &self.name).await?,
             publisher: client.publisher(),
@@ -158,6 +166,24 @@ where
         }
         Ok(builder)
     }
+}
+
+impl<S> Saga<S> {
+    /// `stream` as this saga needs it: its timers' subjects added, message
+    /// schedules allowed (the schedule and its target must be in one
+    /// stream). [`consumer`](Self::consumer) declares it.
+    pub fn timer_stream(&self, client: &Client, mut stream: StreamSpec) -> StreamSpec {
+        let timers = format!("{}.>", timer_prefix(client, &self.name));
+        if !stream.subjects.contains(&timers) {
+            stream.subjects.push(timers);
+        }
+        stream.allow_message_schedules(true)
+    }
+}
+
+/// `{env}.sagatimer.{saga}`: the subjects of the saga's timers.
+fn timer_prefix(client: &Client, saga: &str) -> String {
+    format!("{}.sagatimer.{saga}", client.subjects().env())
 }
 
 pub(crate) fn is_name(name: &str) -> bool {

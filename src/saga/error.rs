@@ -21,7 +21,7 @@ pub enum SagaErrorKind {
     Corrupt,
     /// An event, command or timeout could not be encoded or sent.
     Send,
-    /// The stream could not be set up for message schedules.
+    /// The saga's stream could not be declared (see [`Saga::consumer`](super::Saga::consumer)).
     Stream,
 }
 
@@ -33,7 +33,7 @@ impl fmt::Display for SagaErrorKind {
             Self::Store => f.write_str("saga state bucket unavailable"),
             Self::Corrupt => f.write_str("saga record does not decode"),
             Self::Send => f.write_str("could not send a saga's event, command or timeout"),
-            Self::Stream => f.write_str("could not allow message schedules on the stream"),
+            Self::Stream => f.write_str("could not declare the saga's stream"),
         }
     }
 }

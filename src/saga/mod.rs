@@ -45,7 +45,6 @@ mod host;
 mod record;
 mod schedule;
 mod store;
-mod stream;
 mod transition;
 mod view;
 

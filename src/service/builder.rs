@@ -18,7 +18,8 @@ use super::error::{StartError, StartErrorKind};
 use super::handler::{erase, without_state, ErasedHandler};
 use super::running::RunningService;
 use super::schema::endpoint_metadata;
-use super::serve::{serve_endpoint, EndpointRuntime};
+use super::serve::{answered_attributes, serve_endpoint, EndpointRuntime};
+use super::stack::{EndpointLayer, EndpointLayerFn, Stack};
 use super::wire::endpoint_subject;
 
 /// How long a handler may run when the caller sent no shorter budget.
@@ -38,6 +39,9 @@ pub struct ServiceBuilder<S = ()> {
     max_in_flight: usize,
     state: S,
     endpoints: Vec<EndpointSpec<S>>,
+    layers: Vec<EndpointLayerFn<S>>,
+    /// `with_state` came after `layer`: reported by `start`.
+    layers_before_state: bool,
 }
 
 /// One endpoint as declared.
@@ -63,6 +67,8 @@ impl Client {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             state: (),
             endpoints: Vec::new(),
+            layers: Vec::new(),
+            layers_before_state: false,
         }
     }
 }
@@ -87,6 +93,9 @@ impl ServiceBuilder<()> {
                     handler: without_state(endpoint.handler),
                 })
                 .collect(),
+            layers: Vec::new(),
+            // Layers are typed by the state: they cannot follow it.
+            layers_before_state: self.layers_before_state || !self.layers.is_empty(),
         }
     }
 }
@@ -132,6 +141,40 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
         self
     }
 
+    /// A tower layer around every endpoint of this service: its service
+    /// takes an [`EndpointRequest`](super::EndpointRequest), gives the response envelope and fails
+    /// with any error convertible to [`BoxError`](super::BoxError) (an
+    /// [`EndpointError`] answers the caller with its code and message, any
+    /// other error with 500). It runs inside the endpoint's own concerns
+    /// (see the [module docs](super)): under the deadline, panics caught.
+    ///
+    /// As in axum, a layer added later wraps the ones added before (runs
+    /// first). Add layers after `with_state`: they are typed by the state.
+    ///
+    /// ```no_run
+    /// use jetevents::service::{Context, EndpointError};
+    /// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    /// # struct QuoteRequested { sku: String }
+    /// # impl jetevents::Event for QuoteRequested { const TYPE: &'static str = "pricing.quote.requested.v1"; }
+    /// # #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+    /// # struct QuoteGiven { cents: u64 }
+    /// # impl jetevents::Event for QuoteGiven { const TYPE: &'static str = "pricing.quote.given.v1"; }
+    /// # async fn quote(_: QuoteRequested, _: Context) -> Result<QuoteGiven, EndpointError> { Ok(QuoteGiven { cents: 1 }) }
+    /// # async fn run(client: jetevents::client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// // At most 8 quotes computed at once on this instance.
+    /// let service = client
+    ///     .service("pricing", "1.0.0")
+    ///     .endpoint(quote)
+    ///     .layer(tower::limit::ConcurrencyLimitLayer::new(8))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn layer<L: EndpointLayer<S>>(mut self, layer: L) -> Self {
+        self.layers.push(layer.into_layer_fn());
+        self
+    }
+
     /// Registers the service and its endpoints with the server and serves
     /// them until [`RunningService::stop`] (or drop).
     pub async fn start(self) -> Result<RunningService, StartError> {
@@ -139,6 +182,12 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
             .client
             .nats()
             .ok_or_else(|| Error::with_source(StartErrorKind::NeedsNats, NeedsNats("a service")))?;
+        if self.layers_before_state {
+            return Err(Error::with_source(
+                StartErrorKind::InvalidSpec,
+                "`with_state` must come before `layer`",
+            ));
+        }
         let subjects = self.endpoint_subjects()?;
         let mut service = nats.service_builder();
         if let Some(description) = &self.description {
@@ -175,9 +224,9 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 }
             };
             let runtime = Arc::new(EndpointRuntime {
+                answered_attributes: answered_attributes(&service_name, endpoint.request_type),
                 service: service_name.clone(),
-                request_type: endpoint.request_type,
-                handler: endpoint.handler,
+                stack: Stack::new(endpoint.handler, &self.layers),
                 timeout: self.timeout,
                 publisher: self.client.publisher(),
                 metrics: self.client.metrics().clone(),

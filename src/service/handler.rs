@@ -15,7 +15,7 @@ use super::endpoint_error::EndpointError;
 /// An endpoint with its types erased: the request envelope in, the response
 /// envelope (or the error to answer) out.
 pub(crate) type ErasedHandler<S> =
-    Arc<dyn Fn(&Envelope, Context<S>) -> BoxFuture<'static, Answer> + Send + Sync>;
+    Arc<dyn Fn(Context<S>) -> BoxFuture<'static, Answer> + Send + Sync>;
 
 /// What an endpoint answers.
 pub(crate) type Answer = Result<Envelope, EndpointError>;
@@ -30,8 +30,8 @@ where
     Fut: Future<Output = Result<Resp, E>> + Send + 'static,
     S: Send + 'static,
 {
-    Arc::new(move |request_envelope: &Envelope, context: Context<S>| {
-        let request = match request_envelope.decode_data::<Req>() {
+    Arc::new(move |context: Context<S>| {
+        let request = match context.envelope().decode_data::<Req>() {
             Ok(request) => request,
             Err(err) => {
                 let answer = Err(EndpointError::new(
@@ -41,9 +41,9 @@ where
                 return Box::pin(std::future::ready(answer));
             }
         };
+        let lineage = AnsweredRequest::of(context.envelope());
         let response = handler(request, context);
         let source = source.clone();
-        let lineage = AnsweredRequest::of(request_envelope);
         Box::pin(async move {
             let response = response.await.map_err(Into::into)?;
             let mut envelope = Envelope::from_event(&*source, &response).map_err(|err| {
@@ -60,9 +60,7 @@ where
 
 /// `handler`, taking the context of a builder with other state.
 pub(crate) fn without_state<S2: Send + 'static>(handler: ErasedHandler<()>) -> ErasedHandler<S2> {
-    Arc::new(move |request: &Envelope, context: Context<S2>| {
-        handler(request, context.map_state(|_| ()))
-    })
+    Arc::new(move |context: Context<S2>| handler(context.map_state(|_| ())))
 }
 
 /// The request a response answers: its causation and correlation.

@@ -26,7 +26,10 @@
 //! `process` span (continuing the caller's trace), the metrics
 //! (`messaging.process.duration`), the lineage (follow-ups are caused by the
 //! request), the timeout (the caller's deadline or the endpoint's own,
-//! whichever comes first: 504), the panic catch (500), the handler.
+//! whichever comes first: 504), the panic catch (500), the user's layers
+//! ([`ServiceBuilder::layer`], any tower layer over [`EndpointRequest`]s;
+//! a layer's [`EndpointError`] answers the caller with its code, any other
+//! error with 500), the handler.
 //!
 //! ```no_run
 //! use jetevents::service::{Context, EndpointError};
@@ -61,6 +64,7 @@ mod handler;
 mod running;
 mod schema;
 mod serve;
+mod stack;
 mod wire;
 
 pub use builder::{ServiceBuilder, DEFAULT_ENDPOINT_TIMEOUT, DEFAULT_MAX_IN_FLIGHT};
@@ -70,4 +74,5 @@ pub use endpoint_error::EndpointError;
 pub use error::{CallError, CallErrorKind, StartError, StartErrorKind};
 pub use running::RunningService;
 pub use schema::{REQUEST_SCHEMA, REQUEST_TYPE, RESPONSE_SCHEMA, RESPONSE_TYPE};
+pub use stack::{BoxError, EndpointLayer, EndpointRequest, EndpointService};
 pub use wire::{endpoint_subject, REQUEST_TIMEOUT_HEADER};

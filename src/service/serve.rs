@@ -1,5 +1,6 @@
 //! Serving one endpoint: every request through the endpoint's stack (span,
-//! metrics, lineage, timeout, panic catch, handler) to its answer.
+//! metrics, lineage, timeout, panic catch, the user's layers, handler) to
+//! its answer.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,18 +28,21 @@ use crate::trace::TraceHeaders;
 
 use super::context::Context;
 use super::endpoint_error::EndpointError;
-use super::handler::{Answer, ErasedHandler};
+use super::handler::Answer;
+use super::stack::Stack;
 use super::wire::read_budget;
 
 /// What every request of one endpoint shares.
 pub(crate) struct EndpointRuntime<S> {
     pub(crate) service: Arc<str>,
-    pub(crate) request_type: &'static str,
-    pub(crate) handler: ErasedHandler<S>,
+    pub(crate) stack: Stack<S>,
     pub(crate) timeout: Duration,
     pub(crate) publisher: Publisher,
     pub(crate) metrics: Metrics,
     pub(crate) state: S,
+    /// The metric attributes of a request answered without error, built
+    /// once rather than per request.
+    pub(crate) answered_attributes: Vec<KeyValue>,
 }
 
 /// Serves `requests` with at most `max_in_flight` handlers at once, until the
@@ -57,10 +61,16 @@ pub(crate) async fn serve_endpoint<S: Clone + Send + Sync + 'static>(
             break;
         };
         let runtime = runtime.clone();
-        in_flight.spawn(async move {
+        let mut serving = Box::pin(async move {
             serve_request(&runtime, request).await;
             drop(slot);
         });
+        // Most requests are answered on their first poll: a task of their
+        // own would only add a hop between threads to every call. The rest
+        // go on in one (polled again there, so nothing waits on this poll).
+        if serving.as_mut().now_or_never().is_none() {
+            in_flight.spawn(serving);
+        }
         // Reap finished requests so the set does not grow.
         while in_flight.try_join_next().is_some() {}
     }
@@ -112,10 +122,17 @@ async fn serve_request<S: Clone + Send + Sync + 'static>(
         span.record(ERROR_TYPE, error_type);
         span.record("otel.status_code", "ERROR");
     }
-    runtime.metrics.process_duration.record(
-        received.elapsed().as_secs_f64(),
-        &metric_attributes(runtime, error_type),
-    );
+    let elapsed = received.elapsed().as_secs_f64();
+    match error_type {
+        None => runtime
+            .metrics
+            .process_duration
+            .record(elapsed, &runtime.answered_attributes),
+        Some(error_type) => runtime
+            .metrics
+            .process_duration
+            .record(elapsed, &error_attributes(runtime, error_type)),
+    }
     respond(request, answer, &span).await;
 }
 
@@ -146,7 +163,7 @@ async fn run_handler<S: Clone + Send + Sync + 'static>(
     );
     let handled = crate::lineage::with_lineage(
         lineage,
-        AssertUnwindSafe((runtime.handler)(&envelope, context)).catch_unwind(),
+        AssertUnwindSafe(runtime.stack.call(context)).catch_unwind(),
     );
     match tokio::time::timeout_at(deadline, handled).await {
         Err(_elapsed) => Err(EndpointError::new(
@@ -206,18 +223,18 @@ fn error_type(err: &EndpointError) -> &'static str {
     }
 }
 
-fn metric_attributes<S>(
-    runtime: &EndpointRuntime<S>,
-    error: Option<&'static str>,
-) -> Vec<KeyValue> {
-    let mut attributes = vec![
+fn error_attributes<S>(runtime: &EndpointRuntime<S>, error: &'static str) -> Vec<KeyValue> {
+    let mut attributes = runtime.answered_attributes.clone();
+    attributes.push(KeyValue::new(ERROR_TYPE, error));
+    attributes
+}
+
+/// The attributes of every request of the endpoint of `request_type`.
+pub(crate) fn answered_attributes(service: &str, request_type: &'static str) -> Vec<KeyValue> {
+    vec![
         KeyValue::new(MESSAGING_SYSTEM, NATS),
         KeyValue::new(MESSAGING_OPERATION_NAME, "process"),
-        KeyValue::new(MESSAGING_CONSUMER_GROUP_NAME, runtime.service.to_string()),
-        KeyValue::new(CLOUDEVENTS_EVENT_TYPE, runtime.request_type),
-    ];
-    if let Some(error) = error {
-        attributes.push(KeyValue::new(ERROR_TYPE, error));
-    }
-    attributes
+        KeyValue::new(MESSAGING_CONSUMER_GROUP_NAME, service.to_owned()),
+        KeyValue::new(CLOUDEVENTS_EVENT_TYPE, request_type),
+    ]
 }

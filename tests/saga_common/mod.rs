@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use jetevents::client::Client;
-use jetevents::consume::{Consumer, Context, HandlerError};
+use jetevents::consume::{Consumer, ConsumerBuilder, Context, HandlerError};
 use jetevents::provision::StreamSpec;
 use jetevents::publish::PublishOptions;
 use jetevents::saga::{Saga, SagaSummary, Sagas, Step, Transition};
@@ -51,6 +51,14 @@ pub struct OrderState {
     pub payment_seconds: i64,
     pub stage: String,
     pub notes: u64,
+    /// The transitions applied, in order: one applied twice shows here.
+    pub history: Vec<String>,
+}
+
+/// The state after `transition`, written down in its history.
+fn moved(mut state: OrderState, transition: &str) -> OrderState {
+    state.history.push(transition.to_owned());
+    state
 }
 
 async fn placed(
@@ -62,6 +70,7 @@ async fn placed(
         payment_seconds: event.payment_seconds,
         stage: "reserving".into(),
         notes: 0,
+        history: vec!["placed".to_owned()],
     };
     let order = event.order;
     Transition::to(state)
@@ -75,7 +84,7 @@ async fn reserved(
     _: StockReserved,
     step: Step<OrderState>,
 ) -> Result<Transition<OrderState>, HandlerError> {
-    let mut state = step.into_state();
+    let mut state = moved(step.into_state(), "reserved");
     state.stage = "paying".into();
     let order = state.order.clone();
     let due = chrono::Utc::now() + chrono::Duration::seconds(state.payment_seconds);
@@ -93,7 +102,7 @@ async fn charged(
     _: PaymentCharged,
     step: Step<OrderState>,
 ) -> Result<Transition<OrderState>, HandlerError> {
-    let mut state = step.into_state();
+    let mut state = moved(step.into_state(), "charged");
     state.stage = "shipping".into();
     let order = state.order.clone();
     Ok(Transition::to(state)
@@ -106,14 +115,14 @@ async fn failed(
     _: PaymentFailed,
     step: Step<OrderState>,
 ) -> Result<Transition<OrderState>, HandlerError> {
-    Ok(Transition::to(step.into_state()).fail("payment failed"))
+    Ok(Transition::to(moved(step.into_state(), "failed")).fail("payment failed"))
 }
 
 async fn timed_out(
     _: PaymentTimedOut,
     step: Step<OrderState>,
 ) -> Result<Transition<OrderState>, HandlerError> {
-    Ok(Transition::to(step.into_state()).fail("payment timed out"))
+    Ok(Transition::to(moved(step.into_state(), "timed out")).fail("payment timed out"))
 }
 
 async fn noted(
@@ -135,10 +144,25 @@ pub fn order_saga(name: &str) -> Saga<OrderState> {
         .on(noted)
 }
 
+/// The consumer of a host instance of the order saga `saga` on `spec`,
+/// to configure and build.
+pub async fn host(client: &Client, saga: &str, spec: &StreamSpec) -> ConsumerBuilder<()> {
+    order_saga(saga)
+        .consumer(client, format!("{saga}-host"), spec)
+        .await
+        .unwrap()
+}
+
+/// The stream `name` of the saga tests in environment `env`.
+pub fn shop_stream(name: &str, env: &str) -> StreamSpec {
+    StreamSpec::new(name, vec![format!("{env}.shop.>")])
+}
+
 /// A stream, the saga's name, and a recorder of the commands it sends (in
 /// stream order: one handler at a time).
 pub struct World {
     pub client: Client,
+    pub spec: StreamSpec,
     pub stream: String,
     pub saga: String,
     pub commands: Log<(String, String)>,
@@ -147,13 +171,16 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        World::on(&shared_server().await.url()).await
+    }
+
+    /// A world on the server at `url` (one a test restarts, say).
+    pub async fn on(url: &str) -> World {
         let env = unique("saga");
-        let client = connect(&shared_server().await.url(), &env, |_| {}).await;
-        let stream = unique("SAGA_TEST");
-        client
-            .ensure_stream(&StreamSpec::new(&stream, vec![format!("{env}.shop.>")]))
-            .await
-            .unwrap();
+        let client = connect(url, &env, |_| {}).await;
+        let spec = shop_stream(&unique("SAGA_TEST"), &env);
+        client.ensure_stream(&spec).await.unwrap();
+        let stream = spec.name.clone();
         let commands = Log::default();
         let mut recorder = Consumer::builder(&client, unique("recorder")).stream(&stream);
         for pattern in [
@@ -175,6 +202,7 @@ impl World {
         let recorder = Running::start(recorder.concurrency(1).build().await.unwrap());
         World {
             client,
+            spec,
             stream,
             saga: unique("order"),
             commands,
@@ -184,10 +212,8 @@ impl World {
 
     /// A saga host instance.
     pub async fn host(&self, concurrency: usize) -> Running {
-        let consumer = order_saga(&self.saga)
-            .consumer(&self.client, format!("{}-host", self.saga), &self.stream)
+        let consumer = host(&self.client, &self.saga, &self.spec)
             .await
-            .unwrap()
             .concurrency(concurrency)
             .build()
             .await
@@ -219,6 +245,31 @@ impl World {
             &format!("{count} commands of {order}"),
             Duration::from_secs(60),
             || async { self.commands_of(order).len() >= count },
+        )
+        .await;
+    }
+
+    /// Waits until the schedule of the timer `timer` of `order` is stored
+    /// in the saga's stream.
+    pub async fn wait_schedule(&self, order: &str, timer: &str) {
+        let subject = format!(
+            "{}.sagatimer.{}.{order}.{timer}",
+            self.client.subjects().env(),
+            self.saga
+        );
+        let jetstream = self.client.jetstream().unwrap();
+        eventually(
+            &format!("the schedule on {subject}"),
+            Duration::from_secs(60),
+            || async {
+                let Ok(stream) = jetstream.get_stream_no_info(&self.stream).await else {
+                    return false;
+                };
+                stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                    .is_ok()
+            },
         )
         .await;
     }
