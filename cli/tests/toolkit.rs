@@ -364,15 +364,11 @@ async fn placed(
 #[tokio::test]
 async fn sagas_list_and_show_running_sagas() {
     let world = world_without_its_stream().await;
-    let stream = unique("ORDERS");
-    world
-        .client
-        .ensure_stream(&jetevents::provision::StreamSpec::new(
-            &stream,
-            vec![format!("{}.cli.>", world.env)],
-        ))
-        .await
-        .unwrap();
+    // The saga host declares its stream, with the saga's timer subjects.
+    let stream = jetevents::provision::StreamSpec::new(
+        unique("ORDERS"),
+        vec![format!("{}.cli.>", world.env)],
+    );
     let saga = unique("order");
     let consumer = Saga::new(saga.clone())
         .start(placed)
