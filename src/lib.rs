@@ -51,6 +51,7 @@ pub mod publish;
 pub mod saga;
 mod semconv;
 pub mod service;
+mod stream_scan;
 pub mod subject;
 mod token;
 pub mod trace;

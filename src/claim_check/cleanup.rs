@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{now_millis, store_error, ClaimCheck, ClaimCheckError, BUCKET, OBJECT, STORED_AT};
 use crate::client::Client;
+use crate::stream_scan::StreamScan;
 
 /// What [`ClaimCheck::remove_orphans`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,30 +96,13 @@ impl ClaimCheck {
             .get_stream(stream)
             .await
             .map_err(|err| stream_error(err.into()))?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::All,
-                headers_only: true,
-                ..Default::default()
-            })
+        let mut scan = StreamScan::start(&stream, true)
             .await
-            .map_err(|err| stream_error(err.into()))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(());
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|err| stream_error(err.into()))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|err| stream_error(err.into()))?;
-            let info = message.info().map_err(stream_error)?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
+            .map_err(stream_error)?;
+        while let Some(message) = scan.next().await {
+            let (sequence, message) = message.map_err(stream_error)?;
             if let Some(object) = self.reference(&stream, &message, sequence).await {
                 referenced.insert(object);
-            }
-            if pending == 0 {
-                break;
             }
         }
         Ok(())
