@@ -88,7 +88,7 @@ impl fmt::Debug for ClaimCheck {
 
 impl ClaimCheck {
     /// Opens the Object Store bucket `bucket`, creating it (file storage,
-    /// no age limit: see [Retention](self#retention)) if missing.
+    /// no age limit: see [Retention](crate::claim_check#retention)) if missing.
     pub async fn open(client: &Client, bucket: &str) -> Result<Self, ClaimCheckError> {
         let jetstream = client
             .jetstream()

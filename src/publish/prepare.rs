@@ -343,6 +343,8 @@ impl Publisher {
         prepared.first_attempt = Some((headers, payload));
         prepared.wire_size = wire_size;
         prepared.claim_pending = false;
+        // The ack deadline counts from sending, not from the upload.
+        prepared.started = Instant::now();
         Ok(())
     }
 }
