@@ -14,6 +14,8 @@
 //! - [`config`] and [`client`]: connecting, from code or the environment;
 //! - [`provision`]: declaring streams idempotently;
 //! - [`lineage`]: the event a handler handles, the cause of what it publishes;
+//! - [`claim_check`]: data too large for a message kept in an Object Store
+//!   bucket, the event carrying a reference and a digest;
 //! - [`publish`]: publishing with acks, dedup, optimistic concurrency, pipelining;
 //! - [`consume`]: the consumer runtime;
 //! - [`eventstore`]: event sourcing: aggregates appended atomically with an
@@ -30,6 +32,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
+pub mod claim_check;
 pub mod client;
 pub mod codec;
 pub mod config;
@@ -50,6 +53,7 @@ pub mod publish;
 pub mod saga;
 mod semconv;
 pub mod service;
+mod stream_scan;
 pub mod subject;
 mod token;
 pub mod trace;

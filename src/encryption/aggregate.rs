@@ -157,7 +157,14 @@ impl AggregateKeys {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn store_error(&self, err: impl std::error::Error + Send + Sync + 'static) -> EncryptionError {
+    pub(super) fn store(&self) -> &kv::Store {
+        &self.store
+    }
+
+    pub(super) fn store_error(
+        &self,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> EncryptionError {
         EncryptionError::with_source(
             EncryptionErrorKind::KeyStore(format!("bucket {}", self.bucket)),
             err,
@@ -166,7 +173,7 @@ impl AggregateKeys {
 }
 
 /// The associated data of an aggregate's wrapped key.
-fn context(partition_key: &str) -> Vec<u8> {
+pub(super) fn context(partition_key: &str) -> Vec<u8> {
     let mut context = b"jetevents-aggregate-key-v1:".to_vec();
     context.extend_from_slice(partition_key.as_bytes());
     context
@@ -181,15 +188,30 @@ fn entry_name(partition_key: &str) -> String {
         .collect()
 }
 
+/// The partition key of a KV key [`entry_name`] made.
+pub(super) fn partition_key_of(entry_name: &str) -> Result<String, EncryptionError> {
+    let malformed = || EncryptionError::new(EncryptionErrorKind::Malformed("aggregate key name"));
+    let bytes = (0..entry_name.len())
+        .step_by(2)
+        .map(|at| {
+            entry_name
+                .get(at..at + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(malformed)
+        })
+        .collect::<Result<Vec<u8>, _>>()?;
+    String::from_utf8(bytes).map_err(|_| malformed())
+}
+
 /// `key id \n base64 of the wrapped key`.
-fn format_entry(wrapped: &WrappedKey) -> Bytes {
+pub(super) fn format_entry(wrapped: &WrappedKey) -> Bytes {
     let mut entry = wrapped.key_id.as_bytes().to_vec();
     entry.push(b'\n');
     crate::codec::base64::encode_into(&wrapped.bytes, &mut entry);
     Bytes::from(entry)
 }
 
-fn parse_entry(entry: &[u8]) -> Result<WrappedKey, EncryptionError> {
+pub(super) fn parse_entry(entry: &[u8]) -> Result<WrappedKey, EncryptionError> {
     let malformed = || EncryptionError::new(EncryptionErrorKind::Malformed("aggregate key entry"));
     let text = std::str::from_utf8(entry).map_err(|_| malformed())?;
     let (key_id, encoded) = text.split_once('\n').ok_or_else(malformed)?;

@@ -47,6 +47,9 @@ pub enum EncryptionErrorKind {
     KeyStore(String),
     /// The keyring's source (file or environment variable) could not be read.
     KeyringSource(String),
+    /// Re-publishing a stream's events with rewrapped keys failed (reading
+    /// the stream, decoding or publishing an event).
+    Republish(String),
 }
 
 impl fmt::Display for EncryptionErrorKind {
@@ -66,6 +69,7 @@ impl fmt::Display for EncryptionErrorKind {
             Self::Shredded => f.write_str("the aggregate's data key was deleted (shredded)"),
             Self::KeyStore(what) => write!(f, "aggregate key store {what} unavailable"),
             Self::KeyringSource(what) => write!(f, "cannot read the keyring from {what}"),
+            Self::Republish(what) => write!(f, "re-publishing {what} failed"),
         }
     }
 }

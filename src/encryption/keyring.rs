@@ -27,9 +27,18 @@ impl fmt::Debug for WrappedKey {
 }
 
 /// Holds key-encryption keys and wraps and unwraps 32-byte data keys with
-/// them. The embedded default is [`Keyring`]; a Vault Transit or cloud KMS
-/// provider implements the same two calls (with a cache of unwrapped keys:
-/// they are called on the publishing and consuming paths).
+/// them. The embedded default is [`Keyring`].
+///
+/// The calls are synchronous on purpose: they run for every event published
+/// and every delivery (an event's own data key is unwrapped each time), so
+/// a network round trip per call is not affordable. A Vault Transit or
+/// cloud KMS provider therefore caches key-encryption keys, not data keys:
+/// it fetches its keys from the KMS encrypted, decrypts them there once (at
+/// start, and again on a schedule to pick up rotations, on its own task),
+/// holds them in memory, and wraps and unwraps locally, as [`Keyring`] does
+/// (a provider can build a `Keyring` and delegate to it). The KMS then sees
+/// one call per refresh, and a KMS outage stops nothing until a new key is
+/// needed.
 ///
 /// `context` is bound to the wrapped key (associated data): unwrapping
 /// with another context fails.
@@ -47,8 +56,8 @@ pub trait KeyProvider: Send + Sync + 'static {
 
 /// Key-encryption keys by id, held in memory: the newest (last added) wraps
 /// new data keys, older ones still unwrap, so rotating is adding a key, and
-/// retiring one is removing it once no event needs it (re-encrypt those
-/// first: consume and publish them again).
+/// retiring one is removing it once no event needs it (see
+/// [Rotation](super#rotation) for moving events to the newest key).
 ///
 /// The text form, for a file or an environment variable, is one `id=key`
 /// entry per line or comma-separated, the key in base64 (32 bytes), oldest

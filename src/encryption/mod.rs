@@ -22,11 +22,37 @@
 //! and dead-letters an event it cannot decrypt with
 //! [`DeadLetterReason::Undecryptable`](crate::consume::DeadLetterReason::Undecryptable).
 //! Keys, data keys and plaintext never appear in `Debug`, errors or logs.
+//! With a [claim check](crate::claim_check) the data is encrypted first and
+//! the ciphertext stored in the bucket.
+//!
+//! # Rotation
+//!
+//! New events use the newest key of the [`KeyProvider`]; older events stay
+//! readable while their key is held. A stream is immutable, so what can be
+//! moved to the newest key depends on where the wrapped data key lives:
+//!
+//! - **Per-aggregate data keys** ([`AggregateKeys`]) live in a KV bucket,
+//!   outside the stream: [`Encryption::rewrap_aggregate_keys`] rewraps them
+//!   in place, and the old key can be removed at once. Stored events and
+//!   their dead letters do not change.
+//! - **A data key per event** travels inside the stored message, which
+//!   cannot be edited. Either keep the old key until those events leave the
+//!   stream (its `max_age`), or copy the stream:
+//!   [`Encryption::republish_rewrapped`] re-publishes every event, with the
+//!   same id, the same ciphertext and its data key rewrapped
+//!   ([`Encryption::rewrap`]), to the subjects of a new stream (two streams
+//!   cannot capture the same subjects: publish under another environment
+//!   or domain); consumers then move to it and the old stream is deleted.
+//!
+//! Neither re-encrypts data: the data key stays, only the key wrapping it
+//! changes, so a leaked data key stays leaked (for that, shred and
+//! re-publish the plaintext).
 
 mod aggregate;
 mod cipher;
 mod error;
 mod keyring;
+mod rotation;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -37,6 +63,7 @@ use bytes::Bytes;
 pub use aggregate::AggregateKeys;
 pub use error::{EncryptionError, EncryptionErrorKind};
 pub use keyring::{KeyProvider, Keyring, WrappedKey};
+pub use rotation::RewrapReport;
 
 use crate::envelope::Envelope;
 
@@ -179,26 +206,24 @@ impl Encryption {
             }
         };
         envelope.data = Some(Bytes::from(sealed));
-        let extensions = &mut envelope.extensions;
-        extensions.insert(ALGORITHM.to_owned(), cipher::ALGORITHM.into());
+        envelope
+            .extensions
+            .insert(ALGORITHM.to_owned(), cipher::ALGORITHM.into());
         match wrapped {
-            Some(wrapped) => {
-                let mut encoded_key = Vec::new();
-                crate::codec::base64::encode_into(&wrapped.bytes, &mut encoded_key);
-                let encoded_key = String::from_utf8(encoded_key)
-                    .map_err(|_| EncryptionError::new(EncryptionErrorKind::Malformed("base64")))?;
-                extensions.insert(KEY_ID.to_owned(), wrapped.key_id.into());
-                extensions.insert(WRAPPED_KEY.to_owned(), encoded_key.into());
-            }
+            Some(wrapped) => set_wrapped_key(envelope, wrapped)?,
             None => {
-                extensions.insert(KEY_SCOPE.to_owned(), AGGREGATE_SCOPE.into());
+                envelope
+                    .extensions
+                    .insert(KEY_SCOPE.to_owned(), AGGREGATE_SCOPE.into());
             }
         }
         if let Some(content_type) = envelope
             .data_content_type
             .replace(SEALED_CONTENT_TYPE.to_owned())
         {
-            extensions.insert(CONTENT_TYPE.to_owned(), content_type.into());
+            envelope
+                .extensions
+                .insert(CONTENT_TYPE.to_owned(), content_type.into());
         }
         Ok(())
     }
@@ -273,6 +298,18 @@ impl Encryption {
             .load_for_opening(self.keys.as_ref(), partition_key)
             .await
     }
+}
+
+/// Sets the extensions of an event's own wrapped data key.
+fn set_wrapped_key(envelope: &mut Envelope, wrapped: WrappedKey) -> Result<(), EncryptionError> {
+    let mut encoded_key = Vec::new();
+    crate::codec::base64::encode_into(&wrapped.bytes, &mut encoded_key);
+    let encoded_key = String::from_utf8(encoded_key)
+        .map_err(|_| EncryptionError::new(EncryptionErrorKind::Malformed("base64")))?;
+    let extensions = &mut envelope.extensions;
+    extensions.insert(KEY_ID.to_owned(), wrapped.key_id.into());
+    extensions.insert(WRAPPED_KEY.to_owned(), encoded_key.into());
+    Ok(())
 }
 
 /// A string extension; binary mode decodes every extension as a string.

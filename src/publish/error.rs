@@ -36,6 +36,10 @@ pub enum PublishErrorKind {
     /// Nothing was sent.
     #[error("event data could not be encrypted")]
     Encryption,
+    /// The event's data could not be stored in the claim check's bucket
+    /// (see [`claim_check`](crate::claim_check)). Nothing was sent.
+    #[error("event data could not be stored in the claim check's bucket")]
+    ClaimCheck,
     /// The connection's user may not publish to this subject.
     #[error("permission denied to publish to {subject}")]
     PermissionDenied {
@@ -191,6 +195,7 @@ pub(super) fn error_type(kind: &PublishErrorKind) -> &'static str {
         PublishErrorKind::PayloadTooLarge { .. } => "payload_too_large",
         PublishErrorKind::HeadersTooLarge { .. } => "headers_too_large",
         PublishErrorKind::Encryption => "encryption",
+        PublishErrorKind::ClaimCheck => "claim_check",
         PublishErrorKind::PermissionDenied { .. } => "permission_denied",
         PublishErrorKind::NoStream { .. } => "no_stream",
         PublishErrorKind::Conflict { .. } => "conflict",

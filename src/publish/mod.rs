@@ -55,6 +55,7 @@ pub struct Publisher {
     client: Client,
     #[cfg(feature = "encryption")]
     encryption: Option<crate::encryption::Encryption>,
+    claim_check: Option<crate::claim_check::ClaimCheck>,
 }
 
 /// Defined here rather than in [`client`](crate::client), so the client
@@ -66,6 +67,7 @@ impl Client {
             client: self.clone(),
             #[cfg(feature = "encryption")]
             encryption: None,
+            claim_check: None,
         }
     }
 }
@@ -83,6 +85,15 @@ impl Publisher {
     #[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
     pub fn with_encryption(mut self, encryption: crate::encryption::Encryption) -> Self {
         self.encryption = Some(encryption);
+        self
+    }
+
+    /// This publisher, moving data that would not fit a message (or over
+    /// the claim check's threshold) to its Object Store bucket (see
+    /// [`claim_check`](crate::claim_check)); encrypted data is stored
+    /// encrypted. Its events go through an envelope whatever the encoding.
+    pub fn with_claim_check(mut self, claim_check: crate::claim_check::ClaimCheck) -> Self {
+        self.claim_check = Some(claim_check);
         self
     }
 
@@ -104,7 +115,8 @@ impl Publisher {
             options.key.clone().or_else(|| event.key()).as_deref(),
         )
         .await?;
-        let prepared = self.prepare_event(&event_type, event, &options)?;
+        let mut prepared = self.prepare_event(&event_type, event, &options)?;
+        self.store_claim(&mut prepared).await?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
     }
@@ -127,7 +139,9 @@ impl Publisher {
         let metric_type = StringValue::from(envelope.event_type.clone());
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
         let outgoing = Outgoing::Envelope { envelope, encoding };
-        let prepared = self.prepare(subject.to_owned(), outgoing, &options, metric_type, None)?;
+        let mut prepared =
+            self.prepare(subject.to_owned(), outgoing, &options, metric_type, None)?;
+        self.store_claim(&mut prepared).await?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await
     }

@@ -86,7 +86,13 @@ impl Publisher {
                     .and_then(|event_type| self.prepare_event(&event_type, event, &options)),
             };
             let mut prepared = match prepared {
-                Ok(prepared) => prepared,
+                Ok(mut prepared) => match self.store_claim(&mut prepared).await {
+                    Ok(()) => prepared,
+                    Err(err) => {
+                        pipeline.results[index] = Some(Err(err));
+                        continue;
+                    }
+                },
                 Err(err) => {
                     pipeline.results[index] = Some(Err(err));
                     continue;

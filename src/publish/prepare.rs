@@ -34,6 +34,9 @@ pub(super) struct Prepared<'a> {
     pub(super) started: Instant,
     pub(super) expected_last_subject_sequence: Option<u64>,
     pub(super) span: tracing::Span,
+    /// The data goes to the claim check's bucket before the first attempt
+    /// ([`Publisher::store_claim`]); nothing is encoded yet.
+    pub(super) claim_pending: bool,
 }
 
 impl Publisher {
@@ -53,7 +56,11 @@ impl Publisher {
             None => lineage::next_follow_up_id(E::TYPE),
         };
         let encoding = options.encoding.unwrap_or(self.client.config().encoding);
-        if encoding != Encoding::Binary || !options.metadata.is_empty() || self.encrypts(E::TYPE) {
+        if encoding != Encoding::Binary
+            || !options.metadata.is_empty()
+            || self.encrypts(E::TYPE)
+            || self.claim_check.is_some()
+        {
             let (subject, mut envelope) =
                 self.envelope_for(event_type, event, options)
                     .map_err(|err| match &chosen_id {
@@ -98,7 +105,8 @@ impl Publisher {
         )
     }
 
-    /// Whether events of `event_type` are encrypted, so sent through an envelope.
+    /// Whether events of `event_type` are encrypted, so sent through an
+    /// envelope (as are all of a publisher with a claim check).
     fn encrypts(&self, _event_type: &str) -> bool {
         #[cfg(feature = "encryption")]
         if let Some(encryption) = &self.encryption {
@@ -251,6 +259,43 @@ impl Publisher {
                     .for_event(outgoing.event_id())
             })?;
         let wire_size = codec::wire_size(&headers, payload.len());
+        let claim_pending = self.claims(&outgoing, wire_size);
+        if !claim_pending {
+            self.check_size(&outgoing, wire_size, wire_size - payload.len())?;
+        }
+        Ok(Prepared {
+            subject,
+            outgoing,
+            metric_type,
+            first_attempt: (!claim_pending).then_some((headers, payload)),
+            wire_size,
+            started: Instant::now(),
+            expected_last_subject_sequence: options.expected_last_subject_sequence,
+            span,
+            claim_pending,
+        })
+    }
+
+    /// Whether the data of `outgoing`, in a message of `wire_size` bytes,
+    /// goes to the claim check's bucket.
+    fn claims(&self, outgoing: &Outgoing<'_>, wire_size: usize) -> bool {
+        let (Some(claim_check), Outgoing::Envelope { envelope, .. }) =
+            (&self.claim_check, outgoing)
+        else {
+            return false;
+        };
+        let data_len = envelope.data.as_ref().map_or(0, Bytes::len);
+        data_len > 0
+            && claim_check.applies(data_len, wire_size, self.client.transport().max_payload())
+    }
+
+    /// Fails an event the server would refuse for its size.
+    fn check_size(
+        &self,
+        outgoing: &Outgoing<'_>,
+        wire_size: usize,
+        header_size: usize,
+    ) -> Result<(), PublishError> {
         let limit = self.client.transport().max_payload();
         if wire_size > limit {
             return Err(PublishError::new(PublishErrorKind::PayloadTooLarge {
@@ -259,7 +304,6 @@ impl Publisher {
             })
             .for_event(outgoing.event_id()));
         }
-        let header_size = wire_size - payload.len();
         if header_size > MAX_JETSTREAM_HEADER_BYTES {
             // The server would refuse it only after the round trip (error
             // 10097), as a bare rejection.
@@ -269,16 +313,39 @@ impl Publisher {
             })
             .for_event(outgoing.event_id()));
         }
-        Ok(Prepared {
-            subject,
-            outgoing,
-            metric_type,
-            first_attempt: Some((headers, payload)),
-            wire_size,
-            started: Instant::now(),
-            expected_last_subject_sequence: options.expected_last_subject_sequence,
-            span,
-        })
+        Ok(())
+    }
+
+    /// Moves a prepared event's data to the claim check's bucket when
+    /// [`prepare`](Self::prepare) found it too large, then encodes it.
+    pub(super) async fn store_claim(
+        &self,
+        prepared: &mut Prepared<'_>,
+    ) -> Result<(), PublishError> {
+        let (Some(claim_check), true) = (&self.claim_check, prepared.claim_pending) else {
+            return Ok(());
+        };
+        if let Outgoing::Envelope { envelope, .. } = &mut prepared.outgoing {
+            claim_check.store(envelope).await.map_err(|err| {
+                PublishError::with_source(PublishErrorKind::ClaimCheck, err).for_event(&envelope.id)
+            })?;
+        }
+        let source = self.client.config().source.as_str();
+        let (headers, payload) = prepared
+            .outgoing
+            .encode(source, prepared.expected_last_subject_sequence, None)
+            .map_err(|err| {
+                PublishError::with_source(PublishErrorKind::InvalidEvent, err)
+                    .for_event(prepared.outgoing.event_id())
+            })?;
+        let wire_size = codec::wire_size(&headers, payload.len());
+        self.check_size(&prepared.outgoing, wire_size, wire_size - payload.len())?;
+        prepared.first_attempt = Some((headers, payload));
+        prepared.wire_size = wire_size;
+        prepared.claim_pending = false;
+        // The ack deadline counts from sending, not from the upload.
+        prepared.started = Instant::now();
+        Ok(())
     }
 }
 

@@ -84,3 +84,26 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|window| window == needle.as_bytes())
 }
+
+/// Runs a consumer from `builder` that records every `E` its handler
+/// sees, and the record.
+pub async fn collecting<E: jetevents::Event + Clone>(
+    builder: jetevents::consume::ConsumerBuilder<()>,
+) -> (
+    crate::consume_common::Running,
+    crate::consume_common::Log<E>,
+) {
+    let seen: crate::consume_common::Log<E> = crate::consume_common::Log::default();
+    let consumer = builder
+        .with_state(seen.clone())
+        .handle(
+            |event: E, ctx: jetevents::consume::Context<crate::consume_common::Log<E>>| async move {
+                ctx.state().push(event);
+                Ok(())
+            },
+        )
+        .build()
+        .await
+        .unwrap();
+    (crate::consume_common::Running::start(consumer), seen)
+}

@@ -131,6 +131,12 @@ pub enum DeadLetterReason {
     /// The event's data is encrypted with its aggregate's data key, which
     /// was deleted (crypto-shredding; feature `encryption`).
     Shredded,
+    /// The event's data was claim-checked and its object is gone from the
+    /// bucket (see [`claim_check`](crate::claim_check)).
+    ClaimMissing,
+    /// The event's data was claim-checked and the object's bytes do not
+    /// match the event's digest, or the reference is malformed.
+    ClaimCorrupt,
     /// A reason written by a newer version.
     Other(String),
 }
@@ -152,6 +158,8 @@ impl DeadLetterReason {
             Self::Undeliverable => "undeliverable",
             Self::Undecryptable => "undecryptable",
             Self::Shredded => "shredded",
+            Self::ClaimMissing => "claim_missing",
+            Self::ClaimCorrupt => "claim_corrupt",
             Self::Other(other) => other,
         }
     }
@@ -175,6 +183,8 @@ impl FromStr for DeadLetterReason {
             "undeliverable" => Self::Undeliverable,
             "undecryptable" => Self::Undecryptable,
             "shredded" => Self::Shredded,
+            "claim_missing" => Self::ClaimMissing,
+            "claim_corrupt" => Self::ClaimCorrupt,
             other => Self::Other(other.to_owned()),
         })
     }

@@ -7,6 +7,7 @@ use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::claim_check::{ClaimCheck, ClaimCheckErrorKind};
 use crate::consume::breaker::hold;
 use crate::consume::context::Context;
 use crate::consume::dead_letter::DeadLetterReason;
@@ -121,7 +122,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
                 error: error_chain(&err),
                 failed_runs: None,
             },
-            Ok(envelope) => match readable(&shared.settings, envelope).await {
+            Ok(envelope) => match readable(&shared, envelope, delivered).await {
                 Err(decision) => decision,
                 Ok(envelope) => {
                     let delivery = DeliveryFacts {
@@ -296,10 +297,41 @@ fn record_retried_failure(error_type: &str, error: &str) {
     span.record("otel.status_description", error);
 }
 
+/// The envelope with its claim-checked data fetched and its data decrypted
+/// when the consumer decrypts, or how to settle an event whose data cannot
+/// be read.
+async fn readable<S>(
+    shared: &Runtime<S>,
+    mut envelope: crate::envelope::Envelope,
+    delivered: u64,
+) -> Result<crate::envelope::Envelope, Decision> {
+    // Before decrypting: the bucket holds what was encrypted.
+    if let Err(err) = ClaimCheck::fetch(&shared.client, &mut envelope).await {
+        let reason = match err.kind() {
+            ClaimCheckErrorKind::Store(_) => {
+                return Err(Decision::Nak {
+                    delay: shared.settings.retry.delay(delivered),
+                    reason: "claim_check_unavailable",
+                })
+            }
+            ClaimCheckErrorKind::DigestMismatch { .. } | ClaimCheckErrorKind::Malformed(_) => {
+                DeadLetterReason::ClaimCorrupt
+            }
+            _ => DeadLetterReason::ClaimMissing,
+        };
+        return Err(Decision::DeadLetter {
+            reason,
+            error: error_chain(&err),
+            failed_runs: None,
+        });
+    }
+    decrypted(&shared.settings, envelope).await
+}
+
 /// The envelope with its data decrypted when the consumer decrypts, or the
 /// dead letter of an event it cannot decrypt.
 #[cfg(feature = "encryption")]
-async fn readable(
+async fn decrypted(
     settings: &crate::consume::Settings,
     mut envelope: crate::envelope::Envelope,
 ) -> Result<crate::envelope::Envelope, Decision> {
@@ -321,7 +353,7 @@ async fn readable(
 
 /// Without the `encryption` feature every envelope is readable as it is.
 #[cfg(not(feature = "encryption"))]
-async fn readable(
+async fn decrypted(
     _settings: &crate::consume::Settings,
     envelope: crate::envelope::Envelope,
 ) -> Result<crate::envelope::Envelope, Decision> {

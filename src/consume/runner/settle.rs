@@ -75,6 +75,8 @@ pub(super) async fn settle<S, D: Delivery>(
                     | DeadLetterReason::Unhandled
                     | DeadLetterReason::Undecryptable
                     | DeadLetterReason::Shredded
+                    | DeadLetterReason::ClaimMissing
+                    | DeadLetterReason::ClaimCorrupt
             ) {
                 // Handler failures recorded theirs in `decide`.
                 span.record("error.type", reason.as_str());
