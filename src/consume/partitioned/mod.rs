@@ -41,7 +41,7 @@
 //! even while members disagree about who owns it.
 //!
 //! Handlers, layers, retry policy, dead letters and the other settings come
-//! from the [`ConsumerBuilder`](crate::consume::ConsumerBuilder) passed to
+//! from the [`ConsumerBuilder`] passed to
 //! [`PartitionedConsumer::build`]; a partition's consumer overrides the
 //! concurrency (1), the prefetch (1), `max_ack_pending` (1) and the pull
 //! expiry (at most a third of the [pinned TTL](PartitionedConfig::pinned_ttl)).
