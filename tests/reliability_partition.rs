@@ -182,7 +182,8 @@ async fn partitions_of_leader_and_followers_lose_no_acked_event() {
         let acked_after = started.elapsed();
         cluster.heal();
         wait_healed(&cluster).await;
-        eventually("all replicas current", Duration::from_secs(60), || async {
+        // As long as healing may take (see `wait_healed`).
+        eventually("all replicas current", HEAL_LIMIT, || async {
             replicas_current(&clients[majority[0]], STREAM).await
         })
         .await;
@@ -238,11 +239,14 @@ async fn partitions_of_leader_and_followers_lose_no_acked_event() {
     assert_eq!(elections, leader_cuts);
 }
 
+/// How long a healed cluster may take to be ready and current again.
+const HEAL_LIMIT: Duration = Duration::from_secs(180);
+
 /// Waits for the healed cluster to be ready again. After a leader's routes
 /// were reset it took 15-80 s here (RELIABILITY.md), longer than the
 /// harness's own 30 s wait.
 async fn wait_healed(cluster: &NatsCluster) {
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + HEAL_LIMIT;
     loop {
         match cluster.wait_for_cluster_ready().await {
             Ok(()) => return,
