@@ -194,7 +194,7 @@ mod router;
 mod runner;
 mod settings;
 mod settle_report;
-mod stack;
+pub(crate) mod stack;
 mod undeliverable;
 
 use std::future::Future;

@@ -122,10 +122,29 @@ where
     <L::Service as Service<Delivery<S>>>::Future: Send + 'static,
 {
     fn into_layer_fn(self) -> LayerFn<S> {
-        Arc::new(move |inner: HandlerService<S>| {
-            BoxCloneSyncService::new(self.layer(inner).map_err(Into::into))
-        })
+        boxed_layer(self)
     }
+}
+
+/// A boxed service of a stack: requests `Req`, responses `Resp`.
+type BoxedService<Req, Resp> = BoxCloneSyncService<Req, Resp, BoxError>;
+
+/// A layer kept as a function over boxed services.
+pub(crate) type BoxedLayerFn<Req, Resp> =
+    Arc<dyn Fn(BoxedService<Req, Resp>) -> BoxedService<Req, Resp> + Send + Sync>;
+
+/// A layer as a function from a boxed service to the boxed layered one:
+/// how consumers and service endpoints keep their users' layers.
+pub(crate) fn boxed_layer<Req, Resp, L>(layer: L) -> BoxedLayerFn<Req, Resp>
+where
+    Req: 'static,
+    Resp: 'static,
+    L: Layer<BoxedService<Req, Resp>> + Send + Sync + 'static,
+    L::Service: Service<Req, Response = Resp> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Req>>::Error: Into<BoxError>,
+    <L::Service as Service<Req>>::Future: Send + 'static,
+{
+    Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner).map_err(Into::into)))
 }
 
 /// The router behind the consumer's layers: what every delivery of a

@@ -77,9 +77,7 @@ where
     <L::Service as Service<EndpointRequest<S>>>::Future: Send + 'static,
 {
     fn into_layer_fn(self) -> EndpointLayerFn<S> {
-        Arc::new(move |inner: EndpointService<S>| {
-            BoxCloneSyncService::new(self.layer(inner).map_err(Into::into))
-        })
+        crate::consume::stack::boxed_layer(self)
     }
 }
 
