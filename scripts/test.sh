@@ -48,5 +48,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 # Packages every crate in dependency order and builds each from its package;
 # --workspace lets jetevents resolve the unpublished harness from the workspace;
 # --allow-dirty lets a local run check the working tree as it is.
+# cargo unpacks the packages it verifies under $CARGO_HOME/registry/src/-<hash>/, the
+# hash naming the target directory, and reuses an unpacked crate it finds there: a
+# second run from the same path would build the previous run's sources, so drop them.
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/jetevents*
 cargo publish --dry-run --workspace --allow-dirty
 cargo test --workspace --all-features --no-fail-fast
