@@ -50,6 +50,10 @@ pub struct StreamSpec {
     /// Whether the stream runs message schedules (nats-server 2.12+): what
     /// saga timeouts are. Once on, the server keeps it on.
     pub allow_message_schedules: bool,
+    /// Whether the stream takes fast-ingest batches (nats-server 2.14+),
+    /// what [`Publisher::ingest`](crate::publish::Publisher::ingest) uses.
+    /// Changed in place either way.
+    pub allow_batch_publish: bool,
 }
 
 impl StreamSpec {
@@ -68,6 +72,7 @@ impl StreamSpec {
             description: None,
             subject_transform: None,
             allow_message_schedules: false,
+            allow_batch_publish: false,
         }
     }
 
@@ -136,6 +141,13 @@ impl StreamSpec {
         self
     }
 
+    /// Lets the stream take fast-ingest batches (see
+    /// [`allow_batch_publish`](Self::allow_batch_publish)).
+    pub fn allow_batch_publish(mut self, allow: bool) -> Self {
+        self.allow_batch_publish = allow;
+        self
+    }
+
     fn to_config(&self) -> stream::Config {
         stream::Config {
             name: self.name.clone(),
@@ -149,6 +161,7 @@ impl StreamSpec {
             description: self.description.clone(),
             subject_transform: self.subject_transform.clone(),
             allow_message_schedules: self.allow_message_schedules,
+            allow_batch_publish: self.allow_batch_publish,
             ..Default::default()
         }
     }
@@ -335,6 +348,10 @@ impl Client {
         if wanted.allow_message_schedules && !actual.allow_message_schedules {
             next.allow_message_schedules = true;
             updated.push("allow_message_schedules");
+        }
+        if wanted.allow_batch_publish != actual.allow_batch_publish {
+            next.allow_batch_publish = wanted.allow_batch_publish;
+            updated.push("allow_batch_publish");
         }
         let sorted = |v: &[String]| {
             let mut v = v.to_vec();

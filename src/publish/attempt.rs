@@ -2,6 +2,8 @@
 //! failure means (retry with the same id, or final), and the receipt or
 //! error it ends with.
 
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use super::prepare::Prepared;
@@ -131,8 +133,22 @@ impl Publisher {
         &self,
         prepared: &mut Prepared<'_>,
     ) -> Result<PendingStore, AttemptError> {
-        let (headers, payload) = match prepared.first_attempt.take() {
-            Some(first) => first,
+        let (headers, payload) = self.wire(prepared).map_err(AttemptError::Final)?;
+        self.client
+            .transport()
+            .send(prepared.subject.clone(), headers, payload)
+            .await
+            .map_err(|err| self.classify(prepared, err))
+    }
+
+    /// The headers and payload of the next attempt: the first attempt's,
+    /// encoded when the event was prepared, or encoded again (same bytes).
+    pub(super) fn wire(
+        &self,
+        prepared: &mut Prepared<'_>,
+    ) -> Result<(HeaderMap, Bytes), PublishError> {
+        match prepared.first_attempt.take() {
+            Some(first) => Ok(first),
             None => prepared
                 .outgoing
                 .encode(
@@ -140,18 +156,8 @@ impl Publisher {
                     prepared.expected_last_subject_sequence,
                     None,
                 )
-                .map_err(|err| {
-                    AttemptError::Final(PublishError::with_source(
-                        PublishErrorKind::InvalidEvent,
-                        err,
-                    ))
-                })?,
-        };
-        self.client
-            .transport()
-            .send(prepared.subject.clone(), headers, payload)
-            .await
-            .map_err(|err| self.classify(prepared, err))
+                .map_err(|err| PublishError::with_source(PublishErrorKind::InvalidEvent, err)),
+        }
     }
 
     pub(super) async fn await_ack(
@@ -184,7 +190,7 @@ impl Publisher {
         }
     }
 
-    fn classify(&self, prepared: &Prepared<'_>, err: StoreFailure) -> AttemptError {
+    pub(super) fn classify(&self, prepared: &Prepared<'_>, err: StoreFailure) -> AttemptError {
         match err.kind {
             StoreFailureKind::TimedOut => AttemptError::Retryable {
                 timed_out: true,

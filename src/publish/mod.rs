@@ -17,12 +17,14 @@ use tracing::Instrument;
 
 mod attempt;
 mod error;
+mod ingest;
 mod options;
 mod outgoing;
 mod pipeline;
 mod prepare;
 
 pub use error::{PublishError, PublishErrorKind};
+pub use ingest::{IngestPath, IngestReport, Ingested};
 pub use options::{PublishOptions, Receipt};
 
 use crate::client::Client;

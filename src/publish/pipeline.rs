@@ -75,24 +75,8 @@ impl Publisher {
             if pipeline.in_flight.len() >= window {
                 self.settle_oldest(&mut pipeline).await;
             }
-            #[cfg(feature = "encryption")]
-            if let Err(err) = self.load_keys(E::TYPE, event.key().as_deref()).await {
-                pipeline.results[index] = Some(Err(err));
-                continue;
-            }
-            let prepared = match &event_type {
-                Ok(event_type) => self.prepare_event(event_type, event, &options),
-                Err(_) => event_type_of::<E>()
-                    .and_then(|event_type| self.prepare_event(&event_type, event, &options)),
-            };
-            let mut prepared = match prepared {
-                Ok(mut prepared) => match self.store_claim(&mut prepared).await {
-                    Ok(()) => prepared,
-                    Err(err) => {
-                        pipeline.results[index] = Some(Err(err));
-                        continue;
-                    }
-                },
+            let mut prepared = match self.prepare_one_of_many(&event_type, event, &options).await {
+                Ok(prepared) => prepared,
                 Err(err) => {
                     pipeline.results[index] = Some(Err(err));
                     continue;

@@ -105,6 +105,26 @@ impl Publisher {
         )
     }
 
+    /// Prepares one event of many of one type (`event_type`, parsed once
+    /// for them all) up to sending: keys loaded, encoded, claim stored.
+    pub(super) async fn prepare_one_of_many<'a, E: Event>(
+        &self,
+        event_type: &Result<EventType, PublishError>,
+        event: &'a E,
+        options: &'a PublishOptions,
+    ) -> Result<Prepared<'a>, PublishError> {
+        #[cfg(feature = "encryption")]
+        self.load_keys(E::TYPE, event.key().as_deref()).await?;
+        let mut prepared = match event_type {
+            Ok(event_type) => self.prepare_event(event_type, event, options),
+            // The error again, with this event's id.
+            Err(_) => event_type_of::<E>()
+                .and_then(|event_type| self.prepare_event(&event_type, event, options)),
+        }?;
+        self.store_claim(&mut prepared).await?;
+        Ok(prepared)
+    }
+
     /// Whether events of `event_type` are encrypted, so sent through an
     /// envelope (as are all of a publisher with a claim check).
     fn encrypts(&self, _event_type: &str) -> bool {

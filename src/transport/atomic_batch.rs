@@ -23,7 +23,7 @@ use super::{StoreFailureKind, Transport};
 use crate::error::BoxError;
 
 /// One message of a batch.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct BatchMessage {
     pub(crate) subject: String,
     pub(crate) headers: HeaderMap,

@@ -10,6 +10,7 @@
 
 pub(crate) mod atomic_batch;
 pub(crate) mod delivery;
+pub(crate) mod fast_ingest;
 pub(crate) mod nats;
 mod publish_acks;
 
@@ -120,5 +121,11 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
         messages: Vec<BatchMessage>,
     ) -> BoxFuture<'_, Result<StoredBatch, BatchFailure>> {
         atomic_batch::send_single(self, messages)
+    }
+
+    /// Fast-ingest batches, when the transport has them (NATS JetStream;
+    /// whether a stream takes them, its first answer says).
+    fn fast_batches(&self) -> Option<fast_ingest::FastBatches> {
+        None
     }
 }

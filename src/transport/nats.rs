@@ -120,6 +120,13 @@ impl Transport for NatsTransport {
         }
         async move { atomic_batch::send_atomic(&self.nats, messages).await }.boxed()
     }
+
+    fn fast_batches(&self) -> Option<super::fast_ingest::FastBatches> {
+        Some(super::fast_ingest::FastBatches {
+            nats: self.nats.clone(),
+            ack_timeout: self.ack_timeout,
+        })
+    }
 }
 
 fn store_failure(err: jetstream::context::PublishError) -> StoreFailure {

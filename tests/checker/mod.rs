@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jetevents::client::Client;
-use jetevents::publish::{PublishError, PublishErrorKind, Receipt};
+use jetevents::publish::{PublishError, PublishErrorKind};
 use serde::{Deserialize, Serialize};
 
 /// The event every fault test publishes: a unique operation id and some
@@ -174,7 +174,7 @@ impl Checker {
     }
 
     /// Records the result of publishing `op`.
-    pub fn record(&self, op: &str, result: &Result<Receipt, PublishError>) {
+    pub fn record<T>(&self, op: &str, result: &Result<T, PublishError>) {
         match result {
             Ok(_) => self.acked(op),
             Err(err) => match err.kind() {
