@@ -163,12 +163,27 @@ pub async fn recreate_stream_named(
     name: &str,
     subjects: &str,
 ) -> stream::Stream {
+    recreate(js, name, subjects, false).await
+}
+
+/// [`recreate_stream`] allowing fast-ingest batches (scenario 6).
+pub async fn recreate_batch_stream(js: &jetstream::Context) -> stream::Stream {
+    recreate(js, STREAM, STREAM_SUBJECTS, true).await
+}
+
+async fn recreate(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+    allow_batch_publish: bool,
+) -> stream::Stream {
     let _ = js.delete_stream(name).await;
     js.create_stream(stream::Config {
         name: name.to_owned(),
         subjects: vec![subjects.to_owned()],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
+        allow_batch_publish,
         ..Default::default()
     })
     .await

@@ -13,6 +13,7 @@
 mod common;
 mod consume;
 mod encode;
+mod ingest;
 mod memory;
 mod publish;
 mod report;
@@ -90,7 +91,7 @@ impl Settings {
             (5, 200_000, 5_000, 5_000, "100000,300000,1000000")
         };
         Settings {
-            scenarios: env_list("JE_BENCH_SCENARIOS", "1,2,3,4,5"),
+            scenarios: env_list("JE_BENCH_SCENARIOS", "1,2,3,4,5,6"),
             rounds: env("JE_BENCH_ROUNDS", rounds),
             events: env("JE_BENCH_EVENTS", events),
             window: env("JE_BENCH_WINDOW", 256),
@@ -213,6 +214,7 @@ async fn run(settings: Settings) {
             3 => consume::throughput(&settings, &je, &raw).await,
             4 => consume::end_to_end(&settings, &je, &raw).await,
             5 => memory::memory(&settings, &raw, &url).await,
+            6 => ingest::fast_ingest(&settings, &je, &raw).await,
             other => {
                 eprintln!("  there is no scenario {other}");
                 continue;

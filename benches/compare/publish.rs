@@ -79,7 +79,7 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
 
 /// The raw pipelined loop: build the message by hand, send it, await the
 /// oldest ack once `window` are in flight.
-async fn raw_publish_many(raw: &Raw, events: &[AppointmentBooked], window: usize) -> usize {
+pub async fn raw_publish_many(raw: &Raw, events: &[AppointmentBooked], window: usize) -> usize {
     let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
     let mut acks = Vec::with_capacity(events.len());
     for event in events {
