@@ -15,10 +15,11 @@ use jetevents::consume::{
 mod checker;
 mod partitioned_common;
 mod support;
-use checker::eventually;
+use checker::{eventually, scaled};
 use partitioned_common::{config, keyed, Keyed, Scenario};
 
 const KEYS: usize = 200;
+/// Events per key, per unit of `JETEVENTS_FAULT_SCALE`.
 const PER_KEY: u32 = 50;
 const PARTITIONS: u16 = 8;
 
@@ -44,7 +45,7 @@ async fn keys_keep_publish_order_while_members_are_killed_and_added() {
         stream,
         partitions: PARTITIONS,
         keys: KEYS,
-        per_key: PER_KEY,
+        per_key: scaled(PER_KEY as usize) as u32,
     };
     run.members_killed_and_added(&client, None).await;
 }
