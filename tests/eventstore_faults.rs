@@ -238,7 +238,16 @@ async fn appends_through(fault: LeaderFault, cycles: usize) {
     }
     let mut stream = StoreStream::new(STREAM, "bank");
     stream.replicas = 3;
-    let store = EventStore::provision(&clients[0], stream).await.unwrap();
+    // Right after a cluster forms, R3 placement can be refused ("no
+    // suitable peers") until every peer has caught up with the meta leader.
+    let deadline = Instant::now() + WAIT;
+    let store = loop {
+        match EventStore::provision(&clients[0], stream.clone()).await {
+            Ok(store) => break store,
+            Err(err) => assert!(Instant::now() < deadline, "store not provisioned: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let stores: Vec<EventStore> = clients
         .iter()
         .map(|client| EventStore::new(client.clone(), STREAM))
