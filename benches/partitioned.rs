@@ -9,9 +9,18 @@
 //! `JE_BENCH_PCG_EVENTS` (default 20000) events over `JE_BENCH_PCG_KEYS`
 //! (default 1000) keys; `JE_BENCH_PCG_HANDLER_US` (default 0) microseconds
 //! of simulated work per event. The unordered group runs with the default
-//! concurrency (8); a partition runs one event at a time.
+//! concurrency (8); a partition runs one event at a time. Each row also
+//! gives the client's CPU per event (the bench process's, server apart),
+//! which a busy machine barely moves. The last row splits P = 16 between
+//! two members (two connections in this process), started before the
+//! backlog is published so that they have shared the partitions out.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// The compare bench's helpers: `process_cpu`.
+#[allow(dead_code)]
+#[path = "compare/common.rs"]
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -98,6 +107,63 @@ async fn wait_for(count: &AtomicUsize, events: usize) -> Duration {
     started.elapsed()
 }
 
+/// One measured consumption: wall time from the first event handled to
+/// the last, and the process's CPU from the start of the consumer(s).
+struct Measured {
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+fn report(label: &str, events: usize, measured: &Measured) {
+    println!(
+        "{label:<20} {events} events  {:>10.2?}  {:>8.0} ev/s  client CPU {:>6.1} µs/event",
+        measured.elapsed,
+        events as f64 / measured.elapsed.as_secs_f64(),
+        measured.cpu.as_secs_f64() * 1e6 / events as f64
+    );
+}
+
+/// Runs partitioned members of `group` (one per client) until `events`
+/// are handled; with `settle`, the members join before the backlog is
+/// published (by `publish`).
+async fn ordered(
+    clients: &[Client],
+    group: &str,
+    stream: &str,
+    partitions: u16,
+    events: usize,
+    work: Duration,
+    settle: Option<Duration>,
+) -> Measured {
+    let count = Arc::new(AtomicUsize::new(0));
+    let cpu = common::process_cpu();
+    let mut members = Vec::new();
+    for client in clients {
+        let builder = counting(client, group, stream, &count, work);
+        let config = PartitionedConfig::new(partitions)
+            .member_ttl(Duration::from_secs(3))
+            .pinned_ttl(Duration::from_secs(3));
+        let member = PartitionedConsumer::build(builder, config).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(member.run_until(async move {
+            let _ = stopped.await;
+        }));
+        members.push((stop, running));
+    }
+    if let Some(settle) = settle {
+        // Two heartbeats: every member has seen the others and taken its
+        // share.
+        tokio::time::sleep(settle).await;
+    }
+    let elapsed = wait_for(&count, events).await;
+    let cpu = common::process_cpu() - cpu;
+    for (stop, running) in members {
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+    }
+    Measured { elapsed, cpu }
+}
+
 #[tokio::main]
 async fn main() {
     let events = env("JE_BENCH_PCG_EVENTS", 20_000);
@@ -108,44 +174,35 @@ async fn main() {
         .start()
         .await
         .expect("start nats-server (binary backend)");
-    let client = Client::connect(
-        Config::default()
-            .with_servers([server.url()])
-            .with_env("bench")
-            .with_source("/bench"),
-    )
-    .await
-    .unwrap();
+    let connect = || {
+        Client::connect(
+            Config::default()
+                .with_servers([server.url()])
+                .with_env("bench")
+                .with_source("/bench"),
+        )
+    };
+    let client = connect().await.unwrap();
 
     // The unordered group reads the P = 16 stream: the same stored backlog.
     for partitions in [16u16, 1, 4] {
         let stream = format!("PCG{partitions}");
         backlog(&client, &stream, partitions, events, keys).await;
-        let count = Arc::new(AtomicUsize::new(0));
-        let builder = counting(
-            &client,
+        let measured = ordered(
+            std::slice::from_ref(&client),
             &format!("ordered{partitions}"),
             &stream,
-            &count,
+            partitions,
+            events,
             work,
-        );
-        let member = PartitionedConsumer::build(builder, PartitionedConfig::new(partitions))
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(member.run_until(async move {
-            let _ = stopped.await;
-        }));
-        let elapsed = wait_for(&count, events).await;
-        let _ = stop.send(());
-        running.await.unwrap().unwrap();
-        println!(
-            "ordered   P={partitions:<2}  {events} events  {elapsed:>10.2?}  {:>8.0} ev/s",
-            events as f64 / elapsed.as_secs_f64()
-        );
+            None,
+        )
+        .await;
+        report(&format!("ordered   P={partitions}"), events, &measured);
 
         if partitions == 16 {
             let count = Arc::new(AtomicUsize::new(0));
+            let cpu = common::process_cpu();
             let consumer = counting(&client, "unordered", &stream, &count, work)
                 .filter_subject("*.bench.>")
                 .build()
@@ -156,12 +213,10 @@ async fn main() {
                 let _ = stopped.await;
             }));
             let elapsed = wait_for(&count, events).await;
+            let cpu = common::process_cpu() - cpu;
             let _ = stop.send(());
             running.await.unwrap().unwrap();
-            println!(
-                "unordered (group)  {events} events  {elapsed:>10.2?}  {:>8.0} ev/s",
-                events as f64 / elapsed.as_secs_f64()
-            );
+            report("unordered (group)", events, &Measured { elapsed, cpu });
         }
         // The next stream captures the same subjects.
         client
@@ -171,4 +226,33 @@ async fn main() {
             .await
             .unwrap();
     }
+
+    // Two members of one P = 16 group: they join first, then the backlog
+    // arrives (published alongside their consumption).
+    let stream = "PCG16TWO";
+    client
+        .ensure_stream(&partitioned_stream(client.subjects(), stream, "bench", 16).unwrap())
+        .await
+        .unwrap();
+    let clients = [connect().await.unwrap(), connect().await.unwrap()];
+    let publishing = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            // After the members' settling time (see `ordered`).
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            backlog(&client, stream, 16, events, keys).await;
+        })
+    };
+    let measured = ordered(
+        &clients,
+        "ordered16two",
+        stream,
+        16,
+        events,
+        work,
+        Some(Duration::from_secs(3)),
+    )
+    .await;
+    publishing.await.unwrap();
+    report("ordered   P=16 x2", events, &measured);
 }

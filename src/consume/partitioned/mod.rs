@@ -116,10 +116,13 @@ use super::ConsumerBuilder;
 
 pub use config::PartitionedConfig;
 pub use error::{PartitionedError, PartitionedErrorKind};
+pub use member::MEMBER_ATTRIBUTE;
 pub use stream::partitioned_stream;
 
 /// The priority group every partition consumer's pulls name.
 const PIN_GROUP: &str = "owner";
+/// Events one pull of a partition asks for (served one at a time).
+const PULL_BATCH: usize = 64;
 /// Delays between attempts to join while the membership bucket is
 /// unavailable.
 const JOIN_RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -168,6 +171,14 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
             ));
         }
         membership::bucket(&prepared.group)?;
+        if stream::partition_filters(&prepared.filters, 0).is_empty() {
+            // A consumer without a filter would take every event.
+            return Err(invalid(
+                "a partitioned group's handlers take keyed events only: none of its \
+                 filters can match a keyed subject"
+                    .to_owned(),
+            ));
+        }
         let Some(stream) = prepared.stream.clone() else {
             return Err(invalid(
                 "a partitioned group names its stream (ConsumerBuilder::stream)".to_owned(),
@@ -249,7 +260,10 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
         prepared.filters = stream::partition_filters(&self.prepared.filters, partition);
         let settings = &mut prepared.settings;
         settings.concurrency = 1;
-        settings.prefetch = Some(1);
+        // The server still hands out one event at a time (max_ack_pending),
+        // each on the next ack: a pull of several saves a pull request per
+        // event without letting a second event out.
+        settings.prefetch = Some(PULL_BATCH);
         settings.max_ack_pending = Some(1);
         // The pin lapses when its client stops pulling: pull often enough.
         settings.pull_expiry = settings
