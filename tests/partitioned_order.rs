@@ -173,6 +173,8 @@ async fn members_report_the_partitions_they_own_and_their_rebalances() {
         }
     };
     let first = RunningMember::start(member(&first_client).await.unwrap());
+    // Made after the member recorded what it owns: the export has data.
+    partition_consumer(&first_client, &stream, 0).await;
     eventually("one member owns all 4", Duration::from_secs(30), owned(&[4])).await;
 
     let second = RunningMember::start(member(&second_client).await.unwrap());
@@ -190,4 +192,48 @@ async fn members_report_the_partitions_they_own_and_their_rebalances() {
     second.stop().await;
     eventually("the first owns all 4 again", Duration::from_secs(30), owned(&[0, 4])).await;
     first.stop().await;
+}
+
+/// A partition's consumer filters on the keyed subjects of its partition
+/// only: one filter, so the server looks for the partition's next event
+/// among that partition's subjects, not among every key of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_consumer_has_one_filter_per_handled_type() {
+    let server = support::shared_server().await;
+    let env = support::unique("pcgfilter");
+    let client = support::connect(&server.url(), &env, |_| {}).await;
+    let stream = support::unique("PCGF");
+    partitioned_common::stream(&client, &stream, 2, 1).await;
+    let builder = partitioned_common::member_builder(&client, &stream, 0, |_| {});
+    let member = RunningMember::start(PartitionedConsumer::build(builder, config(2)).await.unwrap());
+    let config = partition_consumer(&client, &stream, 1).await;
+    member.stop().await;
+    assert!(config.filter_subjects.is_empty(), "{:?}", config.filter_subjects);
+    assert_eq!(
+        config.filter_subject,
+        format!(
+            "1.{env}.{}.*",
+            <partitioned_common::Keyed as jetevents::Event>::TYPE
+        )
+    );
+}
+
+/// The configuration of the consumer of `partition`, once a member made it.
+async fn partition_consumer(
+    client: &jetevents::client::Client,
+    stream: &str,
+    partition: u16,
+) -> async_nats::jetstream::consumer::Config {
+    let jetstream = client.jetstream().unwrap();
+    let name = format!("{}-p{partition}", partitioned_common::GROUP);
+    let found = || async {
+        let stream = jetstream.get_stream(stream).await.ok()?;
+        let info = stream.consumer_info(&name).await.ok()?;
+        Some(info.config.clone())
+    };
+    eventually("the partition's consumer", Duration::from_secs(30), || async {
+        found().await.is_some()
+    })
+    .await;
+    found().await.unwrap()
 }
