@@ -43,8 +43,23 @@
 //! Handlers, layers, retry policy, dead letters and the other settings come
 //! from the [`ConsumerBuilder`] passed to
 //! [`PartitionedConsumer::build`]; a partition's consumer overrides the
-//! concurrency (1), the prefetch (1), `max_ack_pending` (1) and the pull
-//! expiry (at most a third of the [pinned TTL](PartitionedConfig::pinned_ttl)).
+//! concurrency (1), `max_ack_pending` (1), the prefetch (64) and the pull
+//! expiry (at most a third of the [pinned TTL](PartitionedConfig::pinned_ttl)),
+//! and keeps only the filters that can match a keyed subject.
+//!
+//! # Throughput
+//!
+//! A member consumes each of its partitions in its own task: P partitions
+//! are P ordered streams handled side by side. Within a partition the
+//! server lets one event out at a time, so each event costs a round trip
+//! (its ack, then the next delivery); what the member saves is the rest:
+//! one pull asks for 64 events, which the server sends one by one, each
+//! after the previous one's ack, so no pull request is sent per event.
+//! Order does not depend on the pull's size: the server counts a delivered,
+//! unacked event (Naked with a delay too) against `max_ack_pending = 1`
+//! until it is acked or terminated, and serves a redelivery before any new
+//! event, so a retried or redelivered event is always the partition's next
+//! one, whichever member's pull it goes to.
 //!
 //! # Rebalancing protocol
 //!
