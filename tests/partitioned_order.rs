@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jetevents::consume::partitioned::{PartitionedConsumer, MEMBER_ATTRIBUTE};
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use jetevents::consume::{
     Consumer, Context, DeadLetterConfig, DeadLetters, HandlerError, RetryPolicy,
 };
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 
 mod checker;
 mod metrics_reader;
@@ -175,10 +175,20 @@ async fn members_report_the_partitions_they_own_and_their_rebalances() {
     let first = RunningMember::start(member(&first_client).await.unwrap());
     // Made after the member recorded what it owns: the export has data.
     partition_consumer(&first_client, &stream, 0).await;
-    eventually("one member owns all 4", Duration::from_secs(30), owned(&[4])).await;
+    eventually(
+        "one member owns all 4",
+        Duration::from_secs(30),
+        owned(&[4]),
+    )
+    .await;
 
     let second = RunningMember::start(member(&second_client).await.unwrap());
-    eventually("two members own 2 each", Duration::from_secs(30), owned(&[2, 2])).await;
+    eventually(
+        "two members own 2 each",
+        Duration::from_secs(30),
+        owned(&[2, 2]),
+    )
+    .await;
     let rebalances = {
         let totals = recorder.totals();
         metrics_reader::Metrics(&totals).sum_u64(
@@ -190,7 +200,12 @@ async fn members_report_the_partitions_they_own_and_their_rebalances() {
     assert!(rebalances >= 3, "{rebalances} rebalances");
 
     second.stop().await;
-    eventually("the first owns all 4 again", Duration::from_secs(30), owned(&[0, 4])).await;
+    eventually(
+        "the first owns all 4 again",
+        Duration::from_secs(30),
+        owned(&[0, 4]),
+    )
+    .await;
     first.stop().await;
 }
 
@@ -205,10 +220,18 @@ async fn a_partition_consumer_has_one_filter_per_handled_type() {
     let stream = support::unique("PCGF");
     partitioned_common::stream(&client, &stream, 2, 1).await;
     let builder = partitioned_common::member_builder(&client, &stream, 0, |_| {});
-    let member = RunningMember::start(PartitionedConsumer::build(builder, config(2)).await.unwrap());
+    let member = RunningMember::start(
+        PartitionedConsumer::build(builder, config(2))
+            .await
+            .unwrap(),
+    );
     let config = partition_consumer(&client, &stream, 1).await;
     member.stop().await;
-    assert!(config.filter_subjects.is_empty(), "{:?}", config.filter_subjects);
+    assert!(
+        config.filter_subjects.is_empty(),
+        "{:?}",
+        config.filter_subjects
+    );
     assert_eq!(
         config.filter_subject,
         format!(
@@ -231,9 +254,11 @@ async fn partition_consumer(
         let info = stream.consumer_info(&name).await.ok()?;
         Some(info.config.clone())
     };
-    eventually("the partition's consumer", Duration::from_secs(30), || async {
-        found().await.is_some()
-    })
+    eventually(
+        "the partition's consumer",
+        Duration::from_secs(30),
+        || async { found().await.is_some() },
+    )
     .await;
     found().await.unwrap()
 }

@@ -37,7 +37,10 @@ fn owners(members: &BTreeSet<String>, partitions: u16) -> Vec<usize> {
     let base = usize::from(partitions) / count;
     // Members allowed one partition more than `base`.
     let extra = usize::from(partitions) % count;
-    let member_hashes: Vec<u64> = members.iter().map(|member| fnv1a(member.as_bytes())).collect();
+    let member_hashes: Vec<u64> = members
+        .iter()
+        .map(|member| fnv1a(member.as_bytes()))
+        .collect();
     let mut pairs: Vec<(u64, u16, usize)> = (0..partitions)
         .flat_map(|partition| {
             member_hashes

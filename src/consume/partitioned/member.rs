@@ -132,9 +132,7 @@ impl MemberMetrics {
     }
 
     fn rebalanced(&self) {
-        self.metrics
-            .partition_rebalances
-            .add(1, &self.attributes);
+        self.metrics.partition_rebalances.add(1, &self.attributes);
     }
 
     fn owned(&self, partitions: usize) {
