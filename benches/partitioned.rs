@@ -11,9 +11,7 @@
 //! of simulated work per event. The unordered group runs with the default
 //! concurrency (8); a partition runs one event at a time. Each row also
 //! gives the client's CPU per event (the bench process's, server apart),
-//! which a busy machine barely moves. The last row splits P = 16 between
-//! two members (two connections in this process), started before the
-//! backlog is published so that they have shared the partitions out.
+//! which a busy machine barely moves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -123,44 +121,29 @@ fn report(label: &str, events: usize, measured: &Measured) {
     );
 }
 
-/// Runs partitioned members of `group` (one per client) until `events`
-/// are handled; with `settle`, the members join before the backlog is
-/// published (by `publish`).
+/// Runs one partitioned member of `group` until `events` are handled.
 async fn ordered(
-    clients: &[Client],
+    client: &Client,
     group: &str,
     stream: &str,
     partitions: u16,
     events: usize,
     work: Duration,
-    settle: Option<Duration>,
 ) -> Measured {
     let count = Arc::new(AtomicUsize::new(0));
     let cpu = common::process_cpu();
-    let mut members = Vec::new();
-    for client in clients {
-        let builder = counting(client, group, stream, &count, work);
-        let config = PartitionedConfig::new(partitions)
-            .member_ttl(Duration::from_secs(3))
-            .pinned_ttl(Duration::from_secs(3));
-        let member = PartitionedConsumer::build(builder, config).await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(member.run_until(async move {
-            let _ = stopped.await;
-        }));
-        members.push((stop, running));
-    }
-    if let Some(settle) = settle {
-        // Two heartbeats: every member has seen the others and taken its
-        // share.
-        tokio::time::sleep(settle).await;
-    }
+    let builder = counting(client, group, stream, &count, work);
+    let member = PartitionedConsumer::build(builder, PartitionedConfig::new(partitions))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(member.run_until(async move {
+        let _ = stopped.await;
+    }));
     let elapsed = wait_for(&count, events).await;
     let cpu = common::process_cpu() - cpu;
-    for (stop, running) in members {
-        let _ = stop.send(());
-        running.await.unwrap().unwrap();
-    }
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
     Measured { elapsed, cpu }
 }
 
@@ -174,28 +157,26 @@ async fn main() {
         .start()
         .await
         .expect("start nats-server (binary backend)");
-    let connect = || {
-        Client::connect(
-            Config::default()
-                .with_servers([server.url()])
-                .with_env("bench")
-                .with_source("/bench"),
-        )
-    };
-    let client = connect().await.unwrap();
+    let client = Client::connect(
+        Config::default()
+            .with_servers([server.url()])
+            .with_env("bench")
+            .with_source("/bench"),
+    )
+    .await
+    .unwrap();
 
     // The unordered group reads the P = 16 stream: the same stored backlog.
     for partitions in [16u16, 1, 4] {
         let stream = format!("PCG{partitions}");
         backlog(&client, &stream, partitions, events, keys).await;
         let measured = ordered(
-            std::slice::from_ref(&client),
+            &client,
             &format!("ordered{partitions}"),
             &stream,
             partitions,
             events,
             work,
-            None,
         )
         .await;
         report(&format!("ordered   P={partitions}"), events, &measured);
@@ -226,33 +207,4 @@ async fn main() {
             .await
             .unwrap();
     }
-
-    // Two members of one P = 16 group: they join first, then the backlog
-    // arrives (published alongside their consumption).
-    let stream = "PCG16TWO";
-    client
-        .ensure_stream(&partitioned_stream(client.subjects(), stream, "bench", 16).unwrap())
-        .await
-        .unwrap();
-    let clients = [connect().await.unwrap(), connect().await.unwrap()];
-    let publishing = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            // After the members' settling time (see `ordered`).
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            backlog(&client, stream, 16, events, keys).await;
-        })
-    };
-    let measured = ordered(
-        &clients,
-        "ordered16two",
-        stream,
-        16,
-        events,
-        work,
-        Some(Duration::from_secs(3)),
-    )
-    .await;
-    publishing.await.unwrap();
-    report("ordered   P=16 x2", events, &measured);
 }
