@@ -64,7 +64,8 @@
 //! # Rebalancing protocol
 //!
 //! 1. **Membership.** A member joins by writing its id (a UUIDv7, so ids
-//!    sort by join time) in the KV bucket `jetevents-pcg-{group}`, whose
+//!    sort by join time) in the KV bucket of the group on its stream,
+//!    `jetevents-pcg-{stream length}-{stream}-{group}`, whose
 //!    entries expire after the [member TTL](PartitionedConfig::member_ttl),
 //!    and rewrites it every third of the TTL.
 //! 2. **Assignment.** At each heartbeat a member lists the live ids and
@@ -185,7 +186,6 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
                     .to_owned(),
             ));
         }
-        membership::bucket(&prepared.group)?;
         if stream::partition_filters(&prepared.filters, 0).is_empty() {
             // A consumer without a filter would take every event.
             return Err(invalid(
@@ -199,6 +199,7 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
                 "a partitioned group names its stream (ConsumerBuilder::stream)".to_owned(),
             ));
         };
+        membership::bucket(&stream, &prepared.group)?;
         let info = super::runner::get_stream(&prepared.client, &stream)
             .await
             .map_err(|err| Error::with_source(PartitionedErrorKind::Consumer, err))?;
@@ -227,7 +228,7 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
     /// until `signal` completes; then releases them (in-flight events
     /// finished) and leaves. While the membership bucket is unavailable
     /// (a cluster electing its leaders) it keeps trying to join; the error
-    /// is for a group name no bucket can have.
+    /// is for a group or stream name no bucket can have.
     pub async fn run_until<F>(self, signal: F) -> Result<(), PartitionedError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -237,6 +238,7 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
         let membership = loop {
             let joining = membership::Membership::join(
                 &self.prepared.client,
+                &self.stream,
                 &self.group,
                 self.config.member_ttl,
                 self.replicas,
