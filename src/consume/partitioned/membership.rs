@@ -79,7 +79,7 @@ impl Membership {
         };
         let membership = Self {
             store,
-            // Time-ordered: the sorted member list is in order of joining.
+            // Unique to this run of the member: a restarted member is a new one.
             me: uuid::Uuid::now_v7().simple().to_string(),
         };
         membership.beat().await.map_err(unavailable)?;
