@@ -9,9 +9,16 @@
 //! `JE_BENCH_PCG_EVENTS` (default 20000) events over `JE_BENCH_PCG_KEYS`
 //! (default 1000) keys; `JE_BENCH_PCG_HANDLER_US` (default 0) microseconds
 //! of simulated work per event. The unordered group runs with the default
-//! concurrency (8); a partition runs one event at a time.
+//! concurrency (8); a partition runs one event at a time. Each row also
+//! gives the client's CPU per event (the bench process's, server apart),
+//! which a busy machine barely moves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// The compare bench's helpers: `process_cpu`.
+#[allow(dead_code)]
+#[path = "compare/common.rs"]
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -98,6 +105,48 @@ async fn wait_for(count: &AtomicUsize, events: usize) -> Duration {
     started.elapsed()
 }
 
+/// One measured consumption: wall time from the first event handled to
+/// the last, and the process's CPU from the start of the consumer(s).
+struct Measured {
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+fn report(label: &str, events: usize, measured: &Measured) {
+    println!(
+        "{label:<20} {events} events  {:>10.2?}  {:>8.0} ev/s  client CPU {:>6.1} µs/event",
+        measured.elapsed,
+        events as f64 / measured.elapsed.as_secs_f64(),
+        measured.cpu.as_secs_f64() * 1e6 / events as f64
+    );
+}
+
+/// Runs one partitioned member of `group` until `events` are handled.
+async fn ordered(
+    client: &Client,
+    group: &str,
+    stream: &str,
+    partitions: u16,
+    events: usize,
+    work: Duration,
+) -> Measured {
+    let count = Arc::new(AtomicUsize::new(0));
+    let cpu = common::process_cpu();
+    let builder = counting(client, group, stream, &count, work);
+    let member = PartitionedConsumer::build(builder, PartitionedConfig::new(partitions))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(member.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let elapsed = wait_for(&count, events).await;
+    let cpu = common::process_cpu() - cpu;
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+    Measured { elapsed, cpu }
+}
+
 #[tokio::main]
 async fn main() {
     let events = env("JE_BENCH_PCG_EVENTS", 20_000);
@@ -121,31 +170,20 @@ async fn main() {
     for partitions in [16u16, 1, 4] {
         let stream = format!("PCG{partitions}");
         backlog(&client, &stream, partitions, events, keys).await;
-        let count = Arc::new(AtomicUsize::new(0));
-        let builder = counting(
+        let measured = ordered(
             &client,
             &format!("ordered{partitions}"),
             &stream,
-            &count,
+            partitions,
+            events,
             work,
-        );
-        let member = PartitionedConsumer::build(builder, PartitionedConfig::new(partitions))
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let running = tokio::spawn(member.run_until(async move {
-            let _ = stopped.await;
-        }));
-        let elapsed = wait_for(&count, events).await;
-        let _ = stop.send(());
-        running.await.unwrap().unwrap();
-        println!(
-            "ordered   P={partitions:<2}  {events} events  {elapsed:>10.2?}  {:>8.0} ev/s",
-            events as f64 / elapsed.as_secs_f64()
-        );
+        )
+        .await;
+        report(&format!("ordered   P={partitions}"), events, &measured);
 
         if partitions == 16 {
             let count = Arc::new(AtomicUsize::new(0));
+            let cpu = common::process_cpu();
             let consumer = counting(&client, "unordered", &stream, &count, work)
                 .filter_subject("*.bench.>")
                 .build()
@@ -156,12 +194,10 @@ async fn main() {
                 let _ = stopped.await;
             }));
             let elapsed = wait_for(&count, events).await;
+            let cpu = common::process_cpu() - cpu;
             let _ = stop.send(());
             running.await.unwrap().unwrap();
-            println!(
-                "unordered (group)  {events} events  {elapsed:>10.2?}  {:>8.0} ev/s",
-                events as f64 / elapsed.as_secs_f64()
-            );
+            report("unordered (group)", events, &Measured { elapsed, cpu });
         }
         // The next stream captures the same subjects.
         client

@@ -8,10 +8,16 @@
 # SCALE (default 1) sets JETEVENTS_FAULT_SCALE, which multiplies events and
 # faults: per unit, 3 SIGKILLs in each tuned `reliability_kill` run (1 in the
 # default-retry run), 1 stream-leader kill in each `reliability_cluster` run,
-# 20 partition/heal cycles in `reliability_partition` and 100 consumer
-# instance SIGKILLs (plus 2) in `reliability_consumer`. SCALE=50 gives 150
-# SIGKILLs per tuned kill run and 50 leader kills per cluster run: the long
-# run. The memory test is not scaled (1,000,000 events).
+# 20 partition/heal cycles in `reliability_partition`, 20 pause/resume
+# cycles in `reliability_pause`, 100 consumer instance SIGKILLs (plus 2) in
+# `reliability_consumer`; toolkit state: 1 leader kill and 3 leader
+# partitions under event-store appends and 5 projection-runner SIGKILLs
+# over 404 events in `eventstore_faults`, 6 saga-host SIGKILLs and 200
+# sagas in `saga_faults`, 50 events per key in `partitioned_order` and
+# `partitioned_cluster` (their 3 member kills and 1 leader kill are fixed).
+# SCALE=50 gives 150 SIGKILLs per tuned kill run and 50 leader kills per
+# cluster run: the long run. The memory test is not scaled (1,000,000
+# events).
 #
 # Backend: as for any test (JETEVENTS_TEST_BACKEND, JETEVENTS_NATS_SERVER_BIN,
 # JETEVENTS_NATS_IMAGE, ...). Logs: target/fault-suite/<test>.log. Tests run
@@ -36,9 +42,13 @@ tests=(
   reliability_restart
   reliability_consumer
   reliability_partition
+  reliability_pause
   reliability_memory
-  # Toolkit state under faults (issue 23, part 4): add eventstore_faults and
-  # saga_faults here once they are on main.
+  # Toolkit state under the same faults (issue 23, part 4).
+  eventstore_faults
+  saga_faults
+  partitioned_order
+  partitioned_cluster
 )
 failed=()
 for test in "${tests[@]}"; do
@@ -56,8 +66,8 @@ done
 echo
 echo "JETEVENTS_FAULT_SCALE=$scale, $(date -u +%Y-%m-%d)"
 echo
-echo "| scenario | events | faults | lost | unexpected | unknown (stored) | refused | duplicates (ops) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| scenario | ops | faults | acked | lost | unexpected | unknown (stored) | refused | duplicates (ops) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for test in "${tests[@]}"; do
   grep -o 'FAULT-ROW | .*' "$logs/$test.log" | sed 's/^FAULT-ROW //; s/$/ |/' || true
 done

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub(crate) breaker_state: Gauge<i64>,
     pub(crate) breaker_transitions: Counter<u64>,
     pub(crate) projection_lag: Gauge<u64>,
+    pub(crate) partitions_owned: Gauge<u64>,
+    pub(crate) partition_rebalances: Counter<u64>,
 }
 
 impl Metrics {
@@ -153,6 +155,21 @@ impl Metrics {
                      last event (attribute jetevents.projection.name)",
                 )
                 .with_unit("{message}")
+                .build(),
+            partitions_owned: meter
+                .u64_gauge("jetevents.consume.partitions.owned")
+                .with_description(
+                    "Partitions a member of a partitioned group consumes \
+                     (attribute jetevents.partitioned.member)",
+                )
+                .with_unit("{partition}")
+                .build(),
+            partition_rebalances: meter
+                .u64_counter("jetevents.consume.partitions.rebalances")
+                .with_description(
+                    "Times a member of a partitioned group took or gave away partitions",
+                )
+                .with_unit("{rebalance}")
                 .build(),
         }
     }

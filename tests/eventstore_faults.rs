@@ -3,14 +3,20 @@
 //! - a server SIGKILLed after storing an append and before its ack reached
 //!   the writer, then restarted: the append retried with its id is stored
 //!   once;
-//! - a 3-node cluster whose R3 stream's leader is SIGKILLed during
-//!   concurrent appends: every aggregate's versions stay consecutive and
-//!   every acked append is stored where its ack said;
+//! - a 3-node cluster whose R3 stream's leader is SIGKILLed, or cut off
+//!   from the other two nodes, during concurrent appends: every aggregate's
+//!   versions stay consecutive and every acked append is stored where its
+//!   ack said;
 //! - a projection runner in a child process (this test binary, re-executed)
 //!   SIGKILLed at random points: every event lands once in its SQLite read
 //!   model;
 //! - two runner processes sharing a lease: one applies at a time, the
 //!   standby takes over when the active one is SIGKILLed.
+//!
+//! Each prints the checker's row (`scripts/fault-suite.sh`): appended events
+//! acked and stored, or events of the stream applied to the read model.
+//! `JETEVENTS_FAULT_SCALE` multiplies the leader faults and the runner kills
+//! (and the events they need).
 //!
 //! Its own binary: it owns servers and kills processes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -29,9 +35,14 @@ use jetevents_testcontainers::{FaultMode, FaultProxy, NatsCluster, NatsServer};
 use tokio::process::Child;
 use tokio::sync::Mutex;
 
+mod checker;
 mod eventstore_ledger;
 mod eventstore_support;
+use checker::cluster::wait_healed;
+use checker::{replicas_current, scaled, Bounds, Checker};
+// The checker's path to the shared helpers.
 use eventstore_ledger::{assert_exactly_once, database, rows, write_events, Ledger};
+use eventstore_support::support;
 use eventstore_support::support::eventually;
 use eventstore_support::{
     connect, deposits, fresh_store, shared_server, stored_messages, unique, Account,
@@ -121,6 +132,17 @@ async fn an_append_whose_ack_died_with_the_server_is_stored_once_when_retried() 
     }
     let stored = stored_messages(&watcher, &store, "k").await;
     let versions: Vec<u64> = stored.iter().map(|message| message.2).collect();
+    let checker = Checker::publish_only("es-append-ack-lost");
+    checker.acked("k@1");
+    for version in &versions {
+        checker.stored(&format!("k@{version}"));
+    }
+    checker.report().assert_holds(&Bounds {
+        faults: "ack dropped, SIGKILL x1".to_owned(),
+        extra_handlings: 0,
+        unknown: 0,
+        refused: 0,
+    });
     assert_eq!(versions, [1], "stored once");
     store
         .append::<Account>("k", deposits([2]), Expected::Version(1))
@@ -135,17 +157,18 @@ async fn an_append_whose_ack_died_with_the_server_is_stored_once_when_retried() 
 type Acked = Arc<Mutex<Vec<(String, Vec<u64>, Appended)>>>;
 
 /// Appends of three events by `writers` writers to two shared aggregates,
-/// `per_writer` each; every append retried with its id until answered.
-/// Returns each answer with its amounts.
+/// `per_writer` each, writer `w` through `stores[w % stores.len()]`; every
+/// append retried with its id until answered. Returns each answer with its
+/// amounts.
 fn write_concurrently(
-    store: &EventStore,
+    stores: &[EventStore],
     writers: u64,
     per_writer: u64,
     acked: &Acked,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..writers)
         .map(|writer| {
-            let store = store.clone();
+            let store = stores[writer as usize % stores.len()].clone();
             let acked = acked.clone();
             tokio::spawn(async move {
                 let key = format!("acc-{}", writer % 2);
@@ -162,49 +185,152 @@ fn write_concurrently(
         .collect()
 }
 
+/// What happens to the stream leader during the appends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LeaderFault {
+    /// SIGKILLed, restarted once a new leader acked an append.
+    Kill,
+    /// Cut off from the other two nodes (routes stalled), healed once a new
+    /// leader acked an append.
+    Partition,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_leader_killed_during_appends_keeps_versions_and_acked_events() {
+    appends_through(LeaderFault::Kill, scaled(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_leader_cut_off_during_appends_keeps_versions_and_acked_events() {
+    appends_through(LeaderFault::Partition, scaled(3)).await;
+}
+
+/// Four writers append to two aggregates of an R3 stream while the stream
+/// leader meets `fault` `cycles` times, spread over the run; then every
+/// acked event is stored once, where its ack said, versions consecutive.
+async fn appends_through(fault: LeaderFault, cycles: usize) {
+    const STREAM: &str = "ES_CLUSTER";
     let mut cluster = NatsCluster::start().await.unwrap();
     let urls = cluster.urls();
-    let client = connect(&urls[0], &unique("escluster"), |config| {
-        config.servers = urls.clone();
-        config.ack_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let mut stream = StoreStream::new("ES_CLUSTER", "bank");
+    let env = unique("escluster");
+    let mut clients = Vec::new();
+    match fault {
+        // One client, which reconnects to a node left.
+        LeaderFault::Kill => clients.push(
+            connect(&urls[0], &env, |config| {
+                config.servers = urls.clone();
+                config.ack_timeout = Duration::from_secs(1);
+            })
+            .await,
+        ),
+        // One client per node: each side keeps its writers (a client stays
+        // connected to its cut-off node).
+        LeaderFault::Partition => {
+            for url in &urls {
+                clients.push(
+                    connect(url, &env, |config| {
+                        config.ack_timeout = Duration::from_secs(1);
+                    })
+                    .await,
+                );
+            }
+        }
+    }
+    let mut stream = StoreStream::new(STREAM, "bank");
     stream.replicas = 3;
-    let store = EventStore::provision(&client, stream).await.unwrap();
-    let leader = cluster.stream_leader("ES_CLUSTER").await.unwrap();
+    // Right after a cluster forms, R3 placement can be refused ("no
+    // suitable peers") until every peer has caught up with the meta leader.
+    let deadline = Instant::now() + WAIT;
+    let store = loop {
+        match EventStore::provision(&clients[0], stream.clone()).await {
+            Ok(store) => break store,
+            Err(err) => assert!(Instant::now() < deadline, "store not provisioned: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stores: Vec<EventStore> = clients
+        .iter()
+        .map(|client| EventStore::new(client.clone(), STREAM))
+        .collect();
 
-    let (writers, per_writer) = (4, 40);
+    let (writers, per_writer) = (4, 40 * cycles as u64);
+    let total = writers * per_writer;
     let acked = Acked::default();
-    let tasks = write_concurrently(&store, writers, per_writer, &acked);
-    eventually("a third of the appends acked", WAIT, || async {
-        acked.lock().await.len() as u64 >= writers * per_writer / 3
-    })
-    .await;
-    cluster.kill(leader).await.unwrap();
-    let acked_at_kill = acked.lock().await.len();
-    let new_leader = cluster
-        .wait_for_new_stream_leader("ES_CLUSTER", leader)
-        .await
-        .unwrap();
-    assert_ne!(new_leader, leader);
-    eventually("an append acked by the new leader", WAIT, || async {
-        acked.lock().await.len() > acked_at_kill
-    })
-    .await;
-    cluster.restart(leader).await.unwrap();
+    let tasks = write_concurrently(&stores, writers, per_writer, &acked);
+    let mut elections = 0;
+    for cycle in 0..cycles as u64 {
+        // Spread over the run, leaving appends for the last new leader.
+        let target = (cycle + 1) * total / (cycles as u64 + 2);
+        eventually("appends acked before the fault", WAIT, || async {
+            acked.lock().await.len() as u64 >= target
+        })
+        .await;
+        let leader = cluster.stream_leader(STREAM).await.unwrap();
+        let others: Vec<usize> = (0..urls.len()).filter(|i| *i != leader).collect();
+        match fault {
+            LeaderFault::Kill => cluster.kill(leader).await.unwrap(),
+            LeaderFault::Partition => cluster.isolate(leader).unwrap(),
+        }
+        let acked_at_fault = acked.lock().await.len();
+        let new_leader = cluster
+            .wait_for_stream_leader_among(STREAM, &others)
+            .await
+            .unwrap();
+        elections += usize::from(new_leader != leader);
+        eventually("an append acked by the new leader", WAIT, || async {
+            acked.lock().await.len() > acked_at_fault
+        })
+        .await;
+        match fault {
+            LeaderFault::Kill => cluster.restart(leader).await.unwrap(),
+            LeaderFault::Partition => cluster.heal(),
+        }
+        wait_healed(&cluster).await;
+        // Before the next fault both followers must be current, or the
+        // stream is left without a quorum.
+        let watcher = clients.get(others[0]).unwrap_or(&clients[0]);
+        eventually("all replicas current", WAIT, || async {
+            replicas_current(watcher, STREAM).await
+        })
+        .await;
+    }
     for task in tasks {
         tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
     }
 
     let acked = acked.lock().await;
-    assert_eq!(acked.len() as u64, writers * per_writer);
+    assert_eq!(acked.len() as u64, total);
+    let checker = Checker::publish_only(match fault {
+        LeaderFault::Kill => "es-append-leader-kill",
+        LeaderFault::Partition => "es-append-leader-partition",
+    });
+    for (_, amounts, _) in acked.iter() {
+        for amount in amounts {
+            checker.acked(&amount.to_string());
+        }
+    }
+    let mut loaded = Vec::new();
     for key in ["acc-0", "acc-1"] {
         // Loading checks that versions are consecutive from 1.
-        let loaded = store.load::<Account>(key).await.unwrap();
-        let amounts = &loaded.state.amounts;
+        let state = store.load::<Account>(key).await.unwrap().state;
+        for amount in &state.amounts {
+            checker.stored(&amount.to_string());
+        }
+        loaded.push((key, state.amounts));
+    }
+    checker.report().assert_holds(&Bounds {
+        faults: match fault {
+            LeaderFault::Kill => format!("leader kill x{cycles}"),
+            LeaderFault::Partition => {
+                format!("leader cut off x{cycles} ({elections} elections)")
+            }
+        },
+        extra_handlings: 0,
+        unknown: 0,
+        refused: 0,
+    });
+    assert_eq!(elections, cycles, "a new leader at every fault");
+    for (key, amounts) in loaded {
         let of_key: Vec<_> = acked.iter().filter(|(k, ..)| k == key).collect();
         assert_eq!(
             amounts.len(),
@@ -313,6 +439,26 @@ fn spawn_runner(
     command.spawn().unwrap()
 }
 
+/// The checker's row for a read model: every event of the stream
+/// (sequences `1..=events`) acked, every row a handling of its event, so an
+/// event applied twice is a duplicate and one never applied is lost.
+fn read_model_row(name: &str, events: usize, rows: &[(i64, String, i64, String)], faults: String) {
+    let checker = Checker::new(name);
+    for sequence in 1..=events {
+        checker.acked(&sequence.to_string());
+    }
+    for row in rows {
+        checker.handled(&row.0.to_string());
+    }
+    checker.nothing_stored();
+    checker.report().assert_holds(&Bounds {
+        faults,
+        extra_handlings: 0,
+        unknown: 0,
+        refused: 0,
+    });
+}
+
 async fn sigkill(mut child: Child) {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -324,13 +470,19 @@ async fn a_runner_process_killed_at_random_points_applies_each_event_once() {
     let (client, store) = fresh_store().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = database(dir.path()).await;
-    let events = write_events(&store, 4, 100).await;
+    let events = write_events(&store, 4, scaled(100) as u64).await;
+    // The stream holds these events only: sequences 1..=events.
+    assert_eq!(
+        stream_messages(&client, store.stream()).await,
+        events as u64
+    );
+    let kills = scaled(5);
     let seed = fastrand::u64(..);
     println!("kill points from seed {seed}");
     let mut random = fastrand::Rng::with_seed(seed);
 
     let mut killed_mid_run = 0;
-    for _ in 0..5 {
+    for _ in 0..kills {
         let before = rows(&pool).await.len();
         let target = (before + random.usize(1..80)).min(events);
         let child = spawn_runner(&url, &client, &store, dir.path(), "a", None);
@@ -353,7 +505,14 @@ async fn a_runner_process_killed_at_random_points_applies_each_event_once() {
     })
     .await;
     sigkill(child).await;
-    assert_exactly_once(&rows(&pool).await, events);
+    let rows = rows(&pool).await;
+    read_model_row(
+        "projection-runner-sigkill",
+        events,
+        &rows,
+        format!("runner SIGKILL x{kills} ({killed_mid_run} mid-run)"),
+    );
+    assert_exactly_once(&rows, events);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +523,10 @@ async fn of_two_runner_processes_one_applies_and_the_standby_takes_over_its_kill
     let pool = database(dir.path()).await;
     let leases = unique("leases");
     let events = write_events(&store, 3, 100).await;
+    assert_eq!(
+        stream_messages(&client, store.stream()).await,
+        events as u64
+    );
     let activity = Activity::default();
     let runner = |name| {
         let mut child = spawn_runner(&url, &client, &store, dir.path(), name, Some(&leases));
@@ -404,6 +567,12 @@ async fn of_two_runner_processes_one_applies_and_the_standby_takes_over_its_kill
     let survivor = a.or(b).unwrap();
     sigkill(survivor).await;
     let rows = rows(&pool).await;
+    read_model_row(
+        "projection-lease-failover",
+        events,
+        &rows,
+        "active runner SIGKILL x1, standby took over".to_owned(),
+    );
     assert_exactly_once(&rows, events);
     // By stream sequence: the killed runner's rows, then the standby's,
     // never interleaved.

@@ -10,6 +10,7 @@ use jetevents_testcontainers::NatsCluster;
 mod checker;
 mod partitioned_common;
 mod support;
+use checker::scaled;
 use partitioned_common::Scenario;
 
 /// A member of the group. Runs only when re-executed by the parent test.
@@ -40,7 +41,8 @@ async fn keys_keep_publish_order_through_a_stream_leader_kill() {
         stream: "PCG".to_owned(),
         partitions: 8,
         keys: 200,
-        per_key: 50,
+        // Per unit of `JETEVENTS_FAULT_SCALE`.
+        per_key: scaled(50) as u32,
     };
     run.members_killed_and_added(&client, Some(&mut cluster))
         .await;

@@ -7,18 +7,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jetevents::consume::partitioned::PartitionedConsumer;
+use jetevents::consume::partitioned::{PartitionedConsumer, MEMBER_ATTRIBUTE};
 use jetevents::consume::{
     Consumer, Context, DeadLetterConfig, DeadLetters, HandlerError, RetryPolicy,
 };
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 
 mod checker;
+mod metrics_reader;
 mod partitioned_common;
 mod support;
-use checker::eventually;
-use partitioned_common::{config, keyed, Keyed, Scenario};
+use checker::{eventually, scaled};
+use partitioned_common::{config, keyed, Keyed, RunningMember, Scenario};
 
 const KEYS: usize = 200;
+/// Events per key, per unit of `JETEVENTS_FAULT_SCALE`.
 const PER_KEY: u32 = 50;
 const PARTITIONS: u16 = 8;
 
@@ -44,7 +48,7 @@ async fn keys_keep_publish_order_while_members_are_killed_and_added() {
         stream,
         partitions: PARTITIONS,
         keys: KEYS,
-        per_key: PER_KEY,
+        per_key: scaled(PER_KEY as usize) as u32,
     };
     run.members_killed_and_added(&client, None).await;
 }
@@ -88,10 +92,7 @@ async fn a_failing_event_holds_its_partition_until_dead_lettered() {
     let member = PartitionedConsumer::build(builder, config(1))
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(member.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let running = RunningMember::start(member);
     eventually("every event started", Duration::from_secs(60), || async {
         started.lock().unwrap().len() >= 8
     })
@@ -102,8 +103,7 @@ async fn a_failing_event_holds_its_partition_until_dead_lettered() {
         Duration::from_secs(30),
     )
     .await;
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     // The three attempts of k0-0 come first: no later event overtook it.
     assert_eq!(
@@ -113,4 +113,153 @@ async fn a_failing_event_holds_its_partition_until_dead_lettered() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0].original_subject.ends_with(".k0"), "{dead:?}");
     assert_eq!(dead[0].held_behind, Some(5), "{dead:?}");
+}
+
+/// Partitions owned, per member of group `ledger`, from the last export.
+fn owned_per_member(recorder: &metrics_reader::Recorder) -> Vec<(String, u64)> {
+    let totals = recorder.totals();
+    let metrics = metrics_reader::Metrics(&totals);
+    let Some(metric) = metrics.find("jetevents.consume.partitions.owned") else {
+        return Vec::new();
+    };
+    let AggregatedMetrics::U64(MetricData::Gauge(gauge)) = metric.data() else {
+        panic!("partitions.owned is not a u64 gauge: {:?}", metric.data());
+    };
+    let mut owned: Vec<(String, u64)> = gauge
+        .data_points()
+        .filter(|point| {
+            point
+                .attributes()
+                .any(|kv| *kv == KeyValue::new("messaging.consumer.group.name", "ledger"))
+        })
+        .map(|point| {
+            let member = point
+                .attributes()
+                .find(|kv| kv.key.as_str() == MEMBER_ATTRIBUTE)
+                .map(|kv| kv.value.to_string())
+                .unwrap();
+            (member, point.value())
+        })
+        .collect();
+    owned.sort();
+    owned
+}
+
+/// Each member reports the partitions it owns and counts its rebalances:
+/// one member owns all four, a second takes half, and when it leaves the
+/// first owns all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_report_the_partitions_they_own_and_their_rebalances() {
+    let server = support::shared_server().await;
+    let env = support::unique("pcgmetrics");
+    let recorder = metrics_reader::Recorder::new();
+    let metered = |config: &mut jetevents::config::Config| config.meter = Some(recorder.meter());
+    let first_client = support::connect(&server.url(), &env, metered).await;
+    let second_client = support::connect(&server.url(), &env, metered).await;
+    let stream = support::unique("PCGM");
+    partitioned_common::stream(&first_client, &stream, 4, 1).await;
+    let member = |client: &jetevents::client::Client| {
+        let builder = partitioned_common::member_builder(client, &stream, 0, |_| {});
+        PartitionedConsumer::build(builder, config(4))
+    };
+    let owned = |expected: &'static [u64]| {
+        let recorder = &recorder;
+        move || async move {
+            let mut values: Vec<u64> = owned_per_member(recorder)
+                .into_iter()
+                .map(|(_, owned)| owned)
+                .collect();
+            values.sort_unstable();
+            values == expected
+        }
+    };
+    let first = RunningMember::start(member(&first_client).await.unwrap());
+    // Made after the member recorded what it owns: the export has data.
+    partition_consumer(&first_client, &stream, 0).await;
+    eventually(
+        "one member owns all 4",
+        Duration::from_secs(30),
+        owned(&[4]),
+    )
+    .await;
+
+    let second = RunningMember::start(member(&second_client).await.unwrap());
+    eventually(
+        "two members own 2 each",
+        Duration::from_secs(30),
+        owned(&[2, 2]),
+    )
+    .await;
+    let rebalances = {
+        let totals = recorder.totals();
+        metrics_reader::Metrics(&totals).sum_u64(
+            "jetevents.consume.partitions.rebalances",
+            &[KeyValue::new("messaging.consumer.group.name", "ledger")],
+        )
+    };
+    // The first took 4 and gave 2 away; the second took 2.
+    assert!(rebalances >= 3, "{rebalances} rebalances");
+
+    second.stop().await;
+    eventually(
+        "the first owns all 4 again",
+        Duration::from_secs(30),
+        owned(&[0, 4]),
+    )
+    .await;
+    first.stop().await;
+}
+
+/// A partition's consumer filters on the keyed subjects of its partition
+/// only: one filter, so the server looks for the partition's next event
+/// among that partition's subjects, not among every key of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_consumer_has_one_filter_per_handled_type() {
+    let server = support::shared_server().await;
+    let env = support::unique("pcgfilter");
+    let client = support::connect(&server.url(), &env, |_| {}).await;
+    let stream = support::unique("PCGF");
+    partitioned_common::stream(&client, &stream, 2, 1).await;
+    let builder = partitioned_common::member_builder(&client, &stream, 0, |_| {});
+    let member = RunningMember::start(
+        PartitionedConsumer::build(builder, config(2))
+            .await
+            .unwrap(),
+    );
+    let config = partition_consumer(&client, &stream, 1).await;
+    member.stop().await;
+    assert!(
+        config.filter_subjects.is_empty(),
+        "{:?}",
+        config.filter_subjects
+    );
+    assert_eq!(
+        config.filter_subject,
+        format!(
+            "1.{env}.{}.*",
+            <partitioned_common::Keyed as jetevents::Event>::TYPE
+        )
+    );
+}
+
+/// The configuration of the consumer of `partition`, once a member made it.
+async fn partition_consumer(
+    client: &jetevents::client::Client,
+    stream: &str,
+    partition: u16,
+) -> async_nats::jetstream::consumer::Config {
+    let jetstream = client.jetstream().unwrap();
+    let name = format!("{}-p{partition}", partitioned_common::GROUP);
+    let found = || async {
+        let stream = jetstream.get_stream(stream).await.ok()?;
+        let info = stream.consumer_info(&name).await.ok()?;
+        Some(info.config.clone())
+    };
+    eventually(
+        "the partition's consumer",
+        Duration::from_secs(30),
+        || async { found().await.is_some() },
+    )
+    .await;
+    found().await.unwrap()
 }

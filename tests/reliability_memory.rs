@@ -188,7 +188,7 @@ async fn a_slow_handler_under_a_fast_producer_keeps_memory_bounded() {
     // The row scripts/fault-suite.sh collects (no fault injected; the
     // accounting above stands for lost = unexpected = duplicates = 0).
     println!(
-        "FAULT-ROW | slow-handler-memory | {stored} | none: RSS +{} MiB (bound {} MiB), {most_pending} pending | 0 | 0 | 0 (0 stored) | 0 | 0 (0 ops)",
+        "FAULT-ROW | slow-handler-memory | {stored} | none: RSS +{} MiB (bound {} MiB), {most_pending} pending | {stored} | 0 | 0 | 0 (0 stored) | 0 | 0 (0 ops)",
         growth / 1024,
         bound / 1024
     );

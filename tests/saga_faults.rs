@@ -3,8 +3,13 @@
 //! sagas run at once; stock and payment answer from the parent. In the end
 //! every saga is completed or compensated, each with every transition
 //! applied once, and every command of each saga is in the stream once.
+//! It prints the checker's row (`scripts/fault-suite.sh`): each expected
+//! transition and command is an op, applied (handled) by what the saga
+//! records and the stream holds. `JETEVENTS_FAULT_SCALE` multiplies the
+//! sagas and the kills.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod checker;
 mod consume_common;
 mod saga_common;
 mod support;
@@ -13,6 +18,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use checker::{scaled, Bounds, Checker};
 use futures_util::StreamExt;
 use jetevents::client::Client;
 use jetevents::consume::{Consumer, Context, HandlerError};
@@ -22,8 +28,10 @@ use saga_common::*;
 use support::Running;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Sagas per unit of `JETEVENTS_FAULT_SCALE`.
 const SAGAS: usize = 200;
-/// How many times a host is started and SIGKILLed before one runs to the end.
+/// How many times a host is started and SIGKILLed before one runs to the
+/// end, per unit of `JETEVENTS_FAULT_SCALE`.
 const KILLS: usize = 6;
 const CHILD_URL: &str = "SAGA_CHILD_URL";
 const CHILD_ENV: &str = "SAGA_CHILD_ENV";
@@ -206,9 +214,10 @@ async fn commands_in_stream(world: &World) -> BTreeMap<(String, String), usize> 
 async fn a_host_sigkilled_at_random_points_during_200_sagas_loses_and_repeats_nothing() {
     let url = support::shared_server().await.url();
     let world = World::on(&url).await;
+    let (sagas_count, kills) = (scaled(SAGAS), scaled(KILLS));
     let services = services(&world).await;
     let publisher = world.client.publisher();
-    for n in 0..SAGAS {
+    for n in 0..sagas_count {
         let order = order_name(n);
         let placed = OrderPlaced {
             order: order.clone(),
@@ -221,8 +230,8 @@ async fn a_host_sigkilled_at_random_points_during_200_sagas_loses_and_repeats_no
     }
 
     let mut kill_points = KillPoints::new();
-    let share = (SAGAS / (KILLS + 1)) as u64;
-    for round in 0..KILLS as u64 {
+    let share = (sagas_count / (kills + 1)) as u64;
+    for round in 0..kills as u64 {
         let mut child = start_child(&world, &url).await;
         // Killed once a random number of sagas more finished (so each host
         // dies in the middle of the work), a random moment later.
@@ -240,7 +249,7 @@ async fn a_host_sigkilled_at_random_points_during_200_sagas_loses_and_repeats_no
     }
     let survivor = Running::start(host_consumer(&world.client, &world.saga, &world.stream).await);
     support::eventually("every saga finished", Duration::from_secs(120), || async {
-        finished(&world).await >= SAGAS as u64
+        finished(&world).await >= sagas_count as u64
     })
     .await;
     survivor.stop().await;
@@ -251,9 +260,11 @@ async fn a_host_sigkilled_at_random_points_during_200_sagas_loses_and_repeats_no
         "none left running"
     );
     let commands = commands_in_stream(&world).await;
-    for n in 0..SAGAS {
+    let checker = Checker::new("saga-host-sigkill");
+    let mut expected_runs = Vec::new();
+    for n in 0..sagas_count {
         let order = order_name(n);
-        let saga = sagas.get(&order).await.unwrap().expect("none lost");
+        let saga = sagas.get(&order).await.unwrap();
         let (status, history, sent): (_, &[&str], &[&str]) = if payment_fails(n) {
             (
                 SagaStatus::Compensated {
@@ -278,6 +289,30 @@ async fn a_host_sigkilled_at_random_points_during_200_sagas_loses_and_repeats_no
                 ],
             )
         };
+        // Ops: the transitions the saga must apply and the commands it
+        // must send, each once.
+        for op in history.iter().chain(sent) {
+            checker.acked(&format!("{order}/{op}"));
+        }
+        for applied in saga.iter().flat_map(|saga| &saga.state.history) {
+            checker.handled(&format!("{order}/{applied}"));
+        }
+        expected_runs.push((order, saga, status, history, sent));
+    }
+    for ((command, order), count) in &commands {
+        for _ in 0..*count {
+            checker.handled(&format!("{order}/{command}"));
+        }
+    }
+    checker.nothing_stored();
+    checker.report().assert_holds(&Bounds {
+        faults: format!("host SIGKILL x{kills}"),
+        extra_handlings: 0,
+        unknown: 0,
+        refused: 0,
+    });
+    for (order, saga, status, history, sent) in expected_runs {
+        let saga = saga.expect("none lost");
         assert_eq!(saga.status, status, "{order}");
         assert_eq!(saga.state.history, history, "{order}: each transition once");
         for command in sent {
@@ -288,7 +323,7 @@ async fn a_host_sigkilled_at_random_points_during_200_sagas_loses_and_repeats_no
             );
         }
     }
-    let expected: usize = (0..SAGAS)
+    let expected: usize = (0..sagas_count)
         .map(|n| if payment_fails(n) { 4 } else { 3 })
         .sum();
     assert_eq!(

@@ -32,6 +32,8 @@
 
 pub use crate::support::{eventually, Running};
 
+pub mod cluster;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -128,8 +130,9 @@ impl Checker {
         })
     }
 
-    /// `op` is in the stream (once more).
-    fn stored(&self, op: &str) {
+    /// `op` is stored (once more): in the stream, or in whatever durable
+    /// state a scenario checks instead (an aggregate's events).
+    pub fn stored(&self, op: &str) {
         *self
             .state
             .lock()
@@ -140,8 +143,10 @@ impl Checker {
             .or_default() += 1;
     }
 
-    /// The stream was read and is empty.
-    fn nothing_stored(&self) {
+    /// The stored state was read and held nothing (yet). Scenarios whose
+    /// outcome is not a stream of ops (a read model, saga records) call it
+    /// and record [`Checker::handled`] instead, for [`Report::assert_holds`].
+    pub fn nothing_stored(&self) {
         self.state
             .lock()
             .unwrap()
@@ -392,10 +397,11 @@ impl Report {
             .unknown_stored
             .unwrap_or_else(|| panic!("{self}\nread the stream back before assert_holds"));
         println!(
-            "FAULT-ROW | {} | {} | {} | {} | {} | {} ({} stored) | {} | {} ({} ops)",
+            "FAULT-ROW | {} | {} | {} | {} | {} | {} | {} ({} stored) | {} | {} ({} ops)",
             self.name,
             self.attempted,
             bounds.faults,
+            self.acked,
             self.lost.len(),
             self.unexpected.len(),
             self.unknown,

@@ -547,3 +547,29 @@ impl Scenario {
         );
     }
 }
+
+/// A member running on a task of the test until [`RunningMember::stop`].
+pub struct RunningMember {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), jetevents::consume::partitioned::PartitionedError>>,
+}
+
+impl RunningMember {
+    pub fn start<S: Clone + Send + Sync + 'static>(member: PartitionedConsumer<S>) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(member.run_until(async move {
+            let _ = stopped.await;
+        }));
+        RunningMember { stop, task }
+    }
+
+    /// Stops it: it releases its partitions and leaves the group.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("member did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}

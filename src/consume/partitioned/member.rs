@@ -7,11 +7,17 @@ use std::collections::BTreeMap;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use opentelemetry::KeyValue;
+
 use crate::consume::ConsumeError;
+use crate::semconv::MESSAGING_CONSUMER_GROUP_NAME;
 
 use super::assignment::owned_by;
 use super::membership::Membership;
 use super::PartitionedConsumer;
+
+/// The metric attribute naming a member (its id in the membership bucket).
+pub const MEMBER_ATTRIBUTE: &str = "jetevents.partitioned.member";
 
 /// A partition this member consumes: its runner and how to stop it.
 struct Owned {
@@ -27,6 +33,7 @@ pub(super) async fn run<S>(
     S: Clone + Send + Sync + 'static,
 {
     let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
+    let metrics = MemberMetrics::new(&group, membership.me());
     let mut heartbeat = tokio::time::interval(group.config.heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,8 +42,9 @@ pub(super) async fn run<S>(
             () = &mut signal => break,
             _ = heartbeat.tick() => {}
         }
-        // A runner ends by itself only when it cannot go on (its stream
-        // gone): started again below if the partition is still ours.
+        // A runner ends by itself only when it cannot go on (its consumer
+        // not attached, its stream gone): started again below if the
+        // partition is still ours.
         let ended: Vec<u16> = owned
             .iter()
             .filter(|(_, partition)| partition.runner.is_finished())
@@ -66,6 +74,7 @@ pub(super) async fn run<S>(
             .copied()
             .collect();
         if !given_away.is_empty() || wanted.iter().any(|p| !owned.contains_key(p)) {
+            metrics.rebalanced();
             tracing::info!(
                 consumer = %group.group,
                 member = %membership.me(),
@@ -79,24 +88,58 @@ pub(super) async fn run<S>(
             if owned.contains_key(&partition) {
                 continue;
             }
-            match group.partition(partition).attach().await {
-                Ok(consumer) => {
-                    let (stop, stopped) = oneshot::channel::<()>();
-                    let runner = tokio::spawn(consumer.run_until(async move {
+            // Each partition attaches (several requests to the server) and
+            // consumes in its own task: a member's partitions start at once
+            // and run side by side, none waiting for another's round trips.
+            let consumer = group.partition(partition);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let runner = tokio::spawn(async move {
+                // A failure ends the task; the next heartbeat starts it again.
+                consumer
+                    .attach()
+                    .await?
+                    .run_until(async move {
                         let _ = stopped.await;
-                    }));
-                    owned.insert(partition, Owned { stop, runner });
-                }
-                // Tried again at the next heartbeat.
-                Err(err) => {
-                    tracing::warn!(consumer = %group.group, partition, error = %err, "could not start consuming a partition");
-                }
-            }
+                    })
+                    .await
+            });
+            owned.insert(partition, Owned { stop, runner });
         }
+        metrics.owned(owned.len());
     }
     let all: Vec<u16> = owned.keys().copied().collect();
     release(&group, &mut owned, &all).await;
+    metrics.owned(0);
     membership.leave().await;
+}
+
+/// The member's rebalancing metrics, with the group and member as attributes:
+/// several members may share a process (and its meter).
+struct MemberMetrics {
+    metrics: crate::metrics::Metrics,
+    attributes: [KeyValue; 2],
+}
+
+impl MemberMetrics {
+    fn new(group: &PartitionedConsumer<impl Clone + Send + Sync + 'static>, me: &str) -> Self {
+        Self {
+            metrics: group.prepared.client.metrics().clone(),
+            attributes: [
+                KeyValue::new(MESSAGING_CONSUMER_GROUP_NAME, group.group.clone()),
+                KeyValue::new(MEMBER_ATTRIBUTE, me.to_owned()),
+            ],
+        }
+    }
+
+    fn rebalanced(&self) {
+        self.metrics.partition_rebalances.add(1, &self.attributes);
+    }
+
+    fn owned(&self, partitions: usize) {
+        self.metrics
+            .partitions_owned
+            .record(partitions as u64, &self.attributes);
+    }
 }
 
 /// Stops consuming `partitions`: each runner finishes its in-flight event

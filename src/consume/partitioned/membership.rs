@@ -22,16 +22,24 @@ pub(super) struct Membership {
     me: String,
 }
 
-/// The group's bucket: its entries live as long as the member TTL.
-pub(super) fn bucket(group: &str) -> Result<String, PartitionedError> {
-    if group
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        Ok(format!("jetevents-pcg-{group}"))
+/// The bucket of a group on a stream: its entries live as long as the
+/// member TTL. The partitions' consumers are the stream's, so are the
+/// members: a group of the same name on another stream (another
+/// environment, a test) is another group. The stream's length keeps
+/// `{stream}-{group}` unambiguous when either holds a '-'.
+pub(super) fn bucket(stream: &str, group: &str) -> Result<String, PartitionedError> {
+    let allowed = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if allowed(group) && allowed(stream) {
+        Ok(format!("jetevents-pcg-{}-{stream}-{group}", stream.len()))
     } else {
         Err(Error::new(PartitionedErrorKind::InvalidConfig(format!(
-            "group {group:?}: a partitioned group's name has letters, digits, '-' and '_' only"
+            "group {group:?} on stream {stream:?}: a partitioned group's name and stream have \
+             letters, digits, '-' and '_' only"
         ))))
     }
 }
@@ -40,12 +48,13 @@ impl Membership {
     /// Opens (or creates) the group's bucket and enters this member.
     pub(super) async fn join(
         client: &Client,
+        stream: &str,
         group: &str,
         ttl: Duration,
         replicas: usize,
     ) -> Result<Self, PartitionedError> {
         let unavailable = |err: BoxError| Error::with_source(PartitionedErrorKind::Membership, err);
-        let bucket = bucket(group)?;
+        let bucket = bucket(stream, group)?;
         let jetstream = &client
             .nats_transport("a partitioned group's membership")
             .map_err(|err| unavailable(err.into()))?
@@ -57,7 +66,9 @@ impl Membership {
             Err(_) => jetstream
                 .create_key_value(kv::Config {
                     bucket: bucket.clone(),
-                    description: format!("jetevents: live members of partitioned group {group}"),
+                    description: format!(
+                        "jetevents: live members of partitioned group {group} on {stream}"
+                    ),
                     max_age: ttl,
                     history: 1,
                     num_replicas: replicas.max(1),
@@ -68,7 +79,7 @@ impl Membership {
         };
         let membership = Self {
             store,
-            // Time-ordered: the sorted member list is in order of joining.
+            // Unique to this run of the member: a restarted member is a new one.
             me: uuid::Uuid::now_v7().simple().to_string(),
         };
         membership.beat().await.map_err(unavailable)?;
