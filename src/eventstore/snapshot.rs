@@ -37,7 +37,8 @@ pub struct Snapshots {
 /// Where snapshots are kept: the store's seam to a KV bucket.
 #[derive(Clone, Debug)]
 enum Bucket {
-    Nats(kv::Store),
+    /// Boxed: a KV handle is large next to the in-memory bucket's `Arc`.
+    Nats(Box<kv::Store>),
     #[cfg(feature = "testing")]
     Memory(crate::testing::MemoryKeyValue),
 }
@@ -62,7 +63,7 @@ impl Snapshots {
     /// Snapshots in `bucket`, saved by `policy`.
     pub fn new(bucket: kv::Store, policy: SnapshotPolicy) -> Snapshots {
         Snapshots {
-            bucket: Bucket::Nats(bucket),
+            bucket: Bucket::Nats(Box::new(bucket)),
             policy,
         }
     }
