@@ -17,8 +17,9 @@
 //!   loaded `JE_BENCH_ES_LOADS` (default 10) times from its events alone,
 //!   then from a snapshot 100 events before its end.
 //!
-//! Prints appends per second of each side, the ratio jetevents/raw, and the
-//! median load times.
+//! Prints appends per second of each side, the ratio jetevents/raw, the
+//! client CPU per append of each side (process CPU time, which barely moves
+//! when other processes compete for the CPUs), and the median load times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,6 +39,10 @@ use jetevents::eventstore::{
 };
 use jetevents_testcontainers::{Backend, NatsServer};
 use serde::{Deserialize, Serialize};
+
+#[path = "compare/common.rs"]
+#[allow(dead_code)]
+mod common;
 
 const ENV: &str = "bench";
 const SOURCE: &str = "/bench";
@@ -212,25 +217,33 @@ async fn compare_appends(
     let appends = env("JE_BENCH_ES_APPENDS", 2000);
     let rounds = env("JE_BENCH_ES_ROUNDS", 5);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut our_cpu, mut their_cpu) = (Duration::ZERO, Duration::ZERO);
     for round in 0..rounds {
         for side in [round % 2, (round + 1) % 2] {
             let key = format!("r{round}-s{side}-e{events}");
             let started = Instant::now();
+            let cpu = common::process_cpu();
             if side == 0 {
                 jetevents_appends(store, &key, appends, events).await;
                 ours.push(started.elapsed());
+                our_cpu += common::process_cpu() - cpu;
             } else {
                 raw_appends(nats, jetstream, &key, appends, events).await;
                 theirs.push(started.elapsed());
+                their_cpu += common::process_cpu() - cpu;
             }
         }
     }
     let per_second = |elapsed: Duration| appends as f64 / elapsed.as_secs_f64();
     let (ours, theirs) = (per_second(median(ours)), per_second(median(theirs)));
+    let per_append = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (appends * rounds) as f64;
     println!(
         "{events:>2}-event appends, {appends} x {rounds} rounds: jetevents {ours:>8.0}/s  \
-         raw {theirs:>8.0}/s  ratio {:.2}",
-        ours / theirs
+         raw {theirs:>8.0}/s  ratio {:.2}  client CPU per append: jetevents {:.1} us, \
+         raw {:.1} us",
+        ours / theirs,
+        per_append(our_cpu),
+        per_append(their_cpu)
     );
 }
 

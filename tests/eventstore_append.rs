@@ -1,5 +1,6 @@
-//! Appending to aggregates against a real nats-server: versions, expected
-//! versions, atomic multi-event appends, retried appends, bad input.
+//! Appending to aggregates: versions, expected versions, atomic multi-event
+//! appends, retried appends, bad input; each case on a real nats-server and
+//! on the in-memory JetStream (but the stream settings only a server has).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use jetevents::eventstore::{
@@ -7,10 +8,21 @@ use jetevents::eventstore::{
 };
 use serde::{Deserialize, Serialize};
 
+#[macro_use]
 mod eventstore_support;
 use eventstore_support::{
-    connect, deposits, fresh_store, shared_server, stored_messages, unique, Account, AccountEvent,
+    connect, deposits, shared_server, stored_messages, unique, Account, AccountEvent, Backend,
+    World,
 };
+
+on_both_backends!(
+    an_append_stores_consecutive_versions_on_the_aggregates_subjects,
+    each_expectation_is_checked_and_a_conflict_says_the_actual_version,
+    the_server_refuses_a_stale_multi_event_append_as_a_whole,
+    an_append_retried_with_its_id_is_stored_once,
+    an_id_reused_for_other_events_is_refused,
+    bad_appends_get_typed_errors_and_store_nothing,
+);
 
 fn conflict_actual(kind: &AppendErrorKind) -> u64 {
     match kind {
@@ -19,9 +31,9 @@ fn conflict_actual(kind: &AppendErrorKind) -> u64 {
     }
 }
 
-#[tokio::test]
-async fn an_append_stores_consecutive_versions_on_the_aggregates_subjects() {
-    let (client, store) = fresh_store().await;
+async fn an_append_stores_consecutive_versions_on_the_aggregates_subjects(on: Backend) {
+    let world = World::fresh(on).await;
+    let (client, store) = (&world.client, &world.store);
     let opened = AccountEvent::Opened {
         owner: "ada".into(),
     };
@@ -43,7 +55,7 @@ async fn an_append_stores_consecutive_versions_on_the_aggregates_subjects() {
         .unwrap();
 
     let env = client.subjects().env().to_owned();
-    let stored = stored_messages(&client, &store, "a-1").await;
+    let stored = world.stored("a-1").await;
     let subjects: Vec<_> = stored.iter().map(|(_, s, v)| (s.clone(), *v)).collect();
     assert_eq!(
         subjects,
@@ -61,9 +73,9 @@ async fn an_append_stores_consecutive_versions_on_the_aggregates_subjects() {
     assert!(loaded.state.open);
 }
 
-#[tokio::test]
-async fn each_expectation_is_checked_and_a_conflict_says_the_actual_version() {
-    let (client, store) = fresh_store().await;
+async fn each_expectation_is_checked_and_a_conflict_says_the_actual_version(on: Backend) {
+    let world = World::fresh(on).await;
+    let store = &world.store;
     let err = store
         .append::<Account>("b", deposits([1]), Expected::Exists)
         .await
@@ -86,7 +98,7 @@ async fn each_expectation_is_checked_and_a_conflict_says_the_actual_version() {
         assert_eq!(conflict_actual(err.kind()), 2, "{expected:?}");
     }
     // The refused multi-event appends stored nothing.
-    assert_eq!(stored_messages(&client, &store, "b").await.len(), 2);
+    assert_eq!(world.stored("b").await.len(), 2);
     let appended = store
         .append::<Account>("b", deposits([3]), Expected::Exists)
         .await
@@ -99,11 +111,11 @@ async fn each_expectation_is_checked_and_a_conflict_says_the_actual_version() {
     assert_eq!(appended.version, 5);
 }
 
-#[tokio::test]
-async fn the_server_refuses_a_stale_multi_event_append_as_a_whole() {
+async fn the_server_refuses_a_stale_multi_event_append_as_a_whole(on: Backend) {
     // Two writers loaded version 1; the slower one's guarded batch must be
     // refused by the server, not by a check in the client.
-    let (client, store) = fresh_store().await;
+    let world = World::fresh(on).await;
+    let store = &world.store;
     store
         .append::<Account>("c", deposits([1]), Expected::NoStream)
         .await
@@ -118,12 +130,12 @@ async fn the_server_refuses_a_stale_multi_event_append_as_a_whole() {
         .await
         .unwrap_err();
     assert_eq!(conflict_actual(err.kind()), 2);
-    assert_eq!(stored_messages(&client, &store, "c").await.len(), 2);
+    assert_eq!(world.stored("c").await.len(), 2);
 }
 
-#[tokio::test]
-async fn an_append_retried_with_its_id_is_stored_once() {
-    let (client, store) = fresh_store().await;
+async fn an_append_retried_with_its_id_is_stored_once(on: Backend) {
+    let world = World::fresh(on).await;
+    let store = &world.store;
     let options = AppendOptions::default().id("append-1");
     let first = store
         .append_with::<Account>(
@@ -156,11 +168,7 @@ async fn an_append_retried_with_its_id_is_stored_once() {
         .await
         .unwrap();
     assert_eq!(late, first);
-    let versions: Vec<u64> = stored_messages(&client, &store, "d")
-        .await
-        .iter()
-        .map(|(_, _, v)| *v)
-        .collect();
+    let versions: Vec<u64> = world.stored("d").await.iter().map(|(_, _, v)| *v).collect();
     assert_eq!(versions, [1, 2, 3, 4]);
     // A single event too (a plain publish, deduplicated by its id).
     let options = AppendOptions::default().id("append-2");
@@ -176,9 +184,8 @@ async fn an_append_retried_with_its_id_is_stored_once() {
     assert_eq!(store.load::<Account>("d").await.unwrap().version, 5);
 }
 
-#[tokio::test]
-async fn an_id_reused_for_other_events_is_refused() {
-    let (_client, store) = fresh_store().await;
+async fn an_id_reused_for_other_events_is_refused(on: Backend) {
+    let store = &World::fresh(on).await.store;
     let options = AppendOptions::default().id("append-x");
     store
         .append_with::<Account>("e", deposits([1, 2]), Expected::NoStream, options.clone())
@@ -218,9 +225,9 @@ impl Aggregate for Mislabelled {
     }
 }
 
-#[tokio::test]
-async fn bad_appends_get_typed_errors_and_store_nothing() {
-    let (client, store) = fresh_store().await;
+async fn bad_appends_get_typed_errors_and_store_nothing(on: Backend) {
+    let world = World::fresh(on).await;
+    let store = &world.store;
     let err = store
         .append::<Account>("f", vec![], Expected::Any)
         .await
@@ -264,7 +271,7 @@ async fn bad_appends_get_typed_errors_and_store_nothing() {
             "{err:?}"
         );
     }
-    assert!(stored_messages(&client, &store, "f").await.is_empty());
+    assert!(world.stored("f").await.is_empty());
 }
 
 #[tokio::test]

@@ -1,18 +1,23 @@
-//! Concurrent writers on one aggregate against a real nats-server, and
-//! command handling that retries when overtaken.
+//! Concurrent writers on one aggregate, and command handling that retries
+//! when overtaken: each case on a real nats-server and on the in-memory
+//! JetStream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 
 use async_nats::jetstream::stream::StorageType;
 use jetevents::eventstore::{
-    AppendErrorKind, Appended, CommandErrorKind, Expected, SnapshotPolicy, Snapshots,
+    AppendErrorKind, Appended, CommandErrorKind, Expected, SnapshotPolicy,
 };
 
+#[macro_use]
 mod eventstore_support;
-use eventstore_support::{
-    deposits, fresh_store, fresh_store_in, stored_messages, unique, Account, AccountCommand,
-};
+use eventstore_support::{deposits, Account, AccountCommand, Backend, World};
+
+on_both_backends!(
+    concurrent_writers_win_each_version_once_without_gaps_or_interleaving,
+    commands_retry_when_overtaken_and_every_deposit_lands_once,
+);
 
 const WRITERS: u64 = 4;
 const APPENDS: usize = 1_000;
@@ -24,11 +29,11 @@ fn amount(writer: u64, append: u64, index: u64) -> u64 {
     writer * 1_000_000_000 + append * 100 + index
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_win_each_version_once_without_gaps_or_interleaving() {
+async fn concurrent_writers_win_each_version_once_without_gaps_or_interleaving(on: Backend) {
     // In memory: a thousand file-staged batches take long on a busy machine,
     // and the atomicity under test is the server's either way.
-    let (client, store) = fresh_store_in(StorageType::Memory).await;
+    let world = World::fresh_in(on, StorageType::Memory).await;
+    let store = &world.store;
     let won = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for writer in 0..WRITERS {
@@ -79,7 +84,7 @@ async fn concurrent_writers_win_each_version_once_without_gaps_or_interleaving()
     assert!(by_version.len() >= APPENDS);
     assert!(conflicts > 0, "the writers never raced: nothing was tested");
 
-    let stored = stored_messages(&client, &store, "shared").await;
+    let stored = world.stored("shared").await;
     let total = by_version.len() as u64 * EVENTS_PER_APPEND;
     let versions: Vec<u64> = stored.iter().map(|(_, _, version)| *version).collect();
     assert_eq!(
@@ -110,19 +115,10 @@ async fn concurrent_writers_win_each_version_once_without_gaps_or_interleaving()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_retry_when_overtaken_and_every_deposit_lands_once() {
-    let (client, store) = fresh_store().await;
-    let bucket = client
-        .jetstream()
-        .unwrap()
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: unique("snap"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let store = store.with_snapshots(Snapshots::new(bucket, SnapshotPolicy::EveryEvents(10)));
+async fn commands_retry_when_overtaken_and_every_deposit_lands_once(on: Backend) {
+    let world = World::fresh(on).await;
+    let snapshots = world.snapshots(SnapshotPolicy::EveryEvents(10)).await;
+    let store = world.store.clone().with_snapshots(snapshots);
     let err = store
         .execute::<Account>("acc", &AccountCommand::Deposit(vec![1]), 5)
         .await
@@ -175,7 +171,7 @@ async fn commands_retry_when_overtaken_and_every_deposit_lands_once() {
     assert_eq!(amounts, expected);
     // Snapshots were taken: the load replayed fewer than 10 events.
     assert!(loaded.replayed < 10, "replayed {}", loaded.replayed);
-    let all = stored_messages(&client, &store, "acc").await;
+    let all = world.stored("acc").await;
     assert_eq!(all.len() as u64, loaded.version);
     assert!(matches!(
         all.first(),

@@ -1,26 +1,20 @@
-//! Loading aggregates against a real nats-server: replay, snapshots, and
-//! snapshot + tail equal to a full replay.
+//! Loading aggregates: replay, snapshots, and snapshot + tail equal to a
+//! full replay; each case on a real nats-server and on the in-memory
+//! JetStream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use jetevents::eventstore::{Aggregate, EventStore, Expected, Position, SnapshotPolicy, Snapshots};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
+#[macro_use]
 mod eventstore_support;
-use eventstore_support::{deposits, fresh_store, unique, Account, AccountCommand, AccountEvent};
+use eventstore_support::{deposits, unique, Account, AccountCommand, AccountEvent, Backend, World};
 
-async fn snapshots(client: &jetevents::client::Client) -> Snapshots {
-    let bucket = client
-        .jetstream()
-        .unwrap()
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: unique("snap"),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    Snapshots::new(bucket, SnapshotPolicy::Manual)
-}
+on_both_backends!(
+    a_snapshot_of_the_current_schema_is_used_and_an_outdated_one_ignored,
+    an_aggregate_without_events_loads_as_its_default,
+);
 
 /// `Account` as an older release stored it: same events, another snapshot
 /// schema.
@@ -42,10 +36,10 @@ impl Aggregate for OldAccount {
     }
 }
 
-#[tokio::test]
-async fn a_snapshot_of_the_current_schema_is_used_and_an_outdated_one_ignored() {
-    let (client, plain) = fresh_store().await;
-    let snapshots = snapshots(&client).await;
+async fn a_snapshot_of_the_current_schema_is_used_and_an_outdated_one_ignored(on: Backend) {
+    let world = World::fresh(on).await;
+    let plain = &world.store;
+    let snapshots = world.snapshots(SnapshotPolicy::Manual).await;
     let store = plain.clone().with_snapshots(snapshots.clone());
     let appended = store
         .append::<Account>("k", deposits([1, 2, 3, 4]), Expected::NoStream)
@@ -78,9 +72,8 @@ async fn a_snapshot_of_the_current_schema_is_used_and_an_outdated_one_ignored() 
     assert_eq!(plain.load::<Account>("k").await.unwrap().replayed, 4);
 }
 
-#[tokio::test]
-async fn an_aggregate_without_events_loads_as_its_default() {
-    let (_client, store) = fresh_store().await;
+async fn an_aggregate_without_events_loads_as_its_default(on: Backend) {
+    let store = &World::fresh(on).await.store;
     let loaded = store.load::<Account>("nobody").await.unwrap();
     assert_eq!(loaded.state, Account::default());
     assert_eq!(loaded.position(), Position::default());
@@ -128,18 +121,31 @@ async fn snapshot_and_tail_against_full_replay(
     assert_eq!(with_snapshot.replayed, (amounts.len() - snapshot_at) as u64);
 }
 
+/// One property case on `on`, in a fresh world.
+fn snapshot_plus_tail_on(on: Backend, chunks: Vec<Vec<u64>>, snapshot_at: usize) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let world = World::fresh(on).await;
+        let snapshots = world.snapshots(SnapshotPolicy::Manual).await;
+        snapshot_and_tail_against_full_replay(&world.store, &snapshots, chunks, snapshot_at).await;
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn snapshot_plus_tail_equals_full_replay(
+    fn snapshot_plus_tail_equals_full_replay_on_nats(
         chunks in prop::collection::vec(prop::collection::vec(1u64..1000, 1..12), 1..6),
         snapshot_at in 0usize..80,
     ) {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let (client, store) = fresh_store().await;
-            let snapshots = snapshots(&client).await;
-            snapshot_and_tail_against_full_replay(&store, &snapshots, chunks, snapshot_at).await;
-        });
+        snapshot_plus_tail_on(Backend::Nats, chunks, snapshot_at);
+    }
+
+    #[test]
+    fn snapshot_plus_tail_equals_full_replay_in_memory(
+        chunks in prop::collection::vec(prop::collection::vec(1u64..1000, 1..12), 1..6),
+        snapshot_at in 0usize..80,
+    ) {
+        snapshot_plus_tail_on(Backend::Memory, chunks, snapshot_at);
     }
 }

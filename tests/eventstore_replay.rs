@@ -1,7 +1,8 @@
-//! Reading stored events against a real nats-server: upcasting of old
-//! event versions on load, in replays and in projections; replays of any
+//! Reading stored events: upcasting of old event versions on load, in
+//! replays and in projections (on a real nats-server); replays of any
 //! selection from the start, a stream sequence or a point in time, catching
-//! up or live.
+//! up or live (each case on a real nats-server and on the in-memory
+//! JetStream).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -15,10 +16,16 @@ use jetevents::eventstore::{
 };
 use serde::{Deserialize, Serialize};
 
+#[macro_use]
 mod eventstore_support;
 use eventstore_support::{
-    deposits, fresh_store, kv_bucket, run_until_caught_up, Account, AccountEvent,
+    deposits, fresh_store, kv_bucket, run_until_caught_up, Account, AccountEvent, Backend, World,
 };
+
+on_both_backends!(
+    a_catch_up_replay_ends_at_the_last_event_and_a_live_one_continues,
+    a_replay_starts_at_a_stream_sequence_or_a_point_in_time,
+);
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -195,23 +202,23 @@ async fn two_accounts(store: &EventStore) -> Vec<u64> {
     stored
 }
 
-#[tokio::test]
-async fn a_catch_up_replay_ends_at_the_last_event_and_a_live_one_continues() {
-    let (client, store) = fresh_store().await;
-    let stored = two_accounts(&store).await;
+async fn a_catch_up_replay_ends_at_the_last_event_and_a_live_one_continues(on: Backend) {
+    let world = World::fresh(on).await;
+    let (client, store) = (&world.client, &world.store);
+    let stored = two_accounts(store).await;
 
-    let every = collect::<Account>(&store, Replay::every()).await;
+    let every = collect::<Account>(store, Replay::every()).await;
     assert_eq!(sequences(&every), stored);
     let keys: Vec<&str> = every.iter().map(|event| event.key.as_str()).collect();
     assert_eq!(keys, ["acc-0", "acc-0", "acc-0", "acc-1", "acc-1", "acc-1"]);
     let versions: Vec<u64> = every.iter().map(|event| event.version).collect();
     assert_eq!(versions, [1, 2, 3, 1, 2, 3]);
 
-    let one = collect::<Account>(&store, Replay::instance("acc-1")).await;
+    let one = collect::<Account>(store, Replay::instance("acc-1")).await;
     assert_eq!(sequences(&one), stored[3..]);
 
     let opened = format!("{}.bank.account.opened.*.*", client.subjects().env());
-    let only_opened = collect::<Account>(&store, Replay::subjects(opened)).await;
+    let only_opened = collect::<Account>(store, Replay::subjects(opened)).await;
     assert_eq!(sequences(&only_opened), [stored[0], stored[3]]);
 
     // Live: the stored events, then one stored after the replay started.
@@ -242,20 +249,19 @@ async fn next_items<A: Aggregate>(
     items
 }
 
-#[tokio::test]
-async fn a_replay_starts_at_a_stream_sequence_or_a_point_in_time() {
-    let (_client, store) = fresh_store().await;
-    let first = two_accounts(&store).await;
+async fn a_replay_starts_at_a_stream_sequence_or_a_point_in_time(on: Backend) {
+    let store = &World::fresh(on).await.store;
+    let first = two_accounts(store).await;
     // The server stamps events with its clock, the same machine's.
     let between = chrono::Utc::now();
-    let second = two_accounts_more(&store).await;
+    let second = two_accounts_more(store).await;
 
     let since_time =
-        collect::<Account>(&store, Replay::every().from(ReplayFrom::Time(between))).await;
+        collect::<Account>(store, Replay::every().from(ReplayFrom::Time(between))).await;
     assert_eq!(sequences(&since_time), second);
 
     let since_sequence =
-        collect::<Account>(&store, Replay::every().from(ReplayFrom::Sequence(first[4]))).await;
+        collect::<Account>(store, Replay::every().from(ReplayFrom::Sequence(first[4]))).await;
     assert_eq!(
         sequences(&since_sequence),
         [&first[4..], &second[..]].concat()
@@ -263,12 +269,12 @@ async fn a_replay_starts_at_a_stream_sequence_or_a_point_in_time() {
 
     let past_the_end = ReplayFrom::Sequence(second[second.len() - 1] + 1);
     assert!(
-        collect::<Account>(&store, Replay::every().from(past_the_end))
+        collect::<Account>(store, Replay::every().from(past_the_end))
             .await
             .is_empty()
     );
-    let (_client, empty) = fresh_store().await;
-    assert!(collect::<Account>(&empty, Replay::every()).await.is_empty());
+    let empty = &World::fresh(on).await.store;
+    assert!(collect::<Account>(empty, Replay::every()).await.is_empty());
 }
 
 /// Two more deposits in each of the accounts [`two_accounts`] opened.

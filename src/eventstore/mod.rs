@@ -30,6 +30,10 @@
 //!
 //! The stream must allow atomic publish and direct gets:
 //! [`EventStore::provision`] creates it so.
+//!
+//! Appends, loads, [snapshots](Snapshots::provision) and replays work the
+//! same on a client of the in-memory JetStream ([`crate::testing`],
+//! `Client::in_memory`), for a service's unit tests.
 
 mod aggregate;
 mod append;
@@ -183,9 +187,9 @@ pub enum ProvisionErrorKind {
     /// The server refused or did not answer.
     #[error("the server refused the stream or bucket")]
     Server,
-    /// The client runs on the in-memory JetStream, which has no atomic
-    /// batches yet.
-    #[error("the event store needs a NATS connection")]
+    /// What was asked needs a NATS connection, and the client runs on the
+    /// in-memory JetStream.
+    #[error("this needs a NATS connection")]
     NeedsNats,
 }
 
@@ -209,6 +213,19 @@ impl EventStore {
             .subjects()
             .domain(&stream.domain)
             .map_err(|err| crate::Error::with_source(ProvisionErrorKind::InvalidDomain, err))?;
+        #[cfg(feature = "testing")]
+        if let Some(memory) = client.memory() {
+            // The in-memory JetStream always allows atomic publish and
+            // direct gets, and keeps everything in memory.
+            let mut config = crate::testing::StreamConfig::new(&stream.name, [subjects]);
+            config.duplicate_window = stream.duplicate_window;
+            let created = match memory.stream_info(&stream.name) {
+                Some(_) => memory.update_stream(config),
+                None => memory.create_stream(config),
+            };
+            created.map_err(|err| crate::Error::with_source(ProvisionErrorKind::Server, err))?;
+            return Ok(EventStore::new(client.clone(), stream.name));
+        }
         let jetstream = client
             .nats_transport("the event store")
             .map_err(|err| crate::Error::with_source(ProvisionErrorKind::NeedsNats, err))?

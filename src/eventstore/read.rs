@@ -1,11 +1,10 @@
 //! Reading an aggregate's events: its last one (where it stands) and the
 //! ones after a stream sequence.
 //!
-//! A replay reads through an ordered pull consumer filtered on the
-//! aggregate: the server streams the events in batches, where a direct get
-//! costs one round trip per event.
+//! A replay reads through an ordered read of the transport (on NATS an
+//! ordered pull consumer filtered on the aggregate: the server streams the
+//! events in batches, where a direct get costs one round trip per event).
 
-use async_nats::jetstream::{self, consumer, stream::DirectGetErrorKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,6 +16,7 @@ use super::upcast::Upcasts;
 use super::{Aggregate, EventStore, VERSION_HEADER};
 use crate::event::EventType;
 use crate::subject::{escape_key, unescape_key};
+use crate::transport::{ReadFrom, StreamMessage};
 use crate::Error;
 
 /// Where an aggregate stands, as the store reads it.
@@ -29,6 +29,12 @@ pub(crate) struct StoredEvent {
     pub(crate) version: u64,
     pub(crate) headers: Option<HeaderMap>,
     pub(crate) payload: Bytes,
+}
+
+impl From<StreamMessage> for StoredEvent {
+    fn from(message: StreamMessage) -> StoredEvent {
+        StoredEvent::new(message.sequence, message.headers, message.payload)
+    }
 }
 
 impl StoredEvent {
@@ -134,32 +140,21 @@ impl EventStore {
         ))
     }
 
-    pub(crate) async fn js_stream(&self) -> Result<jetstream::stream::Stream<()>, LoadError> {
-        let nats = self
-            .client
-            .nats_transport("the event store")
-            .map_err(read_error)?;
-        nats.jetstream
-            .get_stream_no_info(&self.stream)
-            .await
-            .map_err(read_error)
-    }
-
     /// Where the aggregate selected by `filter` stands now.
     pub(crate) async fn tip(&self, filter: &str) -> Result<Tip, LoadError> {
-        let stream = self.js_stream().await?;
-        match stream.direct_get_last_for_subject(filter).await {
-            Ok(message) => {
-                let last =
-                    StoredEvent::new(message.sequence, Some(message.headers), message.payload);
-                Ok(Tip {
-                    version: last.version,
-                    sequence: last.sequence,
-                })
+        let last = self
+            .client
+            .transport()
+            .last_message(&self.stream, filter)
+            .await
+            .map_err(read_error)?;
+        Ok(last.map_or_else(Tip::default, |last| {
+            let last = StoredEvent::from(last);
+            Tip {
+                version: last.version,
+                sequence: last.sequence,
             }
-            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(Tip::default()),
-            Err(err) => Err(read_error(err)),
-        }
+        }))
     }
 
     /// Up to `limit` events of `filter` after stream sequence `after`, one
@@ -170,22 +165,18 @@ impl EventStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, LoadError> {
-        let stream = self.js_stream().await?;
         let mut events = Vec::with_capacity(limit);
         let mut from = after + 1;
         while events.len() < limit {
-            match stream.direct_get_next_for_subject(filter, Some(from)).await {
-                Ok(message) => {
-                    from = message.sequence + 1;
-                    events.push(StoredEvent::new(
-                        message.sequence,
-                        Some(message.headers),
-                        message.payload,
-                    ));
-                }
-                Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => break,
-                Err(err) => return Err(read_error(err)),
-            }
+            let next = self
+                .client
+                .transport()
+                .next_message(&self.stream, filter, from)
+                .await
+                .map_err(read_error)?;
+            let Some(message) = next else { break };
+            from = message.sequence + 1;
+            events.push(StoredEvent::from(message));
         }
         Ok(events)
     }
@@ -202,23 +193,16 @@ impl EventStore {
         if after >= until {
             return Ok(());
         }
-        let stream = self.js_stream().await?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
+        let mut read = self
+            .client
+            .transport()
+            .read_ordered(&self.stream, filter, ReadFrom::Sequence(after + 1))
             .await
             .map_err(read_error)?;
-        let mut messages = consumer.messages().await.map_err(read_error)?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(read_error)?;
-            let sequence = message.info().map_err(read_error)?.stream_sequence;
-            let message = message.message;
-            each(StoredEvent::new(sequence, message.headers, message.payload))?;
+        while let Some(message) = read.messages.next().await {
+            let event = StoredEvent::from(message.map_err(read_error)?);
+            let sequence = event.sequence;
+            each(event)?;
             if sequence >= until {
                 return Ok(());
             }

@@ -6,9 +6,9 @@
 //! at the last event stored when the replay started; [`Replay::live`]
 //! continues with events as they are stored. Events are upcast by the
 //! aggregate's [`Upcasts`](super::Upcasts) and read through an ordered
-//! consumer, so a replay leaves nothing behind on the server.
+//! consumer, so a replay leaves nothing behind on the server. It works the
+//! same on the in-memory JetStream of [`crate::testing`].
 
-use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use chrono::{DateTime, Utc};
 use futures_util::{stream, Stream, StreamExt};
 
@@ -16,6 +16,7 @@ use super::error::LoadError;
 use super::projection::Projected;
 use super::read::{read_error, StoredEvent};
 use super::{Aggregate, EventStore};
+use crate::transport::ReadFrom;
 
 /// Where a replay starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,22 +105,12 @@ impl Replay {
     }
 }
 
-fn deliver_policy(from: ReplayFrom) -> Result<DeliverPolicy, LoadError> {
-    Ok(match from {
-        ReplayFrom::Start => DeliverPolicy::All,
-        ReplayFrom::Sequence(sequence) => DeliverPolicy::ByStartSequence {
-            start_sequence: sequence.max(1),
-        },
-        ReplayFrom::Time(time) => {
-            let nanos = time
-                .timestamp_nanos_opt()
-                .ok_or_else(|| read_error("the start time is out of range"))?;
-            DeliverPolicy::ByStartTime {
-                start_time: async_nats::datetime::from_nanos(i128::from(nanos))
-                    .map_err(read_error)?,
-            }
-        }
-    })
+fn read_from(from: ReplayFrom) -> ReadFrom {
+    match from {
+        ReplayFrom::Start => ReadFrom::Sequence(1),
+        ReplayFrom::Sequence(sequence) => ReadFrom::Sequence(sequence),
+        ReplayFrom::Time(time) => ReadFrom::Time(time.into()),
+    }
 }
 
 impl EventStore {
@@ -146,22 +137,16 @@ impl EventStore {
             true => None,
             false => Some(self.tip(&filter).await?.sequence),
         };
-        let consumer = self
-            .js_stream()
-            .await?
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: deliver_policy(replay.from)?,
-                ..Default::default()
-            })
+        let read = self
+            .client
+            .transport()
+            .read_ordered(&self.stream, &filter, read_from(replay.from))
             .await
             .map_err(read_error)?;
-        let nothing_to_catch_up = consumer.cached_info().num_pending == 0 || until == Some(0);
-        let messages = consumer.messages().await.map_err(read_error)?;
         let upcasts = A::upcasts();
-        let done = nothing_to_catch_up && until.is_some();
+        let done = until.is_some() && (read.pending == 0 || until == Some(0));
         Ok(stream::unfold(
-            (messages, upcasts, done),
+            (read.messages, upcasts, done),
             move |(mut messages, upcasts, done)| async move {
                 if done {
                     return None;
@@ -170,16 +155,13 @@ impl EventStore {
                     Ok(message) => message,
                     Err(err) => return Some((Err(read_error(err)), (messages, upcasts, true))),
                 };
-                let sequence = match message.info() {
-                    Ok(info) => info.stream_sequence,
-                    Err(err) => return Some((Err(read_error(err)), (messages, upcasts, true))),
-                };
+                let sequence = message.sequence;
                 if until.is_some_and(|until| sequence > until) {
                     return None;
                 }
-                let message = message.message;
-                let stored = StoredEvent::new(sequence, message.headers, message.payload);
-                let event = stored.project::<A>(&message.subject, &upcasts);
+                let subject = message.subject.clone();
+                let stored = StoredEvent::from(message);
+                let event = stored.project::<A>(&subject, &upcasts);
                 let done = until.is_some_and(|until| sequence >= until);
                 Some((event, (messages, upcasts, done)))
             },

@@ -30,8 +30,17 @@ pub enum SnapshotPolicy {
 /// Snapshots of aggregates in one KV bucket. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Snapshots {
-    bucket: kv::Store,
+    bucket: Bucket,
     policy: SnapshotPolicy,
+}
+
+/// Where snapshots are kept: the store's seam to a KV bucket.
+#[derive(Clone, Debug)]
+enum Bucket {
+    /// Boxed: a KV handle is large next to the in-memory bucket's `Arc`.
+    Nats(Box<kv::Store>),
+    #[cfg(feature = "testing")]
+    Memory(crate::testing::MemoryKeyValue),
 }
 
 /// A snapshot as stored.
@@ -53,7 +62,39 @@ struct Schema {
 impl Snapshots {
     /// Snapshots in `bucket`, saved by `policy`.
     pub fn new(bucket: kv::Store, policy: SnapshotPolicy) -> Snapshots {
-        Snapshots { bucket, policy }
+        Snapshots {
+            bucket: Bucket::Nats(Box::new(bucket)),
+            policy,
+        }
+    }
+
+    /// Snapshots in the KV bucket `bucket` of `client`'s JetStream (created
+    /// if missing), saved by `policy`. On a client of the in-memory
+    /// JetStream ([`crate::testing`]) the bucket is in memory too.
+    pub async fn provision(
+        client: &crate::client::Client,
+        bucket: &str,
+        policy: SnapshotPolicy,
+    ) -> Result<Snapshots, super::ProvisionError> {
+        #[cfg(feature = "testing")]
+        if let Some(memory) = client.memory() {
+            return Ok(Snapshots {
+                bucket: Bucket::Memory(memory.key_value(bucket)),
+                policy,
+            });
+        }
+        let jetstream = &client
+            .nats_transport("snapshots")
+            .map_err(|err| crate::Error::with_source(super::ProvisionErrorKind::NeedsNats, err))?
+            .jetstream;
+        let store = jetstream
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: bucket.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| crate::Error::with_source(super::ProvisionErrorKind::Server, err))?;
+        Ok(Snapshots::new(store, policy))
     }
 
     /// The policy.
@@ -89,10 +130,14 @@ impl Snapshots {
             sequence,
             state,
         };
-        let bytes = serde_json::to_vec(&stored)?;
-        self.bucket
-            .put(Self::key::<A>(key), Bytes::from(bytes))
-            .await?;
+        let bytes = Bytes::from(serde_json::to_vec(&stored)?);
+        match &self.bucket {
+            Bucket::Nats(bucket) => {
+                bucket.put(Self::key::<A>(key), bytes).await?;
+            }
+            #[cfg(feature = "testing")]
+            Bucket::Memory(bucket) => bucket.put(Self::key::<A>(key), bytes),
+        }
         Ok(())
     }
 
@@ -101,7 +146,12 @@ impl Snapshots {
         &self,
         key: &str,
     ) -> Result<Option<(A, Tip)>, BoxError> {
-        let Some(bytes) = self.bucket.get(Self::key::<A>(key)).await? else {
+        let stored = match &self.bucket {
+            Bucket::Nats(bucket) => bucket.get(Self::key::<A>(key)).await?,
+            #[cfg(feature = "testing")]
+            Bucket::Memory(bucket) => bucket.get(&Self::key::<A>(key)),
+        };
+        let Some(bytes) = stored else {
             return Ok(None);
         };
         Ok(usable::<A>(&bytes))

@@ -42,7 +42,13 @@
 //! - durable pull consumers with filters, deliver policy, ack wait, backoff,
 //!   Nak with and without delay, in-progress, term, max deliver, max ack
 //!   pending, delivery counts, ack floor and the pending counts of consumer
-//!   info; the max-deliveries, terminated and nak advisories.
+//!   info; the max-deliveries, terminated and nak advisories;
+//! - for the [event store](crate::eventstore) on `Client::in_memory`, not as
+//!   API of its own: atomic batches (all stored contiguously after the
+//!   checks of a publish, or none; a stored id refuses the whole batch),
+//!   direct gets of the last or next message on a subject filter, ordered
+//!   reads from a sequence or a time, and KV buckets holding the latest
+//!   value of each key (snapshots).
 //!
 //! # Where it differs from nats-server
 //!
@@ -72,7 +78,8 @@
 //!   sources, no push or ephemeral or ordered consumers, ack policy always
 //!   explicit, no deliver-last/by-time policies, no pull batches, max bytes or
 //!   expiry (a pull is one message; `next` waits without limit), no paused or
-//!   pinned consumers, no atomic or scheduled publishes, no KV or Object Store,
+//!   pinned consumers, no scheduled publishes, no KV history, watches or TTL,
+//!   no Object Store,
 //!   no clustering, no accounts or permissions.
 //! - **Publishing** answers at once; it never times out and has no "outcome
 //!   unknown". A subject no stream captures is

@@ -9,10 +9,15 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::jetstream::{Delivery, MemoryJetStream, PublishErrorKind};
+use futures_util::StreamExt;
+
+use super::jetstream::{
+    BatchRefusal, Delivery, MemoryError, MemoryJetStream, PublishErrorKind, StoredMessage,
+};
 use crate::error::BoxError;
 use crate::transport::{
-    self, DeliveryInfo, PendingStore, StoreFailure, StoreFailureKind, Stored, StreamLookup,
+    self, BatchFailure, BatchFailureKind, BatchMessage, DeliveryInfo, OrderedRead, PendingStore,
+    ReadFrom, StoreFailure, StoreFailureKind, Stored, StoredBatch, StreamLookup, StreamMessage,
     Transport,
 };
 
@@ -67,6 +72,109 @@ impl Transport for MemoryJetStream {
 
     fn flush(&self) -> BoxFuture<'_, Result<(), BoxError>> {
         std::future::ready(Ok(())).boxed()
+    }
+
+    fn send_batch(
+        &self,
+        messages: Vec<BatchMessage>,
+    ) -> BoxFuture<'_, Result<StoredBatch, BatchFailure>> {
+        let batch = messages
+            .into_iter()
+            .map(|message| (message.subject, message.headers, message.payload))
+            .collect();
+        let stored = self
+            .publish_batch(batch)
+            .map(|(stream, first_sequence, last_sequence)| StoredBatch {
+                stream,
+                first_sequence,
+                last_sequence,
+            })
+            .map_err(|refusal| {
+                let kind = match &refusal {
+                    BatchRefusal::Duplicate { .. } => BatchFailureKind::Duplicate,
+                    BatchRefusal::Refused(PublishErrorKind::NoStream) => {
+                        BatchFailureKind::NoResponders
+                    }
+                    BatchRefusal::Refused(PublishErrorKind::WrongLastSequence { actual }) => {
+                        BatchFailureKind::WrongLastSequence {
+                            actual: Some(*actual),
+                        }
+                    }
+                    BatchRefusal::Refused(_) => BatchFailureKind::Rejected,
+                };
+                BatchFailure {
+                    kind,
+                    source: format!("{refusal:?}").into(),
+                }
+            });
+        std::future::ready(stored).boxed()
+    }
+
+    fn last_message<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StreamMessage>, BoxError>> {
+        let last = self.last_message_for(stream, filter);
+        std::future::ready(read(last.map(|last| last.map(stream_message)))).boxed()
+    }
+
+    fn next_message<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<Option<StreamMessage>, BoxError>> {
+        let next = self.next_message_for(stream, filter, from);
+        std::future::ready(read(next.map(|next| next.map(stream_message)))).boxed()
+    }
+
+    fn read_ordered<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+        from: ReadFrom,
+    ) -> BoxFuture<'a, Result<OrderedRead, BoxError>> {
+        let started = (|| {
+            let start = match from {
+                ReadFrom::Sequence(sequence) => sequence.max(1),
+                ReadFrom::Time(time) => self.first_sequence_since(stream, time)?,
+            };
+            let pending = self.count_matching(stream, filter, start)?;
+            let (engine, stream, filter) = (self.clone(), stream.to_owned(), filter.to_owned());
+            // `None` once an error ended the read.
+            let messages = futures_util::stream::unfold(Some(start), move |next| {
+                let (engine, stream, filter) = (engine.clone(), stream.clone(), filter.clone());
+                async move {
+                    let message = engine.wait_message_for(&stream, &filter, next?).await;
+                    Some(match message {
+                        Ok(message) => (
+                            Ok(stream_message(message.clone())),
+                            Some(message.sequence + 1),
+                        ),
+                        Err(err) => (Err(BoxError::from(err)), None),
+                    })
+                }
+            });
+            Ok(OrderedRead {
+                pending,
+                messages: messages.boxed(),
+            })
+        })();
+        std::future::ready(read(started)).boxed()
+    }
+}
+
+fn read<T>(result: Result<T, MemoryError>) -> Result<T, BoxError> {
+    result.map_err(BoxError::from)
+}
+
+fn stream_message(message: StoredMessage) -> StreamMessage {
+    StreamMessage {
+        subject: message.subject,
+        sequence: message.sequence,
+        headers: message.headers,
+        payload: message.payload,
     }
 }
 

@@ -7,6 +7,10 @@
 //! and, behind the `testing` feature, for the in-memory JetStream of the
 //! test kit. What only JetStream has (its pull inbox, the watchdog, the
 //! advisories) stays on its side of the seam.
+//!
+//! The event store also reads streams back through it: the last or next
+//! message on a subject filter (JetStream's direct gets) and ordered reads
+//! of a filter from a sequence or a time (JetStream's ordered consumers).
 
 pub(crate) mod atomic_batch;
 pub(crate) mod delivery;
@@ -15,10 +19,12 @@ pub(crate) mod nats;
 mod publish_acks;
 
 use std::fmt;
+use std::time::SystemTime;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
 use crate::error::BoxError;
 
@@ -89,6 +95,32 @@ pub(crate) enum StreamLookup {
     Unknown,
 }
 
+/// A message read back from a stream.
+#[derive(Clone, Debug)]
+pub(crate) struct StreamMessage {
+    pub(crate) subject: String,
+    pub(crate) sequence: u64,
+    pub(crate) headers: Option<HeaderMap>,
+    pub(crate) payload: Bytes,
+}
+
+/// Where an ordered read starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadFrom {
+    /// The first matching message at or after this sequence.
+    Sequence(u64),
+    /// The first matching message stored at or after this time.
+    Time(SystemTime),
+}
+
+/// The matching messages of a stream in order, from where the read
+/// started, then each one as it is stored: the stream never ends by itself.
+pub(crate) struct OrderedRead {
+    /// Matching messages stored when the read started.
+    pub(crate) pending: u64,
+    pub(crate) messages: BoxStream<'static, Result<StreamMessage, BoxError>>,
+}
+
 /// Storing messages in streams.
 pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
     /// Sends a message to be stored. Returns once the transport took it;
@@ -128,4 +160,29 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
     fn fast_batches(&self) -> Option<fast_ingest::FastBatches> {
         None
     }
+
+    /// The last message of `stream` on a subject matching `filter`.
+    fn last_message<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StreamMessage>, BoxError>>;
+
+    /// The first message of `stream` on a subject matching `filter` at or
+    /// after sequence `from`.
+    fn next_message<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<Option<StreamMessage>, BoxError>>;
+
+    /// Reads the messages of `stream` on subjects matching `filter` in
+    /// order, from `from` on, leaving nothing behind on the server.
+    fn read_ordered<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+        from: ReadFrom,
+    ) -> BoxFuture<'a, Result<OrderedRead, BoxError>>;
 }

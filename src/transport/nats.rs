@@ -7,13 +7,14 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::AckKind, E
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::OnceCell;
 
 use super::publish_acks::PublishAcks;
 use super::{
-    atomic_batch, BatchFailure, BatchMessage, Delivery, DeliveryInfo, PendingStore, StoreFailure,
-    StoreFailureKind, Stored, StoredBatch, StreamLookup, Transport,
+    atomic_batch, BatchFailure, BatchMessage, Delivery, DeliveryInfo, OrderedRead, PendingStore,
+    ReadFrom, StoreFailure, StoreFailureKind, Stored, StoredBatch, StreamLookup, StreamMessage,
+    Transport,
 };
 use crate::error::BoxError;
 
@@ -126,6 +127,96 @@ impl Transport for NatsTransport {
             nats: self.nats.clone(),
             ack_timeout: self.ack_timeout,
         })
+    }
+
+    fn last_message<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StreamMessage>, BoxError>> {
+        async move {
+            let stream = self.jetstream.get_stream_no_info(stream).await?;
+            found(stream.direct_get_last_for_subject(filter).await)
+        }
+        .boxed()
+    }
+
+    fn next_message<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<Option<StreamMessage>, BoxError>> {
+        async move {
+            let stream = self.jetstream.get_stream_no_info(stream).await?;
+            found(stream.direct_get_next_for_subject(filter, Some(from)).await)
+        }
+        .boxed()
+    }
+
+    fn read_ordered<'a>(
+        &'a self,
+        stream: &'a str,
+        filter: &'a str,
+        from: ReadFrom,
+    ) -> BoxFuture<'a, Result<OrderedRead, BoxError>> {
+        async move {
+            let deliver_policy = match from {
+                ReadFrom::Sequence(sequence) => {
+                    jetstream::consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: sequence.max(1),
+                    }
+                }
+                ReadFrom::Time(time) => jetstream::consumer::DeliverPolicy::ByStartTime {
+                    start_time: time.into(),
+                },
+            };
+            let consumer = self
+                .jetstream
+                .get_stream_no_info(stream)
+                .await?
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: filter.to_owned(),
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await?;
+            let pending = consumer.cached_info().num_pending;
+            let messages = consumer.messages().await?.map(|message| {
+                let message = message?;
+                let sequence = message.info()?.stream_sequence;
+                let message = message.message;
+                Ok(StreamMessage {
+                    subject: message.subject.to_string(),
+                    sequence,
+                    headers: message.headers,
+                    payload: message.payload,
+                })
+            });
+            Ok(OrderedRead {
+                pending,
+                messages: messages.boxed(),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A direct get's message, `None` when no message matches.
+fn found(
+    got: Result<jetstream::message::StreamMessage, jetstream::stream::DirectGetError>,
+) -> Result<Option<StreamMessage>, BoxError> {
+    match got {
+        Ok(message) => Ok(Some(StreamMessage {
+            subject: message.subject.to_string(),
+            sequence: message.sequence,
+            headers: Some(message.headers),
+            payload: message.payload,
+        })),
+        Err(err) if matches!(err.kind(), jetstream::stream::DirectGetErrorKind::NotFound) => {
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
     }
 }
 

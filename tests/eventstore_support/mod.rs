@@ -3,7 +3,7 @@
 
 use async_nats::jetstream::stream::StorageType;
 use jetevents::client::Client;
-use jetevents::eventstore::{Aggregate, EventStore, StoreStream};
+use jetevents::eventstore::{Aggregate, EventStore, SnapshotPolicy, Snapshots, StoreStream};
 use serde::{Deserialize, Serialize};
 
 #[path = "../support/mod.rs"]
@@ -78,6 +78,118 @@ pub fn deposits(amounts: impl IntoIterator<Item = u64>) -> Vec<AccountEvent> {
         .collect()
 }
 
+/// Where a case runs: the same cases run on both (see [`on_both_backends`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared nats-server of the test binary.
+    Nats,
+    /// A new in-memory JetStream (`jetevents::testing`).
+    Memory,
+}
+
+/// A client in a fresh environment and a store on a fresh stream, on either
+/// backend.
+pub struct World {
+    pub client: Client,
+    pub store: EventStore,
+    /// The in-memory JetStream; `None` on the real server.
+    memory: Option<jetevents::testing::MemoryJetStream>,
+}
+
+impl World {
+    /// A fresh world on `on` (file storage on the server).
+    pub async fn fresh(on: Backend) -> World {
+        World::fresh_in(on, StorageType::File).await
+    }
+
+    /// A fresh world on `on`; `storage` applies to the server's stream.
+    pub async fn fresh_in(on: Backend, storage: StorageType) -> World {
+        match on {
+            Backend::Nats => {
+                let (client, store) = fresh_store_in(storage).await;
+                World {
+                    client,
+                    store,
+                    memory: None,
+                }
+            }
+            Backend::Memory => {
+                let memory = jetevents::testing::MemoryJetStream::new();
+                let config = jetevents::config::Config::default()
+                    .with_env(unique("es"))
+                    .with_source("/tests");
+                let client = Client::in_memory(config, &memory).unwrap();
+                let store = EventStore::provision(&client, StoreStream::new(unique("ES"), "bank"))
+                    .await
+                    .unwrap();
+                World {
+                    client,
+                    store,
+                    memory: Some(memory),
+                }
+            }
+        }
+    }
+
+    /// Snapshots in a fresh bucket of this world, saved by `policy`.
+    pub async fn snapshots(&self, policy: SnapshotPolicy) -> Snapshots {
+        Snapshots::provision(&self.client, &unique("snap"), policy)
+            .await
+            .unwrap()
+    }
+
+    /// Every message of the aggregate `key` as (sequence, subject, version).
+    pub async fn stored(&self, key: &str) -> Vec<(u64, String, u64)> {
+        let Some(memory) = &self.memory else {
+            return stored_messages(&self.client, &self.store, key).await;
+        };
+        let suffix = format!(".{key}");
+        memory
+            .messages(self.store.stream())
+            .into_iter()
+            .filter(|message| message.subject.ends_with(&suffix))
+            .map(|message| {
+                let version = version_of(message.headers.as_ref());
+                (message.sequence, message.subject, version)
+            })
+            .collect()
+    }
+}
+
+/// The aggregate version an event's headers carry (0: none).
+fn version_of(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(jetevents::eventstore::VERSION_HEADER))
+        .map(|v| v.as_str().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Each case `name(on: Backend)` of the calling file as two tests,
+/// `nats::name` on the shared nats-server and `memory::name` on the
+/// in-memory JetStream (the conformance suite's pattern: a case is written
+/// once and cannot drift between the transports).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(crate::eventstore_support::Backend::Nats).await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(crate::eventstore_support::Backend::Memory).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A client in a fresh environment and a store on a fresh stream for it.
 pub async fn fresh_store() -> (Client, EventStore) {
     fresh_store_in(StorageType::File).await
@@ -141,12 +253,7 @@ pub async fn stored_messages(
         let message = message.unwrap();
         let info = message.info().unwrap();
         let (sequence, remaining) = (info.stream_sequence, info.pending);
-        let version = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(jetevents::eventstore::VERSION_HEADER))
-            .map(|v| v.as_str().parse().unwrap())
-            .unwrap_or(0);
+        let version = version_of(message.headers.as_ref());
         out.push((sequence, message.subject.to_string(), version));
         if remaining == 0 {
             break;

@@ -4,7 +4,9 @@
 mod consumer;
 mod error;
 mod history;
+mod kv;
 mod message;
+mod read;
 mod stream;
 mod subject;
 
@@ -33,7 +35,9 @@ pub use stream::{
 
 use consumer::{Consumer, StreamView};
 use history::History;
+pub(crate) use kv::MemoryKeyValue;
 use message::Settlement;
+pub(crate) use stream::BatchRefusal;
 use stream::{Incoming, Stream};
 
 /// nats-server's default `max_payload`: 1 MiB.
@@ -83,6 +87,7 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     streams: BTreeMap<String, Stream>,
+    buckets: BTreeMap<String, MemoryKeyValue>,
 }
 
 impl Default for MemoryJetStream {
@@ -219,6 +224,63 @@ impl MemoryJetStream {
         };
         self.shared.changed.notify_waiters();
         Ok(ack)
+    }
+
+    /// Publishes `batch` (subject, headers, payload) as a JetStream atomic
+    /// batch: all stored contiguously in one stream, after the checks of a
+    /// publish, or none. Answers the first and last sequence.
+    pub(crate) fn publish_batch(
+        &self,
+        batch: Vec<(String, HeaderMap, Bytes)>,
+    ) -> Result<(String, u64, u64), BatchRefusal> {
+        let refused = |kind: PublishErrorKind| BatchRefusal::Refused(kind);
+        if batch
+            .iter()
+            .any(|(subject, _, _)| !subject::is_literal(subject))
+        {
+            return Err(refused(PublishErrorKind::InvalidSubject));
+        }
+        let now = Instant::now();
+        let wall_clock = self.wall_clock(now);
+        let stored = {
+            let mut state = self.state();
+            let first = batch.first().map(|(subject, _, _)| subject.as_str());
+            let stream = state
+                .streams
+                .values_mut()
+                .find(|stream| first.is_some_and(|subject| stream.config.captures(subject)))
+                .ok_or(refused(PublishErrorKind::NoStream))?;
+            if !batch
+                .iter()
+                .all(|(subject, _, _)| stream.config.captures(subject))
+            {
+                return Err(refused(PublishErrorKind::NoStream));
+            }
+            let incoming = batch
+                .iter()
+                .map(|(subject, headers, payload)| Incoming {
+                    subject,
+                    headers: Some(headers),
+                    payload: payload.clone(),
+                    now,
+                    wall_clock,
+                    max_payload: self.shared.max_payload,
+                })
+                .collect();
+            let (first, last) = stream.store_batch(incoming)?;
+            (stream.config.name.clone(), first, last)
+        };
+        self.shared.changed.notify_waiters();
+        Ok(stored)
+    }
+
+    /// The key-value bucket `name`, created empty on first use.
+    pub(crate) fn key_value(&self, name: &str) -> MemoryKeyValue {
+        self.state()
+            .buckets
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Every message of a stream, in order (empty if there is no such stream).

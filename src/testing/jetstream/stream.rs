@@ -134,6 +134,15 @@ pub(crate) struct Incoming<'a> {
     pub(crate) max_payload: usize,
 }
 
+/// Why an atomic batch stored nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BatchRefusal {
+    /// A message was refused.
+    Refused(PublishErrorKind),
+    /// A message id is already stored, as `sequence`.
+    Duplicate { sequence: u64 },
+}
+
 /// A stream's state inside the engine.
 #[derive(Debug)]
 pub(crate) struct Stream {
@@ -251,6 +260,52 @@ impl Stream {
             sequence,
             duplicate: false,
         })
+    }
+
+    /// Stores `batch` as an atomic batch: every message after the checks of
+    /// [`Stream::store`], contiguous, or none of them. A message whose id is
+    /// already stored refuses the whole batch, as on the server.
+    pub(crate) fn store_batch(
+        &mut self,
+        batch: Vec<Incoming<'_>>,
+    ) -> Result<(u64, u64), BatchRefusal> {
+        let before = self.messages.len();
+        let last_msg_id = self.last_msg_id.clone();
+        let mut stored = Ok((self.last_sequence() + 1, self.last_sequence()));
+        for incoming in batch {
+            match self.store(incoming) {
+                Ok(ack) if ack.duplicate => {
+                    stored = Err(BatchRefusal::Duplicate {
+                        sequence: ack.sequence,
+                    });
+                    break;
+                }
+                Ok(ack) => {
+                    if let Ok((_, last)) = &mut stored {
+                        *last = ack.sequence;
+                    }
+                }
+                Err(kind) => {
+                    stored = Err(BatchRefusal::Refused(kind));
+                    break;
+                }
+            }
+        }
+        if stored.is_err() {
+            // Undo what the batch stored so far.
+            for message in self.messages.drain(before..) {
+                let id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(NATS_MESSAGE_ID))
+                    .map(|id| id.as_str().to_owned());
+                if let Some(id) = id {
+                    self.dedup.remove(&id);
+                }
+            }
+            self.last_msg_id = last_msg_id;
+        }
+        stored
     }
 
     /// The sequence `msg_id` was stored under, if within the duplicate window.

@@ -576,3 +576,24 @@ async fn a_ten_step_backoff_up_to_an_hour_runs_in_virtual_time() {
     }
     assert_eq!(delivered_at, expected);
 }
+
+/// An atomic batch is stored whole or not at all: a refused message (here
+/// a stored id in the middle) undoes the ones before it, their ids too.
+#[tokio::test(start_paused = true)]
+async fn a_refused_batch_stores_nothing_and_forgets_its_ids() {
+    let js = engine();
+    let message = |id: &str| {
+        (
+            "orders.created".to_owned(),
+            headers(&[(NATS_MESSAGE_ID.as_ref(), id)]),
+            Bytes::from_static(b"{}"),
+        )
+    };
+    js.publish_batch(vec![message("stored")]).unwrap();
+    let refused = js.publish_batch(vec![message("a"), message("stored"), message("b")]);
+    assert_eq!(refused, Err(BatchRefusal::Duplicate { sequence: 1 }));
+    assert_eq!(js.messages(STREAM).len(), 1);
+    // "a" was not kept as stored: a batch with it goes in, contiguously.
+    let stored = js.publish_batch(vec![message("a"), message("b")]).unwrap();
+    assert_eq!(stored, (STREAM.to_owned(), 2, 3));
+}
