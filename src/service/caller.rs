@@ -120,17 +120,14 @@ impl Caller {
             .headers(headers)
             .timeout(Some(self.timeout));
         let answer = async {
-            let reply = nats
-                .send_request(subject.clone(), sent)
-                .await
-                .map_err(|err| {
-                    // The first two say all there is; the others keep the cause.
-                    match err.kind() {
-                        RequestErrorKind::NoResponders => Error::new(CallErrorKind::NoResponders),
-                        RequestErrorKind::TimedOut => Error::new(CallErrorKind::TimedOut),
-                        _ => Error::with_source(CallErrorKind::Request, err),
-                    }
-                })?;
+            let reply = nats.send_request(subject, sent).await.map_err(|err| {
+                // The first two say all there is; the others keep the cause.
+                match err.kind() {
+                    RequestErrorKind::NoResponders => Error::new(CallErrorKind::NoResponders),
+                    RequestErrorKind::TimedOut => Error::new(CallErrorKind::TimedOut),
+                    _ => Error::with_source(CallErrorKind::Request, err),
+                }
+            })?;
             decode_answer(reply)
         }
         .instrument(span.clone())

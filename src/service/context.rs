@@ -68,6 +68,11 @@ impl<S> Context<S> {
         crate::lineage::with_lineage(self.lineage.clone(), publish).await
     }
 
+    /// The request's lineage: its id and correlation.
+    pub(crate) fn lineage(&self) -> &Lineage {
+        &self.lineage
+    }
+
     /// The same request with other state.
     pub(crate) fn map_state<S2>(self, f: impl FnOnce(S) -> S2) -> Context<S2> {
         Context {

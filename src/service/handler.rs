@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 
 use crate::envelope::Envelope;
 use crate::event::Event;
+use crate::lineage::Lineage;
 
 use super::context::Context;
 use super::endpoint_error::EndpointError;
@@ -41,7 +42,7 @@ where
                 return Box::pin(std::future::ready(answer));
             }
         };
-        let lineage = AnsweredRequest::of(context.envelope());
+        let lineage = context.lineage().clone();
         let response = handler(request, context);
         let source = source.clone();
         Box::pin(async move {
@@ -52,7 +53,7 @@ where
                     format!("unencodable response: {err}"),
                 )
             })?;
-            lineage.write_into(&mut envelope);
+            answer_in_lineage(&lineage, &mut envelope);
             Ok(envelope)
         })
     })
@@ -63,27 +64,10 @@ pub(crate) fn without_state<S2: Send + 'static>(handler: ErasedHandler<()>) -> E
     Arc::new(move |context: Context<S2>| handler(context.map_state(|_| ())))
 }
 
-/// The request a response answers: its causation and correlation.
-struct AnsweredRequest {
-    request_id: String,
-    correlation_id: Option<String>,
-}
-
-impl AnsweredRequest {
-    fn of(request: &Envelope) -> Self {
-        Self {
-            request_id: request.id.clone(),
-            correlation_id: request.correlation_id().map(str::to_owned),
-        }
-    }
-
-    /// The response is caused by the request and shares its correlation
-    /// (the request's id when it has none).
-    fn write_into(self, response: &mut Envelope) {
-        response.set_correlation_id(
-            self.correlation_id
-                .unwrap_or_else(|| self.request_id.clone()),
-        );
-        response.set_causation_id(self.request_id);
-    }
+/// The response is caused by the request it answers and shares its
+/// correlation (the request's id when it has none): the request's lineage
+/// holds both already.
+fn answer_in_lineage(lineage: &Lineage, response: &mut Envelope) {
+    response.set_correlation_id(lineage.correlation_id());
+    response.set_causation_id(lineage.event_id());
 }
