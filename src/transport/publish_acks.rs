@@ -314,6 +314,11 @@ impl PublishAcks {
             if acks.subscription.is_none() {
                 return Err(PublishError::new(PublishErrorKind::BrokenPipe));
             }
+            // The reader may be busy sending rather than awaiting its ack:
+            // what has arrived is filed now, for the others waiting.
+            if let Some(reader) = acks.reader.clone() {
+                acks.read(&mut Context::from_waker(&reader));
+            }
             acks.push(Instant::now() + self.timeout)
         };
         let pending = AckFuture {
