@@ -574,7 +574,10 @@ mod tests {
         assert!(acks.take(2).is_none(), "not yet due");
         assert_eq!(wakes.count(), 2, "each timed-out owner is woken");
         acks.answer(0, Ok(reply("{}")), &reader);
-        assert!(acks.take(0).is_none(), "a late ack after its timeout finds nobody");
+        assert!(
+            acks.take(0).is_none(),
+            "a late ack after its timeout finds nobody"
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         read_with(&mut acks, &reader);
         assert!(matches!(acks.take(2), Some(Err(NoAck::TimedOut))));
