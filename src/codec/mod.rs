@@ -353,9 +353,9 @@ pub(crate) fn check_not_empty(envelope: &Envelope) -> Result<(), DecodeError> {
 /// Formats a time the way both modes write it: RFC 3339, UTC `Z`, as many
 /// fractional digits as needed (so no precision is lost).
 ///
-/// Written digit by digit: chrono's formatter goes through `fmt` and cost
-/// a tenth of the binary mode's header work per event. Years outside four
-/// digits and leap seconds, which it writes its own way, go through it.
+/// Written digit by digit rather than through chrono's `fmt`-based
+/// formatter, as it is on every event's path. Years outside four digits and
+/// leap seconds, which chrono writes its own way, go through chrono.
 pub(crate) fn format_time(time: &chrono::DateTime<chrono::Utc>) -> String {
     use chrono::{Datelike, Timelike};
     let (year, nanos) = (time.year(), time.nanosecond());
