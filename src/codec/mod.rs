@@ -352,8 +352,51 @@ pub(crate) fn check_not_empty(envelope: &Envelope) -> Result<(), DecodeError> {
 
 /// Formats a time the way both modes write it: RFC 3339, UTC `Z`, as many
 /// fractional digits as needed (so no precision is lost).
+///
+/// Written digit by digit rather than through chrono's `fmt`-based
+/// formatter, as it is on every event's path. Years outside four digits and
+/// leap seconds, which chrono writes its own way, go through chrono.
 pub(crate) fn format_time(time: &chrono::DateTime<chrono::Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    use chrono::{Datelike, Timelike};
+    let (year, nanos) = (time.year(), time.nanosecond());
+    let (Ok(year @ 0..=9999), 0..=999_999_999) = (u32::try_from(year), nanos) else {
+        return time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    };
+    let mut out = [0u8; 30];
+    let mut len = 0;
+    let mut digits = |value: u32, width: u32, separator: Option<u8>| {
+        for place in (0..width).rev() {
+            // A digit is below 10: the cast cannot truncate.
+            out[len] = b'0' + (value / 10u32.pow(place) % 10) as u8;
+            len += 1;
+        }
+        if let Some(separator) = separator {
+            out[len] = separator;
+            len += 1;
+        }
+    };
+    digits(year, 4, Some(b'-'));
+    digits(time.month(), 2, Some(b'-'));
+    digits(time.day(), 2, Some(b'T'));
+    digits(time.hour(), 2, Some(b':'));
+    digits(time.minute(), 2, Some(b':'));
+    // As chrono's `AutoSi`: the fewest of 0, 3, 6 or 9 digits that are exact.
+    match nanos {
+        0 => digits(time.second(), 2, Some(b'Z')),
+        _ if nanos % 1_000_000 == 0 => {
+            digits(time.second(), 2, Some(b'.'));
+            digits(nanos / 1_000_000, 3, Some(b'Z'));
+        }
+        _ if nanos % 1_000 == 0 => {
+            digits(time.second(), 2, Some(b'.'));
+            digits(nanos / 1_000, 6, Some(b'Z'));
+        }
+        _ => {
+            digits(time.second(), 2, Some(b'.'));
+            digits(nanos, 9, Some(b'Z'));
+        }
+    }
+    out[..len].iter().map(|&b| char::from(b)).collect()
 }
 
 fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, DecodeError> {
@@ -368,4 +411,49 @@ fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, DecodeError>
                 err,
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    fn chrono_formatted(time: &DateTime<Utc>) -> String {
+        time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+
+    #[test]
+    fn times_are_written_as_chrono_writes_them() {
+        for text in [
+            "2026-12-01T22:38:37Z",
+            "2026-12-01T22:38:37.5Z",
+            "2026-12-01T22:38:37.000123Z",
+            "2026-12-01T22:38:37.000000001Z",
+            "0001-01-01T00:00:00.120Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2016-12-31T23:59:60.5Z",
+            "+10000-01-01T00:00:00Z",
+        ] {
+            let time = DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .or_else(|_| text.parse::<DateTime<Utc>>())
+                .unwrap();
+            assert_eq!(super::format_time(&time), chrono_formatted(&time), "{text}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_time_is_written_as_chrono_writes_it(
+            secs in -70_000_000_000i64..300_000_000_000,
+            nanos in prop_oneof![Just(0u32), (0u32..1000).prop_map(|n| n * 1_000_000),
+                (0u32..1_000_000).prop_map(|n| n * 1000), 0u32..2_000_000_000],
+        ) {
+            let time = DateTime::<Utc>::from_timestamp(secs, nanos);
+            if let Some(time) = time {
+                prop_assert_eq!(super::format_time(&time), chrono_formatted(&time));
+            }
+        }
+    }
 }

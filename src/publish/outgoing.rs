@@ -191,7 +191,7 @@ impl Outgoing<'_> {
         if let Some(sequence) = expected_last_subject_sequence {
             headers.insert(
                 NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                sequence.to_string().as_str(),
+                itoa::Buffer::new().format(sequence),
             );
         }
         Ok((headers, payload))

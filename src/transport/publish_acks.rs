@@ -6,11 +6,19 @@
 //! a random inbox name, an entry in its connection-wide map keyed by that
 //! string, a semaphore permit and two timers. Here a publisher's acks come to
 //! one subscription `<inbox>.<connection id>.*` and each message's reply
-//! subject ends in a sequential number, so the waiting senders are a queue
-//! indexed by that number: no hashing, and no timer per message. Deadlines
-//! are kept in sweeper ticks (the ack timeout in tenths): a sweep every tick
-//! answers the overdue ones `TimedOut`, which is what the timer did, at most
-//! one tick later.
+//! subject ends in a sequential number, so the waiting senders are slots in
+//! a queue indexed by that number: no hashing, no channel and no timer per
+//! message.
+//!
+//! No task sits between the subscription and the senders (a hop through
+//! one cost as much as it saved): whichever ack future is polled reads
+//! every ack that has arrived, files each in its slot and wakes its owner
+//! (as nats.go's async publisher files acks from the subscription's
+//! callback). The last future to read registers its waker with the
+//! subscription and with one shared timer at the oldest deadline; when it
+//! leaves, it wakes another waiting owner to take over, so acks and
+//! timeouts keep being read while anyone waits, and nothing runs while
+//! nobody does.
 //!
 //! What the publisher sees is unchanged: the same `PublishAck` and the same
 //! async-nats error kinds (no responders, wrong last sequence, timed out,
@@ -19,8 +27,10 @@
 //! already reported as of unknown outcome, never as stored.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -29,75 +39,212 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::{HeaderMap, Message, StatusCode};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 /// Why a waiting sender was answered without an ack.
 #[derive(Debug)]
 enum NoAck {
     TimedOut,
+    /// The subscription ended: the connection or the publisher is gone.
+    Closed,
 }
 
 type Answer = Result<Message, NoAck>;
 
-/// The acks still to come, in the order their messages were sent.
+enum Slot {
+    /// Sent, no answer yet.
+    Waiting {
+        /// When it is overdue.
+        due: Instant,
+        /// Whom to wake with the answer, once its future was polled.
+        owner: Option<Waker>,
+    },
+    /// Answered, not yet taken by its future.
+    Answered(Answer),
+    /// Taken, or given up on by its sender.
+    Done,
+}
+
+/// The acks still to come, in the order their messages were sent, and the
+/// means to read them.
 ///
 /// Slot `i` belongs to reply number `first + i`. Reply numbers only grow and
-/// the timeout is the same for all, so the oldest deadline is always in
-/// front and sweeping stops at the first one still in time.
-struct Waiting {
+/// the timeout is the same for all, so the oldest deadline is always the
+/// first waiting slot's, at `unanswered` or after.
+struct Acks {
     first: u64,
     slots: VecDeque<Slot>,
+    /// No slot before this number is waiting: each slot is passed once.
+    unanswered: u64,
+    /// `None` once it ended or the publisher was dropped.
+    subscription: Option<async_nats::Subscriber>,
+    /// Fires at the oldest deadline, polled by whoever reads the acks.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Registered with the subscription and the deadline by the last read.
+    reader: Option<Waker>,
 }
 
-struct Slot {
-    /// The sweeper tick at which it is overdue.
-    due: u64,
-    /// `None` once answered (or given up on by its sender).
-    answer: Option<oneshot::Sender<Answer>>,
-}
-
-impl Waiting {
-    /// Takes the sender waiting for reply `number`, if any still waits.
-    fn take(&mut self, number: u64) -> Option<oneshot::Sender<Answer>> {
+impl Acks {
+    fn slot(&mut self, number: u64) -> Option<&mut Slot> {
         let index = usize::try_from(number.checked_sub(self.first)?).ok()?;
-        let sender = self.slots.get_mut(index)?.answer.take();
-        self.drop_answered_front();
-        sender
+        self.slots.get_mut(index)
     }
 
-    fn drop_answered_front(&mut self) {
-        while self.slots.front().is_some_and(|slot| slot.answer.is_none()) {
-            self.slots.pop_front();
-            self.first += 1;
+    /// Adds a waiting slot; its reply number.
+    fn push(&mut self, due: Instant) -> u64 {
+        self.slots.push_back(Slot::Waiting { due, owner: None });
+        self.first + self.slots.len() as u64 - 1
+    }
+
+    /// Files `answer` for reply `number`, if its sender still waits.
+    fn answer(&mut self, number: u64, answer: Answer, reader: &Waker) {
+        let Some(slot) = self.slot(number) else {
+            return;
+        };
+        if let Slot::Waiting { owner, .. } = slot {
+            let owner = owner.take();
+            *slot = Slot::Answered(answer);
+            if let Some(owner) = owner.filter(|owner| !owner.will_wake(reader)) {
+                owner.wake();
+            }
         }
     }
 
-    /// Answers `TimedOut` to every slot due at `tick` or before.
-    fn sweep(&mut self, tick: u64) {
-        while let Some(slot) = self.slots.front_mut() {
-            if slot.answer.is_some() && slot.due > tick {
-                break;
-            }
-            if let Some(answer) = slot.answer.take() {
-                let _ = answer.send(Err(NoAck::TimedOut));
-            }
+    /// Takes the answer for reply `number`, once there is one.
+    fn take(&mut self, number: u64) -> Option<Answer> {
+        let slot = self.slot(number)?;
+        if !matches!(slot, Slot::Answered(_)) {
+            return None;
+        }
+        let Slot::Answered(answer) = std::mem::replace(slot, Slot::Done) else {
+            return None;
+        };
+        self.drop_done_front();
+        Some(answer)
+    }
+
+    /// Gives up on reply `number`; its waker, if it had parked one.
+    fn abandon(&mut self, number: u64) -> Option<Waker> {
+        let slot = self.slot(number)?;
+        let owner = match std::mem::replace(slot, Slot::Done) {
+            Slot::Waiting { owner, .. } => owner,
+            _ => None,
+        };
+        self.drop_done_front();
+        owner
+    }
+
+    fn drop_done_front(&mut self) {
+        while matches!(self.slots.front(), Some(Slot::Done)) {
             self.slots.pop_front();
             self.first += 1;
+        }
+        self.unanswered = self.unanswered.max(self.first);
+    }
+
+    /// The oldest waiting slot's number and deadline.
+    fn oldest_waiting(&mut self) -> Option<(u64, Instant)> {
+        loop {
+            let number = self.unanswered;
+            match self.slot(number)? {
+                Slot::Waiting { due, .. } => return Some((number, *due)),
+                _ => self.unanswered += 1,
+            }
+        }
+    }
+
+    /// Reads every ack that has arrived and times out the overdue, with
+    /// `cx`'s waker registered to be woken for the next.
+    fn read(&mut self, cx: &mut Context<'_>) {
+        let reader = cx.waker();
+        while let Some(subscription) = self.subscription.as_mut() {
+            match subscription.poll_next_unpin(cx) {
+                Poll::Ready(Some(message)) => {
+                    let number = message
+                        .subject
+                        .as_str()
+                        .rsplit('.')
+                        .next()
+                        .and_then(|number| number.parse::<u64>().ok());
+                    if let Some(number) = number {
+                        self.answer(number, Ok(message), reader);
+                    }
+                }
+                Poll::Ready(None) => self.close(),
+                Poll::Pending => break,
+            }
+        }
+        if !self.reader.as_ref().is_some_and(|r| r.will_wake(reader)) {
+            self.reader = Some(reader.clone());
+        }
+        loop {
+            let now = Instant::now();
+            while let Some((number, due)) = self.oldest_waiting() {
+                if due > now {
+                    break;
+                }
+                self.answer(number, Err(NoAck::TimedOut), reader);
+            }
+            let Some((_, due)) = self.oldest_waiting() else {
+                return;
+            };
+            let deadline = self
+                .deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if deadline.deadline() != due {
+                // Deadlines only move forward: the runtime's timer wheel is
+                // not touched until the earlier one fires.
+                deadline.as_mut().reset(due);
+            }
+            if deadline.as_mut().poll(cx).is_pending() {
+                return;
+            }
+        }
+    }
+
+    /// Ends reading: every waiting sender is answered `Closed`.
+    fn close(&mut self) {
+        // Dropping the subscription unsubscribes it.
+        self.subscription = None;
+        self.deadline = None;
+        for slot in &mut self.slots {
+            if let Slot::Waiting { owner, .. } = slot {
+                if let Some(owner) = owner.take() {
+                    owner.wake();
+                }
+                *slot = Slot::Answered(Err(NoAck::Closed));
+            }
+        }
+    }
+
+    /// A future that read the acks leaves: if the reader's waker is its
+    /// own, another waiting owner is woken to read from now on.
+    fn hand_over(&mut self, leaving: &Waker) {
+        if !self.reader.as_ref().is_some_and(|r| r.will_wake(leaving)) {
+            return;
+        }
+        let next = self.slots.iter().find_map(|slot| match slot {
+            Slot::Waiting {
+                owner: Some(owner), ..
+            } if !owner.will_wake(leaving) => Some(owner.clone()),
+            _ => None,
+        });
+        if let Some(next) = next {
+            self.reader = None;
+            next.wake();
         }
     }
 }
 
 struct Shared {
-    waiting: Mutex<Waiting>,
-    /// Sweeper ticks so far; deadlines are counted in them.
-    tick: AtomicU64,
+    acks: Mutex<Acks>,
 }
 
 impl Shared {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        // The lock guards plain queue operations that cannot leave it
-        // inconsistent, so a poisoned lock is still usable.
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    fn acks(&self) -> MutexGuard<'_, Acks> {
+        // The lock guards queue operations that leave it consistent at every
+        // step, so a poisoned lock is still usable.
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -108,11 +255,6 @@ pub(crate) struct PublishAcks {
     prefix: String,
     shared: Arc<Shared>,
     timeout: Duration,
-    /// How many ticks an ack may take.
-    ticks_per_timeout: u64,
-    /// Dropped with this: ends the demultiplexer and its subscription, so the
-    /// task does not keep the connection open after the client is gone.
-    _stop: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for PublishAcks {
@@ -124,13 +266,16 @@ impl std::fmt::Debug for PublishAcks {
     }
 }
 
-/// Sweeps per ack timeout: a timeout is reported at most a tenth late.
-const TICKS_PER_TIMEOUT: u32 = 10;
-const MIN_TICK: Duration = Duration::from_millis(5);
-const MAX_TICK: Duration = Duration::from_millis(250);
+/// Ends the subscription with the publisher, so that it does not keep
+/// receiving after the client is gone.
+impl Drop for PublishAcks {
+    fn drop(&mut self) {
+        self.shared.acks().close();
+    }
+}
 
 impl PublishAcks {
-    /// Subscribes the connection's ack inbox and starts its demultiplexer.
+    /// Subscribes the connection's ack inbox.
     pub(crate) async fn start(
         nats: async_nats::Client,
         timeout: Duration,
@@ -138,25 +283,21 @@ impl PublishAcks {
         let inbox = nats.new_inbox();
         let prefix = format!("{inbox}.");
         let subscription = nats.subscribe(format!("{inbox}.*")).await?;
-        let tick = (timeout / TICKS_PER_TIMEOUT).clamp(MIN_TICK, MAX_TICK);
-        let ticks_per_timeout =
-            u64::try_from(timeout.as_nanos().div_ceil(tick.as_nanos().max(1))).unwrap_or(u64::MAX);
         let shared = Arc::new(Shared {
-            waiting: Mutex::new(Waiting {
+            acks: Mutex::new(Acks {
                 first: 0,
                 slots: VecDeque::new(),
+                unanswered: 0,
+                subscription: Some(subscription),
+                deadline: None,
+                reader: None,
             }),
-            tick: AtomicU64::new(0),
         });
-        let (stop, stopped) = oneshot::channel();
-        tokio::spawn(demultiplex(subscription, shared.clone(), tick, stopped));
         Ok(PublishAcks {
             nats,
             prefix,
             shared,
             timeout,
-            ticks_per_timeout,
-            _stop: stop,
         })
     }
 
@@ -167,19 +308,23 @@ impl PublishAcks {
         subject: String,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<
-        impl std::future::Future<Output = Result<PublishAck, PublishError>> + Send + 'static,
-        PublishError,
-    > {
-        let (answer, answered) = oneshot::channel();
+    ) -> Result<AckFuture, PublishError> {
         let number = {
-            let mut waiting = self.shared.waiting();
-            let number = waiting.first + waiting.slots.len() as u64;
-            waiting.slots.push_back(Slot {
-                due: self.shared.tick.load(Ordering::Relaxed) + self.ticks_per_timeout,
-                answer: Some(answer),
-            });
-            number
+            let mut acks = self.shared.acks();
+            if acks.subscription.is_none() {
+                return Err(PublishError::new(PublishErrorKind::BrokenPipe));
+            }
+            // The reader may be busy sending rather than awaiting its ack:
+            // what has arrived is filed now, for the others waiting.
+            if let Some(reader) = acks.reader.clone() {
+                acks.read(&mut Context::from_waker(&reader));
+            }
+            acks.push(Instant::now() + self.timeout)
+        };
+        let pending = AckFuture {
+            shared: self.shared.clone(),
+            number,
+            settled: false,
         };
         let mut reply = String::with_capacity(self.prefix.len() + 20);
         reply.push_str(&self.prefix);
@@ -198,18 +343,63 @@ impl PublishAcks {
                 Err(_) => Err(PublishError::new(PublishErrorKind::TimedOut)),
             },
         };
-        if let Err(err) = sent {
-            self.shared.waiting().take(number);
-            return Err(err);
-        }
-        Ok(async move {
-            match answered.await {
-                Ok(Ok(message)) => read_ack(&message),
-                Ok(Err(NoAck::TimedOut)) => Err(PublishError::new(PublishErrorKind::TimedOut)),
-                // The demultiplexer is gone: the connection was closed.
-                Err(_) => Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+        // On an error `pending` is dropped, which gives up its slot.
+        sent.map(|()| pending)
+    }
+}
+
+/// The stream's answer to one message sent.
+pub(crate) struct AckFuture {
+    shared: Arc<Shared>,
+    number: u64,
+    settled: bool,
+}
+
+impl Future for AckFuture {
+    type Output = Result<PublishAck, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let shared = self.shared.clone();
+        let mut acks = shared.acks();
+        let answer = match acks.take(self.number) {
+            Some(answer) => answer,
+            None => {
+                acks.read(cx);
+                match acks.take(self.number) {
+                    Some(answer) => answer,
+                    None => {
+                        if let Some(Slot::Waiting { owner, .. }) = acks.slot(self.number) {
+                            if !owner.as_ref().is_some_and(|o| o.will_wake(cx.waker())) {
+                                *owner = Some(cx.waker().clone());
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                }
             }
+        };
+        acks.hand_over(cx.waker());
+        drop(acks);
+        self.settled = true;
+        Poll::Ready(match answer {
+            Ok(message) => read_ack(&message),
+            Err(NoAck::TimedOut) => Err(PublishError::new(PublishErrorKind::TimedOut)),
+            Err(NoAck::Closed) => Err(PublishError::new(PublishErrorKind::BrokenPipe)),
         })
+    }
+}
+
+/// A sender that stops waiting gives up its slot, and hands the reading
+/// over if it was the one reading.
+impl Drop for AckFuture {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut acks = self.shared.acks();
+        if let Some(owner) = acks.abandon(self.number) {
+            acks.hand_over(&owner);
+        }
     }
 }
 
@@ -266,74 +456,61 @@ fn read_ack(message: &Message) -> Result<PublishAck, PublishError> {
     })
 }
 
-/// Hands each ack to its waiting sender and sweeps the overdue ones, until
-/// the acks' owner is dropped or the connection is closed.
-async fn demultiplex(
-    mut subscription: async_nats::Subscriber,
-    shared: Arc<Shared>,
-    tick: Duration,
-    mut stopped: oneshot::Receiver<()>,
-) {
-    let mut ticks = tokio::time::interval(tick);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            message = subscription.next() => {
-                let Some(message) = message else { break };
-                let number = message
-                    .subject
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .and_then(|number| number.parse::<u64>().ok());
-                let sender = number.and_then(|number| shared.waiting().take(number));
-                if let Some(sender) = sender {
-                    let _ = sender.send(Ok(message));
-                }
-            }
-            _ = ticks.tick() => {
-                let tick = shared.tick.fetch_add(1, Ordering::Relaxed) + 1;
-                shared.waiting().sweep(tick);
-            }
-        }
-    }
-    let _ = subscription.unsubscribe().await;
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    fn waiting_with(dues: &[u64]) -> (Waiting, Vec<oneshot::Receiver<Answer>>) {
-        let mut waiting = Waiting {
+    /// Acks without a subscription, with slots due `after` from now.
+    fn acks_with(after: &[u64]) -> Acks {
+        let mut acks = Acks {
             first: 0,
             slots: VecDeque::new(),
+            unanswered: 0,
+            subscription: None,
+            deadline: None,
+            reader: None,
         };
-        let receivers = dues
-            .iter()
-            .map(|due| {
-                let (answer, answered) = oneshot::channel();
-                waiting.slots.push_back(Slot {
-                    due: *due,
-                    answer: Some(answer),
-                });
-                answered
-            })
-            .collect();
-        (waiting, receivers)
+        let now = Instant::now();
+        for secs in after {
+            acks.push(now + Duration::from_secs(*secs));
+        }
+        acks
+    }
+
+    /// Counts the wakes of the wakers made from it.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn counted() -> (Waker, Arc<Wakes>) {
+            let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+            (Waker::from(wakes.clone()), wakes)
+        }
+
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
     }
 
     #[test]
     fn an_ack_finds_its_sender_by_number_and_only_once() {
-        let (mut waiting, _receivers) = waiting_with(&[10, 10, 10]);
-        assert!(waiting.take(1).is_some());
-        assert!(waiting.take(1).is_none(), "answered twice");
-        assert_eq!(waiting.slots.len(), 3, "an answer behind the front is kept");
-        assert!(waiting.take(0).is_some());
-        assert_eq!(waiting.first, 2, "answered front slots are dropped");
-        assert!(waiting.take(7).is_none(), "a number never sent");
+        let mut acks = acks_with(&[10, 10, 10]);
+        let reader = Waker::noop();
+        acks.answer(1, Ok(reply("{}")), reader);
+        assert!(acks.take(1).is_some());
+        assert!(acks.take(1).is_none(), "answered twice");
+        assert_eq!(acks.slots.len(), 3, "an answer behind the front is kept");
+        acks.answer(0, Ok(reply("{}")), reader);
+        assert!(acks.take(0).is_some());
+        assert_eq!(acks.first, 2, "taken front slots are dropped");
+        acks.answer(7, Ok(reply("{}")), reader);
+        assert!(acks.take(7).is_none(), "a number never sent");
     }
 
     fn reply(payload: &'static str) -> Message {
@@ -375,18 +552,78 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sweeping_times_out_only_the_overdue() {
-        let (mut waiting, mut receivers) = waiting_with(&[3, 3, 5]);
-        waiting.sweep(3);
-        assert!(matches!(receivers[0].try_recv(), Ok(Err(NoAck::TimedOut))));
-        assert!(matches!(receivers[1].try_recv(), Ok(Err(NoAck::TimedOut))));
-        assert!(receivers[2].try_recv().is_err(), "not yet due");
-        assert_eq!(waiting.first, 2);
+    /// Reads `acks` once with `waker`, as a polled ack future does.
+    fn read_with(acks: &mut Acks, waker: &Waker) {
+        acks.read(&mut Context::from_waker(waker));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reading_times_out_only_the_overdue_and_wakes_their_owners() {
+        let mut acks = acks_with(&[3, 3, 5]);
+        let (owner, wakes) = Wakes::counted();
+        let (reader, _) = Wakes::counted();
+        for number in 0..3 {
+            if let Some(Slot::Waiting { owner: slot, .. }) = acks.slot(number) {
+                *slot = Some(owner.clone());
+            }
+        }
+        tokio::time::advance(Duration::from_secs(3)).await;
+        read_with(&mut acks, &reader);
+        assert!(matches!(acks.take(0), Some(Err(NoAck::TimedOut))));
+        assert!(matches!(acks.take(1), Some(Err(NoAck::TimedOut))));
+        assert!(acks.take(2).is_none(), "not yet due");
+        assert_eq!(wakes.count(), 2, "each timed-out owner is woken");
+        acks.answer(0, Ok(reply("{}")), &reader);
         assert!(
-            waiting.take(0).is_none(),
+            acks.take(0).is_none(),
             "a late ack after its timeout finds nobody"
         );
-        assert!(waiting.take(2).is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        read_with(&mut acks, &reader);
+        assert!(matches!(acks.take(2), Some(Err(NoAck::TimedOut))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shared_timer_wakes_the_reader_at_the_oldest_deadline() {
+        let mut acks = acks_with(&[3, 5]);
+        let (reader, wakes) = Wakes::counted();
+        read_with(&mut acks, &reader);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(wakes.count(), 1, "woken when the first is due");
+        read_with(&mut acks, &reader);
+        assert!(matches!(acks.take(0), Some(Err(NoAck::TimedOut))));
+        assert!(acks.take(1).is_none());
+    }
+
+    #[test]
+    fn a_leaving_reader_hands_reading_over_to_another_owner() {
+        let mut acks = acks_with(&[10, 10, 10]);
+        let (first, _) = Wakes::counted();
+        let (second, second_wakes) = Wakes::counted();
+        for (number, owner) in [(1, &first), (2, &second)] {
+            if let Some(Slot::Waiting { owner: slot, .. }) = acks.slot(number) {
+                *slot = Some(owner.clone());
+            }
+        }
+        acks.reader = Some(first.clone());
+        acks.hand_over(&second);
+        assert_eq!(second_wakes.count(), 0, "only the reader hands over");
+        acks.hand_over(&first);
+        assert_eq!(second_wakes.count(), 1, "the other owner takes over");
+        assert!(acks.reader.is_none());
+    }
+
+    #[test]
+    fn closing_answers_every_waiting_sender() {
+        let mut acks = acks_with(&[10, 10]);
+        let (owner, wakes) = Wakes::counted();
+        if let Some(Slot::Waiting { owner: slot, .. }) = acks.slot(1) {
+            *slot = Some(owner);
+        }
+        acks.close();
+        assert!(matches!(acks.take(0), Some(Err(NoAck::Closed))));
+        assert!(matches!(acks.take(1), Some(Err(NoAck::Closed))));
+        assert_eq!(wakes.count(), 1);
     }
 }
