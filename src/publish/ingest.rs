@@ -145,7 +145,7 @@ impl Publisher {
         };
         ingest.results.resize_with(events.len(), || None);
         let mut next_event = 0;
-        let mut batch: Option<FastBatch> = None;
+        let mut batch: Option<Box<FastBatch>> = None;
         let mut batches_opened = 0_u64;
         loop {
             let (index, mut prepared) = match ingest.resend.pop_front() {

@@ -59,7 +59,7 @@ pub(crate) struct FastBatches {
 /// How the first message of a batch went.
 pub(crate) enum Started {
     /// The batch is open; the first message is not confirmed yet.
-    Open(FastBatch),
+    Open(Box<FastBatch>),
     /// The stream does not allow batch publish: nothing was stored.
     Disabled(BoxError),
     /// The server answered with a plain PubAck: it predates fast ingest and
@@ -153,7 +153,7 @@ impl FastBatches {
         match read_reply(&reply) {
             Reply::Flow { stride, .. } => {
                 batch.stride = stride;
-                Started::Open(batch)
+                Started::Open(Box::new(batch))
             }
             Reply::Final {
                 stream,
