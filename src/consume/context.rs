@@ -49,7 +49,10 @@ struct Meta {
     group: Arc<str>,
     delivery_count: u64,
     stream_sequence: Option<u64>,
-    publisher: Publisher,
+    /// Shared: a publisher is large (its optional claim check holds a whole
+    /// stream description), and copying it would make every context a
+    /// large allocation.
+    publisher: Arc<Publisher>,
     /// Made with the context, so once per handler call: its follow-up
     /// ordinals start at 0 on every run.
     lineage: Lineage,
@@ -62,7 +65,7 @@ impl<S> Context<S> {
         group: Arc<str>,
         delivery_count: u64,
         stream_sequence: Option<u64>,
-        publisher: Publisher,
+        publisher: impl Into<Arc<Publisher>>,
         state: S,
     ) -> Self {
         let lineage = Lineage::new(
@@ -77,7 +80,7 @@ impl<S> Context<S> {
                 group,
                 delivery_count,
                 stream_sequence,
-                publisher,
+                publisher: publisher.into(),
                 lineage,
             }),
             state,

@@ -154,6 +154,8 @@ pub(crate) struct Handlers<S> {
     /// The consumer's layers around the router; `None` without any, so a
     /// delivery costs the route's boxed future and nothing more.
     layered: Option<HandlerService<S>>,
+    /// Whether any layer (the consumer's or a route's) is in the way.
+    has_layers: bool,
 }
 
 // By hand: a derive would ask `S: Clone` of the handle, not of the state.
@@ -162,6 +164,7 @@ impl<S> Clone for Handlers<S> {
         Self {
             routes: self.routes.clone(),
             layered: self.layered.clone(),
+            has_layers: self.has_layers,
         }
     }
 }
@@ -174,7 +177,18 @@ impl<S: Clone + Send + Sync + 'static> Handlers<S> {
             // Like axum's: a layer added later wraps those added before.
             layers.iter().fold(router, |stack, layer| layer(stack))
         });
-        Self { routes, layered }
+        let has_layers = layered.is_some() || routes.has_route_layers();
+        Self {
+            routes,
+            layered,
+            has_layers,
+        }
+    }
+
+    /// Whether a layer may wrap a call: only a layer can hold one (an open
+    /// breaker), so without any the runner watches for no holds.
+    pub(crate) fn has_layers(&self) -> bool {
+        self.has_layers
     }
 
     /// The route table, to look up a type's options.

@@ -23,6 +23,11 @@ pub(crate) struct DeliveryInfo {
 /// each call sends one acknowledgement and says whether it went out.
 pub(crate) trait Delivery: Send + Sync + 'static {
     fn subject(&self) -> &str;
+    /// The subject as the handler's context keeps it; transports that hold
+    /// a shared one hand out a reference count rather than a copy.
+    fn shared_subject(&self) -> async_nats::Subject {
+        async_nats::Subject::from(self.subject())
+    }
     fn headers(&self) -> Option<&HeaderMap>;
     fn payload(&self) -> &Bytes;
     /// Its stream position and delivery count; an error when the

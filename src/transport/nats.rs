@@ -260,6 +260,10 @@ impl Delivery for jetstream::Message {
         self.message.subject.as_str()
     }
 
+    fn shared_subject(&self) -> async_nats::Subject {
+        self.message.subject.clone()
+    }
+
     fn headers(&self) -> Option<&HeaderMap> {
         self.message.headers.as_ref()
     }

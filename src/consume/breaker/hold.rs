@@ -11,15 +11,24 @@ use std::future::Future;
 use tokio::sync::watch;
 
 tokio::task_local! {
-    static HOLD: watch::Sender<bool>;
+    static HOLD: Option<watch::Sender<bool>>;
 }
 
-/// `call` with its holds reported on the receiver.
+/// `call` with its holds reported on the receiver. Without layers
+/// (`may_hold` false) nothing can hold the call: no channel is made, which
+/// would cost an allocation and its wake-ups on every delivery.
 pub(crate) fn scoped<F: Future>(
     call: F,
-) -> (impl Future<Output = F::Output>, watch::Receiver<bool>) {
+    may_hold: bool,
+) -> (
+    impl Future<Output = F::Output>,
+    Option<watch::Receiver<bool>>,
+) {
+    if !may_hold {
+        return (HOLD.scope(None, call), None);
+    }
     let (held, watched) = watch::channel(false);
-    (HOLD.scope(held, call), watched)
+    (HOLD.scope(Some(held), call), Some(watched))
 }
 
 /// The delivery of this task is held while this lives.
@@ -40,5 +49,5 @@ impl Drop for Held {
 
 fn mark(held: bool) {
     // Outside a runner's call there is no one to tell.
-    let _ = HOLD.try_with(|hold| hold.send_replace(held));
+    let _ = HOLD.try_with(|hold| hold.as_ref().map(|hold| hold.send_replace(held)));
 }

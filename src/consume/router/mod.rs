@@ -119,6 +119,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         })
     }
 
+    /// Whether a route has layers of its own.
+    pub(crate) fn has_route_layers(&self) -> bool {
+        self.types
+            .values()
+            .chain(self.patterns.iter().map(|(_, route)| route))
+            .any(|route| matches!(route.call, RouteCall::Layered(_)))
+    }
+
     /// Hands `delivery` to its route.
     pub(crate) fn dispatch(&self, delivery: Delivery<S>) -> RouteFuture {
         let event_type = &delivery.envelope().event_type;

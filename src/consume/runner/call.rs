@@ -49,8 +49,8 @@ pub(super) struct KeepAlive<'a, D> {
 }
 
 /// Runs a handler call to its end: its result, its timeout or shutdown.
-/// The timeout does not run while a layer holds the call (`held`): it
-/// starts again, whole, when the hold ends.
+/// The timeout does not run while a layer holds the call (`held`, `None`
+/// when no layer can): it starts again, whole, when the hold ends.
 ///
 /// Its event gets in-progress acks meanwhile, sent next to the call rather
 /// than before it: an ack waiting for room in the client's queue (a stalled
@@ -61,7 +61,7 @@ pub(super) async fn run_handler<C, D: Delivery>(
     timeout: Duration,
     keep_alive: KeepAlive<'_, D>,
     mut stopped: watch::Receiver<bool>,
-    mut held: watch::Receiver<bool>,
+    mut held: Option<watch::Receiver<bool>>,
 ) -> Ended
 where
     C: Future<Output = Caught>,
@@ -84,14 +84,14 @@ where
         tokio::pin!(deadline);
         let mut progress = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut progress_ack = ProgressAck::default();
-        let mut holding = *held.borrow_and_update();
-        let mut hold_reported = true;
+        let mut holding = is_held(&mut held);
+        let mut hold_reported = held.is_some();
         loop {
             tokio::select! {
                 caught = &mut call => break caught.into(),
-                changed = held.changed(), if hold_reported => match changed {
+                changed = hold_changed(&mut held), if hold_reported => match changed {
                     Ok(()) => {
-                        holding = *held.borrow_and_update();
+                        holding = is_held(&mut held);
                         deadline.as_mut().reset(Instant::now() + timeout);
                     }
                     // The call is over: its scope went with it.
@@ -123,6 +123,21 @@ where
         }
     })
     .await
+}
+
+/// Whether a layer holds the call now.
+fn is_held(held: &mut Option<watch::Receiver<bool>>) -> bool {
+    held.as_mut().is_some_and(|held| *held.borrow_and_update())
+}
+
+/// The next change of the hold; never, when nothing can hold the call.
+async fn hold_changed(
+    held: &mut Option<watch::Receiver<bool>>,
+) -> Result<(), watch::error::RecvError> {
+    match held {
+        Some(held) => held.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

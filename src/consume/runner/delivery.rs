@@ -1,8 +1,10 @@
 //! The life of one delivery: decode, route, handle, decide how to settle.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{BoxFuture, Either};
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -48,12 +50,17 @@ pub(super) enum Decision {
 }
 
 /// One delivery, from decoding to settling, inside its process span.
-pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
+///
+/// What needs no waiting (metadata, span, decoding) is done here, before
+/// the future is made: the future then holds only what the handler and
+/// the settling need, and every running delivery's future is that much
+/// smaller (the runner moves each into its set of running handlers).
+pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
     message: D,
     shared: Arc<Runtime<S>>,
     stopped: watch::Receiver<bool>,
-) {
-    let subject = async_nats::Subject::from(message.subject());
+) -> impl Future<Output = ()> + Send + 'static {
+    let subject = message.shared_subject();
     let (delivered, stream, stream_sequence) = match message.info() {
         Ok(info) => (info.delivered, info.stream, info.stream_sequence),
         // Only JetStream messages reach a pull consumer; if the reply subject
@@ -65,13 +72,14 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
                 error = %err,
                 "delivery without JetStream metadata cannot be handled or acked; dropped"
             );
-            return;
+            return Either::Left(std::future::ready(()));
         }
     };
     let span = tracing::info_span!(
         "process",
-        // Evaluated only for a span someone collects, like every field.
-        otel.name = %format_args!("process {}", crate::subject::destination_template(&subject)),
+        // Formatted only for a span or log someone collects: tracing builds
+        // the fields of a disabled span too when its `log` feature is on.
+        otel.name = %ProcessName(&subject),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
@@ -79,7 +87,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = %subject,
-        messaging.destination.template = %crate::subject::destination_template(&subject),
+        messaging.destination.template = %DestinationTemplate(&subject),
         messaging.consumer.group.name = %shared.group,
         messaging.message.id = tracing::field::Empty,
         messaging.message.conversation_id = tracing::field::Empty,
@@ -115,26 +123,32 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         crate::trace::continue_in_process_span(&span, envelope);
     }
 
-    let work = async {
+    let work = async move {
         let decision = match envelope {
             Err(err) => Decision::DeadLetter {
                 reason: DeadLetterReason::Undecodable,
                 error: error_chain(&err),
                 failed_runs: None,
             },
-            Ok(envelope) => match readable(&shared, envelope, delivered).await {
-                Err(decision) => decision,
-                Ok(envelope) => {
-                    let delivery = DeliveryFacts {
-                        subject: &subject,
-                        delivered,
-                        stream_sequence,
-                        event_type: &event_type,
-                        attributes: &attributes,
-                    };
-                    decide(&shared, envelope, delivery, &message, stopped).await
+            Ok(envelope) => {
+                let readable = match readable(&shared, envelope, delivered) {
+                    Readable::AsIs(envelope) => Ok(envelope),
+                    Readable::Read(reading) => reading.await,
+                };
+                match readable {
+                    Err(decision) => decision,
+                    Ok(envelope) => {
+                        let delivery = DeliveryFacts {
+                            subject: &subject,
+                            delivered,
+                            stream_sequence,
+                            event_type: &event_type,
+                            attributes: &attributes,
+                        };
+                        decide(&shared, envelope, delivery, &message, stopped).await
+                    }
                 }
-            },
+            }
         };
         let failure_parts = (
             subject.as_str(),
@@ -152,7 +166,7 @@ pub(super) async fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         )
         .await;
     };
-    work.instrument(span).await;
+    Either::Right(work.instrument(span))
 }
 
 /// What `decide` knows of a delivery besides its envelope.
@@ -189,7 +203,13 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         .handler_timeout()
         .unwrap_or(shared.settings.handler_timeout);
     // Attempts are failed handler runs, not deliveries (see `attempts`).
-    let failed_before = shared.failed_runs.before(stream_sequence, delivered).await;
+    // Boxed, for the same reason as the reading of the data: only a
+    // redelivery looks the count up.
+    let failed_before = if delivered > 1 {
+        Box::pin(shared.failed_runs.before(stream_sequence, delivered)).await
+    } else {
+        0
+    };
     if failed_before >= retry.attempts() {
         // Its last failed run was recorded but not followed by a dead
         // letter (a crash in between, or a policy with fewer attempts now).
@@ -213,7 +233,10 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         shared.state.clone(),
     );
     let metrics = shared.client.metrics();
-    let (call, held) = hold::scoped(shared.handlers.call(StackDelivery::new(context)));
+    let (call, held) = hold::scoped(
+        shared.handlers.call(StackDelivery::new(context)),
+        shared.handlers.has_layers(),
+    );
     let started = std::time::Instant::now();
     let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
     let keep_alive = KeepAlive {
@@ -284,7 +307,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
     };
     // An event that ends after failed runs leaves no record behind.
     if failed_before > 0 && matches!(decision, Decision::Ack | Decision::DeadLetter { .. }) {
-        shared.failed_runs.forget(stream_sequence).await;
+        Box::pin(shared.failed_runs.forget(stream_sequence)).await;
     }
     decision
 }
@@ -297,10 +320,61 @@ fn record_retried_failure(error_type: &str, error: &str) {
     span.record("otel.status_description", error);
 }
 
+/// `process {template}` of a subject, for the span's name.
+struct ProcessName<'a>(&'a str);
+
+impl std::fmt::Display for ProcessName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process {}", DestinationTemplate(self.0))
+    }
+}
+
+/// The subject with its key token replaced by `{key}`.
+struct DestinationTemplate<'a>(&'a str);
+
+impl std::fmt::Display for DestinationTemplate<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::subject::destination_template(self.0))
+    }
+}
+
+/// An envelope its handler can read, or the reading that makes it so.
+enum Readable<'a> {
+    AsIs(crate::envelope::Envelope),
+    /// Boxed: its futures are large, and every delivery's future would
+    /// carry their size while almost none take this path.
+    Read(BoxFuture<'a, Result<crate::envelope::Envelope, Decision>>),
+}
+
+/// The envelope as it is, unless its data must be fetched (a claim check)
+/// or decrypted first.
+fn readable<S: Sync>(
+    shared: &Runtime<S>,
+    envelope: crate::envelope::Envelope,
+    delivered: u64,
+) -> Readable<'_> {
+    let claim_checked = envelope.extension(crate::claim_check::OBJECT).is_some();
+    if claim_checked || decrypts(&shared.settings) {
+        Readable::Read(Box::pin(read(shared, envelope, delivered)))
+    } else {
+        Readable::AsIs(envelope)
+    }
+}
+
+#[cfg(feature = "encryption")]
+fn decrypts(settings: &crate::consume::Settings) -> bool {
+    settings.decryption.is_some()
+}
+
+#[cfg(not(feature = "encryption"))]
+fn decrypts(_settings: &crate::consume::Settings) -> bool {
+    false
+}
+
 /// The envelope with its claim-checked data fetched and its data decrypted
 /// when the consumer decrypts, or how to settle an event whose data cannot
 /// be read.
-async fn readable<S>(
+async fn read<S>(
     shared: &Runtime<S>,
     mut envelope: crate::envelope::Envelope,
     delivered: u64,

@@ -59,7 +59,8 @@ type Signal = Shared<BoxFuture<'static, ()>>;
 /// What the runner shares with every delivery task.
 struct Runtime<S> {
     client: Client,
-    publisher: Publisher,
+    /// Shared with every handler's context.
+    publisher: Arc<Publisher>,
     group: Arc<str>,
     handlers: Handlers<S>,
     state: S,
@@ -94,7 +95,7 @@ where
     let failed_runs = FailedRuns::open(&client, &stream, &group, replicas).await;
     let shared = Arc::new(Runtime {
         failed_runs,
-        publisher: client.publisher(),
+        publisher: Arc::new(client.publisher()),
         client: client.clone(),
         group: Arc::from(group.as_str()),
         handlers,
