@@ -21,7 +21,12 @@ use support::{connect, shared_server, unique};
 
 /// The ids of the events stored in `stream`, in stream order.
 async fn stored_ids(client: &Client, stream: &str) -> Vec<String> {
-    let handle = client.jetstream().unwrap().get_stream(stream).await.unwrap();
+    let handle = client
+        .jetstream()
+        .unwrap()
+        .get_stream(stream)
+        .await
+        .unwrap();
     let total = handle.cached_info().state.messages as usize;
     let consumer = handle
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
@@ -109,8 +114,7 @@ async fn ingest_falls_back_to_pipelined_publishing_without_the_stream_flag() {
 async fn enabling_batch_publish_on_an_existing_stream_updates_it() {
     let (client, stream) = client_and_stream(false).await;
     let env = client.config().env.clone();
-    let spec =
-        StreamSpec::new(&stream, vec![format!("{env}.chaos.>")]).allow_batch_publish(true);
+    let spec = StreamSpec::new(&stream, vec![format!("{env}.chaos.>")]).allow_batch_publish(true);
     let report = client.ensure_stream(&spec).await.unwrap();
     assert_eq!(report.updated, vec!["allow_batch_publish"]);
     let events: Vec<Op> = (0..10).map(|n| op("enabled", n, 10)).collect();
@@ -251,7 +255,10 @@ async fn sigkill_during_ingest_loses_no_confirmed_event() {
         for (event, result) in events.iter().zip(&report.results) {
             checker.record(&event.op, result);
             if let Ok(ingested) = result {
-                assert!(ids.insert(ingested.event_id().to_owned()), "one id per event");
+                assert!(
+                    ids.insert(ingested.event_id().to_owned()),
+                    "one id per event"
+                );
             }
         }
         println!(

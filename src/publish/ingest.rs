@@ -302,7 +302,9 @@ impl Publisher {
         for event in ingest.in_flight.drain(..) {
             match refused_at {
                 Some(at) if event.batch_sequence == at => {
-                    let Some(failure) = refusal.take() else { continue };
+                    let Some(failure) = refusal.take() else {
+                        continue;
+                    };
                     match self.classify(&event.prepared, failure) {
                         AttemptError::Retryable { .. } => {
                             ingest.retry_later.push((event.index, event.prepared));
@@ -350,7 +352,9 @@ impl Publisher {
                     .map(Ingested::Stored)
             }
         });
-        let rest = self.publish_many(&events[next_event..], FALLBACK_WINDOW).await;
+        let rest = self
+            .publish_many(&events[next_event..], FALLBACK_WINDOW)
+            .await;
         for (slot, result) in ingest.results[next_event..].iter_mut().zip(rest) {
             *slot = Some(result.map(Ingested::Stored));
         }

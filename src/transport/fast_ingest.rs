@@ -213,8 +213,7 @@ impl FastBatch {
         // After a refusal the server takes nothing more: wait for its
         // PubAck, which comes once what it took is persisted.
         while self.end.is_none()
-            && (self.refused.is_some()
-                || self.sent >= self.persisted + self.stride * STRIDES_AHEAD)
+            && (self.refused.is_some() || self.sent >= self.persisted + self.stride * STRIDES_AHEAD)
         {
             self.await_reply().await;
         }
@@ -255,7 +254,12 @@ impl FastBatch {
     async fn publish(&mut self, message: BatchMessage, op: u8) -> Result<(), StoreFailure> {
         let reply = self.reply_subject(self.sent + 1, op);
         self.nats
-            .publish_with_reply_and_headers(message.subject, reply, message.headers, message.payload)
+            .publish_with_reply_and_headers(
+                message.subject,
+                reply,
+                message.headers,
+                message.payload,
+            )
             .await
             .map_err(|err| failure(StoreFailureKind::BrokenPipe, err))?;
         self.sent += 1;
@@ -393,7 +397,10 @@ enum Reply {
         batch: Option<(String, u64)>,
     },
     /// A PubAck with an error: the batch did not start, or no stream.
-    FinalError { code: u64, failure: StoreFailure },
+    FinalError {
+        code: u64,
+        failure: StoreFailure,
+    },
     Unreadable(BoxError),
 }
 
