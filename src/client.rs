@@ -242,7 +242,7 @@ impl Client {
         })?;
 
         let jetstream = jetstream::ContextBuilder::new()
-            .timeout(config.ack_timeout)
+            .timeout(config.api_timeout)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
             .build(nats.clone());
         let transport = Arc::new(NatsTransport::new(nats, jetstream, config.ack_timeout));

@@ -320,6 +320,25 @@ async fn building_against_a_missing_stream_fails() {
     );
 }
 
+/// The ack timeout bounds publish acks only: a timeout far shorter than any
+/// JetStream API round trip must not fail the stream's or the consumer's
+/// creation (it once did, when both shared one request timeout).
+#[tokio::test]
+async fn a_short_ack_timeout_does_not_bound_consumer_creation() {
+    let server = jetevents_testcontainers::shared().await;
+    let client = support::connect(&server.url(), &support::unique("env"), |config| {
+        config.ack_timeout = Duration::from_micros(1);
+    })
+    .await;
+    let world = World::provision(client).await;
+    let consumer = world
+        .consumer("quick-acks")
+        .handle(|_: OrderPlaced, _: Context| async { Ok(()) })
+        .build()
+        .await;
+    assert!(consumer.is_ok(), "{:?}", consumer.err());
+}
+
 #[tokio::test]
 async fn consuming_resumes_after_an_outage_longer_than_the_pull() {
     let mut server = NatsServer::start().await.unwrap();

@@ -59,6 +59,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long to wait for one PubAck before the attempt counts as timed out.
     pub ack_timeout: Duration,
+    /// How long any other JetStream API request may take: creating and
+    /// reading streams, consumers and key-value buckets, dead-letter
+    /// redrives, saga timers. Kept apart from [`Config::ack_timeout`] because
+    /// a short ack timeout (fast retries during leader elections) would fail
+    /// a consumer's creation on a busy cluster, where it can take seconds.
+    pub api_timeout: Duration,
     /// How often the client pings the server. A connection that stops
     /// answering (a black-holed network, a frozen server) is dropped and
     /// reconnected after three unanswered pings, so this sets how soon a
@@ -90,6 +96,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             connect_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(5),
+            api_timeout: Duration::from_secs(5),
             ping_interval: DEFAULT_PING_INTERVAL,
             publish_retry: PublishRetry::default(),
             encoding: Encoding::Binary,
@@ -127,6 +134,8 @@ impl Config {
         with_connect_timeout => connect_timeout: Duration,
         /// Sets [`Config::ack_timeout`].
         with_ack_timeout => ack_timeout: Duration,
+        /// Sets [`Config::api_timeout`].
+        with_api_timeout => api_timeout: Duration,
         /// Sets [`Config::ping_interval`].
         with_ping_interval => ping_interval: Duration,
         /// Sets [`Config::publish_retry`].
@@ -341,7 +350,7 @@ impl Config {
     /// | `JETEVENTS_CREDS_FILE` | credentials file |
     /// | `JETEVENTS_TLS_REQUIRED` | `true`/`false` |
     /// | `JETEVENTS_TLS_CA`, `JETEVENTS_TLS_CERT`, `JETEVENTS_TLS_KEY` | PEM files |
-    /// | `JETEVENTS_CONNECT_TIMEOUT`, `JETEVENTS_ACK_TIMEOUT`, `JETEVENTS_PING_INTERVAL` | durations: `500ms`, `5s`, `1m` |
+    /// | `JETEVENTS_CONNECT_TIMEOUT`, `JETEVENTS_ACK_TIMEOUT`, `JETEVENTS_API_TIMEOUT`, `JETEVENTS_PING_INTERVAL` | durations: `500ms`, `5s`, `1m` |
     /// | `JETEVENTS_PUBLISH_ATTEMPTS` | attempts per publish, first included |
     /// | `JETEVENTS_ENCODING` | `binary` or `structured` |
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -447,6 +456,9 @@ impl Config {
         }
         if let Some(value) = get("JETEVENTS_ACK_TIMEOUT") {
             config.ack_timeout = parse_duration("JETEVENTS_ACK_TIMEOUT", &value)?;
+        }
+        if let Some(value) = get("JETEVENTS_API_TIMEOUT") {
+            config.api_timeout = parse_duration("JETEVENTS_API_TIMEOUT", &value)?;
         }
         if let Some(value) = get("JETEVENTS_PING_INTERVAL") {
             config.ping_interval = parse_duration("JETEVENTS_PING_INTERVAL", &value)?;

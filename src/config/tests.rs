@@ -75,6 +75,7 @@ fn durations_and_encoding() {
     let config = Config::from_lookup(lookup(&[
         ("JETEVENTS_CONNECT_TIMEOUT", "2m"),
         ("JETEVENTS_ACK_TIMEOUT", "3"),
+        ("JETEVENTS_API_TIMEOUT", "12s"),
         ("JETEVENTS_PING_INTERVAL", "750ms"),
         ("JETEVENTS_ENCODING", "Structured"),
         ("JETEVENTS_TLS_REQUIRED", "true"),
@@ -82,6 +83,7 @@ fn durations_and_encoding() {
     .unwrap();
     assert_eq!(config.connect_timeout, Duration::from_secs(120));
     assert_eq!(config.ack_timeout, Duration::from_secs(3));
+    assert_eq!(config.api_timeout, Duration::from_secs(12));
     assert_eq!(config.ping_interval, Duration::from_millis(750));
     assert_eq!(config.encoding, Encoding::Structured);
     assert!(config.tls.required);

@@ -150,7 +150,7 @@ impl<S: Clone + Send + Sync + 'static> EphemeralBuilder<S> {
         // been reported by then. Its answer does not matter: an error reply
         // is a round trip too.
         let _ = tokio::time::timeout(
-            self.client.config().ack_timeout,
+            self.client.config().api_timeout,
             connection.jetstream.query_account(),
         )
         .await;
