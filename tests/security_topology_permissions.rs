@@ -23,6 +23,9 @@ use support::eventually;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct InvoiceIssued {
     id: String,
+    /// The invoice document; large ones travel through a claim check.
+    #[serde(default)]
+    document: String,
 }
 
 impl Event for InvoiceIssued {
@@ -76,7 +79,13 @@ fn dead_letters() -> DeadLetterConfig {
 }
 
 async fn billing_service() -> (NatsServer, Client) {
-    let generated = billing_access().permissions();
+    service_with(billing_access()).await
+}
+
+/// A server whose one user has the permissions generated from `access`,
+/// and a client connected as that user.
+async fn service_with(access: ServiceAccess) -> (NatsServer, Client) {
+    let generated = access.permissions();
     let server = NatsServer::builder()
         .auth(jetevents_testcontainers::Auth::UserPassword {
             user: "billing".into(),
@@ -113,7 +122,10 @@ fn group(
         .with_state(handled.clone())
         .handle(
             |event: InvoiceIssued, ctx: Context<Arc<Mutex<Vec<String>>>>| async move {
-                ctx.state().lock().unwrap().push(event.id);
+                ctx.state()
+                    .lock()
+                    .unwrap()
+                    .push(format!("{}:{}", event.id, event.document.len()));
                 Ok::<_, HandlerError>(())
             },
         )
@@ -135,6 +147,7 @@ async fn a_service_with_its_generated_permissions_publishes_and_consumes() {
         publisher
             .publish(&InvoiceIssued {
                 id: format!("i{n}"),
+                document: String::new(),
             })
             .await
             .unwrap();
@@ -212,5 +225,59 @@ async fn another_groups_consumer_is_refused() {
         matches!(err.kind(), ConsumeErrorKind::PermissionDenied { subject }
             if subject.starts_with("$JS.API.CONSUMER.") && subject.contains(".auditors")),
         "{err:?}"
+    );
+}
+
+/// Data too large for a message goes to the claim-check bucket and comes
+/// back to the handler, all within the generated permissions.
+#[tokio::test]
+async fn claim_checked_events_round_trip_within_the_generated_permissions() {
+    use jetevents::claim_check::ClaimCheck;
+
+    let (_server, client) = service_with(billing_access().claim_checks("INVOICES").unwrap()).await;
+    let mut violations = client.permission_violations();
+    client
+        .ensure_stream(&StreamSpec::for_domain(client.subjects(), "BILLING", "billing").unwrap())
+        .await
+        .unwrap();
+    let claim_check = ClaimCheck::open(&client, "INVOICES")
+        .await
+        .unwrap()
+        .threshold(1024);
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let consumer = group(&client, "billing", &handled).build().await.unwrap();
+    let running = tokio::spawn(consumer.run());
+    let document = "x".repeat(64 * 1024);
+    client
+        .publisher()
+        .with_claim_check(claim_check)
+        .publish(&InvoiceIssued {
+            id: "i-large".into(),
+            document,
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the group handled the claim-checked invoice",
+        Duration::from_secs(30),
+        || {
+            let handled = handled.clone();
+            async move { !handled.lock().unwrap().is_empty() }
+        },
+    )
+    .await;
+    assert_eq!(
+        *handled.lock().unwrap(),
+        vec![format!("i-large:{}", 64 * 1024)]
+    );
+    assert!(!running.is_finished(), "the consumer stopped");
+    running.abort();
+    let mut missed = Vec::new();
+    while let Ok(violation) = violations.try_recv() {
+        missed.push(violation.subject);
+    }
+    assert!(
+        missed.is_empty(),
+        "the generated permissions missed: {missed:?}"
     );
 }

@@ -246,6 +246,7 @@ service:
     publishes: [billing.invoice.issued.v1]
     groups: [billing]
     streams: [BILLING]
+    claim_checks: [INVOICES]
     dead_letters: BILLING_DL
 "#,
     );
@@ -273,6 +274,7 @@ service:
         "$JS.ACK.BOOKING.billing.>".to_owned(),
         "dlbilling.billing.>".to_owned(),
         "$JS.API.STREAM.CREATE.BILLING".to_owned(),
+        "$O.INVOICES.>".to_owned(),
     ] {
         assert!(
             publish.contains(&subject.as_str()),

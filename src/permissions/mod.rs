@@ -14,6 +14,7 @@
 //! | its failed runs           | `$KV.jetevents_attempts.c.s.>`, its direct gets, the bucket's info and creation |
 //! | dead letters of group `c` | `{prefix}.c.>`, `$JS.API.STREAM.INFO.{dead-letter stream}`      |
 //! | each stream it provisions | `$JS.API.STREAM.{INFO,CREATE,UPDATE}.s`                         |
+//! | each claim-check bucket `b` | `$O.b.>` (chunks, metadata), `$JS.API.STREAM.{INFO,CREATE,MSG.GET}.OBJ_b`, `$JS.API.DIRECT.GET.OBJ_b.>`, `$JS.API.CONSUMER.CREATE.OBJ_b[.>]` (reads), `$JS.FC.OBJ_b.>` (flow control) |
 //! | always                    | `$JS.API.INFO`, `$JS.API.STREAM.NAMES` (read only), `_INBOX.>` (replies) |
 //!
 //! It subscribes to `_INBOX.>` (publish acks, API replies and pulled
@@ -55,6 +56,7 @@ pub struct ServiceAccess {
     groups: Vec<(String, String)>,
     streams: Vec<String>,
     dead_letters: Option<DeadLetterConfig>,
+    claim_check_buckets: Vec<String>,
 }
 
 impl ServiceAccess {
@@ -66,6 +68,7 @@ impl ServiceAccess {
             groups: Vec::new(),
             streams: Vec::new(),
             dead_letters: None,
+            claim_check_buckets: Vec::new(),
         })
     }
 
@@ -99,6 +102,16 @@ impl ServiceAccess {
         Ok(self)
     }
 
+    /// It stores and reads claim-checked event data in Object Store bucket
+    /// `bucket` (`ClaimCheck::open`, publishers with a claim check and
+    /// consumers of their events). `ClaimCheck::remove_orphans` reads whole
+    /// streams and deletes objects: run it as an operator, not with these.
+    pub fn claim_checks(mut self, bucket: &str) -> Result<ServiceAccess, SubjectError> {
+        validate_token(bucket)?;
+        self.claim_check_buckets.push(bucket.to_owned());
+        Ok(self)
+    }
+
     /// The permissions it needs.
     pub fn permissions(&self) -> Permissions {
         let mut publish = BTreeSet::new();
@@ -117,6 +130,9 @@ impl ServiceAccess {
         }
         if let Some(dead_letters) = &self.dead_letters {
             publish.insert(format!("$JS.API.STREAM.INFO.{}", dead_letters.stream));
+        }
+        for bucket in &self.claim_check_buckets {
+            publish.extend(claim_check_subjects(bucket));
         }
         for stream in &self.streams {
             for call in ["INFO", "CREATE", "UPDATE"] {
@@ -158,6 +174,25 @@ fn group_subjects(stream: &str, group: &str) -> Vec<String> {
         format!("$JS.API.STREAM.CREATE.KV_{ATTEMPTS_BUCKET}"),
         format!("$JS.API.DIRECT.GET.KV_{ATTEMPTS_BUCKET}.$KV.{ATTEMPTS_BUCKET}.{attempts}"),
         format!("$KV.{ATTEMPTS_BUCKET}.{attempts}"),
+    ]
+}
+
+/// Using claim-check bucket `bucket`: the Object Store's stream `OBJ_{bucket}`
+/// as async-nats drives it (opened by its info, created when missing,
+/// written on `$O.{bucket}.C.*` and `.M.*`, an object's metadata read by a
+/// direct get, its chunks by an ordered consumer whose flow-control
+/// requests are answered on `$JS.FC`).
+fn claim_check_subjects(bucket: &str) -> Vec<String> {
+    let stream = format!("OBJ_{bucket}");
+    vec![
+        format!("$O.{bucket}.>"),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.CREATE.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
     ]
 }
 

@@ -81,7 +81,33 @@ fn names_that_would_widen_a_subject_are_refused() {
     assert!(access.clone().consumes("BOOKING", "*").is_err());
     assert!(access.clone().consumes("A.B", "billing").is_err());
     assert!(access.clone().provisions(">").is_err());
+    assert!(access.clone().claim_checks("DOCS.>").is_err());
     assert!(ServiceAccess::new("de v").is_err());
+}
+
+#[test]
+fn a_claim_check_bucket_opens_only_its_own_object_store() {
+    let publish = billing()
+        .claim_checks("DOCS")
+        .unwrap()
+        .permissions()
+        .publish;
+    let object_store: Vec<&String> = publish
+        .iter()
+        .filter(|s| s.contains("OBJ_") || s.starts_with("$O."))
+        .collect();
+    assert!(!object_store.is_empty());
+    assert!(
+        object_store
+            .iter()
+            .all(|s| s.contains("OBJ_DOCS") || s.starts_with("$O.DOCS.")),
+        "{object_store:?}"
+    );
+    assert!(!billing()
+        .permissions()
+        .publish
+        .iter()
+        .any(|s| s.contains("OBJ_")));
 }
 
 #[test]

@@ -116,6 +116,9 @@ pub struct ServiceDecl {
     /// The streams it creates and updates itself.
     #[serde(default)]
     pub streams: Vec<String>,
+    /// The Object Store buckets its claim checks use.
+    #[serde(default)]
+    pub claim_checks: Vec<String>,
     /// The declared dead-letter stream its groups use (default: the
     /// library's `DEAD_LETTERS`).
     pub dead_letters: Option<String>,

@@ -44,6 +44,11 @@ fn access(topology: &Topology, env: &str, service: &ServiceDecl) -> Result<Servi
     for stream in &service.streams {
         access = access.provisions(stream).map_err(within(stream.clone()))?;
     }
+    for bucket in &service.claim_checks {
+        access = access
+            .claim_checks(bucket)
+            .map_err(within(format!("claim-check bucket {bucket}")))?;
+    }
     for name in &service.groups {
         let mut declared = topology
             .groups
