@@ -216,6 +216,14 @@ pub enum ProvisionErrorKind {
     /// No answer in time.
     #[error("timed out")]
     TimedOut,
+    /// The connection's user may not make this JetStream API request (its
+    /// permissions lack `subject`); reported at once instead of waiting for
+    /// a reply that never comes.
+    #[error("permission denied for {subject}")]
+    PermissionDenied {
+        /// The API subject the server refused.
+        subject: String,
+    },
 }
 
 /// Error of [`Client::ensure_stream`].
@@ -242,7 +250,22 @@ impl Client {
     /// While a cluster is electing its leaders or still gathering peers
     /// (no responders, "cluster not available", "no suitable peers"), the
     /// request is repeated for a few seconds before the error is returned.
+    /// A request the connection's user may not make fails at once with
+    /// [`ProvisionErrorKind::PermissionDenied`].
     pub async fn ensure_stream(&self, spec: &StreamSpec) -> Result<StreamReport, ProvisionError> {
+        self.fail_fast_on_api_denial(self.ensure_stream_retrying(spec))
+            .await
+            .unwrap_or_else(|violation| {
+                Err(Error::new(ProvisionErrorKind::PermissionDenied {
+                    subject: violation.subject,
+                }))
+            })
+    }
+
+    async fn ensure_stream_retrying(
+        &self,
+        spec: &StreamSpec,
+    ) -> Result<StreamReport, ProvisionError> {
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
         loop {

@@ -11,7 +11,7 @@ use jetevents::config::{Auth, Secret};
 use jetevents::consume::{ConsumeErrorKind, Consumer, Context, DeadLetterConfig, HandlerError};
 use jetevents::event::EventType;
 use jetevents::permissions::ServiceAccess;
-use jetevents::provision::StreamSpec;
+use jetevents::provision::{ProvisionErrorKind, StreamSpec};
 use jetevents::publish::PublishErrorKind;
 use jetevents::Event;
 use jetevents_testcontainers::{NatsServer, Permissions};
@@ -279,5 +279,21 @@ async fn claim_checked_events_round_trip_within_the_generated_permissions() {
     assert!(
         missed.is_empty(),
         "the generated permissions missed: {missed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_it_does_not_provision_is_refused_at_once() {
+    let (_server, client) = billing_service().await;
+    let spec = StreamSpec::for_domain(client.subjects(), "SHIPPING", "shipping").unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), client.ensure_stream(&spec))
+        .await
+        .expect("a refused provisioning must not wait for the request timeout")
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        &ProvisionErrorKind::PermissionDenied {
+            subject: "$JS.API.STREAM.INFO.SHIPPING".into()
+        }
     );
 }
