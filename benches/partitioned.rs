@@ -19,17 +19,17 @@
 #[allow(dead_code)]
 #[path = "compare/common.rs"]
 mod common;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jetevents::client::Client;
-use jetevents::config::Config;
 use jetevents::consume::partitioned::{partitioned_stream, PartitionedConfig, PartitionedConsumer};
 use jetevents::consume::{Consumer, ConsumerBuilder, Context, HandlerError};
-use jetevents_testcontainers::{Backend, NatsServer};
 use serde::{Deserialize, Serialize};
+use support::{env, Background};
 
 #[derive(Serialize, Deserialize)]
 struct Recorded {
@@ -42,13 +42,6 @@ impl jetevents::Event for Recorded {
     fn key(&self) -> Option<String> {
         Some(self.key.clone())
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(default)
 }
 
 /// A builder whose handler counts events (after the simulated work).
@@ -136,14 +129,10 @@ async fn ordered(
     let member = PartitionedConsumer::build(builder, PartitionedConfig::new(partitions))
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(member.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let running = Background::spawn(|stopped| member.run_until(stopped));
     let elapsed = wait_for(&count, events).await;
     let cpu = common::process_cpu() - cpu;
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
     Measured { elapsed, cpu }
 }
 
@@ -152,19 +141,7 @@ async fn main() {
     let events = env("JE_BENCH_PCG_EVENTS", 20_000);
     let keys = env("JE_BENCH_PCG_KEYS", 1000);
     let work = Duration::from_micros(env("JE_BENCH_PCG_HANDLER_US", 0) as u64);
-    let server = NatsServer::builder()
-        .backend(Backend::Binary)
-        .start()
-        .await
-        .expect("start nats-server (binary backend)");
-    let client = Client::connect(
-        Config::default()
-            .with_servers([server.url()])
-            .with_env("bench")
-            .with_source("/bench"),
-    )
-    .await
-    .unwrap();
+    let (_server, client) = support::server_and_client().await;
 
     // The unordered group reads the P = 16 stream: the same stored backlog.
     for partitions in [16u16, 1, 4] {
@@ -189,14 +166,10 @@ async fn main() {
                 .build()
                 .await
                 .unwrap();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let running = tokio::spawn(consumer.run_until(async move {
-                let _ = stopped.await;
-            }));
+            let running = Background::spawn(|stopped| consumer.run_until(stopped));
             let elapsed = wait_for(&count, events).await;
             let cpu = common::process_cpu() - cpu;
-            let _ = stop.send(());
-            running.await.unwrap().unwrap();
+            running.stop().await;
             report("unordered (group)", events, &Measured { elapsed, cpu });
         }
         // The next stream captures the same subjects.

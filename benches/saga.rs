@@ -12,17 +12,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use jetevents::client::Client;
-use jetevents::config::Config;
 use jetevents::consume::HandlerError;
 use jetevents::provision::StreamSpec;
 use jetevents::publish::PublishOptions;
 use jetevents::saga::{Saga, Step, Transition};
-use jetevents_testcontainers::{Backend, NatsServer};
 use serde::{Deserialize, Serialize};
+use support::{env, Background};
 
 #[derive(Serialize, Deserialize)]
 struct Started {
@@ -73,13 +74,6 @@ fn settle(progress: Progress) -> Transition<Progress> {
     }
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(default)
-}
-
 /// How many sagas finished: the archive bucket's stream holds one message
 /// per finished saga.
 async fn finished(client: &Client) -> u64 {
@@ -97,19 +91,7 @@ async fn main() {
     let sagas = env("JE_BENCH_SAGAS", 200);
     let steps = env("JE_BENCH_SAGA_STEPS", 4);
     let concurrency = env("JE_BENCH_SAGA_CONCURRENCY", 32);
-    let server = NatsServer::builder()
-        .backend(Backend::Binary)
-        .start()
-        .await
-        .expect("start nats-server (binary backend)");
-    let client = Client::connect(
-        Config::default()
-            .with_servers([server.url()])
-            .with_env("bench")
-            .with_source("/bench"),
-    )
-    .await
-    .unwrap();
+    let (_server, client) = support::server_and_client().await;
     let stream = StreamSpec::new("BENCH", vec!["bench.bench.>".to_owned()]);
     // Declares the stream and the buckets before the events are published.
     let host = Saga::new("bench")
@@ -147,16 +129,12 @@ async fn main() {
         .await;
 
     let began = Instant::now();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(host.run_until(async move {
-        let _ = stopped.await;
-    }));
+    let running = Background::spawn(|stopped| host.run_until(stopped));
     while finished(&client).await < sagas as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = began.elapsed();
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    running.stop().await;
 
     let transitions = sagas * (steps + 1);
     println!(

@@ -139,7 +139,10 @@ impl Session {
         if let Some(from) = self.catch_up_from {
             let mut shutdown = self.shutdown.clone();
             tokio::select! {
-                result = self.catch_up(from, out) => last = result?,
+                result = self.catch_up(from, out) => match result {
+                    Ok(caught_up) => last = caught_up,
+                    Err(end) => return end,
+                },
                 _ = &mut expiry => return Some(EndReason::TokenExpired),
                 _ = shutdown.wait_for(|down| *down) => return Some(EndReason::Shutdown),
             }
@@ -177,13 +180,14 @@ impl Session {
     }
 
     /// Sends the stored events `from..=catch_up_to` that pass the filter, at
-    /// the client's pace. Returns the last sequence read, or `None` when the
-    /// client left; a failed read ends in `Some` of what was sent so far and
-    /// the live feed goes on from there (the client can resume).
-    async fn catch_up(&self, from: u64, out: &Out) -> Option<u64> {
+    /// the client's pace. Returns the last sequence read; else, as
+    /// [`Session::stream_frames`], `None` when the client left. A failed read
+    /// ends the stream as `stream-unavailable`: going live instead would skip
+    /// what was not read, and the client resumes from its last id.
+    async fn catch_up(&self, from: u64, out: &Out) -> Result<u64, Option<EndReason>> {
         let mut last = from.saturating_sub(1);
         if from > self.catch_up_to {
-            return Some(self.catch_up_to);
+            return Ok(self.catch_up_to);
         }
         let consumer = self
             .stream
@@ -194,40 +198,44 @@ impl Session {
                 },
                 ..Default::default()
             })
-            .await;
-        let consumer = match consumer {
-            Ok(consumer) => consumer,
-            Err(error) => {
-                tracing::warn!(%error, "catch-up read failed");
-                return None;
-            }
-        };
+            .await
+            .map_err(read_failed)?;
         // Nothing stored matches: the ordered read would only wait for new events.
         if consumer.cached_info().num_pending == 0 {
-            return Some(self.catch_up_to);
+            return Ok(self.catch_up_to);
         }
-        let mut messages = consumer.messages().await.ok()?;
-        while let Some(message) = messages.next().await {
-            let Ok(message) = message else { return None };
-            let Ok(info) = message.info() else {
-                return None;
-            };
+        let mut messages = consumer.messages().await.map_err(read_failed)?;
+        loop {
+            let message = messages
+                .next()
+                .await
+                .ok_or_else(|| read_failed("the ordered read ended"))?
+                .map_err(read_failed)?;
+            let info = message.info().map_err(read_failed)?;
             let (sequence, pending) = (info.stream_sequence, info.pending);
             if sequence > self.catch_up_to {
                 break;
             }
             last = sequence;
             if let Some(event) = StreamEvent::from_message(&message) {
-                if self.selection.admits(&event.event_type, &event.subject) {
-                    out.send(self.framer.frame(Arc::new(event))).await.ok()?;
+                if self.selection.admits(&event.event_type, &event.subject)
+                    && out.send(self.framer.frame(Arc::new(event))).await.is_err()
+                {
+                    return Err(None);
                 }
             }
             if pending == 0 || sequence == self.catch_up_to {
                 break;
             }
         }
-        Some(last.max(self.catch_up_to))
+        Ok(last.max(self.catch_up_to))
     }
+}
+
+/// Logs why a catch-up read failed; the stream ends as `stream-unavailable`.
+fn read_failed(error: impl std::fmt::Display) -> Option<EndReason> {
+    tracing::warn!(%error, "catch-up read failed");
+    Some(EndReason::StreamUnavailable)
 }
 
 impl Framer {

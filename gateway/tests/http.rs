@@ -181,10 +181,32 @@ async fn a_token_expiring_mid_stream_ends_it_with_a_final_event() {
     assert_eq!(client.status, 200);
     world.publish(1).await;
     assert_eq!(client.next_within(WAIT).await.unwrap().n(), Some(1));
-    let end = client.next_within(WAIT).await.unwrap();
-    assert_eq!(end.event.as_deref(), Some("end"));
-    assert_eq!(end.reason().as_deref(), Some("token-expired"));
-    assert_eq!(client.next_within(WAIT).await, None, "the stream is closed");
+    client.expect_end("token-expired", WAIT).await;
+}
+
+#[tokio::test]
+async fn a_failed_catch_up_read_ends_the_stream_so_the_client_resumes() {
+    // One consumer at most: the live subscription's. The resuming client's
+    // catch-up read (its own ordered consumer) is refused by the server.
+    let world = World::start(|_, stream| stream.max_consumers = 1).await;
+    let auth = bearer(&demo_token());
+    let mut live =
+        SseClient::connect(world.addr, "/events", &[("authorization", &auth)], None).await;
+    for n in 1..=3 {
+        world.publish(n).await;
+    }
+    let first_id = live.next_within(WAIT).await.unwrap().id.unwrap();
+    let mut resuming = SseClient::connect(
+        world.addr,
+        "/events",
+        &[("authorization", &auth), ("last-event-id", &first_id)],
+        None,
+    )
+    .await;
+    assert_eq!(resuming.status, 200);
+    resuming.expect_end("stream-unavailable", WAIT).await;
+    // The live client is unaffected.
+    assert_eq!(live.next_within(WAIT).await.unwrap().n(), Some(2));
 }
 
 #[tokio::test]
@@ -248,10 +270,7 @@ async fn shutdown_tells_clients_to_reconnect_and_the_server_stops() {
     world.publish(1).await;
     assert_eq!(client.next_within(WAIT).await.unwrap().n(), Some(1));
     world.gateway.shutdown();
-    let end = client.next_within(WAIT).await.unwrap();
-    assert_eq!(end.event.as_deref(), Some("end"));
-    assert_eq!(end.reason().as_deref(), Some("shutdown"));
-    assert_eq!(client.next_within(WAIT).await, None);
+    client.expect_end("shutdown", WAIT).await;
     // The server's graceful shutdown completes once the streams have ended.
     tokio::time::timeout(WAIT, world.stop_serving())
         .await

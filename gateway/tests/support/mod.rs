@@ -316,4 +316,13 @@ impl SseClient {
             .await
             .expect("timed out waiting for an SSE event")
     }
+
+    /// Asserts the next event is `end` with `reason`, and that the stream then closes.
+    pub async fn expect_end(&mut self, reason: &str, limit: Duration) {
+        let end = self.next_within(limit).await;
+        let end = end.expect("an end event before the stream closes");
+        assert_eq!(end.event.as_deref(), Some("end"), "{end:?}");
+        assert_eq!(end.reason().as_deref(), Some(reason));
+        assert_eq!(self.next_within(limit).await, None, "the stream is closed");
+    }
 }

@@ -6,10 +6,25 @@ use std::time::SystemTime;
 
 use super::error::{MemoryError, MemoryErrorKind};
 use super::message::StoredMessage;
+use super::stream::Stream;
 use super::subject;
 use super::MemoryJetStream;
 
 impl MemoryJetStream {
+    /// Runs `read` on `stream` under the state's lock.
+    fn read_stream<T>(
+        &self,
+        stream: &str,
+        read: impl FnOnce(&Stream) -> T,
+    ) -> Result<T, MemoryError> {
+        let state = self.state();
+        let stream = state
+            .streams
+            .get(stream)
+            .ok_or(MemoryErrorKind::StreamNotFound)?;
+        Ok(read(stream))
+    }
+
     /// The last message of `stream` on a subject matching `filter` (a direct
     /// get of the last message for a subject).
     pub(crate) fn last_message_for(
@@ -17,17 +32,14 @@ impl MemoryJetStream {
         stream: &str,
         filter: &str,
     ) -> Result<Option<StoredMessage>, MemoryError> {
-        let state = self.state();
-        let stream = state
-            .streams
-            .get(stream)
-            .ok_or(MemoryErrorKind::StreamNotFound)?;
-        Ok(stream
-            .messages
-            .iter()
-            .rev()
-            .find(|message| subject::matches(filter, &message.subject))
-            .cloned())
+        self.read_stream(stream, |stream| {
+            stream
+                .messages
+                .iter()
+                .rev()
+                .find(|message| subject::matches(filter, &message.subject))
+                .cloned()
+        })
     }
 
     /// The first message of `stream` on a subject matching `filter` at or
@@ -38,19 +50,11 @@ impl MemoryJetStream {
         filter: &str,
         from: u64,
     ) -> Result<Option<StoredMessage>, MemoryError> {
-        let state = self.state();
-        let stream = state
-            .streams
-            .get(stream)
-            .ok_or(MemoryErrorKind::StreamNotFound)?;
-        // Sequences start at 1 and nothing is removed: message `n` is at `n - 1`.
-        let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
-        Ok(stream
-            .messages
-            .iter()
-            .skip(skip)
-            .find(|message| subject::matches(filter, &message.subject))
-            .cloned())
+        self.read_stream(stream, |stream| {
+            stored_from(stream, from)
+                .find(|message| subject::matches(filter, &message.subject))
+                .cloned()
+        })
     }
 
     /// How many messages of `stream` at or after `from` match `filter`.
@@ -60,19 +64,12 @@ impl MemoryJetStream {
         filter: &str,
         from: u64,
     ) -> Result<u64, MemoryError> {
-        let state = self.state();
-        let stream = state
-            .streams
-            .get(stream)
-            .ok_or(MemoryErrorKind::StreamNotFound)?;
-        let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
-        let count = stream
-            .messages
-            .iter()
-            .skip(skip)
-            .filter(|message| subject::matches(filter, &message.subject))
-            .count();
-        Ok(u64::try_from(count).unwrap_or(u64::MAX))
+        self.read_stream(stream, |stream| {
+            let count = stored_from(stream, from)
+                .filter(|message| subject::matches(filter, &message.subject))
+                .count();
+            u64::try_from(count).unwrap_or(u64::MAX)
+        })
     }
 
     /// The sequence of the first message of `stream` stored at or after
@@ -82,16 +79,13 @@ impl MemoryJetStream {
         stream: &str,
         time: SystemTime,
     ) -> Result<u64, MemoryError> {
-        let state = self.state();
-        let stream = state
-            .streams
-            .get(stream)
-            .ok_or(MemoryErrorKind::StreamNotFound)?;
-        Ok(stream
-            .messages
-            .iter()
-            .find(|message| message.published >= time)
-            .map_or(stream.last_sequence() + 1, |message| message.sequence))
+        self.read_stream(stream, |stream| {
+            stream
+                .messages
+                .iter()
+                .find(|message| message.published >= time)
+                .map_or(stream.last_sequence() + 1, |message| message.sequence)
+        })
     }
 
     /// Waits for the first message of `stream` matching `filter` at or after
@@ -114,4 +108,11 @@ impl MemoryJetStream {
             changed.await;
         }
     }
+}
+
+/// The messages of `stream` from sequence `from` on.
+fn stored_from(stream: &Stream, from: u64) -> impl Iterator<Item = &StoredMessage> {
+    // Sequences start at 1 and nothing is removed: message `n` is at `n - 1`.
+    let skip = usize::try_from(from.saturating_sub(1)).unwrap_or(usize::MAX);
+    stream.messages.iter().skip(skip)
 }
