@@ -214,7 +214,7 @@ pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenari
     let mut scenario = Scenario::new(
         "7",
         format!(
-            "observability on/off, {} events ({}): columns are on | off",
+            "observability on (jetevents column) vs off (raw column), jetevents both, {} events ({})",
             settings.events,
             common::runtime_name(settings.threads)
         ),
