@@ -1,6 +1,7 @@
 //! What both sides share: the event, the server, the stream, the hand-written
 //! raw message, the trace context, statistics.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -100,15 +101,30 @@ pub fn attach_trace_context() {
     std::mem::forget(trace_context().attach());
 }
 
-/// A tokio runtime whose threads all carry [`trace_context`].
+/// A tokio runtime whose threads all carry [`trace_context`]: multi-thread
+/// with `worker_threads`, or current-thread for 0 (`JE_BENCH_THREADS=0`).
 pub fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
     attach_trace_context();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
+    let mut builder = if worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(worker_threads);
+        builder
+    };
+    builder
         .enable_all()
         .on_thread_start(attach_trace_context)
         .build()
         .expect("tokio runtime")
+}
+
+/// What [`runtime`] builds for `worker_threads`, for titles and the JSON.
+pub fn runtime_name(worker_threads: usize) -> String {
+    match worker_threads {
+        0 => "current-thread".to_owned(),
+        n => format!("multi-thread ({n} workers)"),
+    }
 }
 
 /// A jetevents client as a service would configure it.
@@ -117,16 +133,23 @@ pub async fn jetevents_client(url: &str) -> Client {
 }
 
 /// [`jetevents_client`] publishing under subject environment `env`.
+pub async fn jetevents_client_in(url: &str, env: &str) -> Client {
+    Client::connect(jetevents_config(url, env))
+        .await
+        .expect("jetevents connect")
+}
+
+/// The configuration of [`jetevents_client_in`].
 // `Config` is `#[non_exhaustive]`: outside the crate it can only be built
 // from its default and then changed.
 #[allow(clippy::field_reassign_with_default)]
-pub async fn jetevents_client_in(url: &str, env: &str) -> Client {
+pub fn jetevents_config(url: &str, env: &str) -> Config {
     let mut config = Config::default();
     config.servers = vec![url.to_owned()];
     config.source = SOURCE.to_owned();
     config.env = env.to_owned();
     config.name = Some("bench-jetevents".to_owned());
-    Client::connect(config).await.expect("jetevents connect")
+    config
 }
 
 /// The raw side: a plain async-nats connection and a JetStream context set
@@ -166,6 +189,10 @@ pub async fn recreate_stream_named(
     recreate(js, name, subjects, false).await
 }
 
+/// Replicas of every stream the scenarios create: 1, or 3 while scenario 9
+/// runs on a cluster.
+pub static STREAM_REPLICAS: AtomicUsize = AtomicUsize::new(1);
+
 /// [`recreate_stream`] allowing fast-ingest batches (scenario 6).
 pub async fn recreate_batch_stream(js: &jetstream::Context) -> stream::Stream {
     recreate(js, STREAM, STREAM_SUBJECTS, true).await
@@ -182,6 +209,7 @@ async fn recreate(
         name: name.to_owned(),
         subjects: vec![subjects.to_owned()],
         storage: stream::StorageType::File,
+        num_replicas: STREAM_REPLICAS.load(Ordering::Relaxed),
         duplicate_window: Duration::from_secs(120),
         allow_batch_publish,
         ..Default::default()
@@ -308,23 +336,24 @@ pub fn raw_decode(headers: Option<&HeaderMap>, payload: &[u8]) -> RawDecoded {
     decoded
 }
 
-/// CPU time (user + system) this process has used so far, from
-/// `/proc/self/stat` (clock ticks of 1/100 s). Unlike wall time it barely
-/// moves when other processes compete for the CPUs, so it shows the client's
-/// cost per event on a busy machine too.
+/// CPU time (user + system) of every thread of this process so far
+/// (`CLOCK_PROCESS_CPUTIME_ID`, nanosecond resolution). Unlike wall time it
+/// barely moves when other processes compete for the CPUs, so it shows the
+/// client's cost per event on a busy machine too.
 pub fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    // SAFETY: `now` is a valid, writable timespec for the call's duration.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Client CPU per event, microseconds, since `start` (a [`process_cpu`]).
+pub fn cpu_us_per_event(start: Duration, events: usize) -> f64 {
+    (process_cpu() - start).as_secs_f64() * 1e6 / events.max(1) as f64
 }
 
 /// Nearest-rank percentile of sorted samples.
@@ -395,4 +424,28 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs this binary as a child process of kind `kind` (`JE_BENCH_CHILD`)
+/// with `vars`, and reads the JSON line it prints last.
+pub fn run_child(kind: &str, vars: &[(&str, String)]) -> serde_json::Value {
+    let exe = std::env::current_exe().expect("current exe");
+    let output = std::process::Command::new(exe)
+        .env("JE_BENCH_CHILD", kind)
+        .envs(vars.iter().map(|(name, value)| (name, value)))
+        .output()
+        .expect("spawn child");
+    assert!(
+        output.status.success(),
+        "{kind} child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().expect("child report");
+    serde_json::from_str(line).expect("child json")
+}
+
+/// The value of child variable `name`, set by the parent.
+pub fn child_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} not set"))
 }

@@ -65,7 +65,7 @@ impl Tally {
 
 /// The filter subjects jetevents derives for the event type; the raw
 /// consumer uses the same so the server does the same matching.
-fn filters(je: &Client) -> Vec<String> {
+pub fn filters(je: &Client) -> Vec<String> {
     let ty = EventType::of::<AppointmentBooked>().expect("event type");
     je.subjects().filters_for_type(&ty)
 }
@@ -113,7 +113,7 @@ async fn raw_consume_loop(consumer: PullConsumer, tally: Arc<Tally>, record_late
 
 /// Builds the jetevents consumer of the benchmark: one typed handler that
 /// counts (and in scenario 4 records latency).
-async fn jetevents_consumer(
+pub async fn jetevents_consumer(
     je: &Client,
     group: &str,
     tally: Arc<Tally>,
@@ -197,7 +197,7 @@ async fn wait_acked(raw: &Raw, name: &str, sequence: u64) -> bool {
 
 /// Waits for the handler to have seen `count` events; a consumer that died
 /// or stalled fails the run instead of hanging it.
-async fn reached(tally: &Tally, count: usize, side: Side) {
+pub async fn reached(tally: &Tally, count: usize, side: Side) {
     let limit = Duration::from_secs(60 + count as u64 / 1_000);
     if tokio::time::timeout(limit, tally.reached()).await.is_err() {
         panic!(
@@ -208,77 +208,80 @@ async fn reached(tally: &Tally, count: usize, side: Side) {
     }
 }
 
+/// Consumes the backlog as durable `name`, one instance per client of
+/// `side` (every instance a separate consumer on its own connection), until
+/// the handlers have seen `tally`'s target. Time from starting the
+/// consumers (built before) until then.
+pub async fn consume_as_group(
+    side: Side,
+    je: &[Client],
+    raw: &[Raw],
+    name: &str,
+    filters: &[String],
+    tally: &Arc<Tally>,
+    concurrency: Option<usize>,
+) -> Duration {
+    let count = tally.target.load(Ordering::Acquire);
+    match side {
+        Side::Jetevents => {
+            let mut consumers = Vec::new();
+            for client in je {
+                consumers.push(
+                    jetevents_consumer(client, name, tally.clone(), false, concurrency).await,
+                );
+            }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let start = Instant::now();
+            let running: Vec<_> = consumers
+                .into_iter()
+                .map(|consumer| {
+                    let mut stopped = stopped.clone();
+                    tokio::spawn(consumer.run_until(async move {
+                        let _ = stopped.wait_for(|stopped| *stopped).await;
+                    }))
+                })
+                .collect();
+            reached(tally, count, side).await;
+            let elapsed = start.elapsed();
+            let _ = stop.send(true);
+            for instance in running {
+                instance.await.expect("join").expect("consumer run");
+            }
+            elapsed
+        }
+        Side::Raw => {
+            let mut consumers = Vec::new();
+            for connection in raw {
+                consumers.push(raw_consumer(connection, name, filters.to_vec()).await);
+            }
+            let start = Instant::now();
+            let running: Vec<_> = consumers
+                .into_iter()
+                .map(|consumer| tokio::spawn(raw_consume_loop(consumer, tally.clone(), false)))
+                .collect();
+            reached(tally, count, side).await;
+            let elapsed = start.elapsed();
+            for instance in running {
+                instance.abort();
+            }
+            elapsed
+        }
+    }
+}
+
 /// Scenario 3: a backlog of `events` consumed with typed decode, a no-op
 /// handler and ack. Time from starting the consumer until the handler has
 /// seen every event.
 pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
     let count = settings.events;
-    recreate_stream(&raw.js).await;
-    let fill_start = Instant::now();
-    fill(raw, &common::events(0, count)).await;
-    eprintln!(
-        "  backlog of {count} events published in {:.1}s",
-        fill_start.elapsed().as_secs_f64()
-    );
-    let filters = filters(je);
-    let mut rates = [Vec::new(), Vec::new()];
-    let mut cpu = [Vec::new(), Vec::new()];
-    for round in 0..settings.rounds {
-        for side in order(round) {
-            let name = format!("bench-{}-{}", side.name(), round + 1);
-            let cpu_start = common::process_cpu();
-            let tally = Tally::new(count);
-            let (slot, elapsed) = match side {
-                Side::Jetevents => {
-                    let consumer =
-                        jetevents_consumer(je, &name, tally.clone(), false, settings.concurrency)
-                            .await;
-                    let stop = Arc::new(Notify::new());
-                    let signal = {
-                        let stop = stop.clone();
-                        async move { stop.notified().await }
-                    };
-                    let start = Instant::now();
-                    let running = tokio::spawn(consumer.run_until(signal));
-                    reached(&tally, count, side).await;
-                    let elapsed = start.elapsed();
-                    stop.notify_one();
-                    running.await.expect("join").expect("consumer run");
-                    (0, elapsed)
-                }
-                Side::Raw => {
-                    let consumer = raw_consumer(raw, &name, filters.clone()).await;
-                    let start = Instant::now();
-                    let running = tokio::spawn(raw_consume_loop(consumer, tally.clone(), false));
-                    reached(&tally, count, side).await;
-                    let elapsed = start.elapsed();
-                    running.abort();
-                    (1, elapsed)
-                }
-            };
-            cpu[slot].push((common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / count as f64);
-            assert_eq!(
-                tally.handled(),
-                count,
-                "{} handled more than sent",
-                side.name()
-            );
-            assert!(
-                wait_acked(raw, &name, count as u64).await,
-                "{}: not every event was acked",
-                side.name()
-            );
-            rates[slot].push(count as f64 / elapsed.as_secs_f64());
-            eprintln!(
-                "  [3] round {} {:<9} {:>9.0} events/s",
-                round + 1,
-                side.name(),
-                rates[slot].last().copied().unwrap_or_default()
-            );
-            let stream = raw.js.get_stream(STREAM).await.expect("stream");
-            let _ = stream.delete_consumer(&name).await;
-        }
-    }
+    fill_backlog(raw, count).await;
+    let (rates, cpu) = rounds_of_group(
+        settings,
+        std::slice::from_ref(je),
+        std::slice::from_ref(raw),
+        "3",
+    )
+    .await;
     let mut scenario = Scenario::new(
         "3",
         format!(
@@ -291,6 +294,65 @@ pub async fn throughput(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
     scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 0.95));
     scenario.push(Metric::cpu(&cpu[0], &cpu[1]));
     scenario
+}
+
+/// A new benchmark stream holding `count` events.
+pub async fn fill_backlog(raw: &Raw, count: usize) {
+    recreate_stream(&raw.js).await;
+    let fill_start = Instant::now();
+    fill(raw, &common::events(0, count)).await;
+    eprintln!(
+        "  backlog of {count} events published in {:.1}s",
+        fill_start.elapsed().as_secs_f64()
+    );
+}
+
+/// Rates and client CPU per event, per side: every round, each side
+/// consumes the whole backlog (`settings.events`) as a new group of one
+/// instance per client it is given ([`consume_as_group`]).
+pub async fn rounds_of_group(
+    settings: &Settings,
+    je: &[Client],
+    raw: &[Raw],
+    label: &str,
+) -> ([Vec<f64>; 2], [Vec<f64>; 2]) {
+    let count = settings.events;
+    let filters = filters(&je[0]);
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    for round in 0..settings.rounds {
+        for side in order(round) {
+            let name = format!("bench-{}-{}-{}", side.name(), je.len(), round + 1);
+            let cpu_start = common::process_cpu();
+            let tally = Tally::new(count);
+            let elapsed =
+                consume_as_group(side, je, raw, &name, &filters, &tally, settings.concurrency)
+                    .await;
+            let slot = if side == Side::Jetevents { 0 } else { 1 };
+            cpu[slot].push(common::cpu_us_per_event(cpu_start, count));
+            assert_eq!(
+                tally.handled(),
+                count,
+                "{} handled more than sent",
+                side.name()
+            );
+            assert!(
+                wait_acked(&raw[0], &name, count as u64).await,
+                "{}: not every event was acked",
+                side.name()
+            );
+            rates[slot].push(count as f64 / elapsed.as_secs_f64());
+            eprintln!(
+                "  [{label}] round {} {:<9} {:>9.0} events/s",
+                round + 1,
+                side.name(),
+                rates[slot].last().copied().unwrap_or_default()
+            );
+            let stream = raw[0].js.get_stream(STREAM).await.expect("stream");
+            let _ = stream.delete_consumer(&name).await;
+        }
+    }
+    (rates, cpu)
 }
 
 /// Scenario 4: events published at a fixed rate (awaited one at a time) by
@@ -444,5 +506,10 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
         percentile(&latencies[1], 99.0),
         1.10,
     ));
+    scenario.notes.push(
+        "client CPU: both sides run at once in this process, so it is not measured per side \
+         (scenarios 1-3 measure it)"
+            .to_owned(),
+    );
     scenario
 }

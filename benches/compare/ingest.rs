@@ -40,9 +40,7 @@ pub async fn fast_ingest(settings: &Settings, je: &Client, raw: &Raw) -> Scenari
                     1
                 }
             };
-            cpu[slot].push(
-                (common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / events.len() as f64,
-            );
+            cpu[slot].push(common::cpu_us_per_event(cpu_start, events.len()));
             assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
             eprintln!(
                 "  [6] round {} {:<9} {:>9.0} events/s",

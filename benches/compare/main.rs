@@ -7,16 +7,31 @@
 //! Each scenario runs both sides in alternating order for several rounds on
 //! one nats-server (binary backend of jetevents-testcontainers, JetStream
 //! file storage) and reports the median, with the ratio jetevents/raw.
+//!
+//! Scenarios 7-10 are opt-in (`JE_BENCH_SCENARIOS=7,8,9,10`): 7 observability
+//! on/off, 8 consumer instances of one group (`JE_BENCH_INSTANCES`), 9 a
+//! 3-node cluster with R3 streams, 10 heap per in-flight event. Every
+//! scenario runs on a multi-thread runtime, or a current-thread one with
+//! `JE_BENCH_THREADS=0`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cluster;
 mod common;
 mod consume;
 mod encode;
+mod heap;
+mod inflight;
 mod ingest;
 mod memory;
+mod observability;
 mod publish;
 mod report;
+mod scaling;
+
+/// Counts heap bytes in the memory scenarios' child processes.
+#[global_allocator]
+static ALLOCATOR: heap::CountingAllocator = heap::CountingAllocator;
 
 use std::time::Instant;
 
@@ -48,7 +63,15 @@ pub struct Settings {
     pub slow_handler_ms: u64,
     /// jetevents consumer concurrency (`JE_BENCH_CONCURRENCY`; unset: its default).
     pub concurrency: Option<usize>,
-    /// Tokio worker threads (`JE_BENCH_THREADS`).
+    /// Consumer instances of scenario 8 (`JE_BENCH_INSTANCES`, comma separated).
+    pub instances: Vec<usize>,
+    /// The larger window of scenario 10 (`JE_BENCH_INFLIGHT_WINDOW`; the
+    /// smaller is `window`).
+    pub inflight_window: usize,
+    /// `max_ack_pending` of both sides in scenario 5
+    /// (`JE_BENCH_MEMORY_MAX_ACK_PENDING`).
+    pub memory_max_ack_pending: i64,
+    /// Tokio worker threads (`JE_BENCH_THREADS`; 0: a current-thread runtime).
     pub threads: usize,
     /// Where the JSON goes (`JE_BENCH_JSON`).
     pub json_path: String,
@@ -104,6 +127,9 @@ impl Settings {
             concurrency: std::env::var("JE_BENCH_CONCURRENCY")
                 .ok()
                 .and_then(|value| value.trim().parse().ok()),
+            instances: env_list("JE_BENCH_INSTANCES", "1,4,16"),
+            inflight_window: env("JE_BENCH_INFLIGHT_WINDOW", 4096),
+            memory_max_ack_pending: env("JE_BENCH_MEMORY_MAX_ACK_PENDING", 100_000),
             threads: env("JE_BENCH_THREADS", threads),
             json_path: std::env::var("JE_BENCH_JSON").unwrap_or_else(|_| {
                 let target = std::env::var("CARGO_TARGET_DIR")
@@ -127,7 +153,11 @@ impl Settings {
             "memory_secs": self.memory_secs,
             "slow_handler_ms": self.slow_handler_ms,
             "concurrency": self.concurrency,
+            "instances": self.instances,
+            "inflight_window": self.inflight_window,
+            "memory_max_ack_pending": self.memory_max_ack_pending,
             "threads": self.threads,
+            "runtime": common::runtime_name(self.threads),
             "quick": self.quick,
         })
     }
@@ -165,7 +195,17 @@ fn machine() -> serde_json::Value {
 fn main() {
     let settings = Settings::from_env();
     if memory::is_child() {
+        heap::enable();
         memory::child(&settings);
+        return;
+    }
+    if inflight::is_child() {
+        heap::enable();
+        inflight::child(&settings);
+        return;
+    }
+    if observability::is_child() {
+        observability::child(&settings);
         return;
     }
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
@@ -215,6 +255,10 @@ async fn run(settings: Settings) {
             4 => consume::end_to_end(&settings, &je, &raw).await,
             5 => memory::memory(&settings, &raw, &url).await,
             6 => ingest::fast_ingest(&settings, &je, &raw).await,
+            7 => observability::observability(&settings, &raw, &url).await,
+            8 => scaling::scaling(&settings, &raw, &url).await,
+            9 => cluster::cluster(&settings).await,
+            10 => inflight::inflight(&settings, &raw, &url).await,
             other => {
                 eprintln!("  there is no scenario {other}");
                 continue;

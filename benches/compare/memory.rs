@@ -6,7 +6,6 @@
 //! prints its peak as one JSON line. A bounded consumer's peak does not depend
 //! on the backlog; one that buffers what the server sends grows with it.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use jetevents::consume::{Consumer, Context, HandlerError};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::common::{self, order, Raw, Side, STREAM};
+use crate::common::{self, child_env, order, Raw, Side, STREAM};
 use crate::consume::{fill, Tally};
 use crate::report::{Metric, Scenario};
 use crate::Settings;
@@ -39,10 +38,6 @@ pub fn is_child() -> bool {
     std::env::var("JE_BENCH_CHILD").is_ok_and(|mode| mode == "memory")
 }
 
-fn child_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} not set"))
-}
-
 /// The child's whole life: consume, sample, print one JSON line.
 pub fn child(settings: &Settings) {
     let side = child_env("JE_BENCH_CHILD_SIDE");
@@ -58,6 +53,7 @@ pub fn child(settings: &Settings) {
             let je = common::jetevents_client(&url).await;
             let mut builder = Consumer::builder(&je, &group)
                 .stream(STREAM)
+                .max_ack_pending(settings.memory_max_ack_pending)
                 .with_state(tally.clone())
                 .handle(
                     move |event: common::AppointmentBooked, ctx: Context<Arc<Tally>>| async move {
@@ -84,6 +80,7 @@ pub fn child(settings: &Settings) {
                 .create_consumer(async_nats::jetstream::consumer::pull::Config {
                     durable_name: Some(group.clone()),
                     ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                    max_ack_pending: settings.memory_max_ack_pending,
                     filter_subjects: vec![
                         "bench.booking.appointment.booked.v1".to_owned(),
                         "bench.booking.appointment.booked.v1.*".to_owned(),
@@ -118,6 +115,7 @@ pub fn child(settings: &Settings) {
             "baseline_kib": baseline_kib,
             "peak_rss_kib": peak_kib,
             "hwm_kib": status_kib("VmHWM:"),
+            "peak_heap_bytes": crate::heap::peak(),
             "handled": handled,
         })
     });
@@ -126,22 +124,14 @@ pub fn child(settings: &Settings) {
 
 /// Runs one child and reads its report.
 fn run_child(side: Side, url: &str, group: &str) -> serde_json::Value {
-    let exe = std::env::current_exe().expect("current exe");
-    let output = Command::new(exe)
-        .env("JE_BENCH_CHILD", "memory")
-        .env("JE_BENCH_CHILD_SIDE", side.name())
-        .env("JE_BENCH_CHILD_URL", url)
-        .env("JE_BENCH_CHILD_GROUP", group)
-        .output()
-        .expect("spawn child");
-    assert!(
-        output.status.success(),
-        "memory child failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().expect("child report");
-    serde_json::from_str(line).expect("child json")
+    common::run_child(
+        "memory",
+        &[
+            ("JE_BENCH_CHILD_SIDE", side.name().to_owned()),
+            ("JE_BENCH_CHILD_URL", url.to_owned()),
+            ("JE_BENCH_CHILD_GROUP", group.to_owned()),
+        ],
+    )
 }
 
 /// Scenario 5: for each backlog size (ascending), top the stream up to that
@@ -153,6 +143,7 @@ pub async fn memory(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
     let mut stored = 0usize;
     let mut series = Vec::new();
     let mut peaks: Vec<(usize, f64, f64)> = Vec::new();
+    let mut heap_peaks: Vec<(usize, f64, f64)> = Vec::new();
     for (index, backlog) in backlogs.iter().copied().enumerate() {
         if backlog > stored {
             let start = Instant::now();
@@ -164,6 +155,7 @@ pub async fn memory(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
             stored = backlog;
         }
         let mut peak = [0.0, 0.0];
+        let mut heap_peak = [0.0, 0.0];
         for side in order(index) {
             let group = format!("mem-{}-{backlog}", side.name());
             let url = url.to_owned();
@@ -175,6 +167,8 @@ pub async fn memory(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
             let peak_kib = report["peak_rss_kib"].as_u64().unwrap_or(0);
             let slot = if side == Side::Jetevents { 0 } else { 1 };
             peak[slot] = peak_kib as f64 / 1024.0;
+            heap_peak[slot] =
+                report["peak_heap_bytes"].as_u64().unwrap_or(0) as f64 / 1024.0 / 1024.0;
             eprintln!(
                 "  [5] backlog {backlog:>8} {:<9} peak RSS {:>7.1} MiB (start {:.1} MiB, handled {})",
                 side.name(),
@@ -187,17 +181,27 @@ pub async fn memory(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
             series.push(json!({"backlog": backlog, "report": report}));
         }
         peaks.push((backlog, peak[0], peak[1]));
+        heap_peaks.push((backlog, heap_peak[0], heap_peak[1]));
     }
     let mut scenario = Scenario::new(
         "5",
         format!(
-            "peak client RSS, backlog, slow handler ({} ms/event, {} s)",
-            settings.slow_handler_ms, settings.memory_secs
+            "peak client RSS and heap, backlog, slow handler ({} ms/event, {} s), max_ack_pending {}",
+            settings.slow_handler_ms, settings.memory_secs, settings.memory_max_ack_pending
         ),
     );
-    for (backlog, je, raw) in &peaks {
+    push_series(&mut scenario, "peak RSS", &peaks);
+    push_series(&mut scenario, "peak heap", &heap_peaks);
+    scenario.extra = json!({ "children": series });
+    scenario
+}
+
+/// One metric per backlog of `what` (MiB), and its growth from the smallest
+/// backlog to the largest, which must stay under 10%.
+fn push_series(scenario: &mut Scenario, what: &str, peaks: &[(usize, f64, f64)]) {
+    for (backlog, je, raw) in peaks {
         scenario.push(Metric::lower(
-            format!("peak RSS, backlog {backlog}"),
+            format!("{what}, backlog {backlog}"),
             "MiB",
             *je,
             *raw,
@@ -207,7 +211,7 @@ pub async fn memory(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
     if let (Some(first), Some(last)) = (peaks.first(), peaks.last()) {
         if last.0 > first.0 {
             let mut growth = Metric::lower(
-                format!("RSS growth {} -> {}", first.0, last.0),
+                format!("{what} growth {} -> {}", first.0, last.0),
                 "x",
                 last.1 / first.1,
                 last.2 / first.2,
@@ -217,6 +221,4 @@ pub async fn memory(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
             scenario.push(growth);
         }
     }
-    scenario.extra = json!({ "children": series });
-    scenario
 }

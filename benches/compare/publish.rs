@@ -43,9 +43,7 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
                 }
             }
             let slot = if side == Side::Jetevents { 0 } else { 1 };
-            cpu[slot].push(
-                (common::process_cpu() - cpu_start).as_secs_f64() * 1e6 / events.len() as f64,
-            );
+            cpu[slot].push(common::cpu_us_per_event(cpu_start, events.len()));
             assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
             if samples[slot].is_none() {
                 let stream = raw.js.get_stream(common::STREAM).await.expect("stream");
@@ -157,6 +155,7 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
     let publisher = je.publisher();
     let mut latencies: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let mut busy = [Duration::ZERO; 2];
+    let mut busy_cpu = [Duration::ZERO; 2];
     for round in 0..settings.rounds {
         recreate_stream(&raw.js).await;
         let sides = order(round);
@@ -175,6 +174,7 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
             for side in sides {
                 let slot = if side == Side::Jetevents { 0 } else { 1 };
                 let start = Instant::now();
+                let cpu_start = common::process_cpu();
                 for event in events {
                     let t = Instant::now();
                     match side {
@@ -185,6 +185,7 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
                     }
                     latencies[slot].push(t.elapsed());
                 }
+                busy_cpu[slot] += common::process_cpu() - cpu_start;
                 busy[slot] += start.elapsed();
             }
         }
@@ -223,5 +224,7 @@ pub async fn one_at_a_time(settings: &Settings, je: &Client, raw: &Raw) -> Scena
         &[rate(1)],
         0.0,
     ));
+    let cpu = |slot: usize| busy_cpu[slot].as_secs_f64() * 1e6 / latencies[slot].len() as f64;
+    scenario.push(Metric::cpu(&[cpu(0)], &[cpu(1)]));
     scenario
 }
