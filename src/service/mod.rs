@@ -57,6 +57,7 @@
 
 mod builder;
 mod caller;
+mod cloudevent;
 mod context;
 mod endpoint_error;
 mod error;
