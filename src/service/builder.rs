@@ -132,11 +132,10 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
         F: Fn(Req, Context<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, E>> + Send + 'static,
     {
-        let source: Arc<str> = self.client.config().source.as_str().into();
         self.endpoints.push(EndpointSpec {
             request_type: Req::TYPE,
             metadata: endpoint_metadata::<Req, Resp>(),
-            handler: erase(handler, source),
+            handler: erase(handler),
         });
         self
     }
@@ -208,6 +207,7 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 Error::with_source(kind, err)
             })?;
         let service_name: Arc<str> = self.name.as_str().into();
+        let source: Arc<str> = self.client.config().source.as_str().into();
         let mut served = Vec::with_capacity(self.endpoints.len());
         for (endpoint, subject) in self.endpoints.into_iter().zip(subjects) {
             let added = service
@@ -226,7 +226,8 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
             let runtime = Arc::new(EndpointRuntime {
                 answered_attributes: answered_attributes(&service_name, endpoint.request_type),
                 service: service_name.clone(),
-                stack: Stack::new(endpoint.handler, &self.layers),
+                source: source.clone(),
+                stack: Stack::new(endpoint.handler, &self.layers, source.clone()),
                 timeout: self.timeout,
                 publisher: self.client.publisher(),
                 metrics: self.client.metrics().clone(),

@@ -9,11 +9,11 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::client::{Client, NeedsNats};
-use crate::codec::{self, Encoding};
-use crate::envelope::Envelope;
 use crate::event::{Event, EventType};
+use crate::trace::TraceHeaders;
 use crate::Error;
 
+use super::cloudevent::{read_data, Attributes};
 use super::error::{CallError, CallErrorKind};
 use super::wire::{endpoint_subject, write_budget};
 
@@ -103,20 +103,36 @@ impl Caller {
             cloudevents.event_type = Req::TYPE,
             error.type = tracing::field::Empty,
         );
-        let mut envelope = Envelope::from_event(&self.client.config().source, request)
-            .map_err(|err| Error::with_source(CallErrorKind::InvalidRequest, err))?;
-        caused_by_handled_event(&mut envelope);
         let trace = if span.is_disabled() {
             crate::trace::current_context()
         } else {
             span.context()
         };
-        crate::trace::inject_context(&mut envelope, &trace);
-        let (mut headers, payload) = codec::encode(&envelope, Encoding::Binary)
+        let id = crate::envelope::new_id();
+        let cause = handled_event_ids();
+        let (correlation_id, causation_id) = match &cause {
+            Some((event_id, correlation_id)) => {
+                (Some(correlation_id.as_str()), Some(event_id.as_str()))
+            }
+            None => (None, None),
+        };
+        let mut headers = Attributes {
+            id: &id,
+            source: &self.client.config().source,
+            event_type: Req::TYPE,
+            data_schema: Req::data_schema(),
+            partition_key: request.key(),
+            correlation_id,
+            causation_id,
+            trace: TraceHeaders::of(&trace),
+        }
+        .headers()
+        .map_err(|err| Error::with_source(CallErrorKind::InvalidRequest, err))?;
+        let payload = serde_json::to_vec(request)
             .map_err(|err| Error::with_source(CallErrorKind::InvalidRequest, err))?;
         write_budget(&mut headers, self.timeout);
         let sent = async_nats::Request::new()
-            .payload(payload)
+            .payload(payload.into())
             .headers(headers)
             .timeout(Some(self.timeout));
         let answer = async {
@@ -139,18 +155,15 @@ impl Caller {
     }
 }
 
-/// Inside a handler, the request is a follow-up of the event handled.
-fn caused_by_handled_event(envelope: &mut Envelope) {
-    let cause = crate::lineage::handled(|lineage| {
+/// Inside a handler, the request is a follow-up of the event handled: its
+/// id (the request's causation) and correlation.
+fn handled_event_ids() -> Option<(String, String)> {
+    crate::lineage::handled(|lineage| {
         (
             lineage.event_id().to_owned(),
             lineage.correlation_id().to_owned(),
         )
-    });
-    if let Some((event_id, correlation_id)) = cause {
-        envelope.set_causation_id(event_id);
-        envelope.set_correlation_id(correlation_id);
-    }
+    })
 }
 
 /// The endpoint's error, or its response decoded.
@@ -158,10 +171,7 @@ fn decode_answer<Resp: Event>(reply: Message) -> Result<Resp, CallError> {
     if let Some(remote) = remote_error(reply.headers.as_ref()) {
         return Err(Error::new(remote));
     }
-    let envelope = codec::decode(reply.headers.as_ref(), &reply.payload)
-        .map_err(|err| Error::with_source(CallErrorKind::Undecodable, err))?;
-    envelope
-        .decode_data()
+    read_data(reply.headers.as_ref(), &reply.payload)
         .map_err(|err| Error::with_source(CallErrorKind::Undecodable, err))
 }
 

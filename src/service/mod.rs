@@ -15,10 +15,14 @@
 //! streams capture, so no stream stores a request and acks it in the
 //! endpoint's place).
 //!
-//! On the wire, request and response are binary-mode CloudEvents; the caller's
-//! trace context travels in the request and the endpoint's span continues it,
-//! so one trace runs from the caller through the endpoint to the events it
-//! publishes. The caller's time budget travels in the
+//! On the wire, request and response are binary-mode CloudEvents carrying
+//! the attributes a call needs: the four CloudEvents requires, `dataschema`
+//! and `partitionkey` when the type has them, the lineage and the trace
+//! context; not the optional `time` and `datacontenttype` (the data is JSON,
+//! which is what no content type means), as every header costs both sides
+//! CPU. The caller's trace context travels in the request and the endpoint's
+//! span continues it, so one trace runs from the caller through the endpoint
+//! to the events it publishes. The caller's time budget travels in the
 //! `Jetevents-Request-Timeout` header; the endpoint sees it as
 //! [`Context::deadline`] and stops working when it passes.
 //!
@@ -57,6 +61,7 @@
 
 mod builder;
 mod caller;
+mod cloudevent;
 mod context;
 mod endpoint_error;
 mod error;

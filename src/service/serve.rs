@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::service::{self, Request};
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use opentelemetry::KeyValue;
 use tokio::sync::Semaphore;
@@ -26,15 +28,18 @@ use crate::semconv::{
 };
 use crate::trace::TraceHeaders;
 
+use super::cloudevent::Attributes;
 use super::context::Context;
 use super::endpoint_error::EndpointError;
-use super::handler::Answer;
+use super::handler::{Answer, Response};
 use super::stack::Stack;
 use super::wire::read_budget;
 
 /// What every request of one endpoint shares.
 pub(crate) struct EndpointRuntime<S> {
     pub(crate) service: Arc<str>,
+    /// The CloudEvents `source` of the responses.
+    pub(crate) source: Arc<str>,
     pub(crate) stack: Stack<S>,
     pub(crate) timeout: Duration,
     pub(crate) publisher: Publisher,
@@ -112,9 +117,18 @@ async fn serve_request<S: Clone + Send + Sync + 'static>(
         )),
         Ok(envelope) => {
             crate::trace::continue_in_process_span(&span, &envelope);
-            run_handler(runtime, envelope, deadline)
+            let lineage = Lineage::new(
+                envelope.id.clone(),
+                envelope
+                    .correlation_id()
+                    .unwrap_or(envelope.id.as_str())
+                    .to_owned(),
+                runtime.service.clone(),
+            );
+            run_handler(runtime, envelope, lineage.clone(), deadline)
                 .instrument(span.clone())
                 .await
+                .and_then(|response| encode_response(runtime, response, &lineage, &span))
         }
     };
     let error_type = answer.as_ref().err().map(error_type);
@@ -141,21 +155,13 @@ async fn serve_request<S: Clone + Send + Sync + 'static>(
 async fn run_handler<S: Clone + Send + Sync + 'static>(
     runtime: &EndpointRuntime<S>,
     envelope: Envelope,
+    lineage: Lineage,
     caller_deadline: Option<Instant>,
 ) -> Answer {
     let own_deadline = Instant::now() + runtime.timeout;
     let deadline = caller_deadline.map_or(own_deadline, |caller| caller.min(own_deadline));
-    let envelope = Arc::new(envelope);
-    let lineage = Lineage::new(
-        envelope.id.clone(),
-        envelope
-            .correlation_id()
-            .unwrap_or(envelope.id.as_str())
-            .to_owned(),
-        runtime.service.clone(),
-    );
     let context = Context::new(
-        envelope.clone(),
+        Arc::new(envelope),
         caller_deadline,
         lineage.clone(),
         runtime.publisher.clone(),
@@ -178,26 +184,54 @@ async fn run_handler<S: Clone + Send + Sync + 'static>(
     }
 }
 
-/// Sends the answer: the response as a binary-mode CloudEvent carrying the
-/// endpoint span's trace context, or the error in the protocol's headers
-/// (which `$SRV.STATS` counts).
-async fn respond(request: Request, answer: Answer, span: &tracing::Span) {
-    let reply = match answer {
-        Ok(mut response) => {
-            if let Some(trace) = TraceHeaders::of(&span.context()) {
-                trace.write_into(&mut response);
-            }
-            match codec::encode(&response, Encoding::Binary) {
-                Ok((headers, payload)) => request.respond_with_headers(Ok(payload), headers).await,
-                Err(err) => {
-                    let error = service_error(&EndpointError::new(
-                        EndpointError::INTERNAL,
-                        format!("unencodable response: {err}"),
-                    ));
-                    request.respond(Err(error)).await
-                }
-            }
+/// The response as a binary-mode CloudEvent carrying the endpoint span's
+/// trace context and the request's lineage: a handler's typed response
+/// written straight into headers, an envelope out of the user's layers
+/// through the codec.
+fn encode_response<S>(
+    runtime: &EndpointRuntime<S>,
+    response: Response,
+    lineage: &Lineage,
+    span: &tracing::Span,
+) -> Result<(HeaderMap, Bytes), EndpointError> {
+    let trace = TraceHeaders::of(&span.context());
+    let encoded = match response {
+        Response::Typed(typed) => Attributes {
+            id: &crate::envelope::new_id(),
+            source: &runtime.source,
+            event_type: typed.event_type,
+            data_schema: typed.data_schema,
+            partition_key: typed.partition_key,
+            correlation_id: Some(lineage.correlation_id()),
+            causation_id: Some(lineage.event_id()),
+            trace,
         }
+        .headers()
+        .map(|headers| (headers, typed.data)),
+        Response::Envelope(mut envelope) => {
+            if let Some(trace) = trace {
+                trace.write_into(&mut envelope);
+            }
+            codec::encode(&envelope, Encoding::Binary)
+        }
+    };
+    encoded.map_err(|err| {
+        EndpointError::new(
+            EndpointError::INTERNAL,
+            format!("unencodable response: {err}"),
+        )
+    })
+}
+
+/// Sends the response, or the error in the protocol's headers (which
+/// `$SRV.STATS` counts).
+async fn respond(
+    request: Request,
+    answer: Result<(HeaderMap, Bytes), EndpointError>,
+    span: &tracing::Span,
+) {
+    let reply = match answer {
+        Ok((headers, payload)) => request.respond_with_headers(Ok(payload), headers).await,
         Err(err) => request.respond(Err(service_error(&err))).await,
     };
     if let Err(err) = reply {

@@ -19,7 +19,7 @@ pub use crate::error::BoxError;
 
 use super::context::Context;
 use super::endpoint_error::EndpointError;
-use super::handler::{Answer, ErasedHandler};
+use super::handler::{Answer, ErasedHandler, Response};
 
 /// One request on its way through an endpoint's layers: its [`Context`]
 /// (envelope, caller's deadline, state, publisher). What tower layers see as
@@ -91,23 +91,28 @@ pub(crate) enum Stack<S> {
 
 impl<S: Send + Sync + 'static> Stack<S> {
     /// `handler` inside `layers`; as in axum, a layer added later wraps the
-    /// ones added before.
-    pub(crate) fn new(handler: ErasedHandler<S>, layers: &[EndpointLayerFn<S>]) -> Self {
+    /// ones added before. The layers see responses from `source`.
+    pub(crate) fn new(
+        handler: ErasedHandler<S>,
+        layers: &[EndpointLayerFn<S>],
+        source: Arc<str>,
+    ) -> Self {
         if layers.is_empty() {
             return Self::Bare(handler);
         }
-        let handler = BoxCloneSyncService::new(HandlerService(handler));
+        let handler = BoxCloneSyncService::new(HandlerService { handler, source });
         Self::Layered(layers.iter().fold(handler, |stack, layer| layer(stack)))
     }
 
     /// The answer to the request of `context`.
     pub(crate) async fn call(&self, context: Context<S>) -> Answer {
         match self {
-            Self::Bare(handler) => handler(context).await,
+            Self::Bare(handler) => handler(context).await.map(Response::Typed),
             Self::Layered(stack) => stack
                 .clone()
                 .oneshot(EndpointRequest::new(context))
                 .await
+                .map(Response::Envelope)
                 .map_err(endpoint_error),
         }
     }
@@ -121,12 +126,19 @@ fn endpoint_error(err: BoxError) -> EndpointError {
     }
 }
 
-/// The handler as the innermost service of the layers.
-struct HandlerService<S>(ErasedHandler<S>);
+/// The handler as the innermost service of the layers, its responses
+/// made envelopes from `source`.
+struct HandlerService<S> {
+    handler: ErasedHandler<S>,
+    source: Arc<str>,
+}
 
 impl<S> Clone for HandlerService<S> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self {
+            handler: self.handler.clone(),
+            source: self.source.clone(),
+        }
     }
 }
 
@@ -143,7 +155,13 @@ impl<S: Send + 'static> Service<EndpointRequest<S>> for HandlerService<S> {
     }
 
     fn call(&mut self, request: EndpointRequest<S>) -> Self::Future {
-        let answer = (self.0)(request.into_context());
-        Box::pin(async move { answer.await.map_err(BoxError::from) })
+        let context = request.into_context();
+        let lineage = context.lineage().clone();
+        let answer = (self.handler)(context);
+        let source = self.source.clone();
+        Box::pin(async move {
+            let response = answer.await.map_err(BoxError::from)?;
+            Ok(response.into_envelope(&source, &lineage))
+        })
     }
 }
