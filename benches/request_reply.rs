@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use jetevents::client::Client;
 use jetevents::codec::{self, Encoding};
-use jetevents::config::Config;
 use jetevents::envelope::Envelope;
 use jetevents::service::{Context, EndpointError, REQUEST_TIMEOUT_HEADER};
-use jetevents_testcontainers::{Backend, NatsServer};
 use serde::{Deserialize, Serialize};
+
+mod support;
+use support::env;
 
 #[derive(Serialize, Deserialize, schemars::JsonSchema)]
 struct Ping {
@@ -81,13 +81,6 @@ impl Side {
 struct Samples {
     latencies: Vec<Duration>,
     cpu_per_call: Vec<Duration>,
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(default)
 }
 
 /// The sides `JE_BENCH_RR_SIDES` names (`jetevents,raw,raw+headers`; all
@@ -184,19 +177,7 @@ async fn main() {
     let calls = env("JE_BENCH_RR_CALLS", 2000);
     let rounds = env("JE_BENCH_RR_ROUNDS", 6);
     let sides = sides();
-    let server = NatsServer::builder()
-        .backend(Backend::Binary)
-        .start()
-        .await
-        .expect("start nats-server (binary backend)");
-    let client = Client::connect(
-        Config::default()
-            .with_servers([server.url()])
-            .with_env("bench")
-            .with_source(SOURCE),
-    )
-    .await
-    .unwrap();
+    let (server, client) = support::server_and_client_as("bench", SOURCE).await;
     let running = client
         .service("bench", "1.0.0")
         .endpoint(|ping: Ping, _: Context| async move {

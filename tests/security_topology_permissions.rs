@@ -111,6 +111,20 @@ async fn service_with(access: ServiceAccess) -> (NatsServer, Client) {
     (server, client)
 }
 
+/// Fails naming every subject the server refused since `violations` began.
+fn assert_no_violations(
+    violations: &mut tokio::sync::broadcast::Receiver<jetevents::client::PermissionViolation>,
+) {
+    let mut missed = Vec::new();
+    while let Ok(violation) = violations.try_recv() {
+        missed.push(violation.subject);
+    }
+    assert!(
+        missed.is_empty(),
+        "the generated permissions missed: {missed:?}"
+    );
+}
+
 fn group(
     client: &Client,
     name: &str,
@@ -163,14 +177,7 @@ async fn a_service_with_its_generated_permissions_publishes_and_consumes() {
     .await;
     assert!(!running.is_finished(), "the consumer stopped");
     running.abort();
-    let mut missed = Vec::new();
-    while let Ok(violation) = violations.try_recv() {
-        missed.push(violation.subject);
-    }
-    assert!(
-        missed.is_empty(),
-        "the generated permissions missed: {missed:?}"
-    );
+    assert_no_violations(&mut violations);
 }
 
 #[tokio::test]
@@ -272,14 +279,7 @@ async fn claim_checked_events_round_trip_within_the_generated_permissions() {
     );
     assert!(!running.is_finished(), "the consumer stopped");
     running.abort();
-    let mut missed = Vec::new();
-    while let Ok(violation) = violations.try_recv() {
-        missed.push(violation.subject);
-    }
-    assert!(
-        missed.is_empty(),
-        "the generated permissions missed: {missed:?}"
-    );
+    assert_no_violations(&mut violations);
 }
 
 #[tokio::test]

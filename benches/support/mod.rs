@@ -1,6 +1,9 @@
-//! What the partitioned and saga benches share: knobs from the environment,
-//! a local nats-server with a client, and a consumer running in the
-//! background until the measurement is over.
+//! What the benches share: knobs from the environment, a local nats-server
+//! with a client, and a consumer running in the background until the
+//! measurement is over.
+
+// Each bench includes this module and uses a part of it.
+#![allow(dead_code)]
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -23,6 +26,12 @@ pub fn env(name: &str, default: usize) -> usize {
 
 /// A nats-server from the local binary, and a client of env `bench`.
 pub async fn server_and_client() -> (NatsServer, Client) {
+    server_and_client_as("bench", "/bench").await
+}
+
+/// A nats-server from the local binary, and a client of subject environment
+/// `env` publishing as CloudEvents source `source`.
+pub async fn server_and_client_as(env: &str, source: &str) -> (NatsServer, Client) {
     let server = NatsServer::builder()
         .backend(Backend::Binary)
         .start()
@@ -31,8 +40,8 @@ pub async fn server_and_client() -> (NatsServer, Client) {
     let client = Client::connect(
         Config::default()
             .with_servers([server.url()])
-            .with_env("bench")
-            .with_source("/bench"),
+            .with_env(env)
+            .with_source(source),
     )
     .await
     .unwrap();
