@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use tracing::Instrument;
 
 use super::attempt::{settled, AttemptError};
-use super::prepare::{event_type_of, Prepared};
+use super::prepare::{OneType, Prepared};
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher, Receipt};
 use crate::event::Event;
 use crate::transport::fast_ingest::{Ended, FastBatch, Started};
@@ -136,7 +136,8 @@ impl Publisher {
                 .await;
         };
         let options = PublishOptions::default();
-        let event_type = event_type_of::<E>();
+        // The type is the same for every event: parsed and encoded once.
+        let one_type = OneType::of::<E>(self);
         let mut ingest = Ingest {
             results: Vec::with_capacity(events.len()),
             in_flight: VecDeque::new(),
@@ -154,7 +155,7 @@ impl Publisher {
                     let index = next_event;
                     next_event += 1;
                     match self
-                        .prepare_one_of_many(&event_type, &events[index], &options)
+                        .prepare_one_of_many(&one_type, &events[index], &options)
                         .await
                     {
                         Ok(prepared) => (index, prepared),

@@ -22,6 +22,7 @@ mod options;
 mod outgoing;
 mod pipeline;
 mod prepare;
+mod shared_headers;
 
 pub use error::{PublishError, PublishErrorKind};
 pub use ingest::{IngestPath, IngestReport, Ingested};
@@ -117,7 +118,7 @@ impl Publisher {
             options.key.clone().or_else(|| event.key()).as_deref(),
         )
         .await?;
-        let mut prepared = self.prepare_event(&event_type, event, &options)?;
+        let mut prepared = self.prepare_event(&event_type, None, event, &options)?;
         self.store_claim(&mut prepared).await?;
         let span = prepared.span.clone();
         self.send_with_retries(prepared).instrument(span).await

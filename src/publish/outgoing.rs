@@ -18,10 +18,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use super::shared_headers::SharedHeaders;
 use crate::codec::binary::{
-    attribute_value, attribute_value_owned, CE_CAUSATIONID, CE_CORRELATIONID, CE_DATACONTENTTYPE,
-    CE_DATASCHEMA, CE_ID, CE_PARTITIONKEY, CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_TRACEPARENT,
-    CE_TRACESTATE, CE_TYPE,
+    attribute_value, attribute_value_owned, CE_CAUSATIONID, CE_CORRELATIONID, CE_ID,
+    CE_PARTITIONKEY, CE_TIME, CE_TRACEPARENT, CE_TRACESTATE,
 };
 use crate::codec::{self, EncodeError, EncodeErrorKind, Encoding};
 use crate::envelope::{Envelope, CAUSATION_ID, CORRELATION_ID, PARTITION_KEY, TRACESTATE};
@@ -73,10 +73,12 @@ impl<E: Event> Serialized for E {
     }
 }
 
-/// A typed event's key and JSON as one attempt sends them.
-pub(super) struct KeyAndData {
+/// A typed event's key and JSON as one attempt sends them, and the headers
+/// it shares with the other events of its call, when made for them all.
+pub(super) struct KeyAndData<'s> {
     pub(super) key: Option<String>,
     pub(super) data: Bytes,
+    pub(super) shared: Option<&'s SharedHeaders>,
 }
 
 impl TypedEvent<'_> {
@@ -89,10 +91,11 @@ impl TypedEvent<'_> {
     }
 
     /// The event's key and JSON.
-    pub(super) fn key_and_data(&self) -> Result<KeyAndData, EncodeError> {
+    pub(super) fn key_and_data(&self) -> Result<KeyAndData<'static>, EncodeError> {
         Ok(KeyAndData {
             key: self.key(),
             data: Bytes::from(self.event.json()?),
+            shared: None,
         })
     }
 }
@@ -171,20 +174,20 @@ impl Outgoing<'_> {
         &self,
         source: &str,
         expected_last_subject_sequence: Option<u64>,
-        typed: Option<KeyAndData>,
+        typed: Option<KeyAndData<'_>>,
     ) -> Result<(HeaderMap, Bytes), EncodeError> {
-        let mut headers = HeaderMap::new();
-        let payload = match self {
+        let (mut headers, payload) = match self {
             Outgoing::Typed(event) => {
-                let KeyAndData { key, data } = match typed {
+                let KeyAndData { key, data, shared } = match typed {
                     Some(parts) => parts,
                     None => event.key_and_data()?,
                 };
-                event.write_headers(source, key, &mut headers)?;
-                data
+                (event.write_headers(source, key, shared)?, data)
             }
             Outgoing::Envelope { envelope, encoding } => {
-                codec::encode_into(envelope, *encoding, &mut headers)?
+                let mut headers = HeaderMap::new();
+                let payload = codec::encode_into(envelope, *encoding, &mut headers)?;
+                (headers, payload)
             }
         };
         headers.insert(NATS_MESSAGE_ID, self.event_id());
@@ -199,8 +202,9 @@ impl Outgoing<'_> {
 }
 
 impl TypedEvent<'_> {
-    /// Writes the binary mode's `ce-*` headers, checking and escaping values
-    /// as the codec does for an envelope. The time, the content type and the
+    /// The binary mode's `ce-*` headers, values checked and escaped as the
+    /// codec does for an envelope (`shared`: those of the event's type,
+    /// checked already). The time, the content type and the
     /// `traceparent` are made here and need neither; the id may be the
     /// caller's, and this check is what refuses an invalid one before
     /// `encode` puts it in `Nats-Msg-Id`.
@@ -208,17 +212,16 @@ impl TypedEvent<'_> {
         &self,
         source: &str,
         key: Option<String>,
-        headers: &mut HeaderMap,
-    ) -> Result<(), EncodeError> {
-        headers.insert(CE_SPECVERSION, codec::SPEC_VERSION);
-        headers.insert(CE_ID, attribute_value("id", &self.id, true)?);
-        headers.insert(CE_SOURCE, attribute_value("source", source, true)?);
-        headers.insert(CE_TYPE, attribute_value("type", self.event_type, true)?);
+        shared: Option<&SharedHeaders>,
+    ) -> Result<HeaderMap, EncodeError> {
+        // Checked first, as the envelope's validation does.
+        let id = attribute_value("id", &self.id, true)?;
+        let mut headers = match shared {
+            Some(shared) => shared.start(),
+            None => SharedHeaders::new(source, self.event_type, self.data_schema)?.into_map(),
+        };
+        headers.insert(CE_ID, id);
         headers.insert(CE_TIME, HeaderValue::from(codec::format_time(&self.time)));
-        headers.insert(CE_DATACONTENTTYPE, codec::APPLICATION_JSON);
-        if let Some(schema) = self.data_schema {
-            headers.insert(CE_DATASCHEMA, attribute_value("dataschema", schema, true)?);
-        }
         if let Some(key) = key {
             headers.insert(
                 CE_PARTITIONKEY,
@@ -240,7 +243,7 @@ impl TypedEvent<'_> {
                 headers.insert(CE_TRACESTATE, attribute_value(TRACESTATE, state, false)?);
             }
         }
-        Ok(())
+        Ok(headers)
     }
 }
 
@@ -340,13 +343,23 @@ mod tests {
                 outgoing.set_trace(trace.clone());
             }
         }
-        let outcome = |outgoing: &Outgoing| {
+        let outcome = |outgoing: &Outgoing, parts: Option<KeyAndData<'_>>| {
             outgoing
-                .encode(source, Some(7), None)
+                .encode(source, Some(7), parts)
                 .map(|(headers, payload)| (sorted(&headers), payload))
                 .map_err(|err| err.kind().clone())
         };
-        (outcome(&typed), outcome(&enveloped))
+        // The typed event through its type's shared headers, as
+        // `publish_many` sends it, when the type's values are valid.
+        let shared = SharedHeaders::new(source, E::TYPE, E::data_schema()).ok();
+        let parts = match &typed {
+            Outgoing::Typed(event) => Some(KeyAndData {
+                shared: shared.as_ref(),
+                ..event.key_and_data().unwrap()
+            }),
+            Outgoing::Envelope { .. } => None,
+        };
+        (outcome(&typed, parts), outcome(&enveloped, None))
     }
 
     fn booked() -> Booked {

@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use tracing::Instrument;
 
 use super::attempt::{settled, AttemptError};
-use super::prepare::{event_type_of, Prepared};
+use super::prepare::{OneType, Prepared};
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher, Receipt};
 use crate::client::PermissionViolation;
 use crate::event::Event;
@@ -61,8 +61,8 @@ impl Publisher {
             Vec::with_capacity(events.len());
         results.resize_with(events.len(), || None);
         let options = PublishOptions::default();
-        // The type is the same for every event: parsed once.
-        let event_type = event_type_of::<E>();
+        // The type is the same for every event: parsed and encoded once.
+        let one_type = OneType::of::<E>(self);
         let mut pipeline = Pipeline {
             results,
             retry_later: Vec::new(),
@@ -75,7 +75,7 @@ impl Publisher {
             if pipeline.in_flight.len() >= window {
                 self.settle_oldest(&mut pipeline).await;
             }
-            let mut prepared = match self.prepare_one_of_many(&event_type, event, &options).await {
+            let mut prepared = match self.prepare_one_of_many(&one_type, event, &options).await {
                 Ok(prepared) => prepared,
                 Err(err) => {
                     pipeline.results[index] = Some(Err(err));

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use opentelemetry::StringValue;
 
 use super::outgoing::{self, KeyAndData, Outgoing, TypedEvent};
+use super::shared_headers::SharedHeaders;
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher};
 use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
@@ -39,13 +40,36 @@ pub(super) struct Prepared<'a> {
     pub(super) claim_pending: bool,
 }
 
+/// What the events of one `publish_many` or `ingest` call share, made once
+/// for them all.
+pub(super) struct OneType {
+    event_type: Result<EventType, PublishError>,
+    /// `None` when a value is invalid: each event's encoding says which.
+    headers: Option<SharedHeaders>,
+}
+
+impl OneType {
+    pub(super) fn of<E: Event>(publisher: &Publisher) -> OneType {
+        OneType {
+            event_type: event_type_of::<E>(),
+            headers: SharedHeaders::new(
+                &publisher.client.config().source,
+                E::TYPE,
+                E::data_schema(),
+            )
+            .ok(),
+        }
+    }
+}
+
 impl Publisher {
     /// Prepares a typed event: without an envelope in binary mode when no
     /// free-form metadata is asked for (see [`outgoing`]), through one
-    /// otherwise.
+    /// otherwise. `shared`: the headers of its type, when made already.
     pub(super) fn prepare_event<'a, E: Event>(
         &self,
         event_type: &EventType,
+        shared: Option<&SharedHeaders>,
         event: &'a E,
         options: &'a PublishOptions,
     ) -> Result<Prepared<'a>, PublishError> {
@@ -94,6 +118,7 @@ impl Publisher {
         let first = KeyAndData {
             key,
             data: Bytes::from(data),
+            shared,
         };
         let outgoing = Outgoing::Typed(typed);
         self.prepare(
@@ -105,21 +130,22 @@ impl Publisher {
         )
     }
 
-    /// Prepares one event of many of one type (`event_type`, parsed once
-    /// for them all) up to sending: keys loaded, encoded, claim stored.
+    /// Prepares one event of many of one type (`one_type`, made once for
+    /// them all) up to sending: keys loaded, encoded, claim stored.
     pub(super) async fn prepare_one_of_many<'a, E: Event>(
         &self,
-        event_type: &Result<EventType, PublishError>,
+        one_type: &OneType,
         event: &'a E,
         options: &'a PublishOptions,
     ) -> Result<Prepared<'a>, PublishError> {
         #[cfg(feature = "encryption")]
         self.load_keys(E::TYPE, event.key().as_deref()).await?;
-        let mut prepared = match event_type {
-            Ok(event_type) => self.prepare_event(event_type, event, options),
+        let shared = one_type.headers.as_ref();
+        let mut prepared = match &one_type.event_type {
+            Ok(event_type) => self.prepare_event(event_type, shared, event, options),
             // The error again, with this event's id.
             Err(_) => event_type_of::<E>()
-                .and_then(|event_type| self.prepare_event(&event_type, event, options)),
+                .and_then(|event_type| self.prepare_event(&event_type, shared, event, options)),
         }?;
         self.store_claim(&mut prepared).await?;
         Ok(prepared)
@@ -209,7 +235,7 @@ impl Publisher {
         mut outgoing: Outgoing<'a>,
         options: &PublishOptions,
         metric_type: StringValue,
-        typed: Option<KeyAndData>,
+        typed: Option<KeyAndData<'_>>,
     ) -> Result<Prepared<'a>, PublishError> {
         let causation_id = match &options.causation_id {
             Some(id) => Some(id.clone()),
@@ -240,7 +266,7 @@ impl Publisher {
 
         let span = tracing::info_span!(
             "publish",
-            otel.name = %format_args!("publish {}", crate::subject::destination_template(&subject)),
+            otel.name = tracing::field::Empty,
             otel.kind = "producer",
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
@@ -248,7 +274,7 @@ impl Publisher {
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
             messaging.destination.name = %subject,
-            messaging.destination.template = %crate::subject::destination_template(&subject),
+            messaging.destination.template = tracing::field::Empty,
             messaging.message.id = outgoing.event_id(),
             messaging.message.conversation_id = outgoing.correlation_id(),
             cloudevents.event_id = outgoing.event_id(),
@@ -258,6 +284,20 @@ impl Publisher {
             messaging.nats.stream.sequence = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        // Made only for a span something records: with `tracing`'s `log`
+        // feature on and no subscriber, a disabled span still evaluates the
+        // fields given at its creation, and the template is a `format!`.
+        if !span.is_disabled() {
+            let template = crate::subject::destination_template(&subject);
+            span.record(
+                "otel.name",
+                tracing::field::display(format_args!("publish {template}")),
+            );
+            span.record(
+                "messaging.destination.template",
+                tracing::field::display(&template),
+            );
+        }
         // The trace context sent is the publish span's own, so a consumer's
         // process span becomes its child.
         let context = if span.is_disabled() {

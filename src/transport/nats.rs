@@ -54,15 +54,22 @@ impl Transport for NatsTransport {
         payload: Bytes,
     ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>> {
         async move {
-            let acks = self
-                .acks
-                .get_or_try_init(|| PublishAcks::start(self.nats.clone(), self.ack_timeout))
-                .await
-                .map_err(|err| StoreFailure {
-                    // Only a connection being closed refuses a subscription.
-                    kind: StoreFailureKind::BrokenPipe,
-                    source: Box::new(err),
-                })?;
+            let acks =
+                match self.acks.get() {
+                    Some(acks) => acks,
+                    // Boxed: inline, the subscribing would make every send's
+                    // future as large as itself, and a boxed future of 1 KiB or
+                    // more costs the allocator a pass over its free lists.
+                    None => Box::pin(self.acks.get_or_try_init(|| {
+                        PublishAcks::start(self.nats.clone(), self.ack_timeout)
+                    }))
+                    .await
+                    .map_err(|err| StoreFailure {
+                        // Only a connection being closed refuses a subscription.
+                        kind: StoreFailureKind::BrokenPipe,
+                        source: Box::new(err),
+                    })?,
+                };
             let ack = acks
                 .send(subject, headers, payload)
                 .await
