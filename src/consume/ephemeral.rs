@@ -280,13 +280,13 @@ async fn handle_one<S: Clone + Send + Sync + 'static>(
     crate::trace::continue_in_process_span(&span, &envelope);
 
     let work = async {
-        if handlers.routes().find(&envelope.event_type).is_none() {
+        let Some(route) = handlers.routes().find(&envelope.event_type) else {
             return;
-        }
+        };
         let context = Context::new(envelope, subject.clone(), group, 1, None, publisher, state);
         // The same stack as the durable consumer's; only the settling
         // differs: nothing to settle, a failure is recorded and dropped.
-        let outcome = match handlers.call(Delivery::new(context)).await {
+        let outcome = match handlers.call(route, Delivery::new(context)).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(err)) => Outcome::from_stack_error(err),
             Err(_) => Outcome::failed_run("panic", "handler panicked".to_owned()),

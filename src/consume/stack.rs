@@ -24,7 +24,7 @@ pub use crate::error::BoxError;
 
 use super::context::Context;
 use super::outcome::Outcome;
-use super::router::Routes;
+use super::router::{Route, Routes};
 
 /// One event on its way through the handler stack: the decoded envelope
 /// and the handler's [`Context`] (delivery count, stream sequence, subject,
@@ -198,19 +198,25 @@ impl<S: Clone + Send + Sync + 'static> Handlers<S> {
 
     /// Runs `delivery` through the stack, in the lineage of its event, with
     /// a panic anywhere in it (a layer's `call`, a handler's first poll)
-    /// caught.
+    /// caught. `route` is the one the caller found for the delivery's type:
+    /// without consumer layers it is called as it is, not looked up again.
     pub(crate) fn call(
         &self,
+        route: &Route<S>,
         delivery: Delivery<S>,
     ) -> impl Future<Output = Result<Result<Outcome, BoxError>, Box<dyn Any + Send>>> + Send + 'static
     {
         let lineage = delivery.context().lineage();
-        let routes = self.routes.clone();
-        let layered = self.layered.clone();
+        let target = match &self.layered {
+            None => Ok(route.call()),
+            Some(stack) => Err(stack.clone()),
+        };
         let call = async move {
-            match layered {
-                None => routes.dispatch(delivery).await,
-                Some(stack) => stack.oneshot(delivery).await,
+            match target {
+                Ok(route) => route.run(delivery).await,
+                // The consumer's layers may change the delivery: the router
+                // inside them looks its route up.
+                Err(stack) => stack.oneshot(delivery).await,
             }
         };
         crate::lineage::with_lineage(lineage, AssertUnwindSafe(call).catch_unwind())

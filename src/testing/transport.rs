@@ -196,10 +196,10 @@ impl transport::Delivery for Delivery {
         Delivery::payload(self)
     }
 
-    fn info(&self) -> Result<DeliveryInfo, BoxError> {
-        let info = Delivery::info(self);
+    fn info(&self) -> Result<DeliveryInfo<'_>, BoxError> {
+        let info = &self.info;
         Ok(DeliveryInfo {
-            stream: info.stream,
+            stream: info.stream.as_str().into(),
             stream_sequence: info.stream_sequence,
             delivered: info.delivered,
             pending: info.pending,

@@ -1,5 +1,6 @@
 //! One message handed to a consumer, and the ways to settle it.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -10,8 +11,10 @@ use crate::error::BoxError;
 
 /// Where a delivery comes from and how often it came.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct DeliveryInfo {
-    pub(crate) stream: String,
+pub(crate) struct DeliveryInfo<'a> {
+    /// Borrowed where the transport can: read for every delivery, it would
+    /// otherwise be a copy per event.
+    pub(crate) stream: Cow<'a, str>,
     pub(crate) stream_sequence: u64,
     /// 1 on the first delivery.
     pub(crate) delivered: u64,
@@ -32,7 +35,7 @@ pub(crate) trait Delivery: Send + Sync + 'static {
     fn payload(&self) -> &Bytes;
     /// Its stream position and delivery count; an error when the
     /// transport cannot tell (and so cannot settle it either).
-    fn info(&self) -> Result<DeliveryInfo, BoxError>;
+    fn info(&self) -> Result<DeliveryInfo<'_>, BoxError>;
     /// Done. `confirmed`: wait until the server says it took the ack.
     fn ack(&self, confirmed: bool) -> BoxFuture<'_, Result<(), BoxError>>;
     /// Deliver it again after `delay`.

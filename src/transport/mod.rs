@@ -16,6 +16,7 @@ pub(crate) mod atomic_batch;
 pub(crate) mod delivery;
 pub(crate) mod fast_ingest;
 pub(crate) mod nats;
+pub(crate) mod nats_delivery;
 mod publish_acks;
 
 use std::fmt;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, message::AckKind, ErrorCode};
+use async_nats::jetstream::{self, context::PublishErrorKind, ErrorCode};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -12,9 +12,8 @@ use tokio::sync::OnceCell;
 
 use super::publish_acks::PublishAcks;
 use super::{
-    atomic_batch, BatchFailure, BatchMessage, Delivery, DeliveryInfo, OrderedRead, PendingStore,
-    ReadFrom, StoreFailure, StoreFailureKind, Stored, StoredBatch, StreamLookup, StreamMessage,
-    Transport,
+    atomic_batch, BatchFailure, BatchMessage, OrderedRead, PendingStore, ReadFrom, StoreFailure,
+    StoreFailureKind, Stored, StoredBatch, StreamLookup, StreamMessage, Transport,
 };
 use crate::error::BoxError;
 
@@ -260,69 +259,6 @@ pub(crate) fn parse_actual_sequence(text: &str) -> Option<u64> {
     let rest = &text[text.rfind("wrong last sequence: ")? + "wrong last sequence: ".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-impl Delivery for jetstream::Message {
-    fn subject(&self) -> &str {
-        self.message.subject.as_str()
-    }
-
-    fn shared_subject(&self) -> async_nats::Subject {
-        self.message.subject.clone()
-    }
-
-    fn headers(&self) -> Option<&HeaderMap> {
-        self.message.headers.as_ref()
-    }
-
-    fn payload(&self) -> &Bytes {
-        &self.message.payload
-    }
-
-    fn info(&self) -> Result<DeliveryInfo, BoxError> {
-        let info = jetstream::Message::info(self)?;
-        Ok(DeliveryInfo {
-            stream: info.stream.to_owned(),
-            stream_sequence: info.stream_sequence,
-            delivered: u64::try_from(info.delivered).unwrap_or(1).max(1),
-            pending: info.pending,
-        })
-    }
-
-    fn ack(&self, confirmed: bool) -> BoxFuture<'_, Result<(), BoxError>> {
-        async move {
-            if confirmed {
-                self.double_ack().await
-            } else {
-                jetstream::Message::ack(self).await
-            }
-        }
-        .boxed()
-    }
-
-    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BoxError>> {
-        self.ack_with(AckKind::Nak(Some(delay))).boxed()
-    }
-
-    fn term(&self) -> BoxFuture<'_, Result<(), BoxError>> {
-        self.ack_with(AckKind::Term).boxed()
-    }
-
-    fn progress(&self) -> BoxFuture<'static, Result<(), BoxError>> {
-        // Every JetStream delivery has a reply subject: it is how it is acked.
-        let reply = self.message.reply.clone();
-        let client = self.context.client();
-        async move {
-            let Some(reply) = reply else {
-                return Ok(());
-            };
-            client
-                .publish(reply, AckKind::Progress.into())
-                .await
-                .map_err(BoxError::from)
-        }
-        .boxed()
-    }
 }
 
 #[cfg(test)]

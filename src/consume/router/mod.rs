@@ -96,10 +96,31 @@ pub(crate) struct Route<S> {
     pub(crate) options: HandlerOptions,
 }
 
-enum RouteCall<S> {
+/// What calls a route's handler: a clone is what a delivery's future owns.
+pub(crate) enum RouteCall<S> {
     Direct(RouteFn<S>),
     /// With route-level layers.
     Layered(HandlerService<S>),
+}
+
+// By hand: a derive would ask `S: Clone`.
+impl<S> Clone for RouteCall<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Direct(call) => Self::Direct(call.clone()),
+            Self::Layered(stack) => Self::Layered(stack.clone()),
+        }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> RouteCall<S> {
+    /// Calls the route's layers and handler with `delivery`.
+    pub(crate) fn run(&self, delivery: Delivery<S>) -> RouteFuture {
+        match self {
+            Self::Direct(call) => call(delivery),
+            Self::Layered(stack) => Box::pin(tower::ServiceExt::oneshot(stack.clone(), delivery)),
+        }
+    }
 }
 
 /// The resolved table: every type (upcast ones included) to its route.
@@ -130,11 +151,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     /// Hands `delivery` to its route.
     pub(crate) fn dispatch(&self, delivery: Delivery<S>) -> RouteFuture {
         let event_type = &delivery.envelope().event_type;
-        match self.find(event_type).map(|route| &route.call) {
-            Some(RouteCall::Direct(call)) => call(delivery),
-            Some(RouteCall::Layered(stack)) => {
-                Box::pin(tower::ServiceExt::oneshot(stack.clone(), delivery))
-            }
+        match self.find(event_type) {
+            Some(route) => route.call.run(delivery),
             // The runner routes only types it found; a layer changed it.
             None => {
                 let error = format!("no route for type {event_type}");
@@ -145,6 +163,11 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Route<S> {
+    /// What calls this route, for a delivery's future to own.
+    pub(crate) fn call(&self) -> RouteCall<S> {
+        self.call.clone()
+    }
+
     fn new(route: RouteFn<S>, options: HandlerOptions, layers: &[LayerFn<S>]) -> Self {
         let call = if layers.is_empty() {
             RouteCall::Direct(route)

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::Either;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -19,7 +19,7 @@ use crate::consume::stack::Delivery as StackDelivery;
 #[cfg(feature = "encryption")]
 use crate::encryption::EncryptionErrorKind;
 use crate::error::error_chain;
-use crate::transport::Delivery;
+use crate::transport::{Delivery, DeliveryInfo};
 
 use super::call::{run_handler, Ended, KeepAlive};
 use super::settle::settle;
@@ -61,8 +61,10 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
     stopped: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let subject = message.shared_subject();
-    let (delivered, stream, stream_sequence) = match message.info() {
-        Ok(info) => (info.delivered, info.stream, info.stream_sequence),
+    // The stream's name is borrowed from the message, so read in a scope of
+    // its own: the message moves into the future below.
+    let info = match message.info() {
+        Ok(info) => info,
         // Only JetStream messages reach a pull consumer; if the reply subject
         // is unreadable nothing can be acked either.
         Err(err) => {
@@ -75,11 +77,93 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
             return Either::Left(std::future::ready(()));
         }
     };
-    let span = tracing::info_span!(
+    let (delivered, stream_sequence) = (info.delivered, info.stream_sequence);
+    let span = process_span(&shared.group, &subject, &info);
+    drop(info);
+
+    let envelope = crate::codec::decode(message.headers(), message.payload());
+    // Looked up once: every metric of a successful delivery records these.
+    let attributes = shared.attributes.of(envelope
+        .as_ref()
+        .map_or(UNDECODABLE, |envelope| envelope.event_type.as_str()));
+    shared.client.metrics().consumed.add(1, &attributes);
+    // A disabled span (nobody collects it) has no parent to set: parsing the
+    // trace context would be wasted on every delivery.
+    if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
+        // Before the span is first entered, so it starts as the child.
+        crate::trace::continue_in_process_span(&span, envelope);
+    }
+    let facts = DeliveryFacts {
+        subject,
+        delivered,
+        stream_sequence,
+        attributes,
+    };
+    // The handler's context is made here when it can be: the future then
+    // holds it (a reference count) rather than the envelope.
+    let arrived = match envelope {
+        Err(err) => Arrived::Undecodable(err),
+        Ok(envelope) if needs_reading(&shared.settings, &envelope) => {
+            Arrived::ToRead(Box::new(envelope))
+        }
+        Ok(envelope) => Arrived::Ready(handler_context(&shared, envelope, &facts)),
+    };
+
+    let work = async move {
+        // The type of an event whose data could not be read, for its metrics.
+        let mut unread_type = None;
+        let context = match arrived {
+            Arrived::Undecodable(err) => Err(Decision::DeadLetter {
+                reason: DeadLetterReason::Undecodable,
+                error: error_chain(&err),
+                failed_runs: None,
+            }),
+            Arrived::Ready(context) => Ok(context),
+            Arrived::ToRead(envelope) => {
+                unread_type = Some(envelope.event_type.clone());
+                Box::pin(read(&shared, *envelope, delivered))
+                    .await
+                    .map(|envelope| handler_context(&shared, envelope, &facts))
+            }
+        };
+        let (decision, context) = match context {
+            Err(decision) => (decision, None),
+            Ok(context) => {
+                // Boxed, and so is settling's rare part: inline, the two made
+                // every delivery's future larger than the allocator's
+                // per-thread cache serves (over 1 KB), and each one was
+                // slower to allocate than the two smaller allocations.
+                let decision = Box::pin(decide(&shared, &context, &facts, &message, stopped)).await;
+                (decision, Some(context))
+            }
+        };
+        let event_type = match (&context, &unread_type) {
+            (Some(context), _) => context.event_type(),
+            (None, Some(unread_type)) => unread_type.as_str(),
+            (None, None) => UNDECODABLE,
+        };
+        let failure_parts = (facts.subject.as_str(), stream_sequence, delivered);
+        settle(
+            &shared,
+            &message,
+            decision,
+            failure_parts,
+            event_type,
+            &facts.attributes,
+        )
+        .await;
+    };
+    Either::Right(work.instrument(span))
+}
+
+/// The process span of a delivery, its fields the OpenTelemetry messaging
+/// conventions' (those known later are recorded then).
+fn process_span(group: &str, subject: &str, info: &DeliveryInfo<'_>) -> tracing::Span {
+    tracing::info_span!(
         "process",
         // Formatted only for a span or log someone collects: tracing builds
         // the fields of a disabled span too when its `log` feature is on.
-        otel.name = %ProcessName(&subject),
+        otel.name = %ProcessName(subject),
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
@@ -87,14 +171,14 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         messaging.operation.type = "process",
         messaging.operation.name = "process",
         messaging.destination.name = %subject,
-        messaging.destination.template = %DestinationTemplate(&subject),
-        messaging.consumer.group.name = %shared.group,
+        messaging.destination.template = %DestinationTemplate(subject),
+        messaging.consumer.group.name = %group,
         messaging.message.id = tracing::field::Empty,
         messaging.message.conversation_id = tracing::field::Empty,
-        messaging.nats.stream = %stream,
+        messaging.nats.stream = %info.stream,
         // Signed: tracing-opentelemetry exports u64 fields as strings.
-        messaging.nats.stream.sequence = i64::try_from(stream_sequence).unwrap_or(i64::MAX),
-        messaging.nats.message.delivery_count = i64::try_from(delivered).unwrap_or(i64::MAX),
+        messaging.nats.stream.sequence = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+        messaging.nats.message.delivery_count = i64::try_from(info.delivered).unwrap_or(i64::MAX),
         cloudevents.event_id = tracing::field::Empty,
         cloudevents.event_type = tracing::field::Empty,
         cloudevents.event_source = tracing::field::Empty,
@@ -106,97 +190,66 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         jetevents.unhandled = tracing::field::Empty,
         jetevents.breaker.state = tracing::field::Empty,
         error.type = tracing::field::Empty,
-    );
-
-    let envelope = crate::codec::decode(message.headers(), message.payload());
-    let event_type = envelope
-        .as_ref()
-        .map(|envelope| envelope.event_type.clone())
-        .unwrap_or_else(|_| "undecodable".to_owned());
-    // Looked up once: every metric of a successful delivery records these.
-    let attributes = shared.attributes.of(&event_type);
-    shared.client.metrics().consumed.add(1, &attributes);
-    // A disabled span (nobody collects it) has no parent to set: parsing the
-    // trace context would be wasted on every delivery.
-    if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
-        // Before the span is first entered, so it starts as the child.
-        crate::trace::continue_in_process_span(&span, envelope);
-    }
-
-    let work = async move {
-        let decision = match envelope {
-            Err(err) => Decision::DeadLetter {
-                reason: DeadLetterReason::Undecodable,
-                error: error_chain(&err),
-                failed_runs: None,
-            },
-            Ok(envelope) => {
-                let readable = match readable(&shared, envelope, delivered) {
-                    Readable::AsIs(envelope) => Ok(envelope),
-                    Readable::Read(reading) => reading.await,
-                };
-                match readable {
-                    Err(decision) => decision,
-                    Ok(envelope) => {
-                        let delivery = DeliveryFacts {
-                            subject: &subject,
-                            delivered,
-                            stream_sequence,
-                            event_type: &event_type,
-                            attributes: &attributes,
-                        };
-                        decide(&shared, envelope, delivery, &message, stopped).await
-                    }
-                }
-            }
-        };
-        let failure_parts = (
-            subject.as_str(),
-            stream.as_str(),
-            stream_sequence,
-            delivered,
-        );
-        settle(
-            &shared,
-            &message,
-            decision,
-            failure_parts,
-            &event_type,
-            &attributes,
-        )
-        .await;
-    };
-    Either::Right(work.instrument(span))
+    )
 }
 
-/// What `decide` knows of a delivery besides its envelope.
-struct DeliveryFacts<'a> {
-    subject: &'a async_nats::Subject,
+/// The event type of undecodable deliveries, in metrics.
+const UNDECODABLE: &str = "undecodable";
+
+/// A delivery's envelope, on its way to the handler.
+enum Arrived<S> {
+    Undecodable(crate::codec::DecodeError),
+    /// Readable as it is: its handler's context is made.
+    Ready(Context<S>),
+    /// Its data must be fetched or decrypted first. Boxed: every delivery's
+    /// future would carry its size while almost none take this path.
+    ToRead(Box<crate::envelope::Envelope>),
+}
+
+/// What `decide` knows of a delivery besides its context.
+struct DeliveryFacts {
+    subject: async_nats::Subject,
     delivered: u64,
     stream_sequence: u64,
-    event_type: &'a str,
     /// The metric attributes of a successful delivery of this type.
-    attributes: &'a Arc<[KeyValue]>,
+    attributes: Arc<[KeyValue]>,
+}
+
+/// The context the handler of `envelope` gets.
+fn handler_context<S: Clone>(
+    shared: &Runtime<S>,
+    envelope: crate::envelope::Envelope,
+    facts: &DeliveryFacts,
+) -> Context<S> {
+    Context::new(
+        envelope,
+        facts.subject.clone(),
+        shared.group.clone(),
+        facts.delivered,
+        Some(facts.stream_sequence),
+        shared.publisher.clone(),
+        shared.state.clone(),
+    )
 }
 
 /// Runs the handler (with in-progress acks) and decides how to settle.
 async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
     shared: &Runtime<S>,
-    envelope: crate::envelope::Envelope,
-    delivery: DeliveryFacts<'_>,
+    context: &Context<S>,
+    facts: &DeliveryFacts,
     message: &D,
     stopped: watch::Receiver<bool>,
 ) -> Decision {
     let DeliveryFacts {
-        subject,
         delivered,
         stream_sequence,
-        event_type,
-        attributes,
-    } = delivery;
+        ref attributes,
+        ..
+    } = *facts;
+    let event_type = context.event_type();
     let retry = &shared.settings.retry;
-    let Some(route) = shared.handlers.routes().find(&envelope.event_type) else {
-        return unhandled(shared, &envelope.event_type, delivered);
+    let Some(route) = shared.handlers.routes().find(event_type) else {
+        return unhandled(shared, event_type, delivered);
     };
     let timeout = route
         .options
@@ -223,18 +276,11 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         };
     }
 
-    let context = Context::new(
-        envelope,
-        subject.clone(),
-        shared.group.clone(),
-        delivered,
-        Some(stream_sequence),
-        shared.publisher.clone(),
-        shared.state.clone(),
-    );
     let metrics = shared.client.metrics();
     let (call, held) = hold::scoped(
-        shared.handlers.call(StackDelivery::new(context)),
+        shared
+            .handlers
+            .call(route, StackDelivery::new(context.clone())),
         shared.handlers.has_layers(),
     );
     let started = std::time::Instant::now();
@@ -338,27 +384,13 @@ impl std::fmt::Display for DestinationTemplate<'_> {
     }
 }
 
-/// An envelope its handler can read, or the reading that makes it so.
-enum Readable<'a> {
-    AsIs(crate::envelope::Envelope),
-    /// Boxed: its futures are large, and every delivery's future would
-    /// carry their size while almost none take this path.
-    Read(BoxFuture<'a, Result<crate::envelope::Envelope, Decision>>),
-}
-
-/// The envelope as it is, unless its data must be fetched (a claim check)
-/// or decrypted first.
-fn readable<S: Sync>(
-    shared: &Runtime<S>,
-    envelope: crate::envelope::Envelope,
-    delivered: u64,
-) -> Readable<'_> {
-    let claim_checked = envelope.extension(crate::claim_check::OBJECT).is_some();
-    if claim_checked || decrypts(&shared.settings) {
-        Readable::Read(Box::pin(read(shared, envelope, delivered)))
-    } else {
-        Readable::AsIs(envelope)
-    }
+/// Whether the envelope's data must be fetched (a claim check) or
+/// decrypted before its handler can read it.
+fn needs_reading(
+    settings: &crate::consume::Settings,
+    envelope: &crate::envelope::Envelope,
+) -> bool {
+    envelope.extension(crate::claim_check::OBJECT).is_some() || decrypts(settings)
 }
 
 #[cfg(feature = "encryption")]

@@ -13,6 +13,7 @@ use crate::client::Client;
 use crate::consume::group_filter::{self, GroupFilter};
 use crate::consume::{ConsumeError, ConsumeErrorKind};
 use crate::error::Error;
+use crate::transport::nats_delivery::NatsDelivery;
 
 use super::waiting::Waiting;
 use super::{alongside, Runtime, Signal};
@@ -174,7 +175,7 @@ impl<S> Recovery<'_, S> {
         &self,
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
-        waiting: &mut VecDeque<Waiting<jetstream::Message>>,
+        waiting: &mut VecDeque<Waiting<NatsDelivery>>,
     ) -> Option<Result<(), ConsumeError>> {
         let recovered = recover(self.client, self.stream, self.group_filter, self.signal);
         match alongside(tasks, waiting, self.shared, recovered).await {
@@ -195,7 +196,7 @@ impl<S> Recovery<'_, S> {
         &self,
         consumer: &mut jetstream::consumer::PullConsumer,
         tasks: &mut FuturesUnordered<T>,
-        waiting: &mut VecDeque<Waiting<jetstream::Message>>,
+        waiting: &mut VecDeque<Waiting<NatsDelivery>>,
         drift: &mut Vec<String>,
     ) -> Option<Result<(), ConsumeError>> {
         let group = self

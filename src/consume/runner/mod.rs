@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::publish::Publisher;
+use crate::transport::nats_delivery::{Acks, NatsDelivery};
 
 use super::attempts::FailedRuns;
 use super::group_filter;
@@ -152,11 +153,14 @@ where
         consumer: mut pull_consumer,
         mut drift,
     } = pulling;
-    let Some(jetstream) = client.jetstream().cloned() else {
+    let Some(nats) = client.nats().cloned() else {
         return Err(crate::error::Error::new(
             super::ConsumeErrorKind::Unavailable,
         ));
     };
+    // Shared by every delivery: settling needs the connection and nothing
+    // else of the JetStream context.
+    let acks = Acks::new(nats, client.config().api_timeout);
     let group_filter = super::settings::group_filter(&group, &filters, &shared.settings);
     let mut filter_check = Instant::now() + group_filter::CHECK_INTERVAL;
     let _watch =
@@ -169,7 +173,7 @@ where
     let mut tasks = FuturesUnordered::new();
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
-    let mut waiting: VecDeque<Waiting<jetstream::Message>> = VecDeque::new();
+    let mut waiting: VecDeque<Waiting<NatsDelivery>> = VecDeque::new();
     let mut health = Health::default();
     let mut received_since_check = 0usize;
     let mut disconnects = client.disconnects();
@@ -338,7 +342,7 @@ where
                             Err(err) => break 'pulling Err(err),
                         }
                     };
-                    match classify(incoming, &jetstream) {
+                    match classify(incoming, &acks) {
                         Incoming::Event(message) => {
                             if pin_group.is_some() {
                                 if let Some(given) = pulls::pin_of(&message) {
@@ -406,10 +410,10 @@ where
     };
 
     // Events here but not started go back now, not after their ack wait.
-    let mut undelivered: Vec<jetstream::Message> =
+    let mut undelivered: Vec<NatsDelivery> =
         waiting.into_iter().map(|waiting| waiting.message).collect();
     while let Some(Some(incoming)) = inbox.subscription.next().now_or_never() {
-        if let Incoming::Event(message) = classify(incoming, &jetstream) {
+        if let Incoming::Event(message) = classify(incoming, &acks) {
             undelivered.push(message);
         }
     }
@@ -424,7 +428,7 @@ where
 /// recovery or a consumer check takes (seconds, when the connection stalls).
 async fn alongside<S, T, F>(
     tasks: &mut FuturesUnordered<T>,
-    waiting: &mut VecDeque<Waiting<jetstream::Message>>,
+    waiting: &mut VecDeque<Waiting<NatsDelivery>>,
     shared: &Runtime<S>,
     work: F,
 ) -> F::Output

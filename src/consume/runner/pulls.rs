@@ -4,12 +4,15 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_nats::jetstream;
 use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::consume::{ConsumeError, ConsumeErrorKind};
 use crate::error::Error;
+use crate::transport::nats_delivery::{Acks, NatsDelivery};
 
 /// Bound on subscribing the pull inbox.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,7 +123,7 @@ impl Inbox {
 // only add an allocation per delivery.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Incoming {
-    Event(jetstream::Message),
+    Event(NatsDelivery),
     /// A status about the pull replied to on `reply`.
     Status {
         reply: String,
@@ -140,14 +143,11 @@ pub(super) enum PullStatus {
     Refused(String),
 }
 
-pub(super) fn classify(message: async_nats::Message, context: &jetstream::Context) -> Incoming {
+pub(super) fn classify(message: async_nats::Message, acks: &Arc<Acks>) -> Incoming {
     use async_nats::StatusCode;
     let status = match message.status {
         None | Some(StatusCode::OK) => {
-            return Incoming::Event(jetstream::Message {
-                message,
-                context: context.clone(),
-            })
+            return Incoming::Event(NatsDelivery::new(message, acks.clone()))
         }
         Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => PullStatus::Ended,
         Some(StatusCode::IDLE_HEARTBEAT) => PullStatus::Heartbeat,
@@ -221,8 +221,9 @@ pub(super) async fn request(
 }
 
 /// The pin a pinned consumer's event carries (`Nats-Pin-Id`).
-pub(super) fn pin_of(message: &jetstream::Message) -> Option<String> {
-    message
+pub(super) fn pin_of(delivery: &NatsDelivery) -> Option<String> {
+    delivery
+        .message
         .headers
         .as_ref()?
         .get("Nats-Pin-Id")

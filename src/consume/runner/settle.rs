@@ -20,7 +20,7 @@ pub(super) async fn settle<S, D: Delivery>(
     shared: &Runtime<S>,
     message: &D,
     decision: Decision,
-    (subject, stream, stream_sequence, delivered): (&str, &str, u64, u64),
+    (subject, stream_sequence, delivered): (&str, u64, u64),
     event_type: &str,
     attributes: &[KeyValue],
 ) {
@@ -66,84 +66,91 @@ pub(super) async fn settle<S, D: Delivery>(
             error,
             failed_runs,
         } => {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", error.as_str());
-            span.record("jetevents.dead_letter.reason", reason.as_str());
-            if matches!(
-                reason,
-                DeadLetterReason::Undecodable
-                    | DeadLetterReason::Unhandled
-                    | DeadLetterReason::Undecryptable
-                    | DeadLetterReason::Shredded
-                    | DeadLetterReason::ClaimMissing
-                    | DeadLetterReason::ClaimCorrupt
-            ) {
-                // Handler failures recorded theirs in `decide`.
-                span.record("error.type", reason.as_str());
-            }
-            let failure = Failure {
-                reason,
-                error: &error,
-                subject,
-                stream,
-                stream_sequence,
-                consumer: &shared.group,
-                delivery_count: delivered,
-                failed_runs,
-                // A partition consumes in order: what waits behind this
-                // event is its partition's backlog, which the copy records.
-                held_behind: shared
-                    .settings
-                    .pinned
-                    .as_ref()
-                    .and_then(|_| message.info().ok())
-                    .map(|info| info.pending),
-            };
-            // Boxed: the copy's publish future is large, and every delivery's
-            // future would carry its size while almost none take this path.
-            match Box::pin(copy_to_dead_letters(shared, message, &failure)).await {
-                Ok(()) => {
-                    span.record("jetevents.settle", "dead_letter");
-                    metrics.dead_lettered.add(
-                        1,
-                        &metric_attributes(
-                            &shared.group,
-                            event_type,
-                            Some(failure.reason.as_str()),
-                        ),
-                    );
-                    tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
-                    match message.term().await {
-                        Ok(()) => {
-                            span.record("jetevents.terminated", true);
-                        }
-                        Err(err) => {
-                            span.record("jetevents.terminated", false);
-                            shared.reporter.failed(
-                                stream_sequence,
-                                SettleOperation::Term,
-                                &err,
-                                "the event comes back and its copy is stored once",
-                            );
+            // Boxed: rare, and large; every delivery's future would carry it.
+            Box::pin(async {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", error.as_str());
+                span.record("jetevents.dead_letter.reason", reason.as_str());
+                if matches!(
+                    reason,
+                    DeadLetterReason::Undecodable
+                        | DeadLetterReason::Unhandled
+                        | DeadLetterReason::Undecryptable
+                        | DeadLetterReason::Shredded
+                        | DeadLetterReason::ClaimMissing
+                        | DeadLetterReason::ClaimCorrupt
+                ) {
+                    // Handler failures recorded theirs in `decide`.
+                    span.record("error.type", reason.as_str());
+                }
+                // Read again rather than carried by every delivery: it was read
+                // once before the delivery was handled, so it reads now too.
+                let info = message.info().ok();
+                let failure = Failure {
+                    reason,
+                    error: &error,
+                    subject,
+                    stream: info.as_ref().map_or("", |info| &info.stream),
+                    stream_sequence,
+                    consumer: &shared.group,
+                    delivery_count: delivered,
+                    failed_runs,
+                    // A partition consumes in order: what waits behind this
+                    // event is its partition's backlog, which the copy records.
+                    held_behind: shared
+                        .settings
+                        .pinned
+                        .as_ref()
+                        .and(info.as_ref())
+                        .map(|info| info.pending),
+                };
+                // Boxed: the copy's publish future is large, and every delivery's
+                // future would carry its size while almost none take this path.
+                match Box::pin(copy_to_dead_letters(shared, message, &failure)).await {
+                    Ok(()) => {
+                        span.record("jetevents.settle", "dead_letter");
+                        metrics.dead_lettered.add(
+                            1,
+                            &metric_attributes(
+                                &shared.group,
+                                event_type,
+                                Some(failure.reason.as_str()),
+                            ),
+                        );
+                        tracing::warn!(reason = %failure.reason, error = %error, "event dead-lettered");
+                        match message.term().await {
+                            Ok(()) => {
+                                span.record("jetevents.terminated", true);
+                            }
+                            Err(err) => {
+                                span.record("jetevents.terminated", false);
+                                shared.reporter.failed(
+                                    stream_sequence,
+                                    SettleOperation::Term,
+                                    &err,
+                                    "the event comes back and its copy is stored once",
+                                );
+                            }
                         }
                     }
+                    Err(err) => {
+                        // Keep the event: it comes back and is dead-lettered then
+                        // (the copy's message id makes a second copy a no-op).
+                        shared.reporter.failed(
+                            stream_sequence,
+                            SettleOperation::DeadLetter,
+                            &err,
+                            "Naking instead",
+                        );
+                        let delay = shared
+                            .settings
+                            .retry
+                            .delay(u64::from(failed_runs.unwrap_or(1)));
+                        nak(shared, &span, message, delay, "dead_letter_failed").await;
+                    }
                 }
-                Err(err) => {
-                    // Keep the event: it comes back and is dead-lettered then
-                    // (the copy's message id makes a second copy a no-op).
-                    shared.reporter.failed(
-                        stream_sequence,
-                        SettleOperation::DeadLetter,
-                        &err,
-                        "Naking instead",
-                    );
-                    let delay = shared
-                        .settings
-                        .retry
-                        .delay(u64::from(failed_runs.unwrap_or(1)));
-                    nak(shared, &span, message, delay, "dead_letter_failed").await;
-                }
-            }
+            })
+            .await
         }
     }
 }
