@@ -17,6 +17,9 @@
 //!   loaded `JE_BENCH_ES_LOADS` (default 10) times from its events alone,
 //!   then from a snapshot 100 events before its end.
 //!
+//! - `JE_BENCH_ES_CASES` (default `1,10,load`): which of the three run
+//!   (for a profile of one case).
+//!
 //! Prints appends per second of each side, the ratio jetevents/raw, the
 //! client CPU per append of each side (process CPU time, which barely moves
 //! when other processes compete for the CPUs), and the median load times.
@@ -321,7 +324,14 @@ async fn main() {
     let nats = async_nats::connect(server.url()).await.unwrap();
     let jetstream = async_nats::jetstream::new(nats.clone());
 
-    compare_appends(&store, &nats, &jetstream, 1).await;
-    compare_appends(&store, &nats, &jetstream, 10).await;
-    load_times(&client, &store).await;
+    let cases = std::env::var("JE_BENCH_ES_CASES").unwrap_or_else(|_| "1,10,load".into());
+    let runs = |case: &str| cases.split(',').any(|listed| listed.trim() == case);
+    for events in [1, 10] {
+        if runs(&events.to_string()) {
+            compare_appends(&store, &nats, &jetstream, events).await;
+        }
+    }
+    if runs("load") {
+        load_times(&client, &store).await;
+    }
 }

@@ -1,12 +1,14 @@
-//! Projections against a real nats-server: a SQLite read model gets every
-//! event exactly once across aborted runners, one runner of two applies at
-//! a time, a rebuild reproduces the model, the KV checkpoint moves by
-//! compare-and-set.
+//! Projections: a SQLite read model gets every event exactly once across
+//! aborted runners, one runner of two applies at a time, a rebuild
+//! reproduces the model, the KV checkpoint moves by compare-and-set (each
+//! case on a real nats-server and on the in-memory JetStream); the lag is
+//! exported as a gauge (on the server).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use jetevents::client::Client;
 use jetevents::error::BoxError;
 use jetevents::eventstore::projection::{
     Checkpoints, KvCheckpoints, Lease, Projected, Projection, ProjectionErrorKind, ProjectionRunner,
@@ -15,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod eventstore_ledger;
+#[macro_use]
 mod eventstore_support;
 mod metrics_reader;
 use eventstore_ledger::{
@@ -23,9 +26,16 @@ use eventstore_ledger::{
 };
 use eventstore_support::support::eventually;
 use eventstore_support::{
-    fresh_store, fresh_store_with, kv_bucket, run_until_caught_up, unique, Account, AccountEvent,
+    fresh_store_with, kv_bucket, run_until_caught_up, unique, Account, AccountEvent, Backend, World,
 };
 use metrics_reader::{Metrics, Recorder};
+
+on_both_backends!(
+    sqlite_read_model_gets_each_event_once_across_aborted_runners,
+    one_of_two_runners_applies_and_the_standby_takes_over,
+    rebuild_reproduces_the_read_model,
+    kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer,
+);
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -46,9 +56,8 @@ fn spawn(mut runner: Runner) -> (JoinHandle<Runner>, oneshot::Sender<()>) {
     (task, stop)
 }
 
-#[tokio::test]
-async fn sqlite_read_model_gets_each_event_once_across_aborted_runners() {
-    let (_client, store) = fresh_store().await;
+async fn sqlite_read_model_gets_each_event_once_across_aborted_runners(on: Backend) {
+    let World { store, .. } = World::fresh(on).await;
     let dir = tempfile::tempdir().unwrap();
     let pool = database(dir.path()).await;
     let events = write_events(&store, 6, 40).await;
@@ -76,9 +85,8 @@ async fn sqlite_read_model_gets_each_event_once_across_aborted_runners() {
     assert_eq!(progress.checkpoint, progress.last_sequence);
 }
 
-#[tokio::test]
-async fn one_of_two_runners_applies_and_the_standby_takes_over() {
-    let (client, store) = fresh_store().await;
+async fn one_of_two_runners_applies_and_the_standby_takes_over(on: Backend) {
+    let World { client, store, .. } = World::fresh(on).await;
     let dir = tempfile::tempdir().unwrap();
     let pool = database(dir.path()).await;
     let leases = unique("lease");
@@ -126,9 +134,8 @@ async fn one_of_two_runners_applies_and_the_standby_takes_over() {
     second_task.await.unwrap();
 }
 
-#[tokio::test]
-async fn rebuild_reproduces_the_read_model() {
-    let (_client, store) = fresh_store().await;
+async fn rebuild_reproduces_the_read_model(on: Backend) {
+    let World { store, .. } = World::fresh(on).await;
     let dir = tempfile::tempdir().unwrap();
     let pool = database(dir.path()).await;
     let events = write_events(&store, 4, 25).await;
@@ -178,12 +185,11 @@ impl Projection for Totals {
     }
 }
 
-#[tokio::test]
-async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
-    let (client, store) = fresh_store().await;
+async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer(on: Backend) {
+    let World { client, store, .. } = World::fresh(on).await;
     write_events(&store, 2, 10).await;
-    let bucket = kv_bucket(&client, "checkpoints").await;
-    let checkpoints = KvCheckpoints::new(bucket.clone(), "totals", HashMap::new());
+    let bucket = unique("checkpoints");
+    let checkpoints = totals_in(&client, &bucket).await;
     let runner = ProjectionRunner::new(store.clone(), Totals, checkpoints);
     let progress = runner.progress();
     let runner = run_until_caught_up(runner).await;
@@ -194,8 +200,8 @@ async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
     // A writer that read the checkpoint before another moved it is refused;
     // events at or below the checkpoint are skipped.
     let at = progress.borrow().checkpoint;
-    let mut stale = KvCheckpoints::new(bucket.clone(), "totals", HashMap::new());
-    let mut fresh = KvCheckpoints::new(bucket, "totals", HashMap::new());
+    let mut stale = totals_in(&client, &bucket).await;
+    let mut fresh = totals_in(&client, &bucket).await;
     assert_eq!(
         Checkpoints::<Totals>::checkpoint(&mut stale).await.unwrap(),
         at
@@ -216,6 +222,13 @@ async fn kv_checkpoint_skips_applied_events_and_refuses_a_stale_writer() {
     assert_eq!(fresh.model().get("acc-0"), Some(&5));
     let refused = stale.commit(&mut Totals, &[new]).await.unwrap_err();
     assert_eq!(refused.kind(), &ProjectionErrorKind::CheckpointMoved);
+}
+
+/// The `totals` checkpoint in `bucket` of `client`, with an empty model.
+async fn totals_in(client: &Client, bucket: &str) -> KvCheckpoints<HashMap<String, u64>> {
+    KvCheckpoints::provision(client, bucket, "totals", HashMap::new())
+        .await
+        .unwrap()
 }
 
 fn deposit_at(sequence: u64, key: &str, amount: u64) -> Projected<Account> {

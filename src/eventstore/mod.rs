@@ -31,12 +31,15 @@
 //! The stream must allow atomic publish and direct gets:
 //! [`EventStore::provision`] creates it so.
 //!
-//! Appends, loads, [snapshots](Snapshots::provision) and replays work the
-//! same on a client of the in-memory JetStream ([`crate::testing`],
+//! Appends, loads, [snapshots](Snapshots::provision), replays and
+//! projection runners (with [`KvCheckpoints::provision`](projection::KvCheckpoints::provision)
+//! and [`Lease::provision`](projection::Lease::provision)) work the same on
+//! a client of the in-memory JetStream ([`crate::testing`],
 //! `Client::in_memory`), for a service's unit tests.
 
 mod aggregate;
 mod append;
+mod bucket;
 mod command;
 mod error;
 mod load;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::bucket::Bucket;
 use super::read::Tip;
 use super::Aggregate;
 use crate::error::BoxError;
@@ -32,15 +33,6 @@ pub enum SnapshotPolicy {
 pub struct Snapshots {
     bucket: Bucket,
     policy: SnapshotPolicy,
-}
-
-/// Where snapshots are kept: the store's seam to a KV bucket.
-#[derive(Clone, Debug)]
-enum Bucket {
-    /// Boxed: a KV handle is large next to the in-memory bucket's `Arc`.
-    Nats(Box<kv::Store>),
-    #[cfg(feature = "testing")]
-    Memory(crate::testing::MemoryKeyValue),
 }
 
 /// A snapshot as stored.
@@ -76,25 +68,14 @@ impl Snapshots {
         bucket: &str,
         policy: SnapshotPolicy,
     ) -> Result<Snapshots, super::ProvisionError> {
-        #[cfg(feature = "testing")]
-        if let Some(memory) = client.memory() {
-            return Ok(Snapshots {
-                bucket: Bucket::Memory(memory.key_value(bucket)),
-                policy,
-            });
-        }
-        let jetstream = &client
-            .nats_transport("snapshots")
-            .map_err(|err| crate::Error::with_source(super::ProvisionErrorKind::NeedsNats, err))?
-            .jetstream;
-        let store = jetstream
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: bucket.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| crate::Error::with_source(super::ProvisionErrorKind::Server, err))?;
-        Ok(Snapshots::new(store, policy))
+        let config = async_nats::jetstream::kv::Config {
+            bucket: bucket.to_owned(),
+            ..Default::default()
+        };
+        Ok(Snapshots {
+            bucket: Bucket::provision(client, config, false).await?,
+            policy,
+        })
     }
 
     /// The policy.
@@ -131,13 +112,7 @@ impl Snapshots {
             state,
         };
         let bytes = Bytes::from(serde_json::to_vec(&stored)?);
-        match &self.bucket {
-            Bucket::Nats(bucket) => {
-                bucket.put(Self::key::<A>(key), bytes).await?;
-            }
-            #[cfg(feature = "testing")]
-            Bucket::Memory(bucket) => bucket.put(Self::key::<A>(key), bytes),
-        }
+        self.bucket.put(Self::key::<A>(key), bytes).await?;
         Ok(())
     }
 
@@ -146,11 +121,7 @@ impl Snapshots {
         &self,
         key: &str,
     ) -> Result<Option<(A, Tip)>, BoxError> {
-        let stored = match &self.bucket {
-            Bucket::Nats(bucket) => bucket.get(Self::key::<A>(key)).await?,
-            #[cfg(feature = "testing")]
-            Bucket::Memory(bucket) => bucket.get(&Self::key::<A>(key)),
-        };
+        let stored = self.bucket.get(&Self::key::<A>(key)).await?;
         let Some(bytes) = stored else {
             return Ok(None);
         };

@@ -48,7 +48,9 @@
 //!   checks of a publish, or none; a stored id refuses the whole batch),
 //!   direct gets of the last or next message on a subject filter, ordered
 //!   reads from a sequence or a time, and KV buckets holding the latest
-//!   value of each key (snapshots).
+//!   value of each key with its revision: put, get, create, compare-and-set
+//!   update and delete, entries expiring after the bucket's max age
+//!   (snapshots, projection checkpoints and leases).
 //!
 //! # Where it differs from nats-server
 //!

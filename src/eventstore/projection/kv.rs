@@ -3,6 +3,8 @@
 use async_nats::jetstream::kv;
 
 use super::{Checkpoints, Projected, Projection, ProjectionError, ProjectionErrorKind};
+use crate::client::Client;
+use crate::eventstore::bucket::{Bucket, WriteFailure};
 use crate::Error;
 
 /// A projection's checkpoint in a KV bucket (key: the projection's name),
@@ -15,7 +17,7 @@ use crate::Error;
 /// in between applies that batch again.
 #[derive(Debug)]
 pub struct KvCheckpoints<M> {
-    bucket: kv::Store,
+    bucket: Bucket,
     name: String,
     model: M,
     read: Option<Read>,
@@ -35,6 +37,30 @@ fn store_error(err: impl Into<crate::error::BoxError>) -> ProjectionError {
 impl<M> KvCheckpoints<M> {
     /// The checkpoint of projection `name` in `bucket`, and its model.
     pub fn new(bucket: kv::Store, name: impl Into<String>, model: M) -> KvCheckpoints<M> {
+        KvCheckpoints::in_bucket(Bucket::Nats(Box::new(bucket)), name, model)
+    }
+
+    /// The checkpoint of projection `name` in the KV bucket `bucket` of
+    /// `client`'s JetStream (created if missing), and its model. On a
+    /// client of the in-memory JetStream ([`crate::testing`]) the bucket is
+    /// in memory too.
+    pub async fn provision(
+        client: &Client,
+        bucket: &str,
+        name: impl Into<String>,
+        model: M,
+    ) -> Result<KvCheckpoints<M>, ProjectionError> {
+        let config = kv::Config {
+            bucket: bucket.to_owned(),
+            ..Default::default()
+        };
+        let bucket = Bucket::provision(client, config, false)
+            .await
+            .map_err(store_error)?;
+        Ok(KvCheckpoints::in_bucket(bucket, name, model))
+    }
+
+    fn in_bucket(bucket: Bucket, name: impl Into<String>, model: M) -> KvCheckpoints<M> {
         KvCheckpoints {
             bucket,
             name: name.into(),
@@ -50,15 +76,14 @@ impl<M> KvCheckpoints<M> {
 
     async fn read(&mut self) -> Result<Read, ProjectionError> {
         let read = match self.bucket.entry(&self.name).await.map_err(store_error)? {
-            Some(entry) if matches!(entry.operation, kv::Operation::Put) => Read {
-                checkpoint: std::str::from_utf8(&entry.value)
-                    .ok()
-                    .and_then(|text| text.parse().ok())
-                    .ok_or_else(|| store_error("the checkpoint is not a number"))?,
-                revision: entry.revision,
-            },
             Some(entry) => Read {
-                checkpoint: 0,
+                checkpoint: match entry.value {
+                    Some(value) => std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|text| text.parse().ok())
+                        .ok_or_else(|| store_error("the checkpoint is not a number"))?,
+                    None => 0,
+                },
                 revision: entry.revision,
             },
             None => Read {
@@ -71,27 +96,21 @@ impl<M> KvCheckpoints<M> {
     }
 
     async fn write(&mut self, checkpoint: u64, revision: u64) -> Result<(), ProjectionError> {
-        let moved = |err: crate::error::BoxError| {
-            Error::with_source(ProjectionErrorKind::CheckpointMoved, err)
+        let failed = |failure: WriteFailure| {
+            let kind = if failure.refused {
+                ProjectionErrorKind::CheckpointMoved
+            } else {
+                ProjectionErrorKind::Checkpoint
+            };
+            Error::with_source(kind, failure)
         };
         let value = checkpoint.to_string().into_bytes().into();
         let revision = if revision == 0 {
-            self.bucket
-                .create(&self.name, value)
-                .await
-                .map_err(|err| match err.kind() {
-                    kv::CreateErrorKind::AlreadyExists => moved(err.into()),
-                    _ => store_error(err),
-                })?
+            self.bucket.create(&self.name, value).await
         } else {
-            self.bucket
-                .update(&self.name, value, revision)
-                .await
-                .map_err(|err| match err.kind() {
-                    kv::UpdateErrorKind::WrongLastRevision => moved(err.into()),
-                    _ => store_error(err),
-                })?
-        };
+            self.bucket.update(&self.name, value, revision).await
+        }
+        .map_err(failed)?;
         self.read = Some(Read {
             checkpoint,
             revision,

@@ -8,6 +8,7 @@ use async_nats::jetstream::kv;
 
 use super::{ProjectionError, ProjectionErrorKind};
 use crate::client::Client;
+use crate::eventstore::bucket::Bucket;
 use crate::Error;
 
 /// The right to apply a projection's events, held by one runner at a time.
@@ -19,7 +20,7 @@ use crate::Error;
 /// dies is replaced within about `ttl` and a third.
 #[derive(Clone, Debug)]
 pub struct Lease {
-    bucket: kv::Store,
+    bucket: Bucket,
     name: String,
     holder: String,
     ttl: Duration,
@@ -33,6 +34,10 @@ impl Lease {
     /// A lease on projection `name` in `bucket`, whose max age must be `ttl`
     /// (see [`Lease::provision`]).
     pub fn new(bucket: kv::Store, name: impl Into<String>, ttl: Duration) -> Lease {
+        Lease::in_bucket(Bucket::Nats(Box::new(bucket)), name, ttl)
+    }
+
+    fn in_bucket(bucket: Bucket, name: impl Into<String>, ttl: Duration) -> Lease {
         Lease {
             bucket,
             name: name.into(),
@@ -42,27 +47,25 @@ impl Lease {
     }
 
     /// Creates (or updates) `bucket` with entries expiring after `ttl` and
-    /// returns a lease on projection `name` in it.
+    /// returns a lease on projection `name` in it. On a client of the
+    /// in-memory JetStream ([`crate::testing`]) the bucket is in memory, its
+    /// entries expiring on tokio's clock.
     pub async fn provision(
         client: &Client,
         bucket: &str,
         name: impl Into<String>,
         ttl: Duration,
     ) -> Result<Lease, ProjectionError> {
-        let jetstream = &client
-            .nats_transport("projection leases")
-            .map_err(lease_error)?
-            .jetstream;
-        let store = jetstream
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket.to_owned(),
-                history: 1,
-                max_age: ttl,
-                ..Default::default()
-            })
+        let config = kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            max_age: ttl,
+            ..Default::default()
+        };
+        let bucket = Bucket::provision(client, config, true)
             .await
             .map_err(lease_error)?;
-        Ok(Lease::new(store, name, ttl))
+        Ok(Lease::in_bucket(bucket, name, ttl))
     }
 
     /// Who holds it when this runner does (unique per `Lease` value).
@@ -83,7 +86,7 @@ impl Lease {
                 .await
             {
                 Ok(revision) => return Ok(revision),
-                Err(err) if matches!(err.kind(), kv::CreateErrorKind::AlreadyExists) => {
+                Err(taken) if taken.refused => {
                     tokio::time::sleep(self.period()).await;
                 }
                 Err(err) => return Err(lease_error(err)),
@@ -111,7 +114,7 @@ impl Lease {
     /// Gives the lease up so a standby takes over at once.
     pub(crate) async fn release(&self, revision: u64) -> Result<(), ProjectionError> {
         self.bucket
-            .delete_expect_revision(&self.name, Some(revision))
+            .delete_expect_revision(&self.name, revision)
             .await
             .map_err(lease_error)
     }

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
@@ -13,6 +12,7 @@ use super::{Checkpoints, Lease, Projection, ProjectionError, ProjectionErrorKind
 use crate::eventstore::read::StoredEvent;
 use crate::eventstore::{Aggregate, EventStore};
 use crate::semconv::PROJECTION_NAME;
+use crate::transport::ReadFrom;
 use crate::Error;
 
 /// Where a projection stands.
@@ -219,38 +219,20 @@ where
         let filter = self.filter()?;
         let from = self.checkpoints.checkpoint().await?;
         self.report(from).await?;
-        let jetstream = &self
+        let read = self
             .store
             .client()
-            .nats_transport("projections")
-            .map_err(read_error)?
-            .jetstream;
-        let stream = jetstream
-            .get_stream_no_info(self.store.stream())
-            .await
-            .map_err(read_error)?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from + 1,
-                },
-                ..Default::default()
-            })
+            .transport()
+            .read_ordered(self.store.stream(), &filter, ReadFrom::Sequence(from + 1))
             .await
             .map_err(read_error)?;
         let upcasts = <P::Aggregate as Aggregate>::upcasts();
-        let mut batches = consumer
-            .messages()
-            .await
-            .map_err(read_error)?
-            .ready_chunks(self.batch);
+        let mut batches = read.messages.ready_chunks(self.batch);
         while let Some(batch) = batches.next().await {
             let mut events = Vec::with_capacity(batch.len());
             for message in batch {
                 let message = message.map_err(read_error)?;
-                let sequence = message.info().map_err(read_error)?.stream_sequence;
-                let message = message.message;
+                let sequence = message.sequence;
                 let stored = StoredEvent::new(sequence, message.headers, message.payload);
                 let event = stored
                     .project::<P::Aggregate>(&message.subject, &upcasts)

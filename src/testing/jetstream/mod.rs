@@ -15,7 +15,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, Notify};
@@ -35,7 +35,7 @@ pub use stream::{
 
 use consumer::{Consumer, StreamView};
 use history::History;
-pub(crate) use kv::MemoryKeyValue;
+pub(crate) use kv::{KvRefusal, MemoryKeyValue};
 use message::Settlement;
 pub(crate) use stream::BatchRefusal;
 use stream::{Incoming, Stream};
@@ -274,13 +274,17 @@ impl MemoryJetStream {
         Ok(stored)
     }
 
-    /// The key-value bucket `name`, created empty on first use.
-    pub(crate) fn key_value(&self, name: &str) -> MemoryKeyValue {
-        self.state()
+    /// The key-value bucket `name`, created empty on first use, its
+    /// entries expiring `max_age` after their write (as JetStream's
+    /// `create_or_update_key_value`, a later call sets the max age).
+    pub(crate) fn key_value(&self, name: &str, max_age: Option<Duration>) -> MemoryKeyValue {
+        let mut state = self.state();
+        let bucket = state
             .buckets
             .entry(name.to_owned())
-            .or_default()
-            .clone()
+            .or_insert_with(|| MemoryKeyValue::with_max_age(max_age));
+        bucket.set_max_age(max_age);
+        bucket.clone()
     }
 
     /// Every message of a stream, in order (empty if there is no such stream).
