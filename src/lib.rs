@@ -53,6 +53,7 @@ pub mod publish;
 pub mod saga;
 mod semconv;
 pub mod service;
+mod span_fields;
 mod stream_scan;
 pub mod subject;
 mod token;

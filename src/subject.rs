@@ -176,12 +176,19 @@ const TOKENS_BEFORE_KEY: usize = 5;
 /// );
 /// ```
 pub fn destination_template(subject: &str) -> std::borrow::Cow<'_, str> {
+    match before_key(subject) {
+        Some(prefix) => std::borrow::Cow::Owned(format!("{prefix}.{{key}}")),
+        None => std::borrow::Cow::Borrowed(subject),
+    }
+}
+
+/// The subject up to (without) the dot before its key, when it has a key:
+/// [`destination_template`] is this followed by `.{key}`.
+pub(crate) fn before_key(subject: &str) -> Option<&str> {
     let mut dots = subject.match_indices('.').map(|(index, _)| index);
     match dots.nth(TOKENS_BEFORE_KEY - 1) {
-        Some(end) if !subject[end + 1..].contains('.') => {
-            std::borrow::Cow::Owned(format!("{}.{{key}}", &subject[..end]))
-        }
-        _ => std::borrow::Cow::Borrowed(subject),
+        Some(end) if !subject[end + 1..].contains('.') => subject.get(..end),
+        _ => None,
     }
 }
 

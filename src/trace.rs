@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
+use tracing::field::{Field, Value};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::envelope::Envelope;
@@ -25,7 +26,14 @@ use crate::semconv::{
 /// OpenTelemetry current context when the span is not exported through a
 /// `tracing-opentelemetry` layer.
 pub fn current_context() -> Context {
-    let context = tracing::Span::current().context();
+    context_of(&tracing::Span::current())
+}
+
+/// The OpenTelemetry context of `span`, read without entering it (entering
+/// is a round trip through every layer), falling back like
+/// [`current_context`].
+pub(crate) fn context_of(span: &tracing::Span) -> Context {
+    let context = span.context();
     if context.span().span_context().is_valid() {
         context
     } else {
@@ -203,13 +211,36 @@ pub(crate) fn continue_in_process_span(span: &tracing::Span, envelope: &Envelope
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     // An error here means no OpenTelemetry layer: nothing to parent.
     let _ = span.set_parent(extract(envelope));
-    span.record(MESSAGING_MESSAGE_ID, envelope.id.as_str());
-    span.record(CLOUDEVENTS_EVENT_ID, envelope.id.as_str());
-    span.record(CLOUDEVENTS_EVENT_TYPE, envelope.event_type.as_str());
-    span.record(CLOUDEVENTS_EVENT_SOURCE, envelope.source.as_str());
-    if let Some(id) = envelope.correlation_id() {
-        span.record(MESSAGING_MESSAGE_CONVERSATION_ID, id);
-    }
+    let id = envelope.id.as_str();
+    let identity = [
+        (MESSAGING_MESSAGE_ID, Some(id)),
+        (CLOUDEVENTS_EVENT_ID, Some(id)),
+        (CLOUDEVENTS_EVENT_TYPE, Some(envelope.event_type.as_str())),
+        (CLOUDEVENTS_EVENT_SOURCE, Some(envelope.source.as_str())),
+        (MESSAGING_MESSAGE_CONVERSATION_ID, envelope.correlation_id()),
+    ];
+    record_all(span, identity);
+}
+
+/// Records `values` (a `None` records nothing) in one call: each `record`
+/// is a round trip through every layer. Names the span lacks are skipped,
+/// as `record` skips them.
+fn record_all<const N: usize>(span: &tracing::Span, values: [(&str, Option<&str>); N]) {
+    let Some(fields) = span.metadata().map(|metadata| metadata.fields()) else {
+        return;
+    };
+    let found = values.map(|(name, value)| (fields.field(name), value));
+    let Some(any_field) = found.iter().find_map(|(field, _)| field.as_ref()) else {
+        return;
+    };
+    let entries: [(&Field, Option<&dyn Value>); N] = std::array::from_fn(|index| {
+        match &found[index] {
+            (Some(field), value) => (field, value.as_ref().map(|value| value as &dyn Value)),
+            // Without a value, no visitor sees the entry.
+            (None, _) => (any_field, None),
+        }
+    });
+    span.record_all(&fields.value_set(&entries));
 }
 
 /// The producer's context carried by the envelope, to parent a consumer span:

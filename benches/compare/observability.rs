@@ -192,6 +192,8 @@ pub fn child(settings: &Settings) {
             "events_per_s": settings.events as f64 / elapsed.as_secs_f64(),
             "cpu_us_per_event": cpu,
             "exported_spans": exported_spans,
+            // To pick this child out of `perf record` of the whole run.
+            "pid": std::process::id(),
         })
     );
 }
@@ -255,13 +257,14 @@ pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenari
                 runs[slot].1.push(cpu);
                 runs[slot].2 += report["exported_spans"].as_u64().unwrap_or(0);
                 eprintln!(
-                    "  [7] round {} {} {:<9} {:>9.0} events/s {:>6.2} us/event CPU, {} spans exported",
+                    "  [7] round {} {} {:<9} {:>9.0} events/s {:>6.2} us/event CPU, {} spans exported (pid {})",
                     round + 1,
                     work.name(),
                     mode.name(),
                     rate,
                     cpu,
-                    report["exported_spans"]
+                    report["exported_spans"],
+                    report["pid"]
                 );
                 extra.push(report);
             }

@@ -15,6 +15,7 @@ use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
 use crate::event::{Event, EventType};
 use crate::lineage;
+use crate::span_fields::{DestinationTemplate, OperationName};
 
 /// JetStream stores a header block of at most this many bytes (its length
 /// is kept in 16 bits).
@@ -266,15 +267,15 @@ impl Publisher {
 
         let span = tracing::info_span!(
             "publish",
-            otel.name = tracing::field::Empty,
+            otel.name = %OperationName { operation: "publish", subject: &subject },
             otel.kind = "producer",
             otel.status_code = tracing::field::Empty,
             otel.status_description = tracing::field::Empty,
             messaging.system = "nats",
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
-            messaging.destination.name = %subject,
-            messaging.destination.template = tracing::field::Empty,
+            messaging.destination.name = subject.as_str(),
+            messaging.destination.template = %DestinationTemplate(&subject),
             messaging.message.id = outgoing.event_id(),
             messaging.message.conversation_id = outgoing.correlation_id(),
             cloudevents.event_id = outgoing.event_id(),
@@ -284,27 +285,12 @@ impl Publisher {
             messaging.nats.stream.sequence = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        // Made only for a span something records: with `tracing`'s `log`
-        // feature on and no subscriber, a disabled span still evaluates the
-        // fields given at its creation, and the template is a `format!`.
-        if !span.is_disabled() {
-            let template = crate::subject::destination_template(&subject);
-            span.record(
-                "otel.name",
-                tracing::field::display(format_args!("publish {template}")),
-            );
-            span.record(
-                "messaging.destination.template",
-                tracing::field::display(&template),
-            );
-        }
         // The trace context sent is the publish span's own, so a consumer's
         // process span becomes its child.
         let context = if span.is_disabled() {
             crate::trace::current_context()
         } else {
-            let _entered = span.enter();
-            crate::trace::current_context()
+            crate::trace::context_of(&span)
         };
         if let Some(trace) = crate::trace::TraceHeaders::of(&context) {
             outgoing.set_trace(trace);

@@ -19,6 +19,7 @@ use crate::consume::stack::Delivery as StackDelivery;
 #[cfg(feature = "encryption")]
 use crate::encryption::EncryptionErrorKind;
 use crate::error::error_chain;
+use crate::span_fields::{DestinationTemplate, OperationName};
 use crate::transport::{Delivery, DeliveryInfo};
 
 use super::call::{run_handler, Ended, KeepAlive};
@@ -163,19 +164,19 @@ fn process_span(group: &str, subject: &str, info: &DeliveryInfo<'_>) -> tracing:
         "process",
         // Formatted only for a span or log someone collects: tracing builds
         // the fields of a disabled span too when its `log` feature is on.
-        otel.name = %ProcessName(subject),
+        otel.name = %OperationName { operation: "process", subject },
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
         messaging.system = "nats",
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = %subject,
+        messaging.destination.name = subject,
         messaging.destination.template = %DestinationTemplate(subject),
-        messaging.consumer.group.name = %group,
+        messaging.consumer.group.name = group,
         messaging.message.id = tracing::field::Empty,
         messaging.message.conversation_id = tracing::field::Empty,
-        messaging.nats.stream = %info.stream,
+        messaging.nats.stream = &*info.stream,
         // Signed: tracing-opentelemetry exports u64 fields as strings.
         messaging.nats.stream.sequence = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
         messaging.nats.message.delivery_count = i64::try_from(info.delivered).unwrap_or(i64::MAX),
@@ -364,24 +365,6 @@ fn record_retried_failure(error_type: &str, error: &str) {
     span.record("error.type", error_type);
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", error);
-}
-
-/// `process {template}` of a subject, for the span's name.
-struct ProcessName<'a>(&'a str);
-
-impl std::fmt::Display for ProcessName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "process {}", DestinationTemplate(self.0))
-    }
-}
-
-/// The subject with its key token replaced by `{key}`.
-struct DestinationTemplate<'a>(&'a str);
-
-impl std::fmt::Display for DestinationTemplate<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::subject::destination_template(self.0))
-    }
 }
 
 /// Whether the envelope's data must be fetched (a claim check) or
