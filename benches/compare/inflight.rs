@@ -97,6 +97,22 @@ async fn settled_ack_pending(raw: &Raw, group: &str, expected: usize) -> usize {
     panic!("{group}: deliveries did not settle ({last} unacked)");
 }
 
+/// The heap above `base` once it stops growing: the server counts a message
+/// as pending when it sends it, so under load the client may still be
+/// reading the last of them when the count settles.
+async fn settled_heap(base: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = heap::live().saturating_sub(base);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = heap::live().saturating_sub(base);
+        if now.abs_diff(last) <= last / 100 || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Heap held by a jetevents consumer whose handlers never return, once it
 /// holds all the server lets it (`limit` unacked).
 async fn jetevents_held(url: &str, group: &str, limit: usize) -> (usize, usize) {
@@ -116,7 +132,7 @@ async fn jetevents_held(url: &str, group: &str, limit: usize) -> (usize, usize) 
         .expect("jetevents consumer");
     let running = tokio::spawn(consumer.run_until(pending::<()>()));
     let in_flight = settled_ack_pending(&raw, group, limit).await;
-    let held = heap::live().saturating_sub(base);
+    let held = settled_heap(base).await;
     running.abort();
     (held, in_flight)
 }
@@ -146,7 +162,7 @@ async fn raw_held(url: &str, group: &str, limit: usize) -> (usize, usize) {
         }
     });
     let in_flight = settled_ack_pending(&raw, group, limit).await;
-    let held = heap::live().saturating_sub(base);
+    let held = settled_heap(base).await;
     running.abort();
     (held, in_flight)
 }
