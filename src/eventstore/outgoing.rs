@@ -16,10 +16,10 @@ use chrono::{DateTime, Utc};
 
 use crate::codec::binary::{
     attribute_value, CE_CAUSATIONID, CE_CORRELATIONID, CE_DATACONTENTTYPE, CE_ID, CE_PARTITIONKEY,
-    CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_TRACEPARENT, CE_TRACESTATE, CE_TYPE,
+    CE_SOURCE, CE_SPECVERSION, CE_TIME, CE_TYPE,
 };
 use crate::codec::{self, EncodeError, Encoding};
-use crate::envelope::{Envelope, CAUSATION_ID, CORRELATION_ID, PARTITION_KEY, TRACESTATE};
+use crate::envelope::{Envelope, CAUSATION_ID, CORRELATION_ID, PARTITION_KEY};
 use crate::trace::TraceHeaders;
 
 /// What every event of one append carries alike.
@@ -144,10 +144,7 @@ fn shared_headers(attributes: &AppendAttributes<'_>) -> Result<HeaderMap, Encode
         attribute_value(PARTITION_KEY, attributes.key, false)?,
     );
     if let Some(trace) = &attributes.trace {
-        headers.insert(CE_TRACEPARENT, trace.traceparent());
-        if let Some(state) = trace.tracestate() {
-            headers.insert(CE_TRACESTATE, attribute_value(TRACESTATE, state, false)?);
-        }
+        trace.insert_into(&mut headers)?;
     }
     Ok(headers)
 }
@@ -182,39 +179,29 @@ fn enveloped(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-    };
+    use opentelemetry::trace::TraceContextExt;
     use proptest::prelude::*;
-    use std::str::FromStr;
+    use std::collections::BTreeMap;
 
-    /// A header map as sorted (lower-case name, values) pairs: comparable.
-    fn sorted(headers: &HeaderMap) -> Vec<(String, Vec<String>)> {
-        let mut pairs: Vec<_> = headers
+    /// Header names (lower case) and values, in a comparable order.
+    type Comparable = BTreeMap<String, Vec<String>>;
+
+    fn comparable(headers: &HeaderMap) -> Comparable {
+        let name = |name: &async_nats::header::HeaderName| name.to_string().to_ascii_lowercase();
+        let values = |values: &Vec<HeaderValue>| values.iter().map(ToString::to_string).collect();
+        headers
             .iter()
-            .map(|(name, values)| {
-                (
-                    name.to_string().to_ascii_lowercase(),
-                    values.iter().map(|v| v.as_str().to_owned()).collect(),
-                )
-            })
-            .collect();
-        pairs.sort();
-        pairs
+            .map(|(header, all)| (name(header), values(all)))
+            .collect()
     }
 
     fn trace(state: &str) -> TraceHeaders {
-        let span = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            TraceState::from_str(state).unwrap(),
-        );
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let span = crate::trace::parse_traceparent(traceparent, Some(state)).unwrap();
         TraceHeaders::of(&opentelemetry::Context::new().with_remote_span_context(span)).unwrap()
     }
 
-    type Encoded = Result<Vec<(Vec<(String, Vec<String>)>, Bytes)>, codec::EncodeErrorKind>;
+    type Encoded = Result<Vec<(Comparable, Bytes)>, codec::EncodeErrorKind>;
 
     /// Two events of one append, written directly and through envelopes.
     fn both_ways(
@@ -265,17 +252,17 @@ mod tests {
                 )
             })
             .collect::<Result<Vec<_>, _>>();
-        let comparable = |encoded: Result<Vec<(HeaderMap, Bytes)>, EncodeError>| {
+        let both = |encoded: Result<Vec<(HeaderMap, Bytes)>, EncodeError>| {
             encoded
                 .map(|events| {
                     events
                         .iter()
-                        .map(|(headers, payload)| (sorted(headers), payload.clone()))
+                        .map(|(headers, payload)| (comparable(headers), payload.clone()))
                         .collect()
                 })
                 .map_err(|err| err.kind().clone())
         };
-        (comparable(direct), comparable(through_envelopes))
+        (both(direct), both(through_envelopes))
     }
 
     #[test]
@@ -296,7 +283,7 @@ mod tests {
             assert_eq!(direct, enveloped);
             if let Ok(events) = direct {
                 for name in ["nats-msg-id", "ce-id", "ce-partitionkey", "ce-time"] {
-                    assert!(events[1].0.iter().any(|(n, _)| n == name), "{name}");
+                    assert!(events[1].0.contains_key(name), "{name}");
                 }
             }
         }
@@ -323,7 +310,7 @@ mod tests {
                         event_type: "shop.cart.added.v1",
                         data: Some(Bytes::from("{}")),
                     };
-                    sorted(&encoder.encode(event, index == 1).unwrap().0)
+                    comparable(&encoder.encode(event, index == 1).unwrap().0)
                 })
                 .collect::<Vec<_>>()
         };
