@@ -35,17 +35,17 @@ use async_nats::header::{
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use jetevents::client::Client;
-use jetevents::config::Config;
 use jetevents::eventstore::{
     Aggregate, EventStore, Expected, Position, SnapshotPolicy, Snapshots, StoreStream,
     VERSION_HEADER,
 };
-use jetevents_testcontainers::{Backend, NatsServer};
 use serde::{Deserialize, Serialize};
 
 #[path = "compare/common.rs"]
 #[allow(dead_code)]
 mod common;
+mod support;
+use support::env;
 
 const ENV: &str = "bench";
 const SOURCE: &str = "/bench";
@@ -75,13 +75,6 @@ impl Aggregate for Counter {
     fn handle(&self, _: &()) -> Result<Vec<CounterEvent>, Self::Error> {
         Ok(vec![])
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(default)
 }
 
 fn added(count: usize) -> Vec<CounterEvent> {
@@ -305,19 +298,7 @@ async fn load_times(client: &Client, store: &EventStore) {
 
 #[tokio::main]
 async fn main() {
-    let server = NatsServer::builder()
-        .backend(Backend::Binary)
-        .start()
-        .await
-        .expect("start nats-server (binary backend)");
-    let client = Client::connect(
-        Config::default()
-            .with_servers([server.url()])
-            .with_env(ENV)
-            .with_source(SOURCE),
-    )
-    .await
-    .unwrap();
+    let (server, client) = support::server_and_client_as(ENV, SOURCE).await;
     let store = EventStore::provision(&client, StoreStream::new("BENCH_ES", "bench"))
         .await
         .unwrap();

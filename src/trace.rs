@@ -202,6 +202,23 @@ impl TraceHeaders {
     pub(crate) fn tracestate(&self) -> Option<&str> {
         self.tracestate.as_deref()
     }
+
+    /// Adds the binary-mode `ce-traceparent` and `ce-tracestate` headers,
+    /// the state checked as the codec checks it.
+    pub(crate) fn insert_into(
+        &self,
+        headers: &mut async_nats::HeaderMap,
+    ) -> Result<(), crate::codec::EncodeError> {
+        use crate::codec::binary::{attribute_value, CE_TRACEPARENT, CE_TRACESTATE};
+        headers.insert(CE_TRACEPARENT, self.traceparent());
+        if let Some(state) = self.tracestate() {
+            headers.insert(
+                CE_TRACESTATE,
+                attribute_value(crate::envelope::TRACESTATE, state, false)?,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Makes `span` (a process span not yet entered) the child of the producer's

@@ -122,7 +122,7 @@ pub(crate) struct EncodedEvent {
 /// Splits an event into its type and data (see the [module docs](self)).
 pub(crate) fn encode_event<A: Aggregate>(event: &A::Event) -> Result<EncodedEvent, AppendError> {
     let invalid = |reason: String| Error::new(AppendErrorKind::InvalidEvent { reason });
-    let value = serde_json::to_value(event).map_err(|err| {
+    let json = serde_json::to_vec(event).map_err(|err| {
         Error::with_source(
             AppendErrorKind::InvalidEvent {
                 reason: "does not serialize".into(),
@@ -130,28 +130,12 @@ pub(crate) fn encode_event<A: Aggregate>(event: &A::Event) -> Result<EncodedEven
             err,
         )
     })?;
-    let (name, data) = match value {
-        serde_json::Value::String(name) => (name, None),
-        serde_json::Value::Object(map) if map.len() == 1 => {
-            let Some((name, content)) = map.into_iter().next() else {
-                return Err(invalid("an empty object".into()));
-            };
-            let data = serde_json::to_vec(&content).map_err(|err| {
-                Error::with_source(
-                    AppendErrorKind::InvalidEvent {
-                        reason: "does not serialize".into(),
-                    },
-                    err,
-                )
-            })?;
-            (name, Some(Bytes::from(data)))
-        }
-        _ => {
-            return Err(invalid(
-                "not an externally tagged enum variant (serde's default enum form)".into(),
-            ))
-        }
+    let Some((name, content)) = split_variant(&json) else {
+        return Err(invalid(
+            "not an externally tagged enum variant (serde's default enum form)".into(),
+        ));
     };
+    let data = content.map(|content| Bytes::from(json).slice(content));
     let full = if name.matches('.').count() == 3 {
         if !name.starts_with(A::KIND) || name.as_bytes().get(A::KIND.len()) != Some(&b'.') {
             return Err(Error::new(AppendErrorKind::WrongAggregate {
@@ -161,7 +145,11 @@ pub(crate) fn encode_event<A: Aggregate>(event: &A::Event) -> Result<EncodedEven
         }
         name
     } else {
-        format!("{}.{name}", A::KIND)
+        let mut full = String::with_capacity(A::KIND.len() + 1 + name.len());
+        for part in [A::KIND, ".", &name] {
+            full.push_str(part);
+        }
+        full
     };
     let event_type = EventType::parse(&full).map_err(|err| {
         Error::with_source(
@@ -172,6 +160,33 @@ pub(crate) fn encode_event<A: Aggregate>(event: &A::Event) -> Result<EncodedEven
         )
     })?;
     Ok(EncodedEvent { event_type, data })
+}
+
+/// Splits serde_json's compact output of an externally tagged variant,
+/// `"name"` or `{"name":content}`, into the name and where the content is:
+/// one serialization, where a `serde_json::Value` in between cost a tree
+/// of allocations and a second one.
+fn split_variant(json: &[u8]) -> Option<(String, Option<std::ops::Range<usize>>)> {
+    match json.first()? {
+        b'"' => serde_json::from_slice(json).ok().map(|name| (name, None)),
+        b'{' if json.last() == Some(&b'}') => {
+            let inner = json.get(1..json.len() - 1)?;
+            let mut names = serde_json::Deserializer::from_slice(inner).into_iter::<String>();
+            let name = names.next()?.ok()?;
+            let colon = names.byte_offset();
+            if inner.get(colon) != Some(&b':') {
+                return None;
+            }
+            let content = inner.get(colon + 1..)?;
+            let mut values =
+                serde_json::Deserializer::from_slice(content).into_iter::<serde::de::IgnoredAny>();
+            values.next()?.ok()?;
+            // Exactly one value: a second key would follow it.
+            let start = 1 + colon + 1;
+            (values.byte_offset() == content.len()).then(|| (name, Some(start..json.len() - 1)))
+        }
+        _ => None,
+    }
 }
 
 /// Rebuilds an event from its CloudEvents type and data, upcast to the
@@ -213,4 +228,40 @@ pub(crate) fn decode_event<A: Aggregate>(
     serde_json::from_value(tagged(short))
         .or_else(|_| serde_json::from_value(tagged(event_type)))
         .map_err(|err| Error::with_source(undecodable("no variant takes it"), err))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn split(json: &str) -> Option<(String, Option<&str>)> {
+        split_variant(json.as_bytes())
+            .map(|(name, content)| (name, content.map(|range| &json[range])))
+    }
+
+    #[test]
+    fn splits_a_variant_into_its_name_and_content() {
+        assert_eq!(split(r#""closed.v1""#), Some(("closed.v1".into(), None)));
+        assert_eq!(
+            split(r#"{"deposited.v1":{"amount":5,"note":"a}\",{"}}"#),
+            Some((
+                "deposited.v1".into(),
+                Some(r#"{"amount":5,"note":"a}\",{"}"#)
+            ))
+        );
+        assert_eq!(split(r#"{"n\"x":12}"#), Some(("n\"x".into(), Some("12"))));
+        assert_eq!(split(r#"{"a":[1,{}]}"#), Some(("a".into(), Some("[1,{}]"))));
+        for not_a_variant in [
+            "{}",
+            r#"{"a":1,"b":2}"#,
+            r#"{"a":{},"b":2}"#,
+            "[1]",
+            "12",
+            "null",
+            r#"{"a"}"#,
+        ] {
+            assert_eq!(split(not_a_variant), None, "{not_a_variant}");
+        }
+    }
 }

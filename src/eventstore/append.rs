@@ -2,23 +2,26 @@
 
 use std::time::Duration;
 
-use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
-use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
 use bytes::Bytes;
 use uuid::Uuid;
 
 use super::aggregate::{encode_event, EncodedEvent};
 use super::error::{AppendError, AppendErrorKind, LoadError};
+use super::outgoing::{AppendAttributes, AppendEncoder, EventParts};
 use super::read::Tip;
 use super::{Aggregate, EventStore, Expected, Position, MAX_APPEND, VERSION_HEADER};
-use crate::envelope::Envelope;
 use crate::transport::{BatchFailure, BatchFailureKind, BatchMessage, StoredBatch};
 
 use crate::Error;
 
 /// Names the subject `Nats-Expected-Last-Subject-Sequence` is checked on
 /// (the aggregate's filter instead of the message's own subject).
-const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: HeaderName =
+    HeaderName::from_static("Nats-Expected-Last-Subject-Sequence-Subject");
+
+/// [`VERSION_HEADER`], parsed once.
+const VERSION: HeaderName = HeaderName::from_static(VERSION_HEADER);
 
 /// Attempts after an unanswered send or a busy stream, with the same ids.
 const SEND_ATTEMPTS: u32 = 4;
@@ -64,22 +67,22 @@ pub struct Appended {
     pub sequence: u64,
 }
 
-/// The events of one append, encoded once for every attempt.
-struct Batch {
+/// The events of one append, and what writes their messages for each
+/// attempt.
+struct Batch<'a> {
     append_id: String,
     /// The caller chose the id: a conflict may be its own earlier attempt.
     id_given: bool,
     filter: String,
     events: Vec<PreparedEvent>,
+    encoder: AppendEncoder<'a>,
 }
 
-/// One event of an append, encoded.
+/// One event of an append, serialized.
 struct PreparedEvent {
     subject: String,
-    /// Without the version and the expectation, which depend on the attempt.
-    headers: HeaderMap,
-    payload: Bytes,
-    /// What identifies it when read back: id, type and data.
+    /// What identifies it when read back (id, type and data), and what its
+    /// message is written from.
     identity: EventIdentity,
 }
 
@@ -114,7 +117,7 @@ impl EventStore {
         expected: Expected,
         options: AppendOptions,
     ) -> Result<Appended, AppendError> {
-        let batch = self.prepare::<A>(key, &events, options)?;
+        let mut batch = self.prepare::<A>(key, &events, options)?;
         let tip = match expected {
             Expected::NoStream | Expected::Version(0) => Tip::default(),
             Expected::Any | Expected::Exists | Expected::Version(_) => {
@@ -139,7 +142,7 @@ impl EventStore {
                 actual: tip.version,
             }));
         }
-        self.append_batch(&batch, tip, expected).await
+        self.append_batch(&mut batch, tip, expected).await
     }
 
     /// Appends `events` right after `position` (from
@@ -152,17 +155,17 @@ impl EventStore {
         events: &[A::Event],
         position: Position,
     ) -> Result<Appended, AppendError> {
-        let batch = self.prepare::<A>(key, events, AppendOptions::default())?;
-        self.append_batch(&batch, position, Expected::Version(position.version))
+        let mut batch = self.prepare::<A>(key, events, AppendOptions::default())?;
+        self.append_batch(&mut batch, position, Expected::Version(position.version))
             .await
     }
 
-    fn prepare<A: Aggregate>(
-        &self,
-        key: &str,
+    fn prepare<'a, A: Aggregate>(
+        &'a self,
+        key: &'a str,
         events: &[A::Event],
         options: AppendOptions,
-    ) -> Result<Batch, AppendError> {
+    ) -> Result<Batch<'a>, AppendError> {
         if events.is_empty() {
             return Err(Error::new(AppendErrorKind::Empty));
         }
@@ -188,110 +191,100 @@ impl EventStore {
         let append_id = options
             .id
             .or_else(|| crate::lineage::next_follow_up_id(A::KIND))
-            .unwrap_or_else(|| Uuid::now_v7().to_string());
+            .unwrap_or_else(crate::envelope::new_id);
+        let config = self.client.config();
+        let encoder = AppendEncoder::new(AppendAttributes::current(
+            &config.source,
+            key,
+            config.encoding,
+        ))
+        .map_err(|err| Error::with_source(invalid_event("does not encode"), err))?;
         let events = encoded
             .into_iter()
             .enumerate()
-            .map(|(index, event)| self.encode(key, &append_id, index, event))
+            .map(|(index, event)| self.prepare_event(key, &append_id, index, event))
             .collect::<Result<_, _>>()?;
         Ok(Batch {
             append_id,
             id_given,
             filter,
             events,
+            encoder,
         })
     }
 
-    /// One event's subject, headers (its id), payload and id.
-    fn encode(
+    /// One event's subject and identity (its id derived from the append's).
+    fn prepare_event(
         &self,
         key: &str,
         append_id: &str,
         index: usize,
         event: EncodedEvent,
     ) -> Result<PreparedEvent, AppendError> {
-        let invalid = |reason: &str| AppendErrorKind::InvalidEvent {
-            reason: reason.to_owned(),
-        };
         let subject = self
             .client
             .subjects()
             .event(&event.event_type, Some(key))
-            .map_err(|err| Error::with_source(invalid("invalid key"), err))?;
-        let config = self.client.config();
-        let mut envelope = Envelope::new(config.source.clone(), event.event_type.as_str());
-        envelope.id = event_id(append_id, index);
-        if event.data.is_some() {
-            envelope.data_content_type =
-                Some(crate::envelope::content_type::APPLICATION_JSON.to_owned());
-        }
-        envelope.data = event.data;
-        envelope.set_partition_key(key);
-        if let Some((cause, correlation)) = crate::lineage::handled(|lineage| {
-            (
-                lineage.event_id().to_owned(),
-                lineage.correlation_id().to_owned(),
-            )
-        }) {
-            envelope.set_causation_id(cause);
-            envelope.set_correlation_id(correlation);
-        }
-        crate::trace::inject(&mut envelope);
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, envelope.id.as_str());
-        let payload = crate::codec::encode_into(&envelope, config.encoding, &mut headers)
-            .map_err(|err| Error::with_source(invalid("does not encode"), err))?;
-        let size = crate::codec::wire_size(&headers, payload.len());
-        let limit = self.client.transport().max_payload();
-        if size > limit {
-            return Err(Error::new(invalid(&format!(
-                "{size} bytes, the server takes {limit}"
-            ))));
-        }
+            .map_err(|err| Error::with_source(invalid_event("invalid key"), err))?;
         Ok(PreparedEvent {
             subject,
-            headers,
-            payload,
             identity: EventIdentity {
-                id: envelope.id,
-                event_type: envelope.event_type,
-                data: envelope.data,
+                id: event_id(append_id, index),
+                event_type: event.event_type.as_str().to_owned(),
+                data: event.data,
             },
         })
     }
 
-    /// The messages of `batch` appended after `tip`.
-    fn messages(batch: &Batch, tip: Tip) -> Vec<BatchMessage> {
-        batch
-            .events
-            .iter()
-            .zip(tip.version + 1..)
-            .enumerate()
-            .map(|(index, (event, version))| {
-                let mut headers = event.headers.clone();
-                headers.insert(VERSION_HEADER, version.to_string().as_str());
-                if index == 0 {
-                    headers.insert(
-                        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                        tip.sequence.to_string().as_str(),
-                    );
-                    headers.insert(
-                        EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-                        batch.filter.as_str(),
-                    );
-                }
-                BatchMessage {
-                    subject: event.subject.clone(),
-                    headers,
-                    payload: event.payload.clone(),
-                }
-            })
-            .collect()
+    /// The messages of `batch` appended after `tip`. Written for each
+    /// attempt rather than copied from a kept set: a copy of a header map
+    /// costs about as much as writing it, and most appends take one attempt.
+    fn messages(&self, batch: &mut Batch<'_>, tip: Tip) -> Result<Vec<BatchMessage>, AppendError> {
+        let last = batch.events.len() - 1;
+        let limit = self.client.transport().max_payload();
+        let mut messages = Vec::with_capacity(batch.events.len());
+        for (index, (event, version)) in batch.events.iter().zip(tip.version + 1..).enumerate() {
+            let identity = &event.identity;
+            let (mut headers, payload) = batch
+                .encoder
+                .encode(
+                    EventParts {
+                        id: &identity.id,
+                        event_type: &identity.event_type,
+                        data: identity.data.clone(),
+                    },
+                    index == last,
+                )
+                .map_err(|err| Error::with_source(invalid_event("does not encode"), err))?;
+            headers.insert(VERSION, itoa::Buffer::new().format(version));
+            if index == 0 {
+                headers.insert(
+                    NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    itoa::Buffer::new().format(tip.sequence),
+                );
+                headers.insert(
+                    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                    batch.filter.as_str(),
+                );
+            }
+            let size = crate::codec::wire_size(&headers, payload.len());
+            if size > limit {
+                return Err(Error::new(invalid_event(&format!(
+                    "{size} bytes, the server takes {limit}"
+                ))));
+            }
+            messages.push(BatchMessage {
+                subject: event.subject.clone(),
+                headers,
+                payload,
+            });
+        }
+        Ok(messages)
     }
 
     async fn append_batch(
         &self,
-        batch: &Batch,
+        batch: &mut Batch<'_>,
         mut tip: Tip,
         expected: Expected,
     ) -> Result<Appended, AppendError> {
@@ -302,7 +295,7 @@ impl EventStore {
             let sent = self
                 .client
                 .transport()
-                .send_batch(Self::messages(batch, tip))
+                .send_batch(self.messages(batch, tip)?)
                 .await;
             let failure = match sent {
                 Ok(stored) => return Ok(appended(batch, tip, stored)),
@@ -378,7 +371,7 @@ impl EventStore {
     /// it. Reads it back to be sure it is this append's and where it is.
     async fn read_back(
         &self,
-        batch: &Batch,
+        batch: &Batch<'_>,
         tip: Tip,
         failure: BatchFailure,
     ) -> Result<Appended, AppendError> {
@@ -397,7 +390,11 @@ impl EventStore {
     /// guarded by `tip` stored it (the usual case, a few direct gets), else
     /// anywhere in the aggregate (a full scan, for retries after others
     /// appended).
-    async fn find_stored(&self, batch: &Batch, tip: Tip) -> Result<Option<Appended>, AppendError> {
+    async fn find_stored(
+        &self,
+        batch: &Batch<'_>,
+        tip: Tip,
+    ) -> Result<Option<Appended>, AppendError> {
         let count = batch.events.len();
         let ids: Vec<&EventIdentity> = batch.events.iter().map(|event| &event.identity).collect();
         let after_tip = self
@@ -450,7 +447,7 @@ fn matching(stored: &[super::read::StoredEvent], ids: &[&EventIdentity]) -> Opti
     }
 }
 
-fn appended(batch: &Batch, tip: Tip, stored: StoredBatch) -> Appended {
+fn appended(batch: &Batch<'_>, tip: Tip, stored: StoredBatch) -> Appended {
     let count = u64::try_from(batch.events.len()).unwrap_or(u64::MAX);
     Appended {
         append_id: batch.append_id.clone(),
@@ -459,6 +456,12 @@ fn appended(batch: &Batch, tip: Tip, stored: StoredBatch) -> Appended {
         version: tip.version + count,
         first_sequence: stored.first_sequence,
         sequence: stored.last_sequence,
+    }
+}
+
+fn invalid_event(reason: &str) -> AppendErrorKind {
+    AppendErrorKind::InvalidEvent {
+        reason: reason.to_owned(),
     }
 }
 
@@ -473,5 +476,9 @@ fn event_id(append_id: &str, index: usize) -> String {
     name.extend_from_slice(&(append_id.len() as u64).to_be_bytes());
     name.extend_from_slice(append_id.as_bytes());
     name.extend_from_slice(&(index as u64).to_be_bytes());
-    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name).to_string()
+    let mut buffer = Uuid::encode_buffer();
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, &name)
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }

@@ -43,6 +43,7 @@ mod bucket;
 mod command;
 mod error;
 mod load;
+mod outgoing;
 pub mod projection;
 mod read;
 mod replay;

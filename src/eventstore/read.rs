@@ -113,26 +113,34 @@ pub(crate) fn read_error(err: impl Into<crate::error::BoxError>) -> LoadError {
     Error::with_source(LoadErrorKind::Read, err)
 }
 
+/// Refuses a `KIND` that is not the two first tokens of a valid type.
+fn check_kind<A: Aggregate>() -> Result<(), crate::subject::SubjectError> {
+    let mut probe = String::with_capacity(A::KIND.len() + 7);
+    probe.push_str(A::KIND);
+    probe.push_str(".any.v1");
+    EventType::parse(&probe).map(drop)
+}
+
 impl EventStore {
     /// The filter selecting every event of `A`'s instance `key`.
     pub(crate) fn aggregate_filter<A: Aggregate>(
         &self,
         key: &str,
     ) -> Result<String, crate::subject::SubjectError> {
-        // KIND must be two tokens of a valid type.
-        EventType::parse(&format!("{}.any.v1", A::KIND))?;
+        check_kind::<A>()?;
         let key = escape_key(key)?;
-        Ok(format!(
-            "{}.{}.*.*.{key}",
-            self.client.subjects().env(),
-            A::KIND
-        ))
+        let env = self.client.subjects().env();
+        // Pushed rather than `format!`ed: this runs on every append.
+        let mut filter = String::with_capacity(env.len() + A::KIND.len() + key.len() + 6);
+        for part in [env, ".", A::KIND, ".*.*.", &key] {
+            filter.push_str(part);
+        }
+        Ok(filter)
     }
 
     /// The filter selecting every instance of `A`.
     pub(crate) fn type_filter<A: Aggregate>(&self) -> Result<String, crate::subject::SubjectError> {
-        // KIND must be two tokens of a valid type.
-        EventType::parse(&format!("{}.any.v1", A::KIND))?;
+        check_kind::<A>()?;
         Ok(format!(
             "{}.{}.*.*.*",
             self.client.subjects().env(),

@@ -21,10 +21,10 @@ use chrono::{DateTime, Utc};
 use super::shared_headers::SharedHeaders;
 use crate::codec::binary::{
     attribute_value, attribute_value_owned, CE_CAUSATIONID, CE_CORRELATIONID, CE_ID,
-    CE_PARTITIONKEY, CE_TIME, CE_TRACEPARENT, CE_TRACESTATE,
+    CE_PARTITIONKEY, CE_TIME,
 };
 use crate::codec::{self, EncodeError, EncodeErrorKind, Encoding};
-use crate::envelope::{Envelope, CAUSATION_ID, CORRELATION_ID, PARTITION_KEY, TRACESTATE};
+use crate::envelope::{Envelope, CAUSATION_ID, CORRELATION_ID, PARTITION_KEY};
 use crate::event::Event;
 use crate::trace::TraceHeaders;
 
@@ -238,10 +238,7 @@ impl TypedEvent<'_> {
             headers.insert(CE_CAUSATIONID, attribute_value(CAUSATION_ID, id, false)?);
         }
         if let Some(trace) = &self.trace {
-            headers.insert(CE_TRACEPARENT, trace.traceparent());
-            if let Some(state) = trace.tracestate() {
-                headers.insert(CE_TRACESTATE, attribute_value(TRACESTATE, state, false)?);
-            }
+            trace.insert_into(&mut headers)?;
         }
         Ok(headers)
     }
