@@ -123,10 +123,11 @@ impl Publisher {
             .collect()
     }
 
-    /// Sends the prepared events, back to back: the connection's task,
-    /// woken by the first, finds the others queued and writes them to the
-    /// socket together, where one event at a time cost a write (and a read
-    /// on the server) for every second event.
+    /// Sends the prepared events back to back, with no encoding between
+    /// them: the connection's task, woken by the first, finds more of them
+    /// queued and writes them to the socket together, and the server reads
+    /// them together (its CPU per event measured about 10% lower, compare
+    /// scenario 1's "server CPU").
     async fn send_ready<'a>(
         &self,
         pipeline: &mut Pipeline<'a>,
