@@ -356,6 +356,84 @@ pub fn cpu_us_per_event(start: Duration, events: usize) -> f64 {
     (process_cpu() - start).as_secs_f64() * 1e6 / events.max(1) as f64
 }
 
+/// CPU time of the nats-server processes this bench started (its
+/// children), from `/proc/<pid>/stat`: the server's share of the work,
+/// which on a small machine competes with the client's.
+pub fn server_cpu() -> Duration {
+    let ticks = server_pids()
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // The command name may hold spaces: the fields follow its ')'.
+            let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            // After the name: state, ppid, ..., utime (index 11), stime (12).
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+            field(11).unwrap_or(0) + field(12).unwrap_or(0)
+        })
+        .sum::<u64>();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
+
+/// Read and write system calls so far (`/proc/<pid>/io`) of this process
+/// and of its nats-servers: how many messages each syscall carries.
+pub fn syscalls() -> [(u64, u64); 2] {
+    let read = |pid: &str| {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let field = |name: &str| {
+            io.lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (field("syscr:"), field("syscw:"))
+    };
+    let server = server_pids()
+        .iter()
+        .map(|pid| read(pid))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    [read("self"), server]
+}
+
+/// System calls per event since `start` (a [`syscalls`]), for the log.
+pub fn syscalls_per_event(start: [(u64, u64); 2], events: usize) -> String {
+    let now = syscalls();
+    let per = |now: u64, start: u64| now.saturating_sub(start) as f64 / events.max(1) as f64;
+    format!(
+        "syscalls/event client r {:.2} w {:.2}, server r {:.2} w {:.2}",
+        per(now[0].0, start[0].0),
+        per(now[0].1, start[0].1),
+        per(now[1].0, start[1].0),
+        per(now[1].1, start[1].1),
+    )
+}
+
+/// Pids of the nats-server processes this bench started (its children).
+fn server_pids() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        // After the name: state, ppid.
+        if head.ends_with("(nats-server") && rest.split_whitespace().nth(1) == Some(me.as_str()) {
+            pids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    pids
+}
+
+/// Server CPU per event, microseconds, since `start` (a [`server_cpu`]).
+pub fn server_cpu_us_per_event(start: Duration, events: usize) -> f64 {
+    (server_cpu().saturating_sub(start)).as_secs_f64() * 1e6 / events.max(1) as f64
+}
+
 /// Nearest-rank percentile of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

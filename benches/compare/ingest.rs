@@ -17,10 +17,13 @@ pub async fn fast_ingest(settings: &Settings, je: &Client, raw: &Raw) -> Scenari
     let publisher = je.publisher();
     let mut rates = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
+    let mut server_cpu = [Vec::new(), Vec::new()];
     for round in 0..settings.rounds {
         for side in order(round) {
             recreate_batch_stream(&raw.js).await;
             let cpu_start = common::process_cpu();
+            let server_cpu_start = common::server_cpu();
+            let syscalls_start = common::syscalls();
             let start = Instant::now();
             let slot = match side {
                 Side::Jetevents => {
@@ -41,12 +44,19 @@ pub async fn fast_ingest(settings: &Settings, je: &Client, raw: &Raw) -> Scenari
                 }
             };
             cpu[slot].push(common::cpu_us_per_event(cpu_start, events.len()));
+            let syscalls = common::syscalls_per_event(syscalls_start, events.len());
+            server_cpu[slot].push(common::server_cpu_us_per_event(
+                server_cpu_start,
+                events.len(),
+            ));
             assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
             eprintln!(
-                "  [6] round {} {:<9} {:>9.0} events/s",
+                "  [6] round {} {:<9} {:>9.0} events/s, CPU client {:.1} server {:.1} us/event, {syscalls}",
                 round + 1,
                 side.name(),
-                rates[slot].last().copied().unwrap_or_default()
+                rates[slot].last().copied().unwrap_or_default(),
+                cpu[slot].last().copied().unwrap_or_default(),
+                server_cpu[slot].last().copied().unwrap_or_default(),
             );
         }
     }
@@ -59,5 +69,6 @@ pub async fn fast_ingest(settings: &Settings, je: &Client, raw: &Raw) -> Scenari
     );
     scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 1.5));
     scenario.push(Metric::cpu(&cpu[0], &cpu[1]));
+    scenario.push(Metric::server_cpu(&server_cpu[0], &server_cpu[1]));
     scenario
 }

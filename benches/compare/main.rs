@@ -10,7 +10,8 @@
 //!
 //! Scenarios 7-10 are opt-in (`JE_BENCH_SCENARIOS=7,8,9,10`): 7 observability
 //! on/off, 8 consumer instances of one group (`JE_BENCH_INSTANCES`), 9 a
-//! 3-node cluster with R3 streams, 10 heap per in-flight event. Every
+//! 3-node cluster with R3 streams, 10 heap per in-flight event; 11
+//! (`JE_BENCH_SCENARIOS=11`) binary against structured content mode. Every
 //! scenario runs on a multi-thread runtime, or a current-thread one with
 //! `JE_BENCH_THREADS=0`.
 
@@ -24,6 +25,7 @@ mod heap;
 mod inflight;
 mod ingest;
 mod memory;
+mod modes;
 mod observability;
 mod publish;
 mod report;
@@ -259,6 +261,7 @@ async fn run(settings: Settings) {
             8 => scaling::scaling(&settings, &raw, &url).await,
             9 => cluster::cluster(&settings).await,
             10 => inflight::inflight(&settings, &raw, &url).await,
+            11 => modes::modes(&settings, &je, &raw, &url).await,
             other => {
                 eprintln!("  there is no scenario {other}");
                 continue;

@@ -21,11 +21,14 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
     let publisher = je.publisher();
     let mut rates = [Vec::new(), Vec::new()];
     let mut cpu = [Vec::new(), Vec::new()];
+    let mut server_cpu = [Vec::new(), Vec::new()];
     let mut samples: [Option<async_nats::jetstream::message::StreamMessage>; 2] = [None, None];
     for round in 0..settings.rounds {
         for side in order(round) {
             recreate_stream(&raw.js).await;
             let cpu_start = common::process_cpu();
+            let server_cpu_start = common::server_cpu();
+            let syscalls_start = common::syscalls();
             let start = Instant::now();
             match side {
                 Side::Jetevents => {
@@ -44,19 +47,23 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
             }
             let slot = if side == Side::Jetevents { 0 } else { 1 };
             cpu[slot].push(common::cpu_us_per_event(cpu_start, events.len()));
+            let syscalls = common::syscalls_per_event(syscalls_start, events.len());
+            server_cpu[slot].push(common::server_cpu_us_per_event(
+                server_cpu_start,
+                events.len(),
+            ));
             assert_eq!(stream_messages(&raw.js).await, events.len() as u64);
             if samples[slot].is_none() {
                 let stream = raw.js.get_stream(common::STREAM).await.expect("stream");
                 samples[slot] = Some(stream.get_raw_message(1).await.expect("first message"));
             }
             eprintln!(
-                "  [1] round {} {:<9} {:>9.0} events/s",
+                "  [1] round {} {:<9} {:>9.0} events/s, CPU client {:.1} server {:.1} us/event, {syscalls}",
                 round + 1,
                 side.name(),
-                rates[if side == Side::Jetevents { 0 } else { 1 }]
-                    .last()
-                    .copied()
-                    .unwrap_or_default()
+                rates[slot].last().copied().unwrap_or_default(),
+                cpu[slot].last().copied().unwrap_or_default(),
+                server_cpu[slot].last().copied().unwrap_or_default(),
             );
         }
     }
@@ -72,6 +79,7 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
     );
     scenario.push(Metric::throughput("events/s", &rates[0], &rates[1], 0.95));
     scenario.push(Metric::cpu(&cpu[0], &cpu[1]));
+    scenario.push(Metric::server_cpu(&server_cpu[0], &server_cpu[1]));
     scenario
 }
 

@@ -57,8 +57,18 @@ impl Metric {
 
     /// Client CPU per event (median of runs), informational.
     pub fn cpu(je: &[f64], raw: &[f64]) -> Metric {
+        Metric::cpu_of("client CPU", je, raw)
+    }
+
+    /// Server CPU per event while each side ran (median of runs),
+    /// informational.
+    pub fn server_cpu(je: &[f64], raw: &[f64]) -> Metric {
+        Metric::cpu_of("server CPU", je, raw)
+    }
+
+    fn cpu_of(name: &str, je: &[f64], raw: &[f64]) -> Metric {
         Metric {
-            name: "client CPU".to_owned(),
+            name: name.to_owned(),
             unit: "us/event",
             jetevents: median(je),
             raw: median(raw),

@@ -14,6 +14,14 @@ use crate::client::PermissionViolation;
 use crate::event::Event;
 use crate::transport::{PendingStore, StoreFailure, StoreFailureKind};
 
+/// Events prepared before they are sent together: an eighth of the window,
+/// at most 32. Enough for the connection to write several per system call;
+/// few enough that the window stays nearly full and the first of them does
+/// not wait long.
+fn send_burst(window: usize) -> usize {
+    (window / 8).clamp(1, 32)
+}
+
 /// The state of one `publish_many` call.
 struct Pipeline<'a> {
     /// One slot per input event, filled as results come in.
@@ -71,29 +79,26 @@ impl Publisher {
             deadline: Box::pin(tokio::time::sleep(self.client.config().ack_timeout)),
         };
 
+        let burst = send_burst(window);
+        let mut ready = Vec::with_capacity(burst);
         for (index, event) in events.iter().enumerate() {
-            if pipeline.in_flight.len() >= window {
-                self.settle_oldest(&mut pipeline).await;
+            if pipeline.in_flight.len() + ready.len() >= window {
+                self.send_ready(&mut pipeline, &mut ready).await;
+                // Room for a whole burst, not for one event: the next
+                // events then go out together.
+                while pipeline.in_flight.len() > window - burst {
+                    self.settle_oldest(&mut pipeline).await;
+                }
             }
-            let mut prepared = match self.prepare_one_of_many(&one_type, event, &options).await {
-                Ok(prepared) => prepared,
-                Err(err) => {
-                    pipeline.results[index] = Some(Err(err));
-                    continue;
-                }
-            };
-            match self.send(&mut prepared).await {
-                Ok(ack) => {
-                    self.client.metrics().publish_window.add(1, &[]);
-                    pipeline.in_flight.push_back((index, prepared, ack));
-                }
-                Err(AttemptError::Final(err)) => {
-                    self.record(&prepared, Some(&err));
-                    pipeline.results[index] = Some(settled(prepared, Err(err)));
-                }
-                Err(AttemptError::Retryable { .. }) => pipeline.retry_later.push((index, prepared)),
+            match self.prepare_one_of_many(&one_type, event, &options).await {
+                Ok(prepared) => ready.push((index, prepared)),
+                Err(err) => pipeline.results[index] = Some(Err(err)),
+            }
+            if ready.len() >= burst {
+                self.send_ready(&mut pipeline, &mut ready).await;
             }
         }
+        self.send_ready(&mut pipeline, &mut ready).await;
         while !pipeline.in_flight.is_empty() {
             self.settle_oldest(&mut pipeline).await;
         }
@@ -116,6 +121,33 @@ impl Publisher {
                 })
             })
             .collect()
+    }
+
+    /// Sends the prepared events back to back, with no encoding between
+    /// them: the connection's task, woken by the first, finds more of them
+    /// queued and writes them to the socket together, and the server reads
+    /// them together (its CPU per event measured about 10% lower, compare
+    /// scenario 1's "server CPU").
+    async fn send_ready<'a>(
+        &self,
+        pipeline: &mut Pipeline<'a>,
+        ready: &mut Vec<(usize, Prepared<'a>)>,
+    ) {
+        for (index, mut prepared) in ready.drain(..) {
+            // The ack deadline counts from the send.
+            prepared.started = std::time::Instant::now();
+            match self.send(&mut prepared).await {
+                Ok(ack) => {
+                    self.client.metrics().publish_window.add(1, &[]);
+                    pipeline.in_flight.push_back((index, prepared, ack));
+                }
+                Err(AttemptError::Final(err)) => {
+                    self.record(&prepared, Some(&err));
+                    pipeline.results[index] = Some(settled(prepared, Err(err)));
+                }
+                Err(AttemptError::Retryable { .. }) => pipeline.retry_later.push((index, prepared)),
+            }
+        }
     }
 
     /// Awaits the oldest ack in flight and files its result.
