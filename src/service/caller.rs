@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
+use async_nats::header::HeaderName;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
 use async_nats::{HeaderMap, Message};
 use tracing::Instrument;
@@ -16,6 +17,11 @@ use crate::Error;
 use super::cloudevent::{read_data, Attributes};
 use super::error::{CallError, CallErrorKind};
 use super::wire::{endpoint_subject, write_budget};
+
+/// The protocol's error headers as names built once: a `&str` name is
+/// checked and copied on every lookup, and every answer is looked up.
+const SERVICE_ERROR: HeaderName = HeaderName::from_static(NATS_SERVICE_ERROR);
+const SERVICE_ERROR_CODE: HeaderName = HeaderName::from_static(NATS_SERVICE_ERROR_CODE);
 
 /// How long a call waits for its answer unless told otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -108,7 +114,6 @@ impl Caller {
         } else {
             span.context()
         };
-        let id = crate::envelope::new_id();
         let cause = handled_event_ids();
         let (correlation_id, causation_id) = match &cause {
             Some((event_id, correlation_id)) => {
@@ -117,7 +122,7 @@ impl Caller {
             None => (None, None),
         };
         let mut headers = Attributes {
-            id: &id,
+            id: crate::envelope::new_id(),
             source: &self.client.config().source,
             event_type: Req::TYPE,
             data_schema: Req::data_schema(),
@@ -179,11 +184,11 @@ fn decode_answer<Resp: Event>(reply: Message) -> Result<Resp, CallError> {
 /// a number still marks an error (code 0 keeps the message).
 fn remote_error(headers: Option<&HeaderMap>) -> Option<CallErrorKind> {
     let headers = headers?;
-    let code = headers.get(NATS_SERVICE_ERROR_CODE)?;
+    let code = headers.get(SERVICE_ERROR_CODE)?;
     Some(CallErrorKind::Remote {
         code: code.as_str().trim().parse().unwrap_or(0),
         message: headers
-            .get(NATS_SERVICE_ERROR)
+            .get(SERVICE_ERROR)
             .map(|message| message.as_str().to_owned())
             .unwrap_or_default(),
     })

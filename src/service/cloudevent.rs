@@ -22,8 +22,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use crate::codec::binary::{
-    attribute_value, CE_CAUSATIONID, CE_CORRELATIONID, CE_DATACONTENTTYPE, CE_DATASCHEMA, CE_ID,
-    CE_PARTITIONKEY, CE_SOURCE, CE_SPECVERSION, CE_TRACEPARENT, CE_TRACESTATE, CE_TYPE,
+    attribute_value, attribute_value_owned, CE_CAUSATIONID, CE_CORRELATIONID, CE_DATACONTENTTYPE,
+    CE_DATASCHEMA, CE_ID, CE_PARTITIONKEY, CE_SOURCE, CE_SPECVERSION, CE_TRACEPARENT,
+    CE_TRACESTATE, CE_TYPE,
 };
 use crate::codec::{self, DecodeError, DecodeErrorKind, EncodeError, SPEC_VERSION};
 use crate::envelope::content_type::is_json_content_type;
@@ -35,7 +36,8 @@ use crate::Error;
 /// The attributes of one outgoing request or response.
 #[derive(Debug)]
 pub(crate) struct Attributes<'a> {
-    pub(crate) id: &'a str,
+    /// Owned: a fresh id becomes its header without a copy.
+    pub(crate) id: String,
     pub(crate) source: &'a str,
     pub(crate) event_type: &'static str,
     pub(crate) data_schema: Option<&'static str>,
@@ -48,11 +50,11 @@ pub(crate) struct Attributes<'a> {
 impl Attributes<'_> {
     /// The binary-mode headers, values checked and percent-encoded as the
     /// codec does (a plain value, the usual case, is scanned once).
-    pub(crate) fn headers(&self) -> Result<HeaderMap, EncodeError> {
+    pub(crate) fn headers(self) -> Result<HeaderMap, EncodeError> {
         let mut headers = HeaderMap::new();
         headers.insert(CE_SPECVERSION, SPEC_VERSION);
-        let required: [(HeaderName, &str, &str); 3] = [
-            (CE_ID, "id", self.id),
+        headers.insert(CE_ID, attribute_value_owned("id", self.id, true)?);
+        let required: [(HeaderName, &str, &str); 2] = [
             (CE_SOURCE, "source", self.source),
             (CE_TYPE, "type", self.event_type),
         ];
@@ -155,7 +157,7 @@ mod tests {
 
     fn attributes() -> Attributes<'static> {
         Attributes {
-            id: "0190-id",
+            id: "0190-id".to_owned(),
             source: "/pricing service",
             event_type: Quote::TYPE,
             data_schema: Some("https://example.com/quote.json"),
@@ -183,7 +185,7 @@ mod tests {
     #[test]
     fn headers_refuse_what_the_codec_refuses() {
         let empty_id = Attributes {
-            id: "",
+            id: String::new(),
             ..attributes()
         };
         assert!(empty_id.headers().is_err());

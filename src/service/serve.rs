@@ -197,7 +197,7 @@ fn encode_response<S>(
     let trace = TraceHeaders::of(&span.context());
     let encoded = match response {
         Response::Typed(typed) => Attributes {
-            id: &crate::envelope::new_id(),
+            id: crate::envelope::new_id(),
             source: &runtime.source,
             event_type: typed.event_type,
             data_schema: typed.data_schema,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::HeaderMap;
 
 use crate::event::EventType;
@@ -12,6 +13,10 @@ use crate::subject::Subjects;
 /// the request was sent. Relative, as gRPC's `grpc-timeout`: an absolute
 /// deadline would depend on the two hosts' clocks agreeing.
 pub const REQUEST_TIMEOUT_HEADER: &str = "Jetevents-Request-Timeout";
+
+/// [`REQUEST_TIMEOUT_HEADER`] as a name built once: a `&str` name is checked
+/// and copied on every insert and lookup.
+const REQUEST_TIMEOUT: HeaderName = HeaderName::from_static(REQUEST_TIMEOUT_HEADER);
 
 /// The subject of the endpoint answering `request_type`:
 /// `rpc.{env}.{request type}`.
@@ -27,21 +32,26 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "Jetevents-Request-Timeout";
 /// );
 /// ```
 pub fn endpoint_subject(subjects: &Subjects, request_type: &EventType) -> String {
-    format!("rpc.{}.{}", subjects.env(), request_type)
+    // Pieces pushed into one allocation: every call builds this subject, and
+    // `format!` took as long as validating the type.
+    let (env, request_type) = (subjects.env(), request_type.as_str());
+    let mut subject = String::with_capacity("rpc..".len() + env.len() + request_type.len());
+    for piece in ["rpc.", env, ".", request_type] {
+        subject.push_str(piece);
+    }
+    subject
 }
 
 /// Writes `budget` into the request's headers.
 pub(crate) fn write_budget(headers: &mut HeaderMap, budget: Duration) {
-    headers.insert(
-        REQUEST_TIMEOUT_HEADER,
-        budget.as_millis().to_string().as_str(),
-    );
+    let millis = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+    headers.insert(REQUEST_TIMEOUT, HeaderValue::from(millis));
 }
 
 /// The caller's budget, when the request carries a readable one. An
 /// unreadable budget is ignored: the endpoint's own timeout still holds.
 pub(crate) fn read_budget(headers: Option<&HeaderMap>) -> Option<Duration> {
-    let value = headers?.get(REQUEST_TIMEOUT_HEADER)?;
+    let value = headers?.get(REQUEST_TIMEOUT)?;
     value
         .as_str()
         .trim()
