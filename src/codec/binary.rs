@@ -210,17 +210,18 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
         }
     }
 
-    let specversion =
-        specversion.ok_or(Error::new(DecodeErrorKind::MissingAttribute("specversion")))?;
+    // Made only when missing: an error dropped unused costs every event.
+    let missing = |name: &'static str| Error::new(DecodeErrorKind::MissingAttribute(name));
+    let specversion = specversion.ok_or_else(|| missing("specversion"))?;
     if specversion != SPEC_VERSION {
         return Err(Error::new(DecodeErrorKind::UnsupportedSpecVersion(
             specversion.into_owned(),
         )));
     }
     let envelope = Envelope {
-        id: id.ok_or(Error::new(DecodeErrorKind::MissingAttribute("id")))?,
-        source: source.ok_or(Error::new(DecodeErrorKind::MissingAttribute("source")))?,
-        event_type: event_type.ok_or(Error::new(DecodeErrorKind::MissingAttribute("type")))?,
+        id: id.ok_or_else(|| missing("id"))?,
+        source: source.ok_or_else(|| missing("source"))?,
+        event_type: event_type.ok_or_else(|| missing("type"))?,
         subject,
         time,
         data_content_type: match data_content_type {
