@@ -56,20 +56,94 @@ const FOLLOW_UP_NAMESPACE: Uuid = Uuid::from_u128(0x9092_9b7d_5f52_461a_82db_474
 /// A task spawned by the handler does not inherit the task-local lineage:
 /// `ctx.publish` there enters the same lineage again (same counter), a bare
 /// `Publisher` there publishes with fresh ids and no causation.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Lineage {
-    run: Arc<HandlerRun>,
+    run: Arc<dyn Cause>,
+}
+
+// By hand: a cause may be a whole handler context, event data included.
+impl std::fmt::Debug for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lineage")
+            .field("event_id", &self.run.event_id())
+            .field("correlation_id", &self.run.correlation_id())
+            .field("group", &self.run.group())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a handler run's follow-ups derive from. The consumer's handler
+/// context is one: its lineage shares the context's allocation rather than
+/// copying the ids into one of its own for every delivery.
+pub(crate) trait Cause: Send + Sync {
+    /// Id of the event being handled.
+    fn event_id(&self) -> &str;
+    /// Its correlation id (its own id when it has none).
+    fn correlation_id(&self) -> &str;
+    /// The consumer group handling it.
+    fn group(&self) -> &str;
+    /// The run's ordinal counters.
+    fn ordinals(&self) -> &Ordinals;
+}
+
+/// The next ordinal per follow-up type of one handler run.
+#[derive(Debug, Default)]
+pub(crate) struct Ordinals {
+    /// A handler publishes few types: a short list beats a map, and stays
+    /// unallocated until the first one.
+    next: Mutex<Vec<(&'static str, u32)>>,
+}
+
+impl Ordinals {
+    /// The ordinal of the next follow-up of `event_type`.
+    fn take(&self, event_type: &'static str) -> u32 {
+        // A panic elsewhere cannot leave the list half-updated.
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        match next.iter_mut().find(|(name, _)| *name == event_type) {
+            Some((_, ordinal)) => {
+                let this = *ordinal;
+                *ordinal = ordinal.saturating_add(1);
+                this
+            }
+            None => {
+                next.push((event_type, 1));
+                0
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
 }
 
 /// One handler call: what its follow-ups derive from.
-#[derive(Debug)]
 struct HandlerRun {
     event_id: String,
     correlation_id: String,
     group: Arc<str>,
-    /// The next ordinal per follow-up type. A handler publishes few types:
-    /// a short list beats a map, and stays unallocated until the first one.
-    next_ordinals: Mutex<Vec<(&'static str, u32)>>,
+    ordinals: Ordinals,
+}
+
+impl Cause for HandlerRun {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    fn group(&self) -> &str {
+        &self.group
+    }
+
+    fn ordinals(&self) -> &Ordinals {
+        &self.ordinals
+    }
 }
 
 impl Lineage {
@@ -80,59 +154,41 @@ impl Lineage {
         correlation_id: impl Into<String>,
         group: impl Into<Arc<str>>,
     ) -> Self {
-        Self {
-            run: Arc::new(HandlerRun {
-                event_id: event_id.into(),
-                correlation_id: correlation_id.into(),
-                group: group.into(),
-                next_ordinals: Mutex::new(Vec::new()),
-            }),
-        }
+        Self::of(Arc::new(HandlerRun {
+            event_id: event_id.into(),
+            correlation_id: correlation_id.into(),
+            group: group.into(),
+            ordinals: Ordinals::default(),
+        }))
+    }
+
+    /// The lineage of a run described by `cause`, sharing it. Make one
+    /// `cause` per handler call: its ordinals start at 0.
+    pub(crate) fn of(cause: Arc<dyn Cause>) -> Self {
+        Self { run: cause }
     }
 
     /// Id of the event being handled: the causation id of what it publishes.
     pub fn event_id(&self) -> &str {
-        &self.run.event_id
+        self.run.event_id()
     }
 
     /// Its correlation id (its own id when it has none).
     pub fn correlation_id(&self) -> &str {
-        &self.run.correlation_id
+        self.run.correlation_id()
     }
 
     /// Ordinals back to 0: the handler runs again within the same call (a
     /// breaker's failed probe), and its follow-ups must get the ids they got
     /// the first time, as on a redelivery.
     pub(crate) fn restart(&self) {
-        self.run
-            .next_ordinals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.run.ordinals().clear();
     }
 
     /// The id of the next follow-up of `event_type` in this run.
     fn next_follow_up_id(&self, event_type: &'static str) -> String {
-        let ordinal = {
-            // A panic elsewhere cannot leave the list half-updated.
-            let mut next = self
-                .run
-                .next_ordinals
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match next.iter_mut().find(|(name, _)| *name == event_type) {
-                Some((_, ordinal)) => {
-                    let this = *ordinal;
-                    *ordinal = ordinal.saturating_add(1);
-                    this
-                }
-                None => {
-                    next.push((event_type, 1));
-                    0
-                }
-            }
-        };
-        follow_up_id(&self.run.group, &self.run.event_id, event_type, ordinal)
+        let ordinal = self.run.ordinals().take(event_type);
+        follow_up_id(self.run.group(), self.run.event_id(), event_type, ordinal)
     }
 }
 

@@ -177,15 +177,21 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
         } else {
             std::borrow::Cow::Borrowed(attribute)
         };
+        // Borrowed until kept: the spec version is only compared and the
+        // time only parsed.
         match name.as_ref() {
             "specversion" => set_once(&mut specversion, decoded, "specversion")?,
-            "id" => set_once(&mut id, decoded, "id")?,
-            "source" => set_once(&mut source, decoded, "source")?,
-            "type" => set_once(&mut event_type, decoded, "type")?,
-            "subject" => set_once(&mut subject, decoded, "subject")?,
+            "id" => set_once(&mut id, decoded.into_owned(), "id")?,
+            "source" => set_once(&mut source, decoded.into_owned(), "source")?,
+            "type" => set_once(&mut event_type, decoded.into_owned(), "type")?,
+            "subject" => set_once(&mut subject, decoded.into_owned(), "subject")?,
             "time" => set_once(&mut time, super::parse_time(&decoded)?, "time")?,
-            "datacontenttype" => set_once(&mut data_content_type, decoded, "datacontenttype")?,
-            "dataschema" => set_once(&mut data_schema, decoded, "dataschema")?,
+            "datacontenttype" => set_once(
+                &mut data_content_type,
+                decoded.into_owned(),
+                "datacontenttype",
+            )?,
+            "dataschema" => set_once(&mut data_schema, decoded.into_owned(), "dataschema")?,
             _ => {
                 let name = name.into_owned();
                 if !is_valid_extension_name(&name) {
@@ -195,7 +201,7 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
                     }));
                 }
                 if extensions
-                    .insert(name, ExtensionValue::String(decoded))
+                    .insert(name, ExtensionValue::String(decoded.into_owned()))
                     .is_some()
                 {
                     return Err(duplicate(&attribute.to_ascii_lowercase()));
@@ -204,17 +210,18 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
         }
     }
 
-    let specversion =
-        specversion.ok_or(Error::new(DecodeErrorKind::MissingAttribute("specversion")))?;
+    // Made only when missing: an error dropped unused costs every event.
+    let missing = |name: &'static str| Error::new(DecodeErrorKind::MissingAttribute(name));
+    let specversion = specversion.ok_or_else(|| missing("specversion"))?;
     if specversion != SPEC_VERSION {
         return Err(Error::new(DecodeErrorKind::UnsupportedSpecVersion(
-            specversion,
+            specversion.into_owned(),
         )));
     }
     let envelope = Envelope {
-        id: id.ok_or(Error::new(DecodeErrorKind::MissingAttribute("id")))?,
-        source: source.ok_or(Error::new(DecodeErrorKind::MissingAttribute("source")))?,
-        event_type: event_type.ok_or(Error::new(DecodeErrorKind::MissingAttribute("type")))?,
+        id: id.ok_or_else(|| missing("id"))?,
+        source: source.ok_or_else(|| missing("source"))?,
+        event_type: event_type.ok_or_else(|| missing("type"))?,
         subject,
         time,
         data_content_type: match data_content_type {

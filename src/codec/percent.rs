@@ -25,6 +25,8 @@
 //! escape, and a whole quoted-string, always win, so that every value a
 //! strict encoder writes decodes exactly.
 
+use std::borrow::Cow;
+
 use super::{DecodeError, DecodeErrorKind};
 use crate::Error;
 
@@ -151,10 +153,11 @@ fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
 /// The attribute value of the header `header` whose value is `raw`: unquoted
 /// if it is one quoted-string, one round of lenient percent-decoding (see
 /// the module docs), checked to be UTF-8 without control characters.
-pub(crate) fn decode(raw: &str, header: &str) -> Result<String, DecodeError> {
-    // Almost every value: nothing quoted, escaped or forbidden, one scan.
+pub(crate) fn decode<'a>(raw: &'a str, header: &str) -> Result<Cow<'a, str>, DecodeError> {
+    // Almost every value: nothing quoted, escaped or forbidden, one scan,
+    // and no copy until the caller keeps it.
     if is_plain(raw) {
-        return Ok(raw.to_owned());
+        return Ok(Cow::Borrowed(raw));
     }
     let invalid = || DecodeErrorKind::InvalidHeaderValue {
         header: header.to_owned(),
@@ -169,7 +172,7 @@ pub(crate) fn decode(raw: &str, header: &str) -> Result<String, DecodeError> {
     if super::has_control_chars(&value) {
         return Err(Error::new(invalid()));
     }
-    Ok(value)
+    Ok(Cow::Owned(value))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::envelope::Envelope;
 use crate::event::Event;
-use crate::lineage::Lineage;
+use crate::lineage::{Cause, Lineage, Ordinals};
 use crate::publish::{PublishError, PublishOptions, Publisher, Receipt};
 
 /// The second argument of every handler: the event's metadata, the shared
@@ -54,8 +54,29 @@ struct Meta {
     /// large allocation.
     publisher: Arc<Publisher>,
     /// Made with the context, so once per handler call: its follow-up
-    /// ordinals start at 0 on every run.
-    lineage: Lineage,
+    /// ordinals start at 0 on every run. The context is its lineage's
+    /// cause (see [`Context::lineage`]).
+    ordinals: Ordinals,
+}
+
+impl Cause for Meta {
+    fn event_id(&self) -> &str {
+        &self.envelope.id
+    }
+
+    fn correlation_id(&self) -> &str {
+        self.envelope
+            .correlation_id()
+            .unwrap_or(self.envelope.id.as_str())
+    }
+
+    fn group(&self) -> &str {
+        &self.group
+    }
+
+    fn ordinals(&self) -> &Ordinals {
+        &self.ordinals
+    }
 }
 
 impl<S> Context<S> {
@@ -68,11 +89,6 @@ impl<S> Context<S> {
         publisher: impl Into<Arc<Publisher>>,
         state: S,
     ) -> Self {
-        let lineage = Lineage::new(
-            envelope.id.as_str(),
-            envelope.correlation_id().unwrap_or(envelope.id.as_str()),
-            group.clone(),
-        );
         Self {
             meta: Arc::new(Meta {
                 envelope,
@@ -81,7 +97,7 @@ impl<S> Context<S> {
                 delivery_count,
                 stream_sequence,
                 publisher: publisher.into(),
-                lineage,
+                ordinals: Ordinals::default(),
             }),
             state,
         }
@@ -190,8 +206,9 @@ impl<S> Context<S> {
     }
 
     /// This event as the cause of what its handler publishes, shared by
-    /// every clone of this context.
+    /// every clone of this context: the lineage is the context's metadata,
+    /// not a copy of its ids.
     pub(crate) fn lineage(&self) -> Lineage {
-        self.meta.lineage.clone()
+        Lineage::of(self.meta.clone())
     }
 }

@@ -322,7 +322,11 @@ where
                 }
             }
             // A handler finished: its slot takes the next waiting event.
-            Some(()) = tasks.next(), if !tasks.is_empty() => {}
+            // Those finished by now too, in the same turn: one pass of this
+            // loop per batch of deliveries rather than per delivery.
+            Some(()) = tasks.next(), if !tasks.is_empty() => {
+                while let Some(Some(())) = tasks.next().now_or_never() {}
+            }
             incoming = inbox.subscription.next() => {
                 // Take what else is already here in the same turn: one pass
                 // of this loop per batch rather than per event.
