@@ -94,21 +94,20 @@ pub async fn modes(settings: &Settings, binary: &Client, raw: &Raw, url: &str) -
             settings.events, settings.window
         ),
     );
-    let mut publish = Metric::throughput("events/s", &publish_rates[0], &publish_rates[1], 0.9);
-    publish.name = "publish_many throughput".to_owned();
-    scenario.push(publish);
-    let mut cpu = Metric::cpu(&publish_cpu[0], &publish_cpu[1]);
-    cpu.name = "publish client CPU".to_owned();
-    scenario.push(cpu);
-    let mut server_cpu = Metric::server_cpu(&publish_server_cpu[0], &publish_server_cpu[1]);
-    server_cpu.name = "publish server CPU".to_owned();
-    scenario.push(server_cpu);
-    let mut consume = Metric::throughput("events/s", &consume_rates[0], &consume_rates[1], 0.9);
-    consume.name = "consume throughput".to_owned();
-    scenario.push(consume);
-    let mut cpu = Metric::cpu(&consume_cpu[0], &consume_cpu[1]);
-    cpu.name = "consume client CPU".to_owned();
-    scenario.push(cpu);
+    scenario.push(
+        Metric::throughput("events/s", &publish_rates[0], &publish_rates[1], 0.9)
+            .named("publish_many throughput"),
+    );
+    scenario.push(Metric::cpu(&publish_cpu[0], &publish_cpu[1]).named("publish client CPU"));
+    scenario.push(
+        Metric::server_cpu(&publish_server_cpu[0], &publish_server_cpu[1])
+            .named("publish server CPU"),
+    );
+    scenario.push(
+        Metric::throughput("events/s", &consume_rates[0], &consume_rates[1], 0.9)
+            .named("consume throughput"),
+    );
+    scenario.push(Metric::cpu(&consume_cpu[0], &consume_cpu[1]).named("consume client CPU"));
     scenario
         .notes
         .push("binary mode in the jetevents column, structured mode in the raw column".to_owned());

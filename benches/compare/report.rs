@@ -66,6 +66,12 @@ impl Metric {
         Metric::cpu_of("server CPU", je, raw)
     }
 
+    /// The same metric under another row name.
+    pub fn named(mut self, name: &str) -> Metric {
+        self.name = name.to_owned();
+        self
+    }
+
     fn cpu_of(name: &str, je: &[f64], raw: &[f64]) -> Metric {
         Metric {
             name: name.to_owned(),
