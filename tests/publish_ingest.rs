@@ -1,7 +1,8 @@
 //! `Publisher::ingest` against a real nats-server: fast-ingest batches on a
 //! stream that allows them (order, every event stored once), the fallback
 //! on a stream that does not, a refusal in the middle of a batch, and a
-//! server SIGKILLed in the middle of an ingest (own server).
+//! server SIGKILLed in the middle of an ingest (own server); events of
+//! two streams, or of none, refused before anything is sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -291,4 +292,184 @@ async fn sigkill_during_ingest_loses_no_confirmed_event() {
             refused: 0,
         })
         .assert_acked_at_least(per_cycle);
+}
+
+/// Account `n`'s subject in environment `env`.
+fn account_subject(env: &str, n: usize) -> String {
+    format!("{env}.bank.account.opened.v1.a{n}")
+}
+
+/// A stream capturing exactly the subjects of accounts `ids`.
+async fn accounts_stream(
+    client: &Client,
+    ids: std::ops::Range<usize>,
+    allow_batch_publish: bool,
+) -> String {
+    let env = client.config().env.clone();
+    let name = unique("ACCOUNTS");
+    client
+        .jetstream()
+        .unwrap()
+        .create_stream(StreamConfig {
+            name: name.clone(),
+            subjects: ids.map(|n| account_subject(&env, n)).collect(),
+            allow_batch_publish,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    name
+}
+
+async fn message_count(client: &Client, stream: &str) -> u64 {
+    let mut handle = client
+        .jetstream()
+        .unwrap()
+        .get_stream(stream)
+        .await
+        .unwrap();
+    handle.info().await.unwrap().state.messages
+}
+
+/// Every result of `report` is `expected`, and nothing was sent.
+fn assert_not_sent(
+    report: &jetevents::publish::IngestReport,
+    events: usize,
+    expected: &PublishErrorKind,
+) {
+    assert_eq!(report.path, IngestPath::NotSent);
+    assert_eq!(report.results.len(), events);
+    for (n, result) in report.results.iter().enumerate() {
+        match result {
+            Err(err) => assert_eq!(err.kind(), expected, "event {n}: {err}"),
+            Ok(ok) => panic!("event {n} stored: {ok:?}"),
+        }
+    }
+}
+
+/// Events alternating between two streams, on the fast path (both allow
+/// batch publish) and on the fallback path (neither does): refused as a
+/// whole with a typed error naming both streams, nothing stored. Without
+/// the check a batch met the second stream as a gap, and the rest of the
+/// call went out one by one, out of input order.
+#[tokio::test]
+async fn ingest_refuses_events_of_two_streams_before_sending_any() {
+    for allow_batch_publish in [true, false] {
+        let server = shared_server().await;
+        let env = unique("env");
+        let client = connect(&server.url(), &env, |_| {}).await;
+        let first = accounts_stream(&client, 0..10, allow_batch_publish).await;
+        let second = accounts_stream(&client, 10..20, allow_batch_publish).await;
+        let events: Vec<Account> = (0..200)
+            .map(|n| Account {
+                id: (n / 2) % 10 + if n % 2 == 0 { 0 } else { 10 },
+            })
+            .collect();
+
+        let report = client.publisher().ingest(&events).await;
+
+        assert_not_sent(
+            &report,
+            events.len(),
+            &PublishErrorKind::NotOneStream {
+                subject: account_subject(&env, 10),
+                stream: Some(second.clone()),
+                first_stream: Some(first.clone()),
+            },
+        );
+        assert_eq!(message_count(&client, &first).await, 0);
+        assert_eq!(message_count(&client, &second).await, 0);
+    }
+}
+
+/// Some events captured by a stream, some by none, whichever comes
+/// first, on both paths: refused as a whole, nothing stored.
+#[tokio::test]
+async fn ingest_refuses_events_some_of_which_no_stream_captures() {
+    for allow_batch_publish in [true, false] {
+        let server = shared_server().await;
+        let env = unique("env");
+        let client = connect(&server.url(), &env, |_| {}).await;
+        let stream = accounts_stream(&client, 0..10, allow_batch_publish).await;
+        let captured_first: Vec<Account> = (0..20).map(|id| Account { id }).collect();
+        let report = client.publisher().ingest(&captured_first).await;
+        assert_not_sent(
+            &report,
+            20,
+            &PublishErrorKind::NotOneStream {
+                subject: account_subject(&env, 10),
+                stream: None,
+                first_stream: Some(stream.clone()),
+            },
+        );
+        let uncaptured_first: Vec<Account> = (0..20).map(|n| Account { id: 19 - n }).collect();
+        let report = client.publisher().ingest(&uncaptured_first).await;
+        assert_not_sent(
+            &report,
+            20,
+            &PublishErrorKind::NotOneStream {
+                subject: account_subject(&env, 9),
+                stream: Some(stream.clone()),
+                first_stream: None,
+            },
+        );
+        assert_eq!(message_count(&client, &stream).await, 0);
+    }
+}
+
+/// No stream at all: every event fails with its own `NoStream`, at once.
+#[tokio::test]
+async fn ingest_without_a_stream_fails_every_event_with_no_stream() {
+    let server = shared_server().await;
+    let env = unique("env");
+    let client = connect(&server.url(), &env, |_| {}).await;
+    let events: Vec<Account> = (0..5).map(|id| Account { id }).collect();
+
+    let report = client.publisher().ingest(&events).await;
+
+    assert_eq!(report.path, IngestPath::NotSent);
+    for (n, result) in report.results.iter().enumerate() {
+        match result {
+            Err(err) => assert_eq!(
+                *err.kind(),
+                PublishErrorKind::NoStream {
+                    subject: account_subject(&env, n)
+                }
+            ),
+            Ok(ok) => panic!("event {n} stored: {ok:?}"),
+        }
+    }
+}
+
+/// The in-memory JetStream refuses the same calls: a service's unit tests
+/// see what production does.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn ingest_on_the_in_memory_jetstream_refuses_events_of_two_streams() {
+    let kit = jetevents::testing::TestKit::new();
+    let client = kit.client();
+    let env = client.config().env.clone();
+    let first = StreamSpec::new("FIRST", (0..10).map(|n| account_subject(&env, n)).collect());
+    let second = StreamSpec::new(
+        "SECOND",
+        (10..20).map(|n| account_subject(&env, n)).collect(),
+    );
+    client.ensure_stream(&first).await.unwrap();
+    client.ensure_stream(&second).await.unwrap();
+    let events: Vec<Account> = (0..20).map(|id| Account { id }).collect();
+
+    let report = client.publisher().ingest(&events).await;
+
+    assert_not_sent(
+        &report,
+        events.len(),
+        &PublishErrorKind::NotOneStream {
+            subject: account_subject(&env, 10),
+            stream: Some("SECOND".to_owned()),
+            first_stream: Some("FIRST".to_owned()),
+        },
+    );
+    let one_stream: Vec<Account> = (0..10).map(|id| Account { id }).collect();
+    let report = client.publisher().ingest(&one_stream).await;
+    assert!(report.results.iter().all(Result::is_ok), "{report:?}");
 }

@@ -52,6 +52,24 @@ pub enum PublishErrorKind {
         /// The subject without a stream.
         subject: String,
     },
+    /// [`Publisher::ingest`](super::Publisher::ingest) takes the events of
+    /// one stream (a fast-ingest batch belongs to one), and this call's are
+    /// not: `subject` is captured by `stream`, the first event's by
+    /// `first_stream` (`None`: by no stream). Nothing was sent; every event
+    /// of the call has this error.
+    #[error(
+        "ingest takes the events of one stream: {subject} is captured by {}, the first event's subject by {}; nothing was sent",
+        stream_name(.stream),
+        stream_name(.first_stream)
+    )]
+    NotOneStream {
+        /// The first subject captured otherwise than the first event's.
+        subject: String,
+        /// The stream capturing `subject`.
+        stream: Option<String>,
+        /// The stream capturing the first event's subject.
+        first_stream: Option<String>,
+    },
     /// Optimistic concurrency: the subject's last sequence was not the
     /// expected one. Nothing was stored.
     #[error("expected last sequence {expected} on the subject, found {actual:?}")]
@@ -187,6 +205,13 @@ impl std::error::Error for PublishError {
     }
 }
 
+fn stream_name(stream: &Option<String>) -> String {
+    match stream {
+        Some(name) => format!("stream {name}"),
+        None => "no stream".to_owned(),
+    }
+}
+
 /// The `error.type` attribute of a failed publish.
 pub(super) fn error_type(kind: &PublishErrorKind) -> &'static str {
     match kind {
@@ -198,6 +223,7 @@ pub(super) fn error_type(kind: &PublishErrorKind) -> &'static str {
         PublishErrorKind::ClaimCheck => "claim_check",
         PublishErrorKind::PermissionDenied { .. } => "permission_denied",
         PublishErrorKind::NoStream { .. } => "no_stream",
+        PublishErrorKind::NotOneStream { .. } => "not_one_stream",
         PublishErrorKind::Conflict { .. } => "conflict",
         PublishErrorKind::OutcomeUnknown { .. } => "outcome_unknown",
         PublishErrorKind::Unavailable { .. } => "unavailable",

@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 use tracing::Instrument;
 
 use super::attempt::{settled, AttemptError};
-use super::prepare::{OneType, Prepared};
+use super::one_stream::Capture;
+use super::prepare::{event_type_of, OneType, Prepared};
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher, Receipt};
 use crate::event::Event;
 use crate::transport::fast_ingest::{Ended, FastBatch, Started};
@@ -31,6 +32,10 @@ pub enum IngestPath {
         /// Why the fast path was not taken.
         reason: String,
     },
+    /// Nothing was sent: no stream captures the events, or not one stream
+    /// captures them all ([`PublishErrorKind::NotOneStream`]); each result
+    /// says which.
+    NotSent,
 }
 
 /// An event [`Publisher::ingest`] stored.
@@ -116,8 +121,16 @@ impl Publisher {
     /// published again one by one with the same ids, so each is stored once
     /// within the duplicate window, and reported as
     /// [`OutcomeUnknown`](PublishErrorKind::OutcomeUnknown) if that fails
-    /// too. All events must be captured by the same stream: a batch belongs
-    /// to one stream.
+    /// too.
+    ///
+    /// All events must be captured by one stream (a batch belongs to one
+    /// stream), whichever path is taken: before sending anything, `ingest`
+    /// lists the streams that may capture them (one request) and, when they
+    /// are not all in one, sends nothing and fails every event with
+    /// [`NotOneStream`](PublishErrorKind::NotOneStream)
+    /// ([`IngestPath::NotSent`]); when no stream captures them, with
+    /// [`NoStream`](PublishErrorKind::NoStream). Split such a call per
+    /// stream, or publish with [`publish_many`](Self::publish_many).
     ///
     /// ```no_run
     /// # use serde::{Deserialize, Serialize};
@@ -130,6 +143,9 @@ impl Publisher {
     /// # }
     /// ```
     pub async fn ingest<E: Event>(&self, events: &[E]) -> IngestReport {
+        if let Some(refused) = self.refuse_unless_one_stream(events).await {
+            return refused;
+        }
         let Some(batches) = self.client.transport().fast_batches() else {
             return self
                 .ingest_pipelined(events, "the transport has no fast-ingest batches")
@@ -256,6 +272,46 @@ impl Publisher {
             path: IngestPath::FastBatch,
             results: self.retry_one_by_one(ingest).await,
         }
+    }
+
+    /// Refuses, before anything is sent, the events of a call that are not
+    /// all captured by one stream (see [`one_stream`](super::one_stream)).
+    async fn refuse_unless_one_stream<E: Event>(&self, events: &[E]) -> Option<IngestReport> {
+        // An invalid type fails every event as it is prepared.
+        let event_type = event_type_of::<E>().ok()?;
+        let subjects = self.client.subjects();
+        let unkeyed = subjects.event(&event_type, None).ok()?;
+        let of_events: Vec<_> = events
+            .iter()
+            .map(|event| subjects.event(&event_type, event.key().as_deref()))
+            .collect();
+        let valid: Vec<String> = of_events
+            .iter()
+            .filter_map(|subject| subject.as_ref().ok().cloned())
+            .collect();
+        let not_one_stream = match self.capture_of(&unkeyed, &valid).await {
+            Capture::OneStream => return None,
+            Capture::NoStream => None,
+            Capture::NotOneStream(kind) => Some(kind),
+        };
+        let results = of_events
+            .into_iter()
+            .map(|subject| {
+                Err(match (subject, &not_one_stream) {
+                    (Err(err), _) => {
+                        PublishError::with_source(PublishErrorKind::InvalidSubject, err)
+                    }
+                    (Ok(_), Some(kind)) => PublishError::new(kind.clone()),
+                    (Ok(subject), None) => {
+                        PublishError::new(PublishErrorKind::NoStream { subject })
+                    }
+                })
+            })
+            .collect();
+        Some(IngestReport {
+            path: IngestPath::NotSent,
+            results,
+        })
     }
 
     /// Publishes the events left for later one by one (same ids) and

@@ -18,6 +18,7 @@ use tracing::Instrument;
 mod attempt;
 mod error;
 mod ingest;
+mod one_stream;
 mod options;
 mod outgoing;
 mod pipeline;
