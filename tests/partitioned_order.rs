@@ -263,3 +263,75 @@ async fn partition_consumer(
     .await;
     found().await.unwrap()
 }
+
+/// A group made by a version before keyed-only filters: its partition
+/// consumers also filter on the type's unkeyed subject, which the stream
+/// never holds. A member of this version, started on it, writes the keyed
+/// filter alone (the unkeyed one matches nothing, so dropping it drops no
+/// event) and handles every event stored meanwhile, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_member_drops_the_unkeyed_filter_of_an_older_version() {
+    const PARTITIONS: u16 = 2;
+    let server = support::shared_server().await;
+    let env = support::unique("pcgupgrade");
+    let client = support::connect(&server.url(), &env, |_| {}).await;
+    let stream = support::unique("PCGU");
+    partitioned_common::stream(&client, &stream, PARTITIONS, 1).await;
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let member = || {
+        let handled = handled.clone();
+        let builder = partitioned_common::member_builder(&client, &stream, 0, move |op| {
+            handled.lock().unwrap().push(op.to_owned())
+        });
+        PartitionedConsumer::build(builder, config(PARTITIONS))
+    };
+    let event_type = <Keyed as jetevents::Event>::TYPE;
+    // The older version's consumers: this version's settings, both filters
+    // of the type under the partition's token.
+    let first = RunningMember::start(member().await.unwrap());
+    let mut consumers = Vec::new();
+    for partition in 0..PARTITIONS {
+        consumers.push(partition_consumer(&client, &stream, partition).await);
+    }
+    first.stop().await;
+    let handle = client
+        .jetstream()
+        .unwrap()
+        .get_stream(&stream)
+        .await
+        .unwrap();
+    for (partition, mut old) in (0..PARTITIONS).zip(consumers) {
+        old.filter_subject = String::new();
+        old.filter_subjects = vec![
+            format!("{partition}.{env}.{event_type}"),
+            format!("{partition}.{env}.{event_type}.*"),
+        ];
+        handle.update_consumer(old).await.unwrap();
+    }
+    let events: Vec<Keyed> = (0..8)
+        .flat_map(|key| (0..5).map(move |seq| keyed(key, seq)))
+        .collect();
+    for result in client.publisher().publish_many(&events, 64).await {
+        result.unwrap();
+    }
+
+    let running = RunningMember::start(member().await.unwrap());
+    eventually("every event handled", Duration::from_secs(60), || async {
+        handled.lock().unwrap().len() >= events.len()
+    })
+    .await;
+    for partition in 0..PARTITIONS {
+        let upgraded = partition_consumer(&client, &stream, partition).await;
+        assert_eq!(
+            (upgraded.filter_subject, upgraded.filter_subjects),
+            (format!("{partition}.{env}.{event_type}.*"), Vec::new()),
+            "partition {partition}"
+        );
+    }
+    running.stop().await;
+    let mut handled = handled.lock().unwrap().clone();
+    handled.sort();
+    let mut expected: Vec<String> = events.iter().map(|event| event.op.clone()).collect();
+    expected.sort();
+    assert_eq!(handled, expected, "each event handled once");
+}

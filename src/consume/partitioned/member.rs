@@ -14,6 +14,7 @@ use crate::semconv::MESSAGING_CONSUMER_GROUP_NAME;
 
 use super::assignment::owned_by;
 use super::membership::Membership;
+use super::upgrade::drop_unkeyed_filters;
 use super::PartitionedConsumer;
 
 /// The metric attribute naming a member (its id in the membership bucket).
@@ -92,8 +93,21 @@ pub(super) async fn run<S>(
             // consumes in its own task: a member's partitions start at once
             // and run side by side, none waiting for another's round trips.
             let consumer = group.partition(partition);
+            let stream = group.stream.clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let runner = tokio::spawn(async move {
+                let upgraded = drop_unkeyed_filters(
+                    &consumer.client,
+                    &stream,
+                    &consumer.group,
+                    partition,
+                    &consumer.filters,
+                )
+                .await;
+                if let Err(err) = upgraded {
+                    // It still delivers every event, only slower.
+                    tracing::warn!(consumer = %consumer.group, error = %err, "an older version's filters on the partition's consumer not dropped");
+                }
                 // A failure ends the task; the next heartbeat starts it again.
                 consumer
                     .attach()

@@ -46,6 +46,9 @@
 //! concurrency (1), `max_ack_pending` (1), the prefetch (64) and the pull
 //! expiry (at most a third of the [pinned TTL](PartitionedConfig::pinned_ttl)),
 //! and keeps only the filters that can match a keyed subject.
+//! A partition consumer made by an older version, which also filtered on
+//! unkeyed subjects, has those filters dropped when a member takes the
+//! partition (they match nothing: no event is skipped).
 //!
 //! # Throughput
 //!
@@ -118,6 +121,7 @@ mod error;
 mod member;
 mod membership;
 mod stream;
+mod upgrade;
 
 use std::future::Future;
 use std::time::Duration;

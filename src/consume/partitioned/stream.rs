@@ -77,7 +77,7 @@ pub(super) fn partition_filters(filters: &[String], partition: u16) -> Vec<Strin
 }
 
 /// Whether `filter` can match `{env}.{domain}.{entity}.{action}.{version}.{key}`.
-fn matches_keyed(filter: &str) -> bool {
+pub(super) fn matches_keyed(filter: &str) -> bool {
     let tokens = filter.split('.').count();
     if filter == ">" || filter.ends_with(".>") {
         // `>` stands for one token or more.
