@@ -297,3 +297,29 @@ async fn a_stream_it_does_not_provision_is_refused_at_once() {
         }
     );
 }
+
+/// `ingest` looks its events' stream up before sending (one stream per
+/// call) with the one stream API every publisher may call: within the
+/// generated permissions it takes the fast path and the server refuses
+/// nothing (a refused lookup would wait for its timeout).
+#[tokio::test]
+async fn ingest_checks_its_stream_within_the_generated_permissions() {
+    let (_server, client) = billing_service().await;
+    let mut violations = client.permission_violations();
+    let spec = StreamSpec::for_domain(client.subjects(), "BILLING", "billing")
+        .unwrap()
+        .allow_batch_publish(true);
+    client.ensure_stream(&spec).await.unwrap();
+    let invoices: Vec<InvoiceIssued> = (0..50)
+        .map(|n| InvoiceIssued {
+            id: format!("i{n}"),
+            document: String::new(),
+        })
+        .collect();
+
+    let report = client.publisher().ingest(&invoices).await;
+
+    assert_eq!(report.path, jetevents::publish::IngestPath::FastBatch);
+    assert!(report.results.iter().all(Result::is_ok), "{report:?}");
+    assert_no_violations(&mut violations);
+}

@@ -125,8 +125,9 @@ impl Publisher {
     ///
     /// All events must be captured by one stream (a batch belongs to one
     /// stream), whichever path is taken: before sending anything, `ingest`
-    /// lists the streams that may capture them (one request) and, when they
-    /// are not all in one, sends nothing and fails every event with
+    /// looks their streams up (`$JS.API.STREAM.NAMES`: one request when a
+    /// stream captures every key of the type) and, when they are not all in
+    /// one, sends nothing and fails every event with
     /// [`NotOneStream`](PublishErrorKind::NotOneStream)
     /// ([`IngestPath::NotSent`]); when no stream captures them, with
     /// [`NoStream`](PublishErrorKind::NoStream). Split such a call per

@@ -7,7 +7,9 @@
 //! gap: the batch ends, the rest of the call is published one by one after
 //! it, and the stream no longer holds the events in input order.
 
-use async_nats::jetstream::response::Response;
+use std::collections::HashMap;
+
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
 
 use super::{PublishErrorKind, Publisher};
 
@@ -23,26 +25,10 @@ pub(super) enum Capture {
     NotOneStream(PublishErrorKind),
 }
 
-/// The streams that may capture an ingest's subjects.
-enum Streams {
-    /// Their names and subjects, as the server listed them.
-    Listed(Vec<(String, Vec<String>)>),
-    #[cfg(feature = "testing")]
-    Memory(crate::testing::MemoryJetStream),
-}
-
-impl Streams {
-    fn capturing(&self, subject: &str) -> Option<String> {
-        match self {
-            Streams::Listed(streams) => streams
-                .iter()
-                .find(|(_, patterns)| patterns.iter().any(|pattern| captures(pattern, subject)))
-                .map(|(name, _)| name.clone()),
-            #[cfg(feature = "testing")]
-            Streams::Memory(memory) => memory.stream_for_subject(subject),
-        }
-    }
-}
+/// Distinct subjects looked up one by one, at most, when a type's keys are
+/// captured by streams listing literal keys; beyond it the batches'
+/// answers tell the rest.
+const MAX_SUBJECT_LOOKUPS: usize = 256;
 
 impl Publisher {
     /// What captures `subjects`, the subjects of one event type: `unkeyed`
@@ -51,12 +37,14 @@ impl Publisher {
         let Some((first, rest)) = subjects.split_first() else {
             return Capture::OneStream;
         };
-        let Some(streams) = self.streams_for(unkeyed, subjects).await else {
+        let mut lookup = Lookup::new(self, unkeyed);
+        let Some(first_stream) = lookup.stream_of(first).await else {
             return Capture::OneStream;
         };
-        let first_stream = streams.capturing(first);
         for subject in rest {
-            let stream = streams.capturing(subject);
+            let Some(stream) = lookup.stream_of(subject).await else {
+                return Capture::OneStream;
+            };
             if stream != first_stream {
                 return Capture::NotOneStream(PublishErrorKind::NotOneStream {
                     subject: subject.clone(),
@@ -70,103 +58,87 @@ impl Publisher {
             None => Capture::NoStream,
         }
     }
+}
 
-    /// The streams whose subjects overlap those of the call: one request
-    /// per subject shape (with and without a key). `None` when the server
-    /// did not answer, or has more such streams than one page lists.
-    async fn streams_for(&self, unkeyed: &str, subjects: &[String]) -> Option<Streams> {
+/// Finds the streams capturing the subjects of one type with as few
+/// requests as their subjects allow. Only `$JS.API.STREAM.NAMES` is asked
+/// (every publisher may; see [`permissions`](crate::permissions)): a
+/// request the user may not make would wait for its timeout.
+struct Lookup<'a> {
+    publisher: &'a Publisher,
+    unkeyed: &'a str,
+    /// The stream of the unkeyed subject, once asked.
+    of_unkeyed: Option<Option<String>>,
+    /// The stream of every keyed subject, once known to be the same for
+    /// all keys (a wildcard stream subject, or none at all).
+    of_every_key: Option<Option<String>>,
+    /// Some stream lists literal keys: keyed subjects are asked one by one.
+    keys_vary: bool,
+    asked: HashMap<String, Option<String>>,
+}
+
+impl<'a> Lookup<'a> {
+    fn new(publisher: &'a Publisher, unkeyed: &'a str) -> Self {
+        Self {
+            publisher,
+            unkeyed,
+            of_unkeyed: None,
+            of_every_key: None,
+            keys_vary: false,
+            asked: HashMap::new(),
+        }
+    }
+
+    /// The stream capturing `subject` (`Some(None)`: none); `None` when it
+    /// could not be found out.
+    async fn stream_of(&mut self, subject: &str) -> Option<Option<String>> {
         #[cfg(feature = "testing")]
-        if let Some(memory) = self.client.memory() {
-            return Some(Streams::Memory(memory.clone()));
+        if let Some(memory) = self.publisher.client.memory() {
+            return Some(memory.stream_for_subject(subject));
         }
-        let jetstream = self.client.jetstream()?;
-        let keyed = format!("{unkeyed}.*");
-        let mut filters = Vec::with_capacity(2);
-        if subjects.iter().any(|subject| subject == unkeyed) {
-            filters.push(unkeyed);
-        }
-        if subjects.iter().any(|subject| subject != unkeyed) {
-            filters.push(&keyed);
-        }
-        let mut streams: Vec<(String, Vec<String>)> = Vec::new();
-        for filter in filters {
-            let request = serde_json::json!({ "subject": filter });
-            let page: Response<StreamList> = jetstream
-                .request("STREAM.LIST", &request)
-                .await
-                .map_err(|err| tracing::debug!(error = %err, "ingest: streams not listed"))
-                .ok()?;
-            let Response::Ok(page) = page else {
-                return None;
-            };
-            if page.total > page.streams.len() {
-                return None;
+        if subject == self.unkeyed {
+            if self.of_unkeyed.is_none() {
+                self.of_unkeyed = Some(self.names(subject).await?);
             }
-            for info in page.streams {
-                let config = info.config;
-                if !streams.iter().any(|(name, _)| *name == config.name) {
-                    streams.push((config.name, config.subjects));
-                }
+            return self.of_unkeyed.clone();
+        }
+        if self.of_every_key.is_none() && !self.keys_vary {
+            // A key no stream can list: a stream capturing it captures
+            // every key with a wildcard.
+            let any_key = format!("{}.{}", self.unkeyed, uuid::Uuid::now_v7().simple());
+            match self.names(&any_key).await? {
+                Some(stream) => self.of_every_key = Some(Some(stream)),
+                None => match self.names(&format!("{}.*", self.unkeyed)).await? {
+                    None => self.of_every_key = Some(None),
+                    Some(_) => self.keys_vary = true,
+                },
             }
         }
-        Some(Streams::Listed(streams))
-    }
-}
-
-/// A page of JetStream's stream list.
-#[derive(serde::Deserialize)]
-struct StreamList {
-    total: usize,
-    #[serde(default, deserialize_with = "null_is_empty")]
-    streams: Vec<async_nats::jetstream::stream::Info>,
-}
-
-fn null_is_empty<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<async_nats::jetstream::stream::Info>, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::deserialize(deserializer)?.unwrap_or_default())
-}
-
-/// Whether the stream subject `pattern` (wildcards allowed) captures the
-/// literal `subject`.
-fn captures(pattern: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for token in pattern.split('.') {
-        match (token, subject_tokens.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (literal, Some(other)) if literal == other => {}
-            _ => return false,
+        if let Some(every_key) = &self.of_every_key {
+            return Some(every_key.clone());
         }
+        if let Some(known) = self.asked.get(subject) {
+            return Some(known.clone());
+        }
+        if self.asked.len() >= MAX_SUBJECT_LOOKUPS {
+            return None;
+        }
+        let stream = self.names(subject).await?;
+        self.asked.insert(subject.to_owned(), stream.clone());
+        Some(stream)
     }
-    subject_tokens.next().is_none()
-}
 
-#[cfg(test)]
-mod tests {
-    use super::captures;
-
-    #[test]
-    fn stream_subjects_capture_literal_subjects_token_by_token() {
-        assert!(captures("dev.bank.>", "dev.bank.account.opened.v1.a1"));
-        assert!(captures(
-            "dev.bank.*.*.*.*",
-            "dev.bank.account.opened.v1.a1"
-        ));
-        assert!(captures(
-            "dev.bank.account.opened.v1",
-            "dev.bank.account.opened.v1"
-        ));
-        assert!(!captures("dev.bank.*.*.*", "dev.bank.account.opened.v1.a1"));
-        assert!(!captures(
-            "dev.bank.account.opened.v1.*",
-            "dev.bank.account.opened.v1"
-        ));
-        assert!(!captures("dev.bank.>", "dev.bank"));
-        assert!(!captures(
-            "dev.bank.account.opened.v1.a1",
-            "dev.bank.account.opened.v1.a10"
-        ));
+    /// The first stream whose subjects overlap `filter` (`Some(None)`:
+    /// none); `None` when the server did not answer.
+    async fn names(&self, filter: &str) -> Option<Option<String>> {
+        let jetstream = self.publisher.client.jetstream()?;
+        match jetstream.stream_by_subject(filter).await {
+            Ok(stream) => Some(Some(stream)),
+            Err(err) if matches!(err.kind(), GetStreamByNameErrorKind::NotFound) => Some(None),
+            Err(err) => {
+                tracing::debug!(error = %err, filter, "ingest: streams not looked up");
+                None
+            }
+        }
     }
 }
