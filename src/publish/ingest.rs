@@ -291,9 +291,9 @@ impl Publisher {
             .filter_map(|subject| subject.as_ref().ok().cloned())
             .collect();
         let not_one_stream = match self.capture_of(&unkeyed, &valid).await {
-            Capture::OneStream => return None,
-            Capture::NoStream => None,
-            Capture::NotOneStream(kind) => Some(kind),
+            Capture::ByOne => return None,
+            Capture::ByNone => None,
+            Capture::Mixed(kind) => Some(kind),
         };
         let results = of_events
             .into_iter()

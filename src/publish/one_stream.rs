@@ -18,11 +18,11 @@ use super::{PublishErrorKind, Publisher};
 pub(super) enum Capture {
     /// One stream captures them all, or the lookup failed (a busy cluster):
     /// the batches' answers tell the rest.
-    OneStream,
+    ByOne,
     /// No stream captures any of them.
-    NoStream,
+    ByNone,
     /// Not all in one stream: why, for every event.
-    NotOneStream(PublishErrorKind),
+    Mixed(PublishErrorKind),
 }
 
 /// Distinct subjects looked up one by one, at most, when a type's keys are
@@ -35,18 +35,18 @@ impl Publisher {
     /// (the type's subject) or `unkeyed` and a key token.
     pub(super) async fn capture_of(&self, unkeyed: &str, subjects: &[String]) -> Capture {
         let Some((first, rest)) = subjects.split_first() else {
-            return Capture::OneStream;
+            return Capture::ByOne;
         };
         let mut lookup = Lookup::new(self, unkeyed);
         let Some(first_stream) = lookup.stream_of(first).await else {
-            return Capture::OneStream;
+            return Capture::ByOne;
         };
         for subject in rest {
             let Some(stream) = lookup.stream_of(subject).await else {
-                return Capture::OneStream;
+                return Capture::ByOne;
             };
             if stream != first_stream {
-                return Capture::NotOneStream(PublishErrorKind::NotOneStream {
+                return Capture::Mixed(PublishErrorKind::NotOneStream {
                     subject: subject.clone(),
                     stream,
                     first_stream,
@@ -54,8 +54,8 @@ impl Publisher {
             }
         }
         match first_stream {
-            Some(_) => Capture::OneStream,
-            None => Capture::NoStream,
+            Some(_) => Capture::ByOne,
+            None => Capture::ByNone,
         }
     }
 }
