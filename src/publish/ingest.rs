@@ -282,23 +282,18 @@ impl Publisher {
         let event_type = event_type_of::<E>().ok()?;
         let subjects = self.client.subjects();
         let unkeyed = subjects.event(&event_type, None).ok()?;
-        let of_events: Vec<_> = events
-            .iter()
-            .map(|event| subjects.event(&event_type, event.key().as_deref()))
-            .collect();
-        let valid: Vec<String> = of_events
-            .iter()
-            .filter_map(|subject| subject.as_ref().ok().cloned())
-            .collect();
-        let not_one_stream = match self.capture_of(&unkeyed, &valid).await {
+        let subject_of = |event: &E| subjects.event(&event_type, event.key().as_deref());
+        // An invalid key fails its event as it is prepared.
+        let valid = events.iter().filter_map(|event| subject_of(event).ok());
+        let not_one_stream = match self.capture_of(&unkeyed, valid).await {
             Capture::ByOne => return None,
             Capture::ByNone => None,
             Capture::Mixed(kind) => Some(kind),
         };
-        let results = of_events
-            .into_iter()
-            .map(|subject| {
-                Err(match (subject, &not_one_stream) {
+        let results = events
+            .iter()
+            .map(|event| {
+                Err(match (subject_of(event), &not_one_stream) {
                     (Err(err), _) => {
                         PublishError::with_source(PublishErrorKind::InvalidSubject, err)
                     }

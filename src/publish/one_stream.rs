@@ -33,21 +33,26 @@ const MAX_SUBJECT_LOOKUPS: usize = 256;
 impl Publisher {
     /// What captures `subjects`, the subjects of one event type: `unkeyed`
     /// (the type's subject) or `unkeyed` and a key token.
-    pub(super) async fn capture_of(&self, unkeyed: &str, subjects: &[String]) -> Capture {
-        let Some((first, rest)) = subjects.split_first() else {
+    /// Made one at a time, not kept: an ingest may hold a million events.
+    pub(super) async fn capture_of(
+        &self,
+        unkeyed: &str,
+        mut subjects: impl Iterator<Item = String>,
+    ) -> Capture {
+        let Some(first) = subjects.next() else {
             return Capture::ByOne;
         };
         let mut lookup = Lookup::new(self, unkeyed);
-        let Some(first_stream) = lookup.stream_of(first).await else {
+        let Some(first_stream) = lookup.stream_of(&first).await else {
             return Capture::ByOne;
         };
-        for subject in rest {
-            let Some(stream) = lookup.stream_of(subject).await else {
+        for subject in subjects {
+            let Some(stream) = lookup.stream_of(&subject).await else {
                 return Capture::ByOne;
             };
             if stream != first_stream {
                 return Capture::Mixed(PublishErrorKind::NotOneStream {
-                    subject: subject.clone(),
+                    subject,
                     stream,
                     first_stream,
                 });
