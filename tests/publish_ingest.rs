@@ -473,3 +473,52 @@ async fn ingest_on_the_in_memory_jetstream_refuses_events_of_two_streams() {
     let report = client.publisher().ingest(&one_stream).await;
     assert!(report.results.iter().all(Result::is_ok), "{report:?}");
 }
+
+/// An event whose key is optional: with and without one, its subjects
+/// have two shapes, each looked up.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Note {
+    key: Option<String>,
+}
+
+impl jetevents::Event for Note {
+    const TYPE: &'static str = "bank.note.added.v1";
+    fn key(&self) -> Option<String> {
+        self.key.clone()
+    }
+}
+
+/// A stream capturing the keyed notes only: a call with an unkeyed note
+/// among keyed ones is refused, naming the unkeyed subject.
+#[tokio::test]
+async fn ingest_refuses_an_unkeyed_event_its_keyed_events_stream_does_not_capture() {
+    let server = shared_server().await;
+    let env = unique("env");
+    let client = connect(&server.url(), &env, |_| {}).await;
+    let unkeyed = format!("{env}.bank.note.added.v1");
+    let stream = unique("NOTES");
+    let spec = StreamSpec::new(&stream, vec![format!("{unkeyed}.*")]).allow_batch_publish(true);
+    client.ensure_stream(&spec).await.unwrap();
+    let note = |key: Option<&str>| Note {
+        key: key.map(str::to_owned),
+    };
+    let events = vec![note(Some("n1")), note(None), note(Some("n2"))];
+
+    let report = client.publisher().ingest(&events).await;
+
+    assert_not_sent(
+        &report,
+        events.len(),
+        &PublishErrorKind::NotOneStream {
+            subject: unkeyed,
+            stream: None,
+            first_stream: Some(stream.clone()),
+        },
+    );
+    assert_eq!(message_count(&client, &stream).await, 0);
+    let keyed = vec![note(Some("n1")), note(Some("n2"))];
+    assert_eq!(
+        client.publisher().ingest(&keyed).await.path,
+        IngestPath::FastBatch
+    );
+}
