@@ -51,9 +51,9 @@ pub(super) async fn run<S>(
             .filter(|(_, partition)| partition.runner.is_finished())
             .map(|(partition, _)| *partition)
             .collect();
-        for partition in ended {
-            if let Some(gone) = owned.remove(&partition) {
-                report_end(&group.group, partition, gone.runner.await);
+        for partition in &ended {
+            if let Some(gone) = owned.remove(partition) {
+                report_end(&group.group, *partition, gone.runner.await);
             }
         }
         if let Err(err) = membership.beat().await {
@@ -93,20 +93,24 @@ pub(super) async fn run<S>(
             // consumes in its own task: a member's partitions start at once
             // and run side by side, none waiting for another's round trips.
             let consumer = group.partition(partition);
-            let stream = group.stream.clone();
+            // Checked when the partition is taken, not at each restart of
+            // its runner (a server electing leaders answers slowly).
+            let upgrade = (!ended.contains(&partition)).then(|| group.stream.clone());
             let (stop, stopped) = oneshot::channel::<()>();
             let runner = tokio::spawn(async move {
-                let upgraded = drop_unkeyed_filters(
-                    &consumer.client,
-                    &stream,
-                    &consumer.group,
-                    partition,
-                    &consumer.filters,
-                )
-                .await;
-                if let Err(err) = upgraded {
-                    // It still delivers every event, only slower.
-                    tracing::warn!(consumer = %consumer.group, error = %err, "an older version's filters on the partition's consumer not dropped");
+                if let Some(stream) = upgrade {
+                    let upgraded = drop_unkeyed_filters(
+                        &consumer.client,
+                        &stream,
+                        &consumer.group,
+                        partition,
+                        &consumer.filters,
+                    )
+                    .await;
+                    if let Err(err) = upgraded {
+                        // It still delivers every event, only slower.
+                        tracing::warn!(consumer = %consumer.group, error = %err, "an older version's filters on the partition's consumer not dropped");
+                    }
                 }
                 // A failure ends the task; the next heartbeat starts it again.
                 consumer
