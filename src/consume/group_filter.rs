@@ -154,7 +154,7 @@ pub(crate) fn report_drift(
     drift
 }
 
-fn filters_of(config: &async_nats::jetstream::consumer::Config) -> Vec<String> {
+pub(crate) fn filters_of(config: &async_nats::jetstream::consumer::Config) -> Vec<String> {
     let mut filters = config.filter_subjects.clone();
     if !config.filter_subject.is_empty() {
         filters.push(config.filter_subject.clone());

@@ -11,34 +11,32 @@
 //! member still running may write them back when it checks its filter; the
 //! next member of this version to take the partition drops them again.
 
-use async_nats::jetstream::consumer;
-
 use super::stream::matches_keyed;
 use crate::client::Client;
+use crate::consume::group_filter::filters_of;
 use crate::error::BoxError;
 
 /// Drops the filters of partition `partition`'s consumer `name` on
 /// `stream` that cannot match a keyed subject; `mine` are this member's
 /// filters of the partition, written instead when none would remain.
-/// Whether the consumer was updated.
 pub(super) async fn drop_unkeyed_filters(
     client: &Client,
     stream: &str,
     name: &str,
     partition: u16,
     mine: &[String],
-) -> Result<bool, BoxError> {
+) -> Result<(), BoxError> {
     let jetstream = &client.nats_transport("a partition's consumer")?.jetstream;
     let stream = jetstream.get_stream(stream).await?;
     let mut config = match stream.consumer_info(name).await {
         Ok(info) => info.config.clone(),
         // Not made yet: attaching makes it with this version's filter.
-        Err(err) if is_not_found(&err) => return Ok(false),
+        Err(err) if is_not_found(&err) => return Ok(()),
         Err(err) => return Err(err.into()),
     };
     let on_server = filters_of(&config);
     let Some(kept) = keyed_only(&on_server, partition) else {
-        return Ok(false);
+        return Ok(());
     };
     let kept = if kept.is_empty() { mine.to_vec() } else { kept };
     match kept.as_slice() {
@@ -58,15 +56,7 @@ pub(super) async fn drop_unkeyed_filters(
         "dropping a partition consumer's unkeyed filters (made by an older version)"
     );
     stream.update_consumer(config).await?;
-    Ok(true)
-}
-
-fn filters_of(config: &consumer::Config) -> Vec<String> {
-    let mut filters = config.filter_subjects.clone();
-    if !config.filter_subject.is_empty() {
-        filters.push(config.filter_subject.clone());
-    }
-    filters
+    Ok(())
 }
 
 /// `filters` without those of `partition` that cannot match a keyed
