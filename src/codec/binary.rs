@@ -139,20 +139,13 @@ fn duplicate(name: &str) -> DecodeError {
     })
 }
 
-/// What one pass over the headers found: a binary-mode envelope, or a
-/// message the binding reads as structured.
-enum Read {
-    Binary(Envelope),
-    Structured,
-}
-
 /// Decodes a message with headers, detecting its mode as the binding says
 /// in the same pass: a `Content-Type` naming a CloudEvents format means
 /// structured, else any `ce-` header means binary, else structured.
 pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, DecodeError> {
     match read(headers, payload) {
-        Ok(Read::Binary(envelope)) => Ok(envelope),
-        Ok(Read::Structured) => super::structured::decode(payload),
+        Ok(Some(envelope)) => Ok(envelope),
+        Ok(None) => super::structured::decode(payload),
         // A `ce-` header before the `Content-Type` may have failed, and
         // structured mode ignores those: the rare case looks again.
         Err(err) => match super::structured_mode(headers) {
@@ -162,7 +155,9 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
     }
 }
 
-fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Read, DecodeError> {
+/// One pass over the headers: the binary-mode envelope, or `None` for a
+/// message the binding reads as structured.
+fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Option<Envelope>, DecodeError> {
     let mut has_ce_header = false;
     let mut specversion = None;
     let mut id = None;
@@ -185,7 +180,7 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Read, DecodeError> {
             if header.eq_ignore_ascii_case("content-type") {
                 let value = values.first().map(|value| value.as_str());
                 if let Some(mode) = value.and_then(super::structured_content_type) {
-                    return mode.map(|()| Read::Structured);
+                    return mode.map(|()| None);
                 }
                 content_type_header = value;
             }
@@ -240,7 +235,7 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Read, DecodeError> {
     }
 
     if !has_ce_header {
-        return Ok(Read::Structured);
+        return Ok(None);
     }
     // Made only when missing: an error dropped unused costs every event.
     let missing = |name: &'static str| Error::new(DecodeErrorKind::MissingAttribute(name));
@@ -260,7 +255,7 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Read, DecodeError> {
             Some(ct) => Some(ct),
             // Not percent-encoded, so not checked by `percent::decode`.
             None => match content_type_header {
-                Some(ct) if super::has_control_chars(&ct) => {
+                Some(ct) if super::has_control_chars(ct) => {
                     return Err(super::decode_invalid(
                         "datacontenttype",
                         "contains control characters",
@@ -277,7 +272,7 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Read, DecodeError> {
     // Every value passed `percent::decode`, which refuses control
     // characters: what is left to check is that none is empty.
     super::check_not_empty(&envelope)?;
-    Ok(Read::Binary(envelope))
+    Ok(Some(envelope))
 }
 
 #[cfg(test)]
