@@ -301,6 +301,16 @@ pub struct RawDecoded {
     pub event: AppointmentBooked,
 }
 
+/// The trace and span ids of a `traceparent` value, parsed by hand.
+pub fn raw_traceparent(value: &str) -> Option<(TraceId, SpanId)> {
+    let mut parts = value.split('-');
+    let (_version, trace_id, span_id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((
+        TraceId::from_hex(trace_id).ok()?,
+        SpanId::from_hex(span_id).ok()?,
+    ))
+}
+
 pub fn raw_decode(headers: Option<&HeaderMap>, payload: &[u8]) -> RawDecoded {
     let headers = headers.expect("headers");
     let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
@@ -309,14 +319,9 @@ pub fn raw_decode(headers: Option<&HeaderMap>, payload: &[u8]) -> RawDecoded {
         Some("1.0")
     );
     let time = headers.get("ce-time").expect("ce-time").as_str();
-    let trace = headers.get("ce-traceparent").and_then(|value| {
-        let mut parts = value.as_str().split('-');
-        let (_version, trace_id, span_id) = (parts.next()?, parts.next()?, parts.next()?);
-        Some((
-            TraceId::from_hex(trace_id).ok()?,
-            SpanId::from_hex(span_id).ok()?,
-        ))
-    });
+    let trace = headers
+        .get("ce-traceparent")
+        .and_then(|value| raw_traceparent(value.as_str()));
     let decoded = RawDecoded {
         id: get("ce-id").expect("ce-id"),
         source: get("ce-source").expect("ce-source"),

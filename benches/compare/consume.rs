@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::common::{
     self, now_ns, order, percentile, raw_decode, raw_message, recreate_stream, wait_until,
-    AppointmentBooked, Raw, Side, STREAM,
+    AppointmentBooked, Raw, RawDecoded, Side, STREAM,
 };
 use crate::report::{Metric, Scenario};
 use crate::Settings;
@@ -86,7 +86,12 @@ async fn raw_consumer(raw: &Raw, name: &str, filters: Vec<String>) -> PullConsum
 
 /// The raw consume loop: decode the `ce-*` headers and the JSON data by
 /// hand, call the (no-op) handler, ack.
-async fn raw_consume_loop(consumer: PullConsumer, tally: Arc<Tally>, record_latency: bool) {
+async fn raw_consume_loop(
+    consumer: PullConsumer,
+    tally: Arc<Tally>,
+    record_latency: bool,
+    decode: RawDecode,
+) {
     let mut messages = consumer.messages().await.expect("messages");
     while let Some(message) = messages.next().await {
         // The benchmark deletes the stream once the count is reached; an
@@ -101,7 +106,7 @@ async fn raw_consume_loop(consumer: PullConsumer, tally: Arc<Tally>, record_late
                 break;
             }
         };
-        let decoded = raw_decode(message.headers.as_ref(), &message.payload);
+        let decoded = decode(message.headers.as_ref(), &message.payload);
         if record_latency {
             tally.record_latency(decoded.event.sent_at_ns);
         }
@@ -249,24 +254,38 @@ pub async fn consume_as_group(
             }
             elapsed
         }
-        Side::Raw => {
-            let mut consumers = Vec::new();
-            for connection in raw {
-                consumers.push(raw_consumer(connection, name, filters.to_vec()).await);
-            }
-            let start = Instant::now();
-            let running: Vec<_> = consumers
-                .into_iter()
-                .map(|consumer| tokio::spawn(raw_consume_loop(consumer, tally.clone(), false)))
-                .collect();
-            reached(tally, count, side).await;
-            let elapsed = start.elapsed();
-            for instance in running {
-                instance.abort();
-            }
-            elapsed
-        }
+        Side::Raw => consume_raw_as_group(raw, name, filters, tally, raw_decode).await,
     }
+}
+
+/// How the raw side decodes a message: binary mode's `ce-*` headers
+/// ([`raw_decode`]) or, in scenario 11, the structured JSON format.
+pub type RawDecode = fn(Option<&async_nats::HeaderMap>, &[u8]) -> RawDecoded;
+
+/// [`consume_as_group`]'s raw side, decoding each message with `decode`.
+pub async fn consume_raw_as_group(
+    raw: &[Raw],
+    name: &str,
+    filters: &[String],
+    tally: &Arc<Tally>,
+    decode: RawDecode,
+) -> Duration {
+    let count = tally.target.load(Ordering::Acquire);
+    let mut consumers = Vec::new();
+    for connection in raw {
+        consumers.push(raw_consumer(connection, name, filters.to_vec()).await);
+    }
+    let start = Instant::now();
+    let running: Vec<_> = consumers
+        .into_iter()
+        .map(|consumer| tokio::spawn(raw_consume_loop(consumer, tally.clone(), false, decode)))
+        .collect();
+    reached(tally, count, Side::Raw).await;
+    let elapsed = start.elapsed();
+    for instance in running {
+        instance.abort();
+    }
+    elapsed
 }
 
 /// Scenario 3: a backlog of `events` consumed with typed decode, a no-op
@@ -415,7 +434,12 @@ pub async fn end_to_end(settings: &Settings, je: &Client, raw: &Raw) -> Scenario
             })
         };
         let raw_consumer = raw_consumer(raw, &names[1], raw_filters.clone()).await;
-        let raw_running = tokio::spawn(raw_consume_loop(raw_consumer, tallies[1].clone(), true));
+        let raw_running = tokio::spawn(raw_consume_loop(
+            raw_consumer,
+            tallies[1].clone(),
+            true,
+            raw_decode,
+        ));
         for (stream, name) in [E2E_JETEVENTS_STREAM, STREAM].iter().zip(&names) {
             let stream = raw.js.get_stream(*stream).await.expect("stream");
             let ready = wait_until(Duration::from_secs(10), || {

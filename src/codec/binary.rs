@@ -139,7 +139,26 @@ fn duplicate(name: &str) -> DecodeError {
     })
 }
 
+/// Decodes a message with headers, detecting its mode as the binding says
+/// in the same pass: a `Content-Type` naming a CloudEvents format means
+/// structured, else any `ce-` header means binary, else structured.
 pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, DecodeError> {
+    match read(headers, payload) {
+        Ok(Some(envelope)) => Ok(envelope),
+        Ok(None) => super::structured::decode(payload),
+        // A `ce-` header before the `Content-Type` may have failed, and
+        // structured mode ignores those: the rare case looks again.
+        Err(err) => match super::structured_mode(headers) {
+            Some(mode) => mode.and_then(|()| super::structured::decode(payload)),
+            None => Err(err),
+        },
+    }
+}
+
+/// One pass over the headers: the binary-mode envelope, or `None` for a
+/// message the binding reads as structured.
+fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Option<Envelope>, DecodeError> {
+    let mut has_ce_header = false;
     let mut specversion = None;
     let mut id = None;
     let mut source = None;
@@ -159,10 +178,15 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
             .map(|_| &header[3..])
         else {
             if header.eq_ignore_ascii_case("content-type") {
-                content_type_header = values.first().map(|v| v.as_str().to_owned());
+                let value = values.first().map(|value| value.as_str());
+                if let Some(mode) = value.and_then(super::structured_content_type) {
+                    return mode.map(|()| None);
+                }
+                content_type_header = value;
             }
             continue;
         };
+        has_ce_header = true;
         let raw = match values.as_slice() {
             [raw] => raw.as_str(),
             [] => continue,
@@ -210,6 +234,9 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
         }
     }
 
+    if !has_ce_header {
+        return Ok(None);
+    }
     // Made only when missing: an error dropped unused costs every event.
     let missing = |name: &'static str| Error::new(DecodeErrorKind::MissingAttribute(name));
     let specversion = specversion.ok_or_else(|| missing("specversion"))?;
@@ -228,13 +255,13 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
             Some(ct) => Some(ct),
             // Not percent-encoded, so not checked by `percent::decode`.
             None => match content_type_header {
-                Some(ct) if super::has_control_chars(&ct) => {
+                Some(ct) if super::has_control_chars(ct) => {
                     return Err(super::decode_invalid(
                         "datacontenttype",
                         "contains control characters",
                     ))
                 }
-                ct => ct,
+                ct => ct.map(str::to_owned),
             },
         },
         data_schema,
@@ -245,5 +272,28 @@ pub(super) fn decode(headers: &HeaderMap, payload: &Bytes) -> Result<Envelope, D
     // Every value passed `percent::decode`, which refuses control
     // characters: what is left to check is that none is empty.
     super::check_not_empty(&envelope)?;
-    Ok(envelope)
+    Ok(Some(envelope))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Structured mode ignores `ce-` headers: one the binary pass fails on
+    /// must not fail a message whose `Content-Type` says structured, in
+    /// whichever order the pass meets them (the map's order is random: with
+    /// fifteen bad headers, the `Content-Type` is rarely first).
+    #[test]
+    fn structured_content_type_wins_over_bad_ce_headers() {
+        let mut headers = HeaderMap::new();
+        for index in 0..15 {
+            headers.insert(format!("ce-bad{index}").as_str(), "%C0%A0");
+        }
+        headers.insert("Content-Type", "application/cloudevents+json");
+        let payload =
+            Bytes::from_static(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#);
+        let envelope = decode(&headers, &payload).unwrap();
+        assert_eq!(envelope.id, "1");
+    }
 }

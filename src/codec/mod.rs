@@ -136,35 +136,41 @@ pub fn encode_into(
 /// assert_eq!(envelope.extension("comment").unwrap().to_string(), "café");
 /// ```
 pub fn decode(headers: Option<&HeaderMap>, payload: &Bytes) -> Result<Envelope, DecodeError> {
-    let Some(headers) = headers else {
-        return structured::decode(payload);
-    };
-    let mut has_ce_header = false;
-    for (name, values) in headers.iter() {
+    match headers {
+        // Binary decoding detects the mode in the same pass over the headers.
+        Some(headers) => binary::decode(headers, payload),
+        None => structured::decode(payload),
+    }
+}
+
+/// What a `Content-Type` value says of the mode: `Some(Ok(()))` for the
+/// structured JSON format, `Some(Err(_))` for a CloudEvents format this codec
+/// does not read, `None` for anything else (not a structured event).
+fn structured_content_type(value: &str) -> Option<Result<(), DecodeError>> {
+    let media_type = media_type(value);
+    if !starts_with_ignore_case(media_type, "application/cloudevents") {
+        return None;
+    }
+    if media_type.eq_ignore_ascii_case(APPLICATION_CLOUDEVENTS_JSON)
+        || media_type.eq_ignore_ascii_case("application/cloudevents")
+    {
+        return Some(Ok(()));
+    }
+    Some(Err(Error::new(DecodeErrorKind::UnsupportedContentType(
+        value.to_owned(),
+    ))))
+}
+
+/// [`structured_content_type`] of the first `Content-Type` header that names
+/// a CloudEvents format.
+fn structured_mode(headers: &HeaderMap) -> Option<Result<(), DecodeError>> {
+    headers.iter().find_map(|(name, values)| {
         let name: &str = name.as_ref();
-        if name.eq_ignore_ascii_case("content-type") {
-            if let Some(value) = values.first() {
-                let media_type = media_type(value.as_str());
-                if starts_with_ignore_case(media_type, "application/cloudevents") {
-                    if media_type.eq_ignore_ascii_case(APPLICATION_CLOUDEVENTS_JSON)
-                        || media_type.eq_ignore_ascii_case("application/cloudevents")
-                    {
-                        return structured::decode(payload);
-                    }
-                    return Err(Error::new(DecodeErrorKind::UnsupportedContentType(
-                        value.as_str().to_owned(),
-                    )));
-                }
-            }
-        } else if starts_with_ignore_case(name, "ce-") {
-            has_ce_header = true;
+        if !name.eq_ignore_ascii_case("content-type") {
+            return None;
         }
-    }
-    if has_ce_header {
-        binary::decode(headers, payload)
-    } else {
-        structured::decode(payload)
-    }
+        structured_content_type(values.first()?.as_str())
+    })
 }
 
 /// Bytes the server counts against `max_payload` for a message with these
