@@ -219,6 +219,8 @@ pub(crate) fn publish_attributes(
 pub struct PerEventRecords {
     metrics: Metrics,
     event_type: &'static str,
+    /// Events of the current burst (`publish`).
+    in_burst: std::cell::Cell<u64>,
     process_attributes: std::sync::Arc<[KeyValue]>,
 }
 
@@ -228,21 +230,26 @@ impl PerEventRecords {
         Self {
             metrics: Metrics::new(meter),
             event_type,
+            in_burst: std::cell::Cell::new(0),
             process_attributes: crate::consume::metrics::metric_attributes(group, event_type, None)
                 .into(),
         }
     }
 
-    /// What a successful event of `publish_many` records.
-    pub fn publish(&self, seconds: f64) {
+    /// What a successful event of `publish_many` records: its duration;
+    /// the counters are added once per burst of `burst` events.
+    pub fn publish(&self, seconds: f64, burst: u64) {
         let metrics = &self.metrics;
-        metrics.publish_window.add(1, &[]);
-        metrics.publish_window.add(-1, &[]);
         let attributes = publish_attributes(self.event_type, None);
-        metrics.sent.add(1, attributes.as_slice());
         metrics
             .operation_duration
             .record(seconds, attributes.as_slice());
+        self.in_burst.set(self.in_burst.get() + 1);
+        if self.in_burst.get() == burst {
+            self.in_burst.set(0);
+            metrics.publish_window.add(0, &[]);
+            metrics.sent.add(burst, attributes.as_slice());
+        }
     }
 
     /// What a successfully handled delivery records.

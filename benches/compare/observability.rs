@@ -163,12 +163,12 @@ pub fn child(settings: &Settings) {
     let runtime = common::runtime(settings.threads);
     if let Some(floor) = Floor::parse(&work) {
         let meter = meter.expect("the floor runs with observability on");
-        let count = settings.events;
+        let (count, window) = (settings.events, settings.window);
         // On a runtime thread, where the real work runs.
         let cpu = runtime.block_on(async move {
             tokio::spawn(async move {
                 let cpu_start = common::process_cpu();
-                floor::run(floor, count, &meter);
+                floor::run(floor, count, window, &meter);
                 common::cpu_us_per_event(cpu_start, count)
             })
             .await
