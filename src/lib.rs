@@ -53,7 +53,8 @@ pub mod publish;
 pub mod saga;
 mod semconv;
 pub mod service;
-mod span_fields;
+#[doc(hidden)]
+pub mod span_fields;
 mod stream_scan;
 pub mod subject;
 mod token;

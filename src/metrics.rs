@@ -209,3 +209,57 @@ pub(crate) fn publish_attributes(
         len: if error.is_some() { 4 } else { 3 },
     }
 }
+
+/// The metric records of one event and nothing else: what the compare
+/// benchmark's observability floor measures. Mirrors what `publish_many`
+/// and the consumer's runner record per event (same instruments, same
+/// attributes); keep it in step with `publish/pipeline.rs`,
+/// `publish/attempt.rs` and `consume/runner/delivery.rs`.
+#[doc(hidden)]
+pub struct PerEventRecords {
+    metrics: Metrics,
+    event_type: &'static str,
+    /// Events of the current burst (`publish`).
+    in_burst: std::cell::Cell<u64>,
+    process_attributes: std::sync::Arc<[KeyValue]>,
+}
+
+impl PerEventRecords {
+    /// The records of events of `event_type`, consumed by `group`.
+    pub fn new(meter: &Meter, event_type: &'static str, group: &str) -> Self {
+        Self {
+            metrics: Metrics::new(meter),
+            event_type,
+            in_burst: std::cell::Cell::new(0),
+            process_attributes: crate::consume::metrics::metric_attributes(group, event_type, None)
+                .into(),
+        }
+    }
+
+    /// What a successful event of `publish_many` records: its duration;
+    /// the counters are added once per burst of `burst` events.
+    pub fn publish(&self, seconds: f64, burst: u64) {
+        let metrics = &self.metrics;
+        let attributes = publish_attributes(self.event_type, None);
+        metrics
+            .operation_duration
+            .record(seconds, attributes.as_slice());
+        self.in_burst.set(self.in_burst.get() + 1);
+        if self.in_burst.get() == burst {
+            self.in_burst.set(0);
+            metrics.publish_window.add(0, &[]);
+            metrics.sent.add(burst, attributes.as_slice());
+        }
+    }
+
+    /// What a successfully handled delivery records.
+    pub fn process(&self, seconds: f64) {
+        let metrics = &self.metrics;
+        metrics.consumed.add(1, &self.process_attributes);
+        metrics.handlers_in_flight.add(1, &self.process_attributes);
+        metrics.handlers_in_flight.add(-1, &self.process_attributes);
+        metrics
+            .process_duration
+            .record(seconds, &self.process_attributes);
+    }
+}

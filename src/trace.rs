@@ -32,7 +32,8 @@ pub fn current_context() -> Context {
 /// The OpenTelemetry context of `span`, read without entering it (entering
 /// is a round trip through every layer), falling back like
 /// [`current_context`].
-pub(crate) fn context_of(span: &tracing::Span) -> Context {
+#[doc(hidden)]
+pub fn context_of(span: &tracing::Span) -> Context {
     let context = span.context();
     if context.span().span_context().is_valid() {
         context
@@ -224,7 +225,8 @@ impl TraceHeaders {
 /// Makes `span` (a process span not yet entered) the child of the producer's
 /// context in `envelope` and records the event's identity on it: what the
 /// durable and the ephemeral consumers both do for every delivery.
-pub(crate) fn continue_in_process_span(span: &tracing::Span, envelope: &Envelope) {
+#[doc(hidden)]
+pub fn continue_in_process_span(span: &tracing::Span, envelope: &Envelope) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     // An error here means no OpenTelemetry layer: nothing to parent.
     let _ = span.set_parent(extract(envelope));

@@ -16,6 +16,11 @@
 //!   its meter;
 //! - `sampled`: the same with sampler `AlwaysOn`; the batch exporter is an
 //!   in-process one that counts the spans and drops them.
+//!
+//! Each round also runs the floor rows ([`floor`]) in "unsampled" children:
+//! the layer's and the SDK's own cost per event, to read the gap against.
+
+mod floor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,10 +37,12 @@ use tokio::sync::Notify;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::common::median;
 use crate::common::{self, child_env, recreate_stream, stream_messages, Raw};
 use crate::consume::{fill, jetevents_consumer, reached, Tally};
 use crate::report::{Metric, Scenario};
 use crate::Settings;
+use floor::Floor;
 
 /// What is installed in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +81,7 @@ impl Mode {
 
 /// The work a child does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Work {
+pub enum Work {
     Publish,
     Consume,
 }
@@ -154,6 +161,25 @@ pub fn child(settings: &Settings) {
         .as_ref()
         .map(|installed| installed.meter.meter("jetevents"));
     let runtime = common::runtime(settings.threads);
+    if let Some(floor) = Floor::parse(&work) {
+        let meter = meter.expect("the floor runs with observability on");
+        let (count, window) = (settings.events, settings.window);
+        // On a runtime thread, where the real work runs.
+        let cpu = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let cpu_start = common::process_cpu();
+                floor::run(floor, count, window, &meter);
+                common::cpu_us_per_event(cpu_start, count)
+            })
+            .await
+            .expect("floor join")
+        });
+        println!(
+            "{}",
+            json!({ "mode": mode.name(), "work": work, "cpu_us_per_event": cpu })
+        );
+        return;
+    }
     let (elapsed, cpu) = runtime.block_on(async {
         let je = client(&url, meter).await;
         let count = settings.events;
@@ -228,6 +254,7 @@ pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenari
             fill(raw, &common::events(0, settings.events)).await;
         }
         let mut runs: Runs = Default::default();
+        let mut floor_cpu: [Vec<f64>; 3] = Default::default();
         for round in 0..settings.rounds {
             for mode in Mode::order(round) {
                 if work == Work::Publish {
@@ -268,6 +295,28 @@ pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenari
                 );
                 extra.push(report);
             }
+            for (slot, floor) in Floor::of(work).into_iter().enumerate() {
+                let vars = [
+                    ("JE_BENCH_CHILD_MODE", Mode::Unsampled.name().to_owned()),
+                    ("JE_BENCH_CHILD_WORK", floor.name().to_owned()),
+                    ("JE_BENCH_CHILD_URL", url.to_owned()),
+                    ("JE_BENCH_CHILD_GROUP", String::new()),
+                ];
+                let report =
+                    tokio::task::spawn_blocking(move || common::run_child("observability", &vars))
+                        .await
+                        .expect("child join");
+                let cpu = report["cpu_us_per_event"].as_f64().unwrap_or(f64::NAN);
+                floor_cpu[slot].push(cpu);
+                eprintln!(
+                    "  [7] round {} {} {:<22} {:>6.2} us/event CPU",
+                    round + 1,
+                    work.name(),
+                    floor.name(),
+                    cpu
+                );
+                extra.push(report);
+            }
         }
         let [off, unsampled, sampled] = &runs;
         for (mode, on, target) in [
@@ -287,7 +336,48 @@ pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenari
             unsampled.2,
             sampled.2
         ));
+        push_floor(&mut scenario, work, &floor_cpu, &off.1, &unsampled.1);
     }
     scenario.extra = json!({ "children": extra });
     scenario
+}
+
+/// The floor rows of `work` (client CPU against "off"), and a note on how
+/// much of the gap "unsampled - off" each explains.
+fn push_floor(
+    scenario: &mut Scenario,
+    work: Work,
+    floor_cpu: &[Vec<f64>; 3],
+    off: &[f64],
+    unsampled: &[f64],
+) {
+    let (off_us, gap_us) = (median(off), median(unsampled) - median(off));
+    let mut parts = Vec::new();
+    for (floor, cpu) in Floor::of(work).into_iter().zip(floor_cpu) {
+        scenario.push(Metric::cpu(cpu, off).named(&format!(
+            "{} floor {} / off client CPU",
+            work.name(),
+            floor.row()
+        )));
+        parts.push(format!(
+            "{} {:.2} us ({:.0}% of the gap)",
+            floor.row(),
+            median(cpu),
+            100.0 * median(cpu) / gap_us
+        ));
+    }
+    // (a) and (c): what every event costs with any span and these metrics.
+    let unavoidable = median(&floor_cpu[0]) + median(&floor_cpu[2]);
+    let share = unavoidable / off_us;
+    scenario.notes.push(format!(
+        "{} floor (unsampled install, per event): off {:.2} us, gap {:.2} us; {}; (a)+(c) = {:.2} us = {:.1}% of off: \
+         0.95 {} while each event keeps a span and its metrics through these crates at their defaults",
+        work.name(),
+        off_us,
+        gap_us,
+        parts.join(", "),
+        unavoidable,
+        100.0 * share,
+        if share > 0.05 { "is unreachable" } else { "is within reach" }
+    ));
 }

@@ -73,7 +73,7 @@ impl AttributeCache {
 
 /// Low-cardinality metric attributes of one delivery: never the subject
 /// (it carries keys) or the event id.
-pub(super) fn metric_attributes(
+pub(crate) fn metric_attributes(
     group: &str,
     event_type: &str,
     error: Option<&str>,

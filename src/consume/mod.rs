@@ -184,7 +184,7 @@ mod ephemeral;
 mod error;
 mod group_filter;
 mod handler;
-mod metrics;
+pub(crate) mod metrics;
 mod outcome;
 pub mod partitioned;
 mod policy;

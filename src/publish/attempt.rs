@@ -27,7 +27,18 @@ pub(super) enum AttemptError {
 impl Publisher {
     /// Records the outcome of one event in the metrics.
     pub(super) fn record(&self, prepared: &Prepared<'_>, error: Option<&PublishError>) {
-        let metrics = self.client.metrics();
+        let attributes = self.record_settled(prepared, error);
+        self.client.metrics().sent.add(1, attributes.as_slice());
+    }
+
+    /// Records the outcome of one event on its span and its duration, and
+    /// returns its `sent` attributes: the caller counts it there, alone or
+    /// with others of the same attributes.
+    pub(super) fn record_settled(
+        &self,
+        prepared: &Prepared<'_>,
+        error: Option<&PublishError>,
+    ) -> crate::metrics::PublishAttributes {
         let error_type = error.map(|err| error_type(err.kind()));
         if let (Some(error_type), Some(err)) = (error_type, error) {
             prepared.span.record(ERROR_TYPE, error_type);
@@ -39,11 +50,11 @@ impl Publisher {
         }
         let attributes =
             crate::metrics::publish_attributes(prepared.metric_type.clone(), error_type);
-        metrics.sent.add(1, attributes.as_slice());
-        metrics.operation_duration.record(
+        self.client.metrics().operation_duration.record(
             prepared.started.elapsed().as_secs_f64(),
             attributes.as_slice(),
         );
+        attributes
     }
 
     pub(super) async fn send_with_retries(

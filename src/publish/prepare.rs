@@ -15,7 +15,7 @@ use crate::codec::{self, Encoding};
 use crate::envelope::Envelope;
 use crate::event::{Event, EventType};
 use crate::lineage;
-use crate::span_fields::{DestinationTemplate, OperationName};
+use crate::span_fields::{publish_span, PublishedEvent};
 
 /// JetStream stores a header block of at most this many bytes (its length
 /// is kept in 16 bits).
@@ -265,26 +265,13 @@ impl Publisher {
         }
         let source = self.client.config().source.as_str();
 
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = %OperationName { operation: "publish", subject: &subject },
-            otel.kind = "producer",
-            otel.status_code = tracing::field::Empty,
-            otel.status_description = tracing::field::Empty,
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.destination.name = subject.as_str(),
-            messaging.destination.template = %DestinationTemplate(&subject),
-            messaging.message.id = outgoing.event_id(),
-            messaging.message.conversation_id = outgoing.correlation_id(),
-            cloudevents.event_id = outgoing.event_id(),
-            cloudevents.event_type = outgoing.event_type(),
-            cloudevents.event_source = outgoing.source(source),
-            cloudevents.event_spec_version = "1.0",
-            messaging.nats.stream.sequence = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        let span = publish_span(PublishedEvent {
+            subject: &subject,
+            id: outgoing.event_id(),
+            event_type: outgoing.event_type(),
+            source: outgoing.source(source),
+            correlation_id: outgoing.correlation_id(),
+        });
         // The trace context sent is the publish span's own, so a consumer's
         // process span becomes its child.
         let context = if span.is_disabled() {

@@ -19,8 +19,8 @@ use crate::consume::stack::Delivery as StackDelivery;
 #[cfg(feature = "encryption")]
 use crate::encryption::EncryptionErrorKind;
 use crate::error::error_chain;
-use crate::span_fields::{DestinationTemplate, OperationName};
-use crate::transport::{Delivery, DeliveryInfo};
+use crate::span_fields::{process_span, Delivered};
+use crate::transport::Delivery;
 
 use super::call::{run_handler, Ended, KeepAlive};
 use super::settle::settle;
@@ -79,7 +79,13 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         }
     };
     let (delivered, stream_sequence) = (info.delivered, info.stream_sequence);
-    let span = process_span(&shared.group, &subject, &info);
+    let span = process_span(Delivered {
+        group: &shared.group,
+        subject: &subject,
+        stream: &info.stream,
+        stream_sequence,
+        delivered,
+    });
     drop(info);
 
     let envelope = crate::codec::decode(message.headers(), message.payload());
@@ -155,43 +161,6 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         .await;
     };
     Either::Right(work.instrument(span))
-}
-
-/// The process span of a delivery, its fields the OpenTelemetry messaging
-/// conventions' (those known later are recorded then).
-fn process_span(group: &str, subject: &str, info: &DeliveryInfo<'_>) -> tracing::Span {
-    tracing::info_span!(
-        "process",
-        // Formatted only for a span or log someone collects: tracing builds
-        // the fields of a disabled span too when its `log` feature is on.
-        otel.name = %OperationName { operation: "process", subject },
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        messaging.system = "nats",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = subject,
-        messaging.destination.template = %DestinationTemplate(subject),
-        messaging.consumer.group.name = group,
-        messaging.message.id = tracing::field::Empty,
-        messaging.message.conversation_id = tracing::field::Empty,
-        messaging.nats.stream = &*info.stream,
-        // Signed: tracing-opentelemetry exports u64 fields as strings.
-        messaging.nats.stream.sequence = i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
-        messaging.nats.message.delivery_count = i64::try_from(info.delivered).unwrap_or(i64::MAX),
-        cloudevents.event_id = tracing::field::Empty,
-        cloudevents.event_type = tracing::field::Empty,
-        cloudevents.event_source = tracing::field::Empty,
-        cloudevents.event_spec_version = "1.0",
-        jetevents.settle = tracing::field::Empty,
-        jetevents.nak_delay_ms = tracing::field::Empty,
-        jetevents.dead_letter.reason = tracing::field::Empty,
-        jetevents.terminated = tracing::field::Empty,
-        jetevents.unhandled = tracing::field::Empty,
-        jetevents.breaker.state = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-    )
 }
 
 /// The event type of undecodable deliveries, in metrics.
