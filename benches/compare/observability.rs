@@ -14,8 +14,11 @@
 //!   provider (periodic reader with a 10-minute interval: instruments
 //!   aggregate, nothing is exported during a run) passed to the client as
 //!   its meter;
-//! - `sampled`: the same with sampler `AlwaysOn`; the batch exporter is an
-//!   in-process one that counts the spans and drops them.
+//! - `unsampled-info`: `unsampled` with a global `LevelFilter::INFO`, the
+//!   level a production service usually runs at: `debug!`/`trace!` events
+//!   (async-nats writes several per message) never reach the layers;
+//! - `sampled`: the same as `unsampled` with sampler `AlwaysOn`; the batch
+//!   exporter is an in-process one that counts the spans and drops them.
 //!
 //! Each round also runs the floor rows ([`floor`]) in "unsampled" children:
 //! the layer's and the SDK's own cost per event, to read the gap against.
@@ -34,6 +37,7 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::json;
 use tokio::sync::Notify;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -49,16 +53,23 @@ use floor::Floor;
 enum Mode {
     Off,
     Unsampled,
+    UnsampledInfo,
     Sampled,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Off, Mode::Unsampled, Mode::Sampled];
+    const ALL: [Mode; 4] = [
+        Mode::Off,
+        Mode::Unsampled,
+        Mode::UnsampledInfo,
+        Mode::Sampled,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
             Mode::Unsampled => "unsampled",
+            Mode::UnsampledInfo => "unsampled-info",
             Mode::Sampled => "sampled",
         }
     }
@@ -72,7 +83,7 @@ impl Mode {
 
     /// The modes in the order of round `round`, rotating so none always
     /// runs first.
-    fn order(round: usize) -> [Mode; 3] {
+    fn order(round: usize) -> [Mode; 4] {
         let mut modes = Mode::ALL;
         modes.rotate_left(round % Mode::ALL.len());
         modes
@@ -119,9 +130,10 @@ struct Installed {
 fn install(mode: Mode) -> Option<Installed> {
     let sampler = match mode {
         Mode::Off => return None,
-        Mode::Unsampled => Sampler::AlwaysOff,
+        Mode::Unsampled | Mode::UnsampledInfo => Sampler::AlwaysOff,
         Mode::Sampled => Sampler::AlwaysOn,
     };
+    let info_only = (mode == Mode::UnsampledInfo).then_some(LevelFilter::INFO);
     let exporter = DroppingExporter::default();
     let exported_spans = exporter.spans.clone();
     let tracer = SdkTracerProvider::builder()
@@ -129,6 +141,7 @@ fn install(mode: Mode) -> Option<Installed> {
         .with_batch_exporter(exporter)
         .build();
     tracing_subscriber::registry()
+        .with(info_only)
         .with(tracing_opentelemetry::layer().with_tracer(tracer.tracer("bench")))
         .init();
     // Instruments aggregate as in any service; the export interval is
@@ -235,7 +248,7 @@ async fn client(url: &str, meter: Option<opentelemetry::metrics::Meter>) -> Clie
 }
 
 /// Per mode: rates, CPU per event, spans exported.
-type Runs = [(Vec<f64>, Vec<f64>, u64); 3];
+type Runs = [(Vec<f64>, Vec<f64>, u64); 4];
 
 /// Scenario 7: both kinds of work, every mode, `rounds` times.
 pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenario {
@@ -318,9 +331,10 @@ pub async fn observability(settings: &Settings, raw: &Raw, url: &str) -> Scenari
                 extra.push(report);
             }
         }
-        let [off, unsampled, sampled] = &runs;
+        let [off, unsampled, unsampled_info, sampled] = &runs;
         for (mode, on, target) in [
             (Mode::Unsampled, unsampled, 0.95),
+            (Mode::UnsampledInfo, unsampled_info, 0.95),
             (Mode::Sampled, sampled, 0.0),
         ] {
             let mut throughput = Metric::throughput("events/s", &on.0, &off.0, target);
