@@ -12,6 +12,9 @@
 //!   the headers cost the server;
 //! - jetevents' `publish_many`, for reference.
 //!
+//! `JE_BENCH_CEILING_ROWS` picks rows by key (`raw`, `jetevents`, `a256`,
+//! `a1024`, `bare256`, `b`, `c`, `d`), for profiling one of them.
+//!
 //! Every row's "raw async-nats" column is scenario 1's raw side run in the
 //! same round, so each ratio is the row against that baseline. "server CPU
 //! utilisation" is server CPU seconds over wall seconds: about 1.0 means
@@ -58,6 +61,19 @@ enum Row {
 }
 
 impl Row {
+    /// The row's name in `JE_BENCH_CEILING_ROWS`.
+    fn key(self) -> String {
+        match self {
+            Row::Baseline => "raw".to_owned(),
+            Row::Jetevents => "jetevents".to_owned(),
+            Row::Acked(Content::Binary, window) => format!("a{window}"),
+            Row::Acked(_, window) => format!("bare{window}"),
+            Row::Unacked(Content::Binary) => "b".to_owned(),
+            Row::Unacked(Content::Structured) => "c".to_owned(),
+            Row::Unacked(Content::Bare) => "d".to_owned(),
+        }
+    }
+
     fn label(self) -> String {
         let content = |content: Content| match content {
             Content::Binary => "binary headers",
@@ -121,6 +137,13 @@ pub async fn ceiling(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
         Row::Unacked(Content::Structured),
         Row::Unacked(Content::Bare),
     ];
+    // `JE_BENCH_CEILING_ROWS=b,d` runs those rows only, for profiling (as
+    // `JE_BENCH_SIDES` does for the other scenarios).
+    let only = std::env::var("JE_BENCH_CEILING_ROWS").unwrap_or_default();
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .filter(|row| only.is_empty() || only.split(',').any(|key| key.trim() == row.key()))
+        .collect();
     let mut samples: Vec<Samples> = rows.iter().map(|_| Samples::default()).collect();
     for round in 0..settings.rounds {
         // A different row first in every round: none always meets a cold
@@ -183,7 +206,11 @@ pub async fn ceiling(settings: &Settings, je: &Client, raw: &Raw) -> Scenario {
             settings.events, settings.window
         ),
     );
-    let baseline = &samples[0];
+    let no_samples = Samples::default();
+    let baseline = rows
+        .iter()
+        .position(|row| *row == Row::Baseline)
+        .map_or(&no_samples, |index| &samples[index]);
     for (row, sample) in rows.iter().zip(&samples) {
         let label = row.label();
         scenario.push(
