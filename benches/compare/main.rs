@@ -11,12 +11,15 @@
 //! Scenarios 7-10 are opt-in (`JE_BENCH_SCENARIOS=7,8,9,10`): 7 observability
 //! on/off, 8 consumer instances of one group (`JE_BENCH_INSTANCES`), 9 a
 //! 3-node cluster with R3 streams, 10 heap per in-flight event; 11
-//! (`JE_BENCH_SCENARIOS=11`) binary against structured content mode. Every
+//! (`JE_BENCH_SCENARIOS=11`) binary against structured content mode; 12
+//! (`JE_BENCH_SCENARIOS=12`) the publish ceiling: scenario 1's messages by
+//! the cheapest clients, acked and unacked, against scenario 1's raw side. Every
 //! scenario runs on a multi-thread runtime, or a current-thread one with
 //! `JE_BENCH_THREADS=0`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod ceiling;
 mod cluster;
 mod common;
 mod consume;
@@ -262,6 +265,7 @@ async fn run(settings: Settings) {
             9 => cluster::cluster(&settings).await,
             10 => inflight::inflight(&settings, &raw, &url).await,
             11 => modes::modes(&settings, &je, &raw, &url).await,
+            12 => ceiling::ceiling(&settings, &je, &raw).await,
             other => {
                 eprintln!("  there is no scenario {other}");
                 continue;

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use jetevents::client::Client;
 
 use crate::common::{
@@ -86,16 +88,37 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
 /// The raw pipelined loop: build the message by hand, send it, await the
 /// oldest ack once `window` are in flight.
 pub async fn raw_publish_many(raw: &Raw, events: &[AppointmentBooked], window: usize) -> usize {
+    let messages = events.iter().map(|event| {
+        let (subject, headers, payload) = raw_message(event);
+        (subject, Some(headers), payload)
+    });
+    publish_windowed(raw, messages, window).await
+}
+
+/// Sends `messages` with up to `window` acks in flight, awaiting the oldest
+/// once the window is full; returns the acks received. Messages are built
+/// as the iterator yields them: scenario 1's raw side builds each inside
+/// the clock, scenario 12 hands in messages built before it.
+pub async fn publish_windowed(
+    raw: &Raw,
+    messages: impl IntoIterator<Item = (String, Option<HeaderMap>, Bytes)>,
+    window: usize,
+) -> usize {
     let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
-    let mut acks = Vec::with_capacity(events.len());
-    for event in events {
+    // Kept, as jetevents keeps each result (and scenario 1's raw side always
+    // did).
+    let messages = messages.into_iter();
+    let mut acks = Vec::with_capacity(messages.size_hint().0);
+    for (subject, headers, payload) in messages {
         if in_flight.len() >= window {
             if let Some(ack) = in_flight.pop_front() {
                 acks.push(ack.await.expect("raw ack"));
             }
         }
-        let (subject, headers, payload) = raw_message(event);
-        let message = PublishMessage::build().payload(payload).headers(headers);
+        let mut message = PublishMessage::build().payload(payload);
+        if let Some(headers) = headers {
+            message = message.headers(headers);
+        }
         let ack = raw
             .js
             .send_publish(subject, message)

@@ -66,6 +66,15 @@ impl Metric {
         Metric::cpu_of("server CPU", je, raw)
     }
 
+    /// Server CPU seconds per wall second while each side ran (median of
+    /// runs), informational: about 1.0 means a serial path was saturated.
+    pub fn server_utilisation(je: &[f64], raw: &[f64]) -> Metric {
+        Metric {
+            unit: "cores",
+            ..Metric::cpu_of("server CPU utilisation", je, raw)
+        }
+    }
+
     /// The same metric under another row name.
     pub fn named(mut self, name: &str) -> Metric {
         self.name = name.to_owned();
@@ -190,6 +199,7 @@ fn format_value(value: f64, unit: &str) -> String {
         "us/event" => format!("{value:.2} us/event"),
         "MiB" => format!("{value:.1} MiB"),
         "x" => format!("{value:.2}x"),
+        "cores" => format!("{value:.2} cores"),
         _ => format!("{value:.0} {unit}"),
     }
 }
