@@ -61,6 +61,9 @@ pub(crate) struct Pinned {
     pub group: String,
     /// How long the server keeps the pin of a client that stopped pulling.
     pub ttl: Duration,
+    /// Told the types this partition's owner left unhandled, so that the
+    /// group can move the partition to a member that handles them.
+    pub unhandled: super::partitioned::UnhandledTypes,
 }
 
 impl Default for Settings {

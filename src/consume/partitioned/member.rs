@@ -14,6 +14,7 @@ use crate::semconv::MESSAGING_CONSUMER_GROUP_NAME;
 
 use super::assignment::owned_by;
 use super::membership::Membership;
+use super::needs::{self, Needs, UnhandledTypes};
 use super::upgrade::drop_unkeyed_filters;
 use super::PartitionedConsumer;
 
@@ -24,6 +25,8 @@ pub const MEMBER_ATTRIBUTE: &str = "jetevents.partitioned.member";
 struct Owned {
     stop: oneshot::Sender<()>,
     runner: JoinHandle<Result<(), ConsumeError>>,
+    /// The types its runner left unhandled since the last heartbeat.
+    unhandled: UnhandledTypes,
 }
 
 pub(super) async fn run<S>(
@@ -34,6 +37,7 @@ pub(super) async fn run<S>(
     S: Clone + Send + Sync + 'static,
 {
     let mut owned: BTreeMap<u16, Owned> = BTreeMap::new();
+    let mut needs = Needs::new();
     let metrics = MemberMetrics::new(&group, membership.me());
     let mut heartbeat = tokio::time::interval(group.config.heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -43,6 +47,10 @@ pub(super) async fn run<S>(
             () = &mut signal => break,
             _ = heartbeat.tick() => {}
         }
+        for (partition, consuming) in &owned {
+            needs::collect(&mut needs, *partition, &consuming.unhandled);
+        }
+        let entry = group.entry(needs.clone());
         // A runner ends by itself only when it cannot go on (its consumer
         // not attached, its stream gone): started again below if the
         // partition is still ours.
@@ -56,10 +64,10 @@ pub(super) async fn run<S>(
                 report_end(&group.group, *partition, gone.runner.await);
             }
         }
-        if let Err(err) = membership.beat().await {
+        if let Err(err) = membership.beat(&entry).await {
             tracing::warn!(consumer = %group.group, error = %err, "partitioned group heartbeat failed");
         }
-        let members = match membership.live().await {
+        let members = match membership.live(&entry).await {
             Ok(members) => members,
             Err(err) => {
                 // Keep what is owned: the pins and max_ack_pending 1 keep a
@@ -92,7 +100,8 @@ pub(super) async fn run<S>(
             // Each partition attaches (several requests to the server) and
             // consumes in its own task: a member's partitions start at once
             // and run side by side, none waiting for another's round trips.
-            let consumer = group.partition(partition);
+            let unhandled = UnhandledTypes::default();
+            let consumer = group.partition(partition, unhandled.clone());
             // Checked when the partition is taken, not at each restart of
             // its runner (a server electing leaders answers slowly).
             let upgrade = (!ended.contains(&partition)).then(|| group.stream.clone());
@@ -121,7 +130,14 @@ pub(super) async fn run<S>(
                     })
                     .await
             });
-            owned.insert(partition, Owned { stop, runner });
+            owned.insert(
+                partition,
+                Owned {
+                    stop,
+                    runner,
+                    unhandled,
+                },
+            );
         }
         metrics.owned(owned.len());
     }
@@ -170,7 +186,7 @@ async fn release<S: Clone + Send + Sync + 'static>(
 ) {
     let mut stopping = Vec::new();
     for partition in partitions {
-        if let Some(Owned { stop, runner }) = owned.remove(partition) {
+        if let Some(Owned { stop, runner, .. }) = owned.remove(partition) {
             let _ = stop.send(());
             stopping.push((*partition, runner));
         }

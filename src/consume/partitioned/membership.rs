@@ -1,16 +1,45 @@
 //! Who is in the group: one KV entry per live member, renewed by its
 //! heartbeat and removed by the bucket's age limit when the member dies.
+//! The entry says which event types the member handles and which types
+//! partitions need (see [`needs`](super::needs)).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
 use crate::error::{BoxError, Error};
 
+use super::needs::Needs;
 use super::{PartitionedError, PartitionedErrorKind};
+
+/// What a member's entry says about it. Older versions wrote `alive`: read
+/// as a member that handles nothing known and needs nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MemberEntry {
+    /// The types and type patterns the member's handlers take, sorted.
+    #[serde(default)]
+    pub handles: Vec<String>,
+    /// The types partitions need that their owner, this member, left unhandled.
+    #[serde(default)]
+    pub needs: Needs,
+}
+
+impl MemberEntry {
+    /// Whether the member handles events of `event_type`.
+    pub(super) fn handles(&self, event_type: &str) -> bool {
+        self.handles
+            .iter()
+            .any(|handled| crate::consume::router::type_matches(handled, event_type))
+    }
+
+    fn parse(value: &[u8]) -> Self {
+        serde_json::from_slice(value).unwrap_or_default()
+    }
+}
 
 /// Bound on one membership request: a member that cannot reach the bucket
 /// keeps its partitions and tries again at the next heartbeat.
@@ -52,6 +81,7 @@ impl Membership {
         group: &str,
         ttl: Duration,
         replicas: usize,
+        entry: &MemberEntry,
     ) -> Result<Self, PartitionedError> {
         let unavailable = |err: BoxError| Error::with_source(PartitionedErrorKind::Membership, err);
         let bucket = bucket(stream, group)?;
@@ -82,7 +112,7 @@ impl Membership {
             // Unique to this run of the member: a restarted member is a new one.
             me: uuid::Uuid::now_v7().simple().to_string(),
         };
-        membership.beat().await.map_err(unavailable)?;
+        membership.beat(entry).await.map_err(unavailable)?;
         Ok(membership)
     }
 
@@ -91,21 +121,34 @@ impl Membership {
     }
 
     /// Renews this member's entry.
-    pub(super) async fn beat(&self) -> Result<(), BoxError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.store.put(&self.me, "alive".into())).await??;
+    pub(super) async fn beat(&self, entry: &MemberEntry) -> Result<(), BoxError> {
+        let value = serde_json::to_vec(entry)?;
+        tokio::time::timeout(REQUEST_TIMEOUT, self.store.put(&self.me, value.into())).await??;
         Ok(())
     }
 
-    /// The live members, this one included.
-    pub(super) async fn live(&self) -> Result<BTreeSet<String>, BoxError> {
-        let listing = async {
-            let keys = self.store.keys().await?;
-            keys.try_collect::<BTreeSet<String>>()
-                .await
-                .map_err(BoxError::from)
-        };
+    /// The live members and their entries, this one included (as `mine`,
+    /// whatever the bucket holds).
+    pub(super) async fn live(
+        &self,
+        mine: &MemberEntry,
+    ) -> Result<BTreeMap<String, MemberEntry>, BoxError> {
+        let listing =
+            async {
+                let keys = self.store.keys().await?;
+                let others: BTreeSet<String> = keys.try_collect().await?;
+                let reads = others.into_iter().filter(|member| *member != self.me).map(
+                    |member| async move {
+                        let value = self.store.get(member.as_str()).await?;
+                        Ok::<_, BoxError>(value.map(|value| (member, MemberEntry::parse(&value))))
+                    },
+                );
+                let entries = futures_util::future::try_join_all(reads).await?;
+                // Gone between the listing and the read: not a member.
+                Ok::<_, BoxError>(entries.into_iter().flatten().collect::<BTreeMap<_, _>>())
+            };
         let mut members = tokio::time::timeout(REQUEST_TIMEOUT, listing).await??;
-        members.insert(self.me.clone());
+        members.insert(self.me.clone(), mine.clone());
         Ok(members)
     }
 
@@ -119,5 +162,33 @@ impl Membership {
         {
             tracing::warn!(member = %self.me, error = %err, "could not leave the partitioned group; the others wait for its TTL");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_members_entry_handles_nothing_and_needs_nothing() {
+        assert_eq!(MemberEntry::parse(b"alive"), MemberEntry::default());
+        assert_eq!(MemberEntry::parse(b""), MemberEntry::default());
+        assert_eq!(MemberEntry::parse(b"{}"), MemberEntry::default());
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_written() {
+        let entry = MemberEntry {
+            handles: vec![
+                "bank.account.*".to_owned(),
+                "bank.card.issued.v1".to_owned(),
+            ],
+            needs: [(3, ["bank.loan.granted.v1".to_owned()].into())].into(),
+        };
+        let written = serde_json::to_vec(&entry).unwrap_or_default();
+        assert_eq!(MemberEntry::parse(&written), entry);
+        assert!(entry.handles("bank.account.opened.v1"));
+        assert!(entry.handles("bank.card.issued.v1"));
+        assert!(!entry.handles("bank.loan.granted.v1"));
     }
 }

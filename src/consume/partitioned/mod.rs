@@ -120,6 +120,7 @@ mod config;
 mod error;
 mod member;
 mod membership;
+mod needs;
 mod stream;
 mod upgrade;
 
@@ -137,6 +138,7 @@ use super::ConsumerBuilder;
 pub use config::PartitionedConfig;
 pub use error::{PartitionedError, PartitionedErrorKind};
 pub use member::MEMBER_ATTRIBUTE;
+pub(crate) use needs::UnhandledTypes;
 pub use stream::partitioned_stream;
 
 /// The priority group every partition consumer's pulls name.
@@ -239,6 +241,7 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
     {
         let mut signal = signal.boxed();
         let mut retry_in = JOIN_RETRY_FIRST;
+        let entry = self.entry(needs::Needs::new());
         let membership = loop {
             let joining = membership::Membership::join(
                 &self.prepared.client,
@@ -246,6 +249,7 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
                 &self.group,
                 self.config.member_ttl,
                 self.replicas,
+                &entry,
             );
             match joining.await {
                 Ok(membership) => break membership,
@@ -273,9 +277,19 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
         self.run_until(super::shutdown_signal()).await
     }
 
+    /// This member's membership entry: the types it handles, what
+    /// partitions need.
+    fn entry(&self, needs: needs::Needs) -> membership::MemberEntry {
+        membership::MemberEntry {
+            handles: self.prepared.handlers.routes().handled(),
+            needs,
+        }
+    }
+
     /// The consumer of one partition: the group's handlers and settings,
-    /// its filters under the partition's token, one event at a time.
-    fn partition(&self, partition: u16) -> Prepared<S> {
+    /// its filters under the partition's token, one event at a time; the
+    /// types it leaves unhandled are recorded in `unhandled`.
+    fn partition(&self, partition: u16, unhandled: UnhandledTypes) -> Prepared<S> {
         let mut prepared = self.prepared.clone();
         prepared.group = member::partition_group(&self.group, partition);
         prepared.filters = stream::partition_filters(&self.prepared.filters, partition);
@@ -294,6 +308,7 @@ impl<S: Clone + Send + Sync + 'static> PartitionedConsumer<S> {
         settings.pinned = Some(Pinned {
             group: PIN_GROUP.to_owned(),
             ttl: self.config.pinned_ttl,
+            unhandled,
         });
         prepared
     }

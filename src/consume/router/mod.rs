@@ -140,6 +140,16 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         })
     }
 
+    /// The types and type patterns handled here, sorted.
+    pub(crate) fn handled(&self) -> Vec<String> {
+        let mut handled: Vec<String> = (self.types.keys().map(|name| (*name).to_owned()))
+            .chain(self.patterns.iter().map(|(pattern, _)| pattern.clone()))
+            .collect();
+        handled.sort_unstable();
+        handled.dedup();
+        handled
+    }
+
     /// Whether a route has layers of its own.
     pub(crate) fn has_route_layers(&self) -> bool {
         self.types

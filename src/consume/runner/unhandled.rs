@@ -27,6 +27,9 @@ fn left_for(delivered: u64) -> Duration {
 
 /// What an instance does with an event of a type it has no handler for.
 pub(super) fn unhandled<S>(shared: &Runtime<S>, event_type: &str, delivered: u64) -> Decision {
+    if let Some(pinned) = &shared.settings.pinned {
+        pinned.unhandled.record(event_type);
+    }
     let waited = left_for(delivered);
     let (decision, action) = match shared.settings.unhandled {
         UnhandledPolicy::AckAfter(after) if waited >= after => (Decision::Ack, "ack"),
