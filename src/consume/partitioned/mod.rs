@@ -70,8 +70,10 @@
 //!    sort by join time) in the KV bucket of the group on its stream,
 //!    `jetevents-pcg-{stream length}-{stream}-{group}`, whose
 //!    entries expire after the [member TTL](PartitionedConfig::member_ttl),
-//!    and rewrites it every third of the TTL.
-//! 2. **Assignment.** At each heartbeat a member lists the live ids and
+//!    and rewrites it every third of the TTL. The entry's value says what the
+//!    member handles and what its partitions need (see
+//!    [rolling deploys](#rolling-deploys)).
+//! 2. **Assignment.** At each heartbeat a member reads the live entries and
 //!    computes the owner of every partition by rendezvous hashing with
 //!    bounded loads: each (partition, member) pair has a fixed score, and
 //!    partitions go to their best-scoring member with room, members owning
@@ -100,6 +102,35 @@
 //! Members that briefly disagree (one has not seen a join yet) may both pull
 //! a partition; the pin serves one of them, and `max_ack_pending = 1` keeps
 //! even a stale pin from handing out a second event of the partition.
+//!
+//! # Rolling deploys
+//!
+//! During a deploy a newer version may handle a type the older one does not.
+//! An event of that type in a partition an older member owns is left by it
+//! ([`UnhandledPolicy::Leave`](crate::consume::UnhandledPolicy)), and no other
+//! member could take it: the partition is pinned to the owner and
+//! `max_ack_pending = 1` holds the rest of it back. So the partition moves:
+//!
+//! 1. Each member writes in its membership entry the types and type patterns
+//!    its handlers take.
+//! 2. An owner that leaves an event of type T in partition p records, in its
+//!    entry, that p needs T. It keeps that for its life, also once p has
+//!    moved, so p stays with a member that handles T.
+//! 3. In every member's table, a partition that needs types goes to the
+//!    best-scoring member among those handling the most of them (all of them,
+//!    usually), unless its owner is one; the other partitions keep their
+//!    owners, so loads are uneven until the older members leave and their
+//!    needs with them. When no live member handles the types, the table is
+//!    the plain one and the owner's unhandled policy decides, as before.
+//! 4. The owner gives p away as in a rebalance: the left event is Naked, so
+//!    it is the partition's next delivery, now to the new owner, and order
+//!    holds. The move takes a heartbeat or two and the Nak's delay (at most
+//!    5 s).
+//!
+//! Members of a version before this protocol write no types: the others read
+//! them as handling nothing and needing nothing; they themselves compute the
+//! plain table, so they may keep pulling a partition that moved (the pin
+//! and `max_ack_pending = 1` still keep it to one event at a time).
 //!
 //! # Order under retries
 //!
