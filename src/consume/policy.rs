@@ -17,6 +17,11 @@ use super::RetryPolicy;
 /// 500 ms, 1 s... up to 5 s), counted in `jetevents.consume.unhandled` and
 /// never against the event's attempts.
 ///
+/// In a [partitioned group](super::partitioned#rolling-deploys) no other
+/// instance can take an event its partition's owner leaves (the partition is
+/// pinned to the owner): the partition moves to a member that handles the
+/// type, and the policy applies only while no live member does.
+///
 /// Acking or dead-lettering such events is a deliberate choice, made after a
 /// wait long enough for a rolling deploy: the wait counts the delays the
 /// event has been left for (its first delivery to the group counts as zero),
