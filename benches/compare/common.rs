@@ -127,6 +127,33 @@ pub fn runtime_name(worker_threads: usize) -> String {
     }
 }
 
+/// Where the measured work runs (`JE_BENCH_SPAWN`), for the header and the JSON.
+pub fn placement_name(spawn: bool) -> &'static str {
+    if spawn {
+        "spawned on a runtime worker"
+    } else {
+        "block_on on the main thread"
+    }
+}
+
+/// Runs `work` to its end on `runtime`: in `block_on` on this thread, or with
+/// `spawn` in a task on the runtime, awaited through its `JoinHandle`.
+pub fn run_placed<F>(runtime: &tokio::runtime::Runtime, spawn: bool, work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if !spawn {
+        return runtime.block_on(work);
+    }
+    match runtime.block_on(runtime.spawn(work)) {
+        Ok(output) => output,
+        // Keep the task's own panic message.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => panic!("measured task: {error}"),
+    }
+}
+
 /// A jetevents client as a service would configure it.
 pub async fn jetevents_client(url: &str) -> Client {
     jetevents_client_in(url, ENV).await

@@ -40,9 +40,10 @@ pub fn child(settings: &Settings) {
     let group = child_env("JE_BENCH_CHILD_GROUP");
     let size: usize = child_env("JE_BENCH_CHILD_SIZE").parse().expect("size");
     let runtime = common::runtime(settings.threads);
-    let report = runtime.block_on(async {
+    let settings = settings.clone();
+    let report = common::run_placed(&runtime, settings.spawn, async move {
         let (bytes, in_flight) = match (work.as_str(), side == Side::Jetevents.name()) {
-            ("publish", jetevents) => (publish_peak(settings, &url, jetevents, size).await, size),
+            ("publish", jetevents) => (publish_peak(&settings, &url, jetevents, size).await, size),
             (_, true) => jetevents_held(&url, &group, size).await,
             (_, false) => raw_held(&url, &group, size).await,
         };

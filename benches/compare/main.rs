@@ -16,6 +16,16 @@
 //! the cheapest clients, acked and unacked, against scenario 1's raw side. Every
 //! scenario runs on a multi-thread runtime, or a current-thread one with
 //! `JE_BENCH_THREADS=0`.
+//!
+//! `JE_BENCH_SPAWN=1` runs the measured work of every scenario, both sides
+//! alike, in a task spawned on the runtime (awaited through its `JoinHandle`)
+//! instead of in `block_on` on the main thread. On a multi-thread runtime the
+//! main thread is not a worker, so by default the publishers run beside
+//! async-nats' connection tasks (as `#[tokio::main]` code does), while
+//! spawned they run on a worker with them (as a service's handlers do). The
+//! child processes of scenarios 5, 7 and 10 inherit the knob and place their
+//! work the same way; scenario 7's floor rows always run spawned. The run's
+//! `settings:` line and the JSON say which placement was used.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -78,6 +88,9 @@ pub struct Settings {
     pub memory_max_ack_pending: i64,
     /// Tokio worker threads (`JE_BENCH_THREADS`; 0: a current-thread runtime).
     pub threads: usize,
+    /// Run the measured work in a spawned task (`JE_BENCH_SPAWN=1`), not in
+    /// `block_on` on the main thread.
+    pub spawn: bool,
     /// Where the JSON goes (`JE_BENCH_JSON`).
     pub json_path: String,
     /// `JE_BENCH_QUICK=1` was set.
@@ -136,6 +149,7 @@ impl Settings {
             inflight_window: env("JE_BENCH_INFLIGHT_WINDOW", 4096),
             memory_max_ack_pending: env("JE_BENCH_MEMORY_MAX_ACK_PENDING", 100_000),
             threads: env("JE_BENCH_THREADS", threads),
+            spawn: env("JE_BENCH_SPAWN", 0u8) == 1,
             json_path: std::env::var("JE_BENCH_JSON").unwrap_or_else(|_| {
                 let target = std::env::var("CARGO_TARGET_DIR")
                     .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_owned());
@@ -163,6 +177,7 @@ impl Settings {
             "memory_max_ack_pending": self.memory_max_ack_pending,
             "threads": self.threads,
             "runtime": common::runtime_name(self.threads),
+            "placement": common::placement_name(self.spawn),
             "quick": self.quick,
         })
     }
@@ -220,12 +235,17 @@ fn main() {
         return;
     }
     let runtime = common::runtime(settings.threads);
-    runtime.block_on(run(settings));
+    common::run_placed(&runtime, settings.spawn, run(settings));
 }
 
 async fn run(settings: Settings) {
     let machine = machine();
     eprintln!("settings: {}", settings.to_json());
+    eprintln!(
+        "measured work: {}, {}",
+        common::runtime_name(settings.threads),
+        common::placement_name(settings.spawn)
+    );
     eprintln!("machine: {machine}");
     let server = NatsServer::builder()
         .backend(Backend::Binary)

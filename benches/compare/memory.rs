@@ -44,7 +44,8 @@ pub fn child(settings: &Settings) {
     let url = child_env("JE_BENCH_CHILD_URL");
     let group = child_env("JE_BENCH_CHILD_GROUP");
     let runtime = common::runtime(settings.threads);
-    let report = runtime.block_on(async {
+    let settings = settings.clone();
+    let report = common::run_placed(&runtime, settings.spawn, async move {
         let baseline_kib = status_kib("VmRSS:");
         let slow = Duration::from_millis(settings.slow_handler_ms);
         let tally = Tally::new(usize::MAX);

@@ -193,7 +193,9 @@ pub fn child(settings: &Settings) {
         );
         return;
     }
-    let (elapsed, cpu) = runtime.block_on(async {
+    let measured = (settings.clone(), work.clone());
+    let (elapsed, cpu) = common::run_placed(&runtime, settings.spawn, async move {
+        let (settings, work) = measured;
         let je = client(&url, meter).await;
         let count = settings.events;
         let cpu_start = common::process_cpu();

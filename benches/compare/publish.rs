@@ -88,11 +88,14 @@ pub async fn pipelined(settings: &Settings, je: &Client, raw: &Raw) -> Scenario 
 /// The raw pipelined loop: build the message by hand, send it, await the
 /// oldest ack once `window` are in flight.
 pub async fn raw_publish_many(raw: &Raw, events: &[AppointmentBooked], window: usize) -> usize {
-    let messages = events.iter().map(|event| {
-        let (subject, headers, payload) = raw_message(event);
-        (subject, Some(headers), payload)
-    });
-    publish_windowed(raw, messages, window).await
+    publish_windowed(raw, events.iter().map(raw_message_with_headers), window).await
+}
+
+/// A function, not a closure: a closure's signature is not general over the
+/// event's lifetime, and the future would not be `Send` for `JE_BENCH_SPAWN`.
+fn raw_message_with_headers(event: &AppointmentBooked) -> (String, Option<HeaderMap>, Bytes) {
+    let (subject, headers, payload) = raw_message(event);
+    (subject, Some(headers), payload)
 }
 
 /// Sends `messages` with up to `window` acks in flight, awaiting the oldest
