@@ -232,17 +232,49 @@ async fn recreate(
     allow_batch_publish: bool,
 ) -> stream::Stream {
     let _ = js.delete_stream(name).await;
-    js.create_stream(stream::Config {
-        name: name.to_owned(),
-        subjects: vec![subjects.to_owned()],
-        storage: stream::StorageType::File,
-        num_replicas: STREAM_REPLICAS.load(Ordering::Relaxed),
-        duplicate_window: Duration::from_secs(120),
-        allow_batch_publish,
-        ..Default::default()
-    })
-    .await
-    .expect("create stream")
+    let created = js
+        .create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            storage: stream::StorageType::File,
+            num_replicas: STREAM_REPLICAS.load(Ordering::Relaxed),
+            duplicate_window: Duration::from_secs(120),
+            allow_batch_publish,
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+    if STREAM_REPLICAS.load(Ordering::Relaxed) == 1 {
+        return created;
+    }
+    wait_for_leader(js, name).await
+}
+
+/// The stream `name` once it has a leader: a replicated stream just created
+/// answers publishes only then (before, a publish fails `StreamNotFound`).
+async fn wait_for_leader(js: &jetstream::Context, name: &str) -> stream::Stream {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stream = js.get_stream(name).await.expect("get created stream");
+        let led = stream
+            .info()
+            .await
+            .ok()
+            .and_then(|info| {
+                info.cluster
+                    .as_ref()
+                    .map(|cluster| cluster.leader.is_some())
+            })
+            .unwrap_or(false);
+        if led {
+            return stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {name} has no leader after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Messages stored in the benchmark stream.
