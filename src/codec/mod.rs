@@ -356,6 +356,43 @@ pub(crate) fn check_not_empty(envelope: &Envelope) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// The time of `value` when it has the form [`format_time`] writes
+/// (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`, up to nine fractional digits), read
+/// digit by digit: chrono's RFC 3339 parser is general, and every event's
+/// time goes through here. `None` for anything else (offsets, leap
+/// seconds, lower-case separators, invalid dates), which chrono reads.
+fn parse_utc_time(value: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let bytes = value.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        bytes.get(range)?.iter().try_fold(0u32, |sum, &b| {
+            b.is_ascii_digit().then(|| sum * 10 + u32::from(b - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if bytes.len() < 20 || separators.iter().any(|&(at, b)| bytes[at] != b) {
+        return None;
+    }
+    let nanos = match &bytes[19..] {
+        [b'Z'] => 0,
+        [b'.', fraction @ .., b'Z'] if (1..=9).contains(&fraction.len()) => {
+            let digits = number(20..19 + fraction.len() + 1)?;
+            digits * 10u32.pow(9 - fraction.len() as u32)
+        }
+        _ => return None,
+    };
+    let year = i32::try_from(number(0..4)?).ok()?;
+    let date = chrono::NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?;
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    // A leap second (60) is chrono's to read.
+    if second > 59 {
+        return None;
+    }
+    Some(
+        date.and_hms_nano_opt(hour, minute, second, nanos)?
+            .and_utc(),
+    )
+}
+
 /// Formats a time the way both modes write it: RFC 3339, UTC `Z`, as many
 /// fractional digits as needed (so no precision is lost).
 ///
@@ -406,6 +443,9 @@ pub(crate) fn format_time(time: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn parse_time(value: &str) -> Result<chrono::DateTime<chrono::Utc>, DecodeError> {
+    if let Some(time) = parse_utc_time(value) {
+        return Ok(time);
+    }
     chrono::DateTime::parse_from_rfc3339(value)
         .map(|time| time.with_timezone(&chrono::Utc))
         .map_err(|err| {
@@ -449,6 +489,45 @@ mod tests {
         }
     }
 
+    fn chrono_parsed(text: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The digit-by-digit reader reads what it accepts as chrono does, and
+    /// leaves the rest to chrono.
+    #[test]
+    fn times_are_read_as_chrono_reads_them() {
+        for text in [
+            "2026-12-01T22:38:37Z",
+            "2026-12-01T22:38:37.5Z",
+            "2026-12-01T22:38:37.000123Z",
+            "2026-12-01T22:38:37.123456789Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            assert_eq!(super::parse_utc_time(text), chrono_parsed(text), "{text}");
+            assert!(super::parse_utc_time(text).is_some(), "{text}");
+        }
+        for text in [
+            "2016-12-31T23:59:60.5Z",
+            "2026-12-01T22:38:37+01:00",
+            "2026-12-01t22:38:37z",
+            "2026-12-01 22:38:37Z",
+            "2026-12-01T22:38:37.1234567891Z",
+            "2026-12-01T22:38:37.Z",
+            "2026-02-30T22:38:37Z",
+            "2026-12-01T24:00:00Z",
+            "2026-12-01T22:38Z",
+            "+2026-12-01T22:38:37Z",
+            "2026-1a-01T22:38:37Z",
+        ] {
+            assert_eq!(super::parse_utc_time(text), None, "{text}");
+            assert_eq!(super::parse_time(text).ok(), chrono_parsed(text), "{text}");
+        }
+    }
+
     proptest! {
         #[test]
         fn any_time_is_written_as_chrono_writes_it(
@@ -459,6 +538,26 @@ mod tests {
             let time = DateTime::<Utc>::from_timestamp(secs, nanos);
             if let Some(time) = time {
                 prop_assert_eq!(super::format_time(&time), chrono_formatted(&time));
+            }
+        }
+
+        #[test]
+        fn any_written_time_is_read_as_chrono_reads_it(
+            secs in -62_167_219_200i64..253_402_300_800,
+            nanos in prop_oneof![Just(0u32), (0u32..1000).prop_map(|n| n * 1_000_000),
+                (0u32..1_000_000).prop_map(|n| n * 1000), 0u32..1_000_000_000],
+        ) {
+            if let Some(time) = DateTime::<Utc>::from_timestamp(secs, nanos) {
+                let text = super::format_time(&time);
+                prop_assert_eq!(super::parse_utc_time(&text), Some(time));
+                prop_assert_eq!(chrono_parsed(&text), Some(time));
+            }
+        }
+
+        #[test]
+        fn any_text_is_read_as_chrono_reads_it(text in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,11})?[Zz+]") {
+            if let Some(time) = super::parse_utc_time(&text) {
+                prop_assert_eq!(Some(time), chrono_parsed(&text));
             }
         }
     }

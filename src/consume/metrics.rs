@@ -43,30 +43,56 @@ const MAX_CACHED_TYPES: usize = 1024;
 /// type: each delivery records several metrics with the same ones.
 pub(super) struct AttributeCache {
     group: String,
-    by_type: std::sync::Mutex<HashMap<String, Arc<[KeyValue]>>>,
+    cached: std::sync::Mutex<Cached>,
+}
+
+#[derive(Default)]
+struct Cached {
+    by_type: HashMap<String, Arc<[KeyValue]>>,
+    /// The type looked up last and its attributes: a consumer sees runs of
+    /// one type, and comparing the name is cheaper than hashing it. The
+    /// name's buffer is reused, so alternating types allocate nothing.
+    last_type: String,
+    last: Option<Arc<[KeyValue]>>,
 }
 
 impl AttributeCache {
     pub(super) fn new(group: &str) -> Self {
         Self {
             group: group.to_owned(),
-            by_type: std::sync::Mutex::new(HashMap::new()),
+            cached: std::sync::Mutex::new(Cached::default()),
         }
     }
 
     pub(super) fn of(&self, event_type: &str) -> Arc<[KeyValue]> {
-        // A panic while holding the lock cannot leave the map half-written.
-        let mut by_type = self
-            .by_type
+        // A panic while holding the lock cannot leave the cache half-written.
+        let mut cached = self
+            .cached
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(attributes) = by_type.get(event_type) {
+        if let Some(attributes) = cached
+            .last
+            .as_ref()
+            .filter(|_| cached.last_type == event_type)
+        {
             return attributes.clone();
         }
-        let attributes: Arc<[KeyValue]> = metric_attributes(&self.group, event_type, None).into();
-        if by_type.len() < MAX_CACHED_TYPES {
-            by_type.insert(event_type.to_owned(), attributes.clone());
-        }
+        let attributes = match cached.by_type.get(event_type) {
+            Some(attributes) => attributes.clone(),
+            None => {
+                let attributes: Arc<[KeyValue]> =
+                    metric_attributes(&self.group, event_type, None).into();
+                if cached.by_type.len() < MAX_CACHED_TYPES {
+                    cached
+                        .by_type
+                        .insert(event_type.to_owned(), attributes.clone());
+                }
+                attributes
+            }
+        };
+        cached.last_type.clear();
+        cached.last_type.push_str(event_type);
+        cached.last = Some(attributes.clone());
         attributes
     }
 }
@@ -88,4 +114,30 @@ pub(crate) fn metric_attributes(
         attributes.push(KeyValue::new(ERROR_TYPE, error.to_owned()));
     }
     attributes
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn event_type_of(attributes: &[KeyValue]) -> String {
+        attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == CLOUDEVENTS_EVENT_TYPE)
+            .unwrap()
+            .value
+            .to_string()
+    }
+
+    /// Runs of one type, alternating types and the same type again each
+    /// get their own type's attributes, shared once built.
+    #[test]
+    fn attributes_follow_the_type_looked_up() {
+        let cache = AttributeCache::new("workers");
+        for event_type in ["a.b.c.v1", "a.b.c.v1", "x.y.z.v1", "a.b.c.v1", "x.y.z.v1"] {
+            assert_eq!(event_type_of(&cache.of(event_type)), event_type);
+        }
+        assert!(Arc::ptr_eq(&cache.of("a.b.c.v1"), &cache.of("a.b.c.v1")));
+    }
 }
