@@ -2,20 +2,23 @@
 //! span and trace context, its encoding, and the size checks that fail
 //! before anything is sent.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use opentelemetry::StringValue;
+use serde::Serialize;
 
 use super::outgoing::{self, KeyAndData, Outgoing, TypedEvent};
 use super::shared_headers::SharedHeaders;
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher};
-use crate::codec::{self, Encoding};
+use crate::codec::{self, EncodeError, EncodeErrorKind, Encoding};
 use crate::envelope::Envelope;
 use crate::event::{Event, EventType};
 use crate::lineage;
 use crate::span_fields::{publish_span, PublishedEvent};
+use crate::transport::message_buffer::MessageBuffer;
 
 /// JetStream stores a header block of at most this many bytes (its length
 /// is kept in 16 bits).
@@ -47,6 +50,10 @@ pub(super) struct OneType {
     event_type: Result<EventType, PublishError>,
     /// `None` when a value is invalid: each event's encoding says which.
     headers: Option<SharedHeaders>,
+    /// The events' JSON, written one after another into shared buffers.
+    /// Locked by one event at a time (the events are prepared in turn);
+    /// a mutex only so that the caller's future stays `Send`.
+    payloads: Mutex<MessageBuffer>,
 }
 
 impl OneType {
@@ -59,18 +66,30 @@ impl OneType {
                 E::data_schema(),
             )
             .ok(),
+            payloads: Mutex::new(MessageBuffer::for_payloads()),
         }
+    }
+
+    /// `event`'s JSON, in the shared buffer.
+    fn json(&self, event: &impl Serialize) -> Result<Bytes, serde_json::Error> {
+        // Nothing panics while the buffer is borrowed but serde, whose
+        // partial write `json` discards: a poisoned lock is still usable.
+        self.payloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .json(event)
     }
 }
 
 impl Publisher {
     /// Prepares a typed event: without an envelope in binary mode when no
     /// free-form metadata is asked for (see [`outgoing`]), through one
-    /// otherwise. `shared`: the headers of its type, when made already.
+    /// otherwise. `one_type`: what events of its type share, when made
+    /// already.
     pub(super) fn prepare_event<'a, E: Event>(
         &self,
         event_type: &EventType,
-        shared: Option<&SharedHeaders>,
+        one_type: Option<&OneType>,
         event: &'a E,
         options: &'a PublishOptions,
     ) -> Result<Prepared<'a>, PublishError> {
@@ -113,13 +132,19 @@ impl Publisher {
         let subject = self
             .subject_for(event_type, key.as_deref())
             .map_err(|err| err.for_event(&typed.id))?;
-        let data = outgoing::Serialized::json(event).map_err(|err| {
+        let data = match one_type {
+            Some(one_type) => one_type
+                .json(event)
+                .map_err(|err| EncodeError::with_source(EncodeErrorKind::Serialize, err)),
+            None => outgoing::Serialized::json(event).map(Bytes::from),
+        }
+        .map_err(|err| {
             PublishError::with_source(PublishErrorKind::InvalidEvent, err).for_event(&typed.id)
         })?;
         let first = KeyAndData {
             key,
-            data: Bytes::from(data),
-            shared,
+            data,
+            shared: one_type.and_then(|one_type| one_type.headers.as_ref()),
         };
         let outgoing = Outgoing::Typed(typed);
         self.prepare(
@@ -141,12 +166,12 @@ impl Publisher {
     ) -> Result<Prepared<'a>, PublishError> {
         #[cfg(feature = "encryption")]
         self.load_keys(E::TYPE, event.key().as_deref()).await?;
-        let shared = one_type.headers.as_ref();
         let mut prepared = match &one_type.event_type {
-            Ok(event_type) => self.prepare_event(event_type, shared, event, options),
+            Ok(event_type) => self.prepare_event(event_type, Some(one_type), event, options),
             // The error again, with this event's id.
-            Err(_) => event_type_of::<E>()
-                .and_then(|event_type| self.prepare_event(&event_type, shared, event, options)),
+            Err(_) => event_type_of::<E>().and_then(|event_type| {
+                self.prepare_event(&event_type, Some(one_type), event, options)
+            }),
         }?;
         self.store_claim(&mut prepared).await?;
         Ok(prepared)

@@ -20,10 +20,11 @@
 
 use std::time::Duration;
 
-use async_nats::{HeaderMap, Message, StatusCode};
+use async_nats::{HeaderMap, Message, StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
+use super::message_buffer::MessageBuffer;
 use super::{BatchMessage, StoreFailure, StoreFailureKind, Stored};
 use crate::error::BoxError;
 
@@ -80,6 +81,8 @@ pub(crate) struct FastBatch {
     inbox: async_nats::Subscriber,
     /// `<inbox>.<id>.<stride>.fail.`: the reply subject up to the sequence.
     reply_prefix: String,
+    /// Where the subjects and replies of the messages sent are written.
+    subjects: MessageBuffer,
     ack_timeout: Duration,
     /// Batch sequence of the last message sent.
     sent: u64,
@@ -124,6 +127,7 @@ impl FastBatches {
             nats: self.nats.clone(),
             inbox: subscription,
             reply_prefix: format!("{inbox}.{id}.{MAX_STRIDE}.fail."),
+            subjects: MessageBuffer::for_subjects(),
             ack_timeout: self.ack_timeout,
             sent: 0,
             persisted: 0,
@@ -252,28 +256,27 @@ impl FastBatch {
     /// Publishes the next message of the batch; only a closed connection
     /// refuses it, and then it has no batch sequence.
     async fn publish(&mut self, message: BatchMessage, op: u8) -> Result<(), StoreFailure> {
+        let subject = self.subjects.subject(&[&message.subject]);
         let reply = self.reply_subject(self.sent + 1, op);
         self.nats
-            .publish_with_reply_and_headers(
-                message.subject,
-                reply,
-                message.headers,
-                message.payload,
-            )
+            .publish_with_reply_and_headers(subject, reply, message.headers, message.payload)
             .await
             .map_err(|err| failure(StoreFailureKind::BrokenPipe, err))?;
         self.sent += 1;
         Ok(())
     }
 
-    fn reply_subject(&self, sequence: u64, op: u8) -> String {
-        let mut reply = String::with_capacity(self.reply_prefix.len() + 28);
-        reply.push_str(&self.reply_prefix);
-        reply.push_str(itoa::Buffer::new().format(sequence));
-        reply.push('.');
-        reply.push_str(itoa::Buffer::new().format(op));
-        reply.push_str(".$FI");
-        reply
+    /// The reply subject of the message at batch `sequence`. Its parts are
+    /// ours (an inbox async-nats made, a uuid, numbers, ADR-50's tokens), so
+    /// it is valid.
+    fn reply_subject(&mut self, sequence: u64, op: u8) -> Subject {
+        self.subjects.subject(&[
+            &self.reply_prefix,
+            itoa::Buffer::new().format(sequence),
+            ".",
+            itoa::Buffer::new().format(op),
+            ".$FI",
+        ])
     }
 
     /// Reads the answers already here, without waiting.

@@ -15,6 +15,7 @@
 pub(crate) mod atomic_batch;
 pub(crate) mod delivery;
 pub(crate) mod fast_ingest;
+pub(crate) mod message_buffer;
 pub(crate) mod nats;
 pub(crate) mod nats_delivery;
 mod publish_acks;

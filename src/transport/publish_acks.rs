@@ -36,10 +36,12 @@ use std::time::Duration;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::ErrorCode;
-use async_nats::{HeaderMap, Message, StatusCode};
+use async_nats::{HeaderMap, Message, StatusCode, Subject};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::{Instant, Sleep};
+
+use super::message_buffer::MessageBuffer;
 
 /// Why a waiting sender was answered without an ack.
 #[derive(Debug)]
@@ -82,6 +84,8 @@ struct Acks {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Registered with the subscription and the deadline by the last read.
     reader: Option<Waker>,
+    /// Where the subjects and replies of the messages sent are written.
+    subjects: MessageBuffer,
 }
 
 impl Acks {
@@ -94,6 +98,14 @@ impl Acks {
     fn push(&mut self, due: Instant) -> u64 {
         self.slots.push_back(Slot::Waiting { due, owner: None });
         self.first + self.slots.len() as u64 - 1
+    }
+
+    /// The reply subject of reply `number`: `prefix` and the number, which
+    /// `reply_number` reads back. Both parts are ours (an inbox async-nats
+    /// made and a decimal number), so the subject is valid.
+    fn reply_subject(&mut self, prefix: &str, number: u64) -> Subject {
+        self.subjects
+            .subject(&[prefix, itoa::Buffer::new().format(number)])
     }
 
     /// Files `answer` for reply `number`, if its sender still waits.
@@ -160,13 +172,7 @@ impl Acks {
         while let Some(subscription) = self.subscription.as_mut() {
             match subscription.poll_next_unpin(cx) {
                 Poll::Ready(Some(message)) => {
-                    let number = message
-                        .subject
-                        .as_str()
-                        .rsplit('.')
-                        .next()
-                        .and_then(|number| number.parse::<u64>().ok());
-                    if let Some(number) = number {
+                    if let Some(number) = reply_number(&message.subject) {
                         self.answer(number, Ok(message), reader);
                     }
                 }
@@ -291,6 +297,7 @@ impl PublishAcks {
                 subscription: Some(subscription),
                 deadline: None,
                 reader: None,
+                subjects: MessageBuffer::for_subjects(),
             }),
         });
         Ok(PublishAcks {
@@ -302,14 +309,16 @@ impl PublishAcks {
     }
 
     /// Publishes a message to be stored; the returned future resolves to
-    /// the stream's ack, as async-nats' `send_publish` would.
+    /// the stream's ack, as async-nats' `send_publish` would. The subject
+    /// and the reply go out as slices of the shared subject buffer (see
+    /// [`MessageBuffer`]).
     pub(crate) async fn send(
         &self,
         subject: String,
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<AckFuture, PublishError> {
-        let number = {
+        let (number, subject, reply) = {
             let mut acks = self.shared.acks();
             if acks.subscription.is_none() {
                 return Err(PublishError::new(PublishErrorKind::BrokenPipe));
@@ -319,16 +328,16 @@ impl PublishAcks {
             if let Some(reader) = acks.reader.clone() {
                 acks.read(&mut Context::from_waker(&reader));
             }
-            acks.push(Instant::now() + self.timeout)
+            let number = acks.push(Instant::now() + self.timeout);
+            let subject = acks.subjects.subject(&[&subject]);
+            let reply = acks.reply_subject(&self.prefix, number);
+            (number, subject, reply)
         };
         let pending = AckFuture {
             shared: self.shared.clone(),
             number,
             settled: false,
         };
-        let mut reply = String::with_capacity(self.prefix.len() + 20);
-        reply.push_str(&self.prefix);
-        reply.push_str(itoa::Buffer::new().format(number));
 
         // Boxed rather than pinned here, so that the caller's future stays
         // small (see `NatsTransport::send`).
@@ -348,6 +357,11 @@ impl PublishAcks {
         // On an error `pending` is dropped, which gives up its slot.
         sent.map(|()| pending)
     }
+}
+
+/// The number a reply subject ends in: which sender the ack is for.
+fn reply_number(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next()?.parse().ok()
 }
 
 /// The stream's answer to one message sent.

@@ -12,6 +12,7 @@ fn acks_with(after: &[u64]) -> Acks {
         subscription: None,
         deadline: None,
         reader: None,
+        subjects: MessageBuffer::for_subjects(),
     };
     let now = Instant::now();
     for secs in after {
@@ -53,6 +54,31 @@ fn an_ack_finds_its_sender_by_number_and_only_once() {
     assert_eq!(acks.first, 2, "taken front slots are dropped");
     acks.answer(7, Ok(reply("{}")), reader);
     assert!(acks.take(7).is_none(), "a number never sent");
+}
+
+#[test]
+fn replies_from_one_buffer_stay_distinct_and_find_their_senders() {
+    let mut acks = acks_with(&[10; 40]);
+    let prefix = "_INBOX.abc.7.";
+    let replies: Vec<Subject> = (0..40).map(|n| acks.reply_subject(prefix, n)).collect();
+    for (n, reply) in replies.iter().enumerate() {
+        assert_eq!(reply.as_str(), format!("{prefix}{n}"));
+    }
+    // Answered out of order, each with its own number as the payload.
+    for subject in replies.iter().rev() {
+        let number = reply_number(subject).unwrap();
+        let message = Message {
+            subject: subject.clone(),
+            payload: Bytes::from(number.to_string()),
+            ..reply("")
+        };
+        acks.answer(number, Ok(message), Waker::noop());
+    }
+    for n in 0..40 {
+        let message = acks.take(n).unwrap().unwrap();
+        assert_eq!(message.payload, n.to_string().as_bytes());
+        assert_eq!(message.subject.as_str(), format!("{prefix}{n}"));
+    }
 }
 
 fn reply(payload: &'static str) -> Message {
