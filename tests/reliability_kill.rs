@@ -19,6 +19,9 @@ use checker::{eventually, op, read_back, scaled, Bounds, Checker};
 
 const WINDOW: usize = 256;
 
+/// Cycles run beyond those asked for while no kill has hit a publish in flight.
+const EXTRA_CYCLES: usize = 4;
+
 async fn stored(client: &jetevents::client::Client, stream: &str) -> u64 {
     match client.jetstream().unwrap().get_stream(stream).await {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
@@ -96,7 +99,12 @@ async fn sigkill_cycles(
 
     let checker = Checker::publish_only(&format!("sigkill-pipelined-{stream}"));
     let mut killed_mid_publish = 0;
-    for cycle in 0..cycles {
+    // A kill can land after the whole cycle is stored (the publisher beat
+    // the poll and the kill); such a cycle still checks the restart, but the
+    // test needs at least one kill in flight: it runs a few more cycles
+    // until one hits.
+    let mut cycle = 0;
+    while cycle < cycles || (killed_mid_publish == 0 && cycle < cycles + EXTRA_CYCLES) {
         let before = stored(&client, stream).await;
         let events: Vec<_> = (0..per_cycle)
             .map(|n| op("kill", cycle * per_cycle + n, 200))
@@ -138,7 +146,9 @@ async fn sigkill_cycles(
             results.iter().filter(|r| r.is_ok()).count(),
             results.iter().filter(|r| r.is_err()).count()
         );
+        cycle += 1;
     }
+    let cycles = cycle;
 
     let read = read_back(&client, stream, &checker).await;
     let report = checker.report();
