@@ -563,6 +563,13 @@ impl RunningMember {
         RunningMember { stop, task }
     }
 
+    /// Ends it as if its process died: it neither releases its partitions
+    /// nor leaves the group (its partitions' runners stop, their stop signal
+    /// dropped), so the others notice only when its entry expires.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Stops it: it releases its partitions and leaves the group.
     pub async fn stop(self) {
         let _ = self.stop.send(());

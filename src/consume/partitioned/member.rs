@@ -31,7 +31,7 @@ struct Owned {
 
 pub(super) async fn run<S>(
     group: PartitionedConsumer<S>,
-    membership: Membership,
+    mut membership: Membership,
     mut signal: BoxFuture<'static, ()>,
 ) where
     S: Clone + Send + Sync + 'static,
@@ -64,15 +64,12 @@ pub(super) async fn run<S>(
                 report_end(&group.group, *partition, gone.runner.await);
             }
         }
-        if let Err(err) = membership.beat(&entry).await {
-            tracing::warn!(consumer = %group.group, error = %err, "partitioned group heartbeat failed");
-        }
-        let members = match membership.live(&entry).await {
+        let members = match membership.renew(&entry).await {
             Ok(members) => members,
             Err(err) => {
                 // Keep what is owned: the pins and max_ack_pending 1 keep a
                 // partition to one event at a time if others move meanwhile.
-                tracing::warn!(consumer = %group.group, error = %err, "partitioned group members unknown; keeping the current partitions");
+                tracing::warn!(consumer = %group.group, error = %err, "partitioned group heartbeat failed; keeping the current partitions");
                 continue;
             }
         };

@@ -73,7 +73,15 @@
 //!    and rewrites it every third of the TTL. The entry's value says what the
 //!    member handles and what its partitions need (see
 //!    [rolling deploys](#rolling-deploys)).
-//! 2. **Assignment.** At each heartbeat a member reads the live entries and
+//! 2. **Assignment.** Each member watches the bucket and keeps the latest
+//!    entry of every member. At each heartbeat, once the watch has delivered
+//!    its own renewal (so everything stored before it), it takes as live the
+//!    entries renewed less than the member TTL before that renewal, by the
+//!    server's clock, and not deleted: those the bucket holds then. A steady
+//!    heartbeat is one request, the renewal, whatever the number of members
+//!    (the renewals reach the others by the watches). If the renewal fails or
+//!    the watch does not deliver it in time, the member keeps its partitions
+//!    and opens the watch again at the next heartbeat. It then
 //!    computes the owner of every partition by rendezvous hashing with
 //!    bounded loads: each (partition, member) pair has a fixed score, and
 //!    partitions go to their best-scoring member with room, members owning
