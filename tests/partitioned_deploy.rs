@@ -35,6 +35,31 @@ impl jetevents::Event for Frozen {
     }
 }
 
+/// The newer version of [`Frozen`]: a newer member that takes `Frozen`
+/// only through an upcast to it handles `Frozen` all the same.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FrozenV2 {
+    key: String,
+    seq: u32,
+    reason: String,
+}
+
+impl jetevents::Event for FrozenV2 {
+    const TYPE: &'static str = "chaos.op.frozen.v2";
+    fn key(&self) -> Option<String> {
+        Some(self.key.clone())
+    }
+}
+
+/// How the newer version takes the type the older one does not handle.
+#[derive(Clone, Copy, Debug)]
+enum Newer {
+    /// A handler of the type.
+    Handles,
+    /// A handler of the type's next version, and an upcast to it.
+    Upcasts,
+}
+
 /// Who handled which event, in the order handled.
 type Log = Arc<Mutex<Vec<(&'static str, String)>>>;
 
@@ -60,6 +85,17 @@ fn per_key(log: &Log) -> BTreeMap<String, Vec<(&'static str, String)>> {
 /// one, in order, once each, nothing dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_type_only_a_newer_member_handles_moves_its_partition_to_that_member() {
+    a_newer_type_moves_its_partitions(Newer::Handles).await;
+}
+
+/// The same when the newer member takes the type only through an upcast:
+/// its membership entry lists the upcast type as handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_a_newer_member_upcasts_moves_its_partition_to_that_member() {
+    a_newer_type_moves_its_partitions(Newer::Upcasts).await;
+}
+
+async fn a_newer_type_moves_its_partitions(newer: Newer) {
     let server = support::shared_server().await;
     let env = support::unique("pcgdeploy");
     let client = support::connect(&server.url(), &env, |_| {}).await;
@@ -105,15 +141,31 @@ async fn a_type_only_a_newer_member_handles_moves_its_partition_to_that_member()
     .await;
 
     let newer_log = logged(&log, "v2");
-    let newer = partitioned_common::member_builder(&client, &stream, 0, newer_log.clone()).handle(
-        move |event: Frozen, _ctx: jetevents::consume::Context| {
-            let handled = newer_log.clone();
-            async move {
-                handled(&format!("{}-{}", event.key, event.seq));
-                Ok::<_, HandlerError>(())
-            }
-        },
-    );
+    let builder = partitioned_common::member_builder(&client, &stream, 0, newer_log.clone());
+    let newer = match newer {
+        Newer::Handles => {
+            builder.handle(move |event: Frozen, _ctx: jetevents::consume::Context| {
+                let handled = newer_log.clone();
+                async move {
+                    handled(&format!("{}-{}", event.key, event.seq));
+                    Ok::<_, HandlerError>(())
+                }
+            })
+        }
+        Newer::Upcasts => builder
+            .handle(move |event: FrozenV2, _ctx: jetevents::consume::Context| {
+                let handled = newer_log.clone();
+                async move {
+                    handled(&format!("{}-{}", event.key, event.seq));
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .upcast(|old: Frozen| FrozenV2 {
+                key: old.key,
+                seq: old.seq,
+                reason: "upcast".to_owned(),
+            }),
+    };
     let newer = RunningMember::start(
         PartitionedConsumer::build(newer, config(PARTITIONS))
             .await

@@ -156,3 +156,42 @@ fn covered_filters_are_dropped() {
     ]);
     assert_eq!(filters, ["dev.billing.invoice.paid.v1", "dev.booking.>"]);
 }
+
+/// A partitioned member lists `handled` in its membership entry, and the
+/// others read it with `type_matches`: they must agree with `find`, an
+/// upcast's older type included (it finds the upcast's route).
+#[test]
+fn handled_lists_every_type_that_finds_a_route() {
+    let subjects = Subjects::new("dev").unwrap();
+    let mut router = Router::<()>::default();
+    router.handle(ok::<PlacedV2>, HandlerOptions::default());
+    router.upcast(|old: Placed| PlacedV2 {
+        n: old.n,
+        channel: "legacy".into(),
+    });
+    router.handle_pattern(
+        "billing.*",
+        |_: Envelope, _: Context<()>| async { Ok(()) },
+        HandlerOptions::default(),
+    );
+    let handlers = router.build(&subjects).unwrap();
+    let routes = handlers.routes();
+    let handled = routes.handled();
+    assert_eq!(
+        handled,
+        ["billing.*", "shop.order.placed.v1", "shop.order.placed.v2"]
+    );
+    for event_type in [
+        "shop.order.placed.v1",
+        "shop.order.placed.v2",
+        "shop.order.placed.v3",
+        "shop.order.cancelled.v1",
+        "billing.invoice.paid.v1",
+        "billing.invoice.paid",
+    ] {
+        let listed = handled
+            .iter()
+            .any(|handled| type_matches(handled, event_type));
+        assert_eq!(routes.find(event_type).is_some(), listed, "{event_type}");
+    }
+}
