@@ -85,17 +85,28 @@ fn per_key(log: &Log) -> BTreeMap<String, Vec<(&'static str, String)>> {
 /// one, in order, once each, nothing dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_type_only_a_newer_member_handles_moves_its_partition_to_that_member() {
-    a_newer_type_moves_its_partitions(Newer::Handles).await;
+    a_newer_type_moves_its_partitions(Newer::Handles, false).await;
 }
 
 /// The same when the newer member takes the type only through an upcast:
 /// its membership entry lists the upcast type as handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_type_a_newer_member_upcasts_moves_its_partition_to_that_member() {
-    a_newer_type_moves_its_partitions(Newer::Upcasts).await;
+    a_newer_type_moves_its_partitions(Newer::Upcasts, false).await;
 }
 
-async fn a_newer_type_moves_its_partitions(newer: Newer) {
+/// Once moved, the partitions stay with v2 when the older member restarts
+/// (under a new id, without the needs it recorded): v2 adopted them. The
+/// restarted member would otherwise get its share back, older-type events
+/// included, and stall there again at the next newer-type event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_partitions_stay_when_the_older_member_restarts() {
+    a_newer_type_moves_its_partitions(Newer::Handles, true).await;
+}
+
+/// `older_restarts`: after the move, v1 restarts and every key gets one more
+/// event (seq 3), which v2 must handle.
+async fn a_newer_type_moves_its_partitions(newer: Newer, older_restarts: bool) {
     let server = support::shared_server().await;
     let env = support::unique("pcgdeploy");
     let client = support::connect(&server.url(), &env, |_| {}).await;
@@ -178,6 +189,39 @@ async fn a_newer_type_moves_its_partitions(newer: Newer) {
         async move { log.lock().unwrap().len() >= 3 * KEYS }
     })
     .await;
+    let mut rounds = 3;
+    let older = if older_restarts {
+        // A heartbeat (a third of the 3 s TTL) for v2 to adopt the needs,
+        // one more to write them.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        older.stop().await;
+        let again = partitioned_common::member_builder(&client, &stream, 0, logged(&log, "v1b"))
+            .filter_subject(format!("{env}.chaos.op.frozen.v1.*"));
+        let again = RunningMember::start(
+            PartitionedConsumer::build(again, config(PARTITIONS))
+                .await
+                .unwrap(),
+        );
+        // Joined and rebalanced: a few of its heartbeats.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let fourths: Vec<_> = (0..KEYS).map(|key| keyed(key, 3)).collect();
+        for result in publisher.publish_many(&fourths, 64).await {
+            result.unwrap();
+        }
+        rounds = 4;
+        eventually(
+            "every fourth event handled",
+            Duration::from_secs(60),
+            || {
+                let log = log.clone();
+                async move { log.lock().unwrap().len() >= 4 * KEYS }
+            },
+        )
+        .await;
+        again
+    } else {
+        older
+    };
     newer.stop().await;
     older.stop().await;
 
@@ -185,13 +229,13 @@ async fn a_newer_type_moves_its_partitions(newer: Newer) {
     assert_eq!(keys.len(), KEYS, "{keys:?}");
     for (key, handled) in &keys {
         let ops: Vec<&str> = handled.iter().map(|(_, op)| op.as_str()).collect();
-        assert_eq!(
-            ops,
-            [format!("{key}-0"), format!("{key}-1"), format!("{key}-2")],
-            "{key}: {handled:?}"
-        );
+        let expected: Vec<String> = (0..rounds).map(|seq| format!("{key}-{seq}")).collect();
+        assert_eq!(ops, expected, "{key}: {handled:?}");
         assert_eq!(handled[0].0, "v1", "{key}: {handled:?}");
         assert_eq!(handled[1].0, "v2", "{key}: {handled:?}");
+        if older_restarts {
+            assert_eq!(handled[3].0, "v2", "{key}: {handled:?}");
+        }
     }
     let dead_letters = DeadLetters::with_config(
         &client,

@@ -15,7 +15,8 @@
 //! does not handle (a newer version's, met during a rolling deploy) goes to
 //! the best-scoring member among those that handle the most of them, the
 //! other partitions staying where they are. Loads are uneven while the
-//! deploy lasts; the needs leave with the members that recorded them.
+//! deploy lasts; once every member handles what a partition needs, its
+//! needs move nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 

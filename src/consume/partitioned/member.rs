@@ -74,6 +74,15 @@ pub(super) async fn run<S>(
             }
         };
         let wanted = owned_by(&members, membership.me(), group.config.partitions);
+        // Written with the next renewal.
+        needs::adopt(
+            &mut needs,
+            members
+                .iter()
+                .filter(|(member, _)| *member != membership.me())
+                .map(|(_, entry)| &entry.needs),
+            &wanted,
+        );
         let given_away: Vec<u16> = owned
             .keys()
             .filter(|partition| !wanted.contains(partition))

@@ -123,13 +123,22 @@
 //!    its handlers take.
 //! 2. An owner that leaves an event of type T in partition p records, in its
 //!    entry, that p needs T. It keeps that for its life, also once p has
-//!    moved, so p stays with a member that handles T.
+//!    moved, so p stays with a member that handles T; and whoever owns p
+//!    copies p's needs into its own entry, so they outlive the member that
+//!    recorded them (an older member that restarts comes back under a new
+//!    id, without them, and would otherwise get p back and stall it again at
+//!    the next event of type T).
 //! 3. In every member's table, a partition that needs types goes to the
 //!    best-scoring member among those handling the most of them (all of them,
 //!    usually), unless its owner is one; the other partitions keep their
-//!    owners, so loads are uneven until the older members leave and their
-//!    needs with them. When no live member handles the types, the table is
-//!    the plain one and the owner's unhandled policy decides, as before.
+//!    owners, so loads are uneven until the older members leave (needs that
+//!    every member handles move nothing). When no live member handles the
+//!    types, the table is the plain one and the owner's unhandled policy
+//!    decides, as before. Partitions that need types do not count against
+//!    the load bounds on purpose: counting them would move more of the
+//!    others during the deploy, and members of the previous version, which
+//!    would not count them, would compute other owners than the newer ones;
+//!    a partition each side believes the other owns is pulled by no one.
 //! 4. The owner gives p away as in a rebalance: the left event is Naked, so
 //!    it is the partition's next delivery, now to the new owner, and order
 //!    holds. The move takes a heartbeat or two and the Nak's delay (at most
