@@ -8,6 +8,8 @@
 
 use std::future::Future;
 
+use futures_util::future::Either;
+
 use tokio::sync::watch;
 
 tokio::task_local! {
@@ -16,7 +18,11 @@ tokio::task_local! {
 
 /// `call` with its holds reported on the receiver. Without layers
 /// (`may_hold` false) nothing can hold the call: no channel is made, which
-/// would cost an allocation and its wake-ups on every delivery.
+/// would cost an allocation and its wake-ups on every delivery, and no
+/// scope either, which would cost two thread-local swaps on every poll.
+/// Marking outside any scope does nothing, as inside a scope of `None`;
+/// only a call nested in another one's scope (a handler's own call on its
+/// task) still gets a scope of `None`, so it cannot mark the outer call.
 pub(crate) fn scoped<F: Future>(
     call: F,
     may_hold: bool,
@@ -25,10 +31,13 @@ pub(crate) fn scoped<F: Future>(
     Option<watch::Receiver<bool>>,
 ) {
     if !may_hold {
-        return (HOLD.scope(None, call), None);
+        if HOLD.try_with(|_| ()).is_err() {
+            return (Either::Left(call), None);
+        }
+        return (Either::Right(HOLD.scope(None, call)), None);
     }
     let (held, watched) = watch::channel(false);
-    (HOLD.scope(Some(held), call), Some(watched))
+    (Either::Right(HOLD.scope(Some(held), call)), Some(watched))
 }
 
 /// The delivery of this task is held while this lives.
