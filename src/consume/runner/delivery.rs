@@ -254,7 +254,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         shared.handlers.has_layers(),
     );
     let started = std::time::Instant::now();
-    let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
+    let in_flight = InFlight::start(&metrics.handlers_in_flight, attributes);
     let keep_alive = KeepAlive {
         message,
         interval: shared.progress_interval,
