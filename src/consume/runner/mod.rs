@@ -16,6 +16,7 @@ mod waiting;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,7 +171,7 @@ where
     let expiry = shared.settings.pull_expiry;
     let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = FuturesUnordered::new();
+    let mut tasks: Running<_> = FuturesUnordered::new();
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
     let mut waiting: VecDeque<Waiting<NatsDelivery>> = VecDeque::new();
@@ -203,12 +204,18 @@ where
     tokio::pin!(stopping);
 
     let result = 'pulling: loop {
-        while tasks.len() < concurrency {
+        // As many deliveries start per pass as there are free handlers,
+        // whether or not they finish at once.
+        for _ in tasks.len()..concurrency {
             let Some(next) = waiting.pop_front() else {
                 break;
             };
-            tasks.push(process(next.message, shared.clone(), stopped.clone()));
+            start(
+                &mut tasks,
+                process(next.message, shared.clone(), stopped.clone()),
+            );
         }
+        let more_to_start = !waiting.is_empty() && tasks.len() < concurrency;
 
         // The pulls of a lost connection are gone or answered into it; so
         // may be an event that broke it (async-nats drops the connection on
@@ -327,6 +334,9 @@ where
             Some(()) = tasks.next(), if !tasks.is_empty() => {
                 while let Some(Some(())) = tasks.next().now_or_never() {}
             }
+            // The deliveries of the last pass finished when they started:
+            // their slots take the next waiting events.
+            () = std::future::ready(()), if more_to_start => {}
             incoming = inbox.subscription.next() => {
                 // Take what else is already here in the same turn: one pass
                 // of this loop per batch rather than per event.
@@ -424,6 +434,24 @@ where
     drop(inbox);
     shutdown(&shared, undelivered, tasks, stop).await;
     result
+}
+
+/// The set of running deliveries, of futures boxed by [`start`].
+type Running<F> = FuturesUnordered<Pin<Box<F>>>;
+
+/// Starts a delivery: polled once here, and kept in `tasks` only when it
+/// does not finish at once. Most handlers finish on their first poll and
+/// so are most acks: their deliveries then cost the set nothing (no task
+/// of its own, no wake-up through its queue).
+///
+/// Polled without a waker: a delivery that waits is polled again by the
+/// set, which polls every future pushed into it, and registers its wakers
+/// then.
+fn start<F: Future<Output = ()>>(tasks: &mut Running<F>, delivery: F) {
+    let mut delivery = Box::pin(delivery);
+    if delivery.as_mut().now_or_never().is_none() {
+        tasks.push(delivery);
+    }
 }
 
 /// Awaits `work` while the running handlers go on and the waiting events
