@@ -11,12 +11,12 @@ mod progress;
 mod pulls;
 mod settle;
 mod shutdown;
+mod slot;
 mod unhandled;
 mod waiting;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ use delivery::process;
 use health::{watchdog, Health, Recovery};
 use pulls::{classify, connected, Inbox, Incoming, PullStatus, Pulls};
 use shutdown::shutdown;
+use slot::{start, Running};
 use waiting::{keep_waiting_alive, Waiting};
 
 use crate::consume::settle_report::SettleReporter;
@@ -172,6 +173,7 @@ where
     let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
     let (stop, stopped) = watch::channel(false);
     let mut tasks: Running<_> = FuturesUnordered::new();
+    let mut spare = None;
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
     let mut waiting: VecDeque<Waiting<NatsDelivery>> = VecDeque::new();
@@ -212,6 +214,7 @@ where
             };
             start(
                 &mut tasks,
+                &mut spare,
                 process(next.message, shared.clone(), stopped.clone()),
             );
         }
@@ -434,24 +437,6 @@ where
     drop(inbox);
     shutdown(&shared, undelivered, tasks, stop).await;
     result
-}
-
-/// The set of running deliveries, of futures boxed by [`start`].
-type Running<F> = FuturesUnordered<Pin<Box<F>>>;
-
-/// Starts a delivery: polled once here, and kept in `tasks` only when it
-/// does not finish at once. Most handlers finish on their first poll and
-/// so are most acks: their deliveries then cost the set nothing (no task
-/// of its own, no wake-up through its queue).
-///
-/// Polled without a waker: a delivery that waits is polled again by the
-/// set, which polls every future pushed into it, and registers its wakers
-/// then.
-fn start<F: Future<Output = ()>>(tasks: &mut Running<F>, delivery: F) {
-    let mut delivery = Box::pin(delivery);
-    if delivery.as_mut().now_or_never().is_none() {
-        tasks.push(delivery);
-    }
 }
 
 /// Awaits `work` while the running handlers go on and the waiting events
