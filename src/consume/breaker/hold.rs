@@ -60,3 +60,40 @@ fn mark(held: bool) {
     // Outside a runner's call there is no one to tell.
     let _ = HOLD.try_with(|hold| hold.as_ref().map(|hold| hold.send_replace(held)));
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A call no layer can hold gets no scope of its own, yet a hold marked
+    /// inside it, nested in a call that can be held, does not reach the
+    /// outer call.
+    #[tokio::test]
+    async fn a_hold_inside_a_call_no_layer_can_hold_does_not_reach_an_outer_call() {
+        let (outer, held) = scoped(
+            async {
+                let (inner, inner_held) = scoped(
+                    async {
+                        let _held = Held::start();
+                    },
+                    false,
+                );
+                assert!(inner_held.is_none());
+                inner.await;
+            },
+            true,
+        );
+        let held = held.unwrap();
+        // Kept, not dropped, after it finishes: the scope's sender lives
+        // as long as the call, and the receiver is read meanwhile.
+        tokio::pin!(outer);
+        (&mut outer).await;
+        assert!(!held.has_changed().unwrap(), "the outer call was marked held");
+
+        // Outside any scope, marking does nothing (and does not panic).
+        let (alone, none) = scoped(async { Held::start() }, false);
+        assert!(none.is_none());
+        drop(alone.await);
+    }
+}

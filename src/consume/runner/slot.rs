@@ -67,14 +67,15 @@ mod tests {
 
     use super::*;
 
-    /// A delivery that finishes at once is done and leaves its slot for the
-    /// next; one that waits is in the set and finishes there.
+    /// A delivery that finishes at once is done and leaves its slot to the
+    /// next one; one that waits takes its slot into the set and finishes
+    /// there.
     #[tokio::test]
     async fn finished_deliveries_leave_their_slot_and_waiting_ones_run_in_the_set() {
         let done = Arc::new(AtomicUsize::new(0));
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let mut released = Some(released);
-        let delivery = |wait: bool| {
+        let mut delivery = |wait: bool| {
             let done = done.clone();
             let released = if wait { released.take() } else { None };
             async move {
@@ -84,22 +85,33 @@ mod tests {
                 done.fetch_add(1, Ordering::SeqCst);
             }
         };
+        let address = |spare: &Option<Slot<_>>| {
+            spare
+                .as_ref()
+                .map(|slot| std::ptr::from_ref(slot.0.as_ref().get_ref()))
+        };
         let mut running = Running::new();
         let mut spare = None;
+
         start(&mut running, &mut spare, delivery(false));
         assert_eq!(done.load(Ordering::SeqCst), 1);
         assert!(running.is_empty());
-        let first_slot = spare.as_ref().map(|slot: &Slot<_>| &*slot.0 as *const _);
-        assert!(first_slot.is_some());
+        let first = address(&spare);
+        assert!(first.is_some(), "a finished delivery leaves its slot");
+
+        start(&mut running, &mut spare, delivery(false));
+        assert_eq!(done.load(Ordering::SeqCst), 2);
+        assert!(running.is_empty());
+        assert_eq!(address(&spare), first, "the next delivery reused the slot");
 
         start(&mut running, &mut spare, delivery(true));
-        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(done.load(Ordering::SeqCst), 2);
         assert_eq!(running.len(), 1);
         assert!(spare.is_none(), "the waiting delivery took the spare slot");
 
         release.send(()).unwrap();
         running.next().await.unwrap();
-        assert_eq!(done.load(Ordering::SeqCst), 2);
+        assert_eq!(done.load(Ordering::SeqCst), 3);
         assert!(running.is_empty());
     }
 }
