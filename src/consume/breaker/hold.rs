@@ -89,7 +89,10 @@ mod tests {
         // as long as the call, and the receiver is read meanwhile.
         tokio::pin!(outer);
         (&mut outer).await;
-        assert!(!held.has_changed().unwrap(), "the outer call was marked held");
+        assert!(
+            !held.has_changed().unwrap(),
+            "the outer call was marked held"
+        );
 
         // Outside any scope, marking does nothing (and does not panic).
         let (alone, none) = scoped(async { Held::start() }, false);
