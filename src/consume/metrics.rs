@@ -10,18 +10,19 @@ use crate::semconv::{
 use opentelemetry::KeyValue;
 
 /// One running handler in the in-flight gauge, taken out again when dropped
-/// (also when the task is aborted).
-pub(super) struct InFlight {
-    counter: opentelemetry::metrics::UpDownCounter<i64>,
-    attributes: Arc<[KeyValue]>,
+/// (also when the task is aborted). Borrows the gauge and the attributes
+/// its delivery holds anyway: no reference counts to take per delivery.
+pub(super) struct InFlight<'a> {
+    counter: &'a opentelemetry::metrics::UpDownCounter<i64>,
+    attributes: &'a [KeyValue],
 }
 
-impl InFlight {
+impl<'a> InFlight<'a> {
     pub(super) fn start(
-        counter: opentelemetry::metrics::UpDownCounter<i64>,
-        attributes: Arc<[KeyValue]>,
+        counter: &'a opentelemetry::metrics::UpDownCounter<i64>,
+        attributes: &'a [KeyValue],
     ) -> Self {
-        counter.add(1, &attributes);
+        counter.add(1, attributes);
         Self {
             counter,
             attributes,
@@ -29,9 +30,9 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.counter.add(-1, &self.attributes);
+        self.counter.add(-1, self.attributes);
     }
 }
 

@@ -69,7 +69,7 @@ where
     tokio::pin!(call);
     // Most handlers finish on their first poll: no timers for them, and the
     // waiting is boxed, so every delivery's future does not carry its size
-    // (the runner moves each one into its set of running handlers).
+    // (the runner moves each one into the slot it starts in).
     if let Some(caught) = call.as_mut().now_or_never() {
         return caught.into();
     }

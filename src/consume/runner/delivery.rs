@@ -55,7 +55,8 @@ pub(super) enum Decision {
 /// What needs no waiting (metadata, span, decoding) is done here, before
 /// the future is made: the future then holds only what the handler and
 /// the settling need, and every running delivery's future is that much
-/// smaller (the runner moves each into its set of running handlers).
+/// smaller (the runner moves each into the slot it starts in, see
+/// `slot`).
 pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
     message: D,
     shared: Arc<Runtime<S>>,
@@ -254,7 +255,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
         shared.handlers.has_layers(),
     );
     let started = std::time::Instant::now();
-    let in_flight = InFlight::start(metrics.handlers_in_flight.clone(), attributes.clone());
+    let in_flight = InFlight::start(&metrics.handlers_in_flight, attributes);
     let keep_alive = KeepAlive {
         message,
         interval: shared.progress_interval,

@@ -11,6 +11,7 @@ mod progress;
 mod pulls;
 mod settle;
 mod shutdown;
+mod slot;
 mod unhandled;
 mod waiting;
 
@@ -39,6 +40,7 @@ use delivery::process;
 use health::{watchdog, Health, Recovery};
 use pulls::{classify, connected, Inbox, Incoming, PullStatus, Pulls};
 use shutdown::shutdown;
+use slot::{start, Running};
 use waiting::{keep_waiting_alive, Waiting};
 
 use crate::consume::settle_report::SettleReporter;
@@ -170,7 +172,8 @@ where
     let expiry = shared.settings.pull_expiry;
     let careful_period = shared.settings.redelivery_period() + CAREFUL_MARGIN;
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = FuturesUnordered::new();
+    let mut tasks: Running<_> = FuturesUnordered::new();
+    let mut spare = None;
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
     let mut waiting: VecDeque<Waiting<NatsDelivery>> = VecDeque::new();
@@ -203,12 +206,19 @@ where
     tokio::pin!(stopping);
 
     let result = 'pulling: loop {
-        while tasks.len() < concurrency {
+        // As many deliveries start per pass as there are free handlers,
+        // whether or not they finish at once.
+        for _ in tasks.len()..concurrency {
             let Some(next) = waiting.pop_front() else {
                 break;
             };
-            tasks.push(process(next.message, shared.clone(), stopped.clone()));
+            start(
+                &mut tasks,
+                &mut spare,
+                process(next.message, shared.clone(), stopped.clone()),
+            );
         }
+        let more_to_start = !waiting.is_empty() && tasks.len() < concurrency;
 
         // The pulls of a lost connection are gone or answered into it; so
         // may be an event that broke it (async-nats drops the connection on
@@ -327,6 +337,9 @@ where
             Some(()) = tasks.next(), if !tasks.is_empty() => {
                 while let Some(Some(())) = tasks.next().now_or_never() {}
             }
+            // The deliveries of the last pass finished when they started:
+            // their slots take the next waiting events.
+            () = std::future::ready(()), if more_to_start => {}
             incoming = inbox.subscription.next() => {
                 // Take what else is already here in the same turn: one pass
                 // of this loop per batch rather than per event.
