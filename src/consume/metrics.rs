@@ -11,13 +11,13 @@ use opentelemetry::KeyValue;
 
 /// One running handler in the in-flight gauge, taken out again when dropped
 /// (also when the task is aborted).
-pub(super) struct InFlight {
+pub(crate) struct InFlight {
     counter: opentelemetry::metrics::UpDownCounter<i64>,
     attributes: Arc<[KeyValue]>,
 }
 
 impl InFlight {
-    pub(super) fn start(
+    pub(crate) fn start(
         counter: opentelemetry::metrics::UpDownCounter<i64>,
         attributes: Arc<[KeyValue]>,
     ) -> Self {
