@@ -355,8 +355,7 @@ impl EventStore {
                     let guess_was_stale = tip_from == TipFrom::Remembered
                         && expected == Expected::Version(now.version);
                     tip_from = TipFrom::Read;
-                    if !(overtaken_may_retry || guess_was_stale)
-                        || overtaken >= OVERTAKEN_ATTEMPTS
+                    if !(overtaken_may_retry || guess_was_stale) || overtaken >= OVERTAKEN_ATTEMPTS
                     {
                         return Err(Error::with_source(
                             AppendErrorKind::Conflict {

@@ -54,7 +54,10 @@ impl KnownPositions {
     /// position.
     pub(super) fn remember(&self, filter: &str, position: Position) {
         // A panic while holding the lock cannot leave the map half-written.
-        let mut by_filter = self.by_filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut by_filter = self
+            .by_filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(known) = by_filter.get_mut(filter) {
             if position.sequence >= known.sequence {
                 *known = position;
@@ -70,7 +73,10 @@ impl KnownPositions {
     /// Where the aggregate of `filter` was last seen, if it was at
     /// `version` then.
     pub(super) fn at_version(&self, filter: &str, version: u64) -> Option<Position> {
-        let by_filter = self.by_filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let by_filter = self
+            .by_filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         by_filter
             .get(filter)
             .filter(|known| known.version == version)
@@ -113,7 +119,10 @@ mod tests {
             known.remember(&n.to_string(), at(1, n + 1));
         }
         known.remember("one more", at(1, 1));
-        let by_filter = known.by_filter.lock().unwrap_or_else(PoisonError::into_inner);
+        let by_filter = known
+            .by_filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         assert_eq!(by_filter.len(), 1);
     }
 }
