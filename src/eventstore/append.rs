@@ -111,6 +111,10 @@ impl EventStore {
     /// Appends `events` to the instance `key` of `A` if it is as `expected`.
     /// All of them are stored, one after the other with no other event
     /// between them, or none.
+    ///
+    /// `Expected::Version` at a version this store (or a clone) saw the
+    /// aggregate at, by loading it or appending to it, sends the append
+    /// at once; another version is looked up first (one direct get).
     pub async fn append<A: Aggregate>(
         &self,
         key: &str,
