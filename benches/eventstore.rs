@@ -17,8 +17,11 @@
 //!   loaded `JE_BENCH_ES_LOADS` (default 10) times from its events alone,
 //!   then from a snapshot 100 events before its end.
 //!
-//! - `JE_BENCH_ES_CASES` (default `1,10,load`): which of the three run
-//!   (for a profile of one case).
+//! - `JE_BENCH_ES_CASES` (default `1,10,load`): which of them run (for a
+//!   profile of one case). Opt-in: `1v` and `10v`, the same appends
+//!   through `EventStore::append` with `Expected::Version` (the version of
+//!   the store's previous append), as a service appends after loading and
+//!   deciding.
 //!
 //! Prints appends per second of each side, the ratio jetevents/raw, the
 //! client CPU per append of each side (process CPU time, which barely moves
@@ -88,16 +91,36 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
+/// How the jetevents side names where it appends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// `append_at` the previous append's position.
+    Position,
+    /// `append` with `Expected::Version` of the previous append.
+    Version,
+}
+
 /// `appends` appends of `events` events each to a new aggregate through
 /// the event store, each after the last.
-async fn jetevents_appends(store: &EventStore, key: &str, appends: usize, events: usize) {
+async fn jetevents_appends(
+    store: &EventStore,
+    key: &str,
+    appends: usize,
+    events: usize,
+    guard: Guard,
+) {
     let batch = added(events);
     let mut position = Position::default();
     for _ in 0..appends {
-        let appended = store
-            .append_at::<Counter>(key, &batch, position)
-            .await
-            .unwrap();
+        let appended = match guard {
+            Guard::Position => store.append_at::<Counter>(key, &batch, position).await,
+            Guard::Version => {
+                store
+                    .append::<Counter>(key, batch.clone(), Expected::Version(position.version))
+                    .await
+            }
+        }
+        .unwrap();
         position = Position {
             version: appended.version,
             sequence: appended.sequence,
@@ -209,6 +232,7 @@ async fn compare_appends(
     nats: &async_nats::Client,
     jetstream: &async_nats::jetstream::Context,
     events: usize,
+    guard: Guard,
 ) {
     let appends = env("JE_BENCH_ES_APPENDS", 2000);
     let rounds = env("JE_BENCH_ES_ROUNDS", 5);
@@ -216,11 +240,12 @@ async fn compare_appends(
     let (mut our_cpu, mut their_cpu) = (Duration::ZERO, Duration::ZERO);
     for round in 0..rounds {
         for side in [round % 2, (round + 1) % 2] {
-            let key = format!("r{round}-s{side}-e{events}");
+            let via = if guard == Guard::Version { "v" } else { "" };
+            let key = format!("r{round}-s{side}-e{events}{via}");
             let started = Instant::now();
             let cpu = common::process_cpu();
             if side == 0 {
-                jetevents_appends(store, &key, appends, events).await;
+                jetevents_appends(store, &key, appends, events, guard).await;
                 ours.push(started.elapsed());
                 our_cpu += common::process_cpu() - cpu;
             } else {
@@ -233,8 +258,12 @@ async fn compare_appends(
     let per_second = |elapsed: Duration| appends as f64 / elapsed.as_secs_f64();
     let (ours, theirs) = (per_second(median(ours)), per_second(median(theirs)));
     let per_append = |cpu: Duration| cpu.as_secs_f64() * 1e6 / (appends * rounds) as f64;
+    let via = match guard {
+        Guard::Position => "append_at",
+        Guard::Version => "Expected::Version",
+    };
     println!(
-        "{events:>2}-event appends, {appends} x {rounds} rounds: jetevents {ours:>8.0}/s  \
+        "{events:>2}-event appends ({via}), {appends} x {rounds} rounds: jetevents {ours:>8.0}/s  \
          raw {theirs:>8.0}/s  ratio {:.2}  client CPU per append: jetevents {:.1} us, \
          raw {:.1} us",
         ours / theirs,
@@ -309,7 +338,10 @@ async fn main() {
     let runs = |case: &str| cases.split(',').any(|listed| listed.trim() == case);
     for events in [1, 10] {
         if runs(&events.to_string()) {
-            compare_appends(&store, &nats, &jetstream, events).await;
+            compare_appends(&store, &nats, &jetstream, events, Guard::Position).await;
+        }
+        if runs(&format!("{events}v")) {
+            compare_appends(&store, &nats, &jetstream, events, Guard::Version).await;
         }
     }
     if runs("load") {

@@ -179,6 +179,26 @@ impl Metrics {
     pub fn global() -> Self {
         Self::new(&opentelemetry::global::meter(SCOPE))
     }
+
+    // What the library records per event, defined once here: the publisher
+    // and the consumer's runner call these, and so does [`PerEventRecords`]
+    // (the compare benchmark's floor), so the two cannot drift apart.
+
+    /// Every settled publish: its duration, retries included.
+    pub(crate) fn record_publish_duration(&self, seconds: f64, attributes: &PublishAttributes) {
+        self.operation_duration
+            .record(seconds, attributes.as_slice());
+    }
+
+    /// Every delivery, as it arrives.
+    pub(crate) fn record_consumed(&self, attributes: &[KeyValue]) {
+        self.consumed.add(1, attributes);
+    }
+
+    /// Every delivery handled without error: how long its handler took.
+    pub(crate) fn record_processed(&self, seconds: f64, attributes: &[KeyValue]) {
+        self.process_duration.record(seconds, attributes);
+    }
 }
 
 /// The attributes of a publish measurement, on the stack: every publish
@@ -210,25 +230,89 @@ pub(crate) fn publish_attributes(
     }
 }
 
+/// Counter updates of `publish_many` held back to be added once per burst
+/// rather than once per event: each `add` hashes its attributes and looks
+/// its series up. Sums are unchanged; the window gauge moves by bursts.
+/// Added when dropped too, so a cancelled `publish_many` loses no count.
+pub(crate) struct HeldBackCounts {
+    metrics: Metrics,
+    /// Events sent, awaiting their ack, minus those settled.
+    window: i64,
+    /// Events stored, all with the same `sent` attributes.
+    stored: u64,
+    /// Their `sent` attributes (the event type is the same for a whole
+    /// `publish_many`).
+    stored_attributes: Option<PublishAttributes>,
+}
+
+impl HeldBackCounts {
+    pub(crate) fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            window: 0,
+            stored: 0,
+            stored_attributes: None,
+        }
+    }
+
+    /// An event was sent: one more ack awaited.
+    pub(crate) fn sent(&mut self) {
+        self.window += 1;
+    }
+
+    /// An event's ack was awaited (stored, failed or to be retried).
+    pub(crate) fn settled(&mut self) {
+        self.window -= 1;
+    }
+
+    /// An event was stored; `attributes` are its `sent` attributes.
+    pub(crate) fn stored(&mut self, attributes: PublishAttributes) {
+        self.stored += 1;
+        self.stored_attributes.get_or_insert(attributes);
+    }
+
+    /// Adds the held-back counts to their counters.
+    pub(crate) fn add(&mut self) {
+        if self.window != 0 {
+            self.metrics.publish_window.add(self.window, &[]);
+            self.window = 0;
+        }
+        if let (stored @ 1.., Some(attributes)) = (self.stored, &self.stored_attributes) {
+            self.metrics.sent.add(stored, attributes.as_slice());
+            self.stored = 0;
+        }
+    }
+}
+
+impl Drop for HeldBackCounts {
+    fn drop(&mut self) {
+        self.add();
+    }
+}
+
 /// The metric records of one event and nothing else: what the compare
-/// benchmark's observability floor measures. Mirrors what `publish_many`
-/// and the consumer's runner record per event (same instruments, same
-/// attributes); keep it in step with `publish/pipeline.rs`,
-/// `publish/attempt.rs` and `consume/runner/delivery.rs`.
+/// benchmark's observability floor measures. Built from the same pieces
+/// the library records with ([`Metrics`]' `record_*` methods, the held-back
+/// counts of `publish_many`, the consumer's in-flight gauge and metric
+/// attributes), in the order `publish_many` and the consumer's runner call
+/// them for a successful event.
 #[doc(hidden)]
 pub struct PerEventRecords {
     metrics: Metrics,
     event_type: &'static str,
     /// Events of the current burst (`publish`).
     in_burst: std::cell::Cell<u64>,
+    counts: std::cell::RefCell<HeldBackCounts>,
     process_attributes: std::sync::Arc<[KeyValue]>,
 }
 
 impl PerEventRecords {
     /// The records of events of `event_type`, consumed by `group`.
     pub fn new(meter: &Meter, event_type: &'static str, group: &str) -> Self {
+        let metrics = Metrics::new(meter);
         Self {
-            metrics: Metrics::new(meter),
+            counts: std::cell::RefCell::new(HeldBackCounts::new(metrics.clone())),
+            metrics,
             event_type,
             in_burst: std::cell::Cell::new(0),
             process_attributes: crate::consume::metrics::metric_attributes(group, event_type, None)
@@ -236,30 +320,71 @@ impl PerEventRecords {
         }
     }
 
-    /// What a successful event of `publish_many` records: its duration;
-    /// the counters are added once per burst of `burst` events.
+    /// What a successful event of `publish_many` records, sent in bursts
+    /// of `burst` events: its duration, and its share of the counts added
+    /// once per burst.
     pub fn publish(&self, seconds: f64, burst: u64) {
-        let metrics = &self.metrics;
-        let attributes = publish_attributes(self.event_type, None);
-        metrics
-            .operation_duration
-            .record(seconds, attributes.as_slice());
-        self.in_burst.set(self.in_burst.get() + 1);
-        if self.in_burst.get() == burst {
-            self.in_burst.set(0);
-            metrics.publish_window.add(0, &[]);
-            metrics.sent.add(burst, attributes.as_slice());
+        let mut counts = self.counts.borrow_mut();
+        if self.in_burst.get() == 0 {
+            // The burst is sent, then its counts so far are added.
+            for _ in 0..burst {
+                counts.sent();
+            }
+            counts.add();
         }
+        self.in_burst.set((self.in_burst.get() + 1) % burst.max(1));
+        let attributes = publish_attributes(self.event_type, None);
+        self.metrics.record_publish_duration(seconds, &attributes);
+        counts.settled();
+        counts.stored(attributes);
     }
 
     /// What a successfully handled delivery records.
     pub fn process(&self, seconds: f64) {
-        let metrics = &self.metrics;
-        metrics.consumed.add(1, &self.process_attributes);
-        metrics.handlers_in_flight.add(1, &self.process_attributes);
-        metrics.handlers_in_flight.add(-1, &self.process_attributes);
-        metrics
-            .process_duration
-            .record(seconds, &self.process_attributes);
+        let attributes = &self.process_attributes;
+        self.metrics.record_consumed(attributes);
+        let in_flight =
+            crate::consume::metrics::InFlight::start(&self.metrics.handlers_in_flight, attributes);
+        drop(in_flight);
+        self.metrics.record_processed(seconds, attributes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::{publish_attributes, HeldBackCounts, Metrics, SCOPE};
+    use opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    /// A `publish_many` dropped with counts held back (cancelled between
+    /// bursts) still adds them.
+    #[test]
+    fn held_back_counts_are_added_when_dropped() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let mut counts = HeldBackCounts::new(Metrics::new(&provider.meter(SCOPE)));
+        for _ in 0..3 {
+            counts.stored(publish_attributes("shop.order.placed.v1", None));
+        }
+        drop(counts);
+        provider.force_flush().unwrap();
+        let exported = exporter.get_finished_metrics().unwrap();
+        let sent: u64 = exported
+            .iter()
+            .flat_map(|resource| resource.scope_metrics())
+            .flat_map(|scope| scope.metrics())
+            .filter(|metric| metric.name() == "messaging.client.sent.messages")
+            .map(|metric| match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    sum.data_points().map(|point| point.value()).sum::<u64>()
+                }
+                other => panic!("not a u64 sum: {other:?}"),
+            })
+            .sum();
+        assert_eq!(sent, 3);
     }
 }

@@ -309,3 +309,108 @@ async fn a_stream_without_atomic_publish_refuses_multi_event_appends_and_says_ho
         .await
         .unwrap();
 }
+
+/// The JetStream API requests about `stream` (direct gets of the last
+/// event, stream infos, consumers) a plain subscriber sees on the server.
+struct StreamRequests {
+    nats: async_nats::Client,
+    requests: async_nats::Subscriber,
+    stream: String,
+}
+
+impl StreamRequests {
+    async fn watch(url: &str, stream: &str) -> StreamRequests {
+        let nats = async_nats::connect(url).await.unwrap();
+        let requests = nats.subscribe("$JS.API.>").await.unwrap();
+        nats.flush().await.unwrap();
+        StreamRequests {
+            nats,
+            requests,
+            stream: stream.to_owned(),
+        }
+    }
+
+    /// The requests about the stream since the last call. The server copies
+    /// a request to this subscriber as it routes it, before answering it:
+    /// once the caller has its answer, a round trip here brings them all.
+    async fn since_last(&mut self) -> Vec<String> {
+        use futures_util::FutureExt;
+        use futures_util::StreamExt;
+        self.nats.flush().await.unwrap();
+        let mut about_stream = Vec::new();
+        while let Some(Some(request)) = self.requests.next().now_or_never() {
+            if request.subject.split('.').any(|token| token == self.stream) {
+                about_stream.push(request.subject.to_string());
+            }
+        }
+        about_stream
+    }
+}
+
+/// Load (or append), decide, append at that version: the store knows where
+/// the aggregate stood and sends the append alone, no read of its last
+/// event first. A writer it did not see still gets a typed conflict, and
+/// nothing of the refused append is stored.
+#[tokio::test]
+async fn an_append_at_a_version_the_store_saw_reads_nothing_first() {
+    let server = shared_server().await;
+    let (client, store) = eventstore_support::fresh_store().await;
+    let mut requests = StreamRequests::watch(&server.url(), store.stream()).await;
+
+    store
+        .append::<Account>("g", deposits([1]), Expected::NoStream)
+        .await
+        .unwrap();
+    requests.since_last().await;
+    // After its own append.
+    store
+        .append::<Account>("g", deposits([2, 3]), Expected::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(requests.since_last().await, Vec::<String>::new());
+
+    // After a load, by another store of the same stream (the cached view is
+    // the store's, shared by its clones).
+    let other = EventStore::new(client.clone(), store.stream());
+    let loaded = other.load::<Account>("g").await.unwrap();
+    assert_eq!(loaded.version, 3);
+    requests.since_last().await;
+    let appended = other
+        .append::<Account>("g", deposits([4]), Expected::Version(loaded.version))
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 4);
+    assert_eq!(requests.since_last().await, Vec::<String>::new());
+
+    // `store` saw version 3, `other` appended the 4th: the server refuses
+    // the stale guess and the store reads where the aggregate is.
+    let err = store
+        .append::<Account>("g", deposits([5, 6]), Expected::Version(3))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err.kind()), 4);
+    assert!(
+        !requests.since_last().await.is_empty(),
+        "the conflict is decided on a read of the last event"
+    );
+    assert_eq!(world_versions(&client, &store).await, [1, 2, 3, 4]);
+
+    // A version this store never saw is looked up, as before: the
+    // subscriber does see those reads.
+    let fresh = EventStore::new(client.clone(), store.stream());
+    requests.since_last().await;
+    fresh
+        .append::<Account>("g", deposits([5]), Expected::Version(4))
+        .await
+        .unwrap();
+    assert!(!requests.since_last().await.is_empty());
+    assert_eq!(world_versions(&client, &store).await, [1, 2, 3, 4, 5]);
+}
+
+async fn world_versions(client: &jetevents::client::Client, store: &EventStore) -> Vec<u64> {
+    stored_messages(client, store, "g")
+        .await
+        .into_iter()
+        .map(|(_, _, version)| version)
+        .collect()
+}

@@ -12,13 +12,13 @@ use opentelemetry::KeyValue;
 /// One running handler in the in-flight gauge, taken out again when dropped
 /// (also when the task is aborted). Borrows the gauge and the attributes
 /// its delivery holds anyway: no reference counts to take per delivery.
-pub(super) struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     counter: &'a opentelemetry::metrics::UpDownCounter<i64>,
     attributes: &'a [KeyValue],
 }
 
 impl<'a> InFlight<'a> {
-    pub(super) fn start(
+    pub(crate) fn start(
         counter: &'a opentelemetry::metrics::UpDownCounter<i64>,
         attributes: &'a [KeyValue],
     ) -> Self {

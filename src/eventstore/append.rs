@@ -67,6 +67,18 @@ pub struct Appended {
     pub sequence: u64,
 }
 
+/// Where the position an append is guarded by comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TipFrom {
+    /// Read from the stream for this append.
+    Read,
+    /// Where this store last saw the aggregate (see `positions.rs`).
+    Remembered,
+    /// Given by the caller ([`EventStore::append_at`]): the server alone
+    /// checks it.
+    Caller,
+}
+
 /// The events of one append, and what writes their messages for each
 /// attempt.
 struct Batch<'a> {
@@ -99,6 +111,10 @@ impl EventStore {
     /// Appends `events` to the instance `key` of `A` if it is as `expected`.
     /// All of them are stored, one after the other with no other event
     /// between them, or none.
+    ///
+    /// `Expected::Version` at a version this store (or a clone) saw the
+    /// aggregate at, by loading it or appending to it, sends the append
+    /// at once; another version is looked up first (one direct get).
     pub async fn append<A: Aggregate>(
         &self,
         key: &str,
@@ -120,9 +136,16 @@ impl EventStore {
         let mut batch = self.prepare::<A>(key, &events, options)?;
         let tip = match expected {
             Expected::NoStream | Expected::Version(0) => Tip::default(),
-            Expected::Any | Expected::Exists | Expected::Version(_) => {
+            Expected::Version(version) => {
+                // Seen at this version: the server checks the rest.
+                if let Some(known) = self.positions.at_version(&batch.filter, version) {
+                    return self
+                        .append_batch(&mut batch, known, expected, TipFrom::Remembered)
+                        .await;
+                }
                 self.tip(&batch.filter).await.map_err(other)?
             }
+            Expected::Any | Expected::Exists => self.tip(&batch.filter).await.map_err(other)?,
         };
         let holds = match expected {
             Expected::Any => true,
@@ -142,7 +165,8 @@ impl EventStore {
                 actual: tip.version,
             }));
         }
-        self.append_batch(&mut batch, tip, expected).await
+        self.append_batch(&mut batch, tip, expected, TipFrom::Read)
+            .await
     }
 
     /// Appends `events` right after `position` (from
@@ -156,8 +180,13 @@ impl EventStore {
         position: Position,
     ) -> Result<Appended, AppendError> {
         let mut batch = self.prepare::<A>(key, events, AppendOptions::default())?;
-        self.append_batch(&mut batch, position, Expected::Version(position.version))
-            .await
+        self.append_batch(
+            &mut batch,
+            position,
+            Expected::Version(position.version),
+            TipFrom::Caller,
+        )
+        .await
     }
 
     fn prepare<'a, A: Aggregate>(
@@ -287,6 +316,7 @@ impl EventStore {
         batch: &mut Batch<'_>,
         mut tip: Tip,
         expected: Expected,
+        mut tip_from: TipFrom,
     ) -> Result<Appended, AppendError> {
         let overtaken_may_retry = matches!(expected, Expected::Any | Expected::Exists);
         let mut unanswered = 0;
@@ -298,7 +328,17 @@ impl EventStore {
                 .send_batch(self.messages(batch, tip)?)
                 .await;
             let failure = match sent {
-                Ok(stored) => return Ok(appended(batch, tip, stored)),
+                Ok(stored) => {
+                    let appended = appended(batch, tip, stored);
+                    self.positions.remember(
+                        &batch.filter,
+                        Tip {
+                            version: appended.version,
+                            sequence: appended.sequence,
+                        },
+                    );
+                    return Ok(appended);
+                }
                 Err(failure) => failure,
             };
             match failure.kind {
@@ -313,7 +353,14 @@ impl EventStore {
                     }
                     let now = self.tip(&batch.filter).await.map_err(other)?;
                     overtaken += 1;
-                    if !overtaken_may_retry || overtaken >= OVERTAKEN_ATTEMPTS {
+                    // A remembered position at the expected version whose
+                    // sequence is not the last one any more: the read
+                    // decides, as it would have without the guess.
+                    let guess_was_stale = tip_from == TipFrom::Remembered
+                        && expected == Expected::Version(now.version);
+                    tip_from = TipFrom::Read;
+                    if !(overtaken_may_retry || guess_was_stale) || overtaken >= OVERTAKEN_ATTEMPTS
+                    {
                         return Err(Error::with_source(
                             AppendErrorKind::Conflict {
                                 expected,

@@ -24,6 +24,13 @@
 //!   start, a stream sequence or a point in time, catching up or live.
 //! - [`EventStore::execute`] loads, decides and appends, retrying a bounded
 //!   number of times when another writer got there first.
+//! - An append with [`Expected::Version`] needs the stream sequence of the
+//!   aggregate's last event (the server checks sequences, not versions).
+//!   The store remembers where it last saw each aggregate (loaded or
+//!   appended to), so that load, decide, append at the loaded version
+//!   reads nothing more; when another writer appended since, the server
+//!   refuses the guess and the store reads the last event as before (see
+//!   `positions.rs`).
 //!
 //! - [`projection`]: read models fed by an aggregate type's events, each
 //!   applied once, with a checkpoint, a lease and rebuilds.
@@ -44,12 +51,14 @@ mod command;
 mod error;
 mod load;
 mod outgoing;
+mod positions;
 pub mod projection;
 mod read;
 mod replay;
 mod snapshot;
 mod upcast;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use aggregate::Aggregate;
@@ -176,6 +185,8 @@ pub struct EventStore {
     client: Client,
     stream: String,
     snapshots: Option<Snapshots>,
+    /// Shared by its clones: what one loads, another can append after.
+    positions: Arc<positions::KnownPositions>,
 }
 
 /// Why provisioning the store failed.
@@ -204,6 +215,7 @@ impl EventStore {
             client,
             stream: stream.into(),
             snapshots: None,
+            positions: Arc::default(),
         }
     }
 

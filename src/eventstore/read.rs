@@ -156,13 +156,15 @@ impl EventStore {
             .last_message(&self.stream, filter)
             .await
             .map_err(read_error)?;
-        Ok(last.map_or_else(Tip::default, |last| {
+        let tip = last.map_or_else(Tip::default, |last| {
             let last = StoredEvent::from(last);
             Tip {
                 version: last.version,
                 sequence: last.sequence,
             }
-        }))
+        });
+        self.positions.remember(filter, tip);
+        Ok(tip)
     }
 
     /// Up to `limit` events of `filter` after stream sequence `after`, one

@@ -50,10 +50,9 @@ impl Publisher {
         }
         let attributes =
             crate::metrics::publish_attributes(prepared.metric_type.clone(), error_type);
-        self.client.metrics().operation_duration.record(
-            prepared.started.elapsed().as_secs_f64(),
-            attributes.as_slice(),
-        );
+        self.client
+            .metrics()
+            .record_publish_duration(prepared.started.elapsed().as_secs_f64(), &attributes);
         attributes
     }
 
@@ -147,7 +146,7 @@ impl Publisher {
         let (headers, payload) = self.wire(prepared).map_err(AttemptError::Final)?;
         self.client
             .transport()
-            .send(prepared.subject.clone(), headers, payload)
+            .send(&prepared.subject, headers, payload)
             .await
             .map_err(|err| self.classify(prepared, err))
     }

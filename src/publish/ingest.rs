@@ -12,8 +12,7 @@ use super::one_stream::Capture;
 use super::prepare::{event_type_of, OneType, Prepared};
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher, Receipt};
 use crate::event::Event;
-use crate::transport::fast_ingest::{Ended, FastBatch, Started};
-use crate::transport::BatchMessage;
+use crate::transport::fast_ingest::{Ended, FastBatch, FastMessage, Started};
 
 /// Acks in flight when [`Publisher::ingest`] falls back to
 /// [`Publisher::publish_many`].
@@ -194,8 +193,8 @@ impl Publisher {
                 },
             };
             let message = match self.wire(&mut prepared) {
-                Ok((headers, payload)) => BatchMessage {
-                    subject: prepared.subject.clone(),
+                Ok((headers, payload)) => FastMessage {
+                    subject: &prepared.subject,
                     headers,
                     payload,
                 },
@@ -261,7 +260,7 @@ impl Publisher {
                     let persisted = open.persisted();
                     self.confirm(&mut ingest, persisted);
                 }
-                Err((end, _)) => {
+                Err(end) => {
                     // Not sent: first in line for the next batch.
                     ingest.resend.push_front((index, prepared));
                     batch = None;

@@ -12,6 +12,7 @@ use super::prepare::{OneType, Prepared};
 use super::{PublishError, PublishErrorKind, PublishOptions, Publisher, Receipt};
 use crate::client::PermissionViolation;
 use crate::event::Event;
+use crate::metrics::HeldBackCounts;
 use crate::transport::{PendingStore, StoreFailure, StoreFailureKind};
 
 /// Events prepared before they are sent together: an eighth of the window,
@@ -36,43 +37,8 @@ struct Pipeline<'a> {
     /// moving a timer forward does not touch the runtime's timer wheel,
     /// where a timer per ack would register and deregister every time.
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// Counts not yet added to their counters, see [`Uncounted`].
-    uncounted: Uncounted,
-}
-
-/// Counter updates held back to be added once per burst rather than once
-/// per event: each `add` hashes its attributes and looks its series up.
-/// Sums are unchanged; the window gauge moves by bursts. Added when
-/// dropped too, so a cancelled `publish_many` loses no count.
-struct Uncounted {
-    metrics: crate::metrics::Metrics,
-    /// Events sent, awaiting their ack, minus those settled.
-    window: i64,
-    /// Events stored, all with the same `sent` attributes.
-    stored: u64,
-    /// Their `sent` attributes (the event type is the same for a whole
-    /// `publish_many`).
-    stored_attributes: Option<crate::metrics::PublishAttributes>,
-}
-
-impl Uncounted {
-    /// Adds the held-back counts to their counters.
-    fn add(&mut self) {
-        if self.window != 0 {
-            self.metrics.publish_window.add(self.window, &[]);
-            self.window = 0;
-        }
-        if let (stored @ 1.., Some(attributes)) = (self.stored, &self.stored_attributes) {
-            self.metrics.sent.add(stored, attributes.as_slice());
-            self.stored = 0;
-        }
-    }
-}
-
-impl Drop for Uncounted {
-    fn drop(&mut self) {
-        self.add();
-    }
+    /// Counts not yet added to their counters.
+    uncounted: HeldBackCounts,
 }
 
 impl Publisher {
@@ -114,12 +80,7 @@ impl Publisher {
             in_flight: VecDeque::with_capacity(window),
             violations: self.client.permission_violations(),
             deadline: Box::pin(tokio::time::sleep(self.client.config().ack_timeout)),
-            uncounted: Uncounted {
-                metrics: self.client.metrics().clone(),
-                window: 0,
-                stored: 0,
-                stored_attributes: None,
-            },
+            uncounted: HeldBackCounts::new(self.client.metrics().clone()),
         };
 
         let burst = send_burst(window);
@@ -182,7 +143,7 @@ impl Publisher {
             prepared.started = std::time::Instant::now();
             match self.send(&mut prepared).await {
                 Ok(ack) => {
-                    pipeline.uncounted.window += 1;
+                    pipeline.uncounted.sent();
                     pipeline.in_flight.push_back((index, prepared, ack));
                 }
                 Err(AttemptError::Final(err)) => {
@@ -238,7 +199,7 @@ impl Publisher {
                 },
             }),
         };
-        pipeline.uncounted.window -= 1;
+        pipeline.uncounted.settled();
         let result = match outcome {
             Ok(ack) => Ok(ack),
             Err(AttemptError::Final(err)) => Err(err),
@@ -251,56 +212,10 @@ impl Publisher {
         match &result {
             Ok(_) => {
                 let attributes = self.record_settled(&prepared, None);
-                let uncounted = &mut pipeline.uncounted;
-                uncounted.stored += 1;
-                uncounted.stored_attributes.get_or_insert(attributes);
+                pipeline.uncounted.stored(attributes);
             }
             Err(err) => self.record(&prepared, Some(err)),
         }
         pipeline.results[index] = Some(settled(prepared, result));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
-    use super::Uncounted;
-    use opentelemetry::metrics::MeterProvider;
-    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-
-    /// A `publish_many` dropped with counts held back (cancelled between
-    /// bursts) still adds them.
-    #[test]
-    fn held_back_counts_are_added_when_dropped() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let metrics = crate::metrics::Metrics::new(&provider.meter(crate::metrics::SCOPE));
-        drop(Uncounted {
-            metrics,
-            window: 0,
-            stored: 3,
-            stored_attributes: Some(crate::metrics::publish_attributes(
-                "shop.order.placed.v1",
-                None,
-            )),
-        });
-        provider.force_flush().unwrap();
-        let exported = exporter.get_finished_metrics().unwrap();
-        let sent: u64 = exported
-            .iter()
-            .flat_map(|resource| resource.scope_metrics())
-            .flat_map(|scope| scope.metrics())
-            .filter(|metric| metric.name() == "messaging.client.sent.messages")
-            .map(|metric| match metric.data() {
-                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
-                    sum.data_points().map(|point| point.value()).sum::<u64>()
-                }
-                other => panic!("not a u64 sum: {other:?}"),
-            })
-            .sum();
-        assert_eq!(sent, 3);
     }
 }

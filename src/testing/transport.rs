@@ -22,15 +22,15 @@ use crate::transport::{
 };
 
 impl Transport for MemoryJetStream {
-    fn send(
-        &self,
-        subject: String,
+    fn send<'a>(
+        &'a self,
+        subject: &'a str,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>> {
+    ) -> BoxFuture<'a, Result<PendingStore, StoreFailure>> {
         // Stored at once: the answer is there before the caller awaits it.
         let stored = self
-            .publish(&subject, Some(&headers), payload)
+            .publish(subject, Some(&headers), payload)
             .map(|ack| Stored {
                 stream: ack.stream,
                 sequence: ack.sequence,

@@ -105,7 +105,7 @@ pub(crate) fn send_single<T: Transport + ?Sized>(
         };
         let stored = async {
             let pending = transport
-                .send(message.subject, message.headers, message.payload)
+                .send(&message.subject, message.headers, message.payload)
                 .await?;
             pending.await
         }

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 
 use super::message_buffer::MessageBuffer;
-use super::{BatchMessage, StoreFailure, StoreFailureKind, Stored};
+use super::{StoreFailure, StoreFailureKind, Stored};
 use crate::error::BoxError;
 
 /// The stride asked for: the server acknowledges at most every this many
@@ -49,6 +49,16 @@ const OP_PING: u8 = 4;
 
 /// JetStream's "batch publish not enabled on stream".
 const BATCH_PUBLISH_DISABLED: u64 = 10205;
+
+/// One message of a batch. The subject is borrowed from the event it
+/// carries (the publisher keeps it for the receipt, or to send the event
+/// again): it is copied into the batch's subject buffer as it goes out.
+#[derive(Debug)]
+pub(crate) struct FastMessage<'a> {
+    pub(crate) subject: &'a str,
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
+}
 
 /// Starts fast-ingest batches on a NATS connection.
 #[derive(Clone, Debug)]
@@ -116,7 +126,7 @@ impl FastBatches {
     /// Opens a batch with its first message and waits for the server's
     /// answer, which says whether the stream takes fast batches and at
     /// what stride.
-    pub(crate) async fn start(&self, first: BatchMessage) -> Started {
+    pub(crate) async fn start(&self, first: FastMessage<'_>) -> Started {
         let inbox = self.nats.new_inbox();
         let subscription = match self.nats.subscribe(format!("{inbox}.>")).await {
             Ok(subscription) => subscription,
@@ -132,7 +142,7 @@ impl FastBatches {
             sent: 0,
             persisted: 0,
             stride: 1,
-            ping_subject: first.subject.clone(),
+            ping_subject: first.subject.to_owned(),
             refused: None,
             end: None,
         };
@@ -204,15 +214,11 @@ impl FastBatch {
     }
 
     /// Sends the next message, first waiting while the server is more
-    /// than two strides behind. Returns the batch's end instead, and the
+    /// than two strides behind. Returns the batch's end instead, with the
     /// message unsent, when the server ended it (a refused message) or
     /// went silent.
-    /// On success, the message's batch sequence. On failure the message
-    /// was not sent, and comes back unless the connection took it down.
-    pub(crate) async fn append(
-        &mut self,
-        message: BatchMessage,
-    ) -> Result<u64, (Ended, Option<BatchMessage>)> {
+    /// On success, the message's batch sequence.
+    pub(crate) async fn append(&mut self, message: FastMessage<'_>) -> Result<u64, Ended> {
         self.take_ready_replies();
         // After a refusal the server takes nothing more: wait for its
         // PubAck, which comes once what it took is persisted.
@@ -222,11 +228,11 @@ impl FastBatch {
             self.await_reply().await;
         }
         if let Some(end) = self.end.take() {
-            return Err((end, Some(message)));
+            return Err(end);
         }
         match self.publish(message, OP_APPEND).await {
             Ok(()) => Ok(self.sent),
-            Err(err) => Err((self.silent(err), None)),
+            Err(err) => Err(self.silent(err)),
         }
     }
 
@@ -235,9 +241,12 @@ impl FastBatch {
     pub(crate) async fn finish(mut self) -> Ended {
         self.take_ready_replies();
         if self.end.is_none() && self.refused.is_none() {
-            let end = BatchMessage {
-                subject: self.ping_subject.clone(),
-                ..BatchMessage::default()
+            // Once per batch: the subject outlives the borrow of `self`.
+            let subject = self.ping_subject.clone();
+            let end = FastMessage {
+                subject: &subject,
+                headers: HeaderMap::new(),
+                payload: Bytes::new(),
             };
             if let Err(err) = self.publish(end, OP_END).await {
                 return self.silent(err);
@@ -255,8 +264,8 @@ impl FastBatch {
 
     /// Publishes the next message of the batch; only a closed connection
     /// refuses it, and then it has no batch sequence.
-    async fn publish(&mut self, message: BatchMessage, op: u8) -> Result<(), StoreFailure> {
-        let subject = self.subjects.subject(&[&message.subject]);
+    async fn publish(&mut self, message: FastMessage<'_>, op: u8) -> Result<(), StoreFailure> {
+        let subject = self.subjects.subject(&[message.subject]);
         let reply = self.reply_subject(self.sent + 1, op);
         self.nats
             .publish_with_reply_and_headers(subject, reply, message.headers, message.payload)

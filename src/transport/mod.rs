@@ -128,12 +128,16 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug + 'static {
     /// Sends a message to be stored. Returns once the transport took it;
     /// the returned future resolves to the stream's answer, so many can be
     /// in flight at once.
-    fn send(
-        &self,
-        subject: String,
+    ///
+    /// The subject is borrowed: a transport copies it where it needs it (on
+    /// NATS into its shared subject buffer), and the publisher keeps it for
+    /// retries and the receipt without a copy per send.
+    fn send<'a>(
+        &'a self,
+        subject: &'a str,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>>;
+    ) -> BoxFuture<'a, Result<PendingStore, StoreFailure>>;
 
     /// The largest message (headers and payload) the server takes.
     fn max_payload(&self) -> usize;

@@ -46,12 +46,12 @@ impl NatsTransport {
 }
 
 impl Transport for NatsTransport {
-    fn send(
-        &self,
-        subject: String,
+    fn send<'a>(
+        &'a self,
+        subject: &'a str,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> BoxFuture<'_, Result<PendingStore, StoreFailure>> {
+    ) -> BoxFuture<'a, Result<PendingStore, StoreFailure>> {
         async move {
             let acks =
                 match self.acks.get() {

@@ -314,7 +314,7 @@ impl PublishAcks {
     /// [`MessageBuffer`]).
     pub(crate) async fn send(
         &self,
-        subject: String,
+        subject: &str,
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<AckFuture, PublishError> {
@@ -329,7 +329,7 @@ impl PublishAcks {
                 acks.read(&mut Context::from_waker(&reader));
             }
             let number = acks.push(Instant::now() + self.timeout);
-            let subject = acks.subjects.subject(&[&subject]);
+            let subject = acks.subjects.subject(&[subject]);
             let reply = acks.reply_subject(&self.prefix, number);
             (number, subject, reply)
         };

@@ -94,7 +94,7 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
     let attributes = shared.attributes.of(envelope
         .as_ref()
         .map_or(UNDECODABLE, |envelope| envelope.event_type.as_str()));
-    shared.client.metrics().consumed.add(1, &attributes);
+    shared.client.metrics().record_consumed(&attributes);
     // A disabled span (nobody collects it) has no parent to set: parsing the
     // trace context would be wasted on every delivery.
     if let (Ok(envelope), false) = (&envelope, span.is_disabled()) {
@@ -270,7 +270,7 @@ async fn decide<S: Clone + Send + Sync + 'static, D: Delivery>(
     };
     let elapsed = started.elapsed().as_secs_f64();
     match error_type {
-        None => metrics.process_duration.record(elapsed, attributes),
+        None => metrics.record_processed(elapsed, attributes),
         Some(error) => metrics.process_duration.record(
             elapsed,
             &metric_attributes(&shared.group, event_type, Some(error)),

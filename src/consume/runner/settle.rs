@@ -194,7 +194,7 @@ async fn copy_to_dead_letters<S, D: Delivery>(
     shared
         .client
         .transport()
-        .send(subject, headers, message.payload().clone())
+        .send(&subject, headers, message.payload().clone())
         .await?
         .await?;
     Ok(())

@@ -254,7 +254,7 @@ impl Watcher {
             let sent = self
                 .client
                 .transport()
-                .send(subject.clone(), headers.clone(), payload.clone())
+                .send(&subject, headers.clone(), payload.clone())
                 .await;
             let stored = match sent {
                 Ok(pending) => pending.await,
