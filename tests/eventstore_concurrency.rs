@@ -115,6 +115,12 @@ async fn concurrent_writers_win_each_version_once_without_gaps_or_interleaving(o
     }
 }
 
+/// The amount writer `writer` deposits as its `n`th command of round `round`:
+/// distinct for every command.
+fn deposit(round: u64, writer: u64, n: u64) -> u64 {
+    round * 10_000 + writer * 100 + n
+}
+
 async fn commands_retry_when_overtaken_and_every_deposit_lands_once(on: Backend) {
     let world = World::fresh(on).await;
     let snapshots = world.snapshots(SnapshotPolicy::EveryEvents(10)).await;
@@ -139,38 +145,53 @@ async fn commands_retry_when_overtaken_and_every_deposit_lands_once(on: Backend)
         .unwrap();
     assert_eq!((again.version, again.appended), (1, None));
 
-    let mut tasks = Vec::new();
-    for writer in 0..4u64 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut retried = 0;
-            for n in 0..25u64 {
-                let command = AccountCommand::Deposit(vec![writer * 100 + n, 1]);
-                let executed = store
-                    .execute::<Account>("acc", &command, 100)
-                    .await
-                    .unwrap();
-                retried += executed.attempts - 1;
-            }
-            retried
-        }));
-    }
+    // Four writers race on one account. Whether two of them meet depends
+    // on the scheduler: on the in-memory backend a command runs without
+    // waiting, so on a busy machine one round may run writer after writer.
+    // More rounds then, until a command was overtaken (at most eight).
     let mut retried = 0;
-    for task in tasks {
-        retried += task.await.unwrap();
+    let mut rounds = 0u64;
+    while retried == 0 && rounds < 8 {
+        let round = rounds;
+        let mut tasks = Vec::new();
+        for writer in 0..4u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut retried = 0;
+                for n in 0..25u64 {
+                    let command = AccountCommand::Deposit(vec![deposit(round, writer, n), 1]);
+                    let executed = store
+                        .execute::<Account>("acc", &command, 100)
+                        .await
+                        .unwrap();
+                    retried += executed.attempts - 1;
+                }
+                retried
+            }));
+        }
+        for task in tasks {
+            retried += task.await.unwrap();
+        }
+        rounds += 1;
     }
     assert!(retried > 0, "the commands never raced: nothing was tested");
     let loaded = store.load::<Account>("acc").await.unwrap();
-    assert_eq!(loaded.version, 1 + 4 * 25 * 2);
+    assert_eq!(loaded.version, 1 + rounds * 4 * 25 * 2);
     let mut amounts = loaded.state.amounts.clone();
     amounts.sort_unstable();
-    let mut expected: Vec<u64> = (0..4u64)
-        .flat_map(|w| (0..25u64).flat_map(move |n| [w * 100 + n, 1]))
+    let mut expected: Vec<u64> = (0..rounds)
+        .flat_map(|round| {
+            (0..4u64).flat_map(move |w| (0..25u64).flat_map(move |n| [deposit(round, w, n), 1]))
+        })
         .collect();
     expected.sort_unstable();
     assert_eq!(amounts, expected);
-    // Snapshots were taken: the load replayed fewer than 10 events.
-    assert!(loaded.replayed < 10, "replayed {}", loaded.replayed);
+    // Snapshots were taken and the load started from one. Each writer saves
+    // the snapshot its own append made due, and concurrent writers' saves
+    // land in any order (the last saved stays, not the newest): the load may
+    // replay a few marks of 10 events (seen: 20 on one CPU), not the whole
+    // account.
+    assert!(loaded.replayed < 4 * 10, "replayed {}", loaded.replayed);
     let all = world.stored("acc").await;
     assert_eq!(all.len() as u64, loaded.version);
     assert!(matches!(
