@@ -26,6 +26,23 @@ async fn ok<E>(_: E, _: Context<()>) -> Result<(), crate::consume::HandlerError>
     Ok(())
 }
 
+/// A router handling `PlacedV2`, upcasting `Placed` to it, and handling the
+/// type pattern `pattern` with an envelope handler.
+fn upcasting_router(pattern: &str) -> Router<()> {
+    let mut router = Router::<()>::default();
+    router.handle(ok::<PlacedV2>, HandlerOptions::default());
+    router.upcast(|old: Placed| PlacedV2 {
+        n: old.n,
+        channel: "legacy".into(),
+    });
+    router.handle_pattern(
+        pattern,
+        |_: Envelope, _: Context<()>| async { Ok(()) },
+        HandlerOptions::default(),
+    );
+    router
+}
+
 #[test]
 fn configuration_mistakes_are_reported() {
     let subjects = Subjects::new("dev").unwrap();
@@ -72,17 +89,7 @@ fn configuration_mistakes_are_reported() {
 #[test]
 fn routes_typed_upcast_and_pattern_types_only() {
     let subjects = Subjects::new("dev").unwrap();
-    let mut router = Router::<()>::default();
-    router.handle(ok::<PlacedV2>, HandlerOptions::default());
-    router.upcast(|old: Placed| PlacedV2 {
-        n: old.n,
-        channel: "legacy".into(),
-    });
-    router.handle_pattern(
-        "billing.>",
-        |_: Envelope, _: Context<()>| async { Ok(()) },
-        HandlerOptions::default(),
-    );
+    let mut router = upcasting_router("billing.>");
     router.validate(&subjects).unwrap();
     assert_eq!(
         router.filters(&subjects),
@@ -163,17 +170,7 @@ fn covered_filters_are_dropped() {
 #[test]
 fn handled_lists_every_type_that_finds_a_route() {
     let subjects = Subjects::new("dev").unwrap();
-    let mut router = Router::<()>::default();
-    router.handle(ok::<PlacedV2>, HandlerOptions::default());
-    router.upcast(|old: Placed| PlacedV2 {
-        n: old.n,
-        channel: "legacy".into(),
-    });
-    router.handle_pattern(
-        "billing.*",
-        |_: Envelope, _: Context<()>| async { Ok(()) },
-        HandlerOptions::default(),
-    );
+    let router = upcasting_router("billing.*");
     let handlers = router.build(&subjects).unwrap();
     let routes = handlers.routes();
     let handled = routes.handled();
