@@ -89,7 +89,7 @@ fn configuration_mistakes_are_reported() {
 #[test]
 fn routes_typed_upcast_and_pattern_types_only() {
     let subjects = Subjects::new("dev").unwrap();
-    let mut router = upcasting_router("billing.>");
+    let router = upcasting_router("billing.>");
     router.validate(&subjects).unwrap();
     assert_eq!(
         router.filters(&subjects),
