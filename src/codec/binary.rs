@@ -1,7 +1,5 @@
 //! Binary content mode: attributes as `ce-*` headers, data as payload.
 
-use std::collections::BTreeMap;
-
 use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -9,7 +7,7 @@ use bytes::Bytes;
 use super::{
     percent, DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, PlainValues, SPEC_VERSION,
 };
-use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::envelope::{Envelope, ExtensionName, ExtensionValue, Extensions};
 use crate::Error;
 
 pub(crate) const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
@@ -168,7 +166,7 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Option<Envelope>, Decode
     let mut data_content_type = None;
     let mut data_schema = None;
     let mut content_type_header = None;
-    let mut extensions = BTreeMap::new();
+    let mut extensions = Extensions::new();
 
     for (name, values) in headers.iter() {
         let header: &str = name.as_ref();
@@ -217,15 +215,14 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Option<Envelope>, Decode
             )?,
             "dataschema" => set_once(&mut data_schema, decoded.into_owned(), "dataschema")?,
             _ => {
-                let name = name.into_owned();
-                if !is_valid_extension_name(&name) {
+                let Some(name) = ExtensionName::parse(&name) else {
                     return Err(Error::new(DecodeErrorKind::InvalidAttribute {
-                        name,
+                        name: name.into_owned(),
                         reason: "not a valid extension name".to_owned(),
                     }));
-                }
+                };
                 if extensions
-                    .insert(name, ExtensionValue::String(decoded.into_owned()))
+                    .set(name, ExtensionValue::String(decoded.into_owned()))
                     .is_some()
                 {
                     return Err(duplicate(&attribute.to_ascii_lowercase()));
