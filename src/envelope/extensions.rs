@@ -348,7 +348,7 @@ mod tests {
         for (name, value) in &extensions {
             assert_eq!(value.as_str(), Some(name));
         }
-        assert_eq!(extensions.iter().rev().next().unwrap().0, "tracestate");
+        assert_eq!(extensions.iter().next_back().unwrap().0, "tracestate");
     }
 
     #[test]
