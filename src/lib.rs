@@ -66,7 +66,7 @@ mod transport;
 pub mod testing;
 
 pub use codec::{DecodeError, EncodeError, Encoding};
-pub use envelope::{Envelope, ExtensionValue};
+pub use envelope::{Envelope, ExtensionName, ExtensionValue, Extensions};
 pub use error::{BoxError, Error};
 pub use event::{Event, EventType};
 pub use subject::{SubjectError, Subjects};

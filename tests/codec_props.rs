@@ -2,12 +2,10 @@
 //! always one literal subject, keys escape reversibly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use jetevents::codec::{self, Encoding};
-use jetevents::envelope::{Envelope, ExtensionValue};
+use jetevents::envelope::{Envelope, ExtensionName, ExtensionValue, Extensions};
 use jetevents::event::EventType;
 use jetevents::subject::{escape_key, unescape_key, validate_token, Subjects, MAX_KEY_TOKEN_LEN};
 use proptest::prelude::*;
@@ -157,7 +155,10 @@ prop_compose! {
         envelope.time = time;
         envelope.data_content_type = data_content_type;
         envelope.data_schema = data_schema;
-        envelope.extensions = extensions;
+        envelope.extensions = extensions
+            .into_iter()
+            .map(|(name, value)| (ExtensionName::new(&name).unwrap(), value))
+            .collect();
         envelope.data = data;
         envelope
     }
@@ -169,8 +170,8 @@ fn as_binary_sees_it(envelope: &Envelope) -> Envelope {
     expected.extensions = envelope
         .extensions
         .iter()
-        .map(|(k, v)| (k.clone(), ExtensionValue::String(v.to_string())))
-        .collect::<BTreeMap<_, _>>();
+        .map(|(k, v)| (ExtensionName::new(k).unwrap(), v.to_string()))
+        .collect::<Extensions>();
     if expected.data.as_ref().is_some_and(|d| d.is_empty()) {
         expected.data = None;
     }

@@ -39,9 +39,12 @@ fn header_map(block: &[u8]) -> Option<HeaderMap> {
 
 fn as_binary_sees_it(envelope: &Envelope) -> Envelope {
     let mut expected = envelope.clone();
-    for value in expected.extensions.values_mut() {
-        *value = ExtensionValue::String(value.to_string());
-    }
+    expected.extensions = envelope
+        .extensions
+        .clone()
+        .into_iter()
+        .map(|(name, value)| (name, ExtensionValue::String(value.to_string())))
+        .collect();
     if expected.data.as_ref().is_some_and(|d| d.is_empty()) {
         expected.data = None;
     }

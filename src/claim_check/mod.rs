@@ -46,7 +46,7 @@ pub use cleanup::CleanupReport;
 pub use error::{ClaimCheckError, ClaimCheckErrorKind};
 
 use crate::client::Client;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ExtensionName};
 
 /// Extension naming the Object Store bucket that holds the data.
 pub const BUCKET: &str = "claimbucket";
@@ -157,9 +157,9 @@ impl ClaimCheck {
             return Err(store_error(&self.bucket, err));
         }
         let extensions = &mut envelope.extensions;
-        extensions.insert(BUCKET.to_owned(), self.bucket.clone().into());
-        extensions.insert(OBJECT.to_owned(), envelope.id.clone().into());
-        extensions.insert(DIGEST.to_owned(), digest(&data).into());
+        extensions.set(ExtensionName::from_static(BUCKET), self.bucket.clone());
+        extensions.set(ExtensionName::from_static(OBJECT), envelope.id.clone());
+        extensions.set(ExtensionName::from_static(DIGEST), digest(&data));
         Ok(())
     }
 

@@ -1,7 +1,5 @@
 //! Binary content mode: attributes as `ce-*` headers, data as payload.
 
-use std::collections::BTreeMap;
-
 use async_nats::header::{HeaderName, HeaderValue};
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -9,7 +7,7 @@ use bytes::Bytes;
 use super::{
     percent, DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, PlainValues, SPEC_VERSION,
 };
-use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::envelope::{Envelope, ExtensionName, ExtensionValue, Extensions};
 use crate::Error;
 
 pub(crate) const CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
@@ -139,6 +137,37 @@ fn duplicate(name: &str) -> DecodeError {
     })
 }
 
+/// What a `ce-` header carries, by its name without the prefix.
+enum Attribute {
+    SpecVersion,
+    Id,
+    Source,
+    Type,
+    Subject,
+    Time,
+    DataContentType,
+    DataSchema,
+    Extension(ExtensionName),
+}
+
+impl Attribute {
+    /// The attribute named `name` exactly (lower case); `None` when it is
+    /// not a valid extension name either.
+    fn of(name: &str) -> Option<Attribute> {
+        Some(match name {
+            "specversion" => Attribute::SpecVersion,
+            "id" => Attribute::Id,
+            "source" => Attribute::Source,
+            "type" => Attribute::Type,
+            "subject" => Attribute::Subject,
+            "time" => Attribute::Time,
+            "datacontenttype" => Attribute::DataContentType,
+            "dataschema" => Attribute::DataSchema,
+            _ => Attribute::Extension(ExtensionName::parse(name)?),
+        })
+    }
+}
+
 /// Decodes a message with headers, detecting its mode as the binding says
 /// in the same pass: a `Content-Type` naming a CloudEvents format means
 /// structured, else any `ce-` header means binary, else structured.
@@ -168,7 +197,7 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Option<Envelope>, Decode
     let mut data_content_type = None;
     let mut data_schema = None;
     let mut content_type_header = None;
-    let mut extensions = BTreeMap::new();
+    let mut extensions = Extensions::new();
 
     for (name, values) in headers.iter() {
         let header: &str = name.as_ref();
@@ -194,38 +223,43 @@ fn read(headers: &HeaderMap, payload: &Bytes) -> Result<Option<Envelope>, Decode
         };
         let decoded = percent::decode(raw, header)?;
         // Names are case-insensitive; senders almost always write them in
-        // lower case, so they are matched as they are, then lowered only
-        // when they have to be.
-        let name = if attribute.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(attribute.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(attribute)
+        // lower case, so a name is matched as it is, and lowered only when
+        // it matches nothing (no valid name has an upper-case letter).
+        let known = match Attribute::of(attribute) {
+            Some(known) => known,
+            None => {
+                let lowered = attribute.to_ascii_lowercase();
+                match Attribute::of(&lowered) {
+                    Some(known) => known,
+                    None => {
+                        return Err(Error::new(DecodeErrorKind::InvalidAttribute {
+                            name: lowered,
+                            reason: "not a valid extension name".to_owned(),
+                        }))
+                    }
+                }
+            }
         };
         // Borrowed until kept: the spec version is only compared and the
         // time only parsed.
-        match name.as_ref() {
-            "specversion" => set_once(&mut specversion, decoded, "specversion")?,
-            "id" => set_once(&mut id, decoded.into_owned(), "id")?,
-            "source" => set_once(&mut source, decoded.into_owned(), "source")?,
-            "type" => set_once(&mut event_type, decoded.into_owned(), "type")?,
-            "subject" => set_once(&mut subject, decoded.into_owned(), "subject")?,
-            "time" => set_once(&mut time, super::parse_time(&decoded)?, "time")?,
-            "datacontenttype" => set_once(
+        match known {
+            Attribute::SpecVersion => set_once(&mut specversion, decoded, "specversion")?,
+            Attribute::Id => set_once(&mut id, decoded.into_owned(), "id")?,
+            Attribute::Source => set_once(&mut source, decoded.into_owned(), "source")?,
+            Attribute::Type => set_once(&mut event_type, decoded.into_owned(), "type")?,
+            Attribute::Subject => set_once(&mut subject, decoded.into_owned(), "subject")?,
+            Attribute::Time => set_once(&mut time, super::parse_time(&decoded)?, "time")?,
+            Attribute::DataContentType => set_once(
                 &mut data_content_type,
                 decoded.into_owned(),
                 "datacontenttype",
             )?,
-            "dataschema" => set_once(&mut data_schema, decoded.into_owned(), "dataschema")?,
-            _ => {
-                let name = name.into_owned();
-                if !is_valid_extension_name(&name) {
-                    return Err(Error::new(DecodeErrorKind::InvalidAttribute {
-                        name,
-                        reason: "not a valid extension name".to_owned(),
-                    }));
-                }
+            Attribute::DataSchema => {
+                set_once(&mut data_schema, decoded.into_owned(), "dataschema")?
+            }
+            Attribute::Extension(name) => {
                 if extensions
-                    .insert(name, ExtensionValue::String(decoded.into_owned()))
+                    .set(name, ExtensionValue::String(decoded.into_owned()))
                     .is_some()
                 {
                     return Err(duplicate(&attribute.to_ascii_lowercase()));

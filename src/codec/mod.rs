@@ -47,7 +47,7 @@ use bytes::Bytes;
 pub use crate::envelope::content_type::APPLICATION_JSON;
 use crate::envelope::content_type::{is_json_content_type, media_type, starts_with_ignore_case};
 pub use crate::envelope::error::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind};
-use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::envelope::{Envelope, ExtensionValue};
 use crate::nats::HeaderMap;
 use crate::Error;
 
@@ -291,12 +291,8 @@ fn validate_for_encode(envelope: &Envelope) -> Result<PlainValues, EncodeError> 
             return Err(invalid_attribute("time", "year outside 0..=9999"));
         }
     }
+    // Extension names were checked when they were set.
     for (index, (name, value)) in envelope.extensions.iter().enumerate() {
-        if !is_valid_extension_name(name) {
-            return Err(Error::new(EncodeErrorKind::InvalidExtensionName(
-                name.clone(),
-            )));
-        }
         if let ExtensionValue::String(value) = value {
             plain.set(
                 PlainValues::FIRST_EXTENSION + index,

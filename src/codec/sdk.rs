@@ -2,12 +2,10 @@
 //! rather than in the envelope's module: reading the SDK's event checks it
 //! against the codec's rules, so whatever converts also encodes.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 
 use super::{check_decoded, is_json_content_type, DecodeError, DecodeErrorKind};
-use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::envelope::{Envelope, ExtensionName, ExtensionValue, Extensions};
 use crate::Error;
 
 /// Converts to the CloudEvents SDK's event.
@@ -46,7 +44,7 @@ impl From<Envelope> for cloudevents::Event {
                 ExtensionValue::Boolean(b) => cloudevents::event::ExtensionValue::Boolean(b),
                 ExtensionValue::Integer(i) => cloudevents::event::ExtensionValue::Integer(i),
             };
-            event.set_extension(&name, value);
+            event.set_extension(name.as_str(), value);
         }
         event
     }
@@ -64,20 +62,20 @@ impl TryFrom<cloudevents::Event> for Envelope {
                 event.specversion().to_string(),
             )));
         }
-        let mut extensions = BTreeMap::new();
+        let mut extensions = Extensions::new();
         for (name, value) in event.iter_extensions() {
-            if !is_valid_extension_name(name) {
+            let Some(name) = ExtensionName::parse(name) else {
                 return Err(Error::new(DecodeErrorKind::InvalidAttribute {
                     name: name.to_owned(),
                     reason: "invalid extension name".to_owned(),
                 }));
-            }
+            };
             let value = match value {
                 cloudevents::event::ExtensionValue::String(s) => ExtensionValue::String(s.clone()),
                 cloudevents::event::ExtensionValue::Boolean(b) => ExtensionValue::Boolean(*b),
                 cloudevents::event::ExtensionValue::Integer(i) => ExtensionValue::Integer(*i),
             };
-            extensions.insert(name.to_owned(), value);
+            extensions.set(name, value);
         }
         let data = match event.data() {
             None => None,

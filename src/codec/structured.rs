@@ -1,7 +1,6 @@
 //! Structured content mode: the CloudEvents JSON event format as payload.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -9,7 +8,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::{base64, DecodeError, DecodeErrorKind, SPEC_VERSION};
-use crate::envelope::{is_valid_extension_name, Envelope, ExtensionValue};
+use crate::envelope::{Envelope, ExtensionName, ExtensionValue, Extensions};
 use crate::Error;
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
@@ -134,7 +133,7 @@ struct Fields<'a> {
     data_schema: Option<Cow<'a, str>>,
     data: Option<Range<usize>>,
     data_base64: Option<Cow<'a, str>>,
-    extensions: BTreeMap<String, ExtensionValue>,
+    extensions: Extensions,
 }
 
 fn duplicate(name: &str) -> DecodeError {
@@ -198,12 +197,12 @@ pub(super) fn decode(payload: &Bytes) -> Result<Envelope, DecodeError> {
                     end
                 }
                 other => {
-                    if !is_valid_extension_name(other) {
+                    let Some(name) = ExtensionName::parse(other) else {
                         return Err(Error::new(DecodeErrorKind::InvalidAttribute {
                             name: other.to_owned(),
                             reason: "not a valid extension name".to_owned(),
                         }));
-                    }
+                    };
                     let (value, end) = read_value::<serde_json::Value>(buf, pos, other)?;
                     let value = match value {
                         serde_json::Value::Null => None,
@@ -227,7 +226,7 @@ pub(super) fn decode(payload: &Bytes) -> Result<Envelope, DecodeError> {
                         }
                     };
                     if let Some(value) = value {
-                        if fields.extensions.insert(other.to_owned(), value).is_some() {
+                        if fields.extensions.set(name, value).is_some() {
                             return Err(duplicate(other));
                         }
                     }

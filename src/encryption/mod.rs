@@ -65,7 +65,7 @@ pub use error::{EncryptionError, EncryptionErrorKind};
 pub use keyring::{KeyProvider, Keyring, WrappedKey};
 pub use rotation::RewrapReport;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ExtensionName};
 
 /// Extension naming the algorithm.
 pub const ALGORITHM: &str = "encalg";
@@ -208,13 +208,13 @@ impl Encryption {
         envelope.data = Some(Bytes::from(sealed));
         envelope
             .extensions
-            .insert(ALGORITHM.to_owned(), cipher::ALGORITHM.into());
+            .set(ExtensionName::from_static(ALGORITHM), cipher::ALGORITHM);
         match wrapped {
             Some(wrapped) => set_wrapped_key(envelope, wrapped)?,
             None => {
                 envelope
                     .extensions
-                    .insert(KEY_SCOPE.to_owned(), AGGREGATE_SCOPE.into());
+                    .set(ExtensionName::from_static(KEY_SCOPE), AGGREGATE_SCOPE);
             }
         }
         if let Some(content_type) = envelope
@@ -223,7 +223,7 @@ impl Encryption {
         {
             envelope
                 .extensions
-                .insert(CONTENT_TYPE.to_owned(), content_type.into());
+                .set(ExtensionName::from_static(CONTENT_TYPE), content_type);
         }
         Ok(())
     }
@@ -307,8 +307,8 @@ fn set_wrapped_key(envelope: &mut Envelope, wrapped: WrappedKey) -> Result<(), E
     let encoded_key = String::from_utf8(encoded_key)
         .map_err(|_| EncryptionError::new(EncryptionErrorKind::Malformed("base64")))?;
     let extensions = &mut envelope.extensions;
-    extensions.insert(KEY_ID.to_owned(), wrapped.key_id.into());
-    extensions.insert(WRAPPED_KEY.to_owned(), encoded_key.into());
+    extensions.set(ExtensionName::from_static(KEY_ID), wrapped.key_id);
+    extensions.set(ExtensionName::from_static(WRAPPED_KEY), encoded_key);
     Ok(())
 }
 

@@ -6,7 +6,6 @@
 //! `partitionkey` and any free-form metadata) and the data as raw bytes.
 //! [`codec`](crate::codec) turns it into NATS headers and payload and back.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
@@ -17,6 +16,9 @@ use crate::Error;
 
 pub(crate) mod content_type;
 pub(crate) mod error;
+mod extensions;
+
+pub use extensions::{ExtensionName, Extensions, Iter as ExtensionsIter};
 
 use error::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind};
 
@@ -48,14 +50,7 @@ pub(crate) const RESERVED_NAMES: [&str; 10] = [
 
 /// Whether `name` is a valid extension name: non-empty, lower-case ASCII
 /// letters and digits only, and not a core attribute name.
-pub(crate) fn is_valid_extension_name(name: &str) -> bool {
-    // The extensions jetevents sets itself are checked on every encode.
-    if matches!(
-        name,
-        CORRELATION_ID | CAUSATION_ID | TRACEPARENT | TRACESTATE | PARTITION_KEY
-    ) {
-        return true;
-    }
+fn is_valid_extension_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -184,7 +179,7 @@ pub struct Envelope {
     /// `dataschema`: URI of the data's schema.
     pub data_schema: Option<String>,
     /// Extension attributes by name (lower-case ASCII letters and digits).
-    pub extensions: BTreeMap<String, ExtensionValue>,
+    pub extensions: Extensions,
     /// The data bytes (JSON text for `application/json`).
     pub data: Option<Bytes>,
 }
@@ -200,7 +195,7 @@ impl Envelope {
             time: Some(Utc::now()),
             data_content_type: None,
             data_schema: None,
-            extensions: BTreeMap::new(),
+            extensions: Extensions::new(),
             data: None,
         }
     }
@@ -244,7 +239,7 @@ impl Envelope {
         if let Some(key) = key {
             envelope
                 .extensions
-                .insert(PARTITION_KEY.to_owned(), ExtensionValue::String(key));
+                .set(ExtensionName::PARTITION_KEY, ExtensionValue::String(key));
         }
         envelope.data = Some(Bytes::from(data));
         Ok(envelope)
@@ -288,12 +283,7 @@ impl Envelope {
         name: &str,
         value: impl Into<ExtensionValue>,
     ) -> Result<(), EncodeError> {
-        if !is_valid_extension_name(name) {
-            return Err(Error::new(EncodeErrorKind::InvalidExtensionName(
-                name.to_owned(),
-            )));
-        }
-        self.extensions.insert(name.to_owned(), value.into());
+        self.extensions.insert(name, value)?;
         Ok(())
     }
 
@@ -301,9 +291,8 @@ impl Envelope {
         self.extensions.get(name).and_then(ExtensionValue::as_str)
     }
 
-    fn set_string_extension(&mut self, name: &str, value: String) {
-        self.extensions
-            .insert(name.to_owned(), ExtensionValue::String(value));
+    fn set_string_extension(&mut self, name: ExtensionName, value: String) {
+        self.extensions.set(name, ExtensionValue::String(value));
     }
 
     /// The `correlationid` extension.
@@ -313,7 +302,7 @@ impl Envelope {
 
     /// Sets the `correlationid` extension.
     pub fn set_correlation_id(&mut self, value: impl Into<String>) {
-        self.set_string_extension(CORRELATION_ID, value.into());
+        self.set_string_extension(ExtensionName::CORRELATION_ID, value.into());
     }
 
     /// The `causationid` extension.
@@ -323,7 +312,7 @@ impl Envelope {
 
     /// Sets the `causationid` extension.
     pub fn set_causation_id(&mut self, value: impl Into<String>) {
-        self.set_string_extension(CAUSATION_ID, value.into());
+        self.set_string_extension(ExtensionName::CAUSATION_ID, value.into());
     }
 
     /// The `traceparent` extension (W3C trace context).
@@ -333,7 +322,7 @@ impl Envelope {
 
     /// Sets the `traceparent` extension.
     pub fn set_traceparent(&mut self, value: impl Into<String>) {
-        self.set_string_extension(TRACEPARENT, value.into());
+        self.set_string_extension(ExtensionName::TRACEPARENT, value.into());
     }
 
     /// The `tracestate` extension (W3C trace context).
@@ -343,7 +332,7 @@ impl Envelope {
 
     /// Sets the `tracestate` extension.
     pub fn set_tracestate(&mut self, value: impl Into<String>) {
-        self.set_string_extension(TRACESTATE, value.into());
+        self.set_string_extension(ExtensionName::TRACESTATE, value.into());
     }
 
     /// The `partitionkey` extension.
@@ -353,6 +342,6 @@ impl Envelope {
 
     /// Sets the `partitionkey` extension.
     pub fn set_partition_key(&mut self, value: impl Into<String>) {
-        self.set_string_extension(PARTITION_KEY, value.into());
+        self.set_string_extension(ExtensionName::PARTITION_KEY, value.into());
     }
 }
