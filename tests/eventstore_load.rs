@@ -16,6 +16,7 @@ on_both_backends!(
     an_aggregate_without_events_loads_as_its_default,
     a_snapshot_saved_late_never_replaces_a_newer_one,
     concurrent_snapshot_saves_in_any_order_keep_the_newest,
+    a_snapshot_the_events_do_not_continue_is_not_used,
 );
 
 /// `Account` as an older release stored it: same events, another snapshot
@@ -166,6 +167,47 @@ async fn concurrent_snapshot_saves_in_any_order_keep_the_newest(on: Backend) {
     let loaded = store.load::<Account>("racing").await.unwrap();
     assert_eq!((loaded.version, loaded.replayed), (20, 0));
     assert_eq!(loaded.state, after_deposits(20));
+}
+
+async fn a_snapshot_the_events_do_not_continue_is_not_used(on: Backend) {
+    let world = World::fresh(on).await;
+    let snapshots = world.snapshots(SnapshotPolicy::Manual).await;
+    let store = world.store.clone().with_snapshots(snapshots.clone());
+    let sequences = twenty_deposits(&store, "reset").await;
+    snapshots
+        .save("reset", &after_deposits(20), 20, sequences[19])
+        .await
+        .unwrap();
+    // The stream is recreated; the snapshot bucket stays.
+    let store = world.recreate_stream().await.with_snapshots(snapshots);
+    let loaded = store.load::<Account>("reset").await.unwrap();
+    assert_eq!(loaded.state, Account::default());
+    assert_eq!(loaded.position(), Position::default());
+
+    // Ahead of the aggregate's last event: not used.
+    store
+        .append::<Account>("reset", deposits([100, 200, 300]), Expected::NoStream)
+        .await
+        .unwrap();
+    let loaded = store.load::<Account>("reset").await.unwrap();
+    assert_eq!(loaded.state.amounts, [100, 200, 300]);
+    assert_eq!((loaded.version, loaded.replayed), (3, 3));
+
+    // Past it, with other aggregates' events between: the event after the
+    // snapshot's sequence is version 4, not 21.
+    store
+        .append::<Account>("someone-else", deposits(1..=30), Expected::NoStream)
+        .await
+        .unwrap();
+    store
+        .append::<Account>("reset", deposits(4..=25), Expected::Version(3))
+        .await
+        .unwrap();
+    let loaded = store.load::<Account>("reset").await.unwrap();
+    let mut amounts = vec![100, 200, 300];
+    amounts.extend(4..=25);
+    assert_eq!(loaded.state.amounts, amounts);
+    assert_eq!((loaded.version, loaded.replayed), (25, 25));
 }
 
 async fn an_aggregate_without_events_loads_as_its_default(on: Backend) {
