@@ -414,3 +414,85 @@ async fn world_versions(client: &jetevents::client::Client, store: &EventStore) 
         .map(|(_, _, version)| version)
         .collect()
 }
+
+/// `Any` and `Exists` append after the last event the store saw, without
+/// reading it first; the server still refuses a position others moved past
+/// (the store then reads and appends after the actual last event), and a
+/// store that saw events no longer there never appends to the emptied
+/// aggregate as `Exists`.
+#[tokio::test]
+async fn an_append_expecting_any_or_exists_after_what_the_store_saw_reads_nothing_first() {
+    let server = shared_server().await;
+    let (client, store) = eventstore_support::fresh_store().await;
+    let mut requests = StreamRequests::watch(&server.url(), store.stream()).await;
+
+    store
+        .append::<Account>("g", deposits([1]), Expected::NoStream)
+        .await
+        .unwrap();
+    assert_eq!(requests.since_last().await, Vec::<String>::new());
+    let appended = store
+        .append::<Account>("g", deposits([2]), Expected::Any)
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 2);
+    assert_eq!(requests.since_last().await, Vec::<String>::new());
+    let appended = store
+        .append::<Account>("g", deposits([3]), Expected::Exists)
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 3);
+    assert_eq!(requests.since_last().await, Vec::<String>::new());
+
+    // Another store appends the 4th: `store`'s guess is stale, the server
+    // refuses it and the store appends after the event it then reads.
+    let other = EventStore::new(client.clone(), store.stream());
+    other
+        .append::<Account>("g", deposits([4]), Expected::Any)
+        .await
+        .unwrap();
+    requests.since_last().await;
+    let appended = store
+        .append::<Account>("g", deposits([5, 6]), Expected::Exists)
+        .await
+        .unwrap();
+    assert_eq!((appended.first_version, appended.version), (5, 6));
+    assert!(!requests.since_last().await.is_empty());
+    other
+        .append::<Account>("g", deposits([7]), Expected::Exists)
+        .await
+        .unwrap();
+    let appended = store
+        .append::<Account>("g", deposits([8]), Expected::Any)
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 8);
+    assert_eq!(
+        world_versions(&client, &store).await,
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
+
+    // The aggregate's events are purged: `store` remembers 8 events, the
+    // server refuses that guess, and `Exists` does not hold any more.
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    async_nats::jetstream::new(nats)
+        .get_stream(store.stream())
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let err = store
+        .append::<Account>("g", deposits([9]), Expected::Exists)
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_actual(err.kind()), 0);
+    assert_eq!(world_versions(&client, &store).await, Vec::<u64>::new());
+    // `Any` starts it again at version 1.
+    let appended = store
+        .append::<Account>("g", deposits([9]), Expected::Any)
+        .await
+        .unwrap();
+    assert_eq!(appended.version, 1);
+    assert_eq!(world_versions(&client, &store).await, [1]);
+}

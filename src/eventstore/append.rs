@@ -115,6 +115,10 @@ impl EventStore {
     /// `Expected::Version` at a version this store (or a clone) saw the
     /// aggregate at, by loading it or appending to it, sends the append
     /// at once; another version is looked up first (one direct get).
+    /// `Expected::Any` and `Expected::Exists` (when the store saw at least
+    /// one event) are sent at once after the last event the store saw;
+    /// `Expected::NoStream` and `Expected::Version(0)` always are. Each is
+    /// checked by the server against the aggregate's last stream sequence.
     pub async fn append<A: Aggregate>(
         &self,
         key: &str,
@@ -145,7 +149,22 @@ impl EventStore {
                 }
                 self.tip(&batch.filter).await.map_err(other)?
             }
-            Expected::Any | Expected::Exists => self.tip(&batch.filter).await.map_err(other)?,
+            Expected::Any | Expected::Exists => {
+                // Wherever the store last saw it, if that shows it exists
+                // (`Exists`): the server checks that event is still the
+                // last, and when it is not the store reads and retries as
+                // it does when overtaken.
+                let known = self
+                    .positions
+                    .last_seen(&batch.filter)
+                    .filter(|known| expected == Expected::Any || known.version > 0);
+                if let Some(known) = known {
+                    return self
+                        .append_batch(&mut batch, known, expected, TipFrom::Remembered)
+                        .await;
+                }
+                self.tip(&batch.filter).await.map_err(other)?
+            }
         };
         let holds = match expected {
             Expected::Any => true,
@@ -359,7 +378,13 @@ impl EventStore {
                     let guess_was_stale = tip_from == TipFrom::Remembered
                         && expected == Expected::Version(now.version);
                     tip_from = TipFrom::Read;
-                    if !(overtaken_may_retry || guess_was_stale) || overtaken >= OVERTAKEN_ATTEMPTS
+                    // `Exists` guarded by a position that showed events: they
+                    // may be gone since (a purge), and a retry after `now`
+                    // must not append to an empty aggregate.
+                    let gone = expected == Expected::Exists && now.version == 0;
+                    if !(overtaken_may_retry || guess_was_stale)
+                        || gone
+                        || overtaken >= OVERTAKEN_ATTEMPTS
                     {
                         return Err(Error::with_source(
                             AppendErrorKind::Conflict {

@@ -97,14 +97,6 @@ impl Bucket {
         }
     }
 
-    pub(crate) async fn put(&self, key: String, value: Bytes) -> Result<u64, BoxError> {
-        match self {
-            Bucket::Nats(bucket) => Ok(bucket.put(key, value).await?),
-            #[cfg(feature = "testing")]
-            Bucket::Memory(bucket) => Ok(bucket.put(key, value)),
-        }
-    }
-
     /// The key's latest entry, delete markers included.
     pub(crate) async fn entry(&self, key: &str) -> Result<Option<Entry>, BoxError> {
         match self {

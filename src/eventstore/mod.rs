@@ -17,7 +17,9 @@
 //!   a lost ack is refused as a duplicate and read back instead of stored
 //!   twice.
 //! - [`EventStore::load`] rebuilds the state from the latest
-//!   [snapshot](Snapshots) and the events after it.
+//!   [snapshot](Snapshots) and the events after it (a snapshot the events
+//!   do not continue, after a purge or a recreated stream, is not used). A
+//!   snapshot save never replaces a newer snapshot.
 //! - [`Upcasts`] read events stored in an older version as the current
 //!   one, on load, in projections and in replays.
 //! - [`EventStore::replay`] streams an aggregate type's events from the
@@ -30,7 +32,8 @@
 //!   appended to), so that load, decide, append at the loaded version
 //!   reads nothing more; when another writer appended since, the server
 //!   refuses the guess and the store reads the last event as before (see
-//!   `positions.rs`).
+//!   `positions.rs`). `Expected::Any` and `Expected::Exists` use the
+//!   remembered position the same way.
 //!
 //! - [`projection`]: read models fed by an aggregate type's events, each
 //!   applied once, with a checkpoint, a lease and rebuilds.

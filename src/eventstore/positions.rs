@@ -1,6 +1,6 @@
 //! Where the aggregates a store has seen stood, so that an append with
-//! [`Expected::Version`](super::Expected::Version) can skip reading the
-//! aggregate's last event.
+//! [`Expected::Version`](super::Expected::Version), `Expected::Any` or
+//! `Expected::Exists` can skip reading the aggregate's last event.
 //!
 //! An aggregate's version is a count of its events (a header on each); what
 //! the server checks is a stream sequence (`Nats-Expected-Last-Subject-
@@ -10,7 +10,12 @@
 //! event: the caller loaded the aggregate (which reads its last event) or
 //! appended to it, then decided, then appends at that version. The store
 //! remembers the position of each aggregate it read or appended to, and an
-//! append expecting the version remembered names its sequence directly.
+//! append expecting the version remembered names its sequence directly. So
+//! does an append expecting `Any` version, or `Exists` when the position
+//! remembered has events: the server accepts it only if that event is still
+//! the aggregate's last, so the aggregate still exists and the versions
+//! written follow the remembered one. (`NoStream` names sequence 0 and
+//! never needed a read.)
 //!
 //! A remembered position is a guess the server checks: if another writer
 //! appended since, the server refuses the append, and the store reads the
@@ -70,6 +75,15 @@ impl KnownPositions {
         by_filter.insert(filter.to_owned(), position);
     }
 
+    /// Where the aggregate of `filter` was last seen, at whatever version.
+    pub(super) fn last_seen(&self, filter: &str) -> Option<Position> {
+        let by_filter = self
+            .by_filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_filter.get(filter).copied()
+    }
+
     /// Where the aggregate of `filter` was last seen, if it was at
     /// `version` then.
     pub(super) fn at_version(&self, filter: &str, version: u64) -> Option<Position> {
@@ -100,6 +114,8 @@ mod tests {
         assert_eq!(known.at_version("a", 3), Some(at(3, 17)));
         assert_eq!(known.at_version("a", 2), None);
         assert_eq!(known.at_version("b", 3), None);
+        assert_eq!(known.last_seen("a"), Some(at(3, 17)));
+        assert_eq!(known.last_seen("b"), None);
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! last event and [`Aggregate::SNAPSHOT_SCHEMA`]. A snapshot of another
 //! schema, or one that does not deserialize, is ignored (the state is
 //! replayed from the events), never misread.
+//!
+//! A save never replaces a newer snapshot: concurrent writers each save the
+//! snapshot their own append made due, and those saves reach the bucket in
+//! any order. Each save reads the key's entry and writes only over the
+//! revision it read (creating the key when it has none), so an older
+//! snapshot landing last cannot overwrite a newer one and make every later
+//! load replay more. A stored snapshot of another schema, or one that does
+//! not read, is replaced whatever its version: no load can use it.
 
 use std::fmt::Write as _;
 
@@ -12,7 +20,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::bucket::Bucket;
+use super::bucket::{Bucket, Entry};
 use super::read::Tip;
 use super::Aggregate;
 use crate::error::BoxError;
@@ -50,6 +58,19 @@ struct Stored<S> {
 struct Schema {
     schema: u32,
 }
+
+/// The schema and version of a stored snapshot, without its state: what a
+/// save compares against.
+#[derive(serde::Deserialize)]
+struct Versioned {
+    schema: u32,
+    version: u64,
+}
+
+/// Writes of one save that found the key changed since it read it. Each
+/// such refusal means another save landed in between; past this many the
+/// save gives up with the refusal as its error.
+const SAVE_ATTEMPTS: u32 = 16;
 
 impl Snapshots {
     /// Snapshots in `bucket`, saved by `policy`.
@@ -97,7 +118,10 @@ impl Snapshots {
     }
 
     /// Saves `state` of `key` at `version`, whose last event is stream
-    /// sequence `sequence`.
+    /// sequence `sequence`, unless a snapshot of `key` at `version` or later
+    /// (of the current schema) is stored: then it keeps that one and returns
+    /// `Ok` (an older state saved late, by this caller or a concurrent
+    /// writer, never replaces a newer one).
     pub async fn save<A: Aggregate + Serialize>(
         &self,
         key: &str,
@@ -112,8 +136,37 @@ impl Snapshots {
             state,
         };
         let bytes = Bytes::from(serde_json::to_vec(&stored)?);
-        self.bucket.put(Self::key::<A>(key), bytes).await?;
-        Ok(())
+        let key = Self::key::<A>(key);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let entry = self.bucket.entry(&key).await?;
+            if let Some(newer) = entry
+                .as_ref()
+                .and_then(|entry| stored_version::<A>(entry).filter(|&stored| stored >= version))
+            {
+                tracing::debug!(
+                    version,
+                    stored = newer,
+                    "snapshot not saved: a newer one is stored"
+                );
+                return Ok(());
+            }
+            let written = match entry {
+                None => self.bucket.create(&key, bytes.clone()).await,
+                Some(entry) => {
+                    self.bucket
+                        .update(&key, bytes.clone(), entry.revision)
+                        .await
+                }
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                // Another save landed since the read: compare with it.
+                Err(failure) if failure.refused && attempts < SAVE_ATTEMPTS => continue,
+                Err(failure) => return Err(failure.into()),
+            }
+        }
     }
 
     /// The latest usable snapshot of `key`, if any.
@@ -136,6 +189,14 @@ impl Snapshots {
             SnapshotPolicy::EveryEvents(n) => before / n != after / n,
         }
     }
+}
+
+/// The version of the snapshot in `entry`, if it is of the current schema
+/// and reads (a delete marker, another schema or unreadable bytes: `None`,
+/// replaceable).
+fn stored_version<A: Aggregate>(entry: &Entry) -> Option<u64> {
+    let versioned = serde_json::from_slice::<Versioned>(entry.value.as_deref()?).ok()?;
+    (versioned.schema == A::SNAPSHOT_SCHEMA).then_some(versioned.version)
 }
 
 /// The snapshot in `bytes`, if it is of the current schema and reads.

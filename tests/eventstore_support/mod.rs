@@ -138,6 +138,27 @@ impl World {
             .unwrap()
     }
 
+    /// Deletes the store's stream and provisions it again, empty, its
+    /// sequences starting at 1 again (snapshot buckets stay); a fresh store
+    /// on it, as after a restart.
+    pub async fn recreate_stream(&self) -> EventStore {
+        let name = self.store.stream();
+        match &self.memory {
+            Some(memory) => memory.delete_stream(name).unwrap(),
+            None => {
+                self.client
+                    .jetstream()
+                    .unwrap()
+                    .delete_stream(name)
+                    .await
+                    .unwrap();
+            }
+        }
+        EventStore::provision(&self.client, StoreStream::new(name, "bank"))
+            .await
+            .unwrap()
+    }
+
     /// Every message of the aggregate `key` as (sequence, subject, version).
     pub async fn stored(&self, key: &str) -> Vec<(u64, String, u64)> {
         let Some(memory) = &self.memory else {

@@ -106,10 +106,6 @@ impl MemoryKeyValue {
         self.bucket().max_age = max_age;
     }
 
-    pub(crate) fn put(&self, key: String, value: Bytes) -> u64 {
-        self.bucket().write(key, Some(value))
-    }
-
     /// The key's value, `None` when it has none (never written, deleted or
     /// expired).
     pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
