@@ -37,6 +37,12 @@ pub enum SnapshotPolicy {
 }
 
 /// Snapshots of aggregates in one KV bucket. Cheap to clone.
+///
+/// Give each event store (each stream, each environment) its own bucket:
+/// a snapshot's key is the aggregate's kind and key only, so two stores
+/// sharing a bucket would replace each other's snapshots of the same
+/// aggregate (a load then ignores a snapshot its events do not continue and
+/// replays, but saves keep undoing each other).
 #[derive(Clone, Debug)]
 pub struct Snapshots {
     bucket: Bucket,
