@@ -41,8 +41,7 @@ pub enum SnapshotPolicy {
 /// Give each event store (each stream, each environment) its own bucket:
 /// a snapshot's key is the aggregate's kind and key only, so two stores
 /// sharing a bucket would replace each other's snapshots of the same
-/// aggregate (a load then ignores a snapshot its events do not continue and
-/// replays, but saves keep undoing each other).
+/// aggregate, and a load could start from the other store's state.
 #[derive(Clone, Debug)]
 pub struct Snapshots {
     bucket: Bucket,
