@@ -19,18 +19,21 @@ use futures_util::FutureExt;
 /// The deliveries that wait: each in the slot it started in.
 pub(super) type Running<F> = FuturesUnordered<Slot<F>>;
 
+/// The allocation a delivery's future runs in.
+type Place<F> = Pin<Box<Option<F>>>;
+
 /// A delivery's future in an allocation of its own: the future does not
 /// move once polled, and the allocation outlives it.
 pub(super) struct Slot<F> {
     /// `None` only while it is dropped.
-    future: Option<Pin<Box<Option<F>>>>,
+    future: Option<Place<F>>,
     /// Where the slot goes when it is dropped, once it joined the set.
     free: Option<FreeSlots<F>>,
 }
 
 /// The allocations of deliveries that waited and ended, for the next ones
 /// that wait. At most as many as ever waited at once (the concurrency).
-pub(super) struct FreeSlots<F>(Arc<Mutex<Vec<Pin<Box<Option<F>>>>>>);
+pub(super) struct FreeSlots<F>(Arc<Mutex<Vec<Place<F>>>>);
 
 impl<F> Clone for FreeSlots<F> {
     fn clone(&self) -> Self {
@@ -45,11 +48,11 @@ impl<F> Default for FreeSlots<F> {
 }
 
 impl<F> FreeSlots<F> {
-    fn take(&self) -> Option<Pin<Box<Option<F>>>> {
+    fn take(&self) -> Option<Place<F>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
 
-    fn give(&self, slot: Pin<Box<Option<F>>>) {
+    fn give(&self, slot: Place<F>) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -72,7 +75,11 @@ impl<F: Future<Output = ()>> Future for Slot<F> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.future.as_mut().and_then(|future| future.as_mut().as_pin_mut()) {
+        match self
+            .future
+            .as_mut()
+            .and_then(|future| future.as_mut().as_pin_mut())
+        {
             Some(delivery) => delivery.poll(cx),
             None => Poll::Ready(()),
         }
@@ -131,7 +138,7 @@ mod tests {
     use super::*;
 
     /// The address of a slot's allocation.
-    fn address<F>(slot: &Pin<Box<Option<F>>>) -> *const Option<F> {
+    fn address<F>(slot: &Place<F>) -> *const Option<F> {
         std::ptr::from_ref(slot.as_ref().get_ref())
     }
 
@@ -176,7 +183,11 @@ mod tests {
         start(&mut running, &mut spare, &free, delivery(false));
         assert_eq!(done.load(Ordering::SeqCst), 2);
         assert!(running.is_empty());
-        assert_eq!(spare_address(&spare), first, "the next delivery reused the slot");
+        assert_eq!(
+            spare_address(&spare),
+            first,
+            "the next delivery reused the slot"
+        );
 
         start(&mut running, &mut spare, &free, delivery(true));
         assert_eq!(done.load(Ordering::SeqCst), 2);
@@ -222,7 +233,11 @@ mod tests {
         });
         assert_eq!(running.len(), 1);
         drop(running);
-        assert_eq!(dropped.load(Ordering::SeqCst), 1, "the delivery was dropped");
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "the delivery was dropped"
+        );
         assert_eq!(free_count(&free), 1, "its slot was freed");
         assert!(
             free.0.lock().unwrap()[0].is_none(),
