@@ -99,7 +99,10 @@ async fn consuming_an_event_allocates_no_more_than_the_bound() {
             move |_event: OrderPlaced, _ctx: Context| {
                 let n = handled.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == WARMUP || n == WARMUP + COUNTED {
-                    marks.lock().unwrap().push((allocations(), std::thread::current().id()));
+                    marks
+                        .lock()
+                        .unwrap()
+                        .push((allocations(), std::thread::current().id()));
                 }
                 async { Ok::<(), HandlerError>(()) }
             }
@@ -119,8 +122,15 @@ async fn consuming_an_event_allocates_no_more_than_the_bound() {
     let [(start, start_thread), (end, end_thread)] = marks[..] else {
         panic!("expected two marks, got {marks:?}");
     };
-    assert_eq!(start_thread, end_thread, "the runtime moved to another thread");
-    assert_eq!(start_thread, std::thread::current().id(), "not the test's thread");
+    assert_eq!(
+        start_thread, end_thread,
+        "the runtime moved to another thread"
+    );
+    assert_eq!(
+        start_thread,
+        std::thread::current().id(),
+        "not the test's thread"
+    );
     let per_event = (end - start) as f64 / COUNTED as f64;
     println!("allocations per consumed event: {per_event:.2}");
     assert!(
