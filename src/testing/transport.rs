@@ -206,8 +206,11 @@ impl transport::Delivery for Delivery {
         })
     }
 
-    fn ack(&self, _confirmed: bool) -> BoxFuture<'_, Result<(), BoxError>> {
-        settled(Delivery::ack(self))
+    fn ack(
+        &self,
+        _confirmed: bool,
+    ) -> impl std::future::Future<Output = Result<(), BoxError>> + Send + '_ {
+        std::future::ready(Delivery::ack(self).map_err(Into::into))
     }
 
     fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), BoxError>> {

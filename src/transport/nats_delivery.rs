@@ -1,13 +1,14 @@
 //! A message pulled from a JetStream consumer, and its settling over the
 //! connection it came on.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::AckKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::{FutureExt, StreamExt};
 
 use super::{Delivery, DeliveryInfo};
@@ -97,12 +98,14 @@ impl Delivery for NatsDelivery {
         parse_ack_subject(self.reply()?.as_str())
     }
 
-    fn ack(&self, confirmed: bool) -> BoxFuture<'_, Result<(), BoxError>> {
+    fn ack(&self, confirmed: bool) -> impl Future<Output = Result<(), BoxError>> + Send + '_ {
         if confirmed {
-            self.confirmed_ack().boxed()
+            // Boxed: its subscription and timer would make every ack's
+            // future larger, for the few consumers that confirm.
+            Either::Left(self.confirmed_ack().boxed())
         } else {
             // Empty, as async-nats's `ack` sends it.
-            self.send(Bytes::new()).boxed()
+            Either::Right(self.send(Bytes::new()))
         }
     }
 

@@ -137,11 +137,12 @@ pub(super) fn process<S: Clone + Send + Sync + 'static, D: Delivery>(
         let (decision, context) = match context {
             Err(decision) => (decision, None),
             Ok(context) => {
-                // Boxed, and so is settling's rare part: inline, the two made
-                // every delivery's future larger than the allocator's
-                // per-thread cache serves (over 1 KB), and each one was
-                // slower to allocate than the two smaller allocations.
-                let decision = Box::pin(decide(&shared, &context, &facts, &message, stopped)).await;
+                // Inline, not boxed: a delivery's future lives in a slot the
+                // runner reuses (see `slot`), so its size costs no allocation
+                // per event, while a box here cost one. Settling's rare part
+                // and the handler's waiting stay boxed: they would make every
+                // slot larger.
+                let decision = decide(&shared, &context, &facts, &message, stopped).await;
                 (decision, Some(context))
             }
         };

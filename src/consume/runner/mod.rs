@@ -40,7 +40,7 @@ use delivery::process;
 use health::{watchdog, Health, Recovery};
 use pulls::{classify, connected, Inbox, Incoming, PullStatus, Pulls};
 use shutdown::shutdown;
-use slot::{start, Running};
+use slot::{start, FreeSlots, Running};
 use waiting::{keep_waiting_alive, Waiting};
 
 use crate::consume::settle_report::SettleReporter;
@@ -174,6 +174,7 @@ where
     let (stop, stopped) = watch::channel(false);
     let mut tasks: Running<_> = FuturesUnordered::new();
     let mut spare = None;
+    let free_slots = FreeSlots::default();
     let mut inbox = Inbox::subscribe(&client).await?;
     let mut pulls = Pulls::default();
     let mut waiting: VecDeque<Waiting<NatsDelivery>> = VecDeque::new();
@@ -215,6 +216,7 @@ where
             start(
                 &mut tasks,
                 &mut spare,
+                &free_slots,
                 process(next.message, shared.clone(), stopped.clone()),
             );
         }
