@@ -142,6 +142,13 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
     }
     // Decoding, the consumer's side: the messages jetevents builds, decoded by
     // jetevents (envelope, typed data, trace context) and by hand.
+    // `JE_BENCH_DECODE_ENCODING=structured` builds them in structured mode
+    // instead, to profile that decoder (the raw side then fails: jetevents
+    // only).
+    let decode_encoding = match std::env::var("JE_BENCH_DECODE_ENCODING").as_deref() {
+        Ok("structured") => Encoding::Structured,
+        _ => Encoding::Binary,
+    };
     let messages: Vec<(HeaderMap, bytes::Bytes)> = events
         .iter()
         .map(|event| {
@@ -149,7 +156,7 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
             jetevents::trace::inject(&mut envelope);
             let mut headers = HeaderMap::new();
             let payload =
-                codec::encode_into(&envelope, Encoding::Binary, &mut headers).expect("encode");
+                codec::encode_into(&envelope, decode_encoding, &mut headers).expect("encode");
             headers.insert(async_nats::header::NATS_MESSAGE_ID, envelope.id.as_str());
             (headers, payload)
         })
@@ -171,10 +178,14 @@ pub fn encode(settings: &Settings, je: &Client) -> Scenario {
     let mut decode_stages = vec![Vec::new(); decode_names.len()];
     let mut decode_raw = Vec::new();
     for _ in 0..settings.rounds {
-        decode_raw.push(time_decode(&|headers, payload| {
-            let decoded = common::raw_decode(Some(headers), payload);
-            decoded.id.len() + decoded.event.duration_minutes as usize
-        }));
+        if decode_encoding != Encoding::Binary {
+            decode_raw.push(0.0);
+        } else {
+            decode_raw.push(time_decode(&|headers, payload| {
+                let decoded = common::raw_decode(Some(headers), payload);
+                decoded.id.len() + decoded.event.duration_minutes as usize
+            }));
+        }
         for (index, stage) in decode_stages.iter_mut().enumerate() {
             stage.push(time_decode(&|headers, payload| {
                 let envelope = codec::decode(Some(headers), payload).expect("decode");

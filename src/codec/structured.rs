@@ -100,15 +100,53 @@ fn skip_ws(buf: &[u8], mut pos: usize) -> usize {
     pos
 }
 
+/// The payload as the parser reads it: checked as UTF-8 once, as a whole,
+/// when it is, so serde_json does not check every string again (almost
+/// every payload); raw bytes otherwise, where serde_json reports the first
+/// bad byte in its place, after whatever error comes before it.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Input<'a> {
+    fn of(payload: &'a [u8]) -> Input<'a> {
+        match std::str::from_utf8(payload) {
+            Ok(text) => Input::Text(text),
+            Err(_) => Input::Bytes(payload),
+        }
+    }
+
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Input::Text(text) => text.as_bytes(),
+            Input::Bytes(bytes) => bytes,
+        }
+    }
+}
+
 /// Reads one JSON value of type `T` at `pos`; returns it and the end offset.
 fn read_value<'de, T: Deserialize<'de>>(
-    buf: &'de [u8],
+    input: Input<'de>,
     pos: usize,
     name: &str,
 ) -> Result<(T, usize), DecodeError> {
-    let mut stream = serde_json::Deserializer::from_slice(&buf[pos..]).into_iter::<T>();
-    match stream.next() {
-        Some(Ok(value)) => Ok((value, pos + stream.byte_offset())),
+    let (next, offset) = match input {
+        // `pos` is always just after ASCII JSON punctuation or whitespace,
+        // so on a character boundary.
+        Input::Text(text) => {
+            let mut stream = serde_json::Deserializer::from_str(text.get(pos..).ok_or_else(eof)?)
+                .into_iter::<T>();
+            (stream.next(), stream.byte_offset())
+        }
+        Input::Bytes(bytes) => {
+            let mut stream = serde_json::Deserializer::from_slice(&bytes[pos..]).into_iter::<T>();
+            (stream.next(), stream.byte_offset())
+        }
+    };
+    match next {
+        Some(Ok(value)) => Ok((value, pos + offset)),
         Some(Err(err)) if err.is_data() => Err(Error::with_source(
             DecodeErrorKind::InvalidAttribute {
                 name: name.to_owned(),
@@ -144,7 +182,7 @@ fn duplicate(name: &str) -> DecodeError {
 }
 
 fn read_str<'a>(
-    buf: &'a [u8],
+    input: Input<'a>,
     pos: usize,
     name: &str,
     slot: &mut Option<Cow<'a, str>>,
@@ -153,13 +191,14 @@ fn read_str<'a>(
         return Err(duplicate(name));
     }
     // JSON null for an attribute means absent.
-    let (value, end) = read_value::<Option<Str<'a>>>(buf, pos, name)?;
+    let (value, end) = read_value::<Option<Str<'a>>>(input, pos, name)?;
     *slot = value.map(|s| s.0);
     Ok(end)
 }
 
 pub(super) fn decode(payload: &Bytes) -> Result<Envelope, DecodeError> {
-    let buf: &[u8] = payload;
+    let input = Input::of(payload);
+    let buf = input.bytes();
     let mut fields = Fields::default();
     let mut pos = skip_ws(buf, 0);
     if buf.get(pos) != Some(&b'{') {
@@ -170,29 +209,29 @@ pub(super) fn decode(payload: &Bytes) -> Result<Envelope, DecodeError> {
         pos += 1;
     } else {
         loop {
-            let (Str(name), end) = read_value::<Str<'_>>(buf, pos, "")?;
+            let (Str(name), end) = read_value::<Str<'_>>(input, pos, "")?;
             pos = skip_ws(buf, end);
             if buf.get(pos) != Some(&b':') {
                 return Err(eof());
             }
             pos = skip_ws(buf, pos + 1);
             pos = match name.as_ref() {
-                "specversion" => read_str(buf, pos, "specversion", &mut fields.specversion)?,
-                "id" => read_str(buf, pos, "id", &mut fields.id)?,
-                "source" => read_str(buf, pos, "source", &mut fields.source)?,
-                "type" => read_str(buf, pos, "type", &mut fields.event_type)?,
-                "subject" => read_str(buf, pos, "subject", &mut fields.subject)?,
-                "time" => read_str(buf, pos, "time", &mut fields.time)?,
+                "specversion" => read_str(input, pos, "specversion", &mut fields.specversion)?,
+                "id" => read_str(input, pos, "id", &mut fields.id)?,
+                "source" => read_str(input, pos, "source", &mut fields.source)?,
+                "type" => read_str(input, pos, "type", &mut fields.event_type)?,
+                "subject" => read_str(input, pos, "subject", &mut fields.subject)?,
+                "time" => read_str(input, pos, "time", &mut fields.time)?,
                 "datacontenttype" => {
-                    read_str(buf, pos, "datacontenttype", &mut fields.data_content_type)?
+                    read_str(input, pos, "datacontenttype", &mut fields.data_content_type)?
                 }
-                "dataschema" => read_str(buf, pos, "dataschema", &mut fields.data_schema)?,
-                "data_base64" => read_str(buf, pos, "data_base64", &mut fields.data_base64)?,
+                "dataschema" => read_str(input, pos, "dataschema", &mut fields.data_schema)?,
+                "data_base64" => read_str(input, pos, "data_base64", &mut fields.data_base64)?,
                 "data" => {
                     if fields.data.is_some() {
                         return Err(duplicate("data"));
                     }
-                    let (IgnoredAny, end) = read_value::<IgnoredAny>(buf, pos, "data")?;
+                    let (IgnoredAny, end) = read_value::<IgnoredAny>(input, pos, "data")?;
                     fields.data = Some(pos..end);
                     end
                 }
@@ -203,7 +242,7 @@ pub(super) fn decode(payload: &Bytes) -> Result<Envelope, DecodeError> {
                             reason: "not a valid extension name".to_owned(),
                         }));
                     };
-                    let (value, end) = read_value::<serde_json::Value>(buf, pos, other)?;
+                    let (value, end) = read_value::<serde_json::Value>(input, pos, other)?;
                     let value = match value {
                         serde_json::Value::Null => None,
                         serde_json::Value::String(s) => Some(ExtensionValue::String(s)),
@@ -303,4 +342,53 @@ fn into_envelope(fields: Fields<'_>, payload: &Bytes) -> Result<Envelope, Decode
     };
     super::check_decoded(&envelope)?;
     Ok(envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn kind(payload: &[u8]) -> DecodeErrorKind {
+        decode(&Bytes::copy_from_slice(payload))
+            .unwrap_err()
+            .kind()
+            .clone()
+    }
+
+    /// A payload that is not UTF-8 is read byte by byte, as before the
+    /// whole-payload check: the bad byte is invalid JSON where it is met,
+    /// and an error met before it keeps its own kind.
+    #[test]
+    fn payloads_that_are_not_utf8_fail_where_the_bad_byte_is() {
+        let bad_string =
+            b"{\"specversion\":\"1.0\",\"id\":\"1\xff\",\"source\":\"/s\",\"type\":\"t\"}";
+        assert!(matches!(kind(bad_string), DecodeErrorKind::InvalidJson));
+        let duplicate_first =
+            b"{\"specversion\":\"1.0\",\"id\":\"1\",\"id\":\"2\",\"source\":\"/s\xff\",\"type\":\"t\"}";
+        assert!(matches!(
+            kind(duplicate_first),
+            DecodeErrorKind::InvalidAttribute { name, reason }
+                if name == "id" && reason == "appears more than once"
+        ));
+        let wrong_type_first =
+            b"{\"specversion\":\"1.0\",\"id\":1,\"source\":\"/s\xff\",\"type\":\"t\"}";
+        assert!(matches!(
+            kind(wrong_type_first),
+            DecodeErrorKind::InvalidAttribute { name, .. } if name == "id"
+        ));
+    }
+
+    /// Non-ASCII text, escaped or raw, decodes the same either way.
+    #[test]
+    fn utf8_payloads_decode_their_strings() {
+        let payload = "{\"specversion\":\"1.0\",\"id\":\"caf\u{e9}\",\"source\":\"/s\\u00e9\",\"type\":\"t\",\"comment\":\"\u{1F600}\"}";
+        let envelope = decode(&Bytes::from(payload)).unwrap();
+        assert_eq!(envelope.id, "caf\u{e9}");
+        assert_eq!(envelope.source, "/s\u{e9}");
+        assert_eq!(
+            envelope.extensions.get("comment"),
+            Some(&ExtensionValue::String("\u{1F600}".to_owned()))
+        );
+    }
 }
