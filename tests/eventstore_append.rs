@@ -322,7 +322,6 @@ struct StreamRequests {
     requests: async_nats::Subscriber,
     markers: async_nats::Subscriber,
     marker_subject: String,
-    markers_sent: u64,
     stream: String,
 }
 
@@ -332,55 +331,20 @@ impl StreamRequests {
         let requests = watcher.subscribe("$JS.API.>").await.unwrap();
         let marker_subject = unique("jetevents-test.marker");
         let markers = watcher.subscribe(marker_subject.clone()).await.unwrap();
-        watcher.flush().await.unwrap();
+        // async-nats' flush only writes the buffer; a request's reply proves
+        // the server has read the subscriptions before it (it reads a
+        // connection's operations in order). The request is about no stream.
+        watcher.request("$JS.API.INFO", "".into()).await.unwrap();
         let mut watch = StreamRequests {
             client: client.nats().expect("a NATS client").clone(),
             _watcher: watcher,
             requests,
             markers,
             marker_subject,
-            markers_sent: 0,
             stream: stream.to_owned(),
         };
-        // The watcher's round trip proves the server has its subscriptions,
-        // yet the client's first message routed to them right after is
-        // sometimes not delivered (seen on 2.15.1, most runs of this file).
-        // Markers are sent until one comes through; in 100 runs of this
-        // file none was lost after that.
-        for attempt in 1.. {
-            if watch.mark(Duration::from_millis(200)).await {
-                break;
-            }
-            assert!(
-                attempt < 50,
-                "no marker from the client reached the watcher"
-            );
-        }
         watch.since_last().await;
         watch
-    }
-
-    /// Publishes a marker on the client's connection: true once it reached
-    /// the watcher within `wait` (an earlier marker arriving late is
-    /// skipped).
-    async fn mark(&mut self, wait: Duration) -> bool {
-        use futures_util::StreamExt;
-        self.markers_sent += 1;
-        let marker = self.markers_sent.to_string();
-        self.client
-            .publish(self.marker_subject.clone(), marker.clone().into())
-            .await
-            .unwrap();
-        self.client.flush().await.unwrap();
-        let arrived = async {
-            while let Some(seen) = self.markers.next().await {
-                if seen.payload == marker.as_bytes() {
-                    return true;
-                }
-            }
-            false
-        };
-        tokio::time::timeout(wait, arrived).await == Ok(true)
     }
 
     /// The requests about the stream the client sent since the last call.
@@ -388,9 +352,7 @@ impl StreamRequests {
     /// the sender's connection, in the order the sender wrote them: once a
     /// marker the client publishes now has reached the watcher, every
     /// request the client sent before it is in the watcher's subscription
-    /// too. (A round trip on the watcher's own connection would not do: the
-    /// answer to a request can reach the client before the server has
-    /// copied the request to the watcher.)
+    /// too.
     ///
     /// Pull requests (`CONSUMER.MSG.NEXT`) are left out: the ordered
     /// consumer of an earlier load can send its next pull after the load has
@@ -398,10 +360,14 @@ impl StreamRequests {
     async fn since_last(&mut self) -> Vec<String> {
         use futures_util::FutureExt;
         use futures_util::StreamExt;
-        assert!(
-            self.mark(Duration::from_secs(10)).await,
-            "the marker reaches the watcher"
-        );
+        self.client
+            .publish(self.marker_subject.clone(), "marker".into())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.markers.next())
+            .await
+            .expect("the marker reaches the watcher")
+            .expect("the watcher's subscription is open");
         let mut about_stream = Vec::new();
         while let Some(Some(request)) = self.requests.next().now_or_never() {
             let pull = request.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.");

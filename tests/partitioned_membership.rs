@@ -39,7 +39,10 @@ async fn spy(url: &str, subjects: &[String]) -> Seen {
             }
         });
     }
-    client.flush().await.unwrap();
+    // async-nats' flush only writes the buffer; a request's reply proves the
+    // server has read the subscriptions before it (it reads a connection's
+    // operations in order), so nothing sent after `spy` returns is missed.
+    client.request("$JS.API.INFO", "".into()).await.unwrap();
     // Kept open for the test's life (the tasks above read its subscriptions).
     std::mem::forget(client);
     seen
