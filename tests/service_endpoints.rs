@@ -209,6 +209,29 @@ async fn an_answer_of_another_type_is_undecodable() {
     running.stop().await;
 }
 
+/// Once `start` returns, the server routes requests to the service: a
+/// caller on another connection, asking right away, is answered (not told
+/// there are no responders). Twenty services, each in its own environment.
+#[tokio::test]
+async fn a_started_service_answers_a_caller_on_another_connection_at_once() {
+    let server = support::shared_server().await;
+    for _ in 0..20 {
+        let env = unique("env");
+        let serving = support::connect(&server.url(), &env, |_| {}).await;
+        let calling = support::connect(&server.url(), &env, |_| {}).await;
+        let running = serving
+            .service(&unique("pricing"), "1.0.0")
+            .with_state("a".to_owned())
+            .endpoint(price)
+            .start()
+            .await
+            .unwrap();
+        let answer: QuoteGiven = calling.call(&quote("ab")).await.unwrap();
+        assert_eq!(answer.cents, 200);
+        running.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn two_instances_share_the_requests_each_handled_once() {
     let client = client().await;

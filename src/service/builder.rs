@@ -241,7 +241,9 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 tokio::spawn(serve_endpoint(requests, runtime, self.max_in_flight))
             })
             .collect();
-        Ok(RunningService::new(service, nats.clone(), endpoints).await)
+        RunningService::new(service, nats.clone(), endpoints)
+            .await
+            .map_err(|err| Error::with_source(StartErrorKind::Subscribe, err))
     }
 
     /// The subject of every endpoint, checking each request type is valid

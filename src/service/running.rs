@@ -23,18 +23,30 @@ pub struct RunningService {
 }
 
 impl RunningService {
+    /// The running service, once the server routes requests to it.
     pub(crate) async fn new(
         service: Service,
         nats: async_nats::Client,
         endpoints: Vec<JoinHandle<()>>,
-    ) -> Self {
+    ) -> Result<Self, async_nats::RequestError> {
         let own = service.info().await;
-        Self {
+        let running = Self {
             info_subject: format!("$SRV.INFO.{}.{}", own.name, own.id),
             service: Some(service),
             nats,
             endpoints,
-        }
+        };
+        // The endpoints' subscriptions are written to the connection, but
+        // async-nats' flush does not wait for the server to read them: a
+        // caller elsewhere asking right away could be told there are no
+        // responders. The server reads a connection's operations in order,
+        // so once this instance's own INFO request (sent after them) is
+        // answered through the server, every endpoint is routed to.
+        running
+            .nats
+            .request(running.info_subject.clone(), Bytes::new())
+            .await?;
+        Ok(running)
     }
 
     /// What `$SRV.INFO` answers for this instance: its id, name, version and
