@@ -220,7 +220,7 @@ async fn a_started_service_answers_a_caller_on_another_connection_at_once() {
         let serving = support::connect(&server.url(), &env, |_| {}).await;
         let calling = support::connect(&server.url(), &env, |_| {}).await;
         let running = serving
-            .service(&unique("pricing"), "1.0.0")
+            .service(unique("pricing"), "1.0.0")
             .with_state("a".to_owned())
             .endpoint(price)
             .start()
