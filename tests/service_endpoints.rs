@@ -29,6 +29,21 @@ async fn price(request: QuoteRequested, ctx: Context<String>) -> Result<QuoteGiv
     })
 }
 
+/// Starts service `name` (version 1.0.0, state "a") with the `price`
+/// endpoint on `client`.
+async fn start_price_service(
+    client: &jetevents::client::Client,
+    name: &str,
+) -> jetevents::service::RunningService {
+    client
+        .service(name, "1.0.0")
+        .with_state("a".to_owned())
+        .endpoint(price)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// The endpoint statistics of `service`'s one instance: (requests, errors).
 async fn endpoint_counts(client: &jetevents::client::Client, service: &str) -> (usize, usize) {
     let stats: Stats = ask_service(client, "STATS", service).await;
@@ -79,13 +94,7 @@ async fn discovery_lists_the_endpoints_with_their_schemas() {
 async fn stats_count_requests_and_errors_and_remote_errors_arrive_typed() {
     let client = client().await;
     let name = unique("pricing");
-    let running = client
-        .service(&name, "1.0.0")
-        .with_state("a".to_owned())
-        .endpoint(price)
-        .start()
-        .await
-        .unwrap();
+    let running = start_price_service(&client, &name).await;
 
     for sku in ["a", "bb", "ccc"] {
         let answer: QuoteGiven = client.call(&quote(sku)).await.unwrap();
@@ -197,13 +206,7 @@ async fn an_answer_of_another_type_is_undecodable() {
         const TYPE: &'static str = "pricing.refund.given.v1";
     }
     let client = client().await;
-    let running = client
-        .service(unique("pricing"), "1.0.0")
-        .with_state("a".to_owned())
-        .endpoint(price)
-        .start()
-        .await
-        .unwrap();
+    let running = start_price_service(&client, &unique("pricing")).await;
     let err = client.call::<_, Refund>(&quote("a")).await.unwrap_err();
     assert_eq!(err.kind(), &CallErrorKind::Undecodable);
     running.stop().await;
@@ -219,13 +222,7 @@ async fn a_started_service_answers_a_caller_on_another_connection_at_once() {
         let env = unique("env");
         let serving = support::connect(&server.url(), &env, |_| {}).await;
         let calling = support::connect(&server.url(), &env, |_| {}).await;
-        let running = serving
-            .service(unique("pricing"), "1.0.0")
-            .with_state("a".to_owned())
-            .endpoint(price)
-            .start()
-            .await
-            .unwrap();
+        let running = start_price_service(&serving, &unique("pricing")).await;
         let answer: QuoteGiven = calling.call(&quote("ab")).await.unwrap();
         assert_eq!(answer.cents, 200);
         running.stop().await;
