@@ -171,19 +171,24 @@ impl EventStore {
                 if its_event.is_some() {
                     return replay.apply(stored);
                 }
-                found_id = stored.id();
                 let same = stored.sequence == from.sequence
                     && stored.version == from.version
-                    && snapshot
-                        .event_id
-                        .as_ref()
-                        .is_none_or(|recorded| found_id.as_ref() == Some(recorded));
+                    && match &snapshot.event_id {
+                        Some(recorded) => {
+                            found_id = stored.id();
+                            found_id.as_ref() == Some(recorded)
+                        }
+                        // Saved before ids were recorded: version and
+                        // sequence alone, as then.
+                        None => true,
+                    };
                 its_event = Some(same);
                 if !same {
                     // Stops the read; told apart from a failed read below.
                     return Err(Error::new(LoadErrorKind::Read));
                 }
-                replay.last_event_id.clone_from(&found_id);
+                // Not applied: the snapshot's state already includes it.
+                // The events after it set the last event's id.
                 Ok(())
             })
             .await;
