@@ -104,11 +104,11 @@ impl EventStore {
         if !snapshots.is_due(before, appended.version) {
             return;
         }
+        // The snapshot ends on the last of the `count` events appended,
+        // whose id derives from the append's.
+        let event_id = super::append::event_id(&appended.append_id, count.saturating_sub(1));
         // The events are stored: a failed snapshot only makes later loads
         // replay more.
-        // The last of the `count` events appended, whose id derives from
-        // the append's.
-        let event_id = super::append::event_id(&appended.append_id, count.saturating_sub(1));
         if let Err(err) = snapshots
             .save(key, state, appended.version, appended.sequence, &event_id)
             .await
