@@ -302,6 +302,46 @@ async fn a_snapshot_behind_the_tip_whose_event_was_replaced_is_not_used(on: Back
     assert_eq!((loaded.version, loaded.replayed), (7, 7));
 }
 
+/// A snapshot whose own event was deleted (alone, as a retention limit
+/// would) is used when the events after it carry the next versions: there
+/// is nothing to check its id against, and without it the aggregate could
+/// not be loaded at all (a full replay stops at the gap). On the server:
+/// the in-memory JetStream deletes no single message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_event_was_deleted_is_used_when_the_events_continue_it() {
+    let world = World::fresh(Backend::Nats).await;
+    let bucket = kv_bucket(&world.client, "snap").await;
+    let snapshots = Snapshots::new(bucket, SnapshotPolicy::Manual);
+    let store = world.store.clone().with_snapshots(snapshots.clone());
+    let appended = store
+        .append::<Account>("pruned", deposits(1..=5), Expected::NoStream)
+        .await
+        .unwrap();
+    let loaded = store.load::<Account>("pruned").await.unwrap();
+    let id = loaded.last_event_id.clone().unwrap();
+    snapshots
+        .save(
+            "pruned",
+            &loaded.state,
+            loaded.version,
+            loaded.sequence,
+            &id,
+        )
+        .await
+        .unwrap();
+    store
+        .append::<Account>("pruned", deposits([6, 7]), Expected::Version(5))
+        .await
+        .unwrap();
+    let jetstream = world.client.jetstream().unwrap();
+    let stream = jetstream.get_stream(world.store.stream()).await.unwrap();
+    assert!(stream.delete_message(appended.sequence).await.unwrap());
+
+    let loaded = store.load::<Account>("pruned").await.unwrap();
+    assert_eq!(loaded.state, deposited(&[1, 2, 3, 4, 5, 6, 7]));
+    assert_eq!((loaded.version, loaded.replayed), (7, 2));
+}
+
 /// A snapshot as code before the event id was recorded wrote it (no
 /// `event_id`), of a state no replay produces, at `version`/`sequence`.
 fn snapshot_without_event_id(version: u64, sequence: u64) -> bytes::Bytes {

@@ -152,8 +152,9 @@ impl EventStore {
     }
 
     /// Reads from the snapshot's own event (one more event in the same
-    /// read): when it is the snapshot's, applies the events after it up to
-    /// `until`; when it is not, `None`, logged.
+    /// read): when it is the snapshot's, or gone, applies the events after
+    /// it up to `until`; when another event is at its sequence, `None`,
+    /// logged.
     async fn replay_from_snapshot_event<A: Aggregate>(
         &self,
         filter: &str,
@@ -171,8 +172,17 @@ impl EventStore {
                 if its_event.is_some() {
                     return replay.apply(stored);
                 }
-                let same = stored.sequence == from.sequence
-                    && stored.version == from.version
+                if stored.sequence != from.sequence {
+                    // The snapshot's own event is gone (deleted alone, or
+                    // removed by a retention limit): there is no event to
+                    // check it against, and the events before it may be
+                    // gone too, so a full replay may not be possible. As
+                    // before ids were recorded, the snapshot is used when
+                    // the events after it carry the next versions.
+                    its_event = Some(true);
+                    return replay.apply(stored);
+                }
+                let same = stored.version == from.version
                     && match &snapshot.event_id {
                         Some(recorded) => {
                             found_id = stored.id();
