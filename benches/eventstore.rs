@@ -312,8 +312,24 @@ async fn load_times(client: &Client, store: &EventStore) {
         state.apply(event);
     }
     let sequence = first_sequence.unwrap() + at as u64 - 1;
+    // The snapshot records the id of the event it ends on: the message's
+    // `Nats-Msg-Id`, which the store sets to the CloudEvents id.
+    let event_id = client
+        .jetstream()
+        .unwrap()
+        .get_stream(store.stream())
+        .await
+        .unwrap()
+        .direct_get(sequence)
+        .await
+        .unwrap()
+        .headers
+        .get("Nats-Msg-Id")
+        .unwrap()
+        .as_str()
+        .to_owned();
     snapshots
-        .save(key, &state, at as u64, sequence)
+        .save(key, &state, at as u64, sequence, &event_id)
         .await
         .unwrap();
     let with = time_loads(store.clone().with_snapshots(snapshots)).await;

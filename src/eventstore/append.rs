@@ -543,7 +543,7 @@ fn other(err: LoadError) -> AppendError {
 
 /// The id of the event at `index` of the append `append_id`. Parts are
 /// length-prefixed so no two different inputs make the same name.
-fn event_id(append_id: &str, index: usize) -> String {
+pub(crate) fn event_id(append_id: &str, index: usize) -> String {
     let mut name = Vec::with_capacity(append_id.len() + 16);
     name.extend_from_slice(&(append_id.len() as u64).to_be_bytes());
     name.extend_from_slice(append_id.as_bytes());

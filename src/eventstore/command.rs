@@ -63,7 +63,7 @@ impl EventStore {
                     for event in &events {
                         state.apply(event);
                     }
-                    self.snapshot_if_due(key, &state, tip.version, &appended)
+                    self.snapshot_if_due(key, &state, tip.version, &appended, events.len())
                         .await;
                     return Ok(Executed {
                         version: appended.version,
@@ -81,7 +81,7 @@ impl EventStore {
                     }
                     // Catch up on the other writers' events only.
                     loaded = self
-                        .load_after(key, loaded.state, tip)
+                        .load_after(key, loaded)
                         .await
                         .map_err(|err| err.map_kind(CommandErrorKind::Load))?;
                 }
@@ -96,6 +96,7 @@ impl EventStore {
         state: &A,
         before: u64,
         appended: &Appended,
+        count: usize,
     ) {
         let Some(snapshots) = &self.snapshots else {
             return;
@@ -103,10 +104,13 @@ impl EventStore {
         if !snapshots.is_due(before, appended.version) {
             return;
         }
+        // The snapshot ends on the last of the `count` events appended,
+        // whose id derives from the append's.
+        let event_id = super::append::event_id(&appended.append_id, count.saturating_sub(1));
         // The events are stored: a failed snapshot only makes later loads
         // replay more.
         if let Err(err) = snapshots
-            .save(key, state, appended.version, appended.sequence)
+            .save(key, state, appended.version, appended.sequence, &event_id)
             .await
         {
             tracing::warn!(error = %err, "saving a snapshot failed");

@@ -17,9 +17,11 @@
 //!   a lost ack is refused as a duplicate and read back instead of stored
 //!   twice.
 //! - [`EventStore::load`] rebuilds the state from the latest
-//!   [snapshot](Snapshots) and the events after it (a snapshot the events
-//!   do not continue, after a purge or a recreated stream, is not used). A
-//!   snapshot save never replaces a newer snapshot.
+//!   [snapshot](Snapshots) and the events after it. A snapshot records the
+//!   id of the event it ends on, and is not used unless the aggregate's
+//!   event at its sequence is still that one (after a purge or a recreated
+//!   stream it may be another). A snapshot save never replaces a newer
+//!   snapshot.
 //! - [`Upcasts`] read events stored in an older version as the current
 //!   one, on load, in projections and in replays.
 //! - [`EventStore::replay`] streams an aggregate type's events from the
@@ -116,6 +118,9 @@ pub struct Loaded<A> {
     pub version: u64,
     /// Stream sequence of its last event (0: none).
     pub sequence: u64,
+    /// CloudEvents id of its last event (`None`: no events), which a
+    /// [snapshot](Snapshots::save) of this state records.
+    pub last_event_id: Option<String>,
     /// Events applied on top of the snapshot (all of them without one).
     pub replayed: u64,
 }

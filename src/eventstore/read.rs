@@ -88,8 +88,24 @@ impl StoredEvent {
         ))
     }
 
+    /// Its CloudEvents id (`None`: not a CloudEvent).
+    pub(crate) fn id(&self) -> Option<String> {
+        crate::codec::decode(self.headers.as_ref(), &self.payload)
+            .ok()
+            .map(|envelope| envelope.id)
+    }
+
     /// Decodes it as one of `A`'s events, upcast by `upcasts`.
     pub(crate) fn decode<A: Aggregate>(&self, upcasts: &Upcasts) -> Result<A::Event, LoadError> {
+        self.decode_with_id::<A>(upcasts).map(|(_, event)| event)
+    }
+
+    /// Its CloudEvents id, and it decoded as one of `A`'s events, upcast by
+    /// `upcasts`.
+    pub(crate) fn decode_with_id<A: Aggregate>(
+        &self,
+        upcasts: &Upcasts,
+    ) -> Result<(String, A::Event), LoadError> {
         let envelope =
             crate::codec::decode(self.headers.as_ref(), &self.payload).map_err(|err| {
                 Error::with_source(
@@ -100,12 +116,13 @@ impl StoredEvent {
                     err,
                 )
             })?;
-        super::aggregate::decode_event::<A>(
+        let event = super::aggregate::decode_event::<A>(
             upcasts,
             &envelope.event_type,
             envelope.data.as_deref(),
             self.sequence,
-        )
+        )?;
+        Ok((envelope.id, event))
     }
 }
 
@@ -150,21 +167,28 @@ impl EventStore {
 
     /// Where the aggregate selected by `filter` stands now.
     pub(crate) async fn tip(&self, filter: &str) -> Result<Tip, LoadError> {
+        Ok(self.last_event(filter).await?.0)
+    }
+
+    /// Where the aggregate selected by `filter` stands now, and its last
+    /// event (`None`: no events).
+    pub(crate) async fn last_event(
+        &self,
+        filter: &str,
+    ) -> Result<(Tip, Option<StoredEvent>), LoadError> {
         let last = self
             .client
             .transport()
             .last_message(&self.stream, filter)
             .await
-            .map_err(read_error)?;
-        let tip = last.map_or_else(Tip::default, |last| {
-            let last = StoredEvent::from(last);
-            Tip {
-                version: last.version,
-                sequence: last.sequence,
-            }
+            .map_err(read_error)?
+            .map(StoredEvent::from);
+        let tip = last.as_ref().map_or_else(Tip::default, |last| Tip {
+            version: last.version,
+            sequence: last.sequence,
         });
         self.positions.remember(filter, tip);
-        Ok(tip)
+        Ok((tip, last))
     }
 
     /// Up to `limit` events of `filter` after stream sequence `after`, one

@@ -1,10 +1,14 @@
 //! Snapshots: an aggregate's state at a version, kept in a KV bucket so a
 //! load replays only the events after it.
 //!
-//! A snapshot records the state, its version, the stream sequence of its
-//! last event and [`Aggregate::SNAPSHOT_SCHEMA`]. A snapshot of another
-//! schema, or one that does not deserialize, is ignored (the state is
-//! replayed from the events), never misread.
+//! A snapshot records the state, its version, the stream sequence and the
+//! id of the event it ends on, and [`Aggregate::SNAPSHOT_SCHEMA`]. A
+//! snapshot of another schema, or one that does not deserialize, is
+//! ignored (the state is replayed from the events), never misread. A load
+//! uses a snapshot only while the aggregate's event at its sequence is still
+//! that event (see [`EventStore::load`](super::EventStore::load)); snapshots
+//! saved before the id was recorded have none, and are checked by version
+//! and sequence alone.
 //!
 //! A save never replaces a newer snapshot: concurrent writers each save the
 //! snapshot their own append made due, and those saves reach the bucket in
@@ -54,7 +58,22 @@ struct Stored<S> {
     schema: u32,
     version: u64,
     sequence: u64,
+    /// The CloudEvents id of the event at `sequence`. Absent from snapshots
+    /// saved before it was recorded: they still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event_id: Option<String>,
     state: S,
+}
+
+/// A stored snapshot a load may start from.
+#[derive(Debug)]
+pub(crate) struct Snapshot<A> {
+    pub(crate) state: A,
+    /// Where the aggregate stood: the version and sequence of the event the
+    /// snapshot ends on.
+    pub(crate) at: Tip,
+    /// That event's id (`None` in snapshots saved before it was recorded).
+    pub(crate) event_id: Option<String>,
 }
 
 /// Only the schema, read first so a snapshot of another shape is never
@@ -123,21 +142,42 @@ impl Snapshots {
     }
 
     /// Saves `state` of `key` at `version`, whose last event is stream
-    /// sequence `sequence`, unless a snapshot of `key` at `version` or later
-    /// (of the current schema) is stored: then it keeps that one and returns
-    /// `Ok` (an older state saved late, by this caller or a concurrent
-    /// writer, never replaces a newer one).
+    /// sequence `sequence` with the id `event_id`, unless a snapshot of `key`
+    /// at `version` or later (of the current schema) is stored: then it
+    /// keeps that one and returns `Ok` (an older state saved late, by this
+    /// caller or a concurrent writer, never replaces a newer one).
+    ///
+    /// The three come from a [`Loaded`](super::Loaded): its `version`,
+    /// `sequence` and `last_event_id`. A load uses the snapshot only while
+    /// the aggregate's event at `sequence` has this version and id, so a
+    /// snapshot saved with a wrong one is never used, not misread.
+    ///
+    /// ```no_run
+    /// # use jetevents::eventstore::*;
+    /// # async fn run<A: Aggregate + serde::Serialize + serde::de::DeserializeOwned>(
+    /// #     store: EventStore, snapshots: Snapshots,
+    /// # ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let loaded = store.load::<A>("acc-1").await?;
+    /// if let Some(event_id) = &loaded.last_event_id {
+    ///     snapshots
+    ///         .save("acc-1", &loaded.state, loaded.version, loaded.sequence, event_id)
+    ///         .await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn save<A: Aggregate + Serialize>(
         &self,
         key: &str,
         state: &A,
         version: u64,
         sequence: u64,
+        event_id: &str,
     ) -> Result<(), BoxError> {
         let stored = Stored {
             schema: A::SNAPSHOT_SCHEMA,
             version,
             sequence,
+            event_id: Some(event_id.to_owned()),
             state,
         };
         let bytes = Bytes::from(serde_json::to_vec(&stored)?);
@@ -178,7 +218,7 @@ impl Snapshots {
     pub(crate) async fn latest<A: Aggregate + DeserializeOwned>(
         &self,
         key: &str,
-    ) -> Result<Option<(A, Tip)>, BoxError> {
+    ) -> Result<Option<Snapshot<A>>, BoxError> {
         let stored = self.bucket.get(&Self::key::<A>(key)).await?;
         let Some(bytes) = stored else {
             return Ok(None);
@@ -205,7 +245,7 @@ fn stored_version<A: Aggregate>(entry: &Entry) -> Option<u64> {
 }
 
 /// The snapshot in `bytes`, if it is of the current schema and reads.
-fn usable<A: Aggregate + DeserializeOwned>(bytes: &[u8]) -> Option<(A, Tip)> {
+fn usable<A: Aggregate + DeserializeOwned>(bytes: &[u8]) -> Option<Snapshot<A>> {
     let schema = serde_json::from_slice::<Schema>(bytes).ok()?.schema;
     if schema != A::SNAPSHOT_SCHEMA {
         tracing::debug!(
@@ -216,16 +256,75 @@ fn usable<A: Aggregate + DeserializeOwned>(bytes: &[u8]) -> Option<(A, Tip)> {
         return None;
     }
     match serde_json::from_slice::<Stored<A>>(bytes) {
-        Ok(stored) => Some((
-            stored.state,
-            Tip {
+        Ok(stored) => Some(Snapshot {
+            state: stored.state,
+            at: Tip {
                 version: stored.version,
                 sequence: stored.sequence,
             },
-        )),
+            event_id: stored.event_id,
+        }),
         Err(err) => {
             tracing::warn!(error = %err, "snapshot does not deserialize; replaying instead");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+    struct Counter(u64);
+
+    #[derive(Serialize, serde::Deserialize)]
+    enum Counted {
+        #[serde(rename = "counted.v1")]
+        Counted,
+    }
+
+    impl Aggregate for Counter {
+        const KIND: &'static str = "test.counter";
+        type Event = Counted;
+        type Command = ();
+        type Error = std::convert::Infallible;
+        fn apply(&mut self, _: &Counted) {
+            self.0 += 1;
+        }
+        fn handle(&self, _: &()) -> Result<Vec<Counted>, Self::Error> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn a_snapshot_saved_before_ids_were_recorded_reads_without_one() {
+        let old = br#"{"schema":1,"version":7,"sequence":42,"state":7}"#;
+        let snapshot = usable::<Counter>(old).unwrap();
+        assert_eq!(snapshot.state, Counter(7));
+        assert_eq!(
+            snapshot.at,
+            Tip {
+                version: 7,
+                sequence: 42
+            }
+        );
+        assert_eq!(snapshot.event_id, None);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_id_of_the_event_it_ends_on() {
+        let stored = Stored {
+            schema: Counter::SNAPSHOT_SCHEMA,
+            version: 7,
+            sequence: 42,
+            event_id: Some("0193-e7".to_owned()),
+            state: &Counter(7),
+        };
+        let bytes = serde_json::to_vec(&stored).unwrap();
+        let snapshot = usable::<Counter>(&bytes).unwrap();
+        assert_eq!(snapshot.event_id.as_deref(), Some("0193-e7"));
+        assert_eq!(snapshot.at.sequence, 42);
     }
 }

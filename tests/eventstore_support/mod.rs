@@ -159,6 +159,26 @@ impl World {
             .unwrap()
     }
 
+    /// The id of the event stored at `sequence`: its `Nats-Msg-Id`, which
+    /// the store sets to its CloudEvents id.
+    pub async fn event_id_at(&self, sequence: u64) -> String {
+        let headers = match &self.memory {
+            Some(memory) => memory
+                .messages(self.store.stream())
+                .into_iter()
+                .find(|message| message.sequence == sequence)
+                .expect("no message at that sequence")
+                .headers
+                .unwrap(),
+            None => {
+                let jetstream = self.client.jetstream().unwrap();
+                let stream = jetstream.get_stream(self.store.stream()).await.unwrap();
+                stream.direct_get(sequence).await.unwrap().headers
+            }
+        };
+        headers.get("Nats-Msg-Id").unwrap().as_str().to_owned()
+    }
+
     /// Every message of the aggregate `key` as (sequence, subject, version).
     pub async fn stored(&self, key: &str) -> Vec<(u64, String, u64)> {
         let Some(memory) = &self.memory else {
