@@ -294,15 +294,26 @@ async fn appends_through(fault: LeaderFault, cycles: usize) {
             LeaderFault::Kill => cluster.kill(leader).await.unwrap(),
             LeaderFault::Partition => cluster.isolate(leader).unwrap(),
         }
-        let acked_at_fault = acked.lock().await.len();
         let new_leader = cluster
             .wait_for_stream_leader_among(STREAM, &others)
             .await
             .unwrap();
         elections += usize::from(new_leader != leader);
-        eventually("an append acked by the new leader", WAIT, || async {
-            acked.lock().await.len() > acked_at_fault
-        })
+        // The new leader acks an append. Not necessarily one of the
+        // writers': those on the nodes that reach it may have finished all
+        // theirs, and those on a cut-off node wait for the heal. So a probe
+        // through a node that reaches it, on an aggregate of its own.
+        let through = match fault {
+            LeaderFault::Kill => &stores[0],
+            LeaderFault::Partition => &stores[others[0]],
+        };
+        append_until_answered(
+            through,
+            "probe",
+            &[cycle],
+            Expected::Any,
+            &format!("probe-{cycle}"),
+        )
         .await;
         match fault {
             LeaderFault::Kill => cluster.restart(leader).await.unwrap(),
