@@ -109,6 +109,12 @@ impl ClusterRun {
             );
         }
         chaos_stream(&clients[0], stream, 3).await;
+        // A consumer asked for before the new stream has a leader and
+        // current followers can time out (seen on a loaded machine).
+        eventually("the new stream's replicas current", HEAL_LIMIT, || async {
+            replicas_current(&clients[0], stream).await
+        })
+        .await;
         let checker = Checker::new(name);
         let mut instances = Vec::new();
         for client in &clients {
