@@ -229,6 +229,45 @@ async fn a_started_service_answers_a_caller_on_another_connection_at_once() {
     }
 }
 
+/// A service user who may subscribe to the service's subjects and publish
+/// replies, but not publish to `$SRV.INFO`, still starts (without waiting
+/// for the INFO request's timeout) and answers.
+#[tokio::test]
+async fn a_service_that_may_not_ask_its_own_info_still_starts_and_answers() {
+    let server = jetevents_testcontainers::NatsServer::builder()
+        .auth(jetevents_testcontainers::Auth::UserPassword {
+            user: "svc".into(),
+            password: "svc-pw".into(),
+            permissions: Some(jetevents_testcontainers::Permissions {
+                publish_allow: vec!["rpc.>".into(), "_INBOX.>".into(), "$JS.API.INFO".into()],
+                subscribe_allow: vec!["rpc.>".into(), "$SRV.>".into(), "_INBOX.>".into()],
+            }),
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = support::connect(&server.url(), &unique("env"), |config| {
+        config.auth = jetevents::config::Auth::UserPassword {
+            user: "svc".into(),
+            password: jetevents::config::Secret::new("svc-pw"),
+        };
+    })
+    .await;
+    let mut violations = client.permission_violations();
+    let running = tokio::time::timeout(
+        Duration::from_secs(5),
+        start_price_service(&client, &unique("pricing")),
+    )
+    .await
+    .expect("start waited for the refused INFO request's timeout");
+    let refused = violations.recv().await.unwrap();
+    assert!(refused.subject.starts_with("$SRV.INFO."), "{refused:?}");
+    // On the service's own connection, after its subscriptions.
+    let answer: QuoteGiven = client.call(&quote("abc")).await.unwrap();
+    assert_eq!(answer.cents, 300);
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn two_instances_share_the_requests_each_handled_once() {
     let client = client().await;

@@ -241,7 +241,7 @@ impl<S: Clone + Send + Sync + 'static> ServiceBuilder<S> {
                 tokio::spawn(serve_endpoint(requests, runtime, self.max_in_flight))
             })
             .collect();
-        RunningService::new(service, nats.clone(), endpoints)
+        RunningService::new(&self.client, service, nats.clone(), endpoints)
             .await
             .map_err(|err| Error::with_source(StartErrorKind::Subscribe, err))
     }

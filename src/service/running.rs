@@ -3,8 +3,10 @@
 use async_nats::service::Service;
 use bytes::Bytes;
 use futures_util::FutureExt;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use crate::client::{Client, Operation};
 use crate::nats::service::Info;
 use crate::Error;
 
@@ -25,6 +27,7 @@ pub struct RunningService {
 impl RunningService {
     /// The running service, once the server routes requests to it.
     pub(crate) async fn new(
+        client: &Client,
         service: Service,
         nats: async_nats::Client,
         endpoints: Vec<JoinHandle<()>>,
@@ -36,17 +39,48 @@ impl RunningService {
             nats,
             endpoints,
         };
-        // The endpoints' subscriptions are written to the connection, but
-        // async-nats' flush does not wait for the server to read them: a
-        // caller elsewhere asking right away could be told there are no
-        // responders. The server reads a connection's operations in order,
-        // so once this instance's own INFO request (sent after them) is
-        // answered through the server, every endpoint is routed to.
-        running
-            .nats
-            .request(running.info_subject.clone(), Bytes::new())
-            .await?;
+        running.routed(client).await?;
         Ok(running)
+    }
+
+    /// Returns once the server has read the endpoints' subscriptions. They
+    /// are written to the connection, but async-nats' flush does not wait
+    /// for the server to read them: a caller elsewhere asking right away
+    /// could be told there are no responders. The server reads a
+    /// connection's operations in order, so once this instance's own INFO
+    /// request (sent after them) is answered through the server, every
+    /// endpoint is routed to. A user who may not publish to `$SRV.INFO`
+    /// subjects starts without that proof, as services did before, rather
+    /// than waiting for the request's timeout.
+    async fn routed(&self, client: &Client) -> Result<(), async_nats::RequestError> {
+        let mut violations = client.permission_violations();
+        let answered = self.nats.request(self.info_subject.clone(), Bytes::new());
+        let denied = async {
+            loop {
+                match violations.recv().await {
+                    Ok(violation)
+                        if violation.operation == Operation::Publish
+                            && violation.subject == self.info_subject =>
+                    {
+                        return;
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            answer = answered => answer.map(drop),
+            () = denied => {
+                tracing::debug!(
+                    subject = %self.info_subject,
+                    "may not publish the service's own INFO request; started without \
+                     waiting for the server to route to its endpoints"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// What `$SRV.INFO` answers for this instance: its id, name, version and
